@@ -1,0 +1,105 @@
+// The state store contract, owned by the gateway (its only user). Two implementations: in-memory
+// for one replica (embedded default) and Redis for many. Both are held to one contract test suite
+// (test/store-contract.test.ts). Nothing here names an SDK or Redis type.
+import type { Endpoint, StartStage } from '../../provisioner/contract.js';
+
+export const WORKSPACE_STATES = ['stopped', 'starting', 'running', 'stopping', 'failed'] as const;
+export type WorkspaceState = (typeof WORKSPACE_STATES)[number];
+
+export interface WorkspaceRecord {
+  id: string;
+  state: WorkspaceState;
+  /** Increases by one on every start; a start is named by (id, generation). */
+  generation: number;
+  /** Epoch ms of the last state change. */
+  since: number;
+  stage?: StartStage;
+  queuePosition?: number;
+  endpoint?: Endpoint;
+  /** The provisioner's opaque handle (pid, task ARN). */
+  handle?: string;
+  /** Epoch ms when the current generation was requested to start. */
+  requestedAt?: number;
+  /** Epoch ms when it became ready. */
+  startedAt?: number;
+  /** Why it last stopped or failed (a stable code, e.g. idle, max_session, TASK_STOPPED). */
+  reasonCode?: string;
+  /** Human-readable detail for the starting page and the admin API. */
+  reason?: string;
+}
+
+/** Published on every record change so other replicas learn of it at once. */
+export interface WorkspaceEvent {
+  record: WorkspaceRecord;
+}
+
+/** A lease that a write must still hold to be applied (fencing against a paused holder). */
+export interface Fence {
+  key: string;
+  owner: string;
+}
+
+export interface ListQuery {
+  state?: WorkspaceState;
+  cursor?: string;
+  limit: number;
+}
+
+export interface ListPage {
+  items: WorkspaceRecord[];
+  /** Absent on the last page. */
+  cursor?: string;
+}
+
+export interface StateStore {
+  readonly kind: 'memory' | 'redis';
+
+  getWorkspace(id: string): Promise<WorkspaceRecord | undefined>;
+  /** Writes the record; with a fence, only while that lease is held. Returns whether it was written. */
+  putWorkspace(record: WorkspaceRecord, fence?: Fence): Promise<boolean>;
+  listWorkspaces(query: ListQuery): Promise<ListPage>;
+  /** Ids of running workspaces whose session started before `beforeMs` (MAX_SESSION). */
+  runningStartedBefore(beforeMs: number, limit: number): Promise<string[]>;
+
+  /** SET NX PX: true when this owner now holds the lease. */
+  acquireLease(key: string, owner: string, ttlMs: number): Promise<boolean>;
+  /** Extends a lease this owner holds; false when it was lost. */
+  renewLease(key: string, owner: string, ttlMs: number): Promise<boolean>;
+  /** Deletes the lease only if this owner still holds it. */
+  releaseLease(key: string, owner: string): Promise<void>;
+  leaseOwner(key: string): Promise<string | undefined>;
+
+  publish(event: WorkspaceEvent): Promise<void>;
+  /** Handler is called for events from every replica, this one included. Returns unsubscribe. */
+  subscribe(handler: (event: WorkspaceEvent) => void): () => void;
+
+  /** Moves last-activity times forward only (max of stored and given), in one round trip. */
+  recordActivity(entries: ReadonlyArray<readonly [id: string, atMs: number]>): Promise<void>;
+  getActivity(id: string): Promise<number | undefined>;
+  /** Workspaces whose last activity is at or before `beforeMs`, oldest first. */
+  activityBefore(beforeMs: number, limit: number): Promise<Array<[id: string, atMs: number]>>;
+  /** Sets the activity time (not only forward): used when a workspace (re)appears. */
+  resetActivity(id: string, atMs: number): Promise<void>;
+  clearActivity(id: string): Promise<void>;
+
+  /** This instance's open-connection counts; expire after ttl unless reported again. */
+  reportConnections(instanceId: string, counts: ReadonlyMap<string, number>, ttlMs: number): Promise<void>;
+  /** Sum over live instances. */
+  getConnections(id: string): Promise<number>;
+
+  /** True the first time a key is seen within ttl (one-time token ids). */
+  consumeOnce(key: string, ttlMs: number): Promise<boolean>;
+  /** Counts a hit in a fixed window and returns the count so far (rate limits). */
+  countHit(key: string, windowMs: number): Promise<number>;
+
+  /** Whether the store answered a ping just now. */
+  ping(): Promise<boolean>;
+  close(): Promise<void>;
+}
+
+export class StoreUnavailable extends Error {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = 'StoreUnavailable';
+  }
+}

@@ -1,0 +1,169 @@
+// Redis state store for several replicas. Thin adapter: every operation is one round trip (a
+// command, a pipeline or a Lua script). Commands never wait in ioredis's offline queue and have a
+// bounded timeout, so a dead or hung Redis turns into a fast StoreUnavailable (issue 8).
+import { Redis, type RedisOptions } from 'ioredis';
+import {
+  StoreUnavailable, type Fence, type ListPage, type ListQuery, type StateStore, type WorkspaceEvent,
+  type WorkspaceRecord,
+} from './contract.js';
+
+export interface RedisStoreOptions {
+  url: string;
+  /** Key and channel prefix, so several systems can share one Redis. */
+  prefix: string;
+  /** Upper bound on any one command, in ms. */
+  commandTimeoutMs: number;
+  onError?(err: Error): void;
+}
+
+// Writes a record only while the fence lease is held, and keeps the indexes in step.
+const PUT_SCRIPT = `
+if ARGV[5] ~= '' and redis.call('GET', KEYS[4]) ~= ARGV[5] then return 0 end
+redis.call('SET', KEYS[1], ARGV[1])
+redis.call('ZADD', KEYS[2], 0, ARGV[2])
+if ARGV[3] == 'running' then redis.call('ZADD', KEYS[3], ARGV[4], ARGV[2]) else redis.call('ZREM', KEYS[3], ARGV[2]) end
+return 1`;
+const RENEW_SCRIPT = `
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0`;
+const RELEASE_SCRIPT = `
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0`;
+const HIT_SCRIPT = `
+local n = redis.call('INCR', KEYS[1])
+if n == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
+return n`;
+
+export async function createRedisStore(opts: RedisStoreOptions): Promise<StateStore> {
+  const p = opts.prefix;
+  const k = {
+    record: (id: string) => `${p}w:${id}`,
+    ids: `${p}ids`,
+    running: `${p}running`,
+    activity: `${p}act`,
+    lease: (key: string) => `${p}lease:${key}`,
+    conn: (instance: string) => `${p}conn:${instance}`,
+    instances: `${p}instances`,
+    once: (key: string) => `${p}once:${key}`,
+    hit: (key: string) => `${p}rl:${key}`,
+    channel: `${p}events`,
+  };
+  const base: RedisOptions = {
+    lazyConnect: true,
+    connectTimeout: Math.max(1000, opts.commandTimeoutMs * 2),
+    // Reconnect for ever, but with a ceiling, so Redis coming back is noticed within 1 s.
+    retryStrategy: (times) => Math.min(50 * times, 1000),
+    maxRetriesPerRequest: 0,
+  };
+  const client = new Redis(opts.url, { ...base, enableOfflineQueue: false, commandTimeout: opts.commandTimeoutMs });
+  const sub = new Redis(opts.url, { ...base, enableOfflineQueue: true });
+  const report = (err: Error) => opts.onError?.(err);
+  client.on('error', report);
+  sub.on('error', report);
+  await client.connect();
+  await sub.connect();
+
+  const handlers = new Set<(e: WorkspaceEvent) => void>();
+  sub.on('message', (_channel: string, message: string) => {
+    let event: WorkspaceEvent;
+    try { event = JSON.parse(message) as WorkspaceEvent; } catch { return; }
+    for (const h of handlers) h(event);
+  });
+  await sub.subscribe(k.channel);
+
+  const run = async <T>(op: () => Promise<T>): Promise<T> => {
+    try {
+      return await op();
+    } catch (err) {
+      throw new StoreUnavailable(`redis: ${(err as Error).message}`, { cause: err });
+    }
+  };
+  const parse = (s: string | null): WorkspaceRecord | undefined => (s ? (JSON.parse(s) as WorkspaceRecord) : undefined);
+
+  return {
+    kind: 'redis',
+    getWorkspace: (id) => run(async () => parse(await client.get(k.record(id)))),
+    putWorkspace: (record: WorkspaceRecord, fence?: Fence) => run(async () => {
+      const written = await client.eval(
+        PUT_SCRIPT, 4, k.record(record.id), k.ids, k.running, fence ? k.lease(fence.key) : k.lease(''),
+        JSON.stringify(record), record.id, record.state, String(record.startedAt ?? 0), fence?.owner ?? '',
+      );
+      return written === 1;
+    }),
+    listWorkspaces: (q: ListQuery) => run(async (): Promise<ListPage> => {
+      const items: WorkspaceRecord[] = [];
+      let after = q.cursor;
+      // Read ids in lexical order in batches; a state filter may need several batches per page.
+      for (let rounds = 0; items.length < q.limit && rounds < 50; rounds++) {
+        const ids = await client.zrangebylex(k.ids, after ? `(${after}` : '-', '+', 'LIMIT', 0, q.limit);
+        if (ids.length === 0) return { items };
+        const values = await client.mget(ids.map(k.record));
+        for (let i = 0; i < ids.length; i++) {
+          after = ids[i];
+          const r = parse(values[i]);
+          if (r && (!q.state || r.state === q.state)) items.push(r);
+          if (items.length === q.limit) break;
+        }
+        if (ids.length < q.limit && items.length < q.limit) return { items };
+      }
+      return { items, cursor: after };
+    }),
+    runningStartedBefore: (beforeMs, limit) => run(() => client.zrangebyscore(k.running, '-inf', beforeMs, 'LIMIT', 0, limit)),
+    acquireLease: (key, owner, ttlMs) => run(async () => (await client.set(k.lease(key), owner, 'PX', ttlMs, 'NX')) === 'OK'),
+    renewLease: (key, owner, ttlMs) => run(async () => (await client.eval(RENEW_SCRIPT, 1, k.lease(key), owner, ttlMs)) === 1),
+    releaseLease: (key, owner) => run(async () => { await client.eval(RELEASE_SCRIPT, 1, k.lease(key), owner); }),
+    leaseOwner: (key) => run(async () => (await client.get(k.lease(key))) ?? undefined),
+    publish: (event) => run(async () => { await client.publish(k.channel, JSON.stringify(event)); }),
+    subscribe(handler) {
+      handlers.add(handler);
+      return () => handlers.delete(handler);
+    },
+    recordActivity: (entries) => run(async () => {
+      if (entries.length === 0) return;
+      // ZADD GT (Redis >= 6.2): a replica flushing late never moves a time back.
+      const args: (string | number)[] = [];
+      for (const [id, at] of entries) args.push(at, id);
+      await client.zadd(k.activity, 'GT', ...args);
+    }),
+    getActivity: (id) => run(async () => {
+      const s = await client.zscore(k.activity, id);
+      return s === null ? undefined : Number(s);
+    }),
+    activityBefore: (beforeMs, limit) => run(async () => {
+      const flat = await client.zrangebyscore(k.activity, '-inf', beforeMs, 'WITHSCORES', 'LIMIT', 0, limit);
+      const out: Array<[string, number]> = [];
+      for (let i = 0; i < flat.length; i += 2) out.push([flat[i], Number(flat[i + 1])]);
+      return out;
+    }),
+    resetActivity: (id, atMs) => run(async () => { await client.zadd(k.activity, atMs, id); }),
+    clearActivity: (id) => run(async () => { await client.zrem(k.activity, id); }),
+    reportConnections: (instanceId, counts, ttlMs) => run(async () => {
+      const key = k.conn(instanceId);
+      const m = client.multi().del(key);
+      const fields: string[] = [];
+      for (const [id, n] of counts) if (n > 0) fields.push(id, String(n));
+      if (fields.length) m.hset(key, ...fields);
+      // The instance list carries each instance's expiry, so a crashed one stops counting.
+      await m.pexpire(key, ttlMs).zadd(k.instances, Date.now() + ttlMs, instanceId)
+        .zremrangebyscore(k.instances, '-inf', Date.now()).exec();
+    }),
+    getConnections: (id) => run(async () => {
+      const instances = await client.zrangebyscore(k.instances, Date.now(), '+inf');
+      if (instances.length === 0) return 0;
+      const pipe = client.pipeline();
+      for (const i of instances) pipe.hget(k.conn(i), id);
+      const results = (await pipe.exec()) ?? [];
+      return results.reduce((sum, [, v]) => sum + (v ? Number(v) : 0), 0);
+    }),
+    consumeOnce: (key, ttlMs) => run(async () => (await client.set(k.once(key), '1', 'PX', ttlMs, 'NX')) === 'OK'),
+    countHit: (key, windowMs) => run(async () => Number(await client.eval(HIT_SCRIPT, 1, k.hit(key), windowMs))),
+    async ping() {
+      try { return (await client.ping()) === 'PONG'; } catch { return false; }
+    },
+    async close() {
+      handlers.clear();
+      client.disconnect();
+      sub.disconnect();
+    },
+  };
+}
