@@ -60,6 +60,7 @@ export interface StateStore {
   listWorkspaces(query: ListQuery): Promise<ListPage>;
   /** Ids of running workspaces whose session started before `beforeMs` (MAX_SESSION). */
   runningStartedBefore(beforeMs: number, limit: number): Promise<string[]>;
+  countRunning(): Promise<number>;
 
   /** SET NX PX: true when this owner now holds the lease. */
   acquireLease(key: string, owner: string, ttlMs: number): Promise<boolean>;

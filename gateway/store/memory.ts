@@ -54,6 +54,11 @@ export function createMemoryStore(clock: Clock): StateStore {
         .slice(0, limit)
         .map((r) => r.id);
     },
+    async countRunning() {
+      let n = 0;
+      for (const r of records.values()) if (r.state === 'running') n++;
+      return n;
+    },
     async acquireLease(key, owner, ttlMs) {
       if (live(leases, key) !== undefined) return false;
       leases.set(key, { value: owner, expiresAt: clock.now() + ttlMs });

@@ -109,6 +109,7 @@ export async function createRedisStore(opts: RedisStoreOptions): Promise<StateSt
       return { items, cursor: after };
     }),
     runningStartedBefore: (beforeMs, limit) => run(() => client.zrangebyscore(k.running, '-inf', beforeMs, 'LIMIT', 0, limit)),
+    countRunning: () => run(() => client.zcard(k.running)),
     acquireLease: (key, owner, ttlMs) => run(async () => (await client.set(k.lease(key), owner, 'PX', ttlMs, 'NX')) === 'OK'),
     renewLease: (key, owner, ttlMs) => run(async () => (await client.eval(RENEW_SCRIPT, 1, k.lease(key), owner, ttlMs)) === 1),
     releaseLease: (key, owner) => run(async () => { await client.eval(RELEASE_SCRIPT, 1, k.lease(key), owner); }),

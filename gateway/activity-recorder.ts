@@ -1,0 +1,74 @@
+// Activity bookkeeping on the request path (issue 5): counted in memory per workspace and flushed
+// to the store in one pipelined write per interval, never a store write per request or per frame.
+// While the store is unreachable the buffer keeps the newest time per workspace (bounded) and is
+// written when it returns (issue 8).
+import type { Clock } from './clock.js';
+import type { Metrics } from './metrics.js';
+import type { StateStore } from './store/contract.js';
+
+export interface ActivityRecorderOptions {
+  store: StateStore;
+  clock: Clock;
+  metrics: Metrics;
+  instanceId: string;
+  flushIntervalMs: number;
+  /** Most workspaces held while the store is away; beyond it the oldest entries are dropped. */
+  maxBuffered?: number;
+}
+
+export function createActivityRecorder(opts: ActivityRecorderOptions) {
+  const pending = new Map<string, number>();
+  const connections = new Map<string, number>();
+  const max = opts.maxBuffered ?? 100_000;
+  let flushing: Promise<void> | undefined;
+
+  function touch(id: string, at = opts.clock.now()) {
+    const prev = pending.get(id);
+    if (prev !== undefined && prev >= at) return;
+    if (prev === undefined && pending.size >= max) pending.delete(pending.keys().next().value!);
+    pending.set(id, at);
+  }
+
+  async function flushOnce(): Promise<void> {
+    const now = opts.clock.now();
+    // Connection counts carry a TTL of three intervals, so a crashed instance's counts expire.
+    const ttl = opts.flushIntervalMs * 3;
+    const batch = [...pending.entries()];
+    pending.clear();
+    try {
+      if (batch.length) await opts.store.recordActivity(batch);
+      await opts.store.reportConnections(opts.instanceId, connections, ttl);
+      opts.metrics.storeUp(true);
+    } catch {
+      opts.metrics.storeError();
+      opts.metrics.storeUp(false);
+      // Put them back unless newer activity arrived meanwhile; only ever forward.
+      for (const [id, at] of batch) touch(id, at);
+    }
+    opts.metrics.activityBuffered(pending.size);
+    void now;
+  }
+
+  const flush = () => (flushing ??= flushOnce().finally(() => { flushing = undefined; }));
+  const timer = setInterval(() => { void flush(); }, opts.flushIntervalMs);
+  timer.unref();
+
+  return {
+    /** Evidence of a person for this workspace now. O(1), no I/O. */
+    touch,
+    connectionOpened(id: string) { connections.set(id, (connections.get(id) ?? 0) + 1); },
+    connectionClosed(id: string) {
+      const n = (connections.get(id) ?? 1) - 1;
+      if (n <= 0) connections.delete(id); else connections.set(id, n);
+    },
+    openConnections: (id: string) => connections.get(id) ?? 0,
+    buffered: () => pending.size,
+    flush,
+    async close() {
+      clearInterval(timer);
+      await flush();
+    },
+  };
+}
+
+export type ActivityRecorder = ReturnType<typeof createActivityRecorder>;

@@ -1,0 +1,172 @@
+// The internal listener (ADMIN_PORT): health, readiness, metrics and the admin API for the
+// platform's backend. fastify lives here only; workspace traffic never reaches it (issue 2).
+import { randomUUID, timingSafeEqual, createHash } from 'node:crypto';
+import Fastify, { type FastifyInstance } from 'fastify';
+import swagger from '@fastify/swagger';
+import type { Auth } from './auth.js';
+import type { Clock } from './clock.js';
+import type { Config } from './config.js';
+import { ERROR_CATALOGUE, renderError, type ErrorCode } from './errors.js';
+import { WORKSPACE_ID } from './host.js';
+import type { Metrics } from './metrics.js';
+import { WORKSPACE_STATES, type StateStore, type WorkspaceRecord } from './store/contract.js';
+import { StoreUnavailable } from './store/contract.js';
+import type { Workspaces } from './workspaces.js';
+import type { Logger as PinoLogger } from 'pino';
+
+export interface AdminDeps {
+  config: Config;
+  clock: Clock;
+  store: StateStore;
+  workspaces: Workspaces;
+  auth: Auth;
+  metrics: Metrics;
+  logger: PinoLogger;
+  isReady(): boolean;
+  openConnections(id: string): number;
+}
+
+const idParam = { type: 'object', required: ['id'], properties: { id: { type: 'string', pattern: WORKSPACE_ID.source, maxLength: 60 } } } as const;
+const workspaceSchema = {
+  type: 'object',
+  properties: {
+    id: { type: 'string' }, state: { type: 'string', enum: [...WORKSPACE_STATES] }, generation: { type: 'integer' },
+    stage: { type: 'string' }, queuePosition: { type: 'integer' }, since: { type: 'integer' }, startedAt: { type: 'integer' },
+    lastActivity: { type: 'integer' }, openConnections: { type: 'integer' }, reasonCode: { type: 'string' }, reason: { type: 'string' },
+  },
+  required: ['id', 'state', 'generation'],
+} as const;
+const errorSchema = {
+  type: 'object',
+  properties: { error: { type: 'object', properties: { code: { type: 'string' }, message: { type: 'string' }, detail: { type: 'string' } }, required: ['code', 'message'] } },
+} as const;
+
+function sameSecret(given: string, expected: string): boolean {
+  // Hash both first so the comparison is constant-time whatever the lengths.
+  const a = createHash('sha256').update(given).digest();
+  const b = createHash('sha256').update(expected).digest();
+  return timingSafeEqual(a, b);
+}
+
+export async function createAdminServer(deps: AdminDeps): Promise<FastifyInstance> {
+  const { config, store, workspaces } = deps;
+  const app = Fastify({
+    loggerInstance: deps.logger as unknown as import("fastify").FastifyBaseLogger,
+    genReqId: () => randomUUID(),
+    ajv: { customOptions: { removeAdditional: false, allErrors: false } },
+  });
+  await app.register(swagger, {
+    openapi: {
+      openapi: '3.0.3',
+      info: { title: 'Workspace Gateway admin API', version: '1' },
+      components: { securitySchemes: { bearer: { type: 'http', scheme: 'bearer' } } },
+      security: [{ bearer: [] }],
+    },
+  });
+
+  const send = (reply: import('fastify').FastifyReply, code: ErrorCode, detail?: string) => {
+    const r = renderError(code, { html: false, detail, requestId: String(reply.request.id) });
+    return reply.code(r.status).headers(r.headers).send(JSON.parse(r.body));
+  };
+
+  app.setErrorHandler((err: Error & { validation?: unknown; statusCode?: number }, _req, reply) => {
+    if (err.validation) return send(reply, 'BAD_REQUEST', err.message);
+    if (err instanceof StoreUnavailable) return send(reply, 'STORE_UNAVAILABLE');
+    if (err.statusCode && err.statusCode >= 400 && err.statusCode < 500) return send(reply, 'BAD_REQUEST', err.message);
+    reply.log.error({ err }, 'admin request failed');
+    return send(reply, 'INTERNAL');
+  });
+  app.setNotFoundHandler((_req, reply) => send(reply, 'NOT_FOUND'));
+
+  app.get('/healthz', { schema: { hide: true } }, async () => ({ status: 'ok' }));
+  app.get('/readyz', { schema: { hide: true } }, async (_req, reply) => {
+    const ready = deps.isReady();
+    return reply.code(ready ? 200 : 503).send({ ready });
+  });
+  app.get('/metrics', { schema: { hide: true } }, async (_req, reply) => {
+    reply.header('content-type', deps.metrics.registry.contentType);
+    return deps.metrics.registry.metrics();
+  });
+
+  await app.register(async (api) => {
+    api.addHook('onRequest', async (req, reply) => {
+      if (req.url === '/api/openapi.json') return;
+      const header = req.headers.authorization ?? '';
+      const token = header.startsWith('Bearer ') ? header.slice(7) : '';
+      if (!token || !sameSecret(token, config.adminToken)) return send(reply, 'ADMIN_UNAUTHORIZED');
+    });
+
+    const view = async (id: string, r: WorkspaceRecord | undefined) => {
+      const base = r ?? { id, state: 'stopped' as const, generation: 0, since: 0 };
+      const lastActivity = await store.getActivity(id);
+      const connections = await store.getConnections(id).catch(() => deps.openConnections(id));
+      return {
+        id, state: base.state, generation: base.generation, stage: base.stage, queuePosition: base.queuePosition,
+        since: base.since || undefined, startedAt: base.startedAt, lastActivity, openConnections: Math.max(connections, deps.openConnections(id)),
+        reasonCode: base.reasonCode, reason: base.reason,
+      };
+    };
+    const link = (id: string) => {
+      const port = config.publicPort && config.publicPort !== (config.publicScheme === 'https' ? 443 : 80) ? `:${config.publicPort}` : '';
+      return `${config.publicScheme}://ws-${id}.${config.baseDomain}${port}`;
+    };
+
+    api.get('/api/openapi.json', { schema: { hide: true } }, async () => app.swagger());
+
+    api.post<{ Params: { id: string }; Body: { next?: string; ttlSeconds?: number } | undefined }>('/api/workspaces/:id/login-url', {
+      schema: {
+        summary: 'A one-time sign-in link for the workspace owner',
+        params: idParam,
+        body: { type: ['object', 'null'], additionalProperties: false, properties: { next: { type: 'string', pattern: '^/', maxLength: 2048 }, ttlSeconds: { type: 'integer', minimum: 10, maximum: 600 } } },
+        response: { 200: { type: 'object', properties: { url: { type: 'string' }, expiresAt: { type: 'integer' } }, required: ['url', 'expiresAt'] }, 400: errorSchema, 401: errorSchema },
+      },
+    }, async (req) => {
+      const ttl = Math.min((req.body?.ttlSeconds ?? config.loginTokenMaxTtlMs / 1000) * 1000, config.loginTokenMaxTtlMs);
+      const token = await deps.auth.createLoginToken(req.params.id, randomUUID(), ttl);
+      const url = new URL(`${link(req.params.id)}/__gateway/login`);
+      url.searchParams.set('token', token);
+      url.searchParams.set('next', req.body?.next ?? '/');
+      return { url: url.toString(), expiresAt: deps.clock.now() + ttl };
+    });
+
+    api.post<{ Params: { id: string } }>('/api/workspaces/:id/start', {
+      schema: { summary: 'Start a workspace ahead of the student (answers at once)', params: idParam, response: { 202: workspaceSchema, 400: errorSchema, 401: errorSchema, 503: errorSchema } },
+    }, async (req, reply) => {
+      const record = await workspaces.requestStart(req.params.id, { retryFailed: true, requestId: String(req.id) });
+      return reply.code(202).send(await view(req.params.id, record));
+    });
+
+    api.post<{ Params: { id: string }; Body: { reason?: string } | undefined }>('/api/workspaces/:id/stop', {
+      schema: {
+        summary: 'Stop a workspace now (files are kept)', params: idParam,
+        body: { type: ['object', 'null'], additionalProperties: false, properties: { reason: { type: 'string', maxLength: 200 } } },
+        response: { 200: workspaceSchema, 400: errorSchema, 401: errorSchema, 409: errorSchema },
+      },
+    }, async (req, reply) => {
+      const result = await workspaces.stop(req.params.id, async () => ({ reasonCode: 'admin', reason: req.body?.reason ?? 'stopped by the platform' }));
+      if (result === 'busy') return reply.code(409).send({ error: { code: 'WORKSPACE_STARTING', message: 'the workspace is starting or stopping; try again' } });
+      return view(req.params.id, await store.getWorkspace(req.params.id));
+    });
+
+    api.get<{ Params: { id: string } }>('/api/workspaces/:id', {
+      schema: { summary: 'One workspace', params: idParam, response: { 200: workspaceSchema, 400: errorSchema, 401: errorSchema } },
+    }, async (req) => view(req.params.id, await store.getWorkspace(req.params.id)));
+
+    api.get<{ Querystring: { state?: WorkspaceRecord['state']; cursor?: string; limit?: number } }>('/api/workspaces', {
+      schema: {
+        summary: 'Workspaces known to the store, paged',
+        querystring: {
+          type: 'object', additionalProperties: false,
+          properties: { state: { type: 'string', enum: [...WORKSPACE_STATES] }, cursor: { type: 'string', pattern: WORKSPACE_ID.source }, limit: { type: 'integer', minimum: 1, maximum: 500, default: 100 } },
+        },
+        response: { 200: { type: 'object', properties: { items: { type: 'array', items: workspaceSchema }, cursor: { type: 'string' } }, required: ['items'] }, 400: errorSchema, 401: errorSchema },
+      },
+    }, async (req) => {
+      const page = await store.listWorkspaces({ state: req.query.state, cursor: req.query.cursor, limit: req.query.limit ?? 100 });
+      return { items: await Promise.all(page.items.map((r) => view(r.id, r))), cursor: page.cursor };
+    });
+  });
+
+  void ERROR_CATALOGUE;
+  return app;
+}

@@ -1,0 +1,205 @@
+// Access control (issue 3): one-time sign-in tokens (JWT, HS256, jose) exchanged for a host-only
+// session cookie, checked on every workspace request before anything else can happen.
+import { createHmac } from 'node:crypto';
+import { isIP } from 'node:net';
+import { SignJWT, errors as joseErrors, jwtVerify } from 'jose';
+import type { Clock } from './clock.js';
+import type { Cidr } from './config.js';
+import type { ErrorCode } from './errors.js';
+
+/** `__Host-` (RFC 6265bis 4.1.3.2): Secure, Path=/, no Domain, so ws-a's cookie never reaches ws-b. */
+export const SESSION_COOKIE = '__Host-wsgw-session';
+
+export interface AuthOptions {
+  secret: string;
+  sessionTtlMs: number;
+  loginTokenMaxTtlMs: number;
+  clock: Clock;
+}
+
+export interface Session { workspaceId: string; expiresAt: number }
+
+export type LoginCheck = { ok: true; workspaceId: string; jti: string; expiresAt: number } | { ok: false; code: ErrorCode; reason: string };
+
+function deriveKey(secret: string, purpose: string): Uint8Array {
+  // Separate keys per purpose, so a session cookie can never be replayed as a sign-in token.
+  return new Uint8Array(createHmac('sha256', secret).update(`workspace-gateway/${purpose}`).digest());
+}
+
+export function createAuth(opts: AuthOptions) {
+  const loginKey = deriveKey(opts.secret, 'login-token');
+  const sessionKey = deriveKey(opts.secret, 'session');
+  // Verified cookies, so the warm path pays for HMAC once per cookie, not per request.
+  const verified = new Map<string, Session>();
+  const now = () => opts.clock.now();
+  const seconds = (ms: number) => Math.floor(ms / 1000);
+
+  async function verifySession(value: string): Promise<Session | undefined> {
+    const hit = verified.get(value);
+    if (hit) {
+      if (hit.expiresAt > now()) return hit;
+      verified.delete(value);
+      return undefined;
+    }
+    try {
+      const { payload } = await jwtVerify(value, sessionKey, {
+        algorithms: ['HS256'], currentDate: new Date(now()), typ: 'wsgw-session', requiredClaims: ['sub', 'exp'],
+      });
+      const session = { workspaceId: String(payload.sub), expiresAt: (payload.exp as number) * 1000 };
+      if (verified.size >= 50_000) verified.delete(verified.keys().next().value!);
+      verified.set(value, session);
+      return session;
+    } catch {
+      return undefined;
+    }
+  }
+
+  return {
+    async createLoginToken(workspaceId: string, jti: string, ttlMs = opts.loginTokenMaxTtlMs): Promise<string> {
+      const t = now();
+      return new SignJWT({})
+        .setProtectedHeader({ alg: 'HS256', typ: 'JWT' })
+        .setSubject(workspaceId).setJti(jti).setIssuedAt(seconds(t)).setExpirationTime(seconds(t + Math.min(ttlMs, opts.loginTokenMaxTtlMs)))
+        .sign(loginKey);
+    },
+
+    /** Signature, algorithm, expiry, lifetime and host; one-time use is the caller's (the store). */
+    async checkLoginToken(token: string, workspaceId: string): Promise<LoginCheck> {
+      try {
+        const { payload } = await jwtVerify(token, loginKey, {
+          algorithms: ['HS256'], currentDate: new Date(now()), requiredClaims: ['sub', 'exp', 'jti'],
+        });
+        const expiresAt = (payload.exp as number) * 1000;
+        if (expiresAt - now() > opts.loginTokenMaxTtlMs + 1000) return { ok: false, code: 'LOGIN_TOKEN_INVALID', reason: 'lifetime' };
+        if (payload.sub !== workspaceId) return { ok: false, code: 'LOGIN_TOKEN_INVALID', reason: 'wrong_workspace' };
+        return { ok: true, workspaceId, jti: String(payload.jti), expiresAt };
+      } catch (err) {
+        if (err instanceof joseErrors.JWTExpired) return { ok: false, code: 'LOGIN_TOKEN_EXPIRED', reason: 'expired' };
+        if (err instanceof joseErrors.JOSEAlgNotAllowed || err instanceof joseErrors.JOSENotSupported) return { ok: false, code: 'LOGIN_TOKEN_INVALID', reason: 'algorithm' };
+        if (err instanceof joseErrors.JWSSignatureVerificationFailed) return { ok: false, code: 'LOGIN_TOKEN_INVALID', reason: 'signature' };
+        return { ok: false, code: 'LOGIN_TOKEN_INVALID', reason: 'malformed' };
+      }
+    },
+
+    async createSession(workspaceId: string): Promise<{ value: string; expiresAt: number }> {
+      const expiresAt = now() + opts.sessionTtlMs;
+      const value = await new SignJWT({})
+        .setProtectedHeader({ alg: 'HS256', typ: 'wsgw-session' })
+        .setSubject(workspaceId).setIssuedAt(seconds(now())).setExpirationTime(seconds(expiresAt))
+        .sign(sessionKey);
+      return { value, expiresAt };
+    },
+
+    /**
+     * The session for this workspace among all cookies of our name (a parent domain or an older
+     * session may send more than one, in any order): only one valid for this host counts.
+     */
+    async sessionFor(cookieValues: readonly string[], workspaceId: string): Promise<Session | undefined> {
+      for (const value of cookieValues) {
+        const s = await verifySession(value);
+        if (s && s.workspaceId === workspaceId) return s;
+      }
+      return undefined;
+    },
+  };
+}
+
+export type Auth = ReturnType<typeof createAuth>;
+
+/** Values of one cookie name in a Cookie header (RFC 6265 5.4: several may share a name). */
+export function cookieValues(header: string | undefined, name: string): string[] {
+  if (!header) return [];
+  const out: string[] = [];
+  for (const part of header.split(';')) {
+    const eq = part.indexOf('=');
+    if (eq === -1) continue;
+    if (part.slice(0, eq).trim() === name) out.push(part.slice(eq + 1).trim().replace(/^"(.*)"$/, '$1'));
+  }
+  return out;
+}
+
+/** The Cookie header without the gateway's own cookie: the workspace never sees it. */
+export function stripCookie(header: string | undefined, name: string): string | undefined {
+  if (!header || !header.includes(name)) return header;
+  const kept = header.split(';').filter((part) => {
+    const eq = part.indexOf('=');
+    return (eq === -1 ? part : part.slice(0, eq)).trim() !== name;
+  }).map((p) => p.trim()).filter(Boolean);
+  return kept.length ? kept.join('; ') : undefined;
+}
+
+export function sessionCookie(value: string, maxAgeMs: number, secure: boolean): string {
+  return `${SESSION_COOKIE}=${value}; Path=/; Max-Age=${Math.floor(maxAgeMs / 1000)}; HttpOnly; SameSite=Lax${secure ? '; Secure' : ''}`;
+}
+
+export function clearedSessionCookie(secure: boolean): string {
+  return `${SESSION_COOKIE}=; Path=/; Max-Age=0; HttpOnly; SameSite=Lax${secure ? '; Secure' : ''}`;
+}
+
+/** `next` must be a path on this same host: no scheme, no `//host`, no backslash tricks, no controls. */
+export function safeNext(next: string | undefined | null): string {
+  if (!next || next[0] !== '/' || next[1] === '/' || next[1] === '\\') return '/';
+  if (/[\u0000-\u001f\u007f\\]/.test(next)) return '/';
+  try {
+    const u = new URL(next, 'http://same.invalid');
+    if (u.host !== 'same.invalid') return '/';
+    return u.pathname + u.search + u.hash;
+  } catch {
+    return '/';
+  }
+}
+
+/** The origin a workspace's own pages have: the only one allowed to open its WebSockets. */
+export function sameOrigin(origin: string | undefined, host: string | undefined, scheme: 'http' | 'https'): boolean {
+  if (!origin || !host || origin === 'null') return false;
+  let u: URL;
+  try { u = new URL(origin); } catch { return false; }
+  if (u.protocol !== `${scheme}:` || u.pathname !== '/' || u.username || u.password) return false;
+  const norm = (h: string) => h.toLowerCase().replace(/\.(?=:|$)/, '');
+  const defaultPort = scheme === 'https' ? '443' : '80';
+  const hostPort = (h: string) => { const n = norm(h); return /:\d+$/.test(n) ? n.replace(`:${defaultPort}`, '') : n; };
+  return hostPort(u.host) === hostPort(host);
+}
+
+function ipToBigInt(address: string): { value: bigint; family: 4 | 6 } | undefined {
+  const mapped = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/i.exec(address);
+  if (mapped) address = mapped[1];
+  const family = isIP(address);
+  if (family === 4) return { value: address.split('.').reduce((a, o) => (a << 8n) + BigInt(Number(o)), 0n), family: 4 };
+  if (family === 6) {
+    const [head, tail = ''] = address.split('::');
+    const h = head ? head.split(':') : [];
+    const t = tail ? tail.split(':') : [];
+    const groups = address.includes('::') ? [...h, ...Array(8 - h.length - t.length).fill('0'), ...t] : h;
+    return { value: groups.reduce((a, g) => (a << 16n) + BigInt(parseInt(g || '0', 16)), 0n), family: 6 };
+  }
+  return undefined;
+}
+
+export function inCidrs(address: string | undefined, cidrs: readonly Cidr[]): boolean {
+  if (!address) return false;
+  const ip = ipToBigInt(address);
+  if (!ip) return false;
+  return cidrs.some((c) => {
+    const net = ipToBigInt(c.address);
+    if (!net || net.family !== ip.family) return false;
+    const width = ip.family === 4 ? 32 : 128;
+    const shift = BigInt(width - c.prefix);
+    return (ip.value >> shift) === (net.value >> shift);
+  });
+}
+
+/**
+ * The client's address: the peer, unless the peer is a trusted proxy (the load balancer), in which
+ * case the right-most X-Forwarded-For entry that is not itself trusted (what the ALB appended).
+ */
+export function clientAddress(peer: string | undefined, xff: string | string[] | undefined, trusted: readonly Cidr[]): string {
+  const fallback = peer ?? 'unknown';
+  if (!xff || !inCidrs(peer, trusted)) return fallback;
+  const hops = (Array.isArray(xff) ? xff.join(',') : xff).split(',').map((s) => s.trim()).filter(Boolean);
+  for (let i = hops.length - 1; i >= 0; i--) {
+    if (isIP(hops[i]) === 0) return fallback;
+    if (!inCidrs(hops[i], trusted)) return hops[i];
+  }
+  return hops[0] ?? fallback;
+}

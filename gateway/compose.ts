@@ -1,0 +1,38 @@
+// Picks implementations once, from config: the state store (memory or Redis) and the provisioner
+// (local or ECS). Used by the entry points (gateway/main.ts, reaper/main.ts) and by tests that want
+// exactly what an operator would run.
+import type { Provisioner } from '../provisioner/contract.js';
+import { createLocalProvisioner } from '../provisioner/local.js';
+import type { Clock } from './clock.js';
+import { ConfigError, type Config } from './config.js';
+import type { Logger } from './log.js';
+import type { Metrics } from './metrics.js';
+import type { StateStore } from './store/contract.js';
+import { createMemoryStore } from './store/memory.js';
+import { createRedisStore } from './store/redis.js';
+
+export async function storeFromConfig(config: Config, clock: Clock, metrics: Metrics, log: Logger): Promise<StateStore> {
+  if (!config.redisUrl) return createMemoryStore(clock);
+  const url = new URL(config.redisUrl);
+  if (config.redisPassword) url.password = config.redisPassword;
+  let lastLogged = 0;
+  return createRedisStore({
+    url: url.toString(), prefix: config.redisPrefix, commandTimeoutMs: config.redisCommandTimeoutMs,
+    onError: (err) => {
+      metrics.storeError();
+      // One line per 10 s at most while Redis is away, not one per reconnect attempt.
+      if (Date.now() - lastLogged > 10_000) { lastLogged = Date.now(); log.warn({ event: 'store.error', err: err.message }, 'redis error'); }
+    },
+  });
+}
+
+export async function provisionerFromConfig(config: Config, clock: Clock, metrics: Metrics, log: Logger): Promise<Provisioner> {
+  if (config.provisioner === 'local') {
+    return createLocalProvisioner({
+      workspace: config.local.workspace, dataDir: config.local.dataDir, codeServerBin: config.local.codeServerBin,
+      demoReadyDelayMs: config.local.demoReadyDelayMs, log: (obj, msg) => log.info(obj, msg),
+    });
+  }
+  void clock;
+  throw new ConfigError('PROVISIONER', 'ecs is not wired yet');
+}

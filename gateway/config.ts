@@ -1,0 +1,199 @@
+// Configuration: read from the environment once, at the entry point, validated with errors that
+// name the bad variable. Everything below receives a Config object; nothing deeper reads process.env.
+import { randomBytes } from 'node:crypto';
+import { isIP } from 'node:net';
+
+export type Env = Record<string, string | undefined>;
+
+export class ConfigError extends Error {
+  constructor(readonly variable: string, message: string) {
+    super(`${variable}: ${message}`);
+    this.name = 'ConfigError';
+  }
+}
+
+export interface Config {
+  gatewayPort: number;
+  adminPort: number;
+  /** Address both listeners bind to. */
+  listenHost: string;
+  baseDomain: string;
+  /** Scheme browsers use to reach workspace hosts (links, Secure cookies). */
+  publicScheme: 'http' | 'https';
+  /** Port in printed links when it differs from the scheme's default (development). */
+  publicPort?: number;
+  redisUrl?: string;
+  redisPassword?: string;
+  redisPrefix: string;
+  redisCommandTimeoutMs: number;
+  provisioner: 'local' | 'ecs';
+  logLevel: string;
+  /** Key material for sign-in tokens and session cookies. */
+  gatewaySecret: string;
+  gatewaySecretGenerated: boolean;
+  adminToken: string;
+  adminTokenGenerated: boolean;
+  platformLoginUrl?: string;
+  sessionTtlMs: number;
+  loginTokenMaxTtlMs: number;
+  /** Peers whose X-Forwarded-For is believed (the load balancer). */
+  trustedProxies: Cidr[];
+  keepAliveTimeoutMs: number;
+  headersTimeoutMs: number;
+  requestTimeoutMs: number;
+  maxHeaderSize: number;
+  upstreamConnectTimeoutMs: number;
+  upstreamTimeoutMs: number;
+  upstreamMaxSockets: number;
+  /** A WebSocket with no traffic for this long is pinged; after twice this, closed (issue 8). */
+  wsIdleTimeoutMs: number;
+  startDeadlineMs: number;
+  routeCacheTtlMs: number;
+  idleTimeoutMs: number;
+  maxSessionMs: number;
+  reapIntervalMs: number;
+  /** Run the reaper inside this gateway (with a leader lease). */
+  reaperEnabled: boolean;
+  activityFlushIntervalMs: number;
+  drainPeriodMs: number;
+  shutdownTimeoutMs: number;
+  rateLimits: { signInPerMinute: number; startsPerMinute: number; unknownPerMinute: number };
+  local: { workspace: 'auto' | 'demo' | 'code-server'; dataDir: string; codeServerBin: string; demoReadyDelayMs: number };
+  /** The raw environment, handed to provisioner config parsers (ECS) by the entry point only. */
+  env: Env;
+}
+
+export interface Cidr { address: string; prefix: number; family: 4 | 6 }
+
+const DURATION = /^(\d+(?:\.\d+)?)(ms|s|m|h)?$/;
+const UNIT: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000 };
+
+/** `250ms`, `30s`, `15m`, `12h`, or plain seconds. */
+export function parseDuration(variable: string, value: string): number {
+  const m = DURATION.exec(value.trim());
+  if (!m) throw new ConfigError(variable, `expected a duration like 30s, 15m or 12h, got "${value}"`);
+  return Math.round(Number(m[1]) * UNIT[m[2] ?? 's']);
+}
+
+export function parseCidr(variable: string, value: string): Cidr {
+  const [address, bits] = value.trim().split('/');
+  const family = isIP(address);
+  if (family === 0) throw new ConfigError(variable, `"${value}" is not an IP address or CIDR`);
+  const max = family === 4 ? 32 : 128;
+  const prefix = bits === undefined ? max : Number(bits);
+  if (!Number.isInteger(prefix) || prefix < 0 || prefix > max) throw new ConfigError(variable, `bad prefix in "${value}"`);
+  return { address, prefix, family: family as 4 | 6 };
+}
+
+export function loadConfig(env: Env): Config {
+  const str = (name: string, fallback?: string) => {
+    const v = env[name];
+    return v === undefined || v === '' ? fallback : v;
+  };
+  const int = (name: string, fallback: number, min = 0, max = Number.MAX_SAFE_INTEGER) => {
+    const v = str(name);
+    if (v === undefined) return fallback;
+    const n = Number(v);
+    if (!Number.isInteger(n) || n < min || n > max) throw new ConfigError(name, `expected an integer from ${min} to ${max}, got "${v}"`);
+    return n;
+  };
+  const port = (name: string, fallback: number) => int(name, fallback, 0, 65535);
+  const dur = (name: string, fallback: string) => parseDuration(name, str(name, fallback)!);
+  const oneOf = <T extends string>(name: string, allowed: readonly T[], fallback: T): T => {
+    const v = str(name, fallback)!;
+    if (!(allowed as readonly string[]).includes(v)) throw new ConfigError(name, `expected one of ${allowed.join(', ')}, got "${v}"`);
+    return v as T;
+  };
+  const bool = (name: string, fallback: boolean) => {
+    const v = str(name);
+    if (v === undefined) return fallback;
+    if (/^(1|true|yes|on)$/i.test(v)) return true;
+    if (/^(0|false|no|off)$/i.test(v)) return false;
+    throw new ConfigError(name, `expected true or false, got "${v}"`);
+  };
+
+  const baseDomain = str('BASE_DOMAIN', 'localhost')!.toLowerCase().replace(/\.$/, '');
+  if (!/^[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*$/.test(baseDomain)) {
+    throw new ConfigError('BASE_DOMAIN', `"${baseDomain}" is not a domain name`);
+  }
+  const development = baseDomain === 'localhost' || baseDomain.endsWith('.localhost');
+  const publicScheme = oneOf('PUBLIC_SCHEME', ['http', 'https'] as const, development ? 'http' : 'https');
+  const gatewayPort = port('GATEWAY_PORT', 8080);
+  const redisUrl = str('REDIS_URL');
+  if (redisUrl !== undefined && !/^rediss?:\/\//.test(redisUrl)) throw new ConfigError('REDIS_URL', 'expected redis://host:port or rediss://host:port');
+
+  // Several replicas must share the secret; a generated one is only for a single development replica.
+  let gatewaySecret = str('GATEWAY_SECRET');
+  const gatewaySecretGenerated = gatewaySecret === undefined;
+  if (gatewaySecret === undefined) {
+    if (redisUrl !== undefined || !development) throw new ConfigError('GATEWAY_SECRET', 'required when REDIS_URL is set or BASE_DOMAIN is not localhost (replicas must share it)');
+    gatewaySecret = randomBytes(32).toString('base64url');
+  } else if (gatewaySecret.length < 32) {
+    throw new ConfigError('GATEWAY_SECRET', 'must be at least 32 characters');
+  }
+  let adminToken = str('ADMIN_TOKEN');
+  const adminTokenGenerated = adminToken === undefined;
+  if (adminToken === undefined) {
+    if (!development) throw new ConfigError('ADMIN_TOKEN', 'required when BASE_DOMAIN is not localhost');
+    adminToken = randomBytes(24).toString('base64url');
+  } else if (adminToken.length < 16) {
+    throw new ConfigError('ADMIN_TOKEN', 'must be at least 16 characters');
+  }
+  const platformLoginUrl = str('PLATFORM_LOGIN_URL');
+  if (platformLoginUrl !== undefined && !/^https?:\/\//.test(platformLoginUrl)) throw new ConfigError('PLATFORM_LOGIN_URL', 'expected an absolute http(s) URL');
+
+  const keepAliveTimeoutMs = dur('KEEPALIVE_TIMEOUT', '65s');
+  return {
+    gatewayPort,
+    adminPort: port('ADMIN_PORT', 9090),
+    listenHost: str('LISTEN_HOST', development ? '127.0.0.1' : '0.0.0.0')!,
+    baseDomain,
+    publicScheme,
+    publicPort: str('PUBLIC_PORT') !== undefined ? port('PUBLIC_PORT', gatewayPort) : development ? gatewayPort : undefined,
+    redisUrl,
+    redisPassword: str('REDIS_PASSWORD'),
+    redisPrefix: str('REDIS_PREFIX', 'wsgw:')!,
+    redisCommandTimeoutMs: dur('REDIS_COMMAND_TIMEOUT', '500ms'),
+    provisioner: oneOf('PROVISIONER', ['local', 'ecs'] as const, 'local'),
+    logLevel: oneOf('LOG_LEVEL', ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const, 'info'),
+    gatewaySecret,
+    gatewaySecretGenerated,
+    adminToken,
+    adminTokenGenerated,
+    platformLoginUrl,
+    sessionTtlMs: dur('SESSION_TTL', '12h'),
+    loginTokenMaxTtlMs: dur('LOGIN_TOKEN_MAX_TTL', '5m'),
+    trustedProxies: (str('TRUSTED_PROXIES', '127.0.0.1,::1')!).split(',').filter((s) => s.trim()).map((s) => parseCidr('TRUSTED_PROXIES', s)),
+    keepAliveTimeoutMs,
+    // Above keep-alive (issue 3; Node's http docs): a reused idle connection must reach its keep-alive
+    // end before a headers timeout can fire on it.
+    headersTimeoutMs: dur('HEADERS_TIMEOUT', `${keepAliveTimeoutMs + 1000}ms`),
+    requestTimeoutMs: dur('REQUEST_TIMEOUT', '300s'),
+    maxHeaderSize: int('MAX_HEADER_SIZE', 16_384, 1024, 1_048_576),
+    upstreamConnectTimeoutMs: dur('UPSTREAM_CONNECT_TIMEOUT', '5s'),
+    upstreamTimeoutMs: dur('UPSTREAM_TIMEOUT', '120s'),
+    upstreamMaxSockets: int('UPSTREAM_MAX_SOCKETS', 64, 1, 10_000),
+    wsIdleTimeoutMs: dur('WS_IDLE_TIMEOUT', '30s'),
+    startDeadlineMs: dur('START_DEADLINE', '5m'),
+    routeCacheTtlMs: dur('ROUTE_CACHE_TTL', '30s'),
+    idleTimeoutMs: dur('IDLE_TIMEOUT', '15m'),
+    maxSessionMs: dur('MAX_SESSION', '12h'),
+    reapIntervalMs: dur('REAP_INTERVAL', '30s'),
+    reaperEnabled: bool('REAPER', true),
+    activityFlushIntervalMs: dur('ACTIVITY_FLUSH_INTERVAL', '5s'),
+    drainPeriodMs: dur('DRAIN_PERIOD', development ? '0s' : '90s'),
+    shutdownTimeoutMs: dur('SHUTDOWN_TIMEOUT', '110s'),
+    rateLimits: {
+      signInPerMinute: int('RATE_SIGNIN_PER_MINUTE', 30, 1),
+      startsPerMinute: int('RATE_STARTS_PER_MINUTE', 6, 1),
+      unknownPerMinute: int('RATE_UNKNOWN_PER_MINUTE', 120, 1),
+    },
+    local: {
+      workspace: oneOf('LOCAL_WORKSPACE', ['auto', 'demo', 'code-server'] as const, 'auto'),
+      dataDir: str('LOCAL_DATA_DIR', '.data/workspaces')!,
+      codeServerBin: str('CODE_SERVER_BIN', 'code-server')!,
+      demoReadyDelayMs: dur('DEMO_READY_DELAY', '1500ms'),
+    },
+    env,
+  };
+}

@@ -1,0 +1,76 @@
+// The one error catalogue: every error the gateway answers with has a stable code here, and this
+// file alone maps codes to HTTP status. Tests compare codes (the `code` field in JSON, the
+// `x-gateway-error` header), never message text.
+import { escapeHtml, page } from './pages.js';
+
+export const ERROR_CATALOGUE = {
+  HOST_UNKNOWN: { status: 404, title: 'No such workspace host' },
+  HOST_MALFORMED: { status: 400, title: 'Malformed host' },
+  BAD_REQUEST: { status: 400, title: 'Bad request' },
+  METHOD_NOT_ALLOWED: { status: 405, title: 'Method not allowed' },
+  PROXY_TARGET_FORBIDDEN: { status: 400, title: 'Proxying to other hosts is not allowed' },
+  NOT_FOUND: { status: 404, title: 'Not found' },
+  NOT_SIGNED_IN: { status: 401, title: 'Sign in to open this workspace' },
+  LOGIN_TOKEN_INVALID: { status: 401, title: 'This sign-in link is not valid' },
+  LOGIN_TOKEN_EXPIRED: { status: 401, title: 'This sign-in link has expired' },
+  LOGIN_TOKEN_USED: { status: 401, title: 'This sign-in link was already used' },
+  ORIGIN_FORBIDDEN: { status: 403, title: 'Cross-origin WebSocket refused' },
+  ADMIN_UNAUTHORIZED: { status: 401, title: 'Admin token required' },
+  RATE_LIMITED: { status: 429, title: 'Too many requests' },
+  HEADERS_TOO_LARGE: { status: 431, title: 'Request headers too large' },
+  WORKSPACE_STOPPED: { status: 503, title: 'Workspace is stopped', retryAfterS: 10 },
+  WORKSPACE_STARTING: { status: 503, title: 'Workspace is starting', retryAfterS: 2 },
+  WORKSPACE_STOPPING: { status: 503, title: 'Workspace is stopping', retryAfterS: 5 },
+  WORKSPACE_START_FAILED: { status: 503, title: 'Workspace failed to start', retryAfterS: 30 },
+  STORE_UNAVAILABLE: { status: 503, title: 'Workspace state is unavailable', retryAfterS: 5 },
+  SHUTTING_DOWN: { status: 503, title: 'Gateway is restarting', retryAfterS: 1 },
+  UPSTREAM_UNREACHABLE: { status: 502, title: 'Workspace did not answer' },
+  UPSTREAM_TIMEOUT: { status: 504, title: 'Workspace took too long to answer' },
+  INTERNAL: { status: 500, title: 'Internal gateway error' },
+} as const satisfies Record<string, { status: number; title: string; retryAfterS?: number }>;
+
+export type ErrorCode = keyof typeof ERROR_CATALOGUE;
+
+export class GatewayError extends Error {
+  constructor(readonly code: ErrorCode, readonly detail?: string, options?: { cause?: unknown }) {
+    super(detail ?? ERROR_CATALOGUE[code].title, options);
+    this.name = 'GatewayError';
+  }
+}
+
+export interface RenderedError {
+  status: number;
+  headers: Record<string, string>;
+  body: string;
+}
+
+/** One response for an error code: HTML for a browser, JSON for a program. */
+export function renderError(code: ErrorCode, opts: { html: boolean; detail?: string; requestId?: string }): RenderedError {
+  const entry: { status: number; title: string; retryAfterS?: number } = ERROR_CATALOGUE[code];
+  const headers: Record<string, string> = {
+    'cache-control': 'no-store',
+    'x-gateway-error': code,
+  };
+  if (entry.retryAfterS !== undefined) headers['retry-after'] = String(entry.retryAfterS);
+  if (opts.requestId) headers['x-request-id'] = opts.requestId;
+  if (opts.html) {
+    headers['content-type'] = 'text/html; charset=utf-8';
+    const detail = opts.detail ? `<p>${escapeHtml(opts.detail)}</p>` : '';
+    const body = page(entry.title, `<h1>${escapeHtml(entry.title)}</h1>${detail}<p class="code">${code}${opts.requestId ? ` · ${escapeHtml(opts.requestId)}` : ''}</p>`);
+    return { status: entry.status, headers, body };
+  }
+  headers['content-type'] = 'application/json; charset=utf-8';
+  const body = JSON.stringify({
+    error: { code, message: entry.title, ...(opts.detail ? { detail: opts.detail } : {}), ...(opts.requestId ? { requestId: opts.requestId } : {}) },
+  });
+  return { status: entry.status, headers, body };
+}
+
+/** The raw bytes for an error on a socket that was never handed to an HTTP response (upgrades). */
+export function renderErrorOnSocket(code: ErrorCode, requestId?: string): string {
+  const r = renderError(code, { html: false, requestId });
+  const lines = [`HTTP/1.1 ${r.status} ${ERROR_CATALOGUE[code].title}`];
+  for (const [k, v] of Object.entries(r.headers)) lines.push(`${k}: ${v}`);
+  lines.push(`content-length: ${Buffer.byteLength(r.body)}`, 'connection: close');
+  return `${lines.join('\r\n')}\r\n\r\n${r.body}`;
+}

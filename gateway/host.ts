@@ -1,0 +1,62 @@
+// Host parsing: the first step of the request path, pure and decided before any state lookup.
+// RFC 9110 7.2 (Host), RFC 1035 2.3.1 (labels). Only `ws-<id>.<base domain>[:port]` is ours.
+
+export type HostVerdict =
+  | { kind: 'workspace'; id: string }
+  | { kind: 'unknown' }
+  | { kind: 'malformed'; why: string };
+
+/** A workspace id is one DNS label: lower-case letters, digits, inner hyphens, at most 60 characters. */
+export const WORKSPACE_ID = /^[a-z0-9](?:[a-z0-9-]{0,58}[a-z0-9])?$/;
+
+export function isWorkspaceId(id: string): boolean {
+  return WORKSPACE_ID.test(id);
+}
+
+const HOST_CHARS = /^[a-z0-9.-]+$/;
+
+export function parseHost(hostHeaders: readonly string[], baseDomain: string): HostVerdict {
+  if (hostHeaders.length !== 1) {
+    return { kind: 'malformed', why: hostHeaders.length === 0 ? 'no Host header' : 'more than one Host header' };
+  }
+  let host = hostHeaders[0].trim().toLowerCase();
+  if (host.startsWith('[')) return { kind: 'unknown' }; // an IPv6 literal is never a workspace host
+  const colon = host.lastIndexOf(':');
+  if (colon !== -1) {
+    const port = host.slice(colon + 1);
+    if (!/^\d{1,5}$/.test(port) || Number(port) > 65535) return { kind: 'malformed', why: 'bad port in Host' };
+    host = host.slice(0, colon);
+  }
+  if (host.endsWith('.')) host = host.slice(0, -1);
+  if (host === '' || !HOST_CHARS.test(host) || host.includes('..')) return { kind: 'malformed', why: 'Host is not a host name' };
+  const suffix = `.${baseDomain}`;
+  if (!host.endsWith(suffix)) return { kind: 'unknown' };
+  const label = host.slice(0, -suffix.length);
+  if (!label.startsWith('ws-') || label.includes('.')) return { kind: 'unknown' };
+  const id = label.slice(3);
+  if (!isWorkspaceId(id)) return { kind: 'malformed', why: 'workspace id is not a DNS label of at most 60 characters' };
+  return { kind: 'workspace', id };
+}
+
+/** All Host header values as sent (Node keeps only the first in req.headers). */
+export function hostHeaderValues(rawHeaders: readonly string[]): string[] {
+  const out: string[] = [];
+  for (let i = 0; i < rawHeaders.length; i += 2) if (rawHeaders[i].length === 4 && rawHeaders[i].toLowerCase() === 'host') out.push(rawHeaders[i + 1]);
+  return out;
+}
+
+/**
+ * The request target must be origin-form (RFC 9112 3.2.1). Absolute-form naming our own host is
+ * tolerated as RFC 9112 3.2.2 requires; absolute-form naming another host, asterisk-form and
+ * authority-form (CONNECT) are refused: a gateway is not a forward proxy.
+ */
+export function checkRequestTarget(method: string, url: string, hostHeader: string | undefined): 'ok' | 'bad' {
+  if (method === 'CONNECT' || url === '*' || url === '') return 'bad';
+  if (url.startsWith('/')) return 'ok';
+  const m = /^https?:\/\/([^/?#]*)/i.exec(url);
+  if (!m || hostHeader === undefined) return 'bad';
+  const authority = m[1].toLowerCase();
+  if (authority.includes('@')) return 'bad';
+  const strip = (h: string) => h.trim().toLowerCase().replace(/:\d+$/, '').replace(/\.$/, '');
+  return strip(authority) === strip(hostHeader) ? 'ok' : 'bad';
+}

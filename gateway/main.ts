@@ -1,0 +1,64 @@
+// Entry point: reads the environment once, picks implementations, starts both listeners, and turns
+// SIGTERM into a graceful drain. `npm start` with no configuration runs a complete single-replica
+// gateway (in-memory state, local workspaces) and prints a sign-in link for the demo workspace.
+import { randomUUID } from 'node:crypto';
+import { createGateway } from './app.js';
+import { systemClock } from './clock.js';
+import { provisionerFromConfig, storeFromConfig } from './compose.js';
+import { ConfigError, loadConfig } from './config.js';
+import { createLogger } from './log.js';
+import { createMetrics } from './metrics.js';
+
+async function main() {
+  let config;
+  try {
+    config = loadConfig(process.env);
+  } catch (err) {
+    if (err instanceof ConfigError) { process.stderr.write(`configuration error: ${err.message}\n`); process.exit(2); }
+    throw err;
+  }
+  const logger = createLogger(config.logLevel);
+  const metrics = createMetrics({ enabled: process.env.METRICS !== 'off', defaultMetrics: true });
+  const store = await storeFromConfig(config, systemClock, metrics, logger);
+  const provisioner = await provisionerFromConfig(config, systemClock, metrics, logger);
+  const gateway = await createGateway({ config, store, provisioner, metrics, logger });
+  const { gatewayPort, adminPort } = await gateway.listen();
+  logger.info({ event: 'listening', gatewayPort, adminPort, store: store.kind, provisioner: provisioner.kind }, 'gateway listening');
+
+  if (config.gatewaySecretGenerated || config.adminTokenGenerated) {
+    // Development: print what a newcomer needs to open the demo workspace in a browser.
+    const token = await gateway.auth.createLoginToken('demo', randomUUID(), config.loginTokenMaxTtlMs);
+    const port = config.publicPort && config.publicPort !== 80 ? `:${gatewayPort}` : '';
+    const lines = [
+      '',
+      `  Workspace gateway is up (${provisioner.kind} workspaces, ${store.kind} state).`,
+      `  Open the demo workspace (one-time link, valid ${Math.round(config.loginTokenMaxTtlMs / 60_000)} min):`,
+      `    ${config.publicScheme}://ws-demo.${config.baseDomain}${port}/__gateway/login?token=${token}&next=/`,
+      `  More links: curl -X POST -H 'authorization: Bearer ${config.adminToken}' http://127.0.0.1:${adminPort}/api/workspaces/demo/login-url`,
+      '',
+    ];
+    process.stdout.write(`${lines.join('\n')}\n`);
+  }
+
+  let stopping = false;
+  const shutdown = async (signal: string) => {
+    if (stopping) return;
+    stopping = true;
+    logger.info({ event: 'shutdown', signal, drainMs: config.drainPeriodMs }, 'draining');
+    const hard = setTimeout(() => { logger.error({ event: 'shutdown.timeout' }, 'drain took too long; exiting'); process.exit(1); }, config.shutdownTimeoutMs);
+    hard.unref();
+    await gateway.close(config.drainPeriodMs);
+    await provisioner.close();
+    await store.close();
+    metrics.close();
+    logger.info({ event: 'stopped' }, 'gateway stopped');
+    process.exit(0);
+  };
+  process.on('SIGTERM', () => { void shutdown('SIGTERM'); });
+  process.on('SIGINT', () => { void shutdown('SIGINT'); });
+}
+
+main().catch((err) => {
+  process.stderr.write(`fatal: ${err instanceof Error ? err.stack : String(err)}\n`);
+  process.exit(1);
+});

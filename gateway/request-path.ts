@@ -1,0 +1,351 @@
+// The request path on the public port, one direction, one small named function per step:
+//
+//   parseHostStep -> gatewayOwnPaths -> authorize -> guardWorkspacePath -> resolve -> startIfNeeded
+//     -> forwardWeb | forwardWs -> recordActivity
+//
+// Workspace hosts are routed here before any framework router runs (issue 2): a warm request costs
+// host parsing, a cached session check, a Map lookup and the proxy itself.
+import { randomBytes, randomUUID } from 'node:crypto';
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { Duplex } from 'node:stream';
+import type { Endpoint } from '../provisioner/contract.js';
+import type { ActivityRecorder } from './activity-recorder.js';
+import {
+  SESSION_COOKIE, clearedSessionCookie, clientAddress, cookieValues, safeNext, sameOrigin, sessionCookie, stripCookie,
+  type Auth,
+} from './auth.js';
+import type { Clock } from './clock.js';
+import type { Config } from './config.js';
+import { GatewayError, renderError, renderErrorOnSocket, type ErrorCode } from './errors.js';
+import { checkRequestTarget, hostHeaderValues, parseHost } from './host.js';
+import type { Logger } from './log.js';
+import type { Metrics } from './metrics.js';
+import { startingPage, type StatusView } from './pages.js';
+import { prepareHeaders, type Forwarder } from './proxy.js';
+import { isNavigation, wantsHtml } from './request-kind.js';
+import type { StateStore, WorkspaceRecord } from './store/contract.js';
+import { StoreUnavailable } from './store/contract.js';
+import type { Workspaces } from './workspaces.js';
+
+export interface RequestPathDeps {
+  config: Config;
+  clock: Clock;
+  store: StateStore;
+  workspaces: Workspaces;
+  forwarder: Forwarder;
+  auth: Auth;
+  activity: ActivityRecorder;
+  metrics: Metrics;
+  log: Logger;
+  /** Called for each proxied WebSocket pair, so the app can track, tap and drain them. */
+  onWebSocket(ws: { workspaceId: string; client: Duplex; upstream: Duplex; req: IncomingMessage; response: IncomingMessage }): void;
+  isDraining(): boolean;
+}
+
+interface Ctx {
+  req: IncomingMessage;
+  requestId: string;
+  workspaceId: string;
+  html: boolean;
+  started: bigint;
+}
+
+const PREFIX = '/__gateway/';
+/** code-server's port-proxy routes; only loopback ports of the workspace itself are allowed (issue 3). */
+const PROXY_ROUTE = /^\/(?:abs)?proxy\/([^/?#]*)/i;
+
+export function createRequestPath(deps: RequestPathDeps) {
+  const { config, auth, workspaces, metrics, log, activity, forwarder } = deps;
+  // Always Secure: `__Host-` requires it, and browsers treat http://*.localhost as a secure context.
+  const secureCookie = true;
+
+  // ---------------------------------------------------------------- responses
+  function fail(res: ServerResponse, ctx: { requestId: string; html: boolean }, code: ErrorCode, detail?: string) {
+    const r = renderError(code, { html: ctx.html, detail, requestId: ctx.requestId });
+    metrics.rejectedRequest(code);
+    if (res.headersSent) { res.destroy(); return; }
+    res.writeHead(r.status, { ...r.headers, 'content-length': Buffer.byteLength(r.body) });
+    res.end(r.body);
+  }
+  function failSocket(socket: Duplex, requestId: string, code: ErrorCode) {
+    metrics.rejectedRequest(code);
+    if (!socket.writable) { socket.destroy(); return; }
+    socket.end(renderErrorOnSocket(code, requestId));
+  }
+
+  // ---------------------------------------------------------------- steps
+  /** Step 1: the request target and the Host, strictly, before any state lookup. */
+  function parseHostStep(req: IncomingMessage): { ok: true; workspaceId: string } | { ok: false; code: ErrorCode; detail?: string } {
+    const hosts = hostHeaderValues(req.rawHeaders);
+    if (checkRequestTarget(req.method ?? '', req.url ?? '', hosts[0]) === 'bad') return { ok: false, code: 'BAD_REQUEST', detail: 'request target must be a path on this host' };
+    const verdict = parseHost(hosts, config.baseDomain);
+    if (verdict.kind === 'workspace') return { ok: true, workspaceId: verdict.id };
+    if (verdict.kind === 'unknown') return { ok: false, code: 'HOST_UNKNOWN' };
+    return { ok: false, code: 'HOST_MALFORMED', detail: verdict.why };
+  }
+
+  /** Step 2: only the workspace's owner, proven by a session cookie for exactly this host. */
+  async function authorize(req: IncomingMessage, workspaceId: string): Promise<boolean> {
+    const session = await auth.sessionFor(cookieValues(req.headers.cookie, SESSION_COOKIE), workspaceId);
+    if (!session) metrics.signInFailure('no_session');
+    return session !== undefined;
+  }
+
+  /** code-server's /proxy/<port> must not reach other hosts (`/proxy/80@evil/`, encoded variants). */
+  function guardWorkspacePath(url: string): boolean {
+    let path = url;
+    for (let i = 0; i < 3; i++) {
+      try { const d = decodeURIComponent(path); if (d === path) break; path = d; } catch { return false; }
+    }
+    const m = PROXY_ROUTE.exec(path);
+    if (!m) return true;
+    return /^\d{1,5}$/.test(m[1]);
+  }
+
+  function statusView(record: WorkspaceRecord | undefined): StatusView {
+    if (!record) return { state: 'stopped', generation: 0 };
+    const starting = record.state === 'starting';
+    return {
+      state: record.state, generation: record.generation, stage: record.stage, queuePosition: record.queuePosition,
+      elapsedMs: record.requestedAt !== undefined && (starting || record.state === 'failed') ? deps.clock.now() - record.requestedAt : undefined,
+      reasonCode: record.state === 'failed' ? record.reasonCode : undefined,
+      reason: record.state === 'failed' ? record.reason : undefined,
+      previousStop: starting ? record.reasonCode : record.state === 'stopped' ? record.reasonCode : undefined,
+    };
+  }
+
+  /**
+   * Step 4: a workspace that is not running. Only a top-level page load may start it; everything
+   * else gets 503 with Retry-After, so an open tab's reconnect loop never brings it back (issue 2).
+   */
+  async function startIfNeeded(req: IncomingMessage, res: ServerResponse, ctx: Ctx, record: WorkspaceRecord | undefined) {
+    const navigation = isNavigation(req.method, req.headers);
+    if (!navigation) {
+      const code: ErrorCode = record?.state === 'starting' ? 'WORKSPACE_STARTING' : record?.state === 'stopping' ? 'WORKSPACE_STOPPING'
+        : record?.state === 'failed' ? 'WORKSPACE_START_FAILED' : 'WORKSPACE_STOPPED';
+      fail(res, ctx, code);
+      return;
+    }
+    let current = record;
+    if (!record || record.state === 'stopped') {
+      if (await overLimit(`start:${ctx.workspaceId}`, config.rateLimits.startsPerMinute)) { fail(res, ctx, 'RATE_LIMITED'); return; }
+      current = await workspaces.requestStart(ctx.workspaceId, { retryFailed: false, requestId: ctx.requestId });
+      res.setHeader('x-gateway-cold-start', '1');
+    }
+    activity.touch(ctx.workspaceId);
+    sendStartingPage(res, ctx, current);
+  }
+
+  function sendStartingPage(res: ServerResponse, ctx: Ctx, record: WorkspaceRecord | undefined) {
+    const nonce = randomBytes(12).toString('base64');
+    const { html, csp } = startingPage(statusView(record), nonce);
+    // 200, not 503: it is a real page a person reads; programs get 503 + Retry-After instead.
+    res.writeHead(200, {
+      'content-type': 'text/html; charset=utf-8', 'cache-control': 'no-store', 'content-security-policy': csp,
+      'x-request-id': ctx.requestId, 'x-gateway-state': record?.state ?? 'stopped', 'content-length': Buffer.byteLength(html),
+    });
+    res.end(html);
+  }
+
+  async function overLimit(key: string, perMinute: number): Promise<boolean> {
+    try { return (await deps.store.countHit(key, 60_000)) > perMinute; } catch { return false; }
+  }
+
+  /** Step 5 (web): forward, record activity, map upstream failures. */
+  function forwardWeb(req: IncomingMessage, res: ServerResponse, ctx: Ctx, endpoint: Endpoint, warm: boolean) {
+    res.setHeader('x-request-id', ctx.requestId);
+    prepareHeaders(req, forwardedFor(req), stripCookie(req.headers.cookie, SESSION_COOKIE), false);
+    forwarder.web(req, res, endpoint, {
+      onResponse: (status) => {
+        metrics.proxied('web', status);
+        if (warm) metrics.warmLatency(Number(process.hrtime.bigint() - ctx.started) / 1e9);
+      },
+      onFailure: ({ code, error }) => {
+        metrics.upstreamError(code);
+        metrics.proxied('web', code === 'UPSTREAM_TIMEOUT' ? 504 : 502);
+        log.warn({ event: 'upstream.error', workspaceId: ctx.workspaceId, requestId: ctx.requestId, code, err: error.message }, 'upstream failed');
+        if (code === 'UPSTREAM_UNREACHABLE') workspaces.recheck(ctx.workspaceId);
+        fail(res, ctx, code);
+      },
+    });
+    recordActivity(ctx.workspaceId, req);
+  }
+
+  /** Step 6: a person's request for content counts; health checks and our own polling do not. */
+  function recordActivity(workspaceId: string, req: IncomingMessage) {
+    if (req.url === '/healthz') return;
+    activity.touch(workspaceId);
+  }
+
+  function forwardedFor(req: IncomingMessage) {
+    return {
+      clientAddress: clientAddress(req.socket.remoteAddress, req.headers['x-forwarded-for'], config.trustedProxies),
+      proto: config.publicScheme,
+      host: req.headers.host ?? '',
+    };
+  }
+
+  // ---------------------------------------------------------------- /__gateway/ on workspace hosts
+  async function gatewayOwnPaths(req: IncomingMessage, res: ServerResponse, ctx: Ctx): Promise<void> {
+    const url = new URL(req.url ?? '/', 'http://x');
+    const path = url.pathname.slice(PREFIX.length);
+    res.setHeader('x-request-id', ctx.requestId);
+    if (path === 'login' && req.method === 'GET') return login(req, res, ctx, url);
+    if (path === 'logout' && req.method === 'POST') {
+      res.writeHead(303, { location: '/__gateway/signed-out', 'set-cookie': clearedSessionCookie(secureCookie), 'cache-control': 'no-store' });
+      res.end();
+      return;
+    }
+    if (path === 'signed-out' && req.method === 'GET') {
+      const body = '<!doctype html><title>Signed out</title><p>You are signed out of this workspace.</p>';
+      res.writeHead(200, { 'content-type': 'text/html; charset=utf-8', 'cache-control': 'no-store' });
+      res.end(body);
+      return;
+    }
+    if (!(await authorize(req, ctx.workspaceId))) return fail(res, { ...ctx, html: false }, 'NOT_SIGNED_IN');
+    if (path === 'status' && req.method === 'GET') return status(req, res, ctx, url);
+    if (path === 'start' && req.method === 'POST') {
+      // A simple-request POST from another site cannot set this header (CORS), so it cannot start us.
+      if (req.headers['x-requested-with'] !== 'gateway') return fail(res, { ...ctx, html: false }, 'BAD_REQUEST', 'missing x-requested-with');
+      if (await overLimit(`start:${ctx.workspaceId}`, config.rateLimits.startsPerMinute)) return fail(res, { ...ctx, html: false }, 'RATE_LIMITED');
+      const record = await workspaces.requestStart(ctx.workspaceId, { retryFailed: true, requestId: ctx.requestId });
+      return json(res, 202, statusView(record));
+    }
+    return fail(res, ctx, 'NOT_FOUND');
+  }
+
+  async function login(req: IncomingMessage, res: ServerResponse, ctx: Ctx, url: URL) {
+    const address = clientAddress(req.socket.remoteAddress, req.headers['x-forwarded-for'], config.trustedProxies);
+    if (await overLimit(`signin:${address}`, config.rateLimits.signInPerMinute)) { metrics.signInFailure('rate_limited'); return fail(res, ctx, 'RATE_LIMITED'); }
+    const token = url.searchParams.get('token') ?? '';
+    const check = await auth.checkLoginToken(token, ctx.workspaceId);
+    if (!check.ok) { metrics.signInFailure(check.reason); return fail(res, ctx, check.code); }
+    if (!(await deps.store.consumeOnce(`jti:${check.jti}`, Math.max(1000, check.expiresAt - deps.clock.now() + 60_000)))) {
+      metrics.signInFailure('replayed');
+      return fail(res, ctx, 'LOGIN_TOKEN_USED');
+    }
+    const session = await auth.createSession(ctx.workspaceId);
+    // 303 to a same-host path: the token leaves the address bar and never reaches the workspace.
+    res.writeHead(303, {
+      location: safeNext(url.searchParams.get('next')), 'set-cookie': sessionCookie(session.value, config.sessionTtlMs, secureCookie),
+      'cache-control': 'no-store', 'referrer-policy': 'no-referrer',
+    });
+    res.end();
+    log.info({ event: 'signin', workspaceId: ctx.workspaceId, requestId: ctx.requestId }, 'signed in');
+  }
+
+  /** Long-poll: answers at once if the state differs from what the page knows, else on the next change. */
+  async function status(req: IncomingMessage, res: ServerResponse, ctx: Ctx, url: URL) {
+    let record = await deps.store.getWorkspace(ctx.workspaceId);
+    const known = `${url.searchParams.get('state')}/${url.searchParams.get('generation')}/${url.searchParams.get('stage')}`;
+    const key = (r: WorkspaceRecord | undefined) => `${r?.state ?? 'stopped'}/${r?.generation ?? 0}/${r?.stage ?? ''}`;
+    if (url.searchParams.get('wait') === '1' && key(record) === known && (!record || record.state === 'starting' || record.state === 'stopping')) {
+      const closed = new AbortController();
+      res.once('close', () => closed.abort());
+      const changed = await workspaces.nextChange(ctx.workspaceId, 20_000, closed.signal);
+      record = changed ?? (await deps.store.getWorkspace(ctx.workspaceId));
+      // Nobody drives this start any more (its replica died): take it over and resume it.
+      if (record?.state === 'starting' && !workspaces.isStarting(ctx.workspaceId)) {
+        record = (await workspaces.requestStart(ctx.workspaceId, { retryFailed: false, requestId: ctx.requestId })) ?? record;
+      }
+    }
+    if (res.destroyed) return;
+    json(res, 200, statusView(record));
+  }
+
+  function json(res: ServerResponse, status: number, body: unknown) {
+    const s = JSON.stringify(body);
+    res.writeHead(status, { 'content-type': 'application/json; charset=utf-8', 'cache-control': 'no-store', 'content-length': Buffer.byteLength(s) });
+    res.end(s);
+  }
+
+  // ---------------------------------------------------------------- entry points
+  async function handleRequest(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    const requestId = randomUUID();
+    const started = process.hrtime.bigint();
+    const html = wantsHtml(req.headers);
+    const host = parseHostStep(req);
+    if (!host.ok) return fail(res, { requestId, html }, host.code, host.detail);
+    const ctx: Ctx = { req, requestId, workspaceId: host.workspaceId, html, started };
+    try {
+      if (req.url!.startsWith(PREFIX)) return await gatewayOwnPaths(req, res, ctx);
+      if (!(await authorize(req, ctx.workspaceId))) return notSignedIn(req, res, ctx);
+      if (!guardWorkspacePath(req.url!)) return fail(res, ctx, 'PROXY_TARGET_FORBIDDEN');
+      if (deps.isDraining()) res.setHeader('connection', 'close');
+      const route = await workspaces.resolve(ctx.workspaceId);
+      if (route.kind === 'running') return forwardWeb(req, res, ctx, route.endpoint, true);
+      return await startIfNeeded(req, res, ctx, route.record);
+    } catch (err) {
+      if (err instanceof StoreUnavailable) return fail(res, ctx, 'STORE_UNAVAILABLE');
+      if (err instanceof GatewayError) return fail(res, ctx, err.code, err.detail);
+      log.error({ event: 'request.error', workspaceId: ctx.workspaceId, requestId, err }, 'request failed');
+      return fail(res, ctx, 'INTERNAL');
+    }
+  }
+
+  function notSignedIn(req: IncomingMessage, res: ServerResponse, ctx: Ctx) {
+    if (isNavigation(req.method, req.headers) && config.platformLoginUrl) {
+      const back = `${config.publicScheme}://${req.headers.host}${req.url}`;
+      const to = new URL(config.platformLoginUrl);
+      to.searchParams.set('return_to', back);
+      res.writeHead(303, { location: to.toString(), 'cache-control': 'no-store', 'x-request-id': ctx.requestId, 'x-gateway-error': 'NOT_SIGNED_IN' });
+      res.end();
+      return;
+    }
+    fail(res, ctx, 'NOT_SIGNED_IN');
+  }
+
+  async function handleUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer): Promise<void> {
+    const requestId = randomUUID();
+    socket.on('error', () => socket.destroy());
+    const host = parseHostStep(req);
+    if (!host.ok) return failSocket(socket, requestId, host.code);
+    const workspaceId = host.workspaceId;
+    // RFC 6455 4.1: GET, Upgrade: websocket, a key and version 13. h2c and others are not ours.
+    if (req.method !== 'GET' || (req.headers.upgrade ?? '').toLowerCase() !== 'websocket'
+      || !req.headers['sec-websocket-key'] || req.headers['sec-websocket-version'] !== '13') return failSocket(socket, requestId, 'BAD_REQUEST');
+    try {
+      if (!(await authorize(req, workspaceId))) return failSocket(socket, requestId, 'NOT_SIGNED_IN');
+      // Cross-site WebSocket hijacking: only the workspace's own origin may open its sockets.
+      if (!sameOrigin(req.headers.origin, req.headers.host, config.publicScheme)) { metrics.signInFailure('origin'); return failSocket(socket, requestId, 'ORIGIN_FORBIDDEN'); }
+      if (req.url!.startsWith(PREFIX) || !guardWorkspacePath(req.url!)) return failSocket(socket, requestId, 'PROXY_TARGET_FORBIDDEN');
+      if (deps.isDraining()) return failSocket(socket, requestId, 'SHUTTING_DOWN');
+      const route = await workspaces.resolve(workspaceId);
+      if (route.kind !== 'running') {
+        const state = route.record?.state;
+        return failSocket(socket, requestId, state === 'starting' ? 'WORKSPACE_STARTING' : state === 'failed' ? 'WORKSPACE_START_FAILED' : 'WORKSPACE_STOPPED');
+      }
+      forwardWs(req, socket, head, workspaceId, requestId, route.endpoint);
+    } catch (err) {
+      if (err instanceof StoreUnavailable) return failSocket(socket, requestId, 'STORE_UNAVAILABLE');
+      log.error({ event: 'upgrade.error', workspaceId, requestId, err }, 'upgrade failed');
+      return failSocket(socket, requestId, 'INTERNAL');
+    }
+  }
+
+  /** Step 5 (ws): forward the upgrade, then hand the socket pair to the app for tracking and taps. */
+  function forwardWs(req: IncomingMessage, socket: Duplex, head: Buffer, workspaceId: string, requestId: string, endpoint: Endpoint) {
+    prepareHeaders(req, forwardedFor(req), stripCookie(req.headers.cookie, SESSION_COOKIE), true);
+    let upgraded = false;
+    forwarder.ws(req, socket, head, endpoint, {
+      onUpgrade: (upstream, response) => {
+        upgraded = true;
+        metrics.proxied('ws', 101);
+        activity.touch(workspaceId);
+        deps.onWebSocket({ workspaceId, client: socket, upstream, req, response });
+      },
+      onFailure: ({ code, error }) => {
+        metrics.upstreamError(code);
+        if (!upgraded) metrics.proxied('ws', code === 'UPSTREAM_TIMEOUT' ? 504 : 502);
+        log.warn({ event: 'upstream.error', workspaceId, requestId, code, err: error.message, kind: 'ws' }, 'upstream failed');
+        if (code === 'UPSTREAM_UNREACHABLE') workspaces.recheck(workspaceId);
+        if (!upgraded && socket.writable) failSocket(socket, requestId, code);
+        else socket.destroy();
+      },
+    });
+  }
+
+  return { handleRequest, handleUpgrade, statusView };
+}
+
+export type RequestPath = ReturnType<typeof createRequestPath>;

@@ -1,0 +1,327 @@
+// Workspace lifecycle as the gateway sees it: resolve a route (cache, then store), start a workspace
+// exactly once per generation across replicas, stop it, and re-check a route after an upstream
+// failure. States: stopped -> starting -> running -> stopping -> stopped (and failed, with a reason).
+//
+// Exactly-once: one process shares one start between concurrent requests (the in-flight map); replicas
+// take the workspace lock, a lease in the store (SET NX PX, renewed while held, expiring if the holder
+// dies), and every record write is fenced by it. Other replicas learn of changes by pub/sub at once.
+import { randomUUID } from 'node:crypto';
+import type { Endpoint, Provisioner, RunningWorkspace, StageReport } from '../provisioner/contract.js';
+import { StartFailure } from '../provisioner/contract.js';
+import type { Clock } from './clock.js';
+import type { Metrics } from './metrics.js';
+import type { Logger } from './log.js';
+import type { Fence, StateStore, WorkspaceEvent, WorkspaceRecord } from './store/contract.js';
+
+export interface WorkspacesOptions {
+  store: StateStore;
+  provisioner: Provisioner;
+  clock: Clock;
+  metrics: Metrics;
+  log: Logger;
+  instanceId: string;
+  startDeadlineMs: number;
+  routeCacheTtlMs: number;
+  /** Workspace lock lease; renewed every third of it while a start or stop runs. */
+  leaseTtlMs?: number;
+}
+
+export type Route =
+  | { kind: 'running'; endpoint: Endpoint; generation: number }
+  | { kind: 'not-running'; record: WorkspaceRecord | undefined };
+
+export interface StopReason { reasonCode: string; reason: string }
+
+interface CacheEntry { endpoint: Endpoint; generation: number; checkedAt: number }
+
+export const lockKey = (id: string) => `lock:${id}`;
+
+/** Generations never repeat, even after the store is lost: at least the start's Unix second. */
+export function nextGeneration(previous: number | undefined, nowMs: number): number {
+  return Math.max((previous ?? 0) + 1, Math.floor(nowMs / 1000));
+}
+
+export function createWorkspaces(opts: WorkspacesOptions) {
+  const { store, provisioner, clock, metrics, log } = opts;
+  const leaseTtlMs = opts.leaseTtlMs ?? 15_000;
+  const cache = new Map<string, CacheEntry>();
+  const refreshing = new Set<string>();
+  const inFlight = new Map<string, { controller: AbortController; done: Promise<void> }>();
+  const waiters = new Map<string, Set<(r: WorkspaceRecord) => void>>();
+  const rechecks = new Map<string, number>();
+  let closed = false;
+
+  const owner = () => `${opts.instanceId}:${randomUUID()}`;
+
+  function applyEvent(record: WorkspaceRecord) {
+    if (record.state === 'running' && record.endpoint) {
+      cache.set(record.id, { endpoint: record.endpoint, generation: record.generation, checkedAt: clock.now() });
+    } else {
+      cache.delete(record.id);
+    }
+    const set = waiters.get(record.id);
+    if (set) { waiters.delete(record.id); for (const w of set) w(record); }
+  }
+  const unsubscribe = store.subscribe((e: WorkspaceEvent) => applyEvent(e.record));
+
+  async function write(record: WorkspaceRecord, fence: Fence): Promise<boolean> {
+    const ok = await store.putWorkspace(record, fence);
+    if (ok) {
+      applyEvent(record);
+      await store.publish({ record }).catch(() => metrics.storeError());
+    }
+    return ok;
+  }
+
+  function refreshInBackground(id: string) {
+    if (refreshing.has(id)) return;
+    refreshing.add(id);
+    store.getWorkspace(id).then((r) => {
+      if (r?.state === 'running' && r.endpoint) applyEvent(r);
+      else if (r) cache.delete(id);
+      else cache.get(id) && (cache.get(id)!.checkedAt = clock.now()); // store emptied: keep serving, rediscovered later
+    }).catch(() => metrics.storeError()).finally(() => refreshing.delete(id));
+  }
+
+  /** Route cache first (no network on a warm request), then the store. */
+  async function resolve(id: string): Promise<Route> {
+    const hit = cache.get(id);
+    if (hit) {
+      if (clock.now() - hit.checkedAt > opts.routeCacheTtlMs) { metrics.routeCache('stale'); refreshInBackground(id); }
+      else metrics.routeCache('hit');
+      return { kind: 'running', endpoint: hit.endpoint, generation: hit.generation };
+    }
+    metrics.routeCache('miss');
+    const record = await store.getWorkspace(id);
+    if (record?.state === 'running' && record.endpoint) {
+      applyEvent(record);
+      return { kind: 'running', endpoint: record.endpoint, generation: record.generation };
+    }
+    return { kind: 'not-running', record };
+  }
+
+  function holdLease(key: string, own: string, onLost: () => void): () => void {
+    const timer = setInterval(() => {
+      store.renewLease(key, own, leaseTtlMs).then((held) => { if (!held) onLost(); }).catch(() => metrics.storeError());
+    }, Math.max(50, Math.floor(leaseTtlMs / 3)));
+    timer.unref();
+    return () => clearInterval(timer);
+  }
+
+  async function adopt(found: RunningWorkspace, fence: Fence, now: number): Promise<WorkspaceRecord> {
+    const record: WorkspaceRecord = {
+      id: found.workspaceId, state: 'running', generation: found.generation, since: now,
+      endpoint: found.endpoint, handle: found.handle, startedAt: found.startedAt ?? now, stage: 'ready',
+    };
+    await write(record, fence);
+    // Its activity is unknown: a full idle window from the moment it is seen (issue 5).
+    await store.resetActivity(found.workspaceId, now);
+    log.info({ event: 'workspace.adopted', workspaceId: found.workspaceId, generation: found.generation }, 'running workspace rediscovered');
+    return record;
+  }
+
+  /**
+   * Asks for a start and answers at once with the record: the start itself runs in the background.
+   * `retryFailed` is true only for an explicit "try again" (a failed start never loops by itself).
+   */
+  async function requestStart(id: string, how: { retryFailed: boolean; requestId?: string }): Promise<WorkspaceRecord | undefined> {
+    if (closed) return store.getWorkspace(id);
+    if (inFlight.has(id)) return store.getWorkspace(id);
+    let record = await store.getWorkspace(id);
+    if (record?.state === 'running' || record?.state === 'stopping') return record;
+    if (record?.state === 'failed' && !how.retryFailed) return record;
+    const fence = { key: lockKey(id), owner: owner() };
+    if (!(await store.acquireLease(fence.key, fence.owner, leaseTtlMs))) return record ?? store.getWorkspace(id);
+    if (inFlight.has(id)) { await store.releaseLease(fence.key, fence.owner); return store.getWorkspace(id); }
+    let handedOff = false;
+    try {
+      record = await store.getWorkspace(id);
+      if (record?.state === 'running' || record?.state === 'stopping' || (record?.state === 'failed' && !how.retryFailed)) return record;
+      const now = clock.now();
+      if (!record) {
+        // Unknown to the store: it may be running after all (the store was emptied). Never start twice.
+        const found = await provisioner.describe(id).catch(() => undefined);
+        if (found) return await adopt(found, fence, now);
+      }
+      let next: WorkspaceRecord;
+      if (record?.state === 'starting') {
+        // The previous holder died mid-start: resume the same generation from its recorded stage.
+        next = { ...record, since: now };
+        log.info({ event: 'start.resumed', workspaceId: id, generation: record.generation, handle: record.handle, requestId: how.requestId }, 'resuming a start whose holder is gone');
+      } else {
+        next = {
+          id, state: 'starting', generation: nextGeneration(record?.generation, now), since: now, stage: 'queued', requestedAt: now,
+          // Kept so the starting page can say why it stopped last time ("stopped after being idle").
+          reasonCode: record?.state === 'stopped' ? record.reasonCode : undefined,
+          reason: record?.state === 'stopped' ? record.reason : undefined,
+        };
+        log.info({ event: 'start.requested', workspaceId: id, generation: next.generation, requestId: how.requestId }, 'start requested');
+      }
+      if (!(await write(next, fence))) return store.getWorkspace(id);
+      handedOff = true;
+      run(next, fence);
+      return next;
+    } finally {
+      if (!handedOff) await store.releaseLease(fence.key, fence.owner).catch(() => metrics.storeError());
+    }
+  }
+
+  function run(initial: WorkspaceRecord, fence: Fence) {
+    const id = initial.id;
+    const controller = new AbortController();
+    let current = { ...initial };
+    let stageAt = clock.now();
+    const stopRenewing = holdLease(fence.key, fence.owner, () => controller.abort(new StartFailure('ABORTED', 'the workspace lock was lost')));
+    const deadline = setTimeout(() => controller.abort(new StartFailure('START_DEADLINE', `the start took longer than ${Math.round(opts.startDeadlineMs / 1000)} s`)), opts.startDeadlineMs);
+    deadline.unref();
+    let writes = Promise.resolve();
+    const queueWrite = (r: WorkspaceRecord) => { writes = writes.then(() => write(r, fence).then(() => undefined)).catch(() => metrics.storeError()); };
+
+    const onStage = (report: StageReport) => {
+      if (controller.signal.aborted) return;
+      const now = clock.now();
+      if (report.stage !== current.stage) { metrics.stage(current.stage ?? 'queued', (now - stageAt) / 1000); stageAt = now; }
+      current = { ...current, stage: report.stage, queuePosition: report.stage === 'queued' ? report.queuePosition : undefined };
+      queueWrite(current);
+    };
+    const onHandle = (handle: string) => { current = { ...current, handle }; queueWrite(current); };
+
+    const done = (async () => {
+      metrics.startsInFlight(inFlight.size);
+      try {
+        const result = await provisioner.start({ workspaceId: id, generation: initial.generation, signal: controller.signal, onStage, onHandle, resumeHandle: initial.handle });
+        controller.signal.throwIfAborted();
+        const now = clock.now();
+        metrics.stage(current.stage ?? 'probing', (now - stageAt) / 1000);
+        await writes;
+        current = { ...current, state: 'running', stage: 'ready', queuePosition: undefined, endpoint: result.endpoint, handle: result.handle, startedAt: now, since: now, reasonCode: undefined, reason: undefined };
+        // Activity starts now, so a fresh workspace gets a full idle window.
+        await store.resetActivity(id, now).catch(() => metrics.storeError());
+        if (!(await write(current, fence))) throw new StartFailure('ABORTED', 'the workspace lock was lost before the start was recorded');
+        metrics.coldStart('ready', (now - (initial.requestedAt ?? now)) / 1000);
+        log.info({ event: 'start.ready', workspaceId: id, generation: initial.generation, seconds: (now - (initial.requestedAt ?? now)) / 1000 }, 'workspace ready');
+      } catch (err) {
+        const failure = controller.signal.aborted && controller.signal.reason instanceof StartFailure ? controller.signal.reason
+          : err instanceof StartFailure ? err : new StartFailure('BACKEND_UNAVAILABLE', (err as Error).message ?? String(err), { cause: err });
+        if (failure.code === 'ABORTED' && closed) {
+          // Shutting down: leave the record as starting; the lease lapses and another replica resumes it.
+          metrics.coldStart('aborted');
+          return;
+        }
+        if (current.handle) await provisioner.stop(id, current.handle, `start failed: ${failure.code}`).catch(() => undefined);
+        await writes;
+        const now = clock.now();
+        current = { ...current, state: 'failed', since: now, reasonCode: failure.code, reason: failure.message, endpoint: undefined, queuePosition: undefined };
+        await write(current, fence).catch(() => metrics.storeError());
+        metrics.coldStart('failed');
+        log.warn({ event: 'start.failed', workspaceId: id, generation: initial.generation, code: failure.code, reason: failure.message }, 'workspace start failed');
+      } finally {
+        clearTimeout(deadline);
+        stopRenewing();
+        inFlight.delete(id);
+        metrics.startsInFlight(inFlight.size);
+        await store.releaseLease(fence.key, fence.owner).catch(() => metrics.storeError());
+      }
+    })();
+    inFlight.set(id, { controller, done });
+  }
+
+  /**
+   * Stops a workspace under its lock. `decide` runs after the lock is taken, on a fresh record, and
+   * returns the reason to stop or null to leave it running: a workspace that became active in
+   * between is left alone (issue 5).
+   */
+  async function stop(id: string, decide: (record: WorkspaceRecord) => Promise<StopReason | null>): Promise<'stopped' | 'busy' | 'not-running' | 'kept'> {
+    const fence = { key: lockKey(id), owner: owner() };
+    if (!(await store.acquireLease(fence.key, fence.owner, leaseTtlMs))) return 'busy';
+    const stopRenewing = holdLease(fence.key, fence.owner, () => undefined);
+    try {
+      const record = await store.getWorkspace(id);
+      if (!record || (record.state !== 'running' && record.state !== 'failed' && record.state !== 'stopping')) return 'not-running';
+      const why = await decide(record);
+      if (!why) return 'kept';
+      await write({ ...record, state: 'stopping', since: clock.now() }, fence);
+      await provisioner.stop(id, record.handle, why.reason);
+      const now = clock.now();
+      await write({ ...record, state: 'stopped', since: now, endpoint: undefined, handle: undefined, stage: undefined, queuePosition: undefined, ...why }, fence);
+      await store.clearActivity(id).catch(() => metrics.storeError());
+      const reaped = why.reasonCode === 'idle' || why.reasonCode === 'max_session';
+      log.info({ event: reaped ? 'workspace.reaped' : 'workspace.stopped', workspaceId: id, generation: record.generation, reason: why.reasonCode }, 'workspace stopped');
+      return 'stopped';
+    } finally {
+      stopRenewing();
+      await store.releaseLease(fence.key, fence.owner).catch(() => metrics.storeError());
+    }
+  }
+
+  /**
+   * After an upstream refused or reset a connection: drop the cached route and ask the provisioner
+   * whether the workspace still runs; if it is gone, mark it stopped so the next page load starts it.
+   */
+  function recheck(id: string) {
+    cache.delete(id);
+    const last = rechecks.get(id) ?? 0;
+    if (clock.now() - last < 2000) return;
+    rechecks.set(id, clock.now());
+    if (rechecks.size > 10_000) rechecks.clear();
+    void (async () => {
+      const found = await provisioner.describe(id);
+      const record = await store.getWorkspace(id);
+      if (!record || record.state !== 'running') return;
+      if (found && found.generation === record.generation) { applyEvent(record); return; }
+      const fence = { key: lockKey(id), owner: owner() };
+      if (!(await store.acquireLease(fence.key, fence.owner, leaseTtlMs))) return;
+      try {
+        const fresh = await store.getWorkspace(id);
+        if (fresh?.state === 'running' && fresh.generation === record.generation) {
+          const now = clock.now();
+          await write({ ...fresh, state: 'stopped', since: now, endpoint: undefined, handle: undefined, reasonCode: 'gone', reason: 'the workspace stopped unexpectedly' }, fence);
+          log.warn({ event: 'workspace.gone', workspaceId: id, generation: record.generation }, 'workspace no longer running');
+        }
+      } finally {
+        await store.releaseLease(fence.key, fence.owner);
+      }
+    })().catch(() => metrics.storeError());
+  }
+
+  /** Resolves on the next change to this workspace, or undefined after timeoutMs. */
+  function nextChange(id: string, timeoutMs: number, signal?: AbortSignal): Promise<WorkspaceRecord | undefined> {
+    return new Promise((resolve) => {
+      let set = waiters.get(id);
+      if (!set) waiters.set(id, (set = new Set()));
+      const done = (r: WorkspaceRecord | undefined) => {
+        clearTimeout(timer);
+        set!.delete(done);
+        signal?.removeEventListener('abort', onAbort);
+        resolve(r);
+      };
+      const onAbort = () => done(undefined);
+      const timer = setTimeout(() => done(undefined), timeoutMs);
+      set.add(done);
+      signal?.addEventListener('abort', onAbort, { once: true });
+    });
+  }
+
+  return {
+    resolve,
+    requestStart,
+    stop,
+    recheck,
+    nextChange,
+    /** Drops a cached route (tests, admin). */
+    forget: (id: string) => cache.delete(id),
+    startsInFlight: () => inFlight.size,
+    cachedRoutes: () => cache.size,
+    isStarting: (id: string) => inFlight.has(id),
+    async close() {
+      closed = true;
+      unsubscribe();
+      for (const { controller } of inFlight.values()) controller.abort(new StartFailure('ABORTED', 'the gateway is shutting down'));
+      await Promise.allSettled([...inFlight.values()].map((f) => f.done));
+      for (const set of waiters.values()) for (const w of set) w(undefined as unknown as WorkspaceRecord);
+      waiters.clear();
+    },
+  };
+}
+
+export type Workspaces = ReturnType<typeof createWorkspaces>;

@@ -1,0 +1,192 @@
+// The local provisioner: one process per workspace on a free loopback port, with a data folder per
+// workspace that survives stops (as EFS does in production). It runs the real code-server when one
+// is installed, otherwise the built-in demo workspace. Readiness is a probe of the workspace's
+// /healthz, never a sleep.
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { mkdirSync, writeFileSync, existsSync, readFileSync, rmSync } from 'node:fs';
+import { request } from 'node:http';
+import { createServer } from 'node:net';
+import { join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import {
+  StartFailure, type Endpoint, type Provisioner, type RunningWorkspace, type StartRequest, type StartResult,
+} from './contract.js';
+
+export interface LocalProvisionerOptions {
+  /** `auto`: code-server when `codeServerBin` is found, else the demo workspace. */
+  workspace: 'auto' | 'demo' | 'code-server';
+  dataDir: string;
+  codeServerBin: string;
+  /** The demo workspace answers its health probe only after this long (to see the starting page). */
+  demoReadyDelayMs: number;
+  probeIntervalMs?: number;
+  log?: (obj: Record<string, unknown>, msg: string) => void;
+}
+
+interface Running { child: ChildProcess; endpoint: Endpoint; generation: number; startedAt: number; exited: Promise<void> }
+
+export function findOnPath(bin: string): string | undefined {
+  if (bin.includes('/')) return existsSync(bin) ? resolve(bin) : undefined;
+  const r = spawnSync('sh', ['-c', `command -v "${bin.replace(/"/g, '')}"`], { encoding: 'utf8' });
+  const found = r.stdout.trim();
+  return r.status === 0 && found ? found : undefined;
+}
+
+async function freePort(): Promise<number> {
+  return new Promise((res, rej) => {
+    const s = createServer();
+    s.once('error', rej);
+    s.listen(0, '127.0.0.1', () => { const { port } = s.address() as { port: number }; s.close(() => res(port)); });
+  });
+}
+
+/** One GET /healthz with a short timeout; true on 2xx. */
+function probe(endpoint: Endpoint, timeoutMs = 1000): Promise<boolean> {
+  return new Promise((res) => {
+    const req = request({ host: endpoint.host, port: endpoint.port, path: '/healthz', timeout: timeoutMs, agent: false }, (r) => {
+      r.resume();
+      res((r.statusCode ?? 500) < 300);
+    });
+    req.on('timeout', () => req.destroy());
+    req.on('error', () => res(false));
+    req.end();
+  });
+}
+
+/** code-server's user settings as the platform's image has them: auto-save after 1 s. */
+export const CODE_SERVER_SETTINGS = {
+  'files.autoSave': 'afterDelay',
+  'files.autoSaveDelay': 1000,
+  'workbench.startupEditor': 'none',
+  'telemetry.telemetryLevel': 'off',
+  'security.workspace.trust.enabled': false,
+};
+
+export function createLocalProvisioner(opts: LocalProvisionerOptions): Provisioner & { mode: 'demo' | 'code-server' } {
+  const running = new Map<string, Running>();
+  const codeServer = opts.workspace === 'demo' ? undefined : findOnPath(opts.codeServerBin);
+  if (opts.workspace === 'code-server' && !codeServer) throw new Error(`CODE_SERVER_BIN: "${opts.codeServerBin}" not found (LOCAL_WORKSPACE=code-server)`);
+  const mode = codeServer ? 'code-server' : 'demo';
+  const demoScript = fileURLToPath(new URL('./demo-workspace.js', import.meta.url));
+  const probeEvery = opts.probeIntervalMs ?? 100;
+  const log = opts.log ?? (() => undefined);
+
+  function command(id: string, port: number, dir: string): { cmd: string; args: string[]; env: NodeJS.ProcessEnv } {
+    if (mode === 'demo') {
+      return { cmd: process.execPath, args: [demoScript, '--port', String(port), '--data', join(dir, 'project'), '--id', id, '--ready-delay-ms', String(opts.demoReadyDelayMs)], env: process.env };
+    }
+    const home = join(dir, 'home');
+    const userData = join(dir, 'user-data');
+    mkdirSync(join(userData, 'User'), { recursive: true });
+    mkdirSync(home, { recursive: true });
+    writeFileSync(join(userData, 'User', 'settings.json'), JSON.stringify(CODE_SERVER_SETTINGS, null, 2));
+    return {
+      cmd: codeServer!,
+      args: ['--auth', 'none', '--bind-addr', `127.0.0.1:${port}`, '--user-data-dir', userData, '--extensions-dir', join(dir, 'extensions'),
+        '--disable-telemetry', '--disable-update-check', '--disable-workspace-trust', join(dir, 'project')],
+      // Its own HOME: code-server writes ~/.config/code-server/config.yaml at every start.
+      env: { ...process.env, HOME: home, PASSWORD: undefined, HASHED_PASSWORD: undefined },
+    };
+  }
+
+  async function start(req: StartRequest): Promise<StartResult> {
+    const { workspaceId: id, signal } = req;
+    const existing = running.get(id);
+    if (existing && existing.generation === req.generation) {
+      return { endpoint: existing.endpoint, handle: String(existing.child.pid) };
+    }
+    req.onStage({ stage: 'provisioning' });
+    const dir = resolve(opts.dataDir, id);
+    mkdirSync(join(dir, 'project'), { recursive: true });
+    const port = await freePort();
+    const endpoint = { host: '127.0.0.1', port };
+    const { cmd, args, env } = command(id, port, dir);
+    req.onStage({ stage: 'pending' });
+    const child = spawn(cmd, args, { env, stdio: ['ignore', 'ignore', 'pipe'] });
+    let stderr = '';
+    child.stderr?.on('data', (c: Buffer) => { stderr = (stderr + c.toString()).slice(-2000); });
+    let exitInfo: string | undefined;
+    const exited = new Promise<void>((res) => child.once('exit', (code, sig) => { exitInfo = sig ? `signal ${sig}` : `code ${code}`; res(); }));
+    child.once('error', (err) => { exitInfo = err.message; });
+    const entry: Running = { child, endpoint, generation: req.generation, startedAt: Date.now(), exited };
+    running.set(id, entry);
+    exited.then(() => { if (running.get(id) === entry) running.delete(id); });
+    if (child.pid) req.onHandle?.(String(child.pid));
+    log({ workspaceId: id, pid: child.pid, port, mode }, 'workspace process started');
+    req.onStage({ stage: 'running' });
+    req.onStage({ stage: 'probing' });
+    try {
+      for (;;) {
+        if (signal.aborted) throw signal.reason instanceof Error ? signal.reason : new StartFailure('ABORTED', 'start aborted');
+        if (exitInfo) {
+          const last = stderr.trim().split('\n').slice(-3).join(' | ');
+          throw new StartFailure('TASK_STOPPED', `the workspace process exited (${exitInfo})${last ? `: ${last}` : ''}`);
+        }
+        if (await probe(endpoint)) break;
+        await new Promise<void>((res) => {
+          const t = setTimeout(res, probeEvery);
+          signal.addEventListener('abort', () => { clearTimeout(t); res(); }, { once: true });
+          child.once('exit', () => { clearTimeout(t); setImmediate(res); });
+        });
+      }
+    } catch (err) {
+      await stopProcess(entry);
+      throw err;
+    }
+    req.onStage({ stage: 'ready' });
+    writeFileSync(runFile(id), JSON.stringify(view(id, entry)));
+    exited.then(() => { const r = readRun(id); if (!r || r.handle === String(child.pid)) rmSync(runFile(id), { force: true }); });
+    return { endpoint, handle: String(child.pid) };
+  }
+
+  async function stopProcess(entry: Running) {
+    if (entry.child.exitCode !== null || entry.child.signalCode !== null) return;
+    entry.child.kill('SIGTERM');
+    const killer = setTimeout(() => entry.child.kill('SIGKILL'), 5000);
+    await entry.exited;
+    clearTimeout(killer);
+  }
+
+  const view = (id: string, r: Running): RunningWorkspace => ({ workspaceId: id, generation: r.generation, endpoint: r.endpoint, handle: String(r.child.pid), startedAt: r.startedAt });
+
+  // run.json in the workspace folder is the local stand-in for Cloud Map: another gateway process on
+  // this machine (two replicas in development and tests) can find and stop a workspace through it.
+  const runFile = (id: string) => join(resolve(opts.dataDir, id), 'run.json');
+  const alive = (pid: number) => { try { process.kill(pid, 0); return true; } catch { return false; } };
+  function readRun(id: string): RunningWorkspace | undefined {
+    try {
+      const r = JSON.parse(readFileSync(runFile(id), 'utf8')) as RunningWorkspace;
+      return alive(Number(r.handle)) ? r : undefined;
+    } catch { return undefined; }
+  }
+
+  return {
+    kind: 'local',
+    mode,
+    start,
+    async stop(id) {
+      const entry = running.get(id);
+      if (entry) { await stopProcess(entry); running.delete(id); return; }
+      // Started by another gateway process: stop it by pid, and wait until it is gone (bounded).
+      // Only a pid recorded in run.json and still alive: never a bare, possibly reused, pid.
+      const other = readRun(id);
+      if (!other) return;
+      const pid = Number(other.handle);
+      process.kill(pid, 'SIGTERM');
+      for (let i = 0; i < 100 && alive(pid); i++) await new Promise((r) => setTimeout(r, 50));
+      if (alive(pid)) process.kill(pid, 'SIGKILL');
+      rmSync(runFile(id), { force: true });
+    },
+    async describe(id) {
+      const r = running.get(id);
+      return r ? view(id, r) : readRun(id);
+    },
+    async list() {
+      return [...running.entries()].map(([id, r]) => view(id, r));
+    },
+    async close() {
+      await Promise.all([...running.values()].map(stopProcess));
+      running.clear();
+    },
+  };
+}

@@ -1,0 +1,112 @@
+// The reaper: stops workspaces nobody is using. Runs inside each gateway behind a leader lease (one
+// replica reaps at a time; the lease moves when the leader dies), or alone from reaper/main.ts.
+import type { Clock } from '../gateway/clock.js';
+import type { Logger } from '../gateway/log.js';
+import type { Metrics } from '../gateway/metrics.js';
+import type { StateStore } from '../gateway/store/contract.js';
+import type { Workspaces } from '../gateway/workspaces.js';
+import { reapVerdict } from './verdict.js';
+
+export interface ReaperOptions {
+  store: StateStore;
+  workspaces: Workspaces;
+  clock: Clock;
+  metrics: Metrics;
+  log: Logger;
+  instanceId: string;
+  idleTimeoutMs: number;
+  maxSessionMs: number;
+  intervalMs: number;
+  /** Most candidates handled per pass (the rest wait for the next). */
+  batch?: number;
+  /** Set false to drive passes by hand (tests, the standalone entry point's --once). */
+  autoStart?: boolean;
+}
+
+export const LEADER_KEY = 'reaper-leader';
+
+export interface PassSummary { leader: boolean; candidates: number; stopped: Array<{ id: string; reason: string }>; skipped: number }
+
+export function createReaper(opts: ReaperOptions) {
+  const { store, workspaces, clock, metrics, log } = opts;
+  const leaseTtl = Math.max(opts.intervalMs * 3, 3000);
+  const batch = opts.batch ?? 1000;
+  let leader = false;
+  let running: Promise<PassSummary> | undefined;
+  let timer: NodeJS.Timeout | undefined;
+
+  async function holdLeadership(): Promise<boolean> {
+    leader = leader
+      ? await store.renewLease(LEADER_KEY, opts.instanceId, leaseTtl)
+      : await store.acquireLease(LEADER_KEY, opts.instanceId, leaseTtl);
+    return leader;
+  }
+
+  async function passOnce(): Promise<PassSummary> {
+    const summary: PassSummary = { leader: false, candidates: 0, stopped: [], skipped: 0 };
+    try {
+      if (!(await holdLeadership())) return summary;
+    } catch {
+      leader = false;
+      return summary; // the store is unreachable: reap nothing (never blind)
+    }
+    summary.leader = true;
+    const now = clock.now();
+    let idle: Array<[string, number]>;
+    let capped: string[];
+    try {
+      idle = await store.activityBefore(now - opts.idleTimeoutMs, batch);
+      capped = await store.runningStartedBefore(now - opts.maxSessionMs, batch);
+    } catch {
+      return summary;
+    }
+    const ids = new Set([...idle.map(([id]) => id), ...capped]);
+    summary.candidates = ids.size;
+    for (const id of ids) {
+      try {
+        let reason = '';
+        // Re-read under the workspace lock: activity that arrived meanwhile keeps it running.
+        const result = await workspaces.stop(id, async (record) => {
+          const verdict = reapVerdict({
+            now: clock.now(), state: record.state, lastActivity: await store.getActivity(id), startedAt: record.startedAt,
+            idleTimeoutMs: opts.idleTimeoutMs, maxSessionMs: opts.maxSessionMs,
+          });
+          if (!verdict.stop) return null;
+          reason = verdict.reason;
+          return { reasonCode: verdict.reason, reason: verdict.reason === 'idle' ? 'stopped after being idle' : 'stopped after its maximum session length' };
+        });
+        if (result === 'stopped') {
+          metrics.reaperStop(reason);
+          summary.stopped.push({ id, reason });
+        } else {
+          summary.skipped++;
+          if (result === 'not-running') await store.clearActivity(id);
+        }
+      } catch (err) {
+        summary.skipped++;
+        log.warn({ event: 'reaper.error', workspaceId: id, err: (err as Error).message }, 'reaper could not handle a candidate');
+      }
+    }
+    return summary;
+  }
+
+  const pass = () => (running ??= passOnce().finally(() => { running = undefined; }));
+
+  if (opts.autoStart !== false) {
+    timer = setInterval(() => { void pass(); }, opts.intervalMs);
+    timer.unref();
+  }
+
+  return {
+    pass,
+    isLeader: () => leader,
+    async close() {
+      if (timer) clearInterval(timer);
+      await running;
+      if (leader) await store.releaseLease(LEADER_KEY, opts.instanceId).catch(() => undefined);
+      leader = false;
+    },
+  };
+}
+
+export type Reaper = ReturnType<typeof createReaper>;
