@@ -163,7 +163,7 @@ export function loadConfig(env: Env): Config {
     platformLoginUrl,
     sessionTtlMs: dur('SESSION_TTL', '12h'),
     loginTokenMaxTtlMs: dur('LOGIN_TOKEN_MAX_TTL', '5m'),
-    trustedProxies: (str('TRUSTED_PROXIES', '127.0.0.1,::1')!).split(',').filter((s) => s.trim()).map((s) => parseCidr('TRUSTED_PROXIES', s)),
+    trustedProxies: (str('TRUSTED_PROXIES', '')!).split(',').filter((s) => s.trim()).map((s) => parseCidr('TRUSTED_PROXIES', s)),
     keepAliveTimeoutMs,
     // Above keep-alive (issue 3; Node's http docs): a reused idle connection must reach its keep-alive
     // end before a headers timeout can fire on it.

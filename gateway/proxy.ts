@@ -106,8 +106,11 @@ export function createForwarder(opts: ProxyOptions) {
     proxyReq.once('close', () => clearTimeout(timer));
   });
 
-  proxy.on('proxyRes', (proxyRes, req) => {
+  proxy.on('proxyRes', (proxyRes, req, res) => {
     stripHopByHop(proxyRes.headers, false);
+    // An upstream that dies mid-body must not leave the client waiting on a response that will never
+    // end: a pipe does not end its destination when the source errors.
+    proxyRes.once('close', () => { if (!proxyRes.complete) res.destroy(); });
     (req as WithState)[kState]?.onResponse?.(proxyRes.statusCode ?? 502);
   });
 

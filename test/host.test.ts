@@ -1,0 +1,83 @@
+import t from 'tap';
+import { checkRequestTarget, hostHeaderValues, parseHost } from '../gateway/host.js';
+import { isNavigation, prefersHtml, wantsHtml } from '../gateway/request-kind.js';
+
+t.test('parseHost table', async (t) => {
+  const base = 'example.com';
+  const rows: Array<[string[], string, string?]> = [
+    [['ws-abc.example.com'], 'workspace', 'abc'],
+    [['WS-ABC.Example.COM'], 'workspace', 'abc'],
+    [['ws-abc.example.com.'], 'workspace', 'abc'],
+    [['ws-abc.example.com:8443'], 'workspace', 'abc'],
+    [['ws-abc.example.com.:443'], 'workspace', 'abc'],
+    [['ws-a-b-9.example.com'], 'workspace', 'a-b-9'],
+    [[`ws-${'a'.repeat(60)}.example.com`], 'workspace', 'a'.repeat(60)],
+    [[`ws-${'a'.repeat(61)}.example.com`], 'malformed'],
+    [['ws--abc.example.com'], 'malformed'],
+    [['ws-abc-.example.com'], 'malformed'],
+    [['ws-.example.com'], 'malformed'],
+    [['ws-a_b.example.com'], 'malformed'],
+    [['ws-abc.example.com@evil.com'], 'malformed'],
+    [['ws-abc.example.com:99999'], 'malformed'],
+    [['ws-abc.example.com:x'], 'malformed'],
+    [['ws-abc..example.com'], 'malformed'],
+    [['ws-a b.example.com'], 'malformed'],
+    [[''], 'malformed'],
+    [[], 'malformed'],
+    [['ws-a.example.com', 'ws-b.example.com'], 'malformed'],
+    [['ws-a.example.com', 'ws-a.example.com'], 'malformed'],
+    [['example.com'], 'unknown'],
+    [['api.example.com'], 'unknown'],
+    [['x.ws-abc.example.com'], 'unknown'],
+    [['ws-abc.example.org'], 'unknown'],
+    [['ws-abc.notexample.com'], 'unknown'],
+    [['127.0.0.1:8080'], 'unknown'],
+    [['[::1]:8080'], 'unknown'],
+  ];
+  for (const [hosts, kind, id] of rows) {
+    const v = parseHost(hosts, base);
+    t.equal(v.kind, kind, `${JSON.stringify(hosts)} -> ${kind}`);
+    if (id) t.equal(v.kind === 'workspace' && v.id, id);
+  }
+});
+
+t.test('hostHeaderValues sees every Host line, even those Node drops', async (t) => {
+  t.same(hostHeaderValues(['Host', 'a', 'X', 'y', 'host', 'b']), ['a', 'b']);
+});
+
+t.test('request target table (absolute-form, asterisk, CONNECT)', async (t) => {
+  const rows: Array<[string, string, string | undefined, 'ok' | 'bad']> = [
+    ['GET', '/', 'ws-a.x', 'ok'],
+    ['GET', '/a?b#c', 'ws-a.x', 'ok'],
+    ['GET', 'http://ws-a.x/', 'ws-a.x', 'ok'],
+    ['GET', 'http://WS-A.X:80/p', 'ws-a.x:80', 'ok'],
+    ['GET', 'http://ws-b.x/', 'ws-a.x', 'bad'],
+    ['GET', 'http://evil.com/', 'ws-a.x', 'bad'],
+    ['GET', 'http://ws-a.x@evil.com/', 'ws-a.x', 'bad'],
+    ['OPTIONS', '*', 'ws-a.x', 'bad'],
+    ['CONNECT', 'ws-a.x:443', 'ws-a.x', 'bad'],
+    ['GET', 'ws-a.x/', 'ws-a.x', 'bad'],
+    ['GET', '', 'ws-a.x', 'bad'],
+  ];
+  for (const [method, url, host, expected] of rows) t.equal(checkRequestTarget(method, url, host), expected, `${method} ${url}`);
+});
+
+t.test('navigation and html preference', async (t) => {
+  const rows: Array<[string, Record<string, string>, boolean]> = [
+    ['GET', { 'sec-fetch-mode': 'navigate' }, true],
+    ['GET', { 'sec-fetch-mode': 'cors', accept: 'text/html' }, false],
+    ['GET', { 'sec-fetch-mode': 'no-cors' }, false],
+    ['GET', { 'sec-fetch-mode': 'websocket' }, false],
+    ['POST', { 'sec-fetch-mode': 'navigate' }, false],
+    ['GET', { accept: 'text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8' }, true],
+    ['GET', { accept: 'application/json' }, false],
+    ['GET', { accept: '*/*' }, false],
+    ['GET', {}, false],
+    ['HEAD', { accept: 'text/html' }, false],
+  ];
+  for (const [method, headers, expected] of rows) t.equal(isNavigation(method, headers), expected, `${method} ${JSON.stringify(headers)}`);
+  t.equal(prefersHtml('application/json, text/html;q=0.5'), false);
+  t.equal(prefersHtml('text/html;q=0.9, application/json;q=0.8'), true);
+  t.equal(wantsHtml({ 'sec-fetch-dest': 'document' }), true);
+  t.equal(wantsHtml({ 'sec-fetch-dest': 'empty', accept: 'text/html' }), false);
+});

@@ -1,0 +1,117 @@
+// One contract suite, run against both state stores (issue 2).
+import t, { type Test } from 'tap';
+import { createManualClock } from '../gateway/clock.js';
+import type { StateStore, WorkspaceEvent, WorkspaceRecord } from '../gateway/store/contract.js';
+import { StoreUnavailable } from '../gateway/store/contract.js';
+import { createMemoryStore } from '../gateway/store/memory.js';
+import { createRedisStore } from '../gateway/store/redis.js';
+import { startRedis } from './helpers/redis.js';
+
+const rec = (id: string, state: WorkspaceRecord['state'], extra: Partial<WorkspaceRecord> = {}): WorkspaceRecord => ({ id, state, generation: 1, since: 1, ...extra });
+
+async function contract(t: Test, make: () => Promise<StateStore>, advance: (ms: number) => Promise<void>) {
+  const store = await make();
+  t.teardown(() => store.close());
+
+  t.test('records round-trip and list by state with a cursor', async (t) => {
+    t.equal(await store.getWorkspace('none'), undefined);
+    for (let i = 0; i < 7; i++) await store.putWorkspace(rec(`w${i}`, i % 2 ? 'running' : 'stopped', { startedAt: 100 + i, endpoint: { host: '127.0.0.1', port: 1000 + i } }));
+    t.same(await store.getWorkspace('w1'), rec('w1', 'running', { startedAt: 101, endpoint: { host: '127.0.0.1', port: 1001 } }));
+    const all: string[] = [];
+    let cursor: string | undefined;
+    do {
+      const page = await store.listWorkspaces({ limit: 3, cursor });
+      all.push(...page.items.map((r) => r.id));
+      cursor = page.cursor;
+    } while (cursor);
+    t.same(all, ['w0', 'w1', 'w2', 'w3', 'w4', 'w5', 'w6']);
+    const running = await store.listWorkspaces({ limit: 10, state: 'running' });
+    t.same(running.items.map((r) => r.id), ['w1', 'w3', 'w5']);
+    t.equal(await store.countRunning(), 3);
+    t.same(await store.runningStartedBefore(103, 10), ['w1', 'w3']);
+    await store.putWorkspace(rec('w1', 'stopped'));
+    t.same(await store.runningStartedBefore(103, 10), ['w3']);
+  });
+
+  t.test('leases: one holder, renew, release only by the owner, expiry', async (t) => {
+    t.equal(await store.acquireLease('l', 'a', 200), true);
+    t.equal(await store.acquireLease('l', 'b', 200), false);
+    t.equal(await store.leaseOwner('l'), 'a');
+    t.equal(await store.renewLease('l', 'b', 200), false);
+    t.equal(await store.renewLease('l', 'a', 200), true);
+    await store.releaseLease('l', 'b');
+    t.equal(await store.leaseOwner('l'), 'a');
+    await store.releaseLease('l', 'a');
+    t.equal(await store.acquireLease('l', 'b', 100), true);
+    await advance(150);
+    t.equal(await store.leaseOwner('l'), undefined, 'expired');
+    t.equal(await store.acquireLease('l', 'c', 100), true);
+  });
+
+  t.test('fenced writes apply only while the lease is held', async (t) => {
+    await store.acquireLease('lock:f', 'me', 1000);
+    t.equal(await store.putWorkspace(rec('f', 'starting'), { key: 'lock:f', owner: 'me' }), true);
+    t.equal(await store.putWorkspace(rec('f', 'running'), { key: 'lock:f', owner: 'someone-else' }), false);
+    t.equal((await store.getWorkspace('f'))?.state, 'starting');
+  });
+
+  t.test('events reach subscribers', async (t) => {
+    const got = new Promise<WorkspaceEvent>((resolve) => { const off = store.subscribe((e) => { off(); resolve(e); }); });
+    await store.publish({ record: rec('e', 'running') });
+    t.equal((await got).record.id, 'e');
+  });
+
+  t.test('activity only moves forward; range query oldest first', async (t) => {
+    await store.recordActivity([['a', 100], ['b', 50]]);
+    await store.recordActivity([['a', 90], ['c', 70]]);
+    t.equal(await store.getActivity('a'), 100, 'an older flush never moves it back');
+    t.same(await store.activityBefore(80, 10), [['b', 50], ['c', 70]]);
+    await store.resetActivity('a', 10);
+    t.equal(await store.getActivity('a'), 10);
+    await store.clearActivity('a');
+    t.equal(await store.getActivity('a'), undefined);
+    await store.recordActivity([]);
+  });
+
+  t.test('connections sum over live instances', async (t) => {
+    await store.reportConnections('i1', new Map([['x', 2]]), 60_000);
+    await store.reportConnections('i2', new Map([['x', 1], ['y', 4]]), 60_000);
+    t.equal(await store.getConnections('x'), 3);
+    await store.reportConnections('i2', new Map([['y', 4]]), 60_000);
+    t.equal(await store.getConnections('x'), 2);
+  });
+
+  t.test('one-time keys and rate windows', async (t) => {
+    t.equal(await store.consumeOnce('jti:1', 1000), true);
+    t.equal(await store.consumeOnce('jti:1', 1000), false);
+    t.equal(await store.countHit('rl', 100), 1);
+    t.equal(await store.countHit('rl', 100), 2);
+    await advance(150);
+    t.equal(await store.countHit('rl', 100), 1, 'a new window');
+    t.equal(await store.ping(), true);
+  });
+}
+
+t.test('memory store', async (t) => {
+  const clock = createManualClock();
+  await contract(t, async () => createMemoryStore(clock), async (ms) => clock.advance(ms));
+});
+
+t.test('redis store', async (t) => {
+  const redis = await startRedis();
+  t.teardown(() => redis.stop());
+  await contract(t, () => createRedisStore({ url: redis.url, prefix: 't:', commandTimeoutMs: 500 }), (ms) => new Promise((r) => setTimeout(r, ms)));
+
+  t.test('a dead Redis fails fast with StoreUnavailable, and it recovers', async (t) => {
+    const store = await createRedisStore({ url: redis.url, prefix: 'd:', commandTimeoutMs: 300 });
+    t.teardown(() => store.close());
+    await redis.kill();
+    const started = Date.now();
+    await t.rejects(store.getWorkspace('x'), StoreUnavailable);
+    t.ok(Date.now() - started < 1000, 'no offline queue');
+    t.equal(await store.ping(), false);
+    await redis.restart();
+    for (let i = 0; i < 100 && !(await store.ping()); i++) await new Promise((r) => setTimeout(r, 50));
+    t.equal(await store.ping(), true);
+  });
+});
