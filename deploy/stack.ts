@@ -4,7 +4,7 @@
 // Nothing here is per workspace: the gateway creates a student's access point, task-definition
 // family and task at run time, inside the bounds the IAM policy below draws.
 
-import { Aws, CfnOutput, CfnParameter, Duration, Fn, RemovalPolicy, Stack, type StackProps } from 'aws-cdk-lib';
+import { Annotations, Aws, CfnOutput, CfnParameter, Duration, Fn, RemovalPolicy, Stack, type StackProps } from 'aws-cdk-lib';
 import * as cloudwatch from 'aws-cdk-lib/aws-cloudwatch';
 import * as cwActions from 'aws-cdk-lib/aws-cloudwatch-actions';
 import * as ec2 from 'aws-cdk-lib/aws-ec2';
@@ -88,6 +88,10 @@ export class WorkspaceGatewayStack extends Stack {
               { name: 'private', subnetType: ec2.SubnetType.PRIVATE_WITH_EGRESS, cidrMask: 18 },
             ],
           });
+    if ('existing' in cfg.vpc) {
+      // Route-table ids only matter for gateway VPC endpoints, which this stack does not add.
+      Annotations.of(this).acknowledgeWarning('@aws-cdk/aws-ec2:noSubnetRouteTableId', 'no gateway endpoints are created');
+    }
     const vpcCidr = 'existing' in cfg.vpc ? cfg.vpc.existing.cidr : vpc.vpcCidrBlock;
     const privateSubnets = vpc.selectSubnets({ subnetType: ec2.SubnetType.PRIVATE_WITH_EGRESS });
 
