@@ -185,26 +185,12 @@ export class WorkspaceGatewayStack extends Stack {
     const clientActions = ['elasticfilesystem:ClientMount', 'elasticfilesystem:ClientWrite', 'elasticfilesystem:ClientRootAccess'];
     // Only through an access point (each pins a student's uid/gid and directory), only over TLS
     // (https://docs.aws.amazon.com/efs/latest/ug/iam-access-control-nfs-efs.html).
-    fileSystem.addToResourcePolicy(
-      new iam.PolicyStatement({
-        sid: 'DenyWithoutAccessPoint',
-        effect: iam.Effect.DENY,
-        principals: [new iam.AnyPrincipal()],
-        actions: clientActions,
-        resources: ['*'],
-        conditions: { Null: { 'elasticfilesystem:AccessPointArn': 'true' } },
-      }),
-    );
-    fileSystem.addToResourcePolicy(
-      new iam.PolicyStatement({
-        sid: 'DenyWithoutTls',
-        effect: iam.Effect.DENY,
-        principals: [new iam.AnyPrincipal()],
-        actions: clientActions,
-        resources: ['*'],
-        conditions: { Bool: { 'aws:SecureTransport': 'false' } },
-      }),
-    );
+    const denyClients = (sid: string, conditions: Record<string, unknown>) =>
+      fileSystem.addToResourcePolicy(
+        new iam.PolicyStatement({ sid, effect: iam.Effect.DENY, principals: [new iam.AnyPrincipal()], actions: clientActions, resources: ['*'], conditions }),
+      );
+    denyClients('DenyWithoutAccessPoint', { Null: { 'elasticfilesystem:AccessPointArn': 'true' } });
+    denyClients('DenyWithoutTls', { Bool: { 'aws:SecureTransport': 'false' } });
     fileSystem.addToResourcePolicy(
       new iam.PolicyStatement({
         sid: 'WorkspacesThroughMountTargets',
