@@ -1,0 +1,41 @@
+# syntax=docker/dockerfile:1
+# The gateway image (issue 9). Build: docker build -t workspace-gateway .
+# Three stages so the shipped image holds production dependencies and compiled JavaScript only.
+# The same image runs the reaper: command ["node","dist/reaper/main.js"].
+
+# Pinned to an exact release (bump deliberately; the digest can be pinned too: node:20.20.2-bookworm-slim@sha256:...).
+ARG NODE_IMAGE=node:20.20.2-bookworm-slim
+
+# ---- build: all dependencies, TypeScript -> dist/
+FROM ${NODE_IMAGE} AS build
+WORKDIR /app
+COPY package.json package-lock.json ./
+RUN npm ci --no-audit --no-fund
+COPY . .
+RUN npm run build
+
+# ---- deps: production dependencies only
+FROM ${NODE_IMAGE} AS deps
+WORKDIR /app
+COPY package.json package-lock.json ./
+RUN npm ci --omit=dev --no-audit --no-fund && npm cache clean --force
+
+# ---- runtime
+FROM ${NODE_IMAGE} AS runtime
+# tini as PID 1 forwards SIGTERM to node and reaps zombies; docker's --init cannot be assumed on
+# ECS (the task definition also sets initProcessEnabled; -s keeps tini correct when it is not PID 1).
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends tini \
+ && rm -rf /var/lib/apt/lists/*
+ENV NODE_ENV=production
+WORKDIR /app
+COPY --from=deps /app/node_modules ./node_modules
+COPY --from=build /app/package.json ./package.json
+COPY --from=build /app/dist ./dist
+# The node image's unprivileged user (uid 1000); the code stays owned by root, read-only to it.
+USER node
+EXPOSE 8080 9090
+HEALTHCHECK --interval=15s --timeout=5s --start-period=30s --retries=3 \
+  CMD ["node", "-e", "fetch('http://127.0.0.1:9090/healthz').then(r=>process.exit(r.ok?0:1),()=>process.exit(1))"]
+ENTRYPOINT ["/usr/bin/tini", "-s", "--"]
+CMD ["node","dist/gateway/main.js"]

@@ -1,0 +1,300 @@
+// The CDK app synthesised in-process (no credentials, no network): one listener rule and one target
+// group whatever the number of students, nothing per workspace, every ECS / Cloud Map / EFS
+// permission scoped, the security-group matrix, and the settings the gateway's drain depends on.
+import t from 'tap';
+import { App } from 'aws-cdk-lib';
+import { Match, Template } from 'aws-cdk-lib/assertions';
+import { cloudMapShards, parseDeployConfig } from '../deploy/config.js';
+import { WorkspaceGatewayStack } from '../deploy/stack.js';
+
+type Json = Record<string, any>;
+
+function synth(context: Record<string, unknown> = {}): Template {
+  const app = new App({ context });
+  const stack = new WorkspaceGatewayStack(app, 'Test', { config: parseDeployConfig((k) => app.node.tryGetContext(k)) });
+  return Template.fromStack(stack);
+}
+
+function resources(tpl: Template): Array<[string, Json]> {
+  return Object.entries(tpl.toJSON().Resources as Record<string, Json>);
+}
+
+function countByType(tpl: Template): Record<string, number> {
+  const counts: Record<string, number> = {};
+  for (const [, r] of resources(tpl)) counts[r.Type] = (counts[r.Type] ?? 0) + 1;
+  return counts;
+}
+
+const asList = <T>(v: T | T[] | undefined): T[] => (v === undefined ? [] : Array.isArray(v) ? v : [v]);
+
+const EXISTING_VPC = {
+  vpcId: 'vpc-0abc0abc0abc0abc0',
+  vpcCidr: '10.9.0.0/16',
+  availabilityZones: 'eu-west-1a,eu-west-1b,eu-west-1c',
+  publicSubnetIds: 'subnet-0000000000000000a,subnet-0000000000000000b,subnet-0000000000000000c',
+  privateSubnetIds: 'subnet-1111111111111111a,subnet-1111111111111111b,subnet-1111111111111111c',
+};
+
+const small = synth({ students: 1 });
+
+t.test('one listener rule and one target group, whatever the number of students', async (t) => {
+  const big = synth({ students: 10_000 });
+  for (const [name, tpl] of [['1 student', small], ['10,000 students', big]] as const) {
+    tpl.resourceCountIs('AWS::ElasticLoadBalancingV2::ListenerRule', 1);
+    tpl.resourceCountIs('AWS::ElasticLoadBalancingV2::TargetGroup', 1);
+    tpl.resourceCountIs('AWS::ElasticLoadBalancingV2::LoadBalancer', 1);
+    tpl.resourceCountIs('AWS::ECS::Service', 1);
+    tpl.resourceCountIs('AWS::ECS::TaskDefinition', 2);
+    tpl.resourceCountIs('AWS::EFS::AccessPoint', 0);
+    t.pass(name);
+  }
+  // Nothing grows with the students but the Cloud Map shards (1,000 instances per service).
+  const a = countByType(small);
+  const b = countByType(big);
+  t.equal(a['AWS::ServiceDiscovery::Service'], 1);
+  t.equal(b['AWS::ServiceDiscovery::Service'], 10);
+  delete a['AWS::ServiceDiscovery::Service'];
+  delete b['AWS::ServiceDiscovery::Service'];
+  t.same(b, a, 'every other resource count is the same for 1 and 10,000 students');
+  t.same(countByType(synth({ students: 1000 })), countByType(small), '1,000 students: the very same resources as 1');
+
+  big.hasResourceProperties('AWS::ElasticLoadBalancingV2::ListenerRule', {
+    Conditions: [{ Field: 'host-header', HostHeaderConfig: { Values: ['*.ecombinators.com'] } }],
+    Actions: [{ Type: 'forward', TargetGroupArn: Match.anyValue() }],
+  });
+});
+
+t.test('the ALB: HTTPS forwards to the gateway, HTTP redirects, idle timeout under the keep-alive', async (t) => {
+  small.hasResourceProperties('AWS::ElasticLoadBalancingV2::Listener', {
+    Port: 80,
+    DefaultActions: [{ Type: 'redirect', RedirectConfig: { Protocol: 'HTTPS', Port: '443', StatusCode: 'HTTP_301' } }],
+  });
+  small.hasResourceProperties('AWS::ElasticLoadBalancingV2::Listener', {
+    Port: 443,
+    Protocol: 'HTTPS',
+    Certificates: [{ CertificateArn: { Ref: 'CertificateArn' } }],
+  });
+  small.hasResourceProperties('AWS::ElasticLoadBalancingV2::TargetGroup', {
+    TargetType: 'ip',
+    Port: 8080,
+    HealthCheckPath: '/readyz',
+    HealthCheckPort: '9090',
+  });
+  const lb = resources(small).find(([, r]) => r.Type === 'AWS::ElasticLoadBalancingV2::LoadBalancer')![1];
+  const idle = Number(lb.Properties.LoadBalancerAttributes.find((a: Json) => a.Key === 'idle_timeout.timeout_seconds').Value);
+  t.equal(idle, 300);
+  const env = gatewayEnv(small);
+  t.ok(parseInt(env.KEEPALIVE_TIMEOUT, 10) > idle, `KEEPALIVE_TIMEOUT ${env.KEEPALIVE_TIMEOUT} exceeds the ALB idle timeout`);
+});
+
+function gatewayContainer(tpl: Template): Json {
+  for (const [, r] of resources(tpl)) {
+    if (r.Type !== 'AWS::ECS::TaskDefinition') continue;
+    const c = (r.Properties.ContainerDefinitions as Json[]).find((d) => d.Name === 'gateway');
+    if (c) return c;
+  }
+  throw new Error('no gateway container');
+}
+
+function gatewayEnv(tpl: Template): Record<string, any> {
+  return Object.fromEntries((gatewayContainer(tpl).Environment as Json[]).map((e) => [e.Name, e.Value]));
+}
+
+t.test('the gateway service drains before it is killed', async (t) => {
+  const c = gatewayContainer(small);
+  t.equal(c.StopTimeout, 120, 'stopTimeout at the Fargate maximum');
+  t.equal(c.LinuxParameters.InitProcessEnabled, true, 'an init as PID 1');
+  const env = gatewayEnv(small);
+  const drain = parseInt(env.DRAIN_PERIOD, 10);
+  const tg = resources(small).find(([, r]) => r.Type === 'AWS::ElasticLoadBalancingV2::TargetGroup')![1];
+  const dereg = Number(tg.Properties.TargetGroupAttributes.find((a: Json) => a.Key === 'deregistration_delay.timeout_seconds').Value);
+  t.ok(dereg < c.StopTimeout, `deregistration delay ${dereg}s below the stop timeout`);
+  t.ok(drain <= c.StopTimeout - 10, `DRAIN_PERIOD ${drain}s leaves a margin before SIGKILL`);
+  t.same(
+    (c.Secrets as Json[]).map((s) => s.Name).sort(),
+    ['ADMIN_TOKEN', 'GATEWAY_SECRET', 'REDIS_PASSWORD'],
+    'secrets come from Secrets Manager, not the environment',
+  );
+  for (const name of ['ADMIN_TOKEN', 'GATEWAY_SECRET', 'REDIS_PASSWORD']) t.notOk(name in env, `${name} is not a plain variable`);
+  t.equal(env.PROVISIONER, 'ecs');
+  t.equal(env.ECS_TASK_FAMILY_PREFIX, 'ws');
+  t.equal(env.ECS_CONTAINER_NAME, 'code-server');
+  t.match(JSON.stringify(env.REDIS_URL), /rediss:\/\//);
+  t.equal(c.LogConfiguration.LogDriver, 'awslogs');
+
+  small.hasResourceProperties('AWS::ECS::Service', {
+    DesiredCount: 2,
+    DeploymentConfiguration: Match.objectLike({ MinimumHealthyPercent: 100, MaximumPercent: 200 }),
+    CapacityProviderStrategy: [{ CapacityProvider: 'FARGATE', Base: 2, Weight: 1 }],
+  });
+  small.hasResourceProperties('AWS::ApplicationAutoScaling::ScalableTarget', { MinCapacity: 2, MaxCapacity: 6 });
+  small.hasResourceProperties('AWS::ECS::ClusterCapacityProviderAssociations', {
+    CapacityProviders: Match.arrayWith(['FARGATE', 'FARGATE_SPOT']),
+  });
+});
+
+t.test('the workspace base task definition, EFS and Redis', async (t) => {
+  small.hasResourceProperties('AWS::ECS::TaskDefinition', {
+    Family: 'wsbase-code-server',
+    ContainerDefinitions: [
+      Match.objectLike({
+        Name: 'code-server',
+        PortMappings: [Match.objectLike({ ContainerPort: 8080 })],
+        LinuxParameters: { InitProcessEnabled: true },
+        MountPoints: [{ ContainerPath: '/home/coder/workspace', SourceVolume: 'workspace', ReadOnly: false }],
+      }),
+    ],
+    Volumes: [Match.objectLike({ EFSVolumeConfiguration: Match.objectLike({ TransitEncryption: 'ENABLED', AuthorizationConfig: { IAM: 'ENABLED' } }) })],
+  });
+  small.hasResourceProperties('AWS::EFS::FileSystem', { Encrypted: true, ThroughputMode: 'elastic' });
+  small.resourceCountIs('AWS::EFS::MountTarget', 2);
+  const fsPolicy = resources(small).find(([, r]) => r.Type === 'AWS::EFS::FileSystem')![1].Properties.FileSystemPolicy;
+  const denyNoAp = (fsPolicy.Statement as Json[]).find((s) => s.Effect === 'Deny' && s.Condition?.Null?.['elasticfilesystem:AccessPointArn'] === 'true');
+  t.ok(denyNoAp, 'the file-system policy denies every mount that is not through an access point');
+  t.same(asList(denyNoAp!.Principal.AWS), ['*']);
+  const allows = (fsPolicy.Statement as Json[]).filter((s) => s.Effect === 'Allow');
+  t.equal(allows.length, 1, 'one Allow: the workspace task role');
+  t.notSame(allows[0].Principal.AWS, '*', 'no anonymous or any-principal allow');
+  t.notOk(allows.some((s) => asList<string>(s.Action).includes('elasticfilesystem:ClientRootAccess')), 'nobody is granted root');
+
+  small.hasResourceProperties('AWS::ElastiCache::ReplicationGroup', {
+    AtRestEncryptionEnabled: true,
+    TransitEncryptionEnabled: true,
+    AuthToken: Match.anyValue(),
+    MultiAZEnabled: true,
+  });
+  const redis = resources(small).find(([, r]) => r.Type === 'AWS::ElastiCache::ReplicationGroup')![1];
+  t.match(JSON.stringify(redis.Properties.AuthToken), /resolve:secretsmanager/, 'AUTH token is a Secrets Manager dynamic reference');
+  small.resourceCountIs('AWS::ServiceDiscovery::HttpNamespace', 1);
+  small.resourceCountIs('AWS::ServiceDiscovery::PrivateDnsNamespace', 0);
+});
+
+// Every statement of every identity policy in the template.
+function identityStatements(tpl: Template): Array<{ where: string; s: Json }> {
+  const out: Array<{ where: string; s: Json }> = [];
+  for (const [id, r] of resources(tpl)) {
+    const docs: Json[] = [];
+    if (r.Type === 'AWS::IAM::Policy' || r.Type === 'AWS::IAM::ManagedPolicy') docs.push(r.Properties.PolicyDocument);
+    if (r.Type === 'AWS::IAM::Role') for (const p of r.Properties.Policies ?? []) docs.push(p.PolicyDocument);
+    for (const d of docs) for (const s of d.Statement as Json[]) out.push({ where: id, s });
+  }
+  return out;
+}
+
+t.test('every ECS, Cloud Map and EFS permission is scoped', async (t) => {
+  const statements = identityStatements(synth({ students: 2500 }));
+  const scoped = /^(ecs|servicediscovery|elasticfilesystem):/;
+  let checked = 0;
+  for (const { where, s } of statements) {
+    const actions = asList<string>(s.Action);
+    for (const a of actions) t.notMatch(a, /\*/, `${where}: no wildcard action (${a})`);
+    if (!actions.some((a) => scoped.test(a))) continue;
+    checked++;
+    t.equal(s.Effect, 'Allow');
+    for (const r of asList<unknown>(s.Resource)) {
+      t.not(r, '*', `${where} ${s.Sid}: no "*" resource for ${actions.join(',')}`);
+      t.notMatch(JSON.stringify(r), /^"arn:[^"]*:\*"$/, `${where} ${s.Sid}: not a whole-service wildcard`);
+    }
+  }
+  t.ok(checked >= 8, `checked ${checked} statements`);
+
+  const gw = (sid: string) => statements.find(({ s }) => s.Sid === sid)?.s;
+  const run = gw('RunWorkspacesInThisCluster')!;
+  t.same(run.Action, 'ecs:RunTask');
+  t.match(JSON.stringify(run.Resource), /task-definition\/ws-\*:\*/, 'RunTask only on the workspace families');
+  t.ok(run.Condition.ArnEquals['ecs:cluster'], 'RunTask only in this cluster');
+  for (const sid of ['ManageTasksInThisCluster', 'ListTasksInThisCluster']) {
+    t.ok(gw(sid)!.Condition.ArnEquals['ecs:cluster'], `${sid} conditioned on the cluster`);
+  }
+  const pass = gw('PassOnlyWorkspaceRoles')!;
+  t.same(pass.Condition, { StringEquals: { 'iam:PassedToService': 'ecs-tasks.amazonaws.com' } });
+  t.same(
+    asList<Json>(pass.Resource).map((r) => (r['Fn::GetAtt'][0] as string).replace(/[0-9A-F]{8}$/, '')).sort(),
+    ['WorkspaceExecutionRole', 'WorkspaceTaskRole'],
+    'PassRole only for the workspace task and execution roles',
+  );
+  const sd = gw('RegisterWorkspaceInstances')!;
+  t.equal(asList(sd.Resource).length, cloudMapShards(2500), 'Cloud Map permissions on exactly this app\'s services');
+  const fsId = resources(small).find(([, r]) => r.Type === 'AWS::EFS::FileSystem')![0];
+  t.same(gw('CreateTaggedAccessPoints')!.Resource, { 'Fn::GetAtt': [fsId, 'Arn'] }, 'access points only on this file system');
+  t.ok(gw('CreateTaggedAccessPoints')!.Condition.StringEquals['aws:RequestTag/ManagedBy'], 'with a tag condition');
+  t.ok(gw('TagOnCreate')!.Condition.StringEquals['ecs:CreateAction'], 'ECS tags only when creating');
+  // Route 53 is not needed with an HTTP namespace.
+  t.notOk(statements.some(({ s }) => asList<string>(s.Action).some((a) => a.startsWith('route53:'))), 'no Route 53 permissions');
+});
+
+// Ingress rules as "TARGET <- SOURCE:port", from inline rules and standalone ingress resources.
+function ingressMatrix(tpl: Template): string[] {
+  const name = (ref: unknown): string => {
+    const id = (ref as Json)?.['Fn::GetAtt']?.[0] as string | undefined;
+    if (id) return id.replace(/[0-9A-F]{8}$/, '');
+    if (typeof ref === 'string') return ref;
+    if ((ref as Json)?.['Fn::GetAtt']) return 'VPC-CIDR';
+    return JSON.stringify(ref);
+  };
+  const rule = (target: string, r: Json) =>
+    `${target} <- ${r.SourceSecurityGroupId ? name(r.SourceSecurityGroupId) : typeof r.CidrIp === 'string' ? r.CidrIp : 'VPC-CIDR'}:${r.FromPort === r.ToPort ? r.FromPort : `${r.FromPort}-${r.ToPort}`}/${r.IpProtocol}`;
+  const out: string[] = [];
+  for (const [id, r] of resources(tpl)) {
+    if (r.Type === 'AWS::EC2::SecurityGroup') for (const i of r.Properties.SecurityGroupIngress ?? []) out.push(rule(id.replace(/[0-9A-F]{8}$/, ''), i));
+    if (r.Type === 'AWS::EC2::SecurityGroupIngress') out.push(rule(name(r.Properties.GroupId), r.Properties));
+  }
+  return out.sort();
+}
+
+t.test('the security-group matrix', async (t) => {
+  const expected = [
+    'AlbSg <- 0.0.0.0/0:443/tcp',
+    'AlbSg <- 0.0.0.0/0:80/tcp',
+    'EfsSg <- WorkspaceSg:2049/tcp',
+    'GatewaySg <- AlbSg:8080/tcp',
+    'GatewaySg <- AlbSg:9090/tcp',
+    'GatewaySg <- VPC-CIDR:9090/tcp',
+    'RedisSg <- GatewaySg:6379/tcp',
+    'WorkspaceSg <- GatewaySg:8080/tcp',
+  ].sort();
+  t.same(ingressMatrix(small), expected, 'new VPC');
+  const imported = synth({ ...EXISTING_VPC, students: 1 });
+  t.same(ingressMatrix(imported), expected.map((r) => r.replace('VPC-CIDR', '10.9.0.0/16')).sort(), 'existing VPC');
+  const gwEgress = resources(small)
+    .filter(([, r]) => r.Type === 'AWS::EC2::SecurityGroupEgress' && r.Properties.GroupId['Fn::GetAtt'][0].startsWith('GatewaySg'))
+    .map(([, r]) => `${r.Properties.DestinationSecurityGroupId['Fn::GetAtt'][0].replace(/[0-9A-F]{8}$/, '')}:${r.Properties.FromPort}`)
+    .sort();
+  t.same(gwEgress, ['RedisSg:6379', 'WorkspaceSg:8080'], 'the gateway reaches workspaces and Redis on their ports only');
+});
+
+t.test('an existing VPC is imported without lookups', async (t) => {
+  const tpl = synth({ ...EXISTING_VPC, students: 1 });
+  tpl.resourceCountIs('AWS::EC2::VPC', 0);
+  tpl.resourceCountIs('AWS::EC2::Subnet', 0);
+  tpl.resourceCountIs('AWS::EFS::MountTarget', 3);
+  t.equal(gatewayEnv(tpl).TRUSTED_PROXIES, '10.9.0.0/16');
+  t.equal(gatewayEnv(tpl).ECS_SUBNETS, EXISTING_VPC.privateSubnetIds);
+  tpl.hasResourceProperties('AWS::ElastiCache::SubnetGroup', { SubnetIds: EXISTING_VPC.privateSubnetIds.split(',') });
+});
+
+t.test('configuration is validated before anything is synthesised', async (t) => {
+  const cases: Array<[string, Record<string, unknown>, RegExp]> = [
+    ['too many students for one file system', { students: 10_001 }, /students/],
+    ['not a number', { students: 'many' }, /students/],
+    ['a single zone', { ...EXISTING_VPC, availabilityZones: 'eu-west-1a', publicSubnetIds: 'subnet-p1', privateSubnetIds: 'subnet-a1' }, /two zones/],
+    ['subnets not one per zone', { ...EXISTING_VPC, privateSubnetIds: 'subnet-a1,subnet-a2' }, /privateSubnetIds/],
+    ['existing VPC without its CIDR', { ...EXISTING_VPC, vpcCidr: undefined }, /vpcCidr/],
+    ['one gateway task', { gatewayMinTasks: 1 }, /gatewayMinTasks/],
+    ['max below min', { gatewayMinTasks: 4, gatewayMaxTasks: 3 }, /gatewayMaxTasks/],
+    ['invalid Fargate size', { gatewayCpu: 1024, gatewayMemoryMiB: 1024 }, /gatewayMemoryMiB/],
+    ['drain longer than the stop timeout allows', { drainSeconds: 115 }, /drainSeconds/],
+    ['deregistration delay at the stop timeout', { deregistrationDelaySeconds: 120 }, /deregistrationDelaySeconds/],
+    ['bad domain', { domain: 'not a domain' }, /domain/],
+    ['bad capacity', { workspaceCapacity: 'spot' }, /workspaceCapacity/],
+    ['bad log retention', { logRetentionDays: 2 }, /logRetentionDays/],
+  ];
+  for (const [name, ctx, err] of cases) t.throws(() => parseDeployConfig((k) => ctx[k]), err, name);
+  const d = parseDeployConfig(() => undefined);
+  t.same(
+    { domain: d.domain, students: d.students, gw: d.gateway, drain: d.drainSeconds, dereg: d.deregistrationDelaySeconds },
+    { domain: 'ecombinators.com', students: 500, gw: { cpu: 1024, memoryMiB: 2048, minTasks: 2, maxTasks: 6, logLevel: 'info' }, drain: 90, dereg: 60 },
+    'defaults',
+  );
+  t.same([1, 1000, 1001, 10_000].map(cloudMapShards), [1, 1, 2, 10]);
+});

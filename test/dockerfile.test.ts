@@ -1,0 +1,105 @@
+// Structural lint of the two Dockerfiles (no Docker engine here to build them): bases pinned to
+// exact versions, non-root users, an init as PID 1, a HEALTHCHECK, and no dev dependencies or
+// sources in the gateway's shipped stage.
+import t from 'tap';
+import { readFileSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+
+const root = (p: string) => fileURLToPath(new URL(`../../${p}`, import.meta.url));
+
+interface Instruction { op: string; args: string }
+interface Stage { image: string; name?: string; body: Instruction[] }
+
+/** Instructions (continuations joined, comments dropped) grouped by FROM, global ARGs resolved. */
+function parseDockerfile(text: string): { args: Record<string, string>; stages: Stage[] } {
+  const lines = text.replace(/\\\r?\n/g, ' ').split(/\r?\n/).map((l) => l.trim()).filter((l) => l !== '' && !l.startsWith('#'));
+  const args: Record<string, string> = {};
+  const stages: Stage[] = [];
+  for (const line of lines) {
+    const m = /^(\S+)\s*(.*)$/.exec(line)!;
+    const op = m[1].toUpperCase();
+    const rest = m[2].replace(/\s+/g, ' ');
+    if (op === 'FROM') {
+      const f = /^(?:--platform=\S+ )?(\S+)(?: AS (\S+))?$/i.exec(rest)!;
+      const image = f[1].replace(/\$\{(\w+)\}|\$(\w+)/g, (_, a, b) => args[a ?? b] ?? '');
+      stages.push({ image, name: f[2], body: [] });
+    } else if (stages.length === 0) {
+      if (op === 'ARG') {
+        const [k, v] = rest.split('=');
+        args[k] = v ?? '';
+      }
+    } else {
+      stages.at(-1)!.body.push({ op, args: rest });
+    }
+  }
+  return { args, stages };
+}
+
+const find = (s: Stage, op: string) => s.body.filter((i) => i.op === op);
+const last = <T>(xs: T[]) => xs[xs.length - 1];
+
+t.test('parser', async (t) => {
+  const p = parseDockerfile('ARG B=node:1\n# c\nFROM ${B} AS a\nRUN x \\\n  y\nFROM a\nUSER 1000\n');
+  t.same(p.stages, [
+    { image: 'node:1', name: 'a', body: [{ op: 'RUN', args: 'x y' }] },
+    { image: 'a', name: undefined, body: [{ op: 'USER', args: '1000' }] },
+  ]);
+});
+
+t.test('the gateway Dockerfile', async (t) => {
+  const { stages } = parseDockerfile(readFileSync(root('Dockerfile'), 'utf8'));
+  const stageNames = new Set(stages.map((s) => s.name));
+  t.ok(stages.length >= 2, 'multi-stage');
+  for (const s of stages) {
+    if (stageNames.has(s.image)) continue;
+    t.match(s.image, /^node:20\.\d+\.\d+-(bookworm|bullseye|trixie)-slim(@sha256:[0-9a-f]{64})?$/, `${s.name}: official slim Node 20 pinned to an exact version (${s.image})`);
+  }
+  const build = stages.find((s) => find(s, 'RUN').some((r) => r.args.includes('npm run build')));
+  t.ok(build, 'a stage runs npm run build');
+  t.ok(find(build!, 'RUN').some((r) => /npm ci(?!.*--omit=dev)/.test(r.args)), 'the build stage installs dev dependencies');
+
+  const runtime = last(stages);
+  const runs = find(runtime, 'RUN').map((r) => r.args).join('\n');
+  t.notMatch(runs, /npm (ci|install|i)\b/, 'the shipped stage installs no npm packages itself');
+  const copies = find(runtime, 'COPY').map((c) => c.args);
+  for (const c of copies) t.match(c, /^--from=\S+ /, `shipped stage copies only from earlier stages: ${c}`);
+  const copied = copies.map((c) => {
+    const [, from, src] = /^--from=(\S+) (\S+)/.exec(c)!;
+    return { from: stages.find((s) => s.name === from)!, src };
+  });
+  const modules = copied.find((c) => c.src.endsWith('node_modules'));
+  t.ok(modules, 'node_modules shipped');
+  t.ok(find(modules!.from, 'RUN').some((r) => /npm ci .*--omit=dev/.test(r.args)), 'from a stage that ran npm ci --omit=dev');
+  t.notOk(find(modules!.from, 'RUN').some((r) => /npm ci(?!.*--omit=dev)/.test(r.args)), 'and never a full install');
+  t.same(copied.map((c) => c.src).filter((s) => !s.endsWith('node_modules')).sort(), ['/app/dist', '/app/package.json'], 'then only dist/ and package.json (for "type": "module")');
+
+  const user = last(find(runtime, 'USER'));
+  t.ok(user, 'USER set');
+  t.notMatch(user!.args, /^(root|0)(:|$)/, 'not root');
+  const hc = find(runtime, 'HEALTHCHECK');
+  t.equal(hc.length, 1);
+  t.match(hc[0].args, /http:\/\/127\.0\.0\.1:9090\/healthz/);
+  t.match(last(find(runtime, 'ENTRYPOINT')).args, /tini/, 'an init as PID 1');
+  t.same(JSON.parse(last(find(runtime, 'CMD')).args), ['node', 'dist/gateway/main.js']);
+
+  const ignore = readFileSync(root('.dockerignore'), 'utf8').split('\n').map((l) => l.trim());
+  for (const p of ['node_modules', 'dist', '.git', 'test', 'deploy']) t.ok(ignore.includes(p), `.dockerignore leaves out ${p}`);
+});
+
+t.test('the workspace (code-server) Dockerfile', async (t) => {
+  const { stages } = parseDockerfile(readFileSync(root('codeserver/Dockerfile'), 'utf8'));
+  t.equal(stages.length, 1);
+  const [s] = stages;
+  const m = /^codercom\/code-server:(\d+)\.(\d+)\.(\d+)(@sha256:[0-9a-f]{64})?$/.exec(s.image);
+  t.ok(m, `official image pinned to an exact version (${s.image})`);
+  const v = m!.slice(1, 4).map(Number);
+  const atLeast = (min: number[]) => v[0] > min[0] || (v[0] === min[0] && (v[1] > min[1] || (v[1] === min[1] && v[2] >= min[2])));
+  t.ok(atLeast([4, 99, 4]), 'has the proxy-route fix (4.99.4)');
+  t.ok(atLeast([4, 124, 2]), 'has the local-port session-cookie fix (4.124.2)');
+  const readme = readFileSync(root('codeserver/README.md'), 'utf8');
+  t.match(readme, v.join('.'), 'the README explains the pinned version');
+  t.notMatch(last(find(s, 'USER')).args, /^(root|0)(:|$)/, 'runs as coder, not root');
+  t.match(last(find(s, 'ENTRYPOINT')).args, /dumb-init.*workspace-entrypoint/, 'an init as PID 1, then the entrypoint');
+  t.ok(find(s, 'COPY').some((c) => /entrypoint\.sh/.test(c.args)));
+  t.equal(find(s, 'HEALTHCHECK').length, 1);
+});
