@@ -81,8 +81,9 @@ export function ecsOptionsFromEnv(env: Env): EcsProvisionerOptions {
   const startedBy = raw(env, 'ECS_STARTED_BY') ?? 'workspace-gateway';
   // RunTask's startedBy: up to 128 letters, numbers, hyphens, underscores (ECS API reference).
   if (!/^[A-Za-z0-9_-]{1,128}$/.test(startedBy)) fail('ECS_STARTED_BY', 'may hold only letters, digits, - and _ (at most 128)');
-  const fsId = required(env, 'EFS_FILE_SYSTEM_ID');
-  if (!/^fs-[0-9a-f]{8,40}$/.test(fsId)) fail('EFS_FILE_SYSTEM_ID', `must look like fs-0123456789abcdef0, got ${JSON.stringify(fsId)}`);
+  // One id, or a comma list when one file system's 10,000 access points are not enough.
+  const fsIds = list(env, 'EFS_FILE_SYSTEM_ID', true);
+  for (const fsId of fsIds) if (!/^fs-[0-9a-f]{8,40}$/.test(fsId)) fail('EFS_FILE_SYSTEM_ID', `must look like fs-0123456789abcdef0, got ${JSON.stringify(fsId)}`);
   const rootDir = raw(env, 'EFS_ROOT_DIR') ?? '/students';
   if (!rootDir.startsWith('/') || rootDir.includes('..')) fail('EFS_ROOT_DIR', 'must be an absolute path without ..');
   const services = list(env, 'CLOUDMAP_SERVICE_IDS', true);
@@ -99,7 +100,7 @@ export function ecsOptionsFromEnv(env: Env): EcsProvisionerOptions {
     containerName: raw(env, 'ECS_CONTAINER_NAME') ?? 'code-server',
     capacity,
     startedBy,
-    efsFileSystemId: fsId,
+    efsFileSystemIds: fsIds,
     efsRootDir: rootDir.replace(/\/+$/, '') || '/',
     efsPosixUid: int(env, 'EFS_POSIX_UID', 1000, 0, 4294967295),
     efsPosixGid: int(env, 'EFS_POSIX_GID', 1000, 0, 4294967295),

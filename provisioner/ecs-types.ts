@@ -21,7 +21,11 @@ export interface EcsProvisionerOptions {
   containerName: string;
   capacity: EcsCapacity;
   startedBy: string;
-  efsFileSystemId: string;
+  /**
+   * EFS file systems for students' access points, in order of preference. A file system holds at
+   * most 10,000 access points: a new student goes to the first one with room, and stays there.
+   */
+  efsFileSystemIds: string[];
   efsRootDir: string;
   efsPosixUid: number;
   efsPosixGid: number;

@@ -69,6 +69,7 @@ export const TAG_WORKSPACE = 'workspace-id';
 export const TAG_GENERATION = 'generation';
 const TAG_BASE = 'base-task-definition';
 const TAG_ACCESS_POINT = 'access-point-id';
+const TAG_FILE_SYSTEM = 'file-system-id';
 export const ATTR_TASK_ARN = 'ECS_TASK_ARN';
 export const ATTR_GENERATION = 'WORKSPACE_GENERATION';
 const ATTR_STARTED_AT = 'STARTED_AT';
@@ -340,7 +341,7 @@ export function createEcsProvisioner(options: EcsProvisionerOptions, deps: EcsPr
 
   // ---------- task definition and access point ----------
   let baseCache: { at: number; def: TaskDefinition } | undefined;
-  const familyCache = new Map<string, { baseArn: string; accessPointId: string }>();
+  const familyCache = new Map<string, { baseArn: string; accessPointId: string; fileSystemId: string }>();
   const preparing = new Map<string, Promise<void>>();
 
   async function baseDefinition(signal: AbortSignal): Promise<TaskDefinition> {
@@ -365,49 +366,65 @@ export function createEcsProvisioner(options: EcsProvisionerOptions, deps: EcsPr
     return def;
   }
 
-  async function ensureAccessPoint(id: string, signal: AbortSignal): Promise<string> {
-    const token = id.length <= 58 ? `ws-ap-${id}` : `ws-ap-${createHash('sha256').update(id).digest('base64url').slice(0, 40)}`;
-    try {
-      const ap = await call('CreateAccessPoint', (abortSignal) =>
-        efs.send(
-          new CreateAccessPointCommand({
-            ClientToken: token,
-            FileSystemId: o.efsFileSystemId,
-            PosixUser: { Uid: o.efsPosixUid, Gid: o.efsPosixGid },
-            RootDirectory: {
-              Path: `${o.efsRootDir === '/' ? '' : o.efsRootDir}/${id}`,
-              // EFS creates the directory on first mount with this owner if it does not exist.
-              CreationInfo: { OwnerUid: o.efsPosixUid, OwnerGid: o.efsPosixGid, Permissions: '0750' },
-            },
-            Tags: [{ Key: 'Name', Value: familyOf(id) }, { Key: TAG_WORKSPACE, Value: id }],
-          }),
-          { abortSignal },
-        ), { signal },
-      );
-      return ap.AccessPointId!;
-    } catch (err) {
-      if (awsName(err) !== 'AccessPointAlreadyExists') throw err;
-      const known = ((err as AwsCallError).cause as { AccessPointId?: string } | undefined)?.AccessPointId;
-      if (known) return known;
-      return findAccessPointByTag(id, signal);
+  /**
+   * Creates (idempotently, by client token) the student's access point on the first file system
+   * with room; a full file system answers AccessPointLimitExceeded and the next one is tried.
+   */
+  async function ensureAccessPoint(id: string, signal: AbortSignal): Promise<{ accessPointId: string; fileSystemId: string }> {
+    const key = id.length <= 52 ? id : createHash('sha256').update(id).digest('base64url').slice(0, 40);
+    for (const [k, fileSystemId] of o.efsFileSystemIds.entries()) {
+      const token = k === 0 ? `ws-ap-${key}` : `ws-ap-${k}-${key}`;
+      try {
+        const ap = await call('CreateAccessPoint', (abortSignal) =>
+          efs.send(
+            new CreateAccessPointCommand({
+              ClientToken: token,
+              FileSystemId: fileSystemId,
+              PosixUser: { Uid: o.efsPosixUid, Gid: o.efsPosixGid },
+              RootDirectory: {
+                Path: `${o.efsRootDir === '/' ? '' : o.efsRootDir}/${id}`,
+                // EFS creates the directory on first mount with this owner if it does not exist.
+                CreationInfo: { OwnerUid: o.efsPosixUid, OwnerGid: o.efsPosixGid, Permissions: '0750' },
+              },
+              Tags: [{ Key: 'Name', Value: familyOf(id) }, { Key: TAG_WORKSPACE, Value: id }],
+            }),
+            { abortSignal },
+          ), { signal },
+        );
+        return { accessPointId: ap.AccessPointId!, fileSystemId };
+      } catch (err) {
+        const name = awsName(err);
+        if (name === 'AccessPointLimitExceeded') {
+          log({ msg: 'EFS file system holds the maximum of access points, trying the next', fileSystemId, workspaceId: id });
+          continue;
+        }
+        if (name !== 'AccessPointAlreadyExists') throw err;
+        const known = ((err as AwsCallError).cause as { AccessPointId?: string } | undefined)?.AccessPointId;
+        return { accessPointId: known ?? (await findAccessPointByTag(id, fileSystemId, signal)), fileSystemId };
+      }
     }
+    throw new StartFailure(
+      'BAD_CONFIG',
+      `every EFS file system in EFS_FILE_SYSTEM_ID (${o.efsFileSystemIds.join(', ')}) holds the maximum of 10,000 access points: add a file system`,
+    );
   }
 
-  /** Pages through the file system's access points for the one tagged with this workspace. */
-  async function findAccessPointByTag(id: string, signal: AbortSignal): Promise<string> {
+  /** Pages through a file system's access points for the one tagged with this workspace. */
+  async function findAccessPointByTag(id: string, fileSystemId: string, signal: AbortSignal): Promise<string> {
     let next: string | undefined;
     do {
       const page = await call('DescribeAccessPoints', (abortSignal) =>
-        efs.send(new DescribeAccessPointsCommand({ FileSystemId: o.efsFileSystemId, MaxResults: 1000, NextToken: next }), { abortSignal }), { signal },
+        efs.send(new DescribeAccessPointsCommand({ FileSystemId: fileSystemId, MaxResults: 1000, NextToken: next }), { abortSignal }), { signal },
       );
       const hit = page.AccessPoints?.find((a) => a.Tags?.some((t) => t.Key === TAG_WORKSPACE && t.Value === id));
       if (hit) return hit.AccessPointId!;
       next = page.NextToken;
     } while (next);
-    throw new StartFailure('BACKEND_UNAVAILABLE', `EFS reports an access point for ${id} exists but none is tagged with it`);
+    throw new StartFailure('BACKEND_UNAVAILABLE', `EFS reports an access point for ${id} on ${fileSystemId} exists but none is tagged with it`);
   }
 
-  async function registerFamily(id: string, base: TaskDefinition, accessPointId: string, signal: AbortSignal): Promise<void> {
+  async function registerFamily(id: string, base: TaskDefinition, storage: { accessPointId: string; fileSystemId: string }, signal: AbortSignal): Promise<void> {
+    const { accessPointId, fileSystemId } = storage;
     const input: RegisterTaskDefinitionCommandInput = {
       family: familyOf(id),
       containerDefinitions: base.containerDefinitions,
@@ -430,7 +447,7 @@ export function createEcsProvisioner(options: EcsProvisionerOptions, deps: EcsPr
               // With an access point the root directory is the access point's; IAM authorization
               // and TLS in transit are required by the access point's file system policy.
               efsVolumeConfiguration: {
-                fileSystemId: o.efsFileSystemId,
+                fileSystemId,
                 rootDirectory: '/',
                 transitEncryption: 'ENABLED',
                 authorizationConfig: { accessPointId, iam: 'ENABLED' },
@@ -442,6 +459,7 @@ export function createEcsProvisioner(options: EcsProvisionerOptions, deps: EcsPr
         { key: TAG_WORKSPACE, value: id },
         { key: TAG_BASE, value: base.taskDefinitionArn! },
         { key: TAG_ACCESS_POINT, value: accessPointId },
+        { key: TAG_FILE_SYSTEM, value: fileSystemId },
       ],
     };
     await call('RegisterTaskDefinition', (abortSignal) => ecs.send(new RegisterTaskDefinitionCommand(input), { abortSignal }), { signal });
@@ -463,15 +481,18 @@ export function createEcsProvisioner(options: EcsProvisionerOptions, deps: EcsPr
         } catch (err) {
           if (awsName(err) !== 'ClientException') throw err; // ClientException: no such family yet
         }
+        // The family's tags are the durable record of the student's access point (and its file
+        // system): a later start, or another process, reuses them without calling EFS.
         const knownAp = tag(existing?.tags, TAG_ACCESS_POINT);
+        const knownFs = tag(existing?.tags, TAG_FILE_SYSTEM) ?? o.efsFileSystemIds[0];
         if (existing && knownAp && tag(existing.tags, TAG_BASE) === base.taskDefinitionArn) {
-          familyCache.set(id, { baseArn: base.taskDefinitionArn!, accessPointId: knownAp });
+          familyCache.set(id, { baseArn: base.taskDefinitionArn!, accessPointId: knownAp, fileSystemId: knownFs });
           return;
         }
-        const accessPointId = knownAp ?? (await ensureAccessPoint(id, signal));
-        await registerFamily(id, base, accessPointId, signal);
-        familyCache.set(id, { baseArn: base.taskDefinitionArn!, accessPointId });
-        log({ msg: 'registered task definition', workspaceId: id, family: familyOf(id), base: base.taskDefinitionArn, accessPointId });
+        const storage = knownAp ? { accessPointId: knownAp, fileSystemId: knownFs } : await ensureAccessPoint(id, signal);
+        await registerFamily(id, base, storage, signal);
+        familyCache.set(id, { baseArn: base.taskDefinitionArn!, ...storage });
+        log({ msg: 'registered task definition', workspaceId: id, family: familyOf(id), base: base.taskDefinitionArn, ...storage });
       })().finally(() => preparing.delete(id));
       preparing.set(id, p);
     }
@@ -601,10 +622,11 @@ export function createEcsProvisioner(options: EcsProvisionerOptions, deps: EcsPr
 
   // ---------- Cloud Map ----------
   async function registerInstance(id: string, generation: number, host: string, taskArn: string, signal: AbortSignal): Promise<void> {
+    const serviceId = serviceOf(id);
     await call('RegisterInstance', (abortSignal) =>
       sd.send(
         new RegisterInstanceCommand({
-          ServiceId: serviceOf(id),
+          ServiceId: serviceId,
           InstanceId: id,
           CreatorRequestId: runTaskToken(id, generation),
           Attributes: {
@@ -617,7 +639,13 @@ export function createEcsProvisioner(options: EcsProvisionerOptions, deps: EcsPr
         }),
         { abortSignal },
       ), { signal },
-    );
+    ).catch((err) => {
+      if (awsName(err) === 'ResourceLimitExceeded') {
+        // A Cloud Map service holds at most 1,000 instances (one per running workspace).
+        throw new StartFailure('BAD_CONFIG', `Cloud Map service ${serviceId} holds its maximum of instances: add a service to CLOUDMAP_SERVICE_IDS`, { cause: err });
+      }
+      throw err;
+    });
   }
 
   async function deregister(serviceId: string, id: string, signal?: AbortSignal): Promise<void> {
@@ -628,16 +656,23 @@ export function createEcsProvisioner(options: EcsProvisionerOptions, deps: EcsPr
     });
   }
 
-  async function getInstance(id: string, signal?: AbortSignal): Promise<Record<string, string> | undefined> {
-    try {
-      const out = await call('GetInstance', (abortSignal) =>
-        sd.send(new GetInstanceCommand({ ServiceId: serviceOf(id), InstanceId: id }), { abortSignal }), { signal },
-      );
-      return out.Instance?.Attributes ?? {};
-    } catch (err) {
-      if (awsName(err) === 'InstanceNotFound') return undefined;
-      throw err;
+  /**
+   * The workspace's Cloud Map registration: in its hashed service first, then in the others (a
+   * registration made before CLOUDMAP_SERVICE_IDS changed stays findable).
+   */
+  async function findInstance(id: string, signal?: AbortSignal): Promise<{ serviceId: string; attributes: Record<string, string> } | undefined> {
+    const first = serviceOf(id);
+    for (const serviceId of [first, ...o.cloudMapServiceIds.filter((s) => s !== first)]) {
+      try {
+        const out = await call('GetInstance', (abortSignal) =>
+          sd.send(new GetInstanceCommand({ ServiceId: serviceId, InstanceId: id }), { abortSignal }), { signal },
+        );
+        return { serviceId, attributes: out.Instance?.Attributes ?? {} };
+      } catch (err) {
+        if (awsName(err) !== 'InstanceNotFound') throw err;
+      }
     }
+    return undefined;
   }
 
   async function listInstances(): Promise<Map<string, { serviceId: string; attributes: Record<string, string> }>> {
@@ -759,10 +794,9 @@ export function createEcsProvisioner(options: EcsProvisionerOptions, deps: EcsPr
 
   // ---------- stop / describe / list ----------
   async function stop(workspaceId: string, handle: string | undefined, reason: string): Promise<void> {
-    const serviceId = serviceOf(workspaceId);
-    const attrs = await getInstance(workspaceId);
+    const inst = await findInstance(workspaceId);
     // Only remove the registration of the task being stopped, not a newer generation's.
-    if (attrs && (!handle || attrs[ATTR_TASK_ARN] === handle)) await deregister(serviceId, workspaceId);
+    if (inst && (!handle || inst.attributes[ATTR_TASK_ARN] === handle)) await deregister(inst.serviceId, workspaceId);
     const arns = new Set<string>(handle ? [handle] : []);
     if (!handle) {
       const listed = await call('ListTasks', (abortSignal) =>
@@ -788,7 +822,7 @@ export function createEcsProvisioner(options: EcsProvisionerOptions, deps: EcsPr
   }
 
   async function describe(workspaceId: string): Promise<RunningWorkspace | undefined> {
-    const attrs = await getInstance(workspaceId);
+    const attrs = (await findInstance(workspaceId))?.attributes;
     const arn = attrs?.[ATTR_TASK_ARN];
     if (!arn) return undefined;
     const task = await describeTask(arn);

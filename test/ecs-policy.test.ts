@@ -177,7 +177,7 @@ t.test('ecsOptionsFromEnv: defaults, and errors that name the variable', async (
     containerName: 'code-server',
     capacity: 'spot-first',
     startedBy: 'workspace-gateway',
-    efsFileSystemId: 'fs-0123456789abcdef0',
+    efsFileSystemIds: ['fs-0123456789abcdef0'],
     efsRootDir: '/students',
     efsPosixUid: 1000,
     efsPosixGid: 1000,

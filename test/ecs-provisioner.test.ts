@@ -2,7 +2,7 @@
 import t from 'tap';
 import { createManualClock, systemClock } from '../gateway/clock.js';
 import { StartFailure } from '../provisioner/contract.js';
-import { createEcsProvisioner, type EcsProvisioner } from '../provisioner/ecs.js';
+import { createEcsProvisioner, serviceIndex, type EcsProvisioner } from '../provisioner/ecs.js';
 import type { EcsProvisionerOptions, WorkspaceClaim } from '../provisioner/ecs-types.js';
 import { startFakeAws, type FakeAws, type FakeAwsOptions } from './fake-aws/index.js';
 import { fakeEcsOptions } from './fake-aws/config.js';
@@ -260,4 +260,52 @@ t.test('on a manual clock the fake moves tasks only when the test advances it', 
   const r = await started;
   t.equal(s.stages.at(-1)?.stage, 'ready');
   t.equal(taskOf(fake, r.handle).lastStatus, 'RUNNING');
+});
+
+t.test('beyond 10,000 access points: new students go to the next file system and stay there; all full is BAD_CONFIG', async (t) => {
+  const fsA = 'fs-0aaaaaaaaaaaaaaa1';
+  const fsB = 'fs-0bbbbbbbbbbbbbbb2';
+  const { fake, p, make } = await setup(t, { fileSystemIds: [fsA, fsB], maxAccessPointsPerFileSystem: 2 });
+  for (const id of ['w1', 'w2', 'w3']) await p.start(startRequest(id, 1).req);
+  t.same(fake.accessPoints(fsA).map((a) => a.RootDirectory.Path), ['/students/w1', '/students/w2']);
+  t.same(fake.accessPoints(fsB).map((a) => a.RootDirectory.Path), ['/students/w3']);
+  t.equal(fake.taskDefinitions('ws-w3')[0].volumes[0].efsVolumeConfiguration.fileSystemId, fsB);
+
+  // A fresh process, and a new base: w3 stays on its file system, with no EFS call.
+  const base = fake.taskDefinitions(fake.baseFamily)[0];
+  fake.registerTaskDefinition({ ...base, cpu: '2048' });
+  await p.stop('w3', undefined, 'idle');
+  const fresh = make();
+  await fresh.start(startRequest('w3', 2).req);
+  t.equal(fake.taskDefinitions('ws-w3')[1].volumes[0].efsVolumeConfiguration.fileSystemId, fsB);
+  t.equal(fake.taskDefinitions('ws-w3')[1].cpu, '2048');
+  t.equal(fake.count('CreateAccessPoint'), 3);
+
+  await p.start(startRequest('w4', 1).req);
+  const err = await p.start(startRequest('w5', 1).req).catch((e) => e);
+  t.equal(err.code, 'BAD_CONFIG');
+  t.match(err.message, 'add a file system');
+  t.equal(fake.tasks().filter((x) => x.tags!.some((k) => k.value === 'w5')).length, 0, 'nothing launched');
+});
+
+t.test('a full Cloud Map service fails the start with BAD_CONFIG and stops its task', async (t) => {
+  const { fake, p } = await setup(t, { maxInstancesPerService: 1 });
+  await p.start(startRequest('x1', 1).req);
+  const s = startRequest('x2', 1);
+  const err = await p.start(s.req).catch((e) => e);
+  t.equal(err.code, 'BAD_CONFIG');
+  t.match(err.message, 'add a service to CLOUDMAP_SERVICE_IDS');
+  await until(() => fake.count('StopTask') === 1, 5000, 'StopTask');
+  t.equal(fake.callsOf('StopTask')[0].input.task, s.handles[0]);
+});
+
+t.test('after CLOUDMAP_SERVICE_IDS grows, describe and stop still find a registration in its old service', async (t) => {
+  const services = ['srv-aaaaaaaaaaaaaaa1', 'srv-aaaaaaaaaaaaaaa2', 'srv-aaaaaaaaaaaaaaa3'];
+  const { fake, p, make } = await setup(t, { serviceIds: services }, { cloudMapServiceIds: [services[0]] });
+  const id = ['y1', 'y2', 'y3', 'y4', 'y5', 'y6', 'y7'].find((x) => serviceIndex(x, 3) !== 0)!;
+  const r = await p.start(startRequest(id, 1).req);
+  const grown = make({ cloudMapServiceIds: services });
+  t.equal((await grown.describe(id))?.handle, r.handle);
+  await grown.stop(id, r.handle, 'idle');
+  t.equal(fake.instances().length, 0);
 });

@@ -18,7 +18,7 @@ export function fakeAwsEnv(fake: FakeAws, extra: Record<string, string> = {}): R
     ECS_SUBNETS: 'subnet-0aaaaaaaaaaaaaaa1,subnet-0aaaaaaaaaaaaaaa2',
     ECS_SECURITY_GROUPS: 'sg-0bbbbbbbbbbbbbbb1',
     ECS_BASE_TASK_DEFINITION: fake.baseFamily,
-    EFS_FILE_SYSTEM_ID: fake.fileSystemIds[0],
+    EFS_FILE_SYSTEM_ID: fake.fileSystemIds.join(','),
     CLOUDMAP_SERVICE_IDS: fake.serviceIds.join(','),
     WORKSPACE_PORT: String(fake.workspacePort),
     ...extra,
