@@ -76,4 +76,6 @@ export interface ReconcileSummary {
   deregistered: { workspaceId: string; handle?: string; generation?: number; stopCode?: string; reason?: string }[];
   /** Running tasks matching what the store claims. */
   kept: number;
+  /** Per-workspace failures (AWS errors); the rest of the reconcile went on. */
+  errors: string[];
 }

@@ -867,14 +867,11 @@ export function createEcsProvisioner(options: EcsProvisionerOptions, deps: EcsPr
   }
 
   async function reconcile(claim: (workspaceId: string) => WorkspaceClaim | Promise<WorkspaceClaim>): Promise<ReconcileSummary> {
-    const summary: ReconcileSummary = { adopted: [], stopped: [], deregistered: [], kept: 0 };
+    const summary: ReconcileSummary = { adopted: [], stopped: [], deregistered: [], kept: 0, errors: [] };
     const [tasks, instances] = await Promise.all([listOurTasks(), listInstances()]);
     const liveArns = new Set(tasks.map((t) => t.taskArn!));
-    for (const t of tasks) {
-      const id = tag(t.tags, TAG_WORKSPACE);
-      if (!id) continue;
+    async function reconcileTask(t: Task, id: string, c: WorkspaceClaim): Promise<void> {
       const gen = Number(tag(t.tags, TAG_GENERATION) ?? 0);
-      const c = await claim(id);
       const inst = instances.get(id);
       const registered = inst?.attributes[ATTR_TASK_ARN] === t.taskArn;
       if (c.state === 'unknown') {
@@ -886,28 +883,50 @@ export function createEcsProvisioner(options: EcsProvisionerOptions, deps: EcsPr
             await stopTask(t.taskArn!, 'reconcile: start abandoned');
             summary.stopped.push({ workspaceId: id, handle: t.taskArn!, generation: gen });
           }
-          continue;
+          return;
         }
         const ws = runningFrom(t, registered ? inst!.attributes : undefined);
-        if (!ws) continue;
+        if (!ws) return;
         if (!registered) {
           // Started but never registered (its starter died after the probe or before it): adopt
-          // it only if it answers, then make it discoverable.
-          if (!(await probeOnce(ws.endpoint.host, ws.endpoint.port, lifetime.signal))) continue;
+          // it only if it answers, then make it discoverable. One that never answers is stopped
+          // once it is older than any start could be.
+          if (!(await probeOnce(ws.endpoint.host, ws.endpoint.port, lifetime.signal))) {
+            if (clock.now() - (t.createdAt?.getTime() ?? clock.now()) > o.startDeadlineMs) {
+              await stopTask(t.taskArn!, 'reconcile: unclaimed task never became healthy');
+              summary.stopped.push({ workspaceId: id, handle: t.taskArn!, generation: gen });
+            }
+            return;
+          }
           await registerInstance(id, gen, ws.endpoint.host, t.taskArn!, lifetime.signal);
-          liveArns.add(t.taskArn!);
         }
         summary.adopted.push(ws);
-        continue;
+        return;
       }
       if (c.state === 'stopped' || c.generation !== gen) {
         if (registered) await deregister(inst!.serviceId, id);
         await stopTask(t.taskArn!, c.state === 'stopped' ? 'reconcile: workspace is stopped' : `reconcile: generation ${gen} superseded by ${c.generation}`);
         summary.stopped.push({ workspaceId: id, handle: t.taskArn!, generation: gen });
         if (registered) instances.delete(id);
-        continue;
+        return;
+      }
+      if (c.state === 'running' && !registered && t.lastStatus === 'RUNNING') {
+        // The store has it running but Cloud Map lost it (a failed registration, a manual
+        // deregistration): make it discoverable again for gateways without a route.
+        const ws = runningFrom(t);
+        if (ws) await registerInstance(id, gen, ws.endpoint.host, t.taskArn!, lifetime.signal);
       }
       summary.kept++;
+    }
+    for (const t of tasks) {
+      const id = tag(t.tags, TAG_WORKSPACE);
+      if (!id) continue;
+      try {
+        await reconcileTask(t, id, await claim(id));
+      } catch (err) {
+        // One workspace's trouble must not stop the others from being reconciled.
+        summary.errors.push(`${id}: ${(err as Error)?.message ?? String(err)}`);
+      }
     }
     // Registrations whose task is no longer running (Spot interruption, crash, stopped elsewhere).
     const stale = [...instances.entries()].filter(([, i]) => !liveArns.has(i.attributes[ATTR_TASK_ARN] ?? ''));
@@ -917,7 +936,12 @@ export function createEcsProvisioner(options: EcsProvisionerOptions, deps: EcsPr
       const arn = i.attributes[ATTR_TASK_ARN];
       const t = arn ? described.get(arn) : undefined;
       // A task still RUNNING but desired STOPPED is on its way out: deregister it too.
-      await deregister(i.serviceId, id);
+      try {
+        await deregister(i.serviceId, id);
+      } catch (err) {
+        summary.errors.push(`${id}: ${(err as Error)?.message ?? String(err)}`);
+        continue;
+      }
       summary.deregistered.push({
         workspaceId: id,
         handle: arn,

@@ -12,6 +12,7 @@ import { startRequest } from './fake-aws/harness.js';
 async function setup(t: { teardown(fn: () => unknown): void }, fakeOpts: FakeAwsOptions = {}, over: Partial<EcsProvisionerOptions> = {}) {
   const fake = await startFakeAws({ durations: { provisioningMs: 30, pendingMs: 30, stoppingMs: 10 }, ...fakeOpts });
   const outcomes: [string, AwsCallOutcome][] = [];
+  const stageTimes: [string, number][] = [];
   const p = createEcsProvisioner(
     fakeEcsOptions(fake, {
       describePollMs: 30,
@@ -22,14 +23,14 @@ async function setup(t: { teardown(fn: () => unknown): void }, fakeOpts: FakeAws
     }),
     {
       clock: systemClock,
-      observer: { awsCall: (op, o) => outcomes.push([op, o]), queueDepth: () => {}, stage: () => {} },
+      observer: { awsCall: (op, o) => outcomes.push([op, o]), queueDepth: () => {}, stage: (st, sec) => stageTimes.push([st, sec]) },
     },
   );
   t.teardown(async () => {
     await p.close();
     await fake.close();
   });
-  return { fake, p, outcomes };
+  return { fake, p, outcomes, stageTimes };
 }
 
 t.test('an endpoint that never answers fails the start with BACKEND_UNAVAILABLE, not a frozen start', async (t) => {
@@ -73,7 +74,7 @@ t.test('a dropped connection is retried, and fails BACKEND_UNAVAILABLE when it k
 });
 
 t.test('a 500 from AWS is retried, for every service', async (t) => {
-  const { fake, p } = await setup(t);
+  const { fake, p, stageTimes } = await setup(t);
   for (const op of ['DescribeTaskDefinition', 'CreateAccessPoint', 'RegisterTaskDefinition', 'RunTask', 'DescribeTasks', 'RegisterInstance']) fake.fault(op, 500, 1);
   const r = await p.start(startRequest('flaky', 1).req);
   t.ok(r.handle);
@@ -82,6 +83,8 @@ t.test('a 500 from AWS is retried, for every service', async (t) => {
     t.equal(fake.count(op), 1, `${op} then succeeded once`);
   }
   t.equal(fake.tasks().length, 1);
+  t.same(stageTimes.map(([st]) => st), ['queued', 'provisioning', 'pending', 'running', 'probing', 'ready'], 'each stage timed for the observer');
+  t.ok(stageTimes.every(([, sec]) => sec >= 0));
 });
 
 t.test('a dropped DescribeTasks poll does not fail the start', async (t) => {

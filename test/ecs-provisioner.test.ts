@@ -218,6 +218,7 @@ t.test('reconcile adopts an orphan, stops tasks no workspace claims, keeps the c
   const ip = fake.tasks().find((x) => x.taskArn === orphan)!.ip;
   await until(() => httpGet(ip, fake.workspacePort, '/healthz').then((r) => r.status === 200, () => false), 5000, 'orphan healthy');
 
+  fake.dropInstance('liam'); // Cloud Map lost a registration the store still has running
   const claims: Record<string, WorkspaceClaim> = {
     liam: { state: 'running', generation: 1 },
     mia: { state: 'running', generation: 2 }, // a newer generation is the one in use
@@ -225,6 +226,7 @@ t.test('reconcile adopts an orphan, stops tasks no workspace claims, keeps the c
   };
   const sum = await p.reconcile((id) => claims[id] ?? { state: 'unknown' });
   t.equal(sum.kept, 1);
+  t.same(sum.errors, []);
   t.same(sum.adopted.map((a) => [a.workspaceId, a.generation, a.handle]), [['olga', 7, orphan]]);
   t.same(sum.stopped.map((s) => s.workspaceId).sort(), ['mia', 'noah']);
   t.equal(fake.liveTasks('liam')[0].taskArn, kept.handle);

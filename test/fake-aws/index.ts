@@ -756,6 +756,10 @@ export async function startFakeAws(opts: FakeAwsOptions = {}) {
       for (const [sid, s] of services) if (!serviceId || sid === serviceId) for (const [id, attributes] of s) out.push({ serviceId: sid, id, attributes });
       return out;
     },
+    /** Removes a Cloud Map registration behind the provisioner's back. */
+    dropInstance(id: string) {
+      for (const s of services.values()) s.delete(id);
+    },
     accessPoints(fileSystemId?: string) {
       return [...fileSystems.entries()].filter(([id]) => !fileSystemId || id === fileSystemId).flatMap(([, aps]) => aps);
     },
