@@ -96,9 +96,12 @@ t.test('a dropped DescribeTasks poll does not fail the start', async (t) => {
 });
 
 t.test('throttling is retried with backoff and never surfaces', async (t) => {
-  const { fake, p, outcomes } = await setup(t, {
-    rateLimits: { RegisterTaskDefinition: { rate: 10, burst: 1 }, RegisterInstance: { rate: 10, burst: 1 } },
-  });
+  const { fake, p, outcomes } = await setup(
+    t,
+    { rateLimits: { RegisterTaskDefinition: { rate: 20, burst: 2 }, RegisterInstance: { rate: 20, burst: 2 } } },
+    // Backoff with room to wait out the fake's refill (up to about 2 s over 8 attempts).
+    { retry: { baseMs: 10, capMs: 400, throttledBaseMs: 50 } },
+  );
   const ids = ['t1', 't2', 't3', 't4', 't5', 't6'];
   const results = await Promise.all(ids.map((id) => p.start(startRequest(id, 1).req)));
   t.equal(results.length, ids.length, 'every start succeeded');
