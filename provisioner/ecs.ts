@@ -747,6 +747,11 @@ export function createEcsProvisioner(options: EcsProvisionerOptions, deps: EcsPr
         } catch {
           /* the caller's persistence failing must not leave the task unfollowed */
         }
+        // The slot bounds the AWS control-plane work of a start (describe, access point, task
+        // definition, RunTask). Booting is Fargate's work, followed by one batched poll: holding
+        // slots through it would pace a class by boot time (~1 min) instead of RunTask's rate.
+        release();
+        release = undefined;
       }
       const arn = task.taskArn!;
       const onStatus = (t: Task) => {

@@ -52,8 +52,8 @@ t.test('300 students at 09:00', async (t) => {
   const seconds = (at[at.length - 1] - at[0]) / 1000;
   t.ok(STUDENTS / seconds <= 16, `average RunTask rate at most RUNTASK_RATE (${(STUDENTS / seconds).toFixed(1)}/s)`);
 
-  // Queue positions: shown, and first-come-first-served: the k-th student beyond the 100 in
-  // flight first waited at position k - 100 in the admission queue, then only moved forward.
+  // Queue positions: shown, and first-come-first-served: the k-th student beyond the 100
+  // admitted first waited at position k - 99 in the admission queue, then only moved forward.
   const firstPositions = starts.map((s) => s.stages.find((x) => x.stage === 'queued' && x.queuePosition !== undefined)?.queuePosition);
   t.ok(firstPositions.filter((x) => x !== undefined).length >= STUDENTS - 100, 'queue positions reported');
   for (let k = 100; k < STUDENTS; k++) {
