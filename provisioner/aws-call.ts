@@ -5,7 +5,7 @@
 import type { ErrorClass, RetryPolicy } from './retry.js';
 import { classifyAwsError, retryDecision } from './retry.js';
 import type { AwsCallOutcome } from './ecs-types.js';
-import { sleep, timeoutSignal, type Timers } from './timers.js';
+import { anySignal, sleep, timeoutSignal, type Timers } from './timers.js';
 
 /** The last failure of a call after its retries were used up (or a non-retryable error). */
 export class AwsCallError extends Error {
@@ -53,11 +53,11 @@ export function createAwsCaller(deps: CallerDeps): AwsCaller {
       if (outer?.aborted) throw outer.reason;
       if (opts.beforeAttempt) await opts.beforeAttempt(outer ?? new AbortController().signal);
       const deadline = timeoutSignal(deps.timers, deps.timeoutMs, new CallTimeout(operation, deps.timeoutMs));
-      const signal = outer ? AbortSignal.any([outer, deadline.signal]) : deadline.signal;
+      const linked = anySignal([outer, deadline.signal]);
       let cls: ErrorClass;
       let error: unknown;
       try {
-        const out = await send(signal);
+        const out = await send(linked.signal);
         deps.observe(operation, 'ok');
         return out;
       } catch (err) {
@@ -66,6 +66,7 @@ export function createAwsCaller(deps: CallerDeps): AwsCaller {
         cls = deadline.signal.aborted ? 'timeout' : classifyAwsError(err);
       } finally {
         deadline.dispose();
+        linked.dispose();
       }
       deps.observe(operation, cls === 'throttled' ? 'throttled' : cls === 'timeout' ? 'timeout' : 'error');
       const d = retryDecision(cls, attempt, deps.policy, deps.random);

@@ -38,7 +38,7 @@ import { Admission } from './admission.js';
 import { AwsCallError, createAwsCaller } from './aws-call.js';
 import { DEFAULT_RETRY_POLICY } from './retry.js';
 import { chunks, privateIp, stageTracker, stopDescription, tag, TaskWatcher } from './ecs-tasks.js';
-import { realTimers, sleep, timeoutSignal, type Timers } from './timers.js';
+import { anySignal, realTimers, sleep, timeoutSignal, type Timers } from './timers.js';
 import type { EcsObserver, EcsProvisionerOptions, ReconcileSummary, WorkspaceClaim } from './ecs-types.js';
 
 export type { EcsObserver, EcsProvisionerOptions, ReconcileSummary, WorkspaceClaim } from './ecs-types.js';
@@ -406,16 +406,17 @@ export function createEcsProvisioner(options: EcsProvisionerOptions, deps: EcsPr
   function probeOnce(host: string, port: number, signal: AbortSignal): Promise<boolean> {
     return new Promise((resolve) => {
       const t = timeoutSignal(timers, o.probeTimeoutMs, new Error('probe timeout'));
-      const s = AbortSignal.any([signal, t.signal]);
-      const req = httpRequest({ host, port, path: '/healthz', method: 'GET', agent: false, signal: s }, (res) => {
+      const s = anySignal([signal, t.signal]);
+      const done = (ok: boolean) => {
+        t.dispose();
+        s.dispose();
+        resolve(ok);
+      };
+      const req = httpRequest({ host, port, path: '/healthz', method: 'GET', agent: false, signal: s.signal }, (res) => {
         res.resume();
-        t.dispose();
-        resolve(res.statusCode !== undefined && res.statusCode >= 200 && res.statusCode < 400);
+        done(res.statusCode !== undefined && res.statusCode >= 200 && res.statusCode < 400);
       });
-      req.on('error', () => {
-        t.dispose();
-        resolve(false);
-      });
+      req.on('error', () => done(false));
       req.end();
     });
   }
@@ -423,7 +424,8 @@ export function createEcsProvisioner(options: EcsProvisionerOptions, deps: EcsPr
   /** Probes until /healthz answers; fails early if the task stops meanwhile. */
   async function probeUntilHealthy(arn: string, host: string, signal: AbortSignal): Promise<void> {
     const stopWatch = new AbortController();
-    const both = AbortSignal.any([signal, stopWatch.signal]);
+    const linked = anySignal([signal, stopWatch.signal]);
+    const both = linked.signal;
     const died = watcher.watch(arn, (t) => t.lastStatus === 'STOPPED', both).then((t) => {
       throw new StartFailure('TASK_STOPPED', `task stopped while starting: ${stopDescription(t)}`);
     });
@@ -438,6 +440,7 @@ export function createEcsProvisioner(options: EcsProvisionerOptions, deps: EcsPr
       await Promise.race([probing, died]);
     } finally {
       stopWatch.abort(new Error('probe finished'));
+      linked.dispose();
       probing.catch(() => {});
     }
   }
@@ -531,13 +534,15 @@ export function createEcsProvisioner(options: EcsProvisionerOptions, deps: EcsPr
   async function stopAndWait(arn: string, reason: string): Promise<void> {
     await stopTask(arn, reason);
     const bound = timeoutSignal(timers, o.stopWaitMs, new Error('stop wait over'));
+    const linked = anySignal([bound.signal, lifetime.signal]);
     try {
-      await watcher.watch(arn, (t) => t.lastStatus === 'STOPPED', AbortSignal.any([bound.signal, lifetime.signal]));
+      await watcher.watch(arn, (t) => t.lastStatus === 'STOPPED', linked.signal);
     } catch (err) {
       if (!bound.signal.aborted && !lifetime.signal.aborted && !(err instanceof StartFailure)) throw err;
       if (bound.signal.aborted) log({ msg: 'task not stopped within the bounded wait', taskArn: arn, waitMs: o.stopWaitMs });
     } finally {
       bound.dispose();
+      linked.dispose();
     }
   }
 
@@ -551,7 +556,8 @@ export function createEcsProvisioner(options: EcsProvisionerOptions, deps: EcsPr
     const gen = req.generation;
     if (!WORKSPACE_ID.test(id)) throw new StartFailure('BAD_CONFIG', `workspace id ${JSON.stringify(id)} cannot name an ECS family / EFS directory`);
     const deadline = timeoutSignal(timers, o.startDeadlineMs, new StartFailure('START_DEADLINE', ''));
-    const signal = AbortSignal.any([req.signal, deadline.signal, lifetime.signal]);
+    const linked = anySignal([req.signal, deadline.signal, lifetime.signal]);
+    const signal = linked.signal;
     const stages = stageTracker(req, clock, observer);
     let release: (() => void) | undefined;
     let task: Task | undefined;
@@ -621,6 +627,7 @@ export function createEcsProvisioner(options: EcsProvisionerOptions, deps: EcsPr
     } finally {
       release?.();
       deadline.dispose();
+      linked.dispose();
     }
   }
 

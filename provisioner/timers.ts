@@ -50,3 +50,29 @@ export function createScaledTime(speed: number, start = Date.now()): { clock: Cl
     },
   };
 }
+
+/**
+ * A signal that aborts when any of `signals` does; dispose() detaches it. Used instead of
+ * AbortSignal.any, which on Node 20 keeps every combined signal that has listeners alive as long
+ * as its sources live: combined with the provisioner's lifetime signal, that leaks per call.
+ */
+export function anySignal(signals: (AbortSignal | undefined)[]): { signal: AbortSignal; dispose(): void } {
+  const ac = new AbortController();
+  const detach: (() => void)[] = [];
+  for (const s of signals) {
+    if (!s) continue;
+    if (s.aborted) {
+      ac.abort(s.reason);
+      break;
+    }
+    const onAbort = () => ac.abort(s.reason);
+    s.addEventListener('abort', onAbort, { once: true });
+    detach.push(() => s.removeEventListener('abort', onAbort));
+  }
+  return {
+    signal: ac.signal,
+    dispose() {
+      for (const d of detach.splice(0)) d();
+    },
+  };
+}

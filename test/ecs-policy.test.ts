@@ -6,7 +6,8 @@ import { Admission, takeToken } from '../provisioner/admission.js';
 import { ecsOptionsFromEnv, parseDuration } from '../provisioner/ecs-config.js';
 import { runTaskToken, serviceIndex } from '../provisioner/ecs.js';
 import { classifyAwsError, DEFAULT_RETRY_POLICY, retryDecision, type ErrorClass } from '../provisioner/retry.js';
-import type { Timers } from '../provisioner/timers.js';
+import { anySignal, type Timers } from '../provisioner/timers.js';
+import { getEventListeners } from 'node:events';
 
 t.test('retryDecision: jittered exponential backoff, capped, attempts by error class', async (t) => {
   const policy = { throttledAttempts: 5, transientAttempts: 3, baseMs: 100, capMs: 1000, throttledBaseMs: 200 };
@@ -251,4 +252,20 @@ t.test('serviceIndex: stable, in range, spread', async (t) => {
   const counts = [0, 0, 0, 0];
   for (let i = 0; i < 4000; i++) counts[serviceIndex(`student-${i}`, 4)]++;
   t.ok(counts.every((c) => c > 800 && c < 1200), `roughly even: ${counts}`);
+});
+
+t.test('anySignal aborts with the first source and detaches from long-lived sources on dispose', async (t) => {
+  const life = new AbortController();
+  const short = new AbortController();
+  const linked = anySignal([life.signal, undefined, short.signal]);
+  t.equal(getEventListeners(life.signal, 'abort').length, 1);
+  short.abort(new Error('deadline'));
+  t.ok(linked.signal.aborted);
+  t.match(String(linked.signal.reason), 'deadline');
+  linked.dispose();
+  t.equal(getEventListeners(life.signal, 'abort').length, 0, 'nothing left on the lifetime signal');
+  for (let i = 0; i < 1000; i++) anySignal([life.signal]).dispose();
+  t.equal(getEventListeners(life.signal, 'abort').length, 0);
+  const already = anySignal([AbortSignal.abort(new Error('gone')), life.signal]);
+  t.ok(already.signal.aborted);
 });
