@@ -166,11 +166,25 @@ export function createEcsProvisioner(options: EcsProvisionerOptions, deps: EcsPr
   const familyCache = new Map<string, { baseArn: string; accessPointId: string; fileSystemId: string }>();
   const preparing = new Map<string, Promise<void>>();
 
+  let baseReading: Promise<TaskDefinition> | undefined;
+
+  /** The base task definition, re-read at most once a minute (a new revision reaches students within that time). */
   async function baseDefinition(signal: AbortSignal): Promise<TaskDefinition> {
-    // Re-read at most once a minute: a new base revision reaches students within that time.
     if (baseCache && clock.now() - baseCache.at < 60_000) return baseCache.def;
+    // One read for all the starts that need it at once (a class at 09:00), not one each.
+    baseReading ??= readBaseDefinition().finally(() => (baseReading = undefined));
+    const reading = baseReading;
+    return new Promise<TaskDefinition>((resolve, reject) => {
+      if (signal.aborted) return reject(signal.reason);
+      const onAbort = () => reject(signal.reason);
+      signal.addEventListener('abort', onAbort, { once: true });
+      reading.then(resolve, reject).finally(() => signal.removeEventListener('abort', onAbort));
+    });
+  }
+
+  async function readBaseDefinition(): Promise<TaskDefinition> {
     const out = await call('DescribeTaskDefinition', (abortSignal) =>
-      ecs.send(new DescribeTaskDefinitionCommand({ taskDefinition: o.baseTaskDefinition }), { abortSignal }), { signal },
+      ecs.send(new DescribeTaskDefinitionCommand({ taskDefinition: o.baseTaskDefinition }), { abortSignal }), { signal: lifetime.signal },
     ).catch((err) => {
       if (awsName(err) === 'ClientException') {
         throw new StartFailure('BAD_CONFIG', `ECS_BASE_TASK_DEFINITION ${o.baseTaskDefinition} cannot be described: ${(err as Error).message}`, { cause: err });

@@ -40,6 +40,10 @@ t.test('300 students at 09:00', async (t) => {
   t.equal(fake.count('RunTask'), STUDENTS);
   t.equal(fake.count('RunTask', 'throttled'), 0, 'RunTask was never throttled');
   t.equal(fake.instances().length, STUDENTS, 'all registered in Cloud Map');
+  t.equal(fake.count('CreateAccessPoint'), STUDENTS);
+  t.equal(fake.count('RegisterTaskDefinition'), STUDENTS);
+  // The base definition is read once for the whole class, plus once per student for its family.
+  t.equal(fake.count('DescribeTaskDefinition', 'any'), 1 + STUDENTS);
 
   // Our RunTask rate, measured by the fake: never more than its 20 per (clock) second.
   const at = fake.callsOf('RunTask', 'any').map((c) => c.at).sort((a, b) => a - b);
