@@ -4,6 +4,7 @@
 // in Cloud Map as the durable registry of running workspaces. The SDK stays inside this module:
 // the contract and the options hold only plain types.
 import { createHash, randomUUID } from 'node:crypto';
+import { setMaxListeners } from 'node:events';
 import { request as httpRequest } from 'node:http';
 import {
   DescribeTaskDefinitionCommand,
@@ -38,7 +39,7 @@ import { Admission } from './admission.js';
 import { AwsCallError, createAwsCaller } from './aws-call.js';
 import { DEFAULT_RETRY_POLICY } from './retry.js';
 import { chunks, privateIp, stageTracker, stopDescription, tag, TaskWatcher } from './ecs-tasks.js';
-import { anySignal, realTimers, sleep, timeoutSignal, type Timers } from './timers.js';
+import { anySignal, realTimers, sleep, timeoutSignal, untilAborted, type Timers } from './timers.js';
 import type { EcsObserver, EcsProvisionerOptions, ReconcileSummary, WorkspaceClaim } from './ecs-types.js';
 
 export type { EcsObserver, EcsProvisionerOptions, ReconcileSummary, WorkspaceClaim } from './ecs-types.js';
@@ -157,6 +158,8 @@ export function createEcsProvisioner(options: EcsProvisionerOptions, deps: EcsPr
   );
   const watcher = new TaskWatcher(call, ecs, o.cluster, timers, o.describePollMs);
   const lifetime = new AbortController();
+  // Every start in flight listens on it (hundreds during a class start): not a leak.
+  setMaxListeners(0, lifetime.signal);
 
   const familyOf = (id: string) => `${o.taskFamilyPrefix}-${id}`;
   const serviceOf = (id: string) => o.cloudMapServiceIds[serviceIndex(id, o.cloudMapServiceIds.length)];
@@ -173,13 +176,7 @@ export function createEcsProvisioner(options: EcsProvisionerOptions, deps: EcsPr
     if (baseCache && clock.now() - baseCache.at < 60_000) return baseCache.def;
     // One read for all the starts that need it at once (a class at 09:00), not one each.
     baseReading ??= readBaseDefinition().finally(() => (baseReading = undefined));
-    const reading = baseReading;
-    return new Promise<TaskDefinition>((resolve, reject) => {
-      if (signal.aborted) return reject(signal.reason);
-      const onAbort = () => reject(signal.reason);
-      signal.addEventListener('abort', onAbort, { once: true });
-      reading.then(resolve, reject).finally(() => signal.removeEventListener('abort', onAbort));
-    });
+    return untilAborted(baseReading, signal);
   }
 
   async function readBaseDefinition(): Promise<TaskDefinition> {
@@ -305,9 +302,11 @@ export function createEcsProvisioner(options: EcsProvisionerOptions, deps: EcsPr
   async function prepare(id: string, signal: AbortSignal): Promise<void> {
     const base = await baseDefinition(signal);
     if (familyCache.get(id)?.baseArn === base.taskDefinitionArn) return;
-    // One preparation per workspace at a time in this process (racing starts share it).
+    // One preparation per workspace at a time in this process (racing starts share it, and one
+    // of them giving up does not fail the others: it runs on the provisioner's lifetime).
     let p = preparing.get(id);
     if (!p) {
+      const signal = lifetime.signal;
       p = (async () => {
         let existing: { tags?: { key?: string; value?: string }[] } | undefined;
         try {
@@ -332,7 +331,7 @@ export function createEcsProvisioner(options: EcsProvisionerOptions, deps: EcsPr
       })().finally(() => preparing.delete(id));
       preparing.set(id, p);
     }
-    await p;
+    await untilAborted(p, signal);
   }
 
   // ---------- RunTask ----------
@@ -572,6 +571,7 @@ export function createEcsProvisioner(options: EcsProvisionerOptions, deps: EcsPr
     const deadline = timeoutSignal(timers, o.startDeadlineMs, new StartFailure('START_DEADLINE', ''));
     const linked = anySignal([req.signal, deadline.signal, lifetime.signal]);
     const signal = linked.signal;
+    setMaxListeners(0, signal);
     const stages = stageTracker(req, clock, observer);
     let release: (() => void) | undefined;
     let task: Task | undefined;

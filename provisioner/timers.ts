@@ -76,3 +76,13 @@ export function anySignal(signals: (AbortSignal | undefined)[]): { signal: Abort
     },
   };
 }
+
+/** Waits for a shared promise, giving up (with the signal's reason) if this caller's signal aborts. */
+export function untilAborted<T>(shared: Promise<T>, signal: AbortSignal): Promise<T> {
+  return new Promise<T>((resolve, reject) => {
+    if (signal.aborted) return reject(signal.reason);
+    const onAbort = () => reject(signal.reason);
+    signal.addEventListener('abort', onAbort, { once: true });
+    shared.then(resolve, reject).finally(() => signal.removeEventListener('abort', onAbort));
+  });
+}

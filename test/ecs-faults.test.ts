@@ -74,7 +74,7 @@ t.test('a dropped connection is retried, and fails BACKEND_UNAVAILABLE when it k
 });
 
 t.test('a 500 from AWS is retried, for every service', async (t) => {
-  const { fake, p, stageTimes } = await setup(t);
+  const { fake, p, stageTimes } = await setup(t, {}, { awsCallTimeoutMs: 5000 }); // not a timeout test: a loaded machine must not retry
   for (const op of ['DescribeTaskDefinition', 'CreateAccessPoint', 'RegisterTaskDefinition', 'RunTask', 'DescribeTasks', 'RegisterInstance']) fake.fault(op, 500, 1);
   const r = await p.start(startRequest('flaky', 1).req);
   t.ok(r.handle);
@@ -88,7 +88,7 @@ t.test('a 500 from AWS is retried, for every service', async (t) => {
 });
 
 t.test('a dropped DescribeTasks poll does not fail the start', async (t) => {
-  const { fake, p } = await setup(t);
+  const { fake, p } = await setup(t, {}, { awsCallTimeoutMs: 5000 }); // not a timeout test: a loaded machine must not retry
   fake.fault('DescribeTasks', 'drop', 2);
   const r = await p.start(startRequest('poll-drop', 1).req);
   t.ok(r.handle);
@@ -100,7 +100,7 @@ t.test('throttling is retried with backoff and never surfaces', async (t) => {
     t,
     { rateLimits: { RegisterTaskDefinition: { rate: 20, burst: 2 }, RegisterInstance: { rate: 20, burst: 2 } } },
     // Backoff with room to wait out the fake's refill (up to about 2 s over 8 attempts).
-    { retry: { baseMs: 10, capMs: 400, throttledBaseMs: 50 } },
+    { retry: { baseMs: 10, capMs: 400, throttledBaseMs: 50 }, awsCallTimeoutMs: 5000 },
   );
   const ids = ['t1', 't2', 't3', 't4', 't5', 't6'];
   const results = await Promise.all(ids.map((id) => p.start(startRequest(id, 1).req)));

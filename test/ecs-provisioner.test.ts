@@ -31,7 +31,11 @@ t.test('a cold start makes exactly one access point, task definition, RunTask an
   const { fake, p } = await setup(t);
   const s = startRequest('alice', 1);
   const r = await p.start(s.req);
-  t.same(s.stages.map((x) => x.stage), ['queued', 'provisioning', 'pending', 'running', 'probing', 'ready']);
+  // In order, never backwards (pending can pass between two polls here; the manual-clock test
+  // below shows every stage).
+  const seen = s.stages.map((x) => x.stage);
+  t.same(seen.filter((x) => x !== 'pending'), ['queued', 'provisioning', 'running', 'probing', 'ready']);
+  t.ok(seen.indexOf('pending') === -1 || seen.indexOf('pending') === 2);
   t.same(s.handles, [r.handle], 'onHandle got the task ARN');
   t.equal(fake.count('CreateAccessPoint'), 1);
   t.equal(fake.count('RegisterTaskDefinition'), 1);
@@ -260,7 +264,7 @@ t.test('on a manual clock the fake moves tasks only when the test advances it', 
   await s.reached('pending');
   clock.advance(20_000);
   const r = await started;
-  t.equal(s.stages.at(-1)?.stage, 'ready');
+  t.same(s.stages.map((x) => x.stage), ['queued', 'provisioning', 'pending', 'running', 'probing', 'ready']);
   t.equal(taskOf(fake, r.handle).lastStatus, 'RUNNING');
 });
 
