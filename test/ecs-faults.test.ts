@@ -83,7 +83,8 @@ t.test('a 500 from AWS is retried, for every service', async (t) => {
     t.equal(fake.count(op), 1, `${op} then succeeded once`);
   }
   t.equal(fake.tasks().length, 1);
-  t.same(stageTimes.map(([st]) => st), ['queued', 'provisioning', 'pending', 'running', 'probing', 'ready'], 'each stage timed for the observer');
+  // (pending can pass between two polls on a loaded machine)
+  t.same(stageTimes.map(([st]) => st).filter((st) => st !== 'pending'), ['queued', 'provisioning', 'running', 'probing', 'ready'], 'each stage timed for the observer');
   t.ok(stageTimes.every(([, sec]) => sec >= 0));
 });
 
