@@ -1,0 +1,186 @@
+// Following ECS tasks: the fields the provisioner reads from a described task, and one batched
+// DescribeTasks poller shared by every start and stop in a process.
+import { DescribeTasksCommand, type ECSClient, type Task } from '@aws-sdk/client-ecs';
+import type { Clock } from '../gateway/clock.js';
+import { START_STAGES, StartFailure, type StartRequest, type StartStage } from './contract.js';
+import type { AwsCaller } from './aws-call.js';
+import type { EcsObserver } from './ecs-types.js';
+import type { Timers } from './timers.js';
+
+export function tag(tags: { key?: string; value?: string }[] | undefined, key: string): string | undefined {
+  return tags?.find((t) => t.key === key)?.value;
+}
+
+export function privateIp(task: Task): string | undefined {
+  for (const a of task.attachments ?? []) {
+    if (a.type !== 'ElasticNetworkInterface') continue;
+    const ip = a.details?.find((d) => d.name === 'privateIPv4Address')?.value;
+    if (ip) return ip;
+  }
+  return task.containers?.[0]?.networkInterfaces?.[0]?.privateIpv4Address;
+}
+
+export function stopDescription(task: Task): string {
+  const parts = [task.stopCode, task.stoppedReason].filter(Boolean).join(': ');
+  const c = task.containers?.find((x) => x.reason || x.exitCode !== undefined);
+  const container = c ? ` (container ${c.name}${c.exitCode !== undefined ? ` exit code ${c.exitCode}` : ''}${c.reason ? `: ${c.reason}` : ''})` : '';
+  return `${parts || 'stopped'}${container}`;
+}
+
+export function chunks<T>(items: T[], size: number): T[][] {
+  const out: T[][] = [];
+  for (let i = 0; i < items.length; i += size) out.push(items.slice(i, i + size));
+  return out;
+}
+
+interface Watch {
+  until(task: Task): boolean;
+  onUpdate(task: Task): void;
+  resolve(task: Task): void;
+  reject(err: unknown): void;
+  missing: number;
+}
+
+/**
+ * Follows many tasks with one DescribeTasks per poll for up to 100 of them at once, instead of a
+ * call per start per poll: 300 starts would otherwise be hundreds of calls per second.
+ */
+export class TaskWatcher {
+  private readonly watches = new Map<string, Set<Watch>>();
+  private timer: unknown = undefined;
+  private closed = false;
+
+  constructor(
+    private readonly call: AwsCaller,
+    private readonly ecs: ECSClient,
+    private readonly cluster: string,
+    private readonly timers: Timers,
+    private readonly pollMs: number,
+  ) {}
+
+  /** Resolves with the task once `until(task)` holds; lastStatus is what counts, never desiredStatus. */
+  watch(taskArn: string, until: (t: Task) => boolean, signal: AbortSignal, onUpdate: (t: Task) => void = () => {}): Promise<Task> {
+    return new Promise((resolve, reject) => {
+      if (signal.aborted) return reject(signal.reason);
+      const set = this.watches.get(taskArn) ?? new Set<Watch>();
+      const onAbort = () => {
+        set.delete(w);
+        if (set.size === 0) this.watches.delete(taskArn);
+        reject(signal.reason);
+      };
+      const w: Watch = {
+        until,
+        onUpdate,
+        missing: 0,
+        resolve: (t) => {
+          signal.removeEventListener('abort', onAbort);
+          resolve(t);
+        },
+        reject: (e) => {
+          signal.removeEventListener('abort', onAbort);
+          reject(e);
+        },
+      };
+      signal.addEventListener('abort', onAbort, { once: true });
+      set.add(w);
+      this.watches.set(taskArn, set);
+      this.schedule();
+    });
+  }
+
+  close(): void {
+    this.closed = true;
+    if (this.timer !== undefined) this.timers.clearTimeout(this.timer);
+    const err = new StartFailure('ABORTED', 'provisioner closed');
+    for (const set of this.watches.values()) for (const w of set) w.reject(err);
+    this.watches.clear();
+  }
+
+  private schedule(): void {
+    if (this.timer !== undefined || this.closed || this.watches.size === 0) return;
+    this.timer = this.timers.setTimeout(() => {
+      void this.poll().finally(() => {
+        this.timer = undefined;
+        this.schedule();
+      });
+    }, this.pollMs);
+  }
+
+  private async poll(): Promise<void> {
+    const arns = [...this.watches.keys()];
+    await Promise.all(
+      chunks(arns, 100).map(async (page) => {
+        let out;
+        try {
+          out = await this.call('DescribeTasks', (abortSignal) =>
+            this.ecs.send(new DescribeTasksCommand({ cluster: this.cluster, tasks: page }), { abortSignal }),
+          );
+        } catch (err) {
+          for (const arn of page) this.settle(arn, (w) => w.reject(err));
+          return;
+        }
+        for (const t of out.tasks ?? []) {
+          const set = this.watches.get(t.taskArn!);
+          if (!set) continue;
+          for (const w of [...set]) {
+            w.missing = 0;
+            w.onUpdate(t);
+            if (w.until(t)) {
+              set.delete(w);
+              w.resolve(t);
+            }
+          }
+          if (set.size === 0) this.watches.delete(t.taskArn!);
+        }
+        for (const f of out.failures ?? []) {
+          const set = this.watches.get(f.arn ?? '');
+          if (!set) continue;
+          // DescribeTasks is eventually consistent right after RunTask; give it a few polls.
+          for (const w of [...set]) {
+            if (++w.missing >= 5) {
+              set.delete(w);
+              w.reject(new StartFailure('TASK_STOPPED', `task ${f.arn} is unknown to ECS (${f.reason ?? 'MISSING'})`));
+            }
+          }
+          if (set.size === 0) this.watches.delete(f.arn ?? '');
+        }
+      }),
+    );
+  }
+
+  private settle(arn: string, fn: (w: Watch) => void): void {
+    const set = this.watches.get(arn);
+    if (!set) return;
+    this.watches.delete(arn);
+    for (const w of set) fn(w);
+  }
+}
+
+/** Reports stages in order (never backwards), times them for the observer. */
+export function stageTracker(req: StartRequest, clock: Clock, observer: EcsObserver | undefined) {
+  let current: StartStage | undefined;
+  let since = clock.now();
+  const t0 = since;
+  let lastPosition: number | undefined;
+  return {
+    get current() {
+      return current;
+    },
+    to(stage: StartStage, queuePosition?: number): void {
+      if (current !== undefined && START_STAGES.indexOf(stage) < START_STAGES.indexOf(current)) return;
+      if (stage === current && (stage !== 'queued' || queuePosition === lastPosition)) return;
+      const now = clock.now();
+      if (current !== undefined && current !== stage) observer?.stage(current, (now - since) / 1000);
+      if (current !== stage) since = now;
+      current = stage;
+      lastPosition = queuePosition;
+      if (stage === 'ready') observer?.stage('ready', (now - t0) / 1000);
+      try {
+        req.onStage(stage === 'queued' && queuePosition !== undefined ? { stage, queuePosition } : { stage });
+      } catch {
+        /* onStage must not throw; a faulty listener must not fail the start */
+      }
+    },
+  };
+}
+

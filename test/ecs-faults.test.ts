@@ -1,0 +1,120 @@
+// An AWS endpoint that stalls, drops connections, answers 500 or throttles: every call has a
+// deadline that really aborts it, transient failures and throttling are retried, and a start
+// against a dead endpoint fails with BACKEND_UNAVAILABLE well inside its start deadline.
+import t from 'tap';
+import { systemClock } from '../gateway/clock.js';
+import { createEcsProvisioner } from '../provisioner/ecs.js';
+import type { AwsCallOutcome, EcsProvisionerOptions } from '../provisioner/ecs-types.js';
+import { startFakeAws, type FakeAwsOptions } from './fake-aws/index.js';
+import { fakeEcsOptions } from './fake-aws/config.js';
+import { startRequest } from './fake-aws/harness.js';
+
+async function setup(t: { teardown(fn: () => unknown): void }, fakeOpts: FakeAwsOptions = {}, over: Partial<EcsProvisionerOptions> = {}) {
+  const fake = await startFakeAws({ durations: { provisioningMs: 30, pendingMs: 30, stoppingMs: 10 }, ...fakeOpts });
+  const outcomes: [string, AwsCallOutcome][] = [];
+  const stageTimes: [string, number][] = [];
+  const p = createEcsProvisioner(
+    fakeEcsOptions(fake, {
+      describePollMs: 30,
+      awsCallTimeoutMs: 250,
+      startDeadlineMs: 20_000,
+      retry: { baseMs: 10, capMs: 50, throttledBaseMs: 20 },
+      ...over,
+    }),
+    {
+      clock: systemClock,
+      observer: { awsCall: (op, o) => outcomes.push([op, o]), queueDepth: () => {}, stage: (st, sec) => stageTimes.push([st, sec]) },
+    },
+  );
+  t.teardown(async () => {
+    await p.close();
+    await fake.close();
+  });
+  return { fake, p, outcomes, stageTimes };
+}
+
+t.test('an endpoint that never answers fails the start with BACKEND_UNAVAILABLE, not a frozen start', async (t) => {
+  const { fake, p, outcomes } = await setup(t);
+  fake.fault('*', 'stall');
+  const err = await p.start(startRequest('stalled', 1).req).catch((e) => e);
+  t.equal(err.code, 'BACKEND_UNAVAILABLE', 'failed by the call deadlines, before the 20 s start deadline');
+  t.match(err.message, /AWS DescribeTaskDefinition did not answer in time after 3 attempts/);
+  t.equal(fake.count('DescribeTaskDefinition', 'fault'), 3, 'each attempt was aborted and retried');
+  t.same(outcomes, [
+    ['DescribeTaskDefinition', 'timeout'],
+    ['DescribeTaskDefinition', 'timeout'],
+    ['DescribeTaskDefinition', 'timeout'],
+  ]);
+});
+
+t.test('RunTask stalling is retried with the same clientToken, then fails BACKEND_UNAVAILABLE', async (t) => {
+  const { fake, p } = await setup(t);
+  fake.fault('RunTask', 'stall');
+  const err = await p.start(startRequest('stalled-run', 1).req).catch((e) => e);
+  t.equal(err.code, 'BACKEND_UNAVAILABLE');
+  t.match(err.message, 'AWS RunTask did not answer in time');
+  const tokens = new Set(fake.callsOf('RunTask', 'any').map((c) => c.input.clientToken));
+  t.same([...tokens], ['stalled-run.1'], 'retries reuse the token, so they can never launch a second task');
+});
+
+t.test('a dropped connection is retried, and fails BACKEND_UNAVAILABLE when it keeps happening', async (t) => {
+  const { fake, p, outcomes } = await setup(t);
+  fake.fault('RunTask', 'drop', 1);
+  const r = await p.start(startRequest('dropped-once', 1).req);
+  t.ok(r.handle);
+  t.equal(fake.count('RunTask', 'fault'), 1);
+  t.equal(fake.count('RunTask'), 1);
+  t.equal(fake.tasks().length, 1);
+  t.same(outcomes.filter(([op]) => op === 'RunTask').map(([, o]) => o), ['error', 'ok']);
+
+  fake.fault('CreateAccessPoint', 'drop');
+  const err = await p.start(startRequest('dropped-always', 1).req).catch((e) => e);
+  t.equal(err.code, 'BACKEND_UNAVAILABLE');
+  t.match(err.message, 'AWS CreateAccessPoint failed after 3 attempts');
+});
+
+t.test('a 500 from AWS is retried, for every service', async (t) => {
+  const { fake, p, stageTimes } = await setup(t, {}, { awsCallTimeoutMs: 5000 }); // not a timeout test: a loaded machine must not retry
+  for (const op of ['DescribeTaskDefinition', 'CreateAccessPoint', 'RegisterTaskDefinition', 'RunTask', 'DescribeTasks', 'RegisterInstance']) fake.fault(op, 500, 1);
+  const r = await p.start(startRequest('flaky', 1).req);
+  t.ok(r.handle);
+  for (const op of ['CreateAccessPoint', 'RegisterTaskDefinition', 'RunTask', 'RegisterInstance']) {
+    t.equal(fake.count(op, 'fault'), 1, `${op} failed once`);
+    t.equal(fake.count(op), 1, `${op} then succeeded once`);
+  }
+  t.equal(fake.tasks().length, 1);
+  // (pending can pass between two polls on a loaded machine)
+  t.same(stageTimes.map(([st]) => st).filter((st) => st !== 'pending'), ['queued', 'provisioning', 'running', 'probing', 'ready'], 'each stage timed for the observer');
+  t.ok(stageTimes.every(([, sec]) => sec >= 0));
+});
+
+t.test('a dropped DescribeTasks poll does not fail the start', async (t) => {
+  const { fake, p } = await setup(t, {}, { awsCallTimeoutMs: 5000 }); // not a timeout test: a loaded machine must not retry
+  fake.fault('DescribeTasks', 'drop', 2);
+  const r = await p.start(startRequest('poll-drop', 1).req);
+  t.ok(r.handle);
+  t.equal(fake.count('DescribeTasks', 'fault'), 2);
+});
+
+t.test('throttling is retried with backoff and never surfaces', async (t) => {
+  const { fake, p, outcomes } = await setup(
+    t,
+    { rateLimits: { RegisterTaskDefinition: { rate: 20, burst: 2 }, RegisterInstance: { rate: 20, burst: 2 } } },
+    // Backoff with room to wait out the fake's refill (up to about 2 s over 8 attempts).
+    { retry: { baseMs: 10, capMs: 400, throttledBaseMs: 50 }, awsCallTimeoutMs: 5000 },
+  );
+  const ids = ['t1', 't2', 't3', 't4', 't5', 't6'];
+  const results = await Promise.all(ids.map((id) => p.start(startRequest(id, 1).req)));
+  t.equal(results.length, ids.length, 'every start succeeded');
+  t.ok(fake.count('RegisterTaskDefinition', 'throttled') + fake.count('RegisterInstance', 'throttled') > 0, 'the fake did throttle');
+  t.ok(outcomes.some(([, o]) => o === 'throttled'), 'observed as throttled');
+  t.equal(fake.count('RegisterTaskDefinition'), ids.length);
+  t.equal(fake.count('RegisterInstance'), ids.length);
+});
+
+t.test('a misconfigured base task definition is BAD_CONFIG', async (t) => {
+  const { p } = await setup(t, {}, { baseTaskDefinition: 'no-such-family' });
+  const err = await p.start(startRequest('cfg', 1).req).catch((e) => e);
+  t.equal(err.code, 'BAD_CONFIG');
+  t.match(err.message, 'ECS_BASE_TASK_DEFINITION no-such-family cannot be described');
+});

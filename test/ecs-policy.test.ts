@@ -1,0 +1,271 @@
+// Table tests of the ECS provisioner's pure decisions: retry policy, error classes, the token
+// bucket, FIFO admission, configuration parsing, clientToken and Cloud Map service choice.
+import t from 'tap';
+import { createManualClock } from '../gateway/clock.js';
+import { Admission, takeToken } from '../provisioner/admission.js';
+import { ecsOptionsFromEnv, parseDuration } from '../provisioner/ecs-config.js';
+import { runTaskToken, serviceIndex } from '../provisioner/ecs.js';
+import { classifyAwsError, DEFAULT_RETRY_POLICY, retryDecision, type ErrorClass } from '../provisioner/retry.js';
+import { anySignal, type Timers } from '../provisioner/timers.js';
+import { getEventListeners } from 'node:events';
+
+t.test('retryDecision: jittered exponential backoff, capped, attempts by error class', async (t) => {
+  const policy = { throttledAttempts: 5, transientAttempts: 3, baseMs: 100, capMs: 1000, throttledBaseMs: 200 };
+  const cases: [ErrorClass, number, number, ReturnType<typeof retryDecision>][] = [
+    // class, attempt that failed, random, decision
+    ['fatal', 1, 0.5, { retry: false }],
+    ['transient', 1, 0.5, { retry: true, delayMs: 50 }], // ceiling 100
+    ['transient', 2, 0.5, { retry: true, delayMs: 100 }], // ceiling 200
+    ['transient', 3, 0.5, { retry: false }], // 3 attempts made
+    ['timeout', 1, 0.999, { retry: true, delayMs: 99 }],
+    ['timeout', 3, 0.1, { retry: false }],
+    ['throttled', 1, 0.5, { retry: true, delayMs: 100 }], // ceiling 200
+    ['throttled', 3, 0.5, { retry: true, delayMs: 400 }], // ceiling 800
+    ['throttled', 4, 0.5, { retry: true, delayMs: 500 }], // ceiling capped at 1000
+    ['throttled', 4, 0, { retry: true, delayMs: 0 }], // full jitter reaches zero
+    ['throttled', 5, 0.5, { retry: false }],
+  ];
+  for (const [cls, attempt, r, want] of cases) {
+    t.same(retryDecision(cls, attempt, policy, () => r), want, `${cls} attempt ${attempt} random ${r}`);
+  }
+  t.ok(DEFAULT_RETRY_POLICY.throttledAttempts > DEFAULT_RETRY_POLICY.transientAttempts, 'throttling is given more patience');
+});
+
+t.test('classifyAwsError', async (t) => {
+  const err = (name: string, extra: object = {}) => Object.assign(new Error('x'), { name, ...extra });
+  const cases: [unknown, ErrorClass][] = [
+    [err('ThrottlingException', { $metadata: { httpStatusCode: 400 } }), 'throttled'],
+    [err('RequestLimitExceeded'), 'throttled'],
+    [err('TooManyRequestsException'), 'throttled'],
+    [err('Whatever', { $metadata: { httpStatusCode: 429 } }), 'throttled'],
+    [err('ServerException', { $metadata: { httpStatusCode: 500 } }), 'transient'],
+    [err('InternalServerError', { $metadata: { httpStatusCode: 500 } }), 'transient'],
+    [err('Unknown', { $metadata: { httpStatusCode: 503 } }), 'transient'],
+    [Object.assign(new Error('socket hang up'), { code: 'ECONNRESET' }), 'transient'],
+    [err('TimeoutError'), 'timeout'],
+    [err('ClientException', { $metadata: { httpStatusCode: 400 } }), 'fatal'],
+    [err('AccessDeniedException', { $metadata: { httpStatusCode: 400 } }), 'fatal'],
+    [err('ConflictException', { $metadata: { httpStatusCode: 400 } }), 'fatal'],
+    [undefined, 'fatal'],
+  ];
+  for (const [e, want] of cases) t.equal(classifyAwsError(e), want, `${(e as Error)?.name ?? e}: ${want}`);
+});
+
+t.test('takeToken: a token bucket step', async (t) => {
+  const cases: [{ tokens: number; at: number }, number, boolean, number, number][] = [
+    // state, now, granted, waitMs, tokens after
+    [{ tokens: 1, at: 0 }, 0, true, 0, 0],
+    [{ tokens: 0, at: 0 }, 0, false, 100, 0], // rate 10/s: a token every 100 ms
+    [{ tokens: 0, at: 0 }, 50, false, 50, 0.5],
+    [{ tokens: 0, at: 0 }, 100, true, 0, 0],
+    [{ tokens: 0, at: 0 }, 10_000, true, 0, 2], // refills only up to the burst (3)
+  ];
+  for (const [state, now, granted, waitMs, after] of cases) {
+    const r = takeToken(state, now, 10, 3);
+    t.equal(r.granted, granted, `granted at ${now}`);
+    t.equal(r.waitMs, waitMs, `wait at ${now}`);
+    t.equal(Math.round(r.state.tokens * 1000) / 1000, after, `tokens after ${now}`);
+  }
+});
+
+/** Timers driven by a manual clock: advancing fires what is due. */
+function manualTimers() {
+  const clock = createManualClock(0);
+  let pending: { at: number; fn: () => void; id: number }[] = [];
+  let next = 0;
+  const timers: Timers = {
+    setTimeout(fn, ms) {
+      const id = ++next;
+      pending.push({ at: clock.now() + ms, fn, id });
+      return id;
+    },
+    clearTimeout(h) {
+      pending = pending.filter((p) => p.id !== h);
+    },
+  };
+  return {
+    clock,
+    timers,
+    async advance(ms: number) {
+      const end = clock.now() + ms;
+      for (;;) {
+        pending.sort((a, b) => a.at - b.at);
+        const due = pending[0];
+        if (!due || due.at > end) break;
+        pending.shift();
+        clock.set(due.at);
+        due.fn();
+        await new Promise((r) => setImmediate(r));
+      }
+      clock.set(end);
+      await new Promise((r) => setImmediate(r));
+    },
+  };
+}
+
+t.test('Admission: FIFO slots with positions, FIFO RunTask tokens at the configured rate', async (t) => {
+  const m = manualTimers();
+  const depths: number[] = [];
+  const a = new Admission({ maxInFlight: 2, ratePerSec: 2, burst: 1 }, m.clock, m.timers, (n) => depths.push(n));
+  const never = new AbortController().signal;
+  const positions: Record<string, number[]> = { a: [], b: [], c: [], d: [] };
+  const granted: string[] = [];
+  const releases: Record<string, () => void> = {};
+  for (const id of ['a', 'b', 'c', 'd']) {
+    void a.acquireSlot(never, (p) => positions[id].push(p)).then((r) => {
+      granted.push(id);
+      releases[id] = r;
+    });
+  }
+  await m.advance(0);
+  t.same(granted, ['a', 'b'], 'two slots');
+  t.same(positions, { a: [], b: [], c: [1], d: [2] });
+  releases.b();
+  releases.b(); // releasing twice frees one slot only
+  await m.advance(0);
+  t.same(granted, ['a', 'b', 'c']);
+  t.same(positions.d, [2, 1], 'moved forward');
+
+  // A waiter that gives up leaves the queue and the others move up.
+  const ac = new AbortController();
+  const gaveUp = a.acquireSlot(ac.signal, () => {}).catch((e) => e);
+  const e = a.acquireSlot(never, (p) => positions.d.push(p * 10));
+  ac.abort(new Error('deadline'));
+  t.match(await gaveUp, /deadline/);
+  releases.a();
+  releases.c();
+  await m.advance(0);
+  t.same(granted, ['a', 'b', 'c', 'd']);
+  await e;
+  t.ok(depths.includes(0) && Math.max(...depths) >= 2, 'queue depth observed');
+
+  // Tokens: 2 per second, evenly spaced.
+  const got: [string, number][] = [];
+  for (const id of ['t1', 't2', 't3', 't4']) void a.takeRunTaskToken(never, () => {}).then(() => got.push([id, m.clock.now()]));
+  await m.advance(0);
+  t.same(got, [['t1', 0]]);
+  await m.advance(1500);
+  t.same(got, [['t1', 0], ['t2', 500], ['t3', 1000], ['t4', 1500]], 'first come, first served, 500 ms apart');
+  a.close();
+});
+
+t.test('parseDuration', async (t) => {
+  const cases: [string, number | undefined][] = [
+    ['250ms', 250], ['30s', 30_000], ['5m', 300_000], ['12h', 43_200_000], ['90', 90_000], ['1.5', 1500], ['0.5s', 500],
+    ['', undefined], ['5 minutes', undefined], ['-1s', undefined], ['1d', undefined],
+  ];
+  for (const [text, want] of cases) t.equal(parseDuration(text), want, JSON.stringify(text));
+});
+
+t.test('ecsOptionsFromEnv: defaults, and errors that name the variable', async (t) => {
+  const env = {
+    AWS_REGION: 'eu-west-1',
+    ECS_CLUSTER: 'workspaces',
+    ECS_SUBNETS: 'subnet-1, subnet-2',
+    ECS_SECURITY_GROUPS: 'sg-1',
+    ECS_BASE_TASK_DEFINITION: 'code-server:3',
+    EFS_FILE_SYSTEM_ID: 'fs-0123456789abcdef0',
+    CLOUDMAP_SERVICE_IDS: 'srv-abc,srv-def',
+  };
+  t.same(ecsOptionsFromEnv(env), {
+    region: 'eu-west-1',
+    endpoint: undefined,
+    cluster: 'workspaces',
+    subnets: ['subnet-1', 'subnet-2'],
+    securityGroups: ['sg-1'],
+    baseTaskDefinition: 'code-server:3',
+    taskFamilyPrefix: 'ws',
+    containerName: 'code-server',
+    capacity: 'spot-first',
+    startedBy: 'workspace-gateway',
+    efsFileSystemIds: ['fs-0123456789abcdef0'],
+    efsRootDir: '/students',
+    efsPosixUid: 1000,
+    efsPosixGid: 1000,
+    cloudMapServiceIds: ['srv-abc', 'srv-def'],
+    workspacePort: 8080,
+    startMaxInFlight: 100,
+    runTaskRate: 15,
+    startDeadlineMs: 300_000,
+    awsCallTimeoutMs: 10_000,
+    reconcileIntervalMs: 60_000,
+  });
+  const o = ecsOptionsFromEnv({
+    ...env,
+    AWS_ENDPOINT_URL: 'http://127.0.0.1:4566',
+    ECS_CAPACITY: 'fargate',
+    ECS_BASE_TASK_DEFINITION: 'arn:aws:ecs:eu-west-1:123456789012:task-definition/code-server:7',
+    START_DEADLINE: '2m',
+    AWS_CALL_TIMEOUT: '2500ms',
+    RECONCILE_INTERVAL: '30',
+    RUNTASK_RATE: '7.5',
+    EFS_ROOT_DIR: '/home/',
+  });
+  t.equal(o.endpoint, 'http://127.0.0.1:4566');
+  t.equal(o.capacity, 'fargate');
+  t.equal(o.startDeadlineMs, 120_000);
+  t.equal(o.awsCallTimeoutMs, 2500);
+  t.equal(o.reconcileIntervalMs, 30_000);
+  t.equal(o.runTaskRate, 7.5);
+  t.equal(o.efsRootDir, '/home');
+
+  const bad: [Record<string, string | undefined>, RegExp][] = [
+    [{ AWS_REGION: undefined }, /^AWS_REGION: is required/],
+    [{ AWS_REGION: 'Ireland' }, /^AWS_REGION:/],
+    [{ AWS_ENDPOINT_URL: 'localhost:4566' }, /^AWS_ENDPOINT_URL:/],
+    [{ ECS_CLUSTER: '' }, /^ECS_CLUSTER: is required/],
+    [{ ECS_SUBNETS: undefined }, /^ECS_SUBNETS:/],
+    [{ ECS_SECURITY_GROUPS: ' , ' }, /^ECS_SECURITY_GROUPS: must list/],
+    [{ ECS_BASE_TASK_DEFINITION: 'a b' }, /^ECS_BASE_TASK_DEFINITION:/],
+    [{ ECS_CAPACITY: 'spot' }, /^ECS_CAPACITY:/],
+    [{ ECS_TASK_FAMILY_PREFIX: 'w s' }, /^ECS_TASK_FAMILY_PREFIX:/],
+    [{ ECS_STARTED_BY: 'x'.repeat(129) }, /^ECS_STARTED_BY:/],
+    [{ EFS_FILE_SYSTEM_ID: 'fs1' }, /^EFS_FILE_SYSTEM_ID:/],
+    [{ EFS_ROOT_DIR: 'students' }, /^EFS_ROOT_DIR:/],
+    [{ EFS_POSIX_UID: '-1' }, /^EFS_POSIX_UID:/],
+    [{ EFS_POSIX_GID: 'abc' }, /^EFS_POSIX_GID:/],
+    [{ CLOUDMAP_SERVICE_IDS: 'ns-123' }, /^CLOUDMAP_SERVICE_IDS:/],
+    [{ WORKSPACE_PORT: '70000' }, /^WORKSPACE_PORT:/],
+    [{ START_MAX_IN_FLIGHT: '0' }, /^START_MAX_IN_FLIGHT:/],
+    [{ RUNTASK_RATE: '0' }, /^RUNTASK_RATE:/],
+    [{ START_DEADLINE: 'soon' }, /^START_DEADLINE:/],
+    [{ AWS_CALL_TIMEOUT: '0s' }, /^AWS_CALL_TIMEOUT:/],
+    [{ RECONCILE_INTERVAL: '1w' }, /^RECONCILE_INTERVAL:/],
+  ];
+  for (const [over, want] of bad) t.throws(() => ecsOptionsFromEnv({ ...env, ...over }), want, JSON.stringify(over));
+});
+
+t.test('runTaskToken: deterministic, at most 64 characters with the fallback suffix, printable ASCII', async (t) => {
+  t.equal(runTaskToken('alice', 3), 'alice.3');
+  t.equal(runTaskToken('alice', 3), runTaskToken('alice', 3));
+  t.not(runTaskToken('alice', 3), runTaskToken('alice', 4));
+  const long = 'x'.repeat(120);
+  const tok = runTaskToken(long, 1);
+  t.ok(`${tok}-od`.length <= 64, 'room for the on-demand suffix');
+  t.match(tok, /^[\x21-\x7e]+$/);
+  t.not(runTaskToken(long, 1), runTaskToken(long, 2));
+});
+
+t.test('serviceIndex: stable, in range, spread', async (t) => {
+  t.equal(serviceIndex('alice', 1), 0);
+  t.equal(serviceIndex('alice', 7), serviceIndex('alice', 7));
+  const counts = [0, 0, 0, 0];
+  for (let i = 0; i < 4000; i++) counts[serviceIndex(`student-${i}`, 4)]++;
+  t.ok(counts.every((c) => c > 800 && c < 1200), `roughly even: ${counts}`);
+});
+
+t.test('anySignal aborts with the first source and detaches from long-lived sources on dispose', async (t) => {
+  const life = new AbortController();
+  const short = new AbortController();
+  const linked = anySignal([life.signal, undefined, short.signal]);
+  t.equal(getEventListeners(life.signal, 'abort').length, 1);
+  short.abort(new Error('deadline'));
+  t.ok(linked.signal.aborted);
+  t.match(String(linked.signal.reason), 'deadline');
+  linked.dispose();
+  t.equal(getEventListeners(life.signal, 'abort').length, 0, 'nothing left on the lifetime signal');
+  for (let i = 0; i < 1000; i++) anySignal([life.signal]).dispose();
+  t.equal(getEventListeners(life.signal, 'abort').length, 0);
+  const already = anySignal([AbortSignal.abort(new Error('gone')), life.signal]);
+  t.ok(already.signal.aborted);
+});

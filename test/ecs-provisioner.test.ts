@@ -1,0 +1,317 @@
+// The ECS provisioner against the fake AWS endpoint, with the real SDK clients over loopback HTTP.
+import t from 'tap';
+import { createManualClock, systemClock } from '../gateway/clock.js';
+import { StartFailure } from '../provisioner/contract.js';
+import { createEcsProvisioner, serviceIndex, type EcsProvisioner } from '../provisioner/ecs.js';
+import type { EcsProvisionerOptions, WorkspaceClaim } from '../provisioner/ecs-types.js';
+import { startFakeAws, type FakeAws, type FakeAwsOptions } from './fake-aws/index.js';
+import { fakeEcsOptions } from './fake-aws/config.js';
+import { httpGet, startRequest, until } from './fake-aws/harness.js';
+
+async function setup(t: { teardown(fn: () => unknown): void }, fakeOpts: FakeAwsOptions = {}, over: Partial<EcsProvisionerOptions> = {}) {
+  const fake = await startFakeAws({ durations: { provisioningMs: 40, pendingMs: 40, stoppingMs: 20 }, ...fakeOpts });
+  const provisioners: EcsProvisioner[] = [];
+  const make = (o: Partial<EcsProvisionerOptions> = {}) => {
+    const p = createEcsProvisioner(fakeEcsOptions(fake, { describePollMs: 30, ...over, ...o }), { clock: systemClock });
+    provisioners.push(p);
+    return p;
+  };
+  t.teardown(async () => {
+    for (const p of provisioners) await p.close();
+    await fake.close();
+  });
+  return { fake, make, p: make() };
+}
+
+function taskOf(fake: FakeAws, arn: string) {
+  return fake.tasks().find((x) => x.taskArn === arn)!;
+}
+
+t.test('a cold start makes exactly one access point, task definition, RunTask and registration, and reports every stage', async (t) => {
+  const { fake, p } = await setup(t);
+  const s = startRequest('alice', 1);
+  const r = await p.start(s.req);
+  // In order, never backwards (pending can pass between two polls here; the manual-clock test
+  // below shows every stage).
+  const seen = s.stages.map((x) => x.stage);
+  t.same(seen.filter((x) => x !== 'pending'), ['queued', 'provisioning', 'running', 'probing', 'ready']);
+  t.ok(seen.indexOf('pending') === -1 || seen.indexOf('pending') === 2);
+  t.same(s.handles, [r.handle], 'onHandle got the task ARN');
+  t.equal(fake.count('CreateAccessPoint'), 1);
+  t.equal(fake.count('RegisterTaskDefinition'), 1);
+  t.equal(fake.count('RunTask'), 1);
+  t.equal(fake.count('RegisterInstance'), 1);
+
+  const run = fake.callsOf('RunTask')[0].input;
+  t.equal(run.clientToken, 'alice.1', 'deterministic clientToken of id and generation');
+  t.ok(run.clientToken.length <= 64);
+  t.equal(run.taskDefinition, 'ws-alice');
+  t.equal(run.startedBy, 'workspace-gateway');
+  t.same(run.capacityProviderStrategy, [{ capacityProvider: 'FARGATE_SPOT', weight: 1 }]);
+  t.equal(run.networkConfiguration.awsvpcConfiguration.assignPublicIp, 'DISABLED');
+  t.same(run.tags, [{ key: 'workspace-id', value: 'alice' }, { key: 'generation', value: '1' }]);
+
+  const ap = fake.accessPoints()[0];
+  t.equal(ap.RootDirectory.Path, '/students/alice');
+  t.same(ap.PosixUser, { Uid: 1000, Gid: 1000 });
+  t.same(ap.RootDirectory.CreationInfo, { OwnerUid: 1000, OwnerGid: 1000, Permissions: '0750' });
+  const td = fake.taskDefinitions('ws-alice')[0];
+  t.same(td.volumes[0].efsVolumeConfiguration, {
+    fileSystemId: fake.fileSystemIds[0],
+    rootDirectory: '/',
+    transitEncryption: 'ENABLED',
+    authorizationConfig: { accessPointId: ap.AccessPointId, iam: 'ENABLED' },
+  });
+  t.same(td.containerDefinitions, fake.taskDefinitions(fake.baseFamily)[0].containerDefinitions, 'copied from the base');
+
+  const inst = fake.instances();
+  t.equal(inst.length, 1);
+  t.equal(inst[0].id, 'alice');
+  t.same(inst[0].attributes.AWS_INSTANCE_IPV4, r.endpoint.host);
+  t.same(inst[0].attributes.AWS_INSTANCE_PORT, String(fake.workspacePort));
+  t.equal(inst[0].attributes.ECS_TASK_ARN, r.handle);
+  t.equal(inst[0].attributes.WORKSPACE_GENERATION, '1');
+
+  const page = await httpGet(r.endpoint.host, r.endpoint.port, '/');
+  t.match(page.body, 'workspace alice generation 1', 'the endpoint is the task\'s workspace');
+  t.same(await p.describe('alice'), { workspaceId: 'alice', generation: 1, endpoint: r.endpoint, handle: r.handle, startedAt: (await p.list())[0].startedAt });
+
+  await p.stop('alice', r.handle, 'idle for 30 minutes');
+  t.equal(taskOf(fake, r.handle).lastStatus, 'STOPPED', 'stop waits until STOPPED');
+  t.equal(taskOf(fake, r.handle).stoppedReason, 'idle for 30 minutes');
+  t.equal(fake.instances().length, 0, 'deregistered');
+  await p.stop('alice', r.handle, 'again');
+  await p.stop('alice', undefined, 'again, without a handle');
+  t.pass('stop is idempotent');
+  t.equal(await p.describe('alice'), undefined);
+});
+
+t.test('later starts reuse the access point and task definition; a new base re-registers only the definition', async (t) => {
+  const { fake, p, make } = await setup(t);
+  const r1 = await p.start(startRequest('bob', 1).req);
+  await p.stop('bob', r1.handle, 'idle');
+  const r2 = await p.start(startRequest('bob', 2).req);
+  t.not(r2.handle, r1.handle);
+  t.equal(fake.count('CreateAccessPoint'), 1, 'no new access point');
+  t.equal(fake.count('RegisterTaskDefinition'), 1, 'no new task definition');
+  await p.stop('bob', r2.handle, 'idle');
+
+  const restarted = make(); // a new gateway process: nothing cached
+  await restarted.start(startRequest('bob', 3).req);
+  t.equal(fake.count('CreateAccessPoint'), 1, 'found through the family\'s tags after a restart');
+  t.equal(fake.count('RegisterTaskDefinition'), 1);
+  t.equal(fake.count('RunTask'), 3);
+
+  // The base task definition changes: the next start of a fresh process re-registers the family.
+  const base = fake.taskDefinitions(fake.baseFamily)[0];
+  fake.registerTaskDefinition({ ...base, containerDefinitions: [{ ...base.containerDefinitions[0], image: 'code-server:4.97.0' }] });
+  await restarted.stop('bob', undefined, 'idle');
+  const third = make();
+  await third.start(startRequest('bob', 4).req);
+  t.equal(fake.count('RegisterTaskDefinition'), 2, 're-registered for the new base');
+  t.equal(fake.count('CreateAccessPoint'), 1, 'same access point');
+  t.equal(fake.taskDefinitions('ws-bob')[1].containerDefinitions[0].image, 'code-server:4.97.0');
+  t.equal(fake.taskDefinitions('ws-bob').length, 2);
+});
+
+t.test('racing starts of the same generation on two replicas launch one task', async (t) => {
+  const { fake, p, make } = await setup(t);
+  const q = make();
+  const [a, b] = await Promise.all([p.start(startRequest('carol', 1).req), q.start(startRequest('carol', 1).req)]);
+  t.equal(a.handle, b.handle, 'both follow the same task');
+  t.equal(fake.liveTasks('carol').length, 1);
+  t.equal(fake.tasks().length, 1, 'one task ever launched');
+  t.equal(fake.calls.filter((c) => c.error === 'ConflictException').length, 0, 'identical parameters: no ConflictException');
+});
+
+t.test('the fake enforces clientToken parameters: same token, other parameters is a ConflictException', async (t) => {
+  const { fake, p } = await setup(t, {}, { environment: { A: '1' } });
+  await p.start(startRequest('dora', 1).req);
+  const other = createEcsProvisioner(fakeEcsOptions(fake, { describePollMs: 30, environment: { A: '2' } }), { clock: systemClock });
+  t.teardown(() => other.close());
+  const r = await other.start(startRequest('dora', 1).req);
+  t.equal(fake.calls.filter((c) => c.op === 'RunTask' && c.error === 'ConflictException').length, 1, 'AWS refused the differing parameters');
+  t.equal(fake.tasks().length, 1, 'and the start adopted the task its generation launched');
+  t.equal(r.handle, fake.tasks()[0].taskArn);
+});
+
+t.test('no Fargate Spot capacity falls back to on-demand; no capacity at all is NO_CAPACITY', async (t) => {
+  const { fake, p } = await setup(t, { spotCapacity: false });
+  const r = await p.start(startRequest('eve', 1).req);
+  const runs = fake.callsOf('RunTask');
+  t.equal(runs.length, 2);
+  t.same(runs[0].input.capacityProviderStrategy, [{ capacityProvider: 'FARGATE_SPOT', weight: 1 }]);
+  t.same(runs[1].input.capacityProviderStrategy, [{ capacityProvider: 'FARGATE', weight: 1 }]);
+  t.equal(runs[1].input.clientToken, 'eve.1-od', 'its own token: the first is bound to the Spot parameters');
+  t.equal(taskOf(fake, r.handle).capacityProviderName, 'FARGATE');
+
+  fake.setCapacity({ fargate: false });
+  const err = await p.start(startRequest('finn', 1).req).catch((e) => e);
+  t.type(err, StartFailure);
+  t.equal(err.code, 'NO_CAPACITY');
+  t.match(err.message, 'Capacity is unavailable');
+});
+
+t.test('a task that dies while starting fails the start with its stop code and reason', async (t) => {
+  const { fake, p } = await setup(t);
+  fake.planTask('gina', { dieAt: 'PENDING', stopCode: 'TaskFailedToStart', stoppedReason: 'CannotPullContainerError: pull image manifest has been retried 5 time(s)' });
+  const s = startRequest('gina', 1);
+  const err = await p.start(s.req).catch((e) => e);
+  t.equal(err.code, 'TASK_STOPPED');
+  t.match(err.message, 'TaskFailedToStart: CannotPullContainerError');
+  t.notOk(s.stages.some((x) => x.stage === 'ready'));
+  t.equal(fake.count('RegisterInstance'), 0);
+
+  fake.planTask('hugo', { dieAt: 'RUNNING', stopCode: 'EssentialContainerExited', stoppedReason: 'Essential container in task exited', exitCode: 137 });
+  const err2 = await p.start(startRequest('hugo', 1).req).catch((e) => e);
+  t.equal(err2.code, 'TASK_STOPPED');
+  t.match(err2.message, /EssentialContainerExited: Essential container in task exited.*exit code 137/);
+});
+
+t.test('a start past its deadline is stopped and failed', async (t) => {
+  const { fake, p } = await setup(t, { durations: { provisioningMs: 60_000 } }, { startDeadlineMs: 300 });
+  const s = startRequest('ida', 1);
+  const err = await p.start(s.req).catch((e) => e);
+  t.equal(err.code, 'START_DEADLINE');
+  t.match(err.message, 'last stage: provisioning');
+  await until(() => fake.count('StopTask') === 1, 5000, 'StopTask');
+  t.equal(fake.callsOf('StopTask')[0].input.task, s.handles[0]);
+});
+
+t.test('a start cancelled by its caller fails ABORTED and leaves the task for a takeover (resumeHandle)', async (t) => {
+  const { fake, p, make } = await setup(t);
+  const s = startRequest('jack', 1);
+  s.req.onHandle = (h) => {
+    s.handles.push(h);
+    s.controller.abort(new Error('lease lost'));
+  };
+  const err = await p.start(s.req).catch((e) => e);
+  t.equal(err.code, 'ABORTED');
+  t.equal(fake.count('StopTask'), 0, 'not stopped: another replica resumes it');
+  const takeover = make();
+  const r = await takeover.start(startRequest('jack', 1, { resumeHandle: s.handles[0] }).req);
+  t.equal(r.handle, s.handles[0], 'resumed the recorded task');
+  t.equal(fake.count('RunTask'), 1, 'no second RunTask');
+  t.equal(fake.count('RegisterInstance'), 1);
+});
+
+t.test('Spot interruption: describe and list stop reporting it, reconcile deregisters it, the next start runs a new task', async (t) => {
+  const { fake, p } = await setup(t);
+  const r = await p.start(startRequest('kim', 1).req);
+  t.equal((await p.list()).length, 1);
+  fake.interrupt(r.handle);
+  t.equal(await p.describe('kim'), undefined);
+  t.same(await p.list(), []);
+  const sum = await p.reconcile(() => ({ state: 'running', generation: 1 }));
+  t.same(sum.deregistered.map((d) => [d.workspaceId, d.stopCode, d.generation]), [['kim', 'SpotInterruption', 1]]);
+  t.match(sum.deregistered[0].reason, 'SpotInterruption: Your Spot Task was interrupted.');
+  t.equal(fake.instances().length, 0);
+  const r2 = await p.start(startRequest('kim', 2).req);
+  t.not(r2.handle, r.handle);
+  t.equal((await p.describe('kim'))?.generation, 2);
+});
+
+t.test('reconcile adopts an orphan, stops tasks no workspace claims, keeps the claimed ones', async (t) => {
+  const { fake, p } = await setup(t);
+  const kept = await p.start(startRequest('liam', 1).req);
+  const stale = await p.start(startRequest('mia', 1).req);
+  const unclaimed = await p.start(startRequest('noah', 3).req);
+  // A replica launched this one and died before registering it; the store lost its record.
+  const orphan = fake.launchTask({ family: fake.baseFamily, workspaceId: 'olga', generation: 7, startedBy: 'workspace-gateway', cluster: 'workspaces' });
+  await until(() => taskOf(fake, orphan).lastStatus === 'RUNNING', 5000, 'orphan RUNNING');
+  const ip = fake.tasks().find((x) => x.taskArn === orphan)!.ip;
+  await until(() => httpGet(ip, fake.workspacePort, '/healthz').then((r) => r.status === 200, () => false), 5000, 'orphan healthy');
+
+  fake.dropInstance('liam'); // Cloud Map lost a registration the store still has running
+  const claims: Record<string, WorkspaceClaim> = {
+    liam: { state: 'running', generation: 1 },
+    mia: { state: 'running', generation: 2 }, // a newer generation is the one in use
+    noah: { state: 'stopped' },
+  };
+  const sum = await p.reconcile((id) => claims[id] ?? { state: 'unknown' });
+  t.equal(sum.kept, 1);
+  t.same(sum.errors, []);
+  t.same(sum.adopted.map((a) => [a.workspaceId, a.generation, a.handle]), [['olga', 7, orphan]]);
+  t.same(sum.stopped.map((s) => s.workspaceId).sort(), ['mia', 'noah']);
+  t.equal(fake.liveTasks('liam')[0].taskArn, kept.handle);
+  t.equal(fake.liveTasks('mia')[0]?.desiredStatus ?? 'STOPPED', 'STOPPED');
+  t.equal(taskOf(fake, stale.handle).desiredStatus, 'STOPPED');
+  t.equal(taskOf(fake, unclaimed.handle).desiredStatus, 'STOPPED');
+  t.same(fake.instances().map((i) => i.id).sort(), ['liam', 'olga'], 'the orphan is now discoverable, the stopped ones are not');
+  t.same((await p.list()).map((w) => w.workspaceId).sort(), ['liam', 'olga']);
+});
+
+t.test('workspaces spread over several Cloud Map services by a stable hash', async (t) => {
+  const services = ['srv-aaaaaaaaaaaaaaa1', 'srv-aaaaaaaaaaaaaaa2', 'srv-aaaaaaaaaaaaaaa3'];
+  const { fake, p } = await setup(t, { serviceIds: services });
+  const ids = ['pia', 'quinn', 'rosa', 'sam', 'tess', 'uma'];
+  await Promise.all(ids.map((id) => p.start(startRequest(id, 1).req)));
+  const used = new Set(fake.instances().map((i) => i.serviceId));
+  t.ok(used.size > 1, 'more than one service used');
+  t.same((await p.list()).map((w) => w.workspaceId).sort(), ids);
+  for (const id of ids) t.equal((await p.describe(id))?.workspaceId, id);
+});
+
+t.test('on a manual clock the fake moves tasks only when the test advances it', async (t) => {
+  const clock = createManualClock();
+  const { fake, p } = await setup(t, { clock, durations: { provisioningMs: 10_000, pendingMs: 20_000 } });
+  const s = startRequest('vera', 1);
+  const started = p.start(s.req);
+  await s.reached('provisioning');
+  await until(() => fake.count('DescribeTasks') >= 2, 5000, 'a few polls');
+  t.equal(fake.liveTasks('vera')[0].lastStatus, 'PROVISIONING', 'time stands still');
+  clock.advance(10_000);
+  await s.reached('pending');
+  clock.advance(20_000);
+  const r = await started;
+  t.same(s.stages.map((x) => x.stage), ['queued', 'provisioning', 'pending', 'running', 'probing', 'ready']);
+  t.equal(taskOf(fake, r.handle).lastStatus, 'RUNNING');
+});
+
+t.test('beyond 10,000 access points: new students go to the next file system and stay there; all full is BAD_CONFIG', async (t) => {
+  const fsA = 'fs-0aaaaaaaaaaaaaaa1';
+  const fsB = 'fs-0bbbbbbbbbbbbbbb2';
+  const { fake, p, make } = await setup(t, { fileSystemIds: [fsA, fsB], maxAccessPointsPerFileSystem: 2 });
+  for (const id of ['w1', 'w2', 'w3']) await p.start(startRequest(id, 1).req);
+  t.same(fake.accessPoints(fsA).map((a) => a.RootDirectory.Path), ['/students/w1', '/students/w2']);
+  t.same(fake.accessPoints(fsB).map((a) => a.RootDirectory.Path), ['/students/w3']);
+  t.equal(fake.taskDefinitions('ws-w3')[0].volumes[0].efsVolumeConfiguration.fileSystemId, fsB);
+
+  // A fresh process, and a new base: w3 stays on its file system, with no EFS call.
+  const base = fake.taskDefinitions(fake.baseFamily)[0];
+  fake.registerTaskDefinition({ ...base, cpu: '2048' });
+  await p.stop('w3', undefined, 'idle');
+  const fresh = make();
+  await fresh.start(startRequest('w3', 2).req);
+  t.equal(fake.taskDefinitions('ws-w3')[1].volumes[0].efsVolumeConfiguration.fileSystemId, fsB);
+  t.equal(fake.taskDefinitions('ws-w3')[1].cpu, '2048');
+  t.equal(fake.count('CreateAccessPoint'), 3);
+
+  await p.start(startRequest('w4', 1).req);
+  const err = await p.start(startRequest('w5', 1).req).catch((e) => e);
+  t.equal(err.code, 'BAD_CONFIG');
+  t.match(err.message, 'add a file system');
+  t.equal(fake.tasks().filter((x) => x.tags!.some((k) => k.value === 'w5')).length, 0, 'nothing launched');
+});
+
+t.test('a full Cloud Map service fails the start with BAD_CONFIG and stops its task', async (t) => {
+  const { fake, p } = await setup(t, { maxInstancesPerService: 1 });
+  await p.start(startRequest('x1', 1).req);
+  const s = startRequest('x2', 1);
+  const err = await p.start(s.req).catch((e) => e);
+  t.equal(err.code, 'BAD_CONFIG');
+  t.match(err.message, 'add a service to CLOUDMAP_SERVICE_IDS');
+  await until(() => fake.count('StopTask') === 1, 5000, 'StopTask');
+  t.equal(fake.callsOf('StopTask')[0].input.task, s.handles[0]);
+});
+
+t.test('after CLOUDMAP_SERVICE_IDS grows, describe and stop still find a registration in its old service', async (t) => {
+  const services = ['srv-aaaaaaaaaaaaaaa1', 'srv-aaaaaaaaaaaaaaa2', 'srv-aaaaaaaaaaaaaaa3'];
+  const { fake, p, make } = await setup(t, { serviceIds: services }, { cloudMapServiceIds: [services[0]] });
+  const id = ['y1', 'y2', 'y3', 'y4', 'y5', 'y6', 'y7'].find((x) => serviceIndex(x, 3) !== 0)!;
+  const r = await p.start(startRequest(id, 1).req);
+  const grown = make({ cloudMapServiceIds: services });
+  t.equal((await grown.describe(id))?.handle, r.handle);
+  await grown.stop(id, r.handle, 'idle');
+  t.equal(fake.instances().length, 0);
+});
