@@ -3,7 +3,7 @@
 // Implementations (store, provisioner) are chosen by the entry point and passed in; every resource
 // made here registers its own close, and close() undoes them in reverse order.
 import { randomUUID } from 'node:crypto';
-import http, { type IncomingMessage } from 'node:http';
+import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { Duplex } from 'node:stream';
 import type { Logger as PinoLogger } from 'pino';
@@ -17,9 +17,11 @@ import type { Config } from './config.js';
 import { renderErrorOnSocket } from './errors.js';
 import type { Metrics } from './metrics.js';
 import { createForwarder } from './proxy.js';
+import { canReconcile, createReconciler } from './reconcile.js';
 import { createRequestPath } from './request-path.js';
 import type { StateStore } from './store/contract.js';
 import { createWorkspaces } from './workspaces.js';
+import { createWsPairs } from './ws-pairs.js';
 
 export interface GatewayDeps {
   config: Config;
@@ -30,8 +32,6 @@ export interface GatewayDeps {
   clock?: Clock;
   instanceId?: string;
 }
-
-interface WsPair { workspaceId: string; client: Duplex; upstream: Duplex; lastUpstream: number; lastClient: number }
 
 export async function createGateway(deps: GatewayDeps) {
   const { config, store, provisioner, metrics, logger } = deps;
@@ -53,46 +53,19 @@ export async function createGateway(deps: GatewayDeps) {
   closers.push(() => forwarder.close());
 
   // ---------------------------------------------------------------- WebSocket pairs
-  const pairs = new Set<WsPair>();
-  function trackWebSocket(p: { workspaceId: string; client: Duplex; upstream: Duplex; req: IncomingMessage }) {
-    const pair: WsPair = { workspaceId: p.workspaceId, client: p.client, upstream: p.upstream, lastUpstream: clock.now(), lastClient: clock.now() };
-    pairs.add(pair);
-    metrics.wsOpened();
-    activity.connectionOpened(p.workspaceId);
-    p.upstream.on('data', () => { pair.lastUpstream = clock.now(); });
-    p.client.on('data', () => { pair.lastClient = clock.now(); });
-    let closed = false;
-    const close = () => {
-      if (closed) return;
-      closed = true;
-      pairs.delete(pair);
-      metrics.wsClosed();
-      activity.connectionClosed(p.workspaceId);
-      // An upstream that died must not leave the browser waiting: close its socket promptly (issue 8).
-      p.client.destroy();
-      p.upstream.destroy();
-    };
-    p.upstream.once('close', close);
-    p.client.once('close', close);
-    p.upstream.once('error', close);
-    p.client.once('error', close);
-  }
-  // A frozen peer (SIGSTOP'd workspace, vanished laptop) is cut after the no-traffic limit, not the
-  // operating system's two hours (issue 8).
-  const sweep = setInterval(() => {
-    const now = clock.now();
-    const limit = config.wsIdleTimeoutMs * 2;
-    for (const pair of pairs) {
-      if (now - pair.lastUpstream > limit && now - pair.lastClient > limit) { pair.client.destroy(); pair.upstream.destroy(); }
-    }
-  }, Math.max(1000, Math.floor(config.wsIdleTimeoutMs / 2)));
-  sweep.unref();
-  closers.push(() => clearInterval(sweep));
+  const wsPairs = createWsPairs({
+    clock, idleTimeoutMs: config.wsIdleTimeoutMs,
+    hooks: {
+      opened: (pair) => { metrics.wsOpened(); activity.connectionOpened(pair.workspaceId); },
+      closed: (pair) => { metrics.wsClosed(); activity.connectionClosed(pair.workspaceId); },
+    },
+  });
+  closers.push(() => wsPairs.close());
 
   // ---------------------------------------------------------------- public listener
   const path = createRequestPath({
     config, clock, store, workspaces, forwarder, auth, activity, metrics, log,
-    onWebSocket: trackWebSocket, isDraining: () => draining,
+    onWebSocket: wsPairs.track, isDraining: () => draining,
   });
   const publicServer = http.createServer({
     keepAliveTimeout: config.keepAliveTimeoutMs,
@@ -117,6 +90,15 @@ export async function createGateway(deps: GatewayDeps) {
     isReady: () => ready && !draining, openConnections: (id) => activity.openConnections(id),
   });
   metrics.onCollect(async () => { metrics.running(await store.countRunning()); });
+
+  // ---------------------------------------------------------------- reconcile (ECS)
+  if (canReconcile(provisioner)) {
+    const reconcileMs = (provisioner as { reconcileIntervalMs?: number }).reconcileIntervalMs ?? 60_000;
+    const reconciler = createReconciler({ provisioner, store, workspaces, log, intervalMs: reconcileMs });
+    // At start: adopt what runs before the first request needs it (issue 4).
+    void reconciler.run();
+    closers.push(() => reconciler.close());
+  }
 
   // ---------------------------------------------------------------- reaper
   let reaper: Reaper | undefined;
@@ -146,7 +128,7 @@ export async function createGateway(deps: GatewayDeps) {
       draining = true;
       if (drainPeriodMs > 0) await new Promise((r) => setTimeout(r, drainPeriodMs));
       publicServer.close();
-      for (const pair of pairs) { pair.client.destroy(); pair.upstream.destroy(); }
+      wsPairs.closeAll();
       publicServer.closeIdleConnections();
       for (const fn of closers.reverse()) await Promise.resolve(fn()).catch((err) => log.warn({ err }, 'close step failed'));
       publicServer.closeAllConnections();
@@ -167,7 +149,7 @@ export async function createGateway(deps: GatewayDeps) {
     listen,
     close,
     isDraining: () => draining,
-    openWebSockets: () => pairs.size,
+    openWebSockets: () => wsPairs.size(),
   };
 }
 

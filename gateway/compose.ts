@@ -3,8 +3,10 @@
 // exactly what an operator would run.
 import type { Provisioner } from '../provisioner/contract.js';
 import { createLocalProvisioner } from '../provisioner/local.js';
+import { createEcsProvisioner } from '../provisioner/ecs.js';
+import { ecsOptionsFromEnv } from '../provisioner/ecs-config.js';
 import type { Clock } from './clock.js';
-import { ConfigError, type Config } from './config.js';
+import type { Config } from './config.js';
 import type { Logger } from './log.js';
 import type { Metrics } from './metrics.js';
 import type { StateStore } from './store/contract.js';
@@ -33,6 +35,14 @@ export async function provisionerFromConfig(config: Config, clock: Clock, metric
       demoReadyDelayMs: config.local.demoReadyDelayMs, log: (obj, msg) => log.info(obj, msg),
     });
   }
-  void clock;
-  throw new ConfigError('PROVISIONER', 'ecs is not wired yet');
+  const options = ecsOptionsFromEnv(config.env);
+  return createEcsProvisioner(options, {
+    clock,
+    log: (obj) => log.info(obj, 'ecs'),
+    observer: {
+      awsCall: (operation, outcome) => metrics.awsCall(operation, outcome),
+      queueDepth: (n) => metrics.queueDepth(n),
+      stage: () => undefined, // stage durations are measured by the gateway for every provisioner
+    },
+  });
 }

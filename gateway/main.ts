@@ -20,7 +20,14 @@ async function main() {
   const logger = createLogger(config.logLevel);
   const metrics = createMetrics({ enabled: process.env.METRICS !== 'off', defaultMetrics: true });
   const store = await storeFromConfig(config, systemClock, metrics, logger);
-  const provisioner = await provisionerFromConfig(config, systemClock, metrics, logger);
+  let provisioner;
+  try {
+    provisioner = await provisionerFromConfig(config, systemClock, metrics, logger);
+  } catch (err) {
+    // The provisioner's own settings (ECS_*, EFS_*, ...) are validated by its config parser.
+    process.stderr.write(`configuration error: ${(err as Error).message}\n`);
+    process.exit(2);
+  }
   const gateway = await createGateway({ config, store, provisioner, metrics, logger });
   const { gatewayPort, adminPort } = await gateway.listen();
   logger.info({ event: 'listening', gatewayPort, adminPort, store: store.kind, provisioner: provisioner.kind }, 'gateway listening');

@@ -254,6 +254,35 @@ export function createWorkspaces(opts: WorkspacesOptions) {
     }
   }
 
+  /** Marks a running workspace of this generation stopped because its task is gone (under its lock). */
+  async function markGone(id: string, generation: number | undefined, reasonCode: string, reason: string): Promise<boolean> {
+    const fence = { key: lockKey(id), owner: owner() };
+    if (!(await store.acquireLease(fence.key, fence.owner, leaseTtlMs))) return false;
+    try {
+      const fresh = await store.getWorkspace(id);
+      if (fresh?.state !== 'running' || (generation !== undefined && fresh.generation !== generation)) return false;
+      await write({ ...fresh, state: 'stopped', since: clock.now(), endpoint: undefined, handle: undefined, reasonCode, reason }, fence);
+      log.warn({ event: 'workspace.gone', workspaceId: id, generation: fresh.generation, reason: reasonCode }, 'workspace no longer running');
+      return true;
+    } finally {
+      await store.releaseLease(fence.key, fence.owner).catch(() => metrics.storeError());
+    }
+  }
+
+  /** Records a running workspace the store did not know (reconcile, rediscovery), under its lock. */
+  async function adoptUnknown(found: RunningWorkspace): Promise<boolean> {
+    const fence = { key: lockKey(found.workspaceId), owner: owner() };
+    if (!(await store.acquireLease(fence.key, fence.owner, leaseTtlMs))) return false;
+    try {
+      const fresh = await store.getWorkspace(found.workspaceId);
+      if (fresh && fresh.state !== 'stopped' && fresh.state !== 'failed') return false;
+      await adopt(found, fence, clock.now());
+      return true;
+    } finally {
+      await store.releaseLease(fence.key, fence.owner).catch(() => metrics.storeError());
+    }
+  }
+
   /**
    * After an upstream refused or reset a connection: drop the cached route and ask the provisioner
    * whether the workspace still runs; if it is gone, mark it stopped so the next page load starts it.
@@ -269,18 +298,7 @@ export function createWorkspaces(opts: WorkspacesOptions) {
       const record = await store.getWorkspace(id);
       if (!record || record.state !== 'running') return;
       if (found && found.generation === record.generation) { applyEvent(record); return; }
-      const fence = { key: lockKey(id), owner: owner() };
-      if (!(await store.acquireLease(fence.key, fence.owner, leaseTtlMs))) return;
-      try {
-        const fresh = await store.getWorkspace(id);
-        if (fresh?.state === 'running' && fresh.generation === record.generation) {
-          const now = clock.now();
-          await write({ ...fresh, state: 'stopped', since: now, endpoint: undefined, handle: undefined, reasonCode: 'gone', reason: 'the workspace stopped unexpectedly' }, fence);
-          log.warn({ event: 'workspace.gone', workspaceId: id, generation: record.generation }, 'workspace no longer running');
-        }
-      } finally {
-        await store.releaseLease(fence.key, fence.owner);
-      }
+      await markGone(id, record.generation, 'gone', 'the workspace stopped unexpectedly');
     })().catch(() => metrics.storeError());
   }
 
@@ -307,6 +325,8 @@ export function createWorkspaces(opts: WorkspacesOptions) {
     requestStart,
     stop,
     recheck,
+    markGone,
+    adoptUnknown,
     nextChange,
     /** Drops a cached route (tests, admin). */
     forget: (id: string) => cache.delete(id),

@@ -56,6 +56,8 @@ export interface EcsProvisionerDeps {
 
 export interface EcsProvisioner extends Provisioner {
   readonly kind: 'ecs';
+  /** How often the gateway should call reconcile(). */
+  readonly reconcileIntervalMs: number;
   /**
    * Compares what runs with what the store claims (issue 4, "Stop, reconcile, recover"): adopts
    * healthy running tasks the store does not know, stops tasks no workspace claims, deregisters
@@ -219,7 +221,8 @@ export function createEcsProvisioner(options: EcsProvisionerOptions, deps: EcsPr
                 // EFS creates the directory on first mount with this owner if it does not exist.
                 CreationInfo: { OwnerUid: o.efsPosixUid, OwnerGid: o.efsPosixGid, Permissions: '0750' },
               },
-              Tags: [{ Key: 'Name', Value: familyOf(id) }, { Key: TAG_WORKSPACE, Value: id }],
+              // ManagedBy is what the gateway role's IAM condition requires (deploy/stack.ts).
+              Tags: [{ Key: 'Name', Value: familyOf(id) }, { Key: TAG_WORKSPACE, Value: id }, { Key: 'ManagedBy', Value: o.startedBy }],
             }),
             { abortSignal },
           ), { signal },
@@ -809,6 +812,7 @@ export function createEcsProvisioner(options: EcsProvisionerOptions, deps: EcsPr
 
   return {
     kind: 'ecs',
+    reconcileIntervalMs: o.reconcileIntervalMs,
     start,
     stop,
     describe,
