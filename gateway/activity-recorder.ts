@@ -14,6 +14,8 @@ export interface ActivityRecorderOptions {
   flushIntervalMs: number;
   /** Most workspaces held while the store is away; beyond it the oldest entries are dropped. */
   maxBuffered?: number;
+  /** False only in the bookkeeping-overhead benchmark. */
+  enabled?: boolean;
 }
 
 export function createActivityRecorder(opts: ActivityRecorderOptions) {
@@ -22,7 +24,9 @@ export function createActivityRecorder(opts: ActivityRecorderOptions) {
   const max = opts.maxBuffered ?? 100_000;
   let flushing: Promise<void> | undefined;
 
+  const enabled = opts.enabled !== false;
   function touch(id: string, at = opts.clock.now()) {
+    if (!enabled) return;
     const prev = pending.get(id);
     if (prev !== undefined && prev >= at) return;
     if (prev === undefined && pending.size >= max) pending.delete(pending.keys().next().value!);
@@ -30,7 +34,6 @@ export function createActivityRecorder(opts: ActivityRecorderOptions) {
   }
 
   async function flushOnce(): Promise<void> {
-    const now = opts.clock.now();
     // Connection counts carry a TTL of three intervals, so a crashed instance's counts expire.
     const ttl = opts.flushIntervalMs * 3;
     const batch = [...pending.entries()];
@@ -46,7 +49,6 @@ export function createActivityRecorder(opts: ActivityRecorderOptions) {
       for (const [id, at] of batch) touch(id, at);
     }
     opts.metrics.activityBuffered(pending.size);
-    void now;
   }
 
   const flush = () => (flushing ??= flushOnce().finally(() => { flushing = undefined; }));

@@ -43,7 +43,7 @@ export async function createGateway(deps: GatewayDeps) {
   let ready = false;
 
   const auth = createAuth({ secret: config.gatewaySecret, sessionTtlMs: config.sessionTtlMs, loginTokenMaxTtlMs: config.loginTokenMaxTtlMs, clock });
-  const activity = createActivityRecorder({ store, clock, metrics, instanceId, flushIntervalMs: config.activityFlushIntervalMs });
+  const activity = createActivityRecorder({ store, clock, metrics, instanceId, flushIntervalMs: config.activityFlushIntervalMs, enabled: config.activityTracking });
   closers.push(() => activity.close());
   const workspaces = createWorkspaces({ store, provisioner, clock, metrics, log, instanceId, startDeadlineMs: config.startDeadlineMs, routeCacheTtlMs: config.routeCacheTtlMs });
   closers.push(() => workspaces.close());

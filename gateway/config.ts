@@ -54,6 +54,10 @@ export interface Config {
   reapIntervalMs: number;
   /** Run the reaper inside this gateway (with a leader lease). */
   reaperEnabled: boolean;
+  /** Off only to measure what metrics cost (bench/, issue 6). */
+  metricsEnabled: boolean;
+  /** Off only to measure what activity bookkeeping costs (bench/, issue 7 scenario 6). */
+  activityTracking: boolean;
   activityFlushIntervalMs: number;
   drainPeriodMs: number;
   shutdownTimeoutMs: number;
@@ -180,6 +184,8 @@ export function loadConfig(env: Env): Config {
     maxSessionMs: dur('MAX_SESSION', '12h'),
     reapIntervalMs: dur('REAP_INTERVAL', '30s'),
     reaperEnabled: bool('REAPER', true),
+    metricsEnabled: bool('METRICS', true),
+    activityTracking: bool('ACTIVITY_TRACKING', true),
     activityFlushIntervalMs: dur('ACTIVITY_FLUSH_INTERVAL', '5s'),
     drainPeriodMs: dur('DRAIN_PERIOD', development ? '0s' : '90s'),
     shutdownTimeoutMs: dur('SHUTDOWN_TIMEOUT', '110s'),

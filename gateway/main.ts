@@ -18,7 +18,7 @@ async function main() {
     throw err;
   }
   const logger = createLogger(config.logLevel);
-  const metrics = createMetrics({ enabled: process.env.METRICS !== 'off', defaultMetrics: true });
+  const metrics = createMetrics({ enabled: config.metricsEnabled, defaultMetrics: true });
   const store = await storeFromConfig(config, systemClock, metrics, logger);
   let provisioner;
   try {
