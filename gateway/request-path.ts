@@ -128,8 +128,7 @@ export function createRequestPath(deps: RequestPathDeps) {
     }
     let current = record;
     if (!record || record.state === 'stopped') {
-      if (await overLimit(`start:${ctx.workspaceId}`, config.rateLimits.startsPerMinute)) { fail(res, ctx, 'RATE_LIMITED'); return; }
-      current = await workspaces.requestStart(ctx.workspaceId, { retryFailed: false, requestId: ctx.requestId });
+      current = await workspaces.requestStart(ctx.workspaceId, { retryFailed: false, requestId: ctx.requestId, admit: () => admitStart(ctx.workspaceId) });
       res.setHeader('x-gateway-cold-start', '1');
     }
     activity.touch(ctx.workspaceId);
@@ -146,6 +145,8 @@ export function createRequestPath(deps: RequestPathDeps) {
     });
     res.end(html);
   }
+
+  const admitStart = async (id: string) => !(await overLimit(`start:${id}`, config.rateLimits.startsPerMinute));
 
   async function overLimit(key: string, perMinute: number): Promise<boolean> {
     try { return (await deps.store.countHit(key, 60_000)) > perMinute; } catch { return false; }
@@ -207,8 +208,7 @@ export function createRequestPath(deps: RequestPathDeps) {
     if (path === 'start' && req.method === 'POST') {
       // A simple-request POST from another site cannot set this header (CORS), so it cannot start us.
       if (req.headers['x-requested-with'] !== 'gateway') return fail(res, { ...ctx, html: false }, 'BAD_REQUEST', 'missing x-requested-with');
-      if (await overLimit(`start:${ctx.workspaceId}`, config.rateLimits.startsPerMinute)) return fail(res, { ...ctx, html: false }, 'RATE_LIMITED');
-      const record = await workspaces.requestStart(ctx.workspaceId, { retryFailed: true, requestId: ctx.requestId });
+      const record = await workspaces.requestStart(ctx.workspaceId, { retryFailed: true, requestId: ctx.requestId, admit: () => admitStart(ctx.workspaceId) });
       return json(res, 202, statusView(record));
     }
     return fail(res, ctx, 'NOT_FOUND');

@@ -9,6 +9,7 @@ import { randomUUID } from 'node:crypto';
 import type { Endpoint, Provisioner, RunningWorkspace, StageReport } from '../provisioner/contract.js';
 import { StartFailure } from '../provisioner/contract.js';
 import type { Clock } from './clock.js';
+import { GatewayError } from './errors.js';
 import type { Metrics } from './metrics.js';
 import type { Logger } from './log.js';
 import type { Fence, StateStore, WorkspaceEvent, WorkspaceRecord } from './store/contract.js';
@@ -124,7 +125,7 @@ export function createWorkspaces(opts: WorkspacesOptions) {
    * Asks for a start and answers at once with the record: the start itself runs in the background.
    * `retryFailed` is true only for an explicit "try again" (a failed start never loops by itself).
    */
-  async function requestStart(id: string, how: { retryFailed: boolean; requestId?: string }): Promise<WorkspaceRecord | undefined> {
+  async function requestStart(id: string, how: { retryFailed: boolean; requestId?: string; admit?: () => Promise<boolean> }): Promise<WorkspaceRecord | undefined> {
     if (closed) return store.getWorkspace(id);
     if (inFlight.has(id)) return store.getWorkspace(id);
     let record = await store.getWorkspace(id);
@@ -149,6 +150,8 @@ export function createWorkspaces(opts: WorkspacesOptions) {
         next = { ...record, since: now };
         log.info({ event: 'start.resumed', workspaceId: id, generation: record.generation, handle: record.handle, requestId: how.requestId }, 'resuming a start whose holder is gone');
       } else {
+        // Rate limits count real starts only, not the page loads that share one (issue 3).
+        if (how.admit && !(await how.admit())) throw new GatewayError('RATE_LIMITED', 'too many starts of this workspace; wait a minute');
         next = {
           id, state: 'starting', generation: nextGeneration(record?.generation, now), since: now, stage: 'queued', requestedAt: now,
           // Kept so the starting page can say why it stopped last time ("stopped after being idle").

@@ -1,0 +1,97 @@
+// Cold start on first page load: exactly one start however many requests, only page loads start,
+// failures are shown and never retried by themselves (issue 2).
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import t from 'tap';
+import { NAVIGATE, XHR, request, startTestGateway, waitRunning, TEST_SECRET } from './helpers/gateway.js';
+import { spawnGateway } from './helpers/process.js';
+import { startRedis } from './helpers/redis.js';
+import { connected, openWs } from './helpers/ws.js';
+import { createAuth } from '../gateway/auth.js';
+import { systemClock } from '../gateway/clock.js';
+
+t.test('200 concurrent page loads of a stopped workspace start it once', async (t) => {
+  const gw = await startTestGateway({ env: { DEMO_READY_DELAY: '300ms' } });
+  t.teardown(() => gw.close());
+  const cookie = await gw.cookie('herd');
+  const responses = await Promise.all(Array.from({ length: 200 }, () => request(gw.port, { host: 'ws-herd.localhost', headers: { ...NAVIGATE, cookie } })));
+  t.ok(responses.every((r) => r.status === 200), 'every page load answered at once with a page');
+  t.ok(responses.some((r) => r.headers['x-gateway-cold-start'] === '1'), 'the first says it is a cold start');
+  t.ok(responses.every((r) => /Starting your workspace/.test(r.body)), 'the starting page');
+  t.equal((await waitRunning(gw.port, cookie, 'ws-herd.localhost')).state, 'running');
+  t.equal(gw.provisioner.starts.length, 1, 'exactly one start');
+  const page = await request(gw.port, { host: 'ws-herd.localhost', headers: { ...NAVIGATE, cookie } });
+  t.match(page.body, /Demo workspace <code>herd<\/code>/, 'then the workspace itself');
+  t.equal(gw.logs.filter((l) => l.event === 'start.requested').length, 1);
+});
+
+t.test('only a top-level page load may start a workspace', async (t) => {
+  const gw = await startTestGateway();
+  t.teardown(() => gw.close());
+  const cookie = await gw.cookie('quiet');
+  const host = 'ws-quiet.localhost';
+  const rows: Array<[string, Record<string, string>, string]> = [
+    ['XHR', { ...XHR }, 'GET'],
+    ['script asset', { 'sec-fetch-mode': 'no-cors', 'sec-fetch-dest': 'script', accept: '*/*' }, 'GET'],
+    ['POST form', { ...NAVIGATE }, 'POST'],
+    ['program without fetch metadata', { accept: 'application/json' }, 'GET'],
+    ['HEAD', { ...NAVIGATE }, 'HEAD'],
+  ];
+  for (const [name, headers, method] of rows) {
+    const r = await request(gw.port, { host, method, headers: { ...headers, cookie } });
+    t.equal(r.status, 503, name);
+    t.equal(r.headers['x-gateway-error'], 'WORKSPACE_STOPPED', name);
+    t.ok(Number(r.headers['retry-after']) > 0, `${name}: Retry-After`);
+    if (method !== 'HEAD' && !headers.accept?.includes('text/html')) t.equal(JSON.parse(r.body).error.code, 'WORKSPACE_STOPPED');
+  }
+  await t.rejects(connected(openWs(gw.port, '/echo', { cookie, host })), { status: 503 } as never, 'a WebSocket reconnect loop gets 503');
+  t.equal(gw.provisioner.starts.length, 0, 'nothing started');
+});
+
+t.test('a failed start shows its reason and is not retried by itself', async (t) => {
+  const gw = await startTestGateway({ env: { LOCAL_WORKSPACE: 'code-server', CODE_SERVER_BIN: '/bin/false' } });
+  t.teardown(() => gw.close());
+  const cookie = await gw.cookie('broken');
+  const host = 'ws-broken.localhost';
+  await request(gw.port, { host, headers: { ...NAVIGATE, cookie } });
+  const status = await waitRunning(gw.port, cookie, host);
+  t.equal(status.state, 'failed');
+  t.equal(status.reasonCode, 'TASK_STOPPED');
+  t.match(String(status.reason), /exited/);
+  const again = await request(gw.port, { host, headers: { ...NAVIGATE, cookie } });
+  t.equal(again.status, 200);
+  t.equal(again.headers['x-gateway-state'], 'failed', 'the page shows the failure');
+  t.match(again.body, /"reasonCode":"TASK_STOPPED"/);
+  t.equal(gw.provisioner.starts.length, 1, 'reloading does not retry');
+  const xhr = await request(gw.port, { host, headers: { ...XHR, cookie } });
+  t.equal(xhr.headers['x-gateway-error'], 'WORKSPACE_START_FAILED');
+  const forged = await request(gw.port, { host, method: 'POST', path: '/__gateway/start', headers: { cookie } });
+  t.equal(forged.status, 400, 'a cross-site form post cannot press the button');
+  const retry = await request(gw.port, { host, method: 'POST', path: '/__gateway/start', headers: { cookie, 'x-requested-with': 'gateway' } });
+  t.equal(retry.status, 202, 'the try-again button starts it again');
+  t.equal((await waitRunning(gw.port, cookie, host)).state, 'failed');
+  t.equal(gw.provisioner.starts.length, 2);
+});
+
+t.test('two gateway processes sharing Redis: 100 page loads over both, exactly one start', async (t) => {
+  const redis = await startRedis();
+  const dataDir = mkdtempSync(join(tmpdir(), 'wsgw-two-'));
+  const env = { REDIS_URL: redis.url, LOCAL_DATA_DIR: dataDir, DEMO_READY_DELAY: '500ms' };
+  const [a, b] = await Promise.all([spawnGateway(env), spawnGateway(env)]);
+  t.teardown(async () => { await Promise.all([a.stop(), b.stop()]); await redis.stop(); rmSync(dataDir, { recursive: true, force: true }); });
+  const auth = createAuth({ secret: TEST_SECRET, sessionTtlMs: 3_600_000, loginTokenMaxTtlMs: 300_000, clock: systemClock });
+  const cookie = `__Host-wsgw-session=${(await auth.createSession('shared')).value}`;
+  const host = 'ws-shared.localhost';
+  const loads = Array.from({ length: 100 }, (_, i) => request(i % 2 ? a.port : b.port, { host, headers: { ...NAVIGATE, cookie } }));
+  const responses = await Promise.all(loads);
+  t.ok(responses.every((r) => r.status === 200));
+  // Both replicas learn of readiness (pub/sub) and serve the workspace.
+  for (const gw of [a, b]) { const s = await waitRunning(gw.port, cookie, host); t.equal(s.state, 'running', JSON.stringify(s)); }
+  const started = [...a.logs, ...b.logs].filter((l) => l.event === 'start.requested');
+  t.equal(started.length, 1, 'exactly one start across both replicas');
+  for (const gw of [a, b]) {
+    const page = await request(gw.port, { host, headers: { ...NAVIGATE, cookie } });
+    t.match(page.body, /Demo workspace <code>shared<\/code>/);
+  }
+});

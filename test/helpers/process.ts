@@ -1,0 +1,66 @@
+// A gateway as its own process (`node dist/gateway/main.js`), exactly as an operator runs it, with
+// its JSON log lines captured so tests can count events such as start.requested.
+import { spawn, type ChildProcess } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+import { freePort } from './redis.js';
+import { TEST_ADMIN_TOKEN, TEST_SECRET } from './gateway.js';
+
+export const MAIN = fileURLToPath(new URL('../../gateway/main.js', import.meta.url));
+
+export interface GatewayProcess {
+  child: ChildProcess;
+  port: number;
+  adminPort: number;
+  logs: Array<Record<string, unknown>>;
+  /** Resolves with the first log line matching. */
+  waitFor(pred: (l: Record<string, unknown>) => boolean, timeoutMs?: number): Promise<Record<string, unknown>>;
+  exited: Promise<number | null>;
+  stop(signal?: NodeJS.Signals): Promise<number | null>;
+}
+
+export async function spawnGateway(env: Record<string, string>): Promise<GatewayProcess> {
+  const port = await freePort();
+  const adminPort = await freePort();
+  const child = spawn(process.execPath, [MAIN], {
+    env: {
+      PATH: process.env.PATH, HOME: process.env.HOME, GATEWAY_PORT: String(port), ADMIN_PORT: String(adminPort),
+      GATEWAY_SECRET: TEST_SECRET, ADMIN_TOKEN: TEST_ADMIN_TOKEN, LOCAL_WORKSPACE: 'demo', DEMO_READY_DELAY: '0ms', LOG_LEVEL: 'info', ...env,
+    },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  const logs: Array<Record<string, unknown>> = [];
+  const watchers = new Set<(l: Record<string, unknown>) => void>();
+  let buf = '';
+  child.stdout!.on('data', (c: Buffer) => {
+    buf += c.toString();
+    let i;
+    while ((i = buf.indexOf('\n')) !== -1) {
+      const line = buf.slice(0, i);
+      buf = buf.slice(i + 1);
+      try {
+        const l = JSON.parse(line) as Record<string, unknown>;
+        logs.push(l);
+        for (const w of watchers) w(l);
+      } catch { /* the printed banner */ }
+    }
+  });
+  let stderr = '';
+  child.stderr!.on('data', (c: Buffer) => { stderr = (stderr + c.toString()).slice(-4000); });
+  const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+  const waitFor = (pred: (l: Record<string, unknown>) => boolean, timeoutMs = 20_000) => new Promise<Record<string, unknown>>((resolve, reject) => {
+    const hit = logs.find(pred);
+    if (hit) { resolve(hit); return; }
+    const timer = setTimeout(() => { watchers.delete(w); reject(new Error(`log line not seen; stderr: ${stderr}`)); }, timeoutMs);
+    const w = (l: Record<string, unknown>) => { if (pred(l)) { clearTimeout(timer); watchers.delete(w); resolve(l); } };
+    watchers.add(w);
+    void exited.then(() => { if (watchers.has(w)) { clearTimeout(timer); watchers.delete(w); reject(new Error(`gateway exited; stderr: ${stderr}`)); } });
+  });
+  await waitFor((l) => l.event === 'listening');
+  return {
+    child, port, adminPort, logs, waitFor, exited,
+    async stop(signal: NodeJS.Signals = 'SIGTERM') {
+      if (child.exitCode === null && child.signalCode === null) child.kill(signal);
+      return exited;
+    },
+  };
+}
