@@ -23,6 +23,8 @@ export interface AdminDeps {
   metrics: Metrics;
   logger: PinoLogger;
   isReady(): boolean;
+  /** Origin of a workspace host as browsers reach it (for sign-in links). */
+  workspaceOrigin(id: string): string;
   openConnections(id: string): number;
 }
 
@@ -106,10 +108,7 @@ export async function createAdminServer(deps: AdminDeps): Promise<FastifyInstanc
         reasonCode: base.reasonCode, reason: base.reason,
       };
     };
-    const link = (id: string) => {
-      const port = config.publicPort && config.publicPort !== (config.publicScheme === 'https' ? 443 : 80) ? `:${config.publicPort}` : '';
-      return `${config.publicScheme}://ws-${id}.${config.baseDomain}${port}`;
-    };
+    const link = deps.workspaceOrigin;
 
     api.get('/api/openapi.json', { schema: { hide: true } }, async () => app.swagger());
 

@@ -85,9 +85,15 @@ export async function createGateway(deps: GatewayDeps) {
   });
 
   // ---------------------------------------------------------------- admin listener
+  function workspaceOrigin(id: string): string {
+    const bound = (publicServer.address() as AddressInfo | null)?.port;
+    const port = config.publicPort ?? (config.development ? bound : undefined);
+    const standard = config.publicScheme === 'https' ? 443 : 80;
+    return `${config.publicScheme}://ws-${id}.${config.baseDomain}${port && port !== standard ? `:${port}` : ''}`;
+  }
   const admin = await createAdminServer({
     config, clock, store, workspaces, auth, metrics, logger: log as PinoLogger,
-    isReady: () => ready && !draining, openConnections: (id) => activity.openConnections(id),
+    isReady: () => ready && !draining, workspaceOrigin, openConnections: (id) => activity.openConnections(id),
   });
   metrics.onCollect(async () => { metrics.running(await store.countRunning()); });
 
@@ -150,6 +156,7 @@ export async function createGateway(deps: GatewayDeps) {
     close,
     isDraining: () => draining,
     openWebSockets: () => wsPairs.size(),
+    workspaceOrigin,
   };
 }
 

@@ -20,8 +20,10 @@ export interface Config {
   baseDomain: string;
   /** Scheme browsers use to reach workspace hosts (links, Secure cookies). */
   publicScheme: 'http' | 'https';
-  /** Port in printed links when it differs from the scheme's default (development). */
+  /** Port in sign-in links (PUBLIC_PORT); in development the listening port is used. */
   publicPort?: number;
+  /** BASE_DOMAIN is localhost: generated secrets allowed, links carry the listening port. */
+  development: boolean;
   redisUrl?: string;
   redisPassword?: string;
   redisPrefix: string;
@@ -153,7 +155,8 @@ export function loadConfig(env: Env): Config {
     listenHost: str('LISTEN_HOST', development ? '127.0.0.1' : '0.0.0.0')!,
     baseDomain,
     publicScheme,
-    publicPort: str('PUBLIC_PORT') !== undefined ? port('PUBLIC_PORT', gatewayPort) : development ? gatewayPort : undefined,
+    publicPort: str('PUBLIC_PORT') !== undefined ? port('PUBLIC_PORT', gatewayPort) : undefined,
+    development,
     redisUrl,
     redisPassword: str('REDIS_PASSWORD'),
     redisPrefix: str('REDIS_PREFIX', 'wsgw:')!,

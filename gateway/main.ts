@@ -35,12 +35,11 @@ async function main() {
   if (config.gatewaySecretGenerated || config.adminTokenGenerated) {
     // Development: print what a newcomer needs to open the demo workspace in a browser.
     const token = await gateway.auth.createLoginToken('demo', randomUUID(), config.loginTokenMaxTtlMs);
-    const port = config.publicPort && config.publicPort !== 80 ? `:${gatewayPort}` : '';
     const lines = [
       '',
       `  Workspace gateway is up (${provisioner.kind} workspaces, ${store.kind} state).`,
       `  Open the demo workspace (one-time link, valid ${Math.round(config.loginTokenMaxTtlMs / 60_000)} min):`,
-      `    ${config.publicScheme}://ws-demo.${config.baseDomain}${port}/__gateway/login?token=${token}&next=/`,
+      `    ${gateway.workspaceOrigin('demo')}/__gateway/login?token=${token}&next=/`,
       `  More links: curl -X POST -H 'authorization: Bearer ${config.adminToken}' http://127.0.0.1:${adminPort}/api/workspaces/demo/login-url`,
       '',
     ];

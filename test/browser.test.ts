@@ -1,0 +1,70 @@
+// In headless Chromium (Debian's, driven by playwright-core): sign in through the handoff link, see
+// the starting page, land in the workspace, and see its WebSockets work through the gateway; then
+// the same with the real code-server's VS Code workbench (issue 2, issue 3).
+import t from 'tap';
+import { chromium, type Browser } from 'playwright-core';
+import { TEST_ADMIN_TOKEN, startTestGateway } from './helpers/gateway.js';
+
+export const CHROMIUM_ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+  '--disable-background-networking', '--disable-component-update', '--disable-sync'];
+
+export async function launchChromium(): Promise<Browser> {
+  return chromium.launch({ executablePath: '/usr/bin/chromium', args: CHROMIUM_ARGS, headless: true });
+}
+
+async function loginUrl(adminPort: number, id: string): Promise<string> {
+  const r = await fetch(`http://127.0.0.1:${adminPort}/api/workspaces/${id}/login-url`, {
+    method: 'POST', headers: { authorization: `Bearer ${TEST_ADMIN_TOKEN}`, 'content-type': 'application/json' }, body: '{}',
+  });
+  return ((await r.json()) as { url: string }).url;
+}
+
+t.test('demo workspace in Chromium: sign in, starting page, workspace, WebSocket round trip', async (t) => {
+  const gw = await startTestGateway({ env: { DEMO_READY_DELAY: '1500ms' } });
+  const browser = await launchChromium();
+  t.teardown(async () => { await browser.close(); await gw.close(); });
+  const page = await browser.newPage();
+  const url = await loginUrl(gw.adminPort, 'demo');
+  t.match(url, new RegExp(`^http://ws-demo\\.localhost:${gw.port}/__gateway/login\\?token=`));
+  await page.goto(url);
+  await page.waitForSelector('text=Starting your workspace', { timeout: 10_000 });
+  t.pass('the starting page is shown');
+  t.notMatch(page.url(), /token=/, 'the token is gone from the address bar');
+  await page.waitForSelector('#ws >> text=round trip ok', { timeout: 30_000 });
+  t.match(await page.textContent('h1'), /Demo workspace/);
+  t.match(await page.textContent('#log') ?? '', /echo: ping/, 'a WebSocket message went there and back through the gateway');
+  const cookies = await page.context().cookies();
+  const session = cookies.find((c) => c.name === '__Host-wsgw-session');
+  t.ok(session, 'the session cookie was accepted');
+  t.equal(session?.httpOnly, true);
+  t.equal(session?.sameSite, 'Lax');
+  t.equal(gw.provisioner.starts.length, 1);
+  // The token cannot be used twice.
+  const second = await browser.newPage();
+  const replay = await second.goto(url);
+  t.equal(replay?.status(), 401);
+});
+
+t.test('the real code-server: the VS Code workbench loads through the gateway and its WebSockets connect', async (t) => {
+  const gw = await startTestGateway({ env: { LOCAL_WORKSPACE: 'code-server', START_DEADLINE: '120s' } });
+  const browser = await launchChromium();
+  t.teardown(async () => { await browser.close(); await gw.close(); });
+  const page = await browser.newPage();
+  const opened: string[] = [];
+  const framesIn = new Map<string, number>();
+  page.on('websocket', (ws) => {
+    opened.push(ws.url());
+    ws.on('framereceived', () => framesIn.set(ws.url(), (framesIn.get(ws.url()) ?? 0) + 1));
+  });
+  await page.goto(await loginUrl(gw.adminPort, 'vscode'));
+  await page.waitForSelector('.monaco-workbench', { timeout: 120_000 });
+  t.pass('workbench rendered');
+  // VS Code opens its remote-extension-host and management WebSockets once the workbench runs.
+  const deadline = Date.now() + 60_000;
+  while (Date.now() < deadline && [...framesIn.values()].filter((n) => n > 2).length < 2) await page.waitForTimeout(250);
+  t.ok(opened.length >= 2, `WebSockets opened: ${opened.length}`);
+  t.ok(opened.every((u) => u.startsWith(`ws://ws-vscode.localhost:${gw.port}/`)), 'through the gateway');
+  t.ok([...framesIn.values()].filter((n) => n > 2).length >= 2, 'and traffic flows on them');
+  t.equal(gw.gateway.openWebSockets() >= 2, true, 'the gateway proxies them');
+  t.equal(gw.provisioner.starts.length, 1);
+});
