@@ -129,6 +129,8 @@ export function createRequestPath(deps: RequestPathDeps) {
     let current = record;
     if (!record || record.state === 'stopped') {
       current = await workspaces.requestStart(ctx.workspaceId, { retryFailed: false, requestId: ctx.requestId, admit: () => admitStart(ctx.workspaceId) });
+      // Rediscovered running (the store had lost it): serve it now, nothing was started.
+      if (current?.state === 'running' && current.endpoint) return forwardWeb(req, res, ctx, current.endpoint, false);
       res.setHeader('x-gateway-cold-start', '1');
     }
     activity.touch(ctx.workspaceId);

@@ -1,0 +1,85 @@
+// The gateway with PROVISIONER=ecs against the fake AWS endpoint (real SDK clients on loopback):
+// cold start end to end, one RunTask across replicas, rediscovery after Redis is emptied (issue 4).
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import t from 'tap';
+import { Redis } from 'ioredis';
+import { systemClock } from '../gateway/clock.js';
+import { createAuth } from '../gateway/auth.js';
+import { createEcsProvisioner } from '../provisioner/ecs.js';
+import { startDemoWorkspace } from '../provisioner/demo-workspace.js';
+import { startFakeAws, type WorkspaceFactory } from './fake-aws/index.js';
+import { fakeAwsEnv, fakeEcsOptions } from './fake-aws/config.js';
+import { NAVIGATE, TEST_ADMIN_TOKEN, TEST_SECRET, request, startTestGateway, waitRunning } from './helpers/gateway.js';
+import { spawnGateway } from './helpers/process.js';
+import { startRedis } from './helpers/redis.js';
+
+/** Each fake task runs the real demo workspace on its private address. */
+const demoTasks = (dir: string): WorkspaceFactory => async (info) => {
+  const demo = startDemoWorkspace({ host: info.host, port: info.port, dataDir: join(dir, info.workspaceId ?? 'x'), id: info.workspaceId ?? 'x', readyDelayMs: 0 });
+  await demo.listen();
+  return { close: () => demo.close() };
+};
+
+const session = async (id: string) => {
+  const auth = createAuth({ secret: TEST_SECRET, sessionTtlMs: 3_600_000, loginTokenMaxTtlMs: 300_000, clock: systemClock });
+  return `__Host-wsgw-session=${(await auth.createSession(id)).value}`;
+};
+
+t.test('cold start through the gateway with the ECS provisioner', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'wsgw-ecs-'));
+  const fake = await startFakeAws({ workspace: demoTasks(dir), durations: { provisioningMs: 50, pendingMs: 50 } });
+  const provisioner = createEcsProvisioner(fakeEcsOptions(fake), { clock: systemClock });
+  const gw = await startTestGateway({ provisioner });
+  t.teardown(async () => { await gw.close(); await fake.close(); rmSync(dir, { recursive: true, force: true }); });
+  const cookie = await gw.cookie('alice');
+  const host = 'ws-alice.localhost';
+  const first = await request(gw.port, { host, headers: { ...NAVIGATE, cookie } });
+  t.equal(first.headers['x-gateway-cold-start'], '1');
+  t.equal((await waitRunning(gw.port, cookie, host)).state, 'running');
+  const page = await request(gw.port, { host, headers: { ...NAVIGATE, cookie } });
+  t.match(page.body, /Demo workspace <code>alice<\/code>/, 'the workspace page, served from the task');
+  t.equal(fake.count('CreateAccessPoint'), 1, 'one access point');
+  t.equal(fake.count('RegisterTaskDefinition'), 1, 'one task definition');
+  t.equal(fake.count('RunTask'), 1, 'one RunTask');
+  t.equal(fake.count('RegisterInstance'), 1, 'one Cloud Map registration');
+
+  // Stop, then start again: the access point and task definition are reused.
+  const stop = await fetch(`http://127.0.0.1:${gw.adminPort}/api/workspaces/alice/stop`, { method: 'POST', headers: { authorization: `Bearer ${TEST_ADMIN_TOKEN}` } });
+  t.equal(((await stop.json()) as { state: string }).state, 'stopped');
+  t.ok(fake.count('StopTask') >= 1 && fake.count('DeregisterInstance') >= 1);
+  await request(gw.port, { host, headers: { ...NAVIGATE, cookie } });
+  t.equal((await waitRunning(gw.port, cookie, host)).state, 'running');
+  t.equal(fake.count('CreateAccessPoint'), 1, 'no new access point on the second start');
+  t.equal(fake.count('RegisterTaskDefinition'), 1, 'no new task definition on the second start');
+  t.equal(fake.count('RunTask'), 2);
+});
+
+t.test('two gateway processes on one Redis, 200 page loads: one RunTask; then Redis emptied: found again, nothing started', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'wsgw-ecs2-'));
+  const fake = await startFakeAws({ workspace: demoTasks(dir), durations: { provisioningMs: 300, pendingMs: 300 } });
+  const redis = await startRedis();
+  const env = { ...fakeAwsEnv(fake), REDIS_URL: redis.url, RECONCILE_INTERVAL: '1s' };
+  const [a, b] = await Promise.all([spawnGateway(env), spawnGateway(env)]);
+  t.teardown(async () => { await Promise.all([a.stop(), b.stop()]); await fake.close(); await redis.stop(); rmSync(dir, { recursive: true, force: true }); });
+  const cookie = await session('bob');
+  const host = 'ws-bob.localhost';
+  const loads = await Promise.all(Array.from({ length: 200 }, (_, i) => request(i % 2 ? a.port : b.port, { host, headers: { ...NAVIGATE, cookie } })));
+  t.ok(loads.every((r) => r.status === 200));
+  for (const gw of [a, b]) t.equal((await waitRunning(gw.port, cookie, host)).state, 'running');
+  t.equal(fake.count('RunTask'), 1, 'one RunTask for 200 page loads over two replicas');
+
+  // Redis loses everything; a freshly started gateway finds the task through Cloud Map.
+  await a.stop();
+  await b.stop();
+  const client = new Redis(redis.url);
+  await client.flushall();
+  client.disconnect();
+  const c = await spawnGateway(env);
+  t.teardown(() => c.stop());
+  await c.waitFor((l) => l.event === 'workspace.adopted' && l.workspaceId === 'bob');
+  const page = await request(c.port, { host, headers: { ...NAVIGATE, cookie } });
+  t.match(page.body, /Demo workspace <code>bob<\/code>/, 'proxied to the running task');
+  t.equal(fake.count('RunTask'), 1, 'nothing started');
+});
