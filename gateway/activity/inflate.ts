@@ -15,8 +15,13 @@ const DIST_EXTRA = new Uint8Array([0, 0, 0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 
 // Order in which code length code lengths are sent (RFC 1951 3.2.7).
 const CLEN_ORDER = new Uint8Array([16, 17, 18, 0, 8, 7, 9, 6, 10, 5, 11, 4, 12, 3, 13, 2, 14, 1, 15]);
 
-/** Canonical Huffman code as (count per length, symbols sorted by code); decoded bit by bit. */
-interface Huff { count: Uint16Array; symbol: Uint16Array }
+/** Canonical Huffman code as (count per length, symbols sorted by code), plus a lookup table for codes of up to
+ *  FAST_BITS bits indexed by the next FAST_BITS input bits (entry = symbol << 4 | length, 0 = not there);
+ *  longer codes are decoded bit by bit. */
+interface Huff { count: Uint16Array; symbol: Uint16Array; fast: Uint16Array }
+const FAST_BITS = 9;
+const FAST_MASK = (1 << FAST_BITS) - 1;
+const newHuff = (symbols: number): Huff => ({ count: new Uint16Array(16), symbol: new Uint16Array(symbols), fast: new Uint16Array(1 << FAST_BITS) });
 
 function buildHuff(h: Huff, lengths: Uint8Array, n: number): boolean {
   h.count.fill(0);
@@ -31,16 +36,28 @@ function buildHuff(h: Huff, lengths: Uint8Array, n: number): boolean {
   for (let len = 1; len < 15; len++) offs[len + 1] = offs[len]! + h.count[len]!;
   for (let i = 0; i < n; i++) if (lengths[i] !== 0) h.symbol[offs[lengths[i]!]!++] = i;
   h.count[0] = 0;
+  // Fast table: walk codes in canonical order; DEFLATE sends codes MSB first into an LSB-first bit stream,
+  // so a code's table slots are its bit-reversed value plus every pattern of the bits that follow it.
+  h.fast.fill(0);
+  let code = 0, k = 0;
+  for (let len = 1; len <= FAST_BITS; len++) {
+    for (let i = 0; i < h.count[len]!; i++, k++, code++) {
+      let rev = 0;
+      for (let b = 0; b < len; b++) rev |= ((code >> b) & 1) << (len - 1 - b);
+      for (let j = rev; j <= FAST_MASK; j += 1 << len) h.fast[j] = (h.symbol[k]! << 4) | len;
+    }
+    code <<= 1;
+  }
   return true;
 }
 
 function fixedTables(): { lit: Huff; dist: Huff } {
   const l = new Uint8Array(288);
   l.fill(8, 0, 144); l.fill(9, 144, 256); l.fill(7, 256, 280); l.fill(8, 280, 288);
-  const lit = { count: new Uint16Array(16), symbol: new Uint16Array(288) };
+  const lit = newHuff(288);
   buildHuff(lit, l, 288);
   const d = new Uint8Array(30).fill(5);
-  const dist = { count: new Uint16Array(16), symbol: new Uint16Array(30) };
+  const dist = newHuff(30);
   buildHuff(dist, d, 30);
   return { lit, dist };
 }
@@ -70,8 +87,8 @@ export class RawInflater {
   private storedLeft = 0;
   private nlen = 0; private ndist = 0; private ncode = 0; private idx = 0;
   private readonly lens = new Uint8Array(19 + 286 + 30); // code length code, then literal/length and distance lengths
-  private readonly dynLit: Huff = { count: new Uint16Array(16), symbol: new Uint16Array(288) };
-  private readonly dynDist: Huff = { count: new Uint16Array(16), symbol: new Uint16Array(30) };
+  private readonly dynLit: Huff = newHuff(288);
+  private readonly dynDist: Huff = newHuff(30);
   private lit: Huff = FIXED.lit;
   private dist: Huff = FIXED.dist;
 
@@ -86,8 +103,8 @@ export class RawInflater {
 
   /** Bytes held by this instance's buffers (for the memory report). */
   get bufferBytes(): number {
-    // window + code lengths + dynamic tables (2 x 16 counts, 288 + 30 symbols, Uint16) + carried input
-    return this.win.byteLength + this.lens.byteLength + 2 * (16 + 288 + 16 + 30) + (this.carry?.byteLength ?? 0);
+    // window + code lengths + two dynamic tables (counts, symbols, fast lookup; Uint16) + carried input
+    return this.win.byteLength + this.lens.byteLength + 2 * (16 + 288 + 16 + 30 + 2 * (1 << FAST_BITS)) + (this.carry?.byteLength ?? 0);
   }
 
   /** Drops history and block state (client_no_context_takeover: each message is a fresh stream). */
@@ -135,6 +152,10 @@ export class RawInflater {
 
   /** -1: needs more input, -2: invalid code. */
   private decode(h: Huff): number {
+    // Load what is there (up to FAST_BITS); a rewind to the caller's checkpoint undoes over-reading.
+    while (this.bitCnt < FAST_BITS && this.pos < this.inp.length) { this.bitBuf |= this.inp[this.pos++]! << this.bitCnt; this.bitCnt += 8; }
+    const e = h.fast[this.bitBuf & FAST_MASK]!;
+    if (e !== 0 && (e & 15) <= this.bitCnt) { this.take(e & 15); return e >> 4; }
     let code = 0, first = 0, index = 0;
     for (let len = 1; len <= 15; len++) {
       if (!this.need(1)) return -1;
