@@ -13,7 +13,7 @@ import { DEFAULT_ACTIVITY_CONFIG, type ActivityConfig } from '../gateway/activit
 import { loadFixture, type Conn } from '../test/fixtures/activity/format.js';
 
 const here = dirname(fileURLToPath(import.meta.url));
-const file = process.argv[2] ?? join(here, '..', '..', 'test', 'fixtures', 'activity', 'codeserver-4.96.4-deflate.jsonl.gz');
+const file = process.argv[2] ?? join(here, '..', '..', 'test', 'fixtures', 'activity', 'codeserver-4.96.4-deflate.rec.br');
 const tabs = Number(process.argv[3] ?? 500);
 const gc = (globalThis as { gc?: () => void }).gc;
 if (!gc) throw new Error('run with node --expose-gc');

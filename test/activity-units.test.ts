@@ -5,7 +5,7 @@ import { FrameParser, type FrameSink } from '../gateway/activity/frames.js';
 import { RawInflater } from '../gateway/activity/inflate.js';
 import { negotiateExtensions } from '../gateway/activity/negotiate.js';
 import { judge, DEFAULT_ACTIVITY_CONFIG, type Evidence } from '../gateway/activity/verdict.js';
-import { ProtocolReader, classifyRegular, CALLS } from '../gateway/activity/vscode.js';
+import { ProtocolReader, classifyRegular, CALLS, connectionIdentity } from '../gateway/activity/vscode.js';
 import { createWsActivityTap } from '../gateway/activity/tap.js';
 import { frame, vsMsg, callBody, createDeflater, rng, splitRandom } from './fixtures/activity/build.js';
 
@@ -318,4 +318,21 @@ t.test('tap: corrupt input falls back or stops, never throws', async (t) => {
   const thrower = createWsActivityTap({ inflate: null, config: cfg, now: () => 0, onActivity() { throw new Error('boom'); } });
   t.doesNotThrow(() => thrower.write(frame(2, vsMsg(1, callBody('$input')))));
   t.equal(thrower.status().mode, 'stopped');
+});
+
+t.test('reconnection: the window-active flag is carried over', async (t) => {
+  t.same(connectionIdentity('/stable-x?reconnectionToken=abc&reconnection=true&skipWebSocketFrames=false'), { token: 'abc', reconnection: true });
+  t.same(connectionIdentity('/?reconnectionToken=abc&reconnection=false'), { token: 'abc', reconnection: false });
+  t.equal(connectionIdentity('/'), null);
+  t.equal(connectionIdentity(undefined), null);
+  const edit = frame(2, vsMsg(1, callBody('$acceptModelChanged')));
+  const first = createWsActivityTap({ inflate: null, config: DEFAULT_ACTIVITY_CONFIG, now: () => 0, onActivity() {} });
+  first.write(frame(2, vsMsg(1, callBody(CALLS.focus, '[false]'))));
+  t.equal(first.status().focus, false);
+  const got: number[] = [];
+  const second = createWsActivityTap({ inflate: null, config: DEFAULT_ACTIVITY_CONFIG, initialFocus: first.status().focus, now: () => 5, onActivity: (at) => got.push(at) });
+  second.write(edit);
+  t.same(got, [], 'a file rewritten after a reconnection of an inactive window is not activity');
+  second.write(frame(2, vsMsg(1, callBody('$input', '"x"'))));
+  t.same(got, [5], 'terminal input still is');
 });

@@ -13,6 +13,9 @@ export interface WsActivityTapOptions {
   /** From negotiateExtensions(): how the browser compresses, or null for plain frames. */
   inflate: InflateParams | null;
   config: ActivityConfig;
+  /** The window-active flag carried over from this connection's previous socket (a reconnection; see
+   *  connectionIdentity()); null/undefined: unknown, judged per config.focusUnknownIsActive. */
+  initialFocus?: boolean | null;
   now: () => number;
   onActivity(atMs: number): void;
 }
@@ -23,7 +26,7 @@ export interface WsActivityTap {
   write(chunk: Buffer): void;
   close(): void;
   /** How this socket is being judged now, and why it left 'decode' (for logs and metrics). */
-  status(): { mode: TapMode; reason: string | null };
+  status(): { mode: TapMode; reason: string | null; focus: boolean | null };
   /** Bytes held in this tap's buffers plus a fixed estimate for its objects (see README for the measured figure). */
   memoryBytes(): number;
 }
@@ -37,7 +40,7 @@ export function createWsActivityTap(opts: WsActivityTapOptions): WsActivityTap {
   const { config, now, onActivity } = opts;
   let mode: TapMode = 'decode';
   let reason: string | null = null;
-  let focus: boolean | null = null;
+  let focus: boolean | null = opts.initialFocus ?? null;
   let lastReport = -Infinity;
   let compressedMsg = false;
   // Decode-free rule state: the times of the last N qualifying frames (a ring), N = fallbackMinFrames.
@@ -114,7 +117,8 @@ export function createWsActivityTap(opts: WsActivityTapOptions): WsActivityTap {
   };
   const parser = new FrameParser(sink);
 
-  if (opts.inflate) {
+  if (!config.decode) fallback('decoding switched off in config');
+  else if (opts.inflate) {
     const bits = opts.inflate.windowBits;
     if (bits > config.maxDecodeWindowBits) fallback(`client window 2^${bits} above the decode budget 2^${config.maxDecodeWindowBits}`);
     else inflater = new RawInflater(bits, feed);
@@ -135,7 +139,7 @@ export function createWsActivityTap(opts: WsActivityTapOptions): WsActivityTap {
       reason ??= 'closed';
       reader = null; inflater = null; ring = null;
     },
-    status: () => ({ mode, reason }),
+    status: () => ({ mode, reason, focus }),
     memoryBytes(): number {
       return TAP_OBJECT_OVERHEAD_BYTES + parser.bufferBytes + (inflater?.bufferBytes ?? 0) + (reader?.bufferBytes ?? 0) + (ring?.byteLength ?? 0);
     },

@@ -4,6 +4,9 @@
 import type { Classified } from './vscode.js';
 
 export interface ActivityConfig {
+  /** Decode VS Code messages (the rule below); false applies the decode-free rule to every socket, e.g. while a
+   *  code-server upgrade has renamed the calls and the recorded-traffic test has not been re-run yet. */
+  decode: boolean;
   /** Ignore editor changes while VS Code reports its window inactive: a file rewritten on disk while the tab
    *  sits unused changes the open editor's model ~50 times a minute with nobody there (issue 5's table). */
   editorNeedsActiveWindow: boolean;
@@ -25,6 +28,7 @@ export interface ActivityConfig {
 
 /** Defaults, with the reasons in README.md (gateway/activity). */
 export const DEFAULT_ACTIVITY_CONFIG: Readonly<ActivityConfig> = Object.freeze({
+  decode: true,
   editorNeedsActiveWindow: true,
   focusUnknownIsActive: true,
   fallbackMinFrames: 20,

@@ -23,8 +23,10 @@ export type Classified =
 export const CALLS = {
   /** remoteterminal channel: keystrokes typed into a terminal. */
   input: ['$input'],
-  /** ExtHostDocuments / ExtHostEditors / ExtHostDocumentsAndEditors: edits, cursor, selection, scroll, editor switches. */
-  editor: ['$acceptModelChanged', '$acceptEditorPropertiesChanged', '$acceptDocumentsAndEditorsDelta'],
+  /** Workbench changes that a person usually causes but a program can too, so they only count while the window
+   *  reports itself active: ExtHostDocuments / ExtHostEditors / ExtHostDocumentsAndEditors (edits, cursor,
+   *  selection, scroll, editor switches) and the search view's query (ExtHostSearch: searching as you type). */
+  editor: ['$acceptModelChanged', '$acceptEditorPropertiesChanged', '$acceptDocumentsAndEditorsDelta', '$provideTextSearchResults'],
   /** ExtHostWindow: VS Code's "window active" flag (focused and recently used), argument true|false. */
   focus: '$onDidChangeWindowActive',
 } as const;
@@ -113,4 +115,19 @@ export class ProtocolReader {
     this.left = -1;
     this.onMessage(this.type, this.body.subarray(0, this.kept), this.msgLen);
   }
+}
+
+/**
+ * The reconnection identity VS Code puts on its WebSocket URL (`?reconnectionToken=...&reconnection=true|false`).
+ * A reconnection resumes the same extension host, whose window-active flag is only sent on change: the caller
+ * should hand the previous socket's focus state (status().focus) to the new tap as `initialFocus`.
+ */
+export function connectionIdentity(url: string | undefined): { token: string; reconnection: boolean } | null {
+  if (!url) return null;
+  const q = url.indexOf('?');
+  if (q < 0) return null;
+  const params = new URLSearchParams(url.slice(q + 1));
+  const token = params.get('reconnectionToken');
+  if (!token) return null;
+  return { token, reconnection: params.get('reconnection') === 'true' };
 }
