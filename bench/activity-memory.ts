@@ -52,12 +52,16 @@ const fx = loadFixture(file);
 const firstTab = fx.conns.slice(0, 2);
 const recorded = firstTab.reduce((s, c) => s + c.chunks.reduce((a, x) => a + x.data.length, 0), 0);
 console.log(`fixture ${file}: first tab = ${firstTab.length} WebSockets, ${recorded} recorded c2s bytes; ${tabs} tabs per run`);
-for (const [label, config, bits] of [
-  ['default config (negotiated window)', DEFAULT_ACTIVITY_CONFIG, null],
-  ['window 15 decoded (maxDecodeWindowBits=15)', { ...DEFAULT_ACTIVITY_CONFIG, maxDecodeWindowBits: 15 }, 15],
-  ['window 15 over budget -> decode-free rule (default)', DEFAULT_ACTIVITY_CONFIG, 15],
-] as const) {
-  if (bits === 15 && fx.meta.windowBits === null) continue;
+const rows: Array<[string, ActivityConfig, number | null]> = [
+  ['as recorded (negotiated window)', DEFAULT_ACTIVITY_CONFIG, null],
+  ['window 11', DEFAULT_ACTIVITY_CONFIG, 11],
+  ['window 12 (default ACTIVITY_WINDOW_BITS)', DEFAULT_ACTIVITY_CONFIG, 12],
+  ['window 13', { ...DEFAULT_ACTIVITY_CONFIG, maxDecodeWindowBits: 15 }, 13],
+  ['window 15 decoded (ACTIVITY_MAX_DECODE_WINDOW_BITS=15)', { ...DEFAULT_ACTIVITY_CONFIG, maxDecodeWindowBits: 15 }, 15],
+  ['window 15 over the default budget: decode-free rule', DEFAULT_ACTIVITY_CONFIG, 15],
+];
+for (const [label, config, bits] of rows) {
+  if (bits !== null && fx.meta.windowBits === null) continue;
   const r = run(firstTab, config, bits);
   console.log(`${label}: ${(r.perTab / 1024).toFixed(1)} KB per tab measured (heap+ArrayBuffers), ${(r.accounted / 1024).toFixed(1)} KB accounted by memoryBytes(); mode ${r.modes}; replay ${r.mbps.toFixed(1)} MB/s of wire bytes`);
 }

@@ -33,8 +33,9 @@ export interface WsActivityTap {
 
 // RFC 7692 7.2.2: the sender strips the 0x00 0x00 0xff 0xff that ends each message's sync flush.
 const TAIL = new Uint8Array([0x00, 0x00, 0xff, 0xff]);
-/** JS object and closure overhead of one tap beyond its typed buffers, measured with bench/activity-memory.ts. */
-export const TAP_OBJECT_OVERHEAD_BYTES = 1_500;
+/** JS object, closure and typed-array header overhead of one tap beyond its buffers' bytes, measured with
+ *  bench/activity-memory.ts (V8 heap + ArrayBuffer growth per tap minus the buffers' byte lengths). */
+export const TAP_OBJECT_OVERHEAD_BYTES = 4_300;
 
 export function createWsActivityTap(opts: WsActivityTapOptions): WsActivityTap {
   const { config, now, onActivity } = opts;

@@ -18,7 +18,12 @@ export interface ActivityConfig {
   fallbackMinPayloadBytes: number;
   /** ... within this sliding window. */
   fallbackWindowMs: number;
-  /** Largest client window (permessage-deflate) the tap decodes; above it the decode-free rule applies. */
+  /** Client LZ77 window the gateway asks browsers for (negotiateExtensions' windowBits; RFC 7692 7.1.2.2).
+   *  12 (4 KB): typing uploads ~6% more than at 15 and a page load ~70% more, for ~26 KB per tab here;
+   *  10 and below make typing upload 5x more (bench/activity-window.ts). */
+  clientWindowBits: number;
+  /** Largest client window (permessage-deflate) the tap decodes; above it the decode-free rule applies
+   *  (window 15, browsers that cannot be asked for less, costs ~82 KB per tab: over issue 5's 64 KB). */
   maxDecodeWindowBits: number;
   /** Bytes of each protocol message body kept for classification (method names sit in the first ~40). */
   messagePrefixBytes: number;
@@ -34,6 +39,7 @@ export const DEFAULT_ACTIVITY_CONFIG: Readonly<ActivityConfig> = Object.freeze({
   fallbackMinFrames: 20,
   fallbackMinPayloadBytes: 16,
   fallbackWindowMs: 60_000,
+  clientWindowBits: 12,
   maxDecodeWindowBits: 14,
   messagePrefixBytes: 512,
   reportEveryMs: 1_000,
