@@ -1,0 +1,129 @@
+// Passive, incremental RFC 6455 frame parser for the client-to-server direction.
+// The proxy forwards the very same Buffers upstream, so nothing here writes into a chunk: payload bytes are
+// unmasked into a small scratch buffer and handed on in pieces. Memory is the scratch plus a 14-byte header,
+// whatever the frame or message size (chunks may split a frame anywhere, even inside its header).
+
+export interface FrameSink {
+  /** A ping/pong/close frame header was seen (RFC 6455 5.5); its payload is skipped unread. */
+  onControl(opcode: number, length: number): void;
+  /** First frame of a text (1) or binary (2) message; `compressed` is RSV1 (RFC 7692 6). */
+  onMessageStart(opcode: number, compressed: boolean): void;
+  /** Unmasked payload bytes of data frames, in order; a view valid only during the call. */
+  onPayload(bytes: Uint8Array): void;
+  /** A data frame ended; `fin` ends the message. `length` is the frame's payload length on the wire. */
+  onFrameEnd(fin: boolean, length: number): void;
+}
+
+const enum S { Header, Payload, Failed }
+
+export class FrameParser {
+  private st: S = S.Header;
+  private readonly head = new Uint8Array(14);
+  private headLen = 0;
+  private readonly scratch: Uint8Array;
+  private readonly mask = new Uint8Array(4);
+  private left = 0;          // payload bytes left in the current frame
+  private maskPhase = 0;
+  private frameLen = 0;
+  private opcode = 0;
+  private fin = false;
+  private inMessage = false;
+  /** Set false to skip unmasking data payloads (the decode-free rule only needs frame sizes). */
+  payloadWanted = true;
+  error: string | null = null;
+
+  constructor(private readonly sink: FrameSink, scratchBytes = 1024) {
+    this.scratch = new Uint8Array(scratchBytes);
+  }
+
+  get bufferBytes(): number { return this.scratch.byteLength + this.head.byteLength + this.mask.byteLength; }
+
+  /** Consumes one chunk; returns false once the byte stream is not valid client-to-server framing. */
+  push(chunk: Uint8Array): boolean {
+    let p = 0;
+    const n = chunk.length;
+    while (p < n) {
+      if (this.st === S.Failed) return false;
+      if (this.st === S.Header) {
+        // Copy header bytes one at a time until the header's own length is known and complete.
+        while (p < n && this.headLen < this.headerNeeded()) this.head[this.headLen++] = chunk[p++]!;
+        if (this.headLen < this.headerNeeded()) return true;
+        this.startFrame();
+        continue;
+      }
+      const take = Math.min(this.left, n - p);
+      if (this.opcode < 8 && this.payloadWanted) this.unmask(chunk, p, take);
+      p += take;
+      this.left -= take;
+      if (this.left === 0) this.endFrame();
+    }
+    return this.st !== S.Failed;
+  }
+
+  private headerNeeded(): number {
+    if (this.headLen < 2) return 2;
+    const len7 = this.head[1]! & 0x7f;
+    return 2 + (len7 === 126 ? 2 : len7 === 127 ? 8 : 0) + ((this.head[1]! & 0x80) ? 4 : 0);
+  }
+
+  private fail(why: string): void { this.st = S.Failed; this.error = why; }
+
+  private startFrame(): void {
+    const b0 = this.head[0]!, b1 = this.head[1]!;
+    this.headLen = 0;
+    this.fin = (b0 & 0x80) !== 0;
+    const rsv1 = (b0 & 0x40) !== 0;
+    this.opcode = b0 & 0x0f;
+    if (b0 & 0x30) return this.fail('RSV2/RSV3 set');
+    if (!(b1 & 0x80)) return this.fail('unmasked client frame'); // RFC 6455 5.1
+    let len = b1 & 0x7f;
+    let q = 2;
+    if (len === 126) { len = (this.head[2]! << 8) | this.head[3]!; q = 4; }
+    else if (len === 127) {
+      const hi = ((this.head[2]! << 24) | (this.head[3]! << 16) | (this.head[4]! << 8) | this.head[5]!) >>> 0;
+      const lo = ((this.head[6]! << 24) | (this.head[7]! << 16) | (this.head[8]! << 8) | this.head[9]!) >>> 0;
+      if (hi > 0x1fffff) return this.fail('frame length beyond 2^53'); // RFC 6455 5.2: MSB must be 0
+      len = hi * 0x100000000 + lo; q = 10;
+    }
+    for (let i = 0; i < 4; i++) this.mask[i] = this.head[q + i]!;
+    this.maskPhase = 0;
+    this.left = len;
+    this.frameLen = len;
+    if (this.opcode >= 8) {
+      if (this.opcode > 10) return this.fail('reserved control opcode');
+      if (!this.fin || len > 125 || rsv1) return this.fail('bad control frame'); // RFC 6455 5.5
+      this.sink.onControl(this.opcode, len);
+    } else if (this.opcode === 0) {
+      if (!this.inMessage) return this.fail('continuation outside a message');
+      if (rsv1) return this.fail('RSV1 on a continuation frame'); // RFC 7692 6.1
+    } else if (this.opcode === 1 || this.opcode === 2) {
+      if (this.inMessage) return this.fail('new message inside a fragmented one');
+      this.inMessage = true;
+      this.sink.onMessageStart(this.opcode, rsv1);
+    } else {
+      return this.fail('reserved data opcode');
+    }
+    this.st = S.Payload;
+    if (len === 0) this.endFrame();
+  }
+
+  private endFrame(): void {
+    this.st = S.Header;
+    if (this.opcode >= 8) return;
+    if (this.fin) this.inMessage = false;
+    this.sink.onFrameEnd(this.fin, this.frameLen);
+  }
+
+  private unmask(src: Uint8Array, from: number, count: number): void {
+    const out = this.scratch;
+    const m = this.mask;
+    while (count > 0) {
+      const k = Math.min(count, out.length);
+      let ph = this.maskPhase;
+      for (let i = 0; i < k; i++) { out[i] = src[from + i]! ^ m[ph]!; ph = (ph + 1) & 3; }
+      this.maskPhase = ph;
+      this.sink.onPayload(out.subarray(0, k));
+      from += k; count -= k;
+    }
+  }
+}
