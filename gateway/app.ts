@@ -21,7 +21,8 @@ import { canReconcile, createReconciler } from './reconcile.js';
 import { createRequestPath } from './request-path.js';
 import type { StateStore } from './store/contract.js';
 import { createWorkspaces } from './workspaces.js';
-import { createWsPairs } from './ws-pairs.js';
+import { createWsPairs, type WsPair } from './ws-pairs.js';
+import { connectionIdentity, createWsActivityTap, negotiateExtensions, type WsActivityTap } from './activity/index.js';
 
 export interface GatewayDeps {
   config: Config;
@@ -53,11 +54,42 @@ export async function createGateway(deps: GatewayDeps) {
   closers.push(() => forwarder.close());
 
   // ---------------------------------------------------------------- WebSocket pairs
+  // The activity signal reads what the browser sends (issue 5). Runs before the 101 reaches the
+  // browser, so the permessage-deflate answer can still ask for a small window (RFC 7692 7.1.2.2).
+  const taps = new WeakMap<WsPair, WsActivityTap>();
+  // VS Code sends its window-focus flag only on change: a reconnected socket inherits the last one.
+  const focusByConnection = new Map<string, boolean | null>();
   const wsPairs = createWsPairs({
     clock, idleTimeoutMs: config.wsIdleTimeoutMs,
     hooks: {
-      opened: (pair) => { metrics.wsOpened(); activity.connectionOpened(pair.workspaceId); },
-      closed: (pair) => { metrics.wsClosed(); activity.connectionClosed(pair.workspaceId); },
+      opened: (pair, req, response) => {
+        metrics.wsOpened();
+        activity.connectionOpened(pair.workspaceId);
+        if (!config.activityTracking) return;
+        const negotiated = negotiateExtensions(req.headers['sec-websocket-extensions'] as string | undefined, response.headers['sec-websocket-extensions'] as string | undefined, config.activity.clientWindowBits);
+        if (negotiated.responseHeader === undefined) delete response.headers['sec-websocket-extensions'];
+        else response.headers['sec-websocket-extensions'] = negotiated.responseHeader;
+        const identity = connectionIdentity(req.url);
+        const tap = createWsActivityTap({
+          inflate: negotiated.inflate, config: config.activity, now: clock.now,
+          initialFocus: identity?.reconnection ? focusByConnection.get(identity.token) ?? null : null,
+          onActivity: (at) => activity.touch(pair.workspaceId, at),
+        });
+        taps.set(pair, tap);
+        if (identity) (pair as WsPair & { identity?: string }).identity = identity.token;
+      },
+      clientData: (pair, chunk) => taps.get(pair)?.write(chunk),
+      closed: (pair) => {
+        metrics.wsClosed();
+        activity.connectionClosed(pair.workspaceId);
+        const tap = taps.get(pair);
+        const token = (pair as WsPair & { identity?: string }).identity;
+        if (tap && token) {
+          if (focusByConnection.size >= 10_000) focusByConnection.delete(focusByConnection.keys().next().value!);
+          focusByConnection.set(token, tap.status().focus);
+        }
+        tap?.close();
+      },
     },
   });
   closers.push(() => wsPairs.close());

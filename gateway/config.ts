@@ -2,6 +2,7 @@
 // name the bad variable. Everything below receives a Config object; nothing deeper reads process.env.
 import { randomBytes } from 'node:crypto';
 import { isIP } from 'node:net';
+import { DEFAULT_ACTIVITY_CONFIG, type ActivityConfig } from './activity/verdict.js';
 
 export type Env = Record<string, string | undefined>;
 
@@ -60,6 +61,8 @@ export interface Config {
   metricsEnabled: boolean;
   /** Off only to measure what activity bookkeeping costs (bench/, issue 7 scenario 6). */
   activityTracking: boolean;
+  /** The WebSocket activity signal's thresholds (gateway/activity/README.md). */
+  activity: ActivityConfig;
   activityFlushIntervalMs: number;
   drainPeriodMs: number;
   shutdownTimeoutMs: number;
@@ -189,6 +192,17 @@ export function loadConfig(env: Env): Config {
     reaperEnabled: bool('REAPER', true),
     metricsEnabled: bool('METRICS', true),
     activityTracking: bool('ACTIVITY_TRACKING', true),
+    activity: {
+      ...DEFAULT_ACTIVITY_CONFIG,
+      decode: bool('ACTIVITY_DECODE', DEFAULT_ACTIVITY_CONFIG.decode),
+      editorNeedsActiveWindow: bool('ACTIVITY_EDITOR_NEEDS_ACTIVE_WINDOW', DEFAULT_ACTIVITY_CONFIG.editorNeedsActiveWindow),
+      clientWindowBits: int('ACTIVITY_CLIENT_WINDOW_BITS', DEFAULT_ACTIVITY_CONFIG.clientWindowBits, 9, 15),
+      maxDecodeWindowBits: int('ACTIVITY_MAX_DECODE_WINDOW_BITS', DEFAULT_ACTIVITY_CONFIG.maxDecodeWindowBits, 9, 15),
+      fallbackMinFrames: int('ACTIVITY_FALLBACK_MIN_FRAMES', DEFAULT_ACTIVITY_CONFIG.fallbackMinFrames, 1),
+      fallbackMinPayloadBytes: int('ACTIVITY_FALLBACK_MIN_PAYLOAD_BYTES', DEFAULT_ACTIVITY_CONFIG.fallbackMinPayloadBytes, 0),
+      fallbackWindowMs: dur('ACTIVITY_FALLBACK_WINDOW', `${DEFAULT_ACTIVITY_CONFIG.fallbackWindowMs}ms`),
+      reportEveryMs: dur('ACTIVITY_REPORT_EVERY', `${DEFAULT_ACTIVITY_CONFIG.reportEveryMs}ms`),
+    },
     activityFlushIntervalMs: dur('ACTIVITY_FLUSH_INTERVAL', '5s'),
     drainPeriodMs: dur('DRAIN_PERIOD', development ? '0s' : '90s'),
     shutdownTimeoutMs: dur('SHUTDOWN_TIMEOUT', '110s'),

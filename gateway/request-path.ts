@@ -333,7 +333,7 @@ export function createRequestPath(deps: RequestPathDeps) {
       onUpgrade: (upstream, response) => {
         upgraded = true;
         metrics.proxied('ws', 101);
-        activity.touch(workspaceId);
+        // Opening (or re-opening) a socket is not evidence of a person; its messages may be (issue 5).
         deps.onWebSocket({ workspaceId, client: socket, upstream, req, response });
       },
       onFailure: ({ code, error }) => {

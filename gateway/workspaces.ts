@@ -77,10 +77,16 @@ export function createWorkspaces(opts: WorkspacesOptions) {
   function refreshInBackground(id: string) {
     if (refreshing.has(id)) return;
     refreshing.add(id);
-    store.getWorkspace(id).then((r) => {
-      if (r?.state === 'running' && r.endpoint) applyEvent(r);
-      else if (r) cache.delete(id);
-      else cache.get(id) && (cache.get(id)!.checkedAt = clock.now()); // store emptied: keep serving, rediscovered later
+    store.getWorkspace(id).then(async (r) => {
+      if (r?.state === 'running' && r.endpoint) { applyEvent(r); return; }
+      if (r) { cache.delete(id); return; }
+      // The store has forgotten a workspace we are serving (it was emptied): keep serving it, and
+      // record it again from the provisioner so the reaper and other replicas know it (issue 8).
+      const hit = cache.get(id);
+      if (hit) hit.checkedAt = clock.now();
+      const found = await provisioner.describe(id);
+      if (found) await adoptUnknown(found);
+      else cache.delete(id);
     }).catch(() => metrics.storeError()).finally(() => refreshing.delete(id));
   }
 

@@ -21,6 +21,8 @@ export interface ReaperOptions {
   batch?: number;
   /** Set false to drive passes by hand (tests, the standalone entry point's --once). */
   autoStart?: boolean;
+  /** Leader lease; default three intervals (at least 3 s), so a dead leader is replaced after it. */
+  leaderLeaseTtlMs?: number;
 }
 
 export const LEADER_KEY = 'reaper-leader';
@@ -29,7 +31,7 @@ export interface PassSummary { leader: boolean; candidates: number; stopped: Arr
 
 export function createReaper(opts: ReaperOptions) {
   const { store, workspaces, clock, metrics, log } = opts;
-  const leaseTtl = Math.max(opts.intervalMs * 3, 3000);
+  const leaseTtl = opts.leaderLeaseTtlMs ?? Math.max(opts.intervalMs * 3, 3000);
   const batch = opts.batch ?? 1000;
   let leader = false;
   let running: Promise<PassSummary> | undefined;
