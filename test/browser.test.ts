@@ -2,15 +2,8 @@
 // the starting page, land in the workspace, and see its WebSockets work through the gateway; then
 // the same with the real code-server's VS Code workbench (issue 2, issue 3).
 import t from 'tap';
-import { chromium, type Browser } from 'playwright-core';
+import { launchChromium } from './helpers/browser.js';
 import { TEST_ADMIN_TOKEN, startTestGateway } from './helpers/gateway.js';
-
-export const CHROMIUM_ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-  '--disable-background-networking', '--disable-component-update', '--disable-sync'];
-
-export async function launchChromium(): Promise<Browser> {
-  return chromium.launch({ executablePath: '/usr/bin/chromium', args: CHROMIUM_ARGS, headless: true });
-}
 
 async function loginUrl(adminPort: number, id: string): Promise<string> {
   const r = await fetch(`http://127.0.0.1:${adminPort}/api/workspaces/${id}/login-url`, {

@@ -1,0 +1,56 @@
+// The reaper as its own entry point, for a scheduled task (e.g. an ECS scheduled task every few
+// minutes) instead of, or beside, the reapers inside the gateways. It takes the same leader lease,
+// so it never races them. `--once` runs one pass and exits; otherwise it loops every REAP_INTERVAL.
+import { randomUUID } from 'node:crypto';
+import { systemClock } from '../gateway/clock.js';
+import { provisionerFromConfig, storeFromConfig } from '../gateway/compose.js';
+import { ConfigError, loadConfig } from '../gateway/config.js';
+import { createLogger } from '../gateway/log.js';
+import { createMetrics } from '../gateway/metrics.js';
+import { createWorkspaces } from '../gateway/workspaces.js';
+import { createReaper } from './reaper.js';
+
+async function main() {
+  let config;
+  try {
+    config = loadConfig(process.env);
+  } catch (err) {
+    if (err instanceof ConfigError) { process.stderr.write(`configuration error: ${err.message}\n`); process.exit(2); }
+    throw err;
+  }
+  if (!config.redisUrl) {
+    process.stderr.write('configuration error: REDIS_URL: the standalone reaper needs the shared store (the in-memory store lives inside one gateway)\n');
+    process.exit(2);
+  }
+  const once = process.argv.includes('--once');
+  const log = createLogger(config.logLevel);
+  const metrics = createMetrics({ enabled: false, defaultMetrics: false });
+  const store = await storeFromConfig(config, systemClock, metrics, log);
+  const provisioner = await provisionerFromConfig(config, systemClock, metrics, log);
+  const instanceId = `reaper-${randomUUID().slice(0, 8)}`;
+  const workspaces = createWorkspaces({ store, provisioner, clock: systemClock, metrics, log, instanceId, startDeadlineMs: config.startDeadlineMs, routeCacheTtlMs: config.routeCacheTtlMs });
+  const reaper = createReaper({
+    store, workspaces, clock: systemClock, metrics, log, instanceId,
+    idleTimeoutMs: config.idleTimeoutMs, maxSessionMs: config.maxSessionMs, intervalMs: config.reapIntervalMs, autoStart: !once,
+  });
+  const finish = async (code: number) => {
+    await reaper.close();
+    await workspaces.close();
+    await store.close();
+    process.exit(code);
+  };
+  if (once) {
+    const summary = await reaper.pass();
+    log.info({ event: 'reaper.pass', ...summary }, 'reaper pass done');
+    await finish(0);
+    return;
+  }
+  log.info({ event: 'reaper.started', intervalMs: config.reapIntervalMs }, 'reaper running');
+  process.on('SIGTERM', () => { void finish(0); });
+  process.on('SIGINT', () => { void finish(0); });
+}
+
+main().catch((err) => {
+  process.stderr.write(`fatal: ${err instanceof Error ? err.stack : String(err)}\n`);
+  process.exit(1);
+});

@@ -1,0 +1,84 @@
+// The real code-server behind the gateway in headless Chromium, with IDLE_TIMEOUT scaled down to two
+// minutes (issue 5): an untouched tab (visible, then hidden) is reaped; a tab where someone types a
+// few keys every 30 s is not; a terminal printing output with nobody typing is reaped; after reaping,
+// the open tab does not restart the workspace until a page load.
+import t from 'tap';
+import type { Page } from 'playwright-core';
+import { launchChromium } from './helpers/browser.js';
+import { TEST_ADMIN_TOKEN, startTestGateway } from './helpers/gateway.js';
+import type { WorkspaceRecord } from '../gateway/store/contract.js';
+
+const IDLE_MS = 120_000;
+
+async function loginUrl(adminPort: number, id: string): Promise<string> {
+  const r = await fetch(`http://127.0.0.1:${adminPort}/api/workspaces/${id}/login-url`, { method: 'POST', headers: { authorization: `Bearer ${TEST_ADMIN_TOKEN}` } });
+  return ((await r.json()) as { url: string }).url;
+}
+
+async function openTerminal(page: Page) {
+  await page.locator('.monaco-workbench').click({ position: { x: 400, y: 300 } });
+  await page.keyboard.press('F1');
+  await page.keyboard.type('Terminal: Create New Terminal');
+  await page.waitForTimeout(300);
+  await page.keyboard.press('Enter');
+  await page.waitForSelector('.xterm', { timeout: 30_000 });
+  await page.locator('.xterm').click();
+}
+
+t.test('reaping decided by what a person does in the real code-server', { timeout: 420_000 }, async (t) => {
+  const gw = await startTestGateway({
+    env: { LOCAL_WORKSPACE: 'code-server', IDLE_TIMEOUT: `${IDLE_MS}ms`, REAPER: 'on', REAP_INTERVAL: '5s', ACTIVITY_FLUSH_INTERVAL: '2s', START_DEADLINE: '120s' },
+  });
+  const browser = await launchChromium();
+  t.teardown(async () => { await browser.close(); await gw.close(); });
+  const stoppedAt = new Map<string, number>();
+  const watch = async (id: string) => {
+    for (;;) {
+      const r: WorkspaceRecord | undefined = await gw.gateway.workspaces.nextChange(id, 60_000);
+      if (r?.state === 'stopped') { stoppedAt.set(id, Date.now()); return; }
+    }
+  };
+  const pages: Record<string, Page> = {};
+  for (const id of ['untouched', 'typing', 'terminal']) {
+    const page = await (await browser.newContext()).newPage();
+    await page.goto(await loginUrl(gw.adminPort, id));
+    await page.waitForSelector('.monaco-workbench', { timeout: 120_000 });
+    pages[id] = page;
+    void watch(id);
+  }
+  const t0 = Date.now();
+  // A terminal that prints every 2 s, then nobody touches the tab.
+  await openTerminal(pages.terminal);
+  await pages.terminal.keyboard.type('while true; do date; sleep 2; done\n');
+  // The student who works: opens a terminal and types a few keys every 30 s.
+  await openTerminal(pages.typing);
+  // The untouched tab goes to the background after a while (as a browser reports it to the page).
+  setTimeout(() => {
+    void pages.untouched.evaluate(() => {
+      Object.defineProperty(document, 'visibilityState', { value: 'hidden', configurable: true });
+      Object.defineProperty(document, 'hidden', { value: true, configurable: true });
+      document.dispatchEvent(new Event('visibilitychange'));
+      window.dispatchEvent(new Event('blur'));
+    }).catch(() => undefined);
+  }, 30_000);
+  const deadline = t0 + IDLE_MS + 100_000;
+  while (Date.now() < deadline && !(stoppedAt.has('untouched') && stoppedAt.has('terminal'))) {
+    await pages.typing.keyboard.type('ls\n');
+    await new Promise((r) => setTimeout(r, 30_000));
+  }
+  t.ok(stoppedAt.has('untouched'), 'the untouched tab was reaped');
+  t.ok(stoppedAt.has('terminal'), 'the terminal printing with nobody typing was reaped');
+  t.notOk(stoppedAt.has('typing'), 'the tab where someone types was not');
+  t.equal((await gw.store.getWorkspace('typing'))?.state, 'running');
+  t.equal((await gw.store.getWorkspace('untouched'))?.reasonCode, 'idle');
+
+  // The reaped tab's reconnect loop does not bring it back; a page load does.
+  const startsBefore = gw.provisioner.starts.filter((s) => s.workspaceId === 'untouched').length;
+  await pages.untouched.waitForTimeout(5000);
+  t.equal(gw.provisioner.starts.filter((s) => s.workspaceId === 'untouched').length, startsBefore, 'no restart from the open tab');
+  t.equal((await gw.store.getWorkspace('untouched'))?.state, 'stopped');
+  await pages.untouched.reload();
+  await pages.untouched.waitForSelector('text=stopped after being idle', { timeout: 10_000 });
+  t.pass('the starting page says it was stopped after being idle');
+  t.equal(gw.provisioner.starts.filter((s) => s.workspaceId === 'untouched').length, startsBefore + 1, 'a page load starts it again');
+});
