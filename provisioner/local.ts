@@ -124,9 +124,12 @@ export function createLocalProvisioner(opts: LocalProvisionerOptions): Provision
         }
         if (await probe(endpoint)) break;
         await new Promise<void>((res) => {
-          const t = setTimeout(res, probeEvery);
-          signal.addEventListener('abort', () => { clearTimeout(t); res(); }, { once: true });
-          child.once('exit', () => { clearTimeout(t); setImmediate(res); });
+          // Wake early on abort or exit; listeners are removed every round so long starts do not pile them up.
+          const wake = () => { clearTimeout(t); signal.removeEventListener('abort', wake); child.off('exit', onExit); res(); };
+          const onExit = () => setImmediate(wake);
+          const t = setTimeout(wake, probeEvery);
+          signal.addEventListener('abort', wake, { once: true });
+          child.once('exit', onExit);
         });
       }
     } catch (err) {
