@@ -117,7 +117,8 @@ export function createMetrics(opts: MetricsOptions = { enabled: true, defaultMet
       if (outcome === 'ready' && seconds !== undefined) coldStartDuration.observe(seconds);
       if (outcome === 'failed') startFailures.inc({ code: bounded(failure?.code, START_FAILURE_CODES), stage: bounded(failure?.stage ?? 'queued', STAGES) });
     }),
-    stage: (stage: string, seconds: number) => safe(() => stageDuration.observe({ stage: bounded(stage, STAGES) }, seconds)),
+    // "ready" ends a start; the instant between the provisioner saying so and the gateway recording it is not a stage.
+    stage: (stage: string, seconds: number) => safe(() => { if (stage !== 'ready') stageDuration.observe({ stage: bounded(stage, STAGES) }, seconds); }),
     queueDepth: (n: number) => safe(() => queueDepth.set(n)),
     startsInFlight: (n: number) => safe(() => startsInFlight.set(n)),
     /** Normally read at scrape time (watchStore); settable for callers that already know it. */
