@@ -73,28 +73,35 @@ export function createMetrics(opts: MetricsOptions = { enabled: true, defaultMet
   const stageDuration = new Histogram({ name: `${p}start_stage_duration_seconds`, help: 'Time a start spent in each stage (queued, provisioning, pending, running, probing).', labelNames: ['stage'] as const, buckets: START_BUCKETS, registers: r });
   const queueDepth = new Gauge({ name: `${p}start_queue_depth`, help: 'Starts waiting for admission (AWS rate limits) on this instance.', registers: r });
   const startsInFlight = new Gauge({ name: `${p}starts_in_flight`, help: 'Starts this instance is driving now.', registers: r });
-  const collectErrors = new Counter({ name: `${p}scrape_collect_errors_total`, help: 'Values that could not be read from the store at scrape time (the last value is kept).', registers: r });
-  const collectOnScrape = async (fn: () => Promise<void>) => { try { await fn(); } catch { collectErrors.inc(); } };
+  // Scrape-time reads (store ping, running count, onCollect callbacks) run once per scrape, shared
+  // by the collectors below, so every value in one exposition comes from the same round.
+  let scrapeRound: Promise<{ up?: boolean; running?: number; errors: number }> | undefined;
+  const readOnScrape = () => (scrapeRound ??= (async () => {
+    const probe = storeProbe;
+    let errors = 0;
+    const attempt = async <T>(fn: () => Promise<T>): Promise<T | undefined> => { try { return await fn(); } catch { errors++; return undefined; } };
+    const [up, running] = await Promise.all([
+      probe ? withDeadline(probe.store.ping(), probe.timeoutMs).catch(() => false) : undefined,
+      probe ? attempt(() => withDeadline(probe.store.countRunning(), probe.timeoutMs)) : undefined,
+      ...extraCollectors.map((fn) => attempt(fn)),
+    ]);
+    return { up: up as boolean | undefined, running: running as number | undefined, errors };
+  })().finally(() => { scrapeRound = undefined; }));
+  const collectErrors = new Counter({
+    name: `${p}scrape_collect_errors_total`, help: 'Values that could not be read from the store at scrape time (the last value is kept).', registers: r,
+    async collect() { const { errors } = await readOnScrape(); if (errors) this.inc(errors); },
+  });
   // Read at scrape time: the count lives in the store (all replicas), so aggregate with max(), not sum().
   const workspaces = new Gauge({
     name: `${p}workspaces`, help: 'Workspaces by state, as the shared store counts them (the same on every replica: aggregate with max).', labelNames: ['state'] as const, registers: r,
-    async collect() {
-      const probe = storeProbe;
-      if (probe) await collectOnScrape(async () => { this.set({ state: 'running' }, await withDeadline(probe.store.countRunning(), probe.timeoutMs)); });
-      for (const fn of extraCollectors) await collectOnScrape(fn);
-    },
+    async collect() { const { running } = await readOnScrape(); if (running !== undefined) this.set({ state: 'running' }, running); },
   });
   const routeCache = new Counter({ name: `${p}route_cache_lookups_total`, help: 'Route cache lookups by result (hit, miss, stale: served and refreshed in the background).', labelNames: ['result'] as const, registers: r });
   const awsCalls = new Counter({ name: `${p}aws_calls_total`, help: 'AWS API call attempts by operation and outcome (ok, throttled, error, timeout).', labelNames: ['operation', 'outcome'] as const, registers: r });
   const storeErrors = new Counter({ name: `${p}store_errors_total`, help: 'State store (Redis) operations that failed.', registers: r });
   const storeUp = new Gauge({
     name: `${p}store_up`, help: '1 when the state store answered its last check (a ping at scrape time, or the last activity flush), else 0.', registers: r,
-    async collect() {
-      const probe = storeProbe;
-      if (!probe) return;
-      const up = await withDeadline(probe.store.ping(), probe.timeoutMs).catch(() => false);
-      this.set(up ? 1 : 0);
-    },
+    async collect() { const { up } = await readOnScrape(); if (up !== undefined) this.set(up ? 1 : 0); },
   });
   const reaperStops = new Counter({ name: `${p}reaper_stops_total`, help: 'Workspaces stopped by the reaper, by reason (idle, max_session).', labelNames: ['reason'] as const, registers: r });
   const signInFailures = new Counter({ name: `${p}signin_failures_total`, help: 'Rejected sign-ins and requests without a valid session, by reason.', labelNames: ['reason'] as const, registers: r });
