@@ -36,7 +36,7 @@ export function createScrubber(secrets: ReadonlyArray<string | undefined> = []):
     .map(escapeRe);
   const patterns: Array<[RegExp, string]> = [
     [/eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]+/g, CENSOR],
-    [/([?&](?:token|access_token|code|password|secret)=)[^&"\s\\]+/gi, `$1${CENSOR}`],
+    [/([?&](?:token|access_token|password|secret)=)[^&"\s\\]+/gi, `$1${CENSOR}`],
     [/(__Host-wsgw-session=)[^;"\s\\]+/g, `$1${CENSOR}`],
     [/((?:authorization|bearer)["':= ]+(?:Bearer )?)[A-Za-z0-9._~+/=-]{8,}/gi, `$1${CENSOR}`],
   ];
