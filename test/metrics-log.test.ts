@@ -4,6 +4,9 @@ import { Writable } from 'node:stream';
 import t from 'tap';
 import { CENSOR, createLogger, createScrubber } from '../gateway/log.js';
 import { createMetrics, statusClass } from '../gateway/metrics.js';
+import { createRedisStore } from '../gateway/store/redis.js';
+import { until } from './helpers/gateway.js';
+import { startRedis } from './helpers/redis.js';
 
 const labelValues = async (m: ReturnType<typeof createMetrics>, name: string, label: string) =>
   ((await m.registry.getSingleMetric(name)!.get()).values).map((v) => String((v.labels as Record<string, unknown>)[label]));
@@ -62,6 +65,25 @@ t.test('store probe at scrape time: up, down, hung (bounded)', async (t) => {
   const m = createMetrics({ enabled: true, defaultMetrics: false });
   m.watchStore({ ping: async () => true, countRunning: () => new Promise<number>(() => undefined) }, 50);
   t.match(await m.registry.metrics(), /^wsgw_scrape_collect_errors_total 1$/m, 'a count that does not come is an error, not a hung scrape');
+});
+
+t.test('store_up follows a real Redis: up, hung, gone, back', async (t) => {
+  const redis = await startRedis();
+  t.teardown(() => redis.stop());
+  const store = await createRedisStore({ url: redis.url, prefix: 'obs:', commandTimeoutMs: 200 });
+  t.teardown(() => store.close());
+  const m = createMetrics({ enabled: true, defaultMetrics: false });
+  m.watchStore(store, 300);
+  const up = async () => Number(/^wsgw_store_up (\d)$/m.exec(await m.registry.metrics())?.[1]);
+  t.equal(await up(), 1, 'answering');
+  redis.pause();
+  t.equal(await up(), 0, 'paused (SIGSTOP): the scrape still returns, with 0');
+  redis.resume();
+  t.equal(await until(async () => (await up()) === 1, 10_000, 50), true, 'resumed');
+  await redis.kill();
+  t.equal(await up(), 0, 'killed');
+  await redis.restart();
+  t.equal(await until(async () => (await up()) === 1, 10_000, 50), true, 'restarted: up again once the client reconnects');
 });
 
 t.test('scrubber', async (t) => {
