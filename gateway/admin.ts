@@ -55,6 +55,8 @@ export async function createAdminServer(deps: AdminDeps): Promise<FastifyInstanc
   const app = Fastify({
     loggerInstance: deps.logger as unknown as import("fastify").FastifyBaseLogger,
     genReqId: () => randomUUID(),
+    // One line per finished request (issue 6) instead of fastify's two; see the onResponse hook.
+    disableRequestLogging: true,
     ajv: { customOptions: { removeAdditional: false, allErrors: false } },
   });
   await app.register(swagger, {
@@ -77,6 +79,12 @@ export async function createAdminServer(deps: AdminDeps): Promise<FastifyInstanc
     if (err.statusCode && err.statusCode >= 400 && err.statusCode < 500) return send(reply, 'BAD_REQUEST', err.message);
     reply.log.error({ err }, 'admin request failed');
     return send(reply, 'INTERNAL');
+  });
+  app.addHook('onResponse', async (req, reply) => {
+    // The route pattern, not the raw URL: no query string reaches the log. Probes log at debug.
+    const route = req.routeOptions.url ?? 'unmatched';
+    const probe = route === '/metrics' || route === '/healthz' || route === '/readyz';
+    reply.log[probe ? 'debug' : 'info']({ event: 'admin.request', method: req.method, route, status: reply.statusCode, ms: Math.round(reply.elapsedTime * 10) / 10 }, 'admin request');
   });
   app.setNotFoundHandler((_req, reply) => send(reply, 'NOT_FOUND'));
 

@@ -127,7 +127,8 @@ export async function createGateway(deps: GatewayDeps) {
     config, clock, store, workspaces, auth, metrics, logger: log as PinoLogger,
     isReady: () => ready && !draining, workspaceOrigin, openConnections: (id) => activity.openConnections(id),
   });
-  metrics.onCollect(async () => { metrics.running(await store.countRunning()); });
+  // Scrape-time store ping and running count (issue 6), never a round trip on a proxied request.
+  metrics.watchStore(store, Math.min(2000, config.redisCommandTimeoutMs));
 
   // ---------------------------------------------------------------- reconcile (ECS)
   if (canReconcile(provisioner)) {

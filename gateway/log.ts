@@ -1,14 +1,59 @@
 // Structured JSON logs (pino, the logger fastify uses, so admin and proxy lines look alike).
-// Secrets never reach a log line: the redact list covers the headers and fields that carry them.
+// Secrets never reach a log line (issue 6), in two layers: the redact list removes the fields that
+// carry them, and a last pass over each finished line scrubs anything that still looks like a
+// credential (a JWT, a `token=` query parameter, the session cookie, or a configured secret), so a
+// token quoted inside an error message or URL is caught too.
 import { pino, type Logger as PinoLogger } from 'pino';
 
 export type Logger = Pick<PinoLogger, 'info' | 'warn' | 'error' | 'debug' | 'child' | 'level'>;
 
 export const REDACT = [
-  'req.headers.cookie', 'req.headers.authorization', 'headers.cookie', 'headers.authorization',
-  'token', 'secret', 'password', '*.token', '*.secret', '*.password', 'res.headers["set-cookie"]',
+  'req.headers.cookie', 'req.headers.authorization', 'req.headers["set-cookie"]',
+  'headers.cookie', 'headers.authorization', 'headers["set-cookie"]', 'res.headers["set-cookie"]',
+  'cookie', 'authorization', 'token', 'secret', 'password', 'gatewaySecret', 'adminToken', 'redisPassword',
+  '*.cookie', '*.authorization', '*.token', '*.secret', '*.password', '*.gatewaySecret', '*.adminToken', '*.redisPassword',
 ];
 
-export function createLogger(level: string, destination?: NodeJS.WritableStream): PinoLogger {
-  return pino({ level, redact: { paths: REDACT, censor: '[redacted]' }, base: { service: 'workspace-gateway' } }, destination as never);
+export const CENSOR = '[redacted]';
+
+export interface LoggerOptions {
+  /** Configured secrets (GATEWAY_SECRET, ADMIN_TOKEN, Redis password): never printed, wherever they appear. */
+  secrets?: ReadonlyArray<string | undefined>;
+}
+
+const escapeRe = (s: string) => s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+
+/**
+ * Builds the last-pass scrubber for a finished JSON line. Kept pure so it is table-tested.
+ * JWTs (login tokens, session cookies) are three base64url parts starting with `eyJ` (RFC 7519 §3).
+ */
+export function createScrubber(secrets: ReadonlyArray<string | undefined> = []): (line: string) => string {
+  const literal = secrets
+    .filter((s): s is string => typeof s === 'string' && s.length >= 8)
+    // As it appears inside a JSON string (escaped) and raw.
+    .flatMap((s) => [JSON.stringify(s).slice(1, -1), s])
+    .sort((a, b) => b.length - a.length)
+    .map(escapeRe);
+  const patterns: Array<[RegExp, string]> = [
+    [/eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]+/g, CENSOR],
+    [/([?&](?:token|access_token|password|secret)=)[^&"\s\\]+/gi, `$1${CENSOR}`],
+    [/(__Host-wsgw-session=)[^;"\s\\]+/g, `$1${CENSOR}`],
+    [/((?:authorization|bearer)["':= ]+(?:Bearer )?)[A-Za-z0-9._~+/=-]{8,}/gi, `$1${CENSOR}`],
+  ];
+  if (literal.length) patterns.push([new RegExp(literal.join('|'), 'g'), CENSOR]);
+  return (line) => {
+    let out = line;
+    for (const [re, to] of patterns) out = out.replace(re, to);
+    return out;
+  };
+}
+
+export function createLogger(level: string, destination?: NodeJS.WritableStream, opts: LoggerOptions = {}): PinoLogger {
+  const scrub = createScrubber(opts.secrets);
+  return pino({
+    level,
+    redact: { paths: REDACT, censor: CENSOR },
+    base: { service: 'workspace-gateway' },
+    hooks: { streamWrite: scrub },
+  }, destination as never);
 }

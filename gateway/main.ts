@@ -17,7 +17,7 @@ async function main() {
     if (err instanceof ConfigError) { process.stderr.write(`configuration error: ${err.message}\n`); process.exit(2); }
     throw err;
   }
-  const logger = createLogger(config.logLevel);
+  const logger = createLogger(config.logLevel, undefined, { secrets: [config.gatewaySecret, config.adminToken, config.redisPassword] });
   const metrics = createMetrics({ enabled: config.metricsEnabled, defaultMetrics: true });
   const store = await storeFromConfig(config, systemClock, metrics, logger);
   let provisioner;

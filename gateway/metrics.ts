@@ -1,48 +1,114 @@
 // Prometheus metrics (issue 6): one registry per gateway instance, made by a factory. Every label
-// set is bounded (no workspace id, path or address ever becomes a label), and recording never throws
-// and never does I/O: a scrape reads in-memory values only.
+// set is bounded (no workspace id, path or address ever becomes a label: values outside a known set
+// collapse into "other"), and recording never throws and never does I/O. The only I/O is at scrape
+// time (store ping + running count), with its own deadline, never on a proxied request.
+// Naming follows https://prometheus.io/docs/practices/naming/ (one prefix, base units, _total).
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import { START_STAGES, type StartFailureCode } from '../provisioner/contract.js';
+import { ERROR_CATALOGUE } from './errors.js';
+import type { StateStore } from './store/contract.js';
 
 export const METRIC_PREFIX = 'wsgw_';
-const LATENCY_BUCKETS = [0.0002, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10];
-const START_BUCKETS = [0.25, 0.5, 1, 2, 5, 10, 20, 30, 45, 60, 90, 120, 180, 300];
+/** Warm proxy latency: from 100 µs (loopback) to seconds (a slow upstream). */
+const LATENCY_BUCKETS = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10];
+/** Cold starts: a local demo workspace is ready in well under a second, a Fargate task in 30-120 s. */
+const START_BUCKETS = [0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 45, 60, 90, 120, 180, 300];
 
 export type StatusClass = '1xx' | '2xx' | '3xx' | '4xx' | '5xx';
 export const statusClass = (status: number): StatusClass => `${Math.min(5, Math.max(1, Math.floor(status / 100)))}xx` as StatusClass;
 
+/** The AWS operations the ECS provisioner calls (provisioner/ecs*.ts); anything else is "other". */
+export const AWS_OPERATIONS: ReadonlySet<string> = new Set([
+  'RunTask', 'StopTask', 'DescribeTasks', 'ListTasks', 'DescribeTaskDefinition', 'RegisterTaskDefinition',
+  'CreateAccessPoint', 'DescribeAccessPoints', 'RegisterInstance', 'DeregisterInstance', 'GetInstance', 'ListInstances',
+]);
+const AWS_OUTCOMES: ReadonlySet<string> = new Set(['ok', 'throttled', 'error', 'timeout']);
+const START_FAILURE_CODES: ReadonlySet<StartFailureCode | string> = new Set<StartFailureCode>(['START_DEADLINE', 'TASK_STOPPED', 'NO_CAPACITY', 'BACKEND_UNAVAILABLE', 'BAD_CONFIG', 'ABORTED']);
+const STAGES: ReadonlySet<string> = new Set(START_STAGES);
+const ERROR_CODES: ReadonlySet<string> = new Set(Object.keys(ERROR_CATALOGUE));
+const REAPER_REASONS: ReadonlySet<string> = new Set(['idle', 'max_session', 'orphan']);
+const SIGNIN_REASONS: ReadonlySet<string> = new Set(['no_session', 'expired', 'signature', 'algorithm', 'malformed', 'wrong_workspace', 'lifetime', 'replayed', 'rate_limited', 'origin']);
+const UPSTREAM_CODES: ReadonlySet<string> = new Set(['UPSTREAM_UNREACHABLE', 'UPSTREAM_TIMEOUT']);
+const bounded = (v: string | undefined, allowed: ReadonlySet<string>) => (v !== undefined && allowed.has(v) ? v : 'other');
+
+/**
+ * prom-client names these gauges `*_total`, which promtool (and the naming guide) reserve for
+ * counters; the same numbers are exported per type as nodejs_active_handles etc., so drop them.
+ */
+const NON_CONFORMING_DEFAULTS = ['nodejs_active_handles_total', 'nodejs_active_requests_total', 'nodejs_active_resources_total'];
+
 export interface MetricsOptions {
   /** Off for the overhead benchmark (issue 6: with and without metrics in the same run). */
   enabled: boolean;
+  /** Node's default process metrics (process_*, nodejs_*). */
   defaultMetrics: boolean;
+}
+
+/** What a scrape reads from the store: one ping and one count, each with a deadline. */
+export type StoreProbe = Pick<StateStore, 'ping' | 'countRunning'>;
+
+function withDeadline<T>(p: Promise<T>, ms: number): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const late = new Promise<never>((_, reject) => { timer = setTimeout(() => reject(new Error(`no answer within ${ms} ms`)), ms); });
+  return Promise.race([p, late]).finally(() => clearTimeout(timer));
 }
 
 export function createMetrics(opts: MetricsOptions = { enabled: true, defaultMetrics: true }) {
   const registry = new Registry();
-  if (opts.enabled && opts.defaultMetrics) collectDefaultMetrics({ register: registry });
+  if (opts.enabled && opts.defaultMetrics) {
+    collectDefaultMetrics({ register: registry });
+    for (const name of NON_CONFORMING_DEFAULTS) registry.removeSingleMetric(name);
+  }
   const p = METRIC_PREFIX;
   const r = [registry];
-  const proxied = new Counter({ name: `${p}proxy_requests_total`, help: 'Proxied requests by kind (web, ws) and status class.', labelNames: ['kind', 'status_class'] as const, registers: r });
-  const latency = new Histogram({ name: `${p}proxy_request_duration_seconds`, help: 'Time from request to response headers for warm proxied HTTP requests.', buckets: LATENCY_BUCKETS, registers: r });
-  const wsOpen = new Gauge({ name: `${p}websockets_open`, help: 'WebSockets currently proxied by this instance.', registers: r });
-  const coldStarts = new Counter({ name: `${p}cold_starts_total`, help: 'Workspace starts by outcome.', labelNames: ['outcome'] as const, registers: r });
-  const coldStartDuration = new Histogram({ name: `${p}cold_start_duration_seconds`, help: 'From the first page load (start requested) to ready.', buckets: START_BUCKETS, registers: r });
-  const stageDuration = new Histogram({ name: `${p}start_stage_duration_seconds`, help: 'Time spent in each start stage.', labelNames: ['stage'] as const, buckets: START_BUCKETS, registers: r });
-  const queueDepth = new Gauge({ name: `${p}start_queue_depth`, help: 'Starts waiting for admission on this instance.', registers: r });
+  let storeProbe: { store: StoreProbe; timeoutMs: number } | undefined;
+  const extraCollectors: Array<() => Promise<void>> = [];
+
+  const proxied = new Counter({ name: `${p}proxy_requests_total`, help: 'Requests forwarded to a workspace, by kind (web, ws) and status class of the answer (502/504 when the workspace failed).', labelNames: ['kind', 'status_class'] as const, registers: r });
+  const latency = new Histogram({ name: `${p}proxy_request_duration_seconds`, help: 'Warm proxied HTTP requests: time from request to response headers, gateway and workspace together.', buckets: LATENCY_BUCKETS, registers: r });
+  const wsOpen = new Gauge({ name: `${p}websockets_open`, help: 'WebSockets this instance is proxying now.', registers: r });
+  const coldStarts = new Counter({ name: `${p}cold_starts_total`, help: 'Workspace starts driven by this instance, by outcome (ready, failed, aborted by shutdown).', labelNames: ['outcome'] as const, registers: r });
+  const startFailures = new Counter({ name: `${p}start_failures_total`, help: 'Failed workspace starts, by failure code and the stage the start had reached.', labelNames: ['code', 'stage'] as const, registers: r });
+  const coldStartDuration = new Histogram({ name: `${p}cold_start_duration_seconds`, help: 'Successful cold starts: from the first page load (start requested) to ready.', buckets: START_BUCKETS, registers: r });
+  const stageDuration = new Histogram({ name: `${p}start_stage_duration_seconds`, help: 'Time a start spent in each stage (queued, provisioning, pending, running, probing).', labelNames: ['stage'] as const, buckets: START_BUCKETS, registers: r });
+  const queueDepth = new Gauge({ name: `${p}start_queue_depth`, help: 'Starts waiting for admission (AWS rate limits) on this instance.', registers: r });
   const startsInFlight = new Gauge({ name: `${p}starts_in_flight`, help: 'Starts this instance is driving now.', registers: r });
-  const workspaces = new Gauge({ name: `${p}workspaces`, help: 'Workspaces by state (running: from the store at scrape time; starting: driven by this instance).', labelNames: ['state'] as const, registers: r });
-  const routeCache = new Counter({ name: `${p}route_cache_lookups_total`, help: 'Route cache lookups by result.', labelNames: ['result'] as const, registers: r });
-  const awsCalls = new Counter({ name: `${p}aws_calls_total`, help: 'AWS API calls by operation and outcome.', labelNames: ['operation', 'outcome'] as const, registers: r });
-  const storeErrors = new Counter({ name: `${p}store_errors_total`, help: 'State store operations that failed.', registers: r });
-  const storeUp = new Gauge({ name: `${p}store_up`, help: '1 when the state store answered its last health check.', registers: r });
-  const reaperStops = new Counter({ name: `${p}reaper_stops_total`, help: 'Workspaces stopped by the reaper, by reason.', labelNames: ['reason'] as const, registers: r });
+  // Scrape-time reads (store ping, running count, onCollect callbacks) run once per scrape, shared
+  // by the collectors below, so every value in one exposition comes from the same round.
+  let scrapeRound: Promise<{ up?: boolean; running?: number; errors: number }> | undefined;
+  const readOnScrape = () => (scrapeRound ??= (async () => {
+    const probe = storeProbe;
+    let errors = 0;
+    const attempt = async <T>(fn: () => Promise<T>): Promise<T | undefined> => { try { return await fn(); } catch { errors++; return undefined; } };
+    const [up, running] = await Promise.all([
+      probe ? withDeadline(probe.store.ping(), probe.timeoutMs).catch(() => false) : undefined,
+      probe ? attempt(() => withDeadline(probe.store.countRunning(), probe.timeoutMs)) : undefined,
+      ...extraCollectors.map((fn) => attempt(fn)),
+    ]);
+    return { up: up as boolean | undefined, running: running as number | undefined, errors };
+  })().finally(() => { scrapeRound = undefined; }));
+  const collectErrors = new Counter({
+    name: `${p}scrape_collect_errors_total`, help: 'Values that could not be read from the store at scrape time (the last value is kept).', registers: r,
+    async collect() { const { errors } = await readOnScrape(); if (errors) this.inc(errors); },
+  });
+  // Read at scrape time: the count lives in the store (all replicas), so aggregate with max(), not sum().
+  const workspaces = new Gauge({
+    name: `${p}workspaces`, help: 'Workspaces by state, as the shared store counts them (the same on every replica: aggregate with max).', labelNames: ['state'] as const, registers: r,
+    async collect() { const { running } = await readOnScrape(); if (running !== undefined) this.set({ state: 'running' }, running); },
+  });
+  const routeCache = new Counter({ name: `${p}route_cache_lookups_total`, help: 'Route cache lookups by result (hit, miss, stale: served and refreshed in the background).', labelNames: ['result'] as const, registers: r });
+  const awsCalls = new Counter({ name: `${p}aws_calls_total`, help: 'AWS API call attempts by operation and outcome (ok, throttled, error, timeout).', labelNames: ['operation', 'outcome'] as const, registers: r });
+  const storeErrors = new Counter({ name: `${p}store_errors_total`, help: 'State store (Redis) operations that failed.', registers: r });
+  const storeUp = new Gauge({
+    name: `${p}store_up`, help: '1 when the state store answered its last check (a ping at scrape time, or the last activity flush), else 0.', registers: r,
+    async collect() { const { up } = await readOnScrape(); if (up !== undefined) this.set(up ? 1 : 0); },
+  });
+  const reaperStops = new Counter({ name: `${p}reaper_stops_total`, help: 'Workspaces stopped by the reaper, by reason (idle, max_session).', labelNames: ['reason'] as const, registers: r });
   const signInFailures = new Counter({ name: `${p}signin_failures_total`, help: 'Rejected sign-ins and requests without a valid session, by reason.', labelNames: ['reason'] as const, registers: r });
-  const upstreamErrors = new Counter({ name: `${p}upstream_errors_total`, help: 'Upstream failures by error code.', labelNames: ['code'] as const, registers: r });
-  const rejected = new Counter({ name: `${p}rejected_requests_total`, help: 'Requests refused at the edge, by error code.', labelNames: ['code'] as const, registers: r });
+  const upstreamErrors = new Counter({ name: `${p}upstream_errors_total`, help: 'Workspaces that did not answer a proxied request, by error code.', labelNames: ['code'] as const, registers: r });
+  const rejected = new Counter({ name: `${p}rejected_requests_total`, help: 'Requests the gateway answered itself with an error, by error code (see gateway/errors.ts).', labelNames: ['code'] as const, registers: r });
   const activityBuffered = new Gauge({ name: `${p}activity_buffered`, help: 'Workspaces with activity not yet written to the store.', registers: r });
 
-  // Bounded label values: anything unexpected collapses into "other" instead of growing the series.
-  const bounded = (v: string, allowed: ReadonlySet<string>) => (allowed.has(v) ? v : 'other');
-  const STAGES = new Set(['queued', 'provisioning', 'pending', 'running', 'probing', 'ready']);
   const safe = (fn: () => void) => { if (!opts.enabled) return; try { fn(); } catch { /* a metric never breaks a request */ } };
 
   return {
@@ -52,30 +118,40 @@ export function createMetrics(opts: MetricsOptions = { enabled: true, defaultMet
     warmLatency: (seconds: number) => safe(() => latency.observe(seconds)),
     wsOpened: () => safe(() => wsOpen.inc()),
     wsClosed: () => safe(() => wsOpen.dec()),
-    coldStart: (outcome: 'ready' | 'failed' | 'aborted', seconds?: number) => safe(() => {
+    /** `failure` (failed starts only): the StartFailure code and the stage reached, for "where do starts fail". */
+    coldStart: (outcome: 'ready' | 'failed' | 'aborted', seconds?: number, failure?: { code: string; stage?: string }) => safe(() => {
       coldStarts.inc({ outcome });
       if (outcome === 'ready' && seconds !== undefined) coldStartDuration.observe(seconds);
+      if (outcome === 'failed') startFailures.inc({ code: bounded(failure?.code, START_FAILURE_CODES), stage: bounded(failure?.stage ?? 'queued', STAGES) });
     }),
-    stage: (stage: string, seconds: number) => safe(() => stageDuration.observe({ stage: bounded(stage, STAGES) }, seconds)),
+    // "ready" ends a start; the instant between the provisioner saying so and the gateway recording it is not a stage.
+    stage: (stage: string, seconds: number) => safe(() => { if (stage !== 'ready') stageDuration.observe({ stage: bounded(stage, STAGES) }, seconds); }),
     queueDepth: (n: number) => safe(() => queueDepth.set(n)),
-    startsInFlight: (n: number) => safe(() => { startsInFlight.set(n); workspaces.set({ state: 'starting' }, n); }),
+    startsInFlight: (n: number) => safe(() => startsInFlight.set(n)),
+    /** Normally read at scrape time (watchStore); settable for callers that already know it. */
     running: (n: number) => safe(() => workspaces.set({ state: 'running' }, n)),
     routeCache: (result: 'hit' | 'miss' | 'stale') => safe(() => routeCache.inc({ result })),
-    awsCall: (operation: string, outcome: string) => safe(() => awsCalls.inc({ operation: operation.slice(0, 40), outcome: bounded(outcome, new Set(['ok', 'throttled', 'error', 'timeout'])) })),
+    awsCall: (operation: string, outcome: string) => safe(() => awsCalls.inc({ operation: bounded(operation, AWS_OPERATIONS), outcome: bounded(outcome, AWS_OUTCOMES) })),
     storeError: () => safe(() => storeErrors.inc()),
     storeUp: (up: boolean) => safe(() => storeUp.set(up ? 1 : 0)),
-    reaperStop: (reason: string) => safe(() => reaperStops.inc({ reason: bounded(reason, new Set(['idle', 'max_session', 'orphan'])) })),
-    signInFailure: (reason: string) => safe(() => signInFailures.inc({ reason: bounded(reason, new Set(['no_session', 'expired', 'signature', 'algorithm', 'malformed', 'wrong_workspace', 'lifetime', 'replayed', 'rate_limited', 'origin'])) })),
-    upstreamError: (code: string) => safe(() => upstreamErrors.inc({ code: bounded(code, new Set(['UPSTREAM_UNREACHABLE', 'UPSTREAM_TIMEOUT'])) })),
-    rejectedRequest: (code: string) => safe(() => rejected.inc({ code: code.slice(0, 40) })),
+    reaperStop: (reason: string) => safe(() => reaperStops.inc({ reason: bounded(reason, REAPER_REASONS) })),
+    signInFailure: (reason: string) => safe(() => signInFailures.inc({ reason: bounded(reason, SIGNIN_REASONS) })),
+    upstreamError: (code: string) => safe(() => upstreamErrors.inc({ code: bounded(code, UPSTREAM_CODES) })),
+    rejectedRequest: (code: string) => safe(() => rejected.inc({ code: bounded(code, ERROR_CODES) })),
     activityBuffered: (n: number) => safe(() => activityBuffered.set(n)),
+    /**
+     * Keeps wsgw_store_up and wsgw_workspaces{state="running"} current: each scrape pings the store
+     * and counts running workspaces, each bounded by `timeoutMs` so a hung Redis cannot hang the
+     * scrape. Nothing is added to the request path.
+     */
+    watchStore(store: StoreProbe, timeoutMs = 2000) {
+      if (opts.enabled) storeProbe = { store, timeoutMs };
+    },
     /** Runs before each scrape: values that are cheaper to read on demand than to maintain. */
     onCollect(fn: () => Promise<void>) {
-      const g = new Gauge({ name: `${p}scrape_collect_errors`, help: 'Errors while collecting on-demand values at the last scrape.', registers: r,
-        async collect() { try { await fn(); this.set(0); } catch { this.set(1); } } });
-      return g;
+      if (opts.enabled) extraCollectors.push(fn);
     },
-    close: () => registry.clear(),
+    close: () => { storeProbe = undefined; registry.clear(); },
   };
 }
 

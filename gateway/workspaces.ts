@@ -168,14 +168,14 @@ export function createWorkspaces(opts: WorkspacesOptions) {
       }
       if (!(await write(next, fence))) return store.getWorkspace(id);
       handedOff = true;
-      run(next, fence);
+      run(next, fence, how.requestId);
       return next;
     } finally {
       if (!handedOff) await store.releaseLease(fence.key, fence.owner).catch(() => metrics.storeError());
     }
   }
 
-  function run(initial: WorkspaceRecord, fence: Fence) {
+  function run(initial: WorkspaceRecord, fence: Fence, requestId?: string) {
     const id = initial.id;
     const controller = new AbortController();
     let current = { ...initial };
@@ -208,7 +208,7 @@ export function createWorkspaces(opts: WorkspacesOptions) {
         await store.resetActivity(id, now).catch(() => metrics.storeError());
         if (!(await write(current, fence))) throw new StartFailure('ABORTED', 'the workspace lock was lost before the start was recorded');
         metrics.coldStart('ready', (now - (initial.requestedAt ?? now)) / 1000);
-        log.info({ event: 'start.ready', workspaceId: id, generation: initial.generation, seconds: (now - (initial.requestedAt ?? now)) / 1000 }, 'workspace ready');
+        log.info({ event: 'start.ready', workspaceId: id, generation: initial.generation, requestId, seconds: (now - (initial.requestedAt ?? now)) / 1000 }, 'workspace ready');
       } catch (err) {
         const failure = controller.signal.aborted && controller.signal.reason instanceof StartFailure ? controller.signal.reason
           : err instanceof StartFailure ? err : new StartFailure('BACKEND_UNAVAILABLE', (err as Error).message ?? String(err), { cause: err });
@@ -222,8 +222,8 @@ export function createWorkspaces(opts: WorkspacesOptions) {
         const now = clock.now();
         current = { ...current, state: 'failed', since: now, reasonCode: failure.code, reason: failure.message, endpoint: undefined, queuePosition: undefined };
         await write(current, fence).catch(() => metrics.storeError());
-        metrics.coldStart('failed');
-        log.warn({ event: 'start.failed', workspaceId: id, generation: initial.generation, code: failure.code, reason: failure.message }, 'workspace start failed');
+        metrics.coldStart('failed', undefined, { code: failure.code, stage: current.stage });
+        log.warn({ event: 'start.failed', workspaceId: id, generation: initial.generation, requestId, code: failure.code, reason: failure.message }, 'workspace start failed');
       } finally {
         clearTimeout(deadline);
         stopRenewing();

@@ -1,0 +1,121 @@
+// Pure parts of issue 6, table-driven: label values stay in their bounded sets, recording never
+// throws, the scrape-time store probe has a deadline, and the log scrubber removes credentials.
+import { Writable } from 'node:stream';
+import t from 'tap';
+import { CENSOR, createLogger, createScrubber } from '../gateway/log.js';
+import { createMetrics, statusClass } from '../gateway/metrics.js';
+import { createRedisStore } from '../gateway/store/redis.js';
+import { until } from './helpers/gateway.js';
+import { startRedis } from './helpers/redis.js';
+
+const labelValues = async (m: ReturnType<typeof createMetrics>, name: string, label: string) =>
+  ((await m.registry.getSingleMetric(name)!.get()).values).map((v) => String((v.labels as Record<string, unknown>)[label]));
+
+t.test('status classes', async (t) => {
+  for (const [status, cls] of [[101, '1xx'], [200, '2xx'], [304, '3xx'], [404, '4xx'], [502, '5xx'], [599, '5xx'], [0, '1xx'], [999, '5xx']] as const) {
+    t.equal(statusClass(status), cls, String(status));
+  }
+});
+
+t.test('unknown label values collapse into "other"', async (t) => {
+  const m = createMetrics({ enabled: true, defaultMetrics: false });
+  const cases: Array<[record: () => void, metric: string, label: string, expected: string]> = [
+    [() => m.awsCall('RunTask', 'throttled'), 'wsgw_aws_calls_total', 'operation', 'RunTask'],
+    [() => m.awsCall('ws-abc123', 'ok'), 'wsgw_aws_calls_total', 'operation', 'other'],
+    [() => m.awsCall('StopTask', 'weird'), 'wsgw_aws_calls_total', 'outcome', 'other'],
+    [() => m.rejectedRequest('/some/path'), 'wsgw_rejected_requests_total', 'code', 'other'],
+    [() => m.rejectedRequest('STORE_UNAVAILABLE'), 'wsgw_rejected_requests_total', 'code', 'STORE_UNAVAILABLE'],
+    [() => m.signInFailure('10.0.0.1'), 'wsgw_signin_failures_total', 'reason', 'other'],
+    [() => m.reaperStop('student-42'), 'wsgw_reaper_stops_total', 'reason', 'other'],
+    [() => m.stage('ws-1', 1), 'wsgw_start_stage_duration_seconds', 'stage', 'other'],
+    [() => m.coldStart('failed', undefined, { code: 'SOMETHING', stage: 'pending' }), 'wsgw_start_failures_total', 'code', 'other'],
+    [() => m.upstreamError('ECONNRESET'), 'wsgw_upstream_errors_total', 'code', 'other'],
+  ];
+  for (const [record, metric, label, expected] of cases) {
+    record();
+    t.ok((await labelValues(m, metric, label)).includes(expected), `${metric}{${label}="${expected}"}`);
+  }
+  m.stage('ready', 0);
+  t.notOk((await labelValues(m, 'wsgw_start_stage_duration_seconds', 'stage')).includes('ready'), '"ready" is not a stage with a duration');
+});
+
+t.test('recording never throws, even after close or with bad numbers', async (t) => {
+  const m = createMetrics({ enabled: true, defaultMetrics: false });
+  m.close();
+  t.doesNotThrow(() => { m.proxied('web', 200); m.warmLatency(Number.NaN); m.stage('queued', -1); m.queueDepth(Infinity); m.wsClosed(); });
+  const off = createMetrics({ enabled: false, defaultMetrics: true });
+  off.proxied('web', 200);
+  t.equal((await off.registry.getSingleMetric('wsgw_proxy_requests_total')!.get()).values.length, 0, 'disabled: nothing recorded');
+});
+
+t.test('store probe at scrape time: up, down, hung (bounded)', async (t) => {
+  const cases: Array<[name: string, ping: () => Promise<boolean>, up: number]> = [
+    ['answers', async () => true, 1],
+    ['refuses', async () => { throw new Error('ECONNREFUSED'); }, 0],
+    ['says no', async () => false, 0],
+    ['hangs', () => new Promise<boolean>(() => undefined), 0],
+  ];
+  for (const [name, ping, up] of cases) {
+    const m = createMetrics({ enabled: true, defaultMetrics: false });
+    m.watchStore({ ping, countRunning: async () => 7 }, 50);
+    const text = await m.registry.metrics();
+    t.match(text, new RegExp(`^wsgw_store_up ${up}$`, 'm'), name);
+    t.match(text, /^wsgw_workspaces\{state="running"\} 7$/m, `${name}: running count read`);
+  }
+  const m = createMetrics({ enabled: true, defaultMetrics: false });
+  m.watchStore({ ping: async () => true, countRunning: () => new Promise<number>(() => undefined) }, 50);
+  t.match(await m.registry.metrics(), /^wsgw_scrape_collect_errors_total 1$/m, 'a count that does not come is an error, not a hung scrape');
+});
+
+t.test('store_up follows a real Redis: up, hung, gone, back', async (t) => {
+  const redis = await startRedis();
+  t.teardown(() => redis.stop());
+  const store = await createRedisStore({ url: redis.url, prefix: 'obs:', commandTimeoutMs: 200 });
+  t.teardown(() => store.close());
+  const m = createMetrics({ enabled: true, defaultMetrics: false });
+  m.watchStore(store, 300);
+  const up = async () => Number(/^wsgw_store_up (\d)$/m.exec(await m.registry.metrics())?.[1]);
+  t.equal(await up(), 1, 'answering');
+  redis.pause();
+  t.equal(await up(), 0, 'paused (SIGSTOP): the scrape still returns, with 0');
+  redis.resume();
+  t.equal(await until(async () => (await up()) === 1, 10_000, 50), true, 'resumed');
+  await redis.kill();
+  t.equal(await up(), 0, 'killed');
+  await redis.restart();
+  t.equal(await until(async () => (await up()) === 1, 10_000, 50), true, 'restarted: up again once the client reconnects');
+});
+
+t.test('scrubber', async (t) => {
+  const jwt = 'eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJkZW1vIn0.c2lnbmF0dXJlLXBhcnQ';
+  const scrub = createScrubber(['my-gateway-secret-value', 'short', undefined, 'quo"te-secret-value']);
+  const cases: Array<[input: string, mustNotContain: string]> = [
+    [`{"msg":"bad token ${jwt}"}`, jwt],
+    ['{"url":"/__gateway/login?next=/&token=abc.def.ghi"}', 'abc.def.ghi'],
+    ['{"cookie":"__Host-wsgw-session=opaque-value-1234; other=1"}', 'opaque-value-1234'],
+    ['{"h":"authorization: Bearer admintoken-abcdef"}', 'admintoken-abcdef'],
+    ['{"err":"config my-gateway-secret-value leaked"}', 'my-gateway-secret-value'],
+    ['{"err":"quo\\"te-secret-value"}', 'te-secret-value'],
+  ];
+  for (const [input, secret] of cases) {
+    const out = scrub(input);
+    t.notOk(out.includes(secret), input);
+    t.ok(out.includes(CENSOR), `${input}: marked`);
+  }
+  t.equal(scrub('{"msg":"short and sweet","workspaceId":"demo"}'), '{"msg":"short and sweet","workspaceId":"demo"}', 'short secrets and ordinary text are left alone');
+});
+
+t.test('logger: redacted fields and scrubbed lines', async (t) => {
+  let text = '';
+  const sink = new Writable({ write(c, _e, cb) { text += c.toString(); cb(); } });
+  const log = createLogger('info', sink, { secrets: ['the-admin-token-value'] });
+  log.info({ req: { headers: { cookie: 'a=b', authorization: 'Bearer x' } }, token: 't0k3n', config: { adminToken: 'the-admin-token-value' } }, 'hello');
+  log.warn({ err: new Error('upstream said the-admin-token-value') }, 'oops');
+  const [first, second] = text.trim().split('\n').map((l) => JSON.parse(l) as Record<string, any>);
+  t.equal(first.req.headers.cookie, CENSOR);
+  t.equal(first.req.headers.authorization, CENSOR);
+  t.equal(first.token, CENSOR);
+  t.equal(first.config.adminToken, CENSOR);
+  t.notOk(text.includes('the-admin-token-value'));
+  t.match(second.err.message, /upstream said/);
+});
