@@ -6,7 +6,7 @@ import { createLocalProvisioner } from '../provisioner/local.js';
 import { createEcsProvisioner } from '../provisioner/ecs.js';
 import { ecsOptionsFromEnv } from '../provisioner/ecs-config.js';
 import type { Clock } from './clock.js';
-import type { Config } from './config.js';
+import { ConfigError, loadConfig, type Config, type Env } from './config.js';
 import type { Logger } from './log.js';
 import type { Metrics } from './metrics.js';
 import type { StateStore } from './store/contract.js';
@@ -45,4 +45,14 @@ export async function provisionerFromConfig(config: Config, clock: Clock, metric
       stage: () => undefined, // stage durations are measured by the gateway for every provisioner
     },
   });
+}
+
+/** For entry points: the validated config, or a one-line error naming the variable and exit code 2. */
+export function configOrExit(env: Env): Config {
+  try {
+    return loadConfig(env);
+  } catch (err) {
+    if (err instanceof ConfigError) { process.stderr.write(`configuration error: ${err.message}\n`); process.exit(2); }
+    throw err;
+  }
 }

@@ -4,19 +4,12 @@
 import { randomUUID } from 'node:crypto';
 import { createGateway } from './app.js';
 import { systemClock } from './clock.js';
-import { provisionerFromConfig, storeFromConfig } from './compose.js';
-import { ConfigError, loadConfig } from './config.js';
+import { configOrExit, provisionerFromConfig, storeFromConfig } from './compose.js';
 import { createLogger } from './log.js';
 import { createMetrics } from './metrics.js';
 
 async function main() {
-  let config;
-  try {
-    config = loadConfig(process.env);
-  } catch (err) {
-    if (err instanceof ConfigError) { process.stderr.write(`configuration error: ${err.message}\n`); process.exit(2); }
-    throw err;
-  }
+  const config = configOrExit(process.env);
   const logger = createLogger(config.logLevel, undefined, { secrets: [config.gatewaySecret, config.adminToken, config.redisPassword] });
   const metrics = createMetrics({ enabled: config.metricsEnabled, defaultMetrics: true });
   const store = await storeFromConfig(config, systemClock, metrics, logger);

@@ -3,21 +3,15 @@
 // so it never races them. `--once` runs one pass and exits; otherwise it loops every REAP_INTERVAL.
 import { randomUUID } from 'node:crypto';
 import { systemClock } from '../gateway/clock.js';
-import { provisionerFromConfig, storeFromConfig } from '../gateway/compose.js';
-import { ConfigError, loadConfig } from '../gateway/config.js';
+import { configOrExit, provisionerFromConfig, storeFromConfig } from '../gateway/compose.js';
+
 import { createLogger } from '../gateway/log.js';
 import { createMetrics } from '../gateway/metrics.js';
 import { createWorkspaces } from '../gateway/workspaces.js';
 import { createReaper } from './reaper.js';
 
 async function main() {
-  let config;
-  try {
-    config = loadConfig(process.env);
-  } catch (err) {
-    if (err instanceof ConfigError) { process.stderr.write(`configuration error: ${err.message}\n`); process.exit(2); }
-    throw err;
-  }
+  const config = configOrExit(process.env);
   if (!config.redisUrl) {
     process.stderr.write('configuration error: REDIS_URL: the standalone reaper needs the shared store (the in-memory store lives inside one gateway)\n');
     process.exit(2);
