@@ -39,7 +39,10 @@ t.test('an endpoint that never answers fails the start with BACKEND_UNAVAILABLE,
   const err = await p.start(startRequest('stalled', 1).req).catch((e) => e);
   t.equal(err.code, 'BACKEND_UNAVAILABLE', 'failed by the call deadlines, before the 20 s start deadline');
   t.match(err.message, /AWS DescribeTaskDefinition did not answer in time after 3 attempts/);
-  t.equal(fake.count('DescribeTaskDefinition', 'fault'), 3, 'each attempt was aborted and retried');
+  // Each of the 3 attempts was aborted by its deadline (the observer saw them); on a loaded machine an
+  // attempt may be aborted before its request even reaches the endpoint, so the fake may see fewer.
+  const reached = fake.count('DescribeTaskDefinition', 'fault');
+  t.ok(reached >= 1 && reached <= 3, `each attempt was aborted and retried (${reached} reached the endpoint)`);
   t.same(outcomes, [
     ['DescribeTaskDefinition', 'timeout'],
     ['DescribeTaskDefinition', 'timeout'],

@@ -42,9 +42,10 @@ t.test('300 students at 09:00', async (t) => {
   t.equal(fake.instances().length, STUDENTS, 'all registered in Cloud Map');
   t.equal(fake.accessPoints().length, STUDENTS, 'one access point per student');
   t.equal(fake.taskDefinitions().length, 1 + STUDENTS, 'one family per student, plus the base');
-  // The base definition is read once for the whole class (a retry at most), not once per student.
+  // The base definition is read once for the whole class (plus retries of that one read on a loaded
+  // machine), never once per student.
   const baseReads = fake.callsOf('DescribeTaskDefinition', 'any').filter((c) => c.input.taskDefinition === fake.baseFamily).length;
-  t.ok(baseReads <= 3, `base read ${baseReads} time(s)`);
+  t.ok(baseReads < 10, `base read ${baseReads} time(s) for ${STUDENTS} students`);
 
   // Our RunTask rate, measured by the fake: never more than its 20 per (clock) second.
   const at = fake.callsOf('RunTask', 'any').map((c) => c.at).sort((a, b) => a - b);
