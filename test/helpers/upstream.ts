@@ -8,6 +8,9 @@ import type { AddressInfo } from 'node:net';
 import type { Duplex } from 'node:stream';
 import type { StateStore } from '../../gateway/store/contract.js';
 
+/** Ends the body of the answer to `GET /__probe`. */
+export const PROBE_END = 'PROBE-END';
+
 export interface Recorded { method: string; url: string; headers: IncomingHttpHeaders; rawHeaders: string[]; body: string; upgrade: boolean }
 
 export interface RecordingUpstream {
@@ -25,7 +28,8 @@ export async function startRecordingUpstream(): Promise<RecordingUpstream> {
     req.on('end', () => {
       const body = Buffer.concat(chunks).toString('latin1');
       requests.push({ method: req.method ?? '', url: req.url ?? '', headers: req.headers, rawHeaders: req.rawHeaders, body, upgrade: false });
-      const out = JSON.stringify({ n: requests.length, method: req.method, url: req.url, bytes: body.length });
+      // The probe's answer ends with a marker, so a raw client knows the pipeline was fully answered.
+      const out = req.url === '/__probe' ? `{"probe":"${PROBE_END}"}` : JSON.stringify({ n: requests.length, bytes: body.length });
       res.writeHead(200, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(out) });
       res.end(out);
     });
