@@ -186,6 +186,8 @@ export function createRequestPath(deps: RequestPathDeps) {
     res.setHeader('x-request-id', ctx.requestId);
     if (path === 'login' && req.method === 'GET') return login(req, res, ctx, url);
     if (path === 'logout' && req.method === 'POST') {
+      // Sibling workspaces are same-site, so SameSite=Lax does not stop their pages posting here: check Origin.
+      if (req.headers.origin !== undefined && !sameOrigin(req.headers.origin, req.headers.host, config.publicScheme)) return fail(res, ctx, 'ORIGIN_FORBIDDEN');
       res.writeHead(303, { location: '/__gateway/signed-out', 'set-cookie': clearedSessionCookie(secureCookie), 'cache-control': 'no-store' });
       res.end();
       return;

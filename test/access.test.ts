@@ -283,6 +283,14 @@ t.test('sign-in handoff', async (t) => {
     t.match(c, /Path=\//);
     t.match(c, /Secure/);
     t.notMatch(c, /Domain/i);
+    // A page on a sibling workspace (same site, so SameSite=Lax lets its form post through) cannot sign us out.
+    for (const origin of [`http://ws-other.localhost:${gw.port}`, 'https://evil.example', 'null']) {
+      const forged = await request(gw.port, { host, method: 'POST', path: '/__gateway/logout', headers: { origin } });
+      t.equal(forged.status, 403, `logout posted from ${origin}`);
+      t.equal(forged.headers['set-cookie'], undefined);
+    }
+    const own = await request(gw.port, { host, method: 'POST', path: '/__gateway/logout', headers: { origin: `http://${host}` } }); // Host is sent without a port here
+    t.equal(own.status, 303, 'from its own page it works');
   });
 
   t.test('the workspace never saw the token or the gateway cookie', async (t) => {
