@@ -43,6 +43,9 @@ const errorSchema = {
   properties: { error: { type: 'object', properties: { code: { type: 'string' }, message: { type: 'string' }, detail: { type: 'string' } }, required: ['code', 'message'] } },
 } as const;
 
+/** A path on the workspace host: `/`, not `//host` or `/\\host` (the gateway also sanitizes on redemption). */
+const NEXT_PATH = '^/(?![/\\\\])';
+
 function sameSecret(given: string, expected: string): boolean {
   // Hash both first so the comparison is constant-time whatever the lengths.
   const a = createHash('sha256').update(given).digest();
@@ -101,8 +104,9 @@ export async function createAdminServer(deps: AdminDeps): Promise<FastifyInstanc
   await app.register(async (api) => {
     api.addHook('onRequest', async (req, reply) => {
       if (req.url === '/api/openapi.json') return;
-      const header = req.headers.authorization ?? '';
-      const token = header.startsWith('Bearer ') ? header.slice(7) : '';
+      // RFC 9110 11.1: the auth scheme is case-insensitive.
+      const m = /^bearer +(\S+)$/i.exec(req.headers.authorization ?? '');
+      const token = m ? m[1] : '';
       if (!token || !sameSecret(token, config.adminToken)) return send(reply, 'ADMIN_UNAUTHORIZED');
     });
 
@@ -124,7 +128,7 @@ export async function createAdminServer(deps: AdminDeps): Promise<FastifyInstanc
       schema: {
         summary: 'A one-time sign-in link for the workspace owner',
         params: idParam,
-        body: { type: ['object', 'null'], additionalProperties: false, properties: { next: { type: 'string', pattern: '^/', maxLength: 2048 }, ttlSeconds: { type: 'integer', minimum: 10, maximum: 600 } } },
+        body: { type: ['object', 'null'], additionalProperties: false, properties: { next: { type: 'string', pattern: NEXT_PATH, maxLength: 2048 }, ttlSeconds: { type: 'integer', minimum: 10, maximum: 600 } } },
         response: { 200: { type: 'object', properties: { url: { type: 'string' }, expiresAt: { type: 'integer' } }, required: ['url', 'expiresAt'] }, 400: errorSchema, 401: errorSchema },
       },
     }, async (req) => {

@@ -143,6 +143,8 @@ export function safeNext(next: string | undefined | null): string {
   try {
     const u = new URL(next, 'http://same.invalid');
     if (u.host !== 'same.invalid') return '/';
+    // Dot segments can collapse into `//host` (`/.//evil` -> `//evil`): a browser reads that as another host.
+    if (u.pathname.startsWith('//')) return '/';
     return u.pathname + u.search + u.hash;
   } catch {
     return '/';

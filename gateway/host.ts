@@ -60,3 +60,47 @@ export function checkRequestTarget(method: string, url: string, hostHeader: stri
   const strip = (h: string) => h.trim().toLowerCase().replace(/:\d+$/, '').replace(/\.$/, '');
   return strip(authority) === strip(hostHeader) ? 'ok' : 'bad';
 }
+
+/** code-server's port-proxy routes (`/proxy/<port>/…`, `/absproxy/<port>/…`). */
+const PROXY_ROUTE = /^\/(?:abs)?proxy\/([^/?#]*)/i;
+
+/**
+ * code-server's /proxy/<port> and /absproxy/<port> may reach only the workspace's own loopback
+ * ports (issue 3): `/proxy/80@evil/` would make it fetch another host. The port segment must be
+ * plain digits in the raw path and in every percent-decoding of it (up to three layers), after
+ * dot segments, doubled slashes and backslashes are resolved: http-proxy-3 re-parses the path with the
+ * WHATWG URL parser before forwarding, so `/x/../proxy/80@evil/` and `/proxy\80@evil/` arrive as `/proxy/80@evil/`.
+ */
+export function proxyRouteAllowed(url: string): boolean {
+  let path = url;
+  for (let layer = 0; layer < 4; layer++) {
+    const m = PROXY_ROUTE.exec(normalizePath(path));
+    if (m && !(/^\d{1,5}$/.test(m[1]) && Number(m[1]) <= 65535)) return false;
+    let decoded: string;
+    try { decoded = decodeURIComponent(path); } catch { return false; }
+    if (decoded === path) return true;
+    path = decoded;
+  }
+  return false; // still changing after four decodings: nobody legitimate encodes that deep
+}
+
+function normalizePath(url: string): string {
+  const q = url.search(/[?#]/);
+  const path = (q === -1 ? url : url.slice(0, q)).replace(/\\/g, '/').replace(/\/{2,}/g, '/');
+  if (!/(^|\/)\.\.?(\/|$)/.test(path)) return path;
+  // RFC 3986 5.2.4 remove_dot_segments, via the WHATWG parser on a fixed origin.
+  try { return new URL(`http://x${path.startsWith('/') ? '' : '/'}${path}`).pathname; } catch { return path; }
+}
+
+/**
+ * The origin-form of an accepted absolute-form target (RFC 9112 3.2.2: a server must accept it).
+ * Everything after the request path (our own /__gateway/ routes, the proxy-route guard, the
+ * workspace itself) then sees `/path?query` and cannot be bypassed by spelling the host in.
+ */
+export function originForm(url: string): string {
+  if (url.startsWith('/')) return url;
+  const m = /^https?:\/\/[^/?#]*(.*)$/is.exec(url);
+  if (!m) return url;
+  const rest = m[1].replace(/#.*$/s, '');
+  return rest.startsWith('/') ? rest : `/${rest}`;
+}

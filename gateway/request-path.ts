@@ -17,7 +17,7 @@ import {
 import type { Clock } from './clock.js';
 import type { Config } from './config.js';
 import { GatewayError, renderError, renderErrorOnSocket, type ErrorCode } from './errors.js';
-import { checkRequestTarget, hostHeaderValues, parseHost } from './host.js';
+import { checkRequestTarget, hostHeaderValues, originForm, parseHost, proxyRouteAllowed } from './host.js';
 import type { Logger } from './log.js';
 import type { Metrics } from './metrics.js';
 import { startingPage, type StatusView } from './pages.js';
@@ -51,8 +51,6 @@ interface Ctx {
 }
 
 const PREFIX = '/__gateway/';
-/** code-server's port-proxy routes; only loopback ports of the workspace itself are allowed (issue 3). */
-const PROXY_ROUTE = /^\/(?:abs)?proxy\/([^/?#]*)/i;
 
 export function createRequestPath(deps: RequestPathDeps) {
   const { config, auth, workspaces, metrics, log, activity, forwarder } = deps;
@@ -78,6 +76,8 @@ export function createRequestPath(deps: RequestPathDeps) {
   function parseHostStep(req: IncomingMessage): { ok: true; workspaceId: string } | { ok: false; code: ErrorCode; detail?: string } {
     const hosts = hostHeaderValues(req.rawHeaders);
     if (checkRequestTarget(req.method ?? '', req.url ?? '', hosts[0]) === 'bad') return { ok: false, code: 'BAD_REQUEST', detail: 'request target must be a path on this host' };
+    // Absolute-form naming this host: route it as the path it names (else `http://h/__gateway/login` would skip our routes).
+    req.url = originForm(req.url ?? '/');
     const verdict = parseHost(hosts, config.baseDomain);
     if (verdict.kind === 'workspace') return { ok: true, workspaceId: verdict.id };
     if (verdict.kind === 'unknown') return { ok: false, code: 'HOST_UNKNOWN' };
@@ -93,13 +93,7 @@ export function createRequestPath(deps: RequestPathDeps) {
 
   /** code-server's /proxy/<port> must not reach other hosts (`/proxy/80@evil/`, encoded variants). */
   function guardWorkspacePath(url: string): boolean {
-    let path = url;
-    for (let i = 0; i < 3; i++) {
-      try { const d = decodeURIComponent(path); if (d === path) break; path = d; } catch { return false; }
-    }
-    const m = PROXY_ROUTE.exec(path);
-    if (!m) return true;
-    return /^\d{1,5}$/.test(m[1]);
+    return proxyRouteAllowed(url);
   }
 
   function statusView(record: WorkspaceRecord | undefined): StatusView {
@@ -195,6 +189,8 @@ export function createRequestPath(deps: RequestPathDeps) {
     res.setHeader('x-request-id', ctx.requestId);
     if (path === 'login' && req.method === 'GET') return login(req, res, ctx, url);
     if (path === 'logout' && req.method === 'POST') {
+      // Sibling workspaces are same-site, so SameSite=Lax does not stop their pages posting here: check Origin.
+      if (req.headers.origin !== undefined && !sameOrigin(req.headers.origin, req.headers.host, config.publicScheme)) return fail(res, ctx, 'ORIGIN_FORBIDDEN');
       res.writeHead(303, { location: '/__gateway/signed-out', 'set-cookie': clearedSessionCookie(secureCookie), 'cache-control': 'no-store' });
       res.end();
       return;

@@ -1,0 +1,61 @@
+// A recording upstream for access and edge tests: a plain node:http server that remembers every
+// request (and WebSocket upgrade) it receives, registered in the gateway's store as a running
+// workspace. It proves what reached the workspace: each accepted request exactly once, never the
+// gateway's cookie, the sign-in token or a smuggled second request.
+import { createHash } from 'node:crypto';
+import http, { type IncomingHttpHeaders } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import type { Duplex } from 'node:stream';
+import type { StateStore } from '../../gateway/store/contract.js';
+
+/** Ends the body of the answer to `GET /__probe`. */
+export const PROBE_END = 'PROBE-END';
+
+export interface Recorded { method: string; url: string; headers: IncomingHttpHeaders; rawHeaders: string[]; body: string; upgrade: boolean }
+
+export interface RecordingUpstream {
+  port: number;
+  requests: Recorded[];
+  close(): Promise<void>;
+}
+
+export async function startRecordingUpstream(): Promise<RecordingUpstream> {
+  const requests: Recorded[] = [];
+  const sockets = new Set<Duplex>();
+  const server = http.createServer((req, res) => {
+    const chunks: Buffer[] = [];
+    req.on('data', (c: Buffer) => chunks.push(c));
+    req.on('end', () => {
+      const body = Buffer.concat(chunks).toString('latin1');
+      requests.push({ method: req.method ?? '', url: req.url ?? '', headers: req.headers, rawHeaders: req.rawHeaders, body, upgrade: false });
+      // The probe's answer ends with a marker, so a raw client knows the pipeline was fully answered.
+      const out = req.url === '/__probe' ? `{"probe":"${PROBE_END}"}` : JSON.stringify({ n: requests.length, bytes: body.length });
+      res.writeHead(200, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(out) });
+      res.end(out);
+    });
+  });
+  server.on('connection', (s) => { sockets.add(s); s.on('close', () => sockets.delete(s)); });
+  server.on('upgrade', (req, socket: Duplex) => {
+    requests.push({ method: req.method ?? '', url: req.url ?? '', headers: req.headers, rawHeaders: req.rawHeaders, body: '', upgrade: true });
+    sockets.add(socket);
+    socket.on('error', () => socket.destroy());
+    // RFC 6455 4.2.2: the accept key, so a real client completes the handshake.
+    const accept = createHash('sha1').update(`${req.headers['sec-websocket-key']}258EAFA5-E914-47DA-95CA-C5AB0DC85B11`).digest('base64');
+    socket.write(`HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ${accept}\r\n\r\n`);
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  return {
+    port: (server.address() as AddressInfo).port,
+    requests,
+    async close() {
+      for (const s of sockets) s.destroy();
+      await new Promise<void>((r) => server.close(() => r()));
+    },
+  };
+}
+
+/** Makes the store say `id` runs at this upstream, without starting anything. */
+export async function registerRunning(store: StateStore, id: string, port: number): Promise<void> {
+  const now = Date.now();
+  await store.putWorkspace({ id, state: 'running', generation: 1, since: now, endpoint: { host: '127.0.0.1', port }, startedAt: now });
+}
