@@ -155,7 +155,7 @@ export async function createAdminServer(deps: AdminDeps): Promise<FastifyInstanc
       },
     }, async (req, reply) => {
       const result = await workspaces.stop(req.params.id, async () => ({ reasonCode: 'admin', reason: req.body?.reason ?? 'stopped by the platform' }));
-      if (result === 'busy') return reply.code(409).send({ error: { code: 'WORKSPACE_STARTING', message: 'the workspace is starting or stopping; try again' } });
+      if (result === 'busy') return send(reply, 'WORKSPACE_BUSY');
       return view(req.params.id, await store.getWorkspace(req.params.id));
     });
 

@@ -103,6 +103,9 @@ export async function createGateway(deps: GatewayDeps) {
     keepAliveTimeout: config.keepAliveTimeoutMs,
     headersTimeout: config.headersTimeoutMs,
     requestTimeout: config.requestTimeoutMs,
+    // Node enforces the two timeouts above on a sweep (30 s by default); a shorter one cuts slowloris
+    // and slow bodies close to their limits.
+    connectionsCheckingInterval: 2000,
     maxHeaderSize: config.maxHeaderSize,
     // Node's parser already refuses most smuggling; keep it strict (no lenient header parsing).
     insecureHTTPParser: false,

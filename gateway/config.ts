@@ -66,7 +66,7 @@ export interface Config {
   activityFlushIntervalMs: number;
   drainPeriodMs: number;
   shutdownTimeoutMs: number;
-  rateLimits: { signInPerMinute: number; startsPerMinute: number; unknownPerMinute: number };
+  rateLimits: { signInPerMinute: number; startsPerMinute: number };
   local: { workspace: 'auto' | 'demo' | 'code-server'; dataDir: string; codeServerBin: string; demoReadyDelayMs: number };
   /** The raw environment, handed to provisioner config parsers (ECS) by the entry point only. */
   env: Env;
@@ -209,7 +209,6 @@ export function loadConfig(env: Env): Config {
     rateLimits: {
       signInPerMinute: int('RATE_SIGNIN_PER_MINUTE', 30, 1),
       startsPerMinute: int('RATE_STARTS_PER_MINUTE', 6, 1),
-      unknownPerMinute: int('RATE_UNKNOWN_PER_MINUTE', 120, 1),
     },
     local: {
       workspace: oneOf('LOCAL_WORKSPACE', ['auto', 'demo', 'code-server'] as const, 'auto'),

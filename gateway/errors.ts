@@ -21,6 +21,7 @@ export const ERROR_CATALOGUE = {
   WORKSPACE_STOPPED: { status: 503, title: 'Workspace is stopped', retryAfterS: 10 },
   WORKSPACE_STARTING: { status: 503, title: 'Workspace is starting', retryAfterS: 2 },
   WORKSPACE_STOPPING: { status: 503, title: 'Workspace is stopping', retryAfterS: 5 },
+  WORKSPACE_BUSY: { status: 409, title: 'Workspace is starting or stopping; try again', retryAfterS: 5 },
   WORKSPACE_START_FAILED: { status: 503, title: 'Workspace failed to start', retryAfterS: 30 },
   STORE_UNAVAILABLE: { status: 503, title: 'Workspace state is unavailable', retryAfterS: 5 },
   SHUTTING_DOWN: { status: 503, title: 'Gateway is restarting', retryAfterS: 1 },
