@@ -11,7 +11,7 @@ import t from 'tap';
 import type { StateStore } from '../gateway/store/contract.js';
 import { systemClock } from '../gateway/clock.js';
 import { createMemoryStore } from '../gateway/store/memory.js';
-import { request, startTestGateway, XHR } from './helpers/gateway.js';
+import { request, startTestGateway, waitRunning, XHR } from './helpers/gateway.js';
 import { PROBE_END, registerRunning, startRecordingUpstream } from './helpers/upstream.js';
 
 interface Exchange { text: string; statuses: number[]; closed: boolean }
@@ -274,15 +274,19 @@ t.test('rate limits in the store', async (t) => {
   });
 
   t.test('start attempts per workspace', async (t) => {
-    const gw = await startTestGateway({ env: { RATE_STARTS_PER_MINUTE: '2' } });
+    // Starts that fail at once (the binary exits), so each "try again" really begins a new start.
+    const gw = await startTestGateway({ env: { RATE_STARTS_PER_MINUTE: '2', LOCAL_WORKSPACE: 'code-server', CODE_SERVER_BIN: '/bin/false' } });
     t.teardown(() => gw.close());
     const cookie = await gw.cookie('demo');
     const start = async () => (await request(gw.port, { method: 'POST', path: '/__gateway/start', headers: { cookie, 'x-requested-with': 'gateway' } }));
-    const statuses = [(await start()).status, (await start()).status];
+    const first = await start();
+    await waitRunning(gw.port, cookie);
+    t.equal((await start()).status, 202, 'the second real start');
+    await waitRunning(gw.port, cookie);
     const third = await start();
-    t.same([...statuses, third.status], [202, 202, 429]);
+    t.same([first.status, third.status], [202, 429]);
     t.equal(third.headers['x-gateway-error'], 'RATE_LIMITED');
-    t.equal(gw.provisioner.starts.length, 1, 'one start, whatever the clicks');
+    t.equal(gw.provisioner.starts.length, 2, 'two starts, whatever the clicks');
     const noHeader = await request(gw.port, { method: 'POST', path: '/__gateway/start', headers: { cookie } });
     t.equal(noHeader.status, 400, 'a cross-site form post (no x-requested-with) cannot start it');
   });
