@@ -3,7 +3,7 @@
 // routing) and the gateway exactly as deployed (dist/gateway/main.js, Redis store, metrics on, a warm
 // route in the store, a minted session cookie). Every process is started through lib.start, so it is
 // killed at the end whatever happens.
-import { mkdtempSync, writeFileSync, readFileSync, existsSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, writeFileSync, readFileSync, existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -39,12 +39,11 @@ export interface Upstream { port: number; pid: number; close(): Promise<void> }
 
 export function workDir(): string { return mkdtempSync(join(tmpdir(), 'wsgw-bench-')); }
 
-export async function startUpstream(dir: string): Promise<Upstream> {
+export async function startUpstream(): Promise<Upstream> {
   // Not pinned: it serves every system alike, and pinning it beside either side would skew one of them.
   const child = start(process.execPath, [join(dist, 'bench', 'upstream.js')]);
   child.stderr!.pipe(process.stderr);
   const port = await waitLine(child, (l) => { try { return (JSON.parse(l) as { port?: number }).port; } catch { return undefined; } }, 10_000, 'upstream');
-  void dir;
   return { port, pid: child.pid!, close: () => stop(child) };
 }
 
@@ -125,19 +124,24 @@ export async function startChp(dir: string, up: Upstream, cookie: string): Promi
   return { name: 'chp', port, host: HOST, headers: { cookie }, pid: child.pid!, close: () => stop(child) };
 }
 
-export interface GatewayField { redis: TestRedis; cookie: string; close(): Promise<void> }
+export interface GatewayField { redis: TestRedis; cookie: string; dataDir: string; close(): Promise<void> }
 
 /** One Redis for every gateway variant; the warm route and the cookie are shared (as replicas share them). */
-export async function startGatewayState(up: Upstream): Promise<GatewayField> {
+export async function startGatewayState(up: Upstream, dir: string): Promise<GatewayField> {
   const redis = await startRedis();
   adopt(redis.process());
   const store = await createRedisStore({ url: redis.url, prefix: 'wsgw:', commandTimeoutMs: 1000 });
   const now = Date.now();
   await store.putWorkspace({ id: WORKSPACE, state: 'running', generation: 1, since: now, endpoint: { host: '127.0.0.1', port: up.port }, startedAt: now });
   await store.close();
+  // The local provisioner's run.json (its stand-in for Cloud Map) names the upstream as this workspace's
+  // process, so a recheck after an upstream error finds it alive, as DescribeTasks would in production.
+  const dataDir = join(dir, 'workspaces');
+  mkdirSync(join(dataDir, WORKSPACE), { recursive: true });
+  writeFileSync(join(dataDir, WORKSPACE, 'run.json'), JSON.stringify({ workspaceId: WORKSPACE, generation: 1, endpoint: { host: '127.0.0.1', port: up.port }, handle: String(up.pid), startedAt: now }));
   const auth = createAuth({ secret: SECRET, sessionTtlMs: 12 * 3_600_000, loginTokenMaxTtlMs: 300_000, clock: systemClock });
   const session = await auth.createSession(WORKSPACE);
-  return { redis, cookie: `__Host-wsgw-session=${session.value}`, close: () => redis.kill() };
+  return { redis, cookie: `__Host-wsgw-session=${session.value}`, dataDir, close: () => redis.kill() };
 }
 
 /**
@@ -145,13 +149,13 @@ export async function startGatewayState(up: Upstream): Promise<GatewayField> {
  * tracking on unless the variant turns them off (scenario 6). IDLE_TIMEOUT is raised only so the
  * reaper cannot stop the benchmark's workspace during a long --full run; it is not on the request path.
  */
-export async function startGateway(dir: string, state: GatewayField, name: string, env: Record<string, string> = {}): Promise<System> {
+export async function startGateway(state: GatewayField, name: string, env: Record<string, string> = {}): Promise<System> {
   const child = start(process.execPath, [join(dist, 'gateway', 'main.js')], {
     cpu: PROXY_CPU,
     env: {
       PATH: process.env.PATH, HOME: process.env.HOME, NODE_ENV: 'production',
       GATEWAY_PORT: '0', ADMIN_PORT: '0', BASE_DOMAIN: 'localhost', REDIS_URL: state.redis.url, GATEWAY_SECRET: SECRET,
-      ADMIN_TOKEN: 'bench-admin-token-0123456789', PROVISIONER: 'local', LOCAL_WORKSPACE: 'demo', LOCAL_DATA_DIR: join(dir, `${name}-data`),
+      ADMIN_TOKEN: 'bench-admin-token-0123456789', PROVISIONER: 'local', LOCAL_WORKSPACE: 'demo', LOCAL_DATA_DIR: state.dataDir,
       IDLE_TIMEOUT: '12h', METRICS: 'on', ACTIVITY_TRACKING: 'on', LOG_LEVEL: 'info', ...env,
     },
   });

@@ -143,6 +143,14 @@ export function rssBytes(pid: number): number {
   return kb * 1024;
 }
 
+/** This process's hard limit on open files (proc(5) /proc/self/limits); children inherit it. */
+export function openFilesLimit(): number {
+  try {
+    const m = /Max open files\s+\S+\s+(\S+)/.exec(readFileSync('/proc/self/limits', 'utf8'));
+    return m && m[1] !== 'unlimited' ? Number(m[1]) : Infinity;
+  } catch { return Infinity; }
+}
+
 export function loadAverage(): string {
   try { return readFileSync('/proc/loadavg', 'utf8').split(' ').slice(0, 3).join(' '); } catch { return 'unknown'; }
 }

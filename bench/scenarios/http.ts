@@ -4,6 +4,7 @@
 //  6. the gateway with METRICS and ACTIVITY_TRACKING off, with metrics alone off, and as deployed.
 // Systems are interleaved (rotated order each round) and medians over rounds are reported.
 import { join } from 'node:path';
+import { rmSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { ScenarioResult, Target, Figure } from '../result.js';
@@ -59,17 +60,17 @@ export async function run(opts: { quick: boolean; log: (s: string) => void }): P
   const notes: string[] = [];
   const dir = workDir();
   try {
-    const up = await startUpstream(dir);
-    const state = await startGatewayState(up);
+    const up = await startUpstream();
+    const state = await startGatewayState(up, dir);
     const field: System[] = [direct(up, state.cookie)];
     const tryStart = async (what: string, f: () => Promise<System>) => {
       try { field.push(await f()); } catch (err) { notes.push(`${what} not run: ${(err as Error).message}`); log(`  ${what} not run: ${(err as Error).message}`); }
     };
     await tryStart('nginx', () => startNginx(dir, up, state.cookie));
     await tryStart('configurable-http-proxy', () => startChp(dir, up, state.cookie));
-    await tryStart('gateway', () => startGateway(dir, state, 'gateway'));
-    await tryStart('gateway metrics off', () => startGateway(dir, state, 'gw-metrics-off', { METRICS: 'off' }));
-    await tryStart('gateway bookkeeping off', () => startGateway(dir, state, 'gw-bare', { METRICS: 'off', ACTIVITY_TRACKING: 'off' }));
+    await tryStart('gateway', () => startGateway(state, 'gateway'));
+    await tryStart('gateway metrics off', () => startGateway(state, 'gw-metrics-off', { METRICS: 'off' }));
+    await tryStart('gateway bookkeeping off', () => startGateway(state, 'gw-bare', { METRICS: 'off', ACTIVITY_TRACKING: 'off' }));
     // Warm each system (JIT, keep-alive pools, route cache) before anything is measured.
     for (const s of field) await wrk(s, 1, 50);
 
@@ -135,5 +136,6 @@ export async function run(opts: { quick: boolean; log: (s: string) => void }): P
     return { scenario: '1+6 HTTP (closed loop 50 conns, open loop 1000 rps) and bookkeeping', systems, targets, notes };
   } finally {
     await stopAll();
+    rmSync(dir, { recursive: true, force: true });
   }
 }
