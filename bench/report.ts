@@ -32,7 +32,7 @@ const COLORS: Record<string, string> = { direct: '#7f8c8d', nginx: '#27ae60', ch
 
 /** Panels of horizontal bars, one per (scenario, figure) worth charting, one bar per system. */
 export function svg(results: ScenarioResult[], title: string): string {
-  const wanted = ['rps', 'p99', 'proxy CPU/req', 'added p50', 'added p99', 'msg/s', 'echo p99', 'idle mem/conn'];
+  const wanted = ['rps', 'p99', 'CPU/req', 'added p50', 'added p99', 'msg/s', 'echo p99', 'idle mem/conn'];
   const panels: Array<{ label: string; unit: string; bars: Array<{ system: string; value: number }> }> = [];
   for (const r of results) {
     for (const name of wanted) {

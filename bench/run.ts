@@ -32,7 +32,7 @@ const log = (s: string) => process.stdout.write(`${s}\n`);
 const sh = (cmd: string, a: string[]) => { const r = spawnSync(cmd, a); return r.error ? undefined : `${r.stdout}${r.stderr}`.trim(); };
 
 function environment() {
-  const wrk = sh('wrk', ['--version'])?.split('\n')[0];
+  const wrk = sh('wrk', ['--version'])?.split('\n')[0].split(' ').slice(0, 2).join(' ');
   let ours = '';
   try { ours = (JSON.parse(readFileSync(join(root, 'package.json'), 'utf8')) as { version: string }).version; } catch { /* not found */ }
   return {
