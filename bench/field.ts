@@ -149,8 +149,8 @@ export async function startGatewayState(up: Upstream, dir: string): Promise<Gate
  * tracking on unless the variant turns them off (scenario 6). IDLE_TIMEOUT is raised only so the
  * reaper cannot stop the benchmark's workspace during a long --full run; it is not on the request path.
  */
-export async function startGateway(state: GatewayField, name: string, env: Record<string, string> = {}): Promise<System> {
-  const child = start(process.execPath, [join(dist, 'gateway', 'main.js')], {
+export async function startGateway(state: GatewayField, name: string, env: Record<string, string> = {}, nodeArgs: string[] = []): Promise<System> {
+  const child = start(process.execPath, [...nodeArgs, join(dist, 'gateway', 'main.js')], {
     cpu: PROXY_CPU,
     env: {
       PATH: process.env.PATH, HOME: process.env.HOME, NODE_ENV: 'production',

@@ -6,7 +6,8 @@ import { readdirSync, readFileSync, mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { startGateway, startGatewayState, startUpstream, workDir } from './field.js';
-import { LOAD_CPU, runToEnd, stopAll } from './lib.js';
+import { LOAD_CPU, cpuMicros, runToEnd, stopAll } from './lib.js';
+import { spawnSync } from 'node:child_process';
 
 interface Node { id: number; callFrame: { functionName: string; url: string; lineNumber: number }; children?: number[] }
 interface Profile { nodes: Node[]; samples: number[]; timeDeltas: number[] }
@@ -19,11 +20,16 @@ async function main() {
   try {
     const up = await startUpstream();
     const state = await startGatewayState(up, dir);
-    const gw = await startGateway(state, 'gateway', { ...extra, NODE_OPTIONS: `--cpu-prof --cpu-prof-dir=${profDir}` });
+    const gw = await startGateway(state, 'gateway', extra, ['--cpu-prof', `--cpu-prof-dir=${profDir}`]);
     const hdr = Object.entries(gw.headers).flatMap(([k, v]) => ['-H', `${k}: ${v}`]);
     await runToEnd('wrk', ['-t1', '-c50', '-d2s', '-H', `Host: ${gw.host}`, ...hdr, `http://127.0.0.1:${gw.port}/`], { cpu: LOAD_CPU, timeoutMs: 20_000 });
+    const cpu0 = cpuMicros(gw.pid);
     const r = await runToEnd('wrk', ['-t1', '-c50', `-d${seconds}s`, '-H', `Host: ${gw.host}`, ...hdr, `http://127.0.0.1:${gw.port}/`], { cpu: LOAD_CPU, timeoutMs: (seconds + 20) * 1000 });
     process.stdout.write(r.stdout);
+    const served = Number(/(\d+) requests in/.exec(r.stdout)?.[1] ?? NaN);
+    // Connections to the upstream closed during the run linger in TIME_WAIT: a reused pool leaves few.
+    const tw = spawnSync('ss', ['-Htan', 'state', 'time-wait', `( dport = :${up.port} )`]).stdout.toString().split('\n').filter(Boolean).length;
+    process.stdout.write(`gateway CPU per request: ${((cpuMicros(gw.pid) - cpu0) / served).toFixed(1)} µs; upstream connections in TIME_WAIT after the run: ${tw}\n`);
     await gw.close();
   } finally {
     await stopAll();
