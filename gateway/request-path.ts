@@ -333,11 +333,16 @@ export function createRequestPath(deps: RequestPathDeps) {
         deps.onWebSocket({ workspaceId, client: socket, upstream, req, response });
       },
       onFailure: ({ code, error }) => {
+        // After the 101 an error is the end of an established pair, most often the browser going away
+        // (a closed tab resets the client socket and the upstream side fails with it): neither an
+        // upstream failure to count nor a reason to doubt the route (bench/ found a client reset making
+        // the gateway recheck, and with a provisioner that did not know the task, mark it gone).
+        if (upgraded) { socket.destroy(); return; }
         metrics.upstreamError(code);
-        if (!upgraded) metrics.proxied('ws', code === 'UPSTREAM_TIMEOUT' ? 504 : 502);
+        metrics.proxied('ws', code === 'UPSTREAM_TIMEOUT' ? 504 : 502);
         log.warn({ event: 'upstream.error', workspaceId, requestId, code, err: error.message, kind: 'ws' }, 'upstream failed');
         if (code === 'UPSTREAM_UNREACHABLE') workspaces.recheck(workspaceId);
-        if (!upgraded && socket.writable) failSocket(socket, requestId, code);
+        if (socket.writable) failSocket(socket, requestId, code);
         else socket.destroy();
       },
     });

@@ -1,0 +1,189 @@
+// The field of issue 7, started by the benchmark itself on loopback: the upstream, direct access to
+// it, nginx (one worker, keep-alive upstream pool, routing by Host), configurable-http-proxy (host
+// routing) and the gateway exactly as deployed (dist/gateway/main.js, Redis store, metrics on, a warm
+// route in the store, a minted session cookie). Every process is started through lib.start, so it is
+// killed at the end whatever happens.
+import { mkdirSync, mkdtempSync, writeFileSync, readFileSync, existsSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import type { ChildProcess } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
+import { createAuth } from '../gateway/auth.js';
+import { systemClock } from '../gateway/clock.js';
+import { createRedisStore } from '../gateway/store/redis.js';
+import { startRedis, type TestRedis } from '../test/helpers/redis.js';
+import { PROXY_CPU, adopt, freePort, sleep, start, stop, waitLine } from './lib.js';
+import http from 'node:http';
+
+const here = dirname(fileURLToPath(import.meta.url));
+/** dist/ root (this file is dist/bench/field.js). */
+const dist = resolve(here, '..');
+const root = resolve(dist, '..');
+export const WORKSPACE = 'bench';
+export const HOST = `ws-${WORKSPACE}.localhost`;
+const SECRET = 'bench-secret-bench-secret-bench-secret-0123456789';
+
+export interface System {
+  name: string;
+  port: number;
+  /** Host header the system routes by. */
+  host: string;
+  headers: Record<string, string>;
+  /** The process whose CPU and memory are the proxy's (for direct: the upstream's). */
+  pid: number;
+  close(): Promise<void>;
+}
+
+export interface Upstream { port: number; pid: number; close(): Promise<void> }
+
+export function workDir(): string { return mkdtempSync(join(tmpdir(), 'wsgw-bench-')); }
+
+export async function startUpstream(): Promise<Upstream> {
+  // Not pinned: it serves every system alike, and pinning it beside either side would skew one of them.
+  const child = start(process.execPath, [join(dist, 'bench', 'upstream.js')]);
+  child.stderr!.pipe(process.stderr);
+  const port = await waitLine(child, (l) => { try { return (JSON.parse(l) as { port?: number }).port; } catch { return undefined; } }, 10_000, 'upstream');
+  return { port, pid: child.pid!, close: () => stop(child) };
+}
+
+export function direct(up: Upstream, cookie: string): System {
+  return { name: 'direct', port: up.port, host: HOST, headers: { cookie }, pid: up.pid, close: async () => {} };
+}
+
+export function nginxVersion(): string | undefined {
+  const r = spawnSync('nginx', ['-v']);
+  if (r.error) return undefined;
+  return r.stderr.toString().trim().replace(/^nginx version: /, '');
+}
+
+export async function startNginx(dir: string, up: Upstream, cookie: string): Promise<System> {
+  const port = await freePort();
+  const d = join(dir, 'nginx');
+  spawnSync('mkdir', ['-p', d]);
+  // One worker, a keep-alive pool to the upstream, routing by Host, WebSocket upgrade (nginx docs:
+  // ngx_http_upstream_module "keepalive", "WebSocket proxying").
+  const conf = `
+worker_processes 1;
+daemon off;
+pid ${d}/nginx.pid;
+error_log ${d}/error.log warn;
+worker_rlimit_nofile 20000;
+events { worker_connections 19000; multi_accept on; }
+http {
+  access_log off;
+  client_body_temp_path ${d}/body; proxy_temp_path ${d}/proxy; fastcgi_temp_path ${d}/fcgi; uwsgi_temp_path ${d}/uwsgi; scgi_temp_path ${d}/scgi;
+  keepalive_requests 1000000;
+  keepalive_timeout 120s;
+  upstream workspace { server 127.0.0.1:${up.port}; keepalive 64; keepalive_requests 1000000; }
+  map $http_upgrade $connection_upgrade { default upgrade; '' ''; }
+  server { listen 127.0.0.1:${port} default_server backlog=4096; server_name _; return 404; }
+  server {
+    listen 127.0.0.1:${port};
+    server_name ${HOST};
+    location / {
+      proxy_pass http://workspace;
+      proxy_http_version 1.1;
+      proxy_set_header Host $http_host;
+      proxy_set_header Upgrade $http_upgrade;
+      proxy_set_header Connection $connection_upgrade;
+      proxy_set_header X-Forwarded-For $remote_addr;
+      proxy_read_timeout 1h;
+      proxy_send_timeout 1h;
+    }
+  }
+}`;
+  writeFileSync(join(d, 'nginx.conf'), conf);
+  const child = start('nginx', ['-c', join(d, 'nginx.conf'), '-p', d, '-e', join(d, 'error.log'), '-g', 'user root;'], { cpu: PROXY_CPU, logFile: join(d, 'stdout.log') });
+  await waitHttp(port, HOST, { cookie }, child, 'nginx');
+  return { name: 'nginx', port, host: HOST, headers: { cookie }, pid: child.pid!, close: () => stop(child) };
+}
+
+export function chpVersion(): string | undefined {
+  try { return (JSON.parse(readFileSync(join(root, 'node_modules', 'configurable-http-proxy', 'package.json'), 'utf8')) as { version: string }).version; } catch { return undefined; }
+}
+
+export async function startChp(dir: string, up: Upstream, cookie: string): Promise<System> {
+  const bin = join(root, 'node_modules', 'configurable-http-proxy', 'bin', 'configurable-http-proxy');
+  if (!existsSync(bin)) throw new Error('configurable-http-proxy is not installed (npm ci installs it as a devDependency)');
+  const [port, apiPort] = [await freePort(), await freePort()];
+  const token = 'bench-chp-token';
+  const child = start(process.execPath, [bin, '--ip', '127.0.0.1', '--port', String(port), '--api-ip', '127.0.0.1', '--api-port', String(apiPort),
+    '--host-routing', '--log-level', 'warn'], { cpu: PROXY_CPU, env: { ...process.env, CONFIGPROXY_AUTH_TOKEN: token }, logFile: join(dir, 'chp.log') });
+  await waitHttp(apiPort, '127.0.0.1', { authorization: `token ${token}` }, child, 'configurable-http-proxy API', '/api/routes');
+  await new Promise<void>((res, rej) => {
+    const body = JSON.stringify({ target: `http://127.0.0.1:${up.port}` });
+    const req = http.request({ host: '127.0.0.1', port: apiPort, method: 'POST', path: `/api/routes/${HOST}`, headers: { authorization: `token ${token}`, 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) } }, (r) => {
+      r.resume();
+      if (r.statusCode === 201 || r.statusCode === 200) res(); else rej(new Error(`configurable-http-proxy route: HTTP ${r.statusCode}`));
+    });
+    req.once('error', rej);
+    req.end(body);
+  });
+  await waitHttp(port, HOST, { cookie }, child, 'configurable-http-proxy');
+  return { name: 'chp', port, host: HOST, headers: { cookie }, pid: child.pid!, close: () => stop(child) };
+}
+
+export interface GatewayField { redis: TestRedis; cookie: string; dataDir: string; close(): Promise<void> }
+
+/** One Redis for every gateway variant; the warm route and the cookie are shared (as replicas share them). */
+export async function startGatewayState(up: Upstream, dir: string): Promise<GatewayField> {
+  const redis = await startRedis();
+  adopt(redis.process());
+  const store = await createRedisStore({ url: redis.url, prefix: 'wsgw:', commandTimeoutMs: 1000 });
+  const now = Date.now();
+  await store.putWorkspace({ id: WORKSPACE, state: 'running', generation: 1, since: now, endpoint: { host: '127.0.0.1', port: up.port }, startedAt: now });
+  await store.close();
+  // The local provisioner's run.json (its stand-in for Cloud Map) names the upstream as this workspace's
+  // process, so a recheck after an upstream error finds it alive, as DescribeTasks would in production.
+  const dataDir = join(dir, 'workspaces');
+  mkdirSync(join(dataDir, WORKSPACE), { recursive: true });
+  writeFileSync(join(dataDir, WORKSPACE, 'run.json'), JSON.stringify({ workspaceId: WORKSPACE, generation: 1, endpoint: { host: '127.0.0.1', port: up.port }, handle: String(up.pid), startedAt: now }));
+  const auth = createAuth({ secret: SECRET, sessionTtlMs: 12 * 3_600_000, loginTokenMaxTtlMs: 300_000, clock: systemClock });
+  const session = await auth.createSession(WORKSPACE);
+  return { redis, cookie: `__Host-wsgw-session=${session.value}`, dataDir, close: () => redis.kill() };
+}
+
+/**
+ * `node dist/gateway/main.js` with the production settings that matter: Redis store, metrics and activity
+ * tracking on unless the variant turns them off (scenario 6). IDLE_TIMEOUT is raised only so the
+ * reaper cannot stop the benchmark's workspace during a long --full run; it is not on the request path.
+ */
+export async function startGateway(state: GatewayField, name: string, env: Record<string, string> = {}, nodeArgs: string[] = []): Promise<System> {
+  const child = start(process.execPath, [...nodeArgs, join(dist, 'gateway', 'main.js')], {
+    cpu: PROXY_CPU,
+    env: {
+      PATH: process.env.PATH, HOME: process.env.HOME, NODE_ENV: 'production',
+      GATEWAY_PORT: '0', ADMIN_PORT: '0', BASE_DOMAIN: 'localhost', REDIS_URL: state.redis.url, GATEWAY_SECRET: SECRET,
+      ADMIN_TOKEN: 'bench-admin-token-0123456789', PROVISIONER: 'local', LOCAL_WORKSPACE: 'demo', LOCAL_DATA_DIR: state.dataDir,
+      IDLE_TIMEOUT: '12h', METRICS: 'on', ACTIVITY_TRACKING: 'on', LOG_LEVEL: 'info', ...env,
+    },
+  });
+  child.stderr!.on('data', (d) => process.stderr.write(`[${name}] ${d}`));
+  const port = await waitLine(child, (l) => {
+    try { const j = JSON.parse(l) as { event?: string; gatewayPort?: number }; return j.event === 'listening' ? j.gatewayPort : undefined; } catch { return undefined; }
+  }, 20_000, name);
+  // Keep draining the log so a full pipe never stalls the gateway.
+  child.stdout!.on('data', () => {});
+  await waitHttp(port, HOST, { cookie: state.cookie }, child, name);
+  return { name, port, host: HOST, headers: { cookie: state.cookie }, pid: child.pid!, close: () => stop(child) };
+}
+
+/** Waits until the system answers 200 for the benchmark's request, so nothing is measured half-started or misrouted. */
+export async function waitHttp(port: number, host: string, headers: Record<string, string>, child: ChildProcess, what: string, path = '/'): Promise<void> {
+  const deadline = Date.now() + 20_000;
+  let last = '';
+  while (Date.now() < deadline) {
+    if (child.exitCode !== null) throw new Error(`${what} exited with ${child.exitCode}`);
+    const status = await new Promise<number>((res) => {
+      const req = http.request({ host: '127.0.0.1', port, path, headers: { host, ...headers }, agent: false }, (r) => { r.resume(); r.once('end', () => res(r.statusCode ?? 0)); });
+      req.once('error', (e) => { last = e.message; res(0); });
+      req.setTimeout(2000, () => req.destroy());
+      req.end();
+    });
+    if (status === 200) return;
+    if (status) last = `HTTP ${status}`;
+    await sleep(100);
+  }
+  throw new Error(`${what} did not answer 200 on ${host}${path} within 20 s (${last})`);
+}

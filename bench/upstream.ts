@@ -1,0 +1,20 @@
+// The benchmark's upstream (issue 7): a small Node HTTP server answering every request with about
+// 1 KB, and a WebSocket echo on /echo. Prints {"port":N} once listening.
+import http from 'node:http';
+import { WebSocketServer } from 'ws';
+
+const body = Buffer.from(`${'workspace-gateway benchmark body '.repeat(32)}`.slice(0, 1024));
+const server = http.createServer({ keepAliveTimeout: 120_000, headersTimeout: 121_000 }, (req, res) => {
+  req.resume();
+  res.writeHead(200, { 'content-type': 'text/plain', 'content-length': body.length });
+  res.end(body);
+});
+const wss = new WebSocketServer({ noServer: true, perMessageDeflate: false });
+server.on('upgrade', (req, socket, head) => {
+  if (!req.url?.startsWith('/echo')) { socket.destroy(); return; }
+  wss.handleUpgrade(req, socket, head, (ws) => { ws.on('message', (data, isBinary) => ws.send(data, { binary: isBinary })); });
+});
+server.listen(0, '127.0.0.1', () => {
+  process.stdout.write(`${JSON.stringify({ port: (server.address() as { port: number }).port })}\n`);
+});
+process.on('SIGTERM', () => process.exit(0));
