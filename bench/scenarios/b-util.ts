@@ -40,9 +40,9 @@ export interface GatewayChild {
  * Starts `node dist/gateway/main.js` with only the given environment (plus PATH and HOME), so the
  * bench never inherits a stray REDIS_URL or PROVISIONER from the shell it runs in.
  */
-export async function startGatewayChild(env: Record<string, string>, timeoutMs = 20_000): Promise<GatewayChild> {
+export async function startGatewayChild(env: Record<string, string>, timeoutMs = 20_000, nodeArgs: string[] = []): Promise<GatewayChild> {
   const main = fileURLToPath(new URL('../../gateway/main.js', import.meta.url));
-  const child: ChildProcess = spawn(process.execPath, [main], {
+  const child: ChildProcess = spawn(process.execPath, [...nodeArgs, main], {
     env: { PATH: process.env.PATH ?? '/usr/bin:/bin', HOME: process.env.HOME ?? '/tmp', GATEWAY_PORT: '0', ADMIN_PORT: '0', LOG_LEVEL: 'info', GATEWAY_SECRET: BENCH_SECRET, ADMIN_TOKEN: BENCH_ADMIN_TOKEN, ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
