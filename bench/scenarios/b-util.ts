@@ -33,6 +33,8 @@ export interface GatewayChild {
   waitForLog(pred: (l: LogLine) => boolean, timeoutMs: number): Promise<LogLine>;
   /** RSS of the child in bytes (from /proc), or NaN when unavailable. */
   rss(): Promise<number>;
+  /** CPU time (user + system) the child has used so far, in ms (from /proc), or NaN. */
+  cpuMs(): Promise<number>;
   close(): Promise<void>;
 }
 
@@ -94,6 +96,14 @@ export async function startGatewayChild(env: Record<string, string>, timeoutMs =
           const status = await readFile(`/proc/${child.pid}/status`, 'utf8');
           const m = /VmRSS:\s+(\d+) kB/.exec(status);
           return m ? Number(m[1]) * 1024 : NaN;
+        } catch { return NaN; }
+      },
+      async cpuMs() {
+        try {
+          const { readFile } = await import('node:fs/promises');
+          // Fields 14 and 15 of /proc/<pid>/stat, in clock ticks (100 per second on Linux).
+          const stat = (await readFile(`/proc/${child.pid}/stat`, 'utf8')).split(') ')[1].split(' ');
+          return (Number(stat[11]) + Number(stat[12])) * 10;
         } catch { return NaN; }
       },
       close,
