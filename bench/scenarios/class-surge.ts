@@ -128,6 +128,9 @@ async function surge(opts: ClassSurgeOptions, variant: string, env: Record<strin
     ];
     const notes: string[] = [];
     if (errorCodes.size) notes.push(`class-surge (${variant}): errors students met: ${[...errorCodes].map(([k, v]) => `${k} x${v}`).join(', ')}`);
+    if (writes / students > 10) {
+      notes.push(`class-surge (${variant}): ${round(writes / students, 1)} record writes and ${round(results.reduce((a, r) => a + r.polls, 0) / students, 1)} long-polls per student (a start needs about 8): every admission re-reports every waiter's queue position (provisioner/admission.ts), and gateway/workspaces.ts turns each report into a fenced write, a PUBLISH and a wake-up of that student's long-poll, so the work grows with the square of the class size.`);
+    }
     if (!complete) notes.push(`class-surge (${variant}): only ${served.length} of ${students} students were served within the bench deadline (${Math.round(deadlineMs / 1000)} s); the ratio is a lower bound.`);
     return { figures, ratio, duplicates, failed: failedStudents.length, allReady, floorMs, notes };
   } finally {

@@ -126,6 +126,8 @@ async function herd(opts: ColdHerdOptions, variant: string, env: Record<string, 
     ];
     const notes: string[] = [];
     if (errorCodes.size) notes.push(`cold-herd (${variant}): error pages/poll errors met: ${[...errorCodes].map(([k, v]) => `${k} x${v}`).join(', ')}`);
+    if (errorCodes.has('RATE_LIMITED')) notes.push(`cold-herd (${variant}): ${errorCodes.get('RATE_LIMITED')} page loads got 429 RATE_LIMITED: the per-workspace start limit (gateway/request-path.ts startIfNeeded) counts every navigation that finds the workspace stopped, including the herd's, not only starts that happen.`);
+    if (errorCodes.has('STORE_UNAVAILABLE')) notes.push(`cold-herd (${variant}): ${errorCodes.get('STORE_UNAVAILABLE')} STORE_UNAVAILABLE answers: with ~1,000 requests ready at once the gateway's event loop lags past REDIS_COMMAND_TIMEOUT (500 ms), so ioredis times out replies that Redis already sent.`);
     if (direct.ok !== browsers || warm.ok !== browsers) notes.push(`cold-herd (${variant}): baseline bursts answered 200 direct ${direct.ok}, warm ${warm.ok} of ${browsers}`);
     return { figures, starts, served: served.length, noticed, overhead, notes };
   } finally {
