@@ -17,6 +17,7 @@ import type { Provisioner } from '../../provisioner/contract.js';
 import { createReaper } from '../../reaper/reaper.js';
 import { startRedis } from '../../test/helpers/redis.js';
 import type { Figure, ScenarioResult, Target } from '../result.js';
+import { measureLayouts } from './b-layouts.js';
 import { gcFunction, parseInfo, pool, quantile, round } from './b-util.js';
 
 export interface StateScaleOptions { quick: boolean; log: (s: string) => void; workspaces?: number }
@@ -149,6 +150,11 @@ export async function run(opts: StateScaleOptions): Promise<ScenarioResult> {
     const secondMs = performance.now() - t;
     const stillRunning = await s.countRunning();
 
+    // 6. The same idle records under the proposed layouts (flushes the database: last).
+    const layoutCount = opts.quick ? 50_000 : n;
+    opts.log(`state-scale: Redis layouts compared on ${layoutCount} idle records`);
+    const layouts = await measureLayouts(admin, layoutCount, (i) => idleRecord(idOf(i), now));
+
     const figures: Figure[] = [
       { name: 'workspaces in the store', value: n, unit: 'count' },
       { name: 'write rate through the store API (256 in flight)', value: Math.round(n / (writeMs / 1000)), unit: '/s' },
@@ -180,7 +186,12 @@ export async function run(opts: StateScaleOptions): Promise<ScenarioResult> {
     ];
     if (summary.stopped.length !== idleCandidates) notes.push(`state-scale: the pass stopped ${summary.stopped.length} of ${idleCandidates} idle candidates (skipped ${summary.skipped}).`);
     for (const x of targets) opts.log(`  ${x.met ? 'met   ' : 'MISSED'} ${x.name}: ${x.value} ${x.unit} (${x.op} ${x.limit})`);
-    return { scenario: 'state scale (100,000 workspaces)', systems: [{ system: 'gateway + Redis store', figures }], targets, notes };
+    notes.push(`state-scale: layouts system = Redis memory per idle workspace for ${layoutCount} records written by pipeline under today's layout and the proposed ones (see bench/scenarios/b-layouts.ts); prefix buckets keep lexical listing order because (id prefix, id) sorts as id does.`);
+    return {
+      scenario: 'state scale (100,000 workspaces)',
+      systems: [{ system: 'gateway + Redis store', figures }, { system: 'Redis layouts (idle workspace)', figures: layouts }],
+      targets, notes,
+    };
   } finally {
     for (const c of closers.reverse()) await c().catch(() => undefined);
     await store?.close();
