@@ -1,7 +1,7 @@
 // Redis memory per idle workspace under candidate store layouts, measured side by side on one
 // redis-server (INFO used_memory delta / count). The first is today's gateway/store/redis.ts layout
-// (a JSON string per workspace plus one `ids` sorted set for lexical listing); the others are the
-// changes proposed in the bench report. Raw pipelined writes: only the bytes at rest matter here.
+// before this branch (a JSON string per workspace plus one `ids` sorted set for lexical listing),
+// then candidates, including the one gateway/store/redis.ts now uses (no index, listing by SCAN). Raw pipelined writes: only the bytes at rest matter here.
 import type { Redis } from 'ioredis';
 import type { WorkspaceRecord } from '../../gateway/store/contract.js';
 import type { Figure } from '../result.js';
@@ -18,11 +18,11 @@ const bucket = (id: string, chars = PREFIX_CHARS) => id.slice(0, chars);
 export const PREFIX_CHARS = 6;
 
 export const LAYOUTS: Array<{ name: string; write(p: Pipe, r: WorkspaceRecord): void }> = [
-  { name: 'today: JSON string per workspace + one ids sorted set', write: (p, r) => { p.set(`wsgw:w:${r.id}`, JSON.stringify(r)); p.zadd('wsgw:ids', 0, r.id); } },
+  { name: 'before: JSON string per workspace + one ids sorted set', write: (p, r) => { p.set(`wsgw:w:${r.id}`, JSON.stringify(r)); p.zadd('wsgw:ids', 0, r.id); } },
   { name: 'JSON without the id (it is in the key) + one ids sorted set', write: (p, r) => { p.set(`wsgw:w:${r.id}`, JSON.stringify(withoutId(r))); p.zadd('wsgw:ids', 0, r.id); } },
   { name: 'JSON without the id + ids in 6-char-prefix sorted sets (listpack)', write: (p, r) => { p.set(`wsgw:w:${r.id}`, JSON.stringify(withoutId(r))); p.zadd(`wsgw:ids:${bucket(r.id)}`, 0, r.id); p.zadd('wsgw:idb', 0, bucket(r.id)); } },
   { name: 'short-key JSON without the id + 6-char-prefix ids (listpack)', write: (p, r) => { p.set(`wsgw:w:${r.id}`, shortKeys(r)); p.zadd(`wsgw:ids:${bucket(r.id)}`, 0, r.id); p.zadd('wsgw:idb', 0, bucket(r.id)); } },
-  { name: 'JSON string per workspace, no index (list by SCAN + sort)', write: (p, r) => { p.set(`wsgw:w:${r.id}`, JSON.stringify(withoutId(r))); } },
+  { name: 'now (gateway/store/redis.ts): JSON without the id, no index (list by SCAN)', write: (p, r) => { p.set(`wsgw:w:${r.id}`, JSON.stringify(withoutId(r))); } },
 ];
 
 /** Writes `count` records under each layout (flushing between) and returns bytes per workspace. */
