@@ -65,13 +65,17 @@ async function surge(opts: ClassSurgeOptions, variant: string, env: Record<strin
     const admin = new Redis(redis.url, { lazyConnect: true, maxRetriesPerRequest: 1 });
     await admin.connect();
     await admin.config('RESETSTAT');
-    // Bounded: twice the floor plus 20 s; whoever is not served by then counts as not ready.
-    const deadlineMs = floorMs * 2 + 20_000;
+    // Bounded: whoever is not served by then counts as not ready (twice the floor in quick mode).
+    const deadlineMs = opts.quick ? floorMs * 2 : floorMs * 3 + 30_000;
+    const cpu0 = await g.cpuMs();
+    const benchCpu0 = process.cpuUsage();
     const t0 = Date.now();
     const results = await Promise.all(ids.map((id, i) => pageLoad({
       port: g.port, host: `ws-${id}.localhost`, cookie: cookies[i], deadlineMs,
     })));
     const elapsed = Date.now() - t0;
+    const gatewayCpu = (await g.cpuMs()) - cpu0;
+    const benchCpu = process.cpuUsage(benchCpu0);
     const commands = await commandCounts(admin);
     admin.disconnect();
     const redisCalls = [...commands.values()].reduce((a, b) => a + b, 0);
@@ -124,6 +128,8 @@ async function surge(opts: ClassSurgeOptions, variant: string, env: Record<strin
       { name: 'Redis commands per student', value: round(redisCalls / students, 1), unit: 'count' },
       { name: 'Redis record writes (EVAL) per student', value: round(writes / students, 1), unit: 'count' },
       { name: 'Redis PUBLISH per student', value: round(publishes / students, 1), unit: 'count' },
+      { name: 'gateway CPU during the surge', value: gatewayCpu, unit: 'ms' },
+      { name: 'bench process CPU (browsers, fake AWS, task servers)', value: Math.round((benchCpu.user + benchCpu.system) / 1000), unit: 'ms' },
       { name: 'gateway RSS after', value: round((await g.rss()) / 1048576), unit: 'MB' },
     ];
     const notes: string[] = [];

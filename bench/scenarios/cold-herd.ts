@@ -4,6 +4,7 @@
 // after it is ready. The workspace is the demo workspace (local provisioner) answering its health
 // check only after DEMO_READY_DELAY; the bench finds its port in the gateway's log and probes its
 // /healthz itself every 5 ms, so "ready" is the workspace's moment, not the gateway's opinion of it.
+import { spawn } from 'node:child_process';
 import http from 'node:http';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -11,7 +12,7 @@ import { join } from 'node:path';
 import { startRedis } from '../../test/helpers/redis.js';
 import type { Figure, ScenarioResult, Target } from '../result.js';
 import { NAVIGATE, pageLoad, type PageLoadResult } from './b-browser.js';
-import { cookieMinter, quantile, round, sleep, startGatewayChild, type GatewayChild } from './b-util.js';
+import { cookieMinter, quantile, round, startGatewayChild, type GatewayChild } from './b-util.js';
 
 export interface ColdHerdOptions {
   quick: boolean;
@@ -38,11 +39,21 @@ async function burst(port: number, n: number, host: string, cookie?: string): Pr
   return { ms: Date.now() - t0, ok: codes.filter((c) => c === 200).length };
 }
 
-function healthy(port: number): Promise<boolean> {
+const PROBE = `const http=require('http');const port=+process.argv[1];const end=Date.now()+(+process.argv[2]);
+function again(){if(Date.now()>end)process.exit(1);setTimeout(probe,5)}
+function probe(){const r=http.get({host:'127.0.0.1',port,path:'/healthz',agent:false,timeout:500},(res)=>{res.resume();
+if(res.statusCode===200){process.stdout.write(String(Date.now()));process.exit(0)}else again()});
+r.on('timeout',()=>r.destroy());r.on('error',again)}
+probe()`;
+
+/** Epoch ms of the first 200 from the workspace's /healthz, probed every 5 ms by a child process. */
+function probeReady(port: number, timeoutMs: number): Promise<number> {
   return new Promise((resolve) => {
-    const req = http.get({ host: '127.0.0.1', port, path: '/healthz', agent: false, timeout: 500 }, (res) => { res.resume(); resolve(res.statusCode === 200); });
-    req.on('timeout', () => req.destroy());
-    req.on('error', () => resolve(false));
+    const child = spawn(process.execPath, ['-e', PROBE, String(port), String(timeoutMs)], { stdio: ['ignore', 'pipe', 'ignore'] });
+    let out = '';
+    child.stdout.setEncoding('utf8').on('data', (c: string) => { out += c; });
+    const killer = setTimeout(() => child.kill('SIGKILL'), timeoutMs + 2000);
+    child.once('exit', () => { clearTimeout(killer); resolve(out ? Number(out) : NaN); });
   });
 }
 
@@ -70,17 +81,12 @@ async function herd(opts: ColdHerdOptions, variant: string, env: Record<string, 
     const t0 = Date.now();
     const loads: Promise<PageLoadResult>[] = cookies.map((cookie) => pageLoad({ port: g.port, host, cookie, deadlineMs }));
 
-    // The workspace's own readiness, seen from outside: its port from the provisioner's log line.
+    // The workspace's own readiness, seen from outside: its port from the provisioner's log line,
+    // then a /healthz probe every 5 ms from a separate process (this one is busy being 1,000 browsers).
     const readyAt = (async () => {
       const started = await g.waitForLog((l) => l.msg === 'workspace process started' && l.workspaceId === id, deadlineMs);
-      const port = Number(started.port);
-      const until = Date.now() + deadlineMs;
-      while (Date.now() < until) {
-        if (await healthy(port)) return Date.now();
-        await sleep(5);
-      }
-      return NaN;
-    })();
+      return probeReady(Number(started.port), deadlineMs);
+    })().catch(() => NaN);
     const results = await Promise.all(loads);
     const tReady = await readyAt;
     const herdCpu = (await g.cpuMs()) - cpu0;
@@ -147,7 +153,7 @@ export async function run(opts: ColdHerdOptions): Promise<ScenarioResult> {
   const targets: Target[] = [];
   const notes = [
     `cold-herd: ${browsers} simulated browsers (own keep-alive connections, navigation headers, session cookie; an error page is reloaded after 1 s), gateway child process with Redis store, metrics and activity tracking on, LOCAL_WORKSPACE=demo, DEMO_READY_DELAY=${opts.readyDelayMs ?? 3000}ms.`,
-    'cold-herd: "ready" = first 200 from the bench\'s own /healthz probe (every 5 ms) of the workspace port named in the gateway log; "noticed" = ready -> the first browser\'s long-poll answered "running"; "overhead" = ready -> all served, minus noticed, minus the time the same number of concurrent page loads take straight to the workspace (measured right after).',
+    'cold-herd: "ready" = first 200 from the bench\'s own /healthz probe (every 5 ms, from a separate process) of the workspace port named in the gateway log; "noticed" = ready -> the first browser\'s long-poll answered "running"; "overhead" = ready -> all served, minus noticed, minus the time the same number of concurrent page loads take straight to the workspace (measured right after).',
   ];
   for (const [name, env] of variants) {
     const r = await herd(opts, name, env);

@@ -163,7 +163,7 @@ export async function run(opts: StateScaleOptions): Promise<ScenarioResult> {
     if (page.items.length !== 100 || page.items[0].id !== idOf(0)) throw new Error('listWorkspaces returned an unexpected first page');
 
     // 6. The same idle records under the proposed layouts (flushes the database: last).
-    const layoutCount = opts.quick ? 50_000 : n;
+    const layoutCount = opts.quick ? 20_000 : n;
     opts.log(`state-scale: Redis layouts compared on ${layoutCount} idle records`);
     const layouts = await measureLayouts(admin, layoutCount, (i) => idleRecord(idOf(i), now));
 
