@@ -101,7 +101,9 @@ async function surge(opts: ClassSurgeOptions, variant: string, env: Record<strin
     const maxPerSecond = maxInWindow(runTaskAt, 1000);
     const spanS = runTaskAt.length > 1 ? (Math.max(...runTaskAt) - Math.min(...runTaskAt)) / 1000 : NaN;
     const duplicates = tasks.length - perWorkspace.size;
-    const failedStudents = results.filter((r) => !r.ok || r.errors.length > 0);
+    // An error a student saw (error page, failed start), not the bench's own deadline running out.
+    const seen = (e: string) => !/^(poll|transport):timeout$/.test(e);
+    const failedStudents = results.filter((r) => r.errors.some(seen) || r.finalState === 'failed');
     const errorCodes = new Map<string, number>();
     for (const r of results) for (const e of r.errors) errorCodes.set(e, (errorCodes.get(e) ?? 0) + 1);
     const starts = g.logs.filter((l) => l.event === 'start.requested').length;
@@ -122,6 +124,7 @@ async function surge(opts: ClassSurgeOptions, variant: string, env: Record<strin
       { name: 'duplicate tasks (tasks - workspaces with a task)', value: duplicates, unit: 'count' },
       { name: 'most tasks for one workspace', value: Math.max(0, ...perWorkspace.values()), unit: 'count' },
       { name: 'students who met an error (failed start, error page)', value: failedStudents.length, unit: 'count' },
+      { name: 'students not served within the bench deadline', value: students - served.length, unit: 'count' },
       { name: 'our max RunTask in any 1 s', value: maxPerSecond, unit: 'count' },
       { name: 'our mean RunTask rate', value: round((runTaskAt.length - 1) / spanS, 1), unit: '/s' },
       { name: 'status long-polls per student (mean)', value: round(results.reduce((a, r) => a + r.polls, 0) / students, 1), unit: 'count' },
