@@ -16,12 +16,15 @@ export interface RedisStoreOptions {
   onError?(err: Error): void;
 }
 
-// Writes a record only while the fence lease is held, and keeps the indexes in step.
+// Writes a record only while the fence lease is held, and keeps the running index in step.
+// Memory (issue 5: under 300 B per idle workspace; bench/scenarios/state-scale.ts): one string key
+// per workspace holding its JSON without the id (the key names it), and no per-workspace index
+// entry: a sorted set of all ids cost another 104 B per workspace (skiplist node + dict entry).
+// Listing all workspaces, an admin-only need, scans the record keys instead.
 const PUT_SCRIPT = `
-if ARGV[5] ~= '' and redis.call('GET', KEYS[4]) ~= ARGV[5] then return 0 end
+if ARGV[5] ~= '' and redis.call('GET', KEYS[3]) ~= ARGV[5] then return 0 end
 redis.call('SET', KEYS[1], ARGV[1])
-redis.call('ZADD', KEYS[2], 0, ARGV[2])
-if ARGV[3] == 'running' then redis.call('ZADD', KEYS[3], ARGV[4], ARGV[2]) else redis.call('ZREM', KEYS[3], ARGV[2]) end
+if ARGV[3] == 'running' then redis.call('ZADD', KEYS[2], ARGV[4], ARGV[2]) else redis.call('ZREM', KEYS[2], ARGV[2]) end
 return 1`;
 const RENEW_SCRIPT = `
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
@@ -38,7 +41,6 @@ export async function createRedisStore(opts: RedisStoreOptions): Promise<StateSt
   const p = opts.prefix;
   const k = {
     record: (id: string) => `${p}w:${id}`,
-    ids: `${p}ids`,
     running: `${p}running`,
     activity: `${p}act`,
     lease: (key: string) => `${p}lease:${key}`,
@@ -78,35 +80,47 @@ export async function createRedisStore(opts: RedisStoreOptions): Promise<StateSt
       throw new StoreUnavailable(`redis: ${(err as Error).message}`, { cause: err });
     }
   };
-  const parse = (s: string | null): WorkspaceRecord | undefined => (s ? (JSON.parse(s) as WorkspaceRecord) : undefined);
+  // Stored without the id (the key holds it); records written before that carry it, harmlessly.
+  const parse = (id: string, s: string | null): WorkspaceRecord | undefined => (s ? { ...(JSON.parse(s) as Omit<WorkspaceRecord, 'id'>), id } : undefined);
+  const serialize = (r: WorkspaceRecord) => { const { id: _id, ...rest } = r; return JSON.stringify(rest); };
+  const recordPrefix = k.record('');
+  const recordPattern = `${recordPrefix.replace(/[*?[\]\\]/g, '\\$&')}*`;
 
   return {
     kind: 'redis',
-    getWorkspace: (id) => run(async () => parse(await client.get(k.record(id)))),
+    getWorkspace: (id) => run(async () => parse(id, await client.get(k.record(id)))),
     putWorkspace: (record: WorkspaceRecord, fence?: Fence) => run(async () => {
       const written = await client.eval(
-        PUT_SCRIPT, 4, k.record(record.id), k.ids, k.running, fence ? k.lease(fence.key) : k.lease(''),
-        JSON.stringify(record), record.id, record.state, String(record.startedAt ?? 0), fence?.owner ?? '',
+        PUT_SCRIPT, 3, k.record(record.id), k.running, fence ? k.lease(fence.key) : k.lease(''),
+        serialize(record), record.id, record.state, String(record.startedAt ?? 0), fence?.owner ?? '',
       );
       return written === 1;
     }),
     listWorkspaces: (q: ListQuery) => run(async (): Promise<ListPage> => {
-      const items: WorkspaceRecord[] = [];
-      let after = q.cursor;
-      // Read ids in lexical order in batches; a state filter may need several batches per page.
-      for (let rounds = 0; items.length < q.limit && rounds < 50; rounds++) {
-        const ids = await client.zrangebylex(k.ids, after ? `(${after}` : '-', '+', 'LIMIT', 0, q.limit);
-        if (ids.length === 0) return { items };
-        const values = await client.mget(ids.map(k.record));
-        for (let i = 0; i < ids.length; i++) {
-          after = ids[i];
-          const r = parse(values[i]);
-          if (r && (!q.state || r.state === q.state)) items.push(r);
-          if (items.length === q.limit) break;
+      // All ids after the cursor, by SCAN (O(workspaces) per page: an admin listing, never on the
+      // request path), in lexical order like the memory store.
+      const ids: string[] = [];
+      let scan = '0';
+      do {
+        const [next, keys] = await client.scan(scan, 'MATCH', recordPattern, 'COUNT', 1000);
+        scan = next;
+        for (const key of keys) {
+          const id = key.slice(recordPrefix.length);
+          if (!q.cursor || id > q.cursor) ids.push(id);
         }
-        if (ids.length < q.limit && items.length < q.limit) return { items };
+      } while (scan !== '0');
+      ids.sort();
+      const items: WorkspaceRecord[] = [];
+      let i = 0;
+      while (i < ids.length && items.length < q.limit) {
+        const batch = ids.slice(i, i + q.limit);
+        const values = await client.mget(batch.map(k.record));
+        for (let b = 0; b < batch.length && items.length < q.limit; b++, i++) {
+          const r = parse(batch[b], values[b]);
+          if (r && (!q.state || r.state === q.state)) items.push(r);
+        }
       }
-      return { items, cursor: after };
+      return i < ids.length ? { items, cursor: ids[i - 1] } : { items };
     }),
     runningStartedBefore: (beforeMs, limit) => run(() => client.zrangebyscore(k.running, '-inf', beforeMs, 'LIMIT', 0, limit)),
     countRunning: () => run(() => client.zcard(k.running)),

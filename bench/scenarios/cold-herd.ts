@@ -1,0 +1,172 @@
+// Issue 7, scenario 3: the cold-start herd. 1,000 browsers load the page of one stopped workspace at
+// the same moment; the gateway (a child process exactly as deployed: Redis store, metrics and
+// activity tracking on) must start it exactly once and serve all of them the workspace's page soon
+// after it is ready. The workspace is the demo workspace (local provisioner) answering its health
+// check only after DEMO_READY_DELAY; the bench finds its port in the gateway's log and probes its
+// /healthz itself every 5 ms, so "ready" is the workspace's moment, not the gateway's opinion of it.
+import { spawn } from 'node:child_process';
+import http from 'node:http';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { startRedis } from '../../test/helpers/redis.js';
+import type { Figure, ScenarioResult, Target } from '../result.js';
+import { NAVIGATE, pageLoad, type PageLoadResult } from './b-browser.js';
+import { cookieMinter, quantile, round, startGatewayChild, type GatewayChild } from './b-util.js';
+
+export interface ColdHerdOptions {
+  quick: boolean;
+  log: (s: string) => void;
+  browsers?: number;
+  readyDelayMs?: number;
+  /** Extra gateway environment, for variants. */
+  env?: Record<string, string>;
+  /** Extra node flags for the gateway child (profiling: --cpu-prof). */
+  nodeArgs?: string[];
+}
+
+/** n concurrent GET / on fresh connections (navigation headers), resolving with the ms until all answered 200. */
+async function burst(port: number, n: number, host: string, cookie?: string): Promise<{ ms: number; ok: number }> {
+  const t0 = Date.now();
+  const codes = await Promise.all(Array.from({ length: n }, () => new Promise<number>((resolve) => {
+    const req = http.get({ host: '127.0.0.1', port, path: '/', agent: false, setHost: false, timeout: 30_000, headers: { host, ...NAVIGATE, ...(cookie ? { cookie } : {}) } }, (res) => {
+      res.resume();
+      res.on('end', () => resolve(res.statusCode === 200 && res.headers['x-gateway-state'] === undefined ? 200 : res.statusCode ?? 0));
+    });
+    req.on('timeout', () => req.destroy());
+    req.on('error', () => resolve(0));
+  })));
+  return { ms: Date.now() - t0, ok: codes.filter((c) => c === 200).length };
+}
+
+const PROBE = `const http=require('http');const port=+process.argv[1];const end=Date.now()+(+process.argv[2]);
+function again(){if(Date.now()>end)process.exit(1);setTimeout(probe,5)}
+function probe(){const r=http.get({host:'127.0.0.1',port,path:'/healthz',agent:false,timeout:500},(res)=>{res.resume();
+if(res.statusCode===200){process.stdout.write(String(Date.now()));process.exit(0)}else again()});
+r.on('timeout',()=>r.destroy());r.on('error',again)}
+probe()`;
+
+/** Epoch ms of the first 200 from the workspace's /healthz, probed every 5 ms by a child process. */
+function probeReady(port: number, timeoutMs: number): Promise<number> {
+  return new Promise((resolve) => {
+    const child = spawn(process.execPath, ['-e', PROBE, String(port), String(timeoutMs)], { stdio: ['ignore', 'pipe', 'ignore'] });
+    let out = '';
+    child.stdout.setEncoding('utf8').on('data', (c: string) => { out += c; });
+    const killer = setTimeout(() => child.kill('SIGKILL'), timeoutMs + 2000);
+    child.once('exit', () => { clearTimeout(killer); resolve(out ? Number(out) : NaN); });
+  });
+}
+
+interface HerdRun { figures: Figure[]; starts: number; served: number; noticed: number; overhead: number; notes: string[] }
+
+async function herd(opts: ColdHerdOptions, variant: string, env: Record<string, string>): Promise<HerdRun> {
+  const browsers = opts.browsers ?? 1000;
+  const readyDelayMs = opts.readyDelayMs ?? 3000;
+  const id = 'herd';
+  const host = `ws-${id}.localhost`;
+  const redis = await startRedis();
+  const dataDir = mkdtempSync(join(tmpdir(), 'wsgw-bench-herd-'));
+  let gw: GatewayChild | undefined;
+  try {
+    gw = await startGatewayChild({
+      REDIS_URL: redis.url, LOCAL_WORKSPACE: 'demo', LOCAL_DATA_DIR: dataDir, DEMO_READY_DELAY: `${readyDelayMs}ms`, ...env,
+    }, 20_000, opts.nodeArgs);
+    const g = gw;
+    const mint = cookieMinter();
+    const cookies = await Promise.all(Array.from({ length: browsers }, () => mint(id)));
+    opts.log(`cold-herd (${variant}): ${browsers} page loads of one stopped workspace (ready after ${readyDelayMs} ms)`);
+
+    const deadlineMs = readyDelayMs + 30_000;
+    const cpu0 = await g.cpuMs();
+    const t0 = Date.now();
+    const loads: Promise<PageLoadResult>[] = cookies.map((cookie) => pageLoad({ port: g.port, host, cookie, deadlineMs }));
+
+    // The workspace's own readiness, seen from outside: its port from the provisioner's log line,
+    // then a /healthz probe every 5 ms from a separate process (this one is busy being 1,000 browsers).
+    const readyAt = (async () => {
+      const started = await g.waitForLog((l) => l.msg === 'workspace process started' && l.workspaceId === id, deadlineMs);
+      return probeReady(Number(started.port), deadlineMs);
+    })().catch(() => NaN);
+    const results = await Promise.all(loads);
+    const tReady = await readyAt;
+    const herdCpu = (await g.cpuMs()) - cpu0;
+    // Baselines measured right after, same machine, same moment: the same number of concurrent
+    // page loads straight to the workspace (the limit) and through the gateway with a warm route.
+    const started = g.logs.find((l) => l.msg === 'workspace process started' && l.workspaceId === id);
+    const direct = started ? await burst(Number(started.port), browsers, '127.0.0.1') : { ms: NaN, ok: 0 };
+    const warm = await burst(g.port, browsers, host, cookies[0]);
+
+    const readyLine = g.logs.find((l) => l.event === 'start.ready' && l.workspaceId === id);
+    const starts = g.logs.filter((l) => l.event === 'start.requested').length;
+    const served = results.filter((r) => r.ok);
+    const servedAfter = served.map((r) => r.servedAt! - tReady);
+    const allServed = Math.max(...servedAfter);
+    const told = results.filter((r) => r.runningSeenAt !== undefined).map((r) => r.runningSeenAt!);
+    // Noticed = the first browser told "running" (its long-poll answered), from the outside.
+    const noticed = (told.length ? Math.min(...told) : NaN) - tReady;
+    // What the gateway adds beyond noticing, net of what serving that many pages costs anyway.
+    const overhead = allServed - noticed - direct.ms;
+    const withErrors = results.filter((r) => r.errors.length > 0);
+    const errorCodes = new Map<string, number>();
+    for (const r of results) for (const e of r.errors) errorCodes.set(e, (errorCodes.get(e) ?? 0) + 1);
+
+    const figures: Figure[] = [
+      { name: 'page loads', value: browsers, unit: 'count' },
+      { name: 'served the workspace page', value: served.length, unit: 'count' },
+      { name: 'starts', value: starts, unit: 'count' },
+      { name: 'page loads that met an error page', value: withErrors.length, unit: 'count' },
+      { name: 'first page load -> workspace ready', value: tReady - t0, unit: 'ms' },
+      { name: 'ready -> first browser told running (noticed)', value: noticed, unit: 'ms' },
+      { name: 'ready -> start.ready logged', value: readyLine ? Number(readyLine.time) - tReady : NaN, unit: 'ms' },
+      { name: 'ready -> first served', value: Math.min(...servedAfter), unit: 'ms' },
+      { name: 'ready -> p50 served', value: quantile(servedAfter, 0.5), unit: 'ms' },
+      { name: 'ready -> p99 served', value: quantile(servedAfter, 0.99), unit: 'ms' },
+      { name: 'ready -> all served', value: allServed, unit: 'ms' },
+      { name: `direct: ${browsers} concurrent page loads of the workspace`, value: direct.ms, unit: 'ms' },
+      { name: `gateway, warm route: ${browsers} concurrent page loads`, value: warm.ms, unit: 'ms' },
+      { name: 'overhead: all served - noticed - direct burst', value: overhead, unit: 'ms' },
+      { name: 'gateway CPU for the whole herd', value: herdCpu, unit: 'ms' },
+      { name: 'gateway CPU per page load (all its requests)', value: round(herdCpu / browsers, 2), unit: 'ms' },
+      { name: 'status long-polls per page load (mean)', value: round(results.reduce((s2, r) => s2 + r.polls, 0) / browsers, 2), unit: 'count' },
+      { name: 'gateway RSS after', value: round((await g.rss()) / 1048576), unit: 'MB' },
+    ];
+    const notes: string[] = [];
+    if (errorCodes.size) notes.push(`cold-herd (${variant}): error pages/poll errors met: ${[...errorCodes].map(([k, v]) => `${k} x${v}`).join(', ')}`);
+    if (errorCodes.has('RATE_LIMITED')) notes.push(`cold-herd (${variant}): ${errorCodes.get('RATE_LIMITED')} page loads got 429 RATE_LIMITED: the per-workspace start limit (gateway/request-path.ts startIfNeeded) counts every navigation that finds the workspace stopped, including the herd's, not only starts that happen.`);
+    if (errorCodes.has('STORE_UNAVAILABLE')) notes.push(`cold-herd (${variant}): ${errorCodes.get('STORE_UNAVAILABLE')} STORE_UNAVAILABLE answers: with ~1,000 requests ready at once the gateway's event loop lags past REDIS_COMMAND_TIMEOUT (500 ms), so ioredis times out replies that Redis already sent.`);
+    if (direct.ok !== browsers || warm.ok !== browsers) notes.push(`cold-herd (${variant}): baseline bursts answered 200 direct ${direct.ok}, warm ${warm.ok} of ${browsers}`);
+    return { figures, starts, served: served.length, noticed, overhead, notes };
+  } finally {
+    await gw?.close();
+    await redis.stop();
+    rmSync(dataDir, { recursive: true, force: true });
+  }
+}
+
+export async function run(opts: ColdHerdOptions): Promise<ScenarioResult> {
+  const browsers = opts.browsers ?? 1000;
+  const variants: Array<[string, Record<string, string>]> = opts.env ? [['gateway (custom env)', opts.env]] : [['gateway', {}]];
+  // The per-workspace start limit (RATE_STARTS_PER_MINUTE, default 6) counts page loads that find
+  // the workspace stopped, so most of a herd meets a 429 page first; the full run shows it without.
+  if (!opts.quick && !opts.env) variants.push(['gateway (RATE_STARTS_PER_MINUTE=100000)', { RATE_STARTS_PER_MINUTE: '100000' }]);
+  const systems: ScenarioResult['systems'] = [];
+  const targets: Target[] = [];
+  const notes = [
+    `cold-herd: ${browsers} simulated browsers (own keep-alive connections, navigation headers, session cookie; an error page is reloaded after 1 s), gateway child process with Redis store, metrics and activity tracking on, LOCAL_WORKSPACE=demo, DEMO_READY_DELAY=${opts.readyDelayMs ?? 3000}ms.`,
+    'cold-herd: "ready" = first 200 from the bench\'s own /healthz probe (every 5 ms, from a separate process) of the workspace port named in the gateway log; "noticed" = ready -> the first browser\'s long-poll answered "running"; "overhead" = ready -> all served, minus noticed, minus the time the same number of concurrent page loads take straight to the workspace (measured right after).',
+  ];
+  for (const [name, env] of variants) {
+    const r = await herd(opts, name, env);
+    systems.push({ system: name, figures: r.figures });
+    notes.push(...r.notes);
+    const tag = variants.length > 1 ? ` [${name}]` : '';
+    targets.push(
+      { name: `cold-herd: exactly one start${tag}`, value: r.starts, limit: 1, unit: 'count', op: '<=', met: r.starts === 1 },
+      { name: `cold-herd: all page loads served${tag}`, value: r.served, limit: browsers, unit: 'count', op: '>=', met: r.served === browsers },
+      { name: `cold-herd: readiness noticed${tag}`, value: r.noticed, limit: 250, unit: 'ms', op: '<=', met: r.noticed <= 250 },
+      { name: `cold-herd: gateway overhead beyond readiness${tag}`, value: r.overhead, limit: 100, unit: 'ms', op: '<=', met: r.overhead <= 100 },
+    );
+  }
+  for (const t of targets) opts.log(`  ${t.met ? 'met   ' : 'MISSED'} ${t.name}: ${t.value} ${t.unit} (${t.op} ${t.limit})`);
+  return { scenario: 'cold-start herd', systems, targets, notes };
+}
