@@ -234,14 +234,14 @@ export function createRequestPath(deps: RequestPathDeps) {
 
   /** Long-poll: answers at once if the state differs from what the page knows, else on the next change. */
   async function status(req: IncomingMessage, res: ServerResponse, ctx: Ctx, url: URL) {
-    let record = await deps.store.getWorkspace(ctx.workspaceId);
+    let record = await workspaces.read(ctx.workspaceId);
     const known = `${url.searchParams.get('state')}/${url.searchParams.get('generation')}/${url.searchParams.get('stage')}`;
     const key = (r: WorkspaceRecord | undefined) => `${r?.state ?? 'stopped'}/${r?.generation ?? 0}/${r?.stage ?? ''}`;
     if (url.searchParams.get('wait') === '1' && key(record) === known && (!record || record.state === 'starting' || record.state === 'stopping')) {
       const closed = new AbortController();
       res.once('close', () => closed.abort());
       const changed = await workspaces.nextChange(ctx.workspaceId, 20_000, closed.signal);
-      record = changed ?? (await deps.store.getWorkspace(ctx.workspaceId));
+      record = changed ?? (await workspaces.read(ctx.workspaceId));
       // Nobody drives this start any more (its replica died): take it over and resume it.
       if (record?.state === 'starting' && !workspaces.isStarting(ctx.workspaceId)) {
         record = (await workspaces.requestStart(ctx.workspaceId, { retryFailed: false, requestId: ctx.requestId })) ?? record;

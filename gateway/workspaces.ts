@@ -90,6 +90,18 @@ export function createWorkspaces(opts: WorkspacesOptions) {
     }).catch(() => metrics.storeError()).finally(() => refreshing.delete(id));
   }
 
+  // Concurrent reads of one workspace share one store round trip: when a class's starting pages all
+  // wake at once, 1,000 long-polls must not become 1,000 Redis reads.
+  const reads = new Map<string, Promise<WorkspaceRecord | undefined>>();
+  function read(id: string): Promise<WorkspaceRecord | undefined> {
+    let p = reads.get(id);
+    if (!p) {
+      p = store.getWorkspace(id).finally(() => reads.delete(id));
+      reads.set(id, p);
+    }
+    return p;
+  }
+
   /** Route cache first (no network on a warm request), then the store. */
   async function resolve(id: string): Promise<Route> {
     const hit = cache.get(id);
@@ -99,7 +111,7 @@ export function createWorkspaces(opts: WorkspacesOptions) {
       return { kind: 'running', endpoint: hit.endpoint, generation: hit.generation };
     }
     metrics.routeCache('miss');
-    const record = await store.getWorkspace(id);
+    const record = await read(id);
     if (record?.state === 'running' && record.endpoint) {
       applyEvent(record);
       return { kind: 'running', endpoint: record.endpoint, generation: record.generation };
@@ -186,12 +198,22 @@ export function createWorkspaces(opts: WorkspacesOptions) {
     let writes = Promise.resolve();
     const queueWrite = (r: WorkspaceRecord) => { writes = writes.then(() => write(r, fence).then(() => undefined)).catch(() => metrics.storeError()); };
 
+    // A class of 500 moves every queued student's position on each admission: writing (and
+    // publishing, and waking every long-poll) each move is quadratic. Stage changes are written at
+    // once; position-only changes at most once a second per workspace, the latest one last.
+    let lastWrite = 0;
+    let trailing: NodeJS.Timeout | undefined;
+    const writeNow = () => { if (trailing) { clearTimeout(trailing); trailing = undefined; } lastWrite = clock.now(); queueWrite(current); };
     const onStage = (report: StageReport) => {
       if (controller.signal.aborted) return;
       const now = clock.now();
-      if (report.stage !== current.stage) { metrics.stage(current.stage ?? 'queued', (now - stageAt) / 1000); stageAt = now; }
+      const stageChanged = report.stage !== current.stage;
+      if (stageChanged) { metrics.stage(current.stage ?? 'queued', (now - stageAt) / 1000); stageAt = now; }
       current = { ...current, stage: report.stage, queuePosition: report.stage === 'queued' ? report.queuePosition : undefined };
-      queueWrite(current);
+      // 'ready' is written together with the running state a moment later: one write, one wake-up.
+      if (report.stage === 'ready') return;
+      if (stageChanged || now - lastWrite >= 1000) { writeNow(); return; }
+      trailing ??= setTimeout(() => { trailing = undefined; if (!controller.signal.aborted && current.state === 'starting') writeNow(); }, 1000 - (now - lastWrite));
     };
     const onHandle = (handle: string) => { current = { ...current, handle }; queueWrite(current); };
 
@@ -226,6 +248,7 @@ export function createWorkspaces(opts: WorkspacesOptions) {
         log.warn({ event: 'start.failed', workspaceId: id, generation: initial.generation, requestId, code: failure.code, reason: failure.message }, 'workspace start failed');
       } finally {
         clearTimeout(deadline);
+        if (trailing) clearTimeout(trailing);
         stopRenewing();
         inFlight.delete(id);
         metrics.startsInFlight(inFlight.size);
@@ -331,6 +354,7 @@ export function createWorkspaces(opts: WorkspacesOptions) {
 
   return {
     resolve,
+    read,
     requestStart,
     stop,
     recheck,

@@ -21,6 +21,8 @@ export interface ReaperOptions {
   batch?: number;
   /** Set false to drive passes by hand (tests, the standalone entry point's --once). */
   autoStart?: boolean;
+  /** Candidates handled at once (default 16). */
+  concurrency?: number;
   /** Leader lease; default three intervals (at least 3 s), so a dead leader is replaced after it. */
   leaderLeaseTtlMs?: number;
 }
@@ -64,7 +66,10 @@ export function createReaper(opts: ReaperOptions) {
     }
     const ids = new Set([...idle.map(([id]) => id), ...capped]);
     summary.candidates = ids.size;
-    for (const id of ids) {
+    // Candidates are handled a few at a time: each stop is several store round trips and a provider
+    // call, so one by one a pass over a large class would take longer than REAP_INTERVAL.
+    const queue = [...ids];
+    const handle = async (id: string) => {
       try {
         let reason = '';
         // Re-read under the workspace lock: activity that arrived meanwhile keeps it running.
@@ -88,7 +93,10 @@ export function createReaper(opts: ReaperOptions) {
         summary.skipped++;
         log.warn({ event: 'reaper.error', workspaceId: id, err: (err as Error).message }, 'reaper could not handle a candidate');
       }
-    }
+    };
+    await Promise.all(Array.from({ length: Math.min(opts.concurrency ?? 16, queue.length) }, async () => {
+      for (let id = queue.shift(); id !== undefined; id = queue.shift()) await handle(id);
+    }));
     return summary;
   }
 
