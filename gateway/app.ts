@@ -114,7 +114,7 @@ export async function createGateway(deps: GatewayDeps) {
   publicServer.on('upgrade', (req, socket, head) => { void path.handleUpgrade(req, socket, head); });
   publicServer.on('clientError', (err: Error & { code?: string }, socket: Duplex) => {
     if (!socket.writable || (err.code === 'ECONNRESET')) { socket.destroy(); return; }
-    const code = err.code === 'HPE_HEADER_OVERFLOW' ? 'HEADERS_TOO_LARGE' : 'BAD_REQUEST';
+    const code = err.code === 'HPE_HEADER_OVERFLOW' ? 'HEADERS_TOO_LARGE' : err.code === 'ERR_HTTP_REQUEST_TIMEOUT' ? 'REQUEST_TIMEOUT' : 'BAD_REQUEST';
     metrics.rejectedRequest(code);
     socket.end(renderErrorOnSocket(code));
   });

@@ -18,6 +18,7 @@ export const ERROR_CATALOGUE = {
   ADMIN_UNAUTHORIZED: { status: 401, title: 'Admin token required' },
   RATE_LIMITED: { status: 429, title: 'Too many requests' },
   HEADERS_TOO_LARGE: { status: 431, title: 'Request headers too large' },
+  REQUEST_TIMEOUT: { status: 408, title: 'Request took too long to arrive' },
   WORKSPACE_STOPPED: { status: 503, title: 'Workspace is stopped', retryAfterS: 10 },
   WORKSPACE_STARTING: { status: 503, title: 'Workspace is starting', retryAfterS: 2 },
   WORKSPACE_STOPPING: { status: 503, title: 'Workspace is stopping', retryAfterS: 5 },

@@ -326,3 +326,24 @@ t.test('rate limits in the store', async (t) => {
     t.same(Object.fromEntries(counted.calls), {});
   });
 });
+
+t.test('a slow header block and a slow body are cut off at their limits', async (t) => {
+  const gw = await startTestGateway({ env: { KEEPALIVE_TIMEOUT: '1s', HEADERS_TIMEOUT: '1s', REQUEST_TIMEOUT: '2s' } });
+  t.teardown(() => gw.close());
+  const cookie = await gw.cookie('demo');
+  await request(gw.port, { headers: { 'sec-fetch-mode': 'navigate', cookie } });
+  await waitRunning(gw.port, cookie);
+  const closedBy = (write: (s: net.Socket) => void) => new Promise<string>((resolve) => {
+    const s = net.connect(gw.port, '127.0.0.1', () => write(s));
+    let got = '';
+    s.on('data', (c) => { got += c.toString(); });
+    s.on('close', () => resolve(got));
+    s.on('error', () => undefined);
+  });
+  // Headers that never end: the gateway answers 408 and closes (Node's headersTimeout, swept every 2 s).
+  const slowHeaders = await closedBy((s) => s.write('GET / HTTP/1.1\r\nHost: ws-demo.localhost\r\nX-Slow: '));
+  t.match(slowHeaders, /^HTTP\/1\.1 408/, 'slow header block cut off with 408');
+  // A body that never completes is cut off by the request timeout.
+  const slowBody = await closedBy((s) => s.write(`POST /upload HTTP/1.1\r\nHost: ws-demo.localhost\r\nCookie: ${cookie}\r\nContent-Length: 1000000\r\n\r\nabc`));
+  t.ok(slowBody === '' || /^HTTP\/1\.1 408/.test(slowBody), `slow body to a running workspace cut off (${slowBody.slice(0, 12) || 'closed'})`);
+});
