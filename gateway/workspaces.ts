@@ -79,7 +79,12 @@ export function createWorkspaces(opts: WorkspacesOptions) {
     store.getWorkspace(id).then((r) => {
       if (r?.state === 'running' && r.endpoint) applyEvent(r);
       else if (r) cache.delete(id);
-      else cache.get(id) && (cache.get(id)!.checkedAt = clock.now()); // store emptied: keep serving, rediscovered later
+      else if (cache.has(id)) {
+        // The store was emptied (Redis restarted): keep serving, and record the workspace again if the
+        // provisioner still runs it, with a full idle window (issue 8). Never a second start.
+        cache.get(id)!.checkedAt = clock.now();
+        void provisioner.describe(id).then((found) => (found ? adoptUnknown(found) : cache.delete(id))).catch(() => metrics.storeError());
+      }
     }).catch(() => metrics.storeError()).finally(() => refreshing.delete(id));
   }
 
