@@ -127,7 +127,8 @@ export function createForwarder(opts: ProxyOptions) {
       state.attempt = 1;
       state.reused = false;
       const empty = Readable.from([]);
-      proxy.web(req, res, { target: target(state.endpoint), buffer: empty });
+      // On a new connection: another pooled socket may have idled just as long and be closing too.
+      proxy.web(req, res, { target: target(state.endpoint), buffer: empty, agent: false });
       return;
     }
     const code: ErrorCode = state.timedOut ? 'UPSTREAM_TIMEOUT' : 'UPSTREAM_UNREACHABLE';
