@@ -70,9 +70,13 @@ t.test('Redis killed, hung and restarted empty', async (t) => {
     await until(() => gw.store.ping());
     await until(async () => { await gw.gateway.activity.flush(); return gw.gateway.activity.buffered() === 0; });
     t.ok((await gw.store.getActivity('warm'))! >= lastTouch - 5000, 'buffered activity written back');
-    // The stale cached route is refreshed: the store no longer knows it, the provisioner does.
-    await request(gw.port, { host, path: '/headers', headers: { ...XHR, cookie } });
-    const found = (await until(async () => { const r = await gw.store.getWorkspace('warm'); return r?.state === 'running' ? r : undefined; }))!;
+    // Traffic continues; the stale cached route is refreshed on a request: the store no longer knows
+    // it, the provisioner does, and it is recorded again with its activity reset to that moment.
+    const found = (await until(async () => {
+      await request(gw.port, { host, path: '/headers', headers: { ...XHR, cookie } });
+      const r = await gw.store.getWorkspace('warm');
+      return r?.state === 'running' && (await gw.store.getActivity('warm'))! >= r.since ? r : undefined;
+    }))!;
     t.equal(found.state, 'running', 'rediscovered from the provisioner');
     t.equal(gw.provisioner.starts.length, 1, 'never started twice');
     t.ok((await gw.store.getActivity('warm'))! >= found.since, 'a full idle window from the moment it was found');
