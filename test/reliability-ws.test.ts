@@ -58,7 +58,7 @@ t.test('frame tracker: boundaries across any split, control frames are not data'
 });
 
 t.test('WebSocket faults through a real gateway and real workspace processes', async (t) => {
-  const gw = await startTestGateway({ env: { WS_IDLE_TIMEOUT: '150ms' } });
+  const gw = await startTestGateway({ env: { WS_IDLE_TIMEOUT: '300ms' } });
   t.teardown(() => gw.close());
   const baseline = tcpHandles();
 
@@ -69,7 +69,11 @@ t.test('WebSocket faults through a real gateway and real workspace processes', a
     await gw.gateway.activity.flush();
     const before = await gw.store.getActivity('quiet');
     // ws answers pings with pongs by itself (RFC 6455 5.5.2); wait for a few rounds.
-    await new Promise<void>((resolve) => { let n = 0; ws.on('ping', () => { if (++n === 4) resolve(); }); });
+    await new Promise<void>((resolve, reject) => {
+      let n = 0;
+      ws.on('ping', () => { if (++n === 4) resolve(); });
+      ws.once('close', (code) => reject(new Error(`closed with ${code} after ${n} pings`)));
+    });
     t.equal(ws.readyState, WebSocket.OPEN, 'still open after several idle periods');
     t.equal(await echo(ws, 'still here'), 'still here', 'frames still flow after injected pings');
     await gw.gateway.activity.flush();
