@@ -24,6 +24,16 @@ import { createWorkspaces } from './workspaces.js';
 import { createWsPairs, type WsPair } from './ws-pairs.js';
 import { connectionIdentity, createWsActivityTap, negotiateExtensions, type WsActivityTap } from './activity/index.js';
 
+/** In-flight requests get this long after the WebSockets are closed before connections are cut. */
+const REQUEST_GRACE_MS = 5000;
+
+/** Resolves when p does or after ms, whichever is first (the timer never outlives it). */
+async function within(ms: number, p: Promise<unknown>): Promise<void> {
+  let timer: NodeJS.Timeout | undefined;
+  await Promise.race([p, new Promise((r) => { timer = setTimeout(r, ms); })]);
+  clearTimeout(timer);
+}
+
 export interface GatewayDeps {
   config: Config;
   store: StateStore;
@@ -90,6 +100,9 @@ export async function createGateway(deps: GatewayDeps) {
         }
         tap?.close();
       },
+      // Not a recheck yet: the process may not have been reaped. VS Code's reconnect meets the refusal,
+      // and that failure re-checks the route (request-path forwardWs).
+      upstreamLost: (pair) => { workspaces.forget(pair.workspaceId); },
     },
   });
   closers.push(() => wsPairs.close());
@@ -161,17 +174,20 @@ export async function createGateway(deps: GatewayDeps) {
 
   let closing: Promise<void> | undefined;
   /**
-   * Graceful drain (issue 8): readiness turns false at once; connections keep being served for the
-   * drain period while the load balancer deregisters us; then WebSockets are closed so browsers
-   * reconnect to another replica, activity is flushed and leases released.
+   * Graceful drain (issue 8): readiness turns false at once; connections keep being served while the
+   * load balancer deregisters us, for at most the drain period: on ECS the ALB deregisters and waits
+   * its deregistration delay before SIGTERM, so we leave as soon as the last WebSocket is gone. Then
+   * WebSockets are closed with 1001 (going away) so VS Code reconnects to another replica, in-flight
+   * requests get a short grace, activity is flushed and leases released.
    */
   function close(drainPeriodMs = 0): Promise<void> {
     return (closing ??= (async () => {
       draining = true;
-      if (drainPeriodMs > 0) await new Promise((r) => setTimeout(r, drainPeriodMs));
-      publicServer.close();
-      wsPairs.closeAll();
+      if (drainPeriodMs > 0) await within(drainPeriodMs, wsPairs.whenEmpty());
+      const serverClosed = new Promise<void>((resolve) => publicServer.close(() => resolve()));
       publicServer.closeIdleConnections();
+      await wsPairs.closeAll();
+      await within(REQUEST_GRACE_MS, serverClosed);
       for (const fn of closers.reverse()) await Promise.resolve(fn()).catch((err) => log.warn({ err }, 'close step failed'));
       publicServer.closeAllConnections();
       await admin.close();

@@ -111,6 +111,9 @@ export function createForwarder(opts: ProxyOptions) {
 
   proxy.on('proxyRes', (proxyRes, req, res) => {
     stripHopByHop(proxyRes.headers, false);
+    // The request path asks for `Connection: close` while draining; http-proxy-3 would otherwise put
+    // keep-alive back, and the client would keep a connection to a replica that is leaving.
+    if (res.getHeader('connection') === 'close') proxyRes.headers.connection = 'close';
     // An upstream that dies mid-body must not leave the client waiting on a response that will never
     // end: a pipe does not end its destination when the source errors.
     proxyRes.once('close', () => { if (!proxyRes.complete) res.destroy(); });
@@ -127,7 +130,8 @@ export function createForwarder(opts: ProxyOptions) {
       state.attempt = 1;
       state.reused = false;
       const empty = Readable.from([]);
-      proxy.web(req, res, { target: target(state.endpoint), buffer: empty });
+      // On a new connection: another pooled socket may have idled just as long and be closing too.
+      proxy.web(req, res, { target: target(state.endpoint), buffer: empty, agent: false });
       return;
     }
     const code: ErrorCode = state.timedOut ? 'UPSTREAM_TIMEOUT' : 'UPSTREAM_UNREACHABLE';

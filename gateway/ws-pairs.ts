@@ -1,75 +1,193 @@
 // Proxied WebSocket pairs (browser socket, upstream socket): counted, watched for a frozen peer,
 // closed together, and drained on shutdown. The bytes themselves flow through http-proxy-3's pipes;
-// this module only observes them.
+// this module observes them with one frame-boundary tracker per direction, so it can inject its own
+// control frames (ping, close 1001) between frames (issue 8).
 import type { IncomingMessage } from 'node:http';
 import type { Duplex } from 'node:stream';
 import type { Clock } from './clock.js';
+import { CLOSE, FrameTracker, GOING_AWAY, PING, clientFrame, closePayload, serverFrame } from './ws-frames.js';
 
 export interface WsPair {
   workspaceId: string;
   client: Duplex;
   upstream: Duplex;
+  /** Last time any byte came from that side (pongs included: liveness, not activity). */
   lastUpstream: number;
   lastClient: number;
 }
 
 export interface WsPairHooks {
   opened(pair: WsPair, req: IncomingMessage, response: IncomingMessage): void;
-  /** Each chunk the browser sends (client to server), for the activity signal. */
+  /** Chunks from the browser that carry data frames (never pings or pongs), for an activity signal. */
   clientData?(pair: WsPair, chunk: Buffer): void;
   closed(pair: WsPair): void;
+  /** The workspace side ended without a close frame (process died): its route deserves a re-check. */
+  upstreamLost?(pair: WsPair): void;
 }
 
 export interface WsPairsOptions {
   clock: Clock;
-  /** No traffic either way for twice this long: both sides are closed (issue 8). */
+  /** A side silent this long is pinged; silent twice this long, both sides are closed (issue 8). */
   idleTimeoutMs: number;
+  /** How long a peer gets to answer our close frame before its socket is destroyed. */
+  closeGraceMs?: number;
   hooks: WsPairHooks;
+}
+
+/** One direction: its tracker, and frames waiting for the next frame boundary. */
+interface Direction {
+  tracker: FrameTracker;
+  /** Where injected frames are written (the destination of this direction's pipe). */
+  to: Duplex;
+  from: Duplex;
+  pending: Array<() => void>;
+  pingedAt: number;
+}
+
+interface Entry {
+  pair: WsPair;
+  /** upstream -> client (server frames, unmasked) and client -> upstream (masked). */
+  down: Direction;
+  up: Direction;
+  closing: boolean;
+  finish(): void;
 }
 
 export function createWsPairs(opts: WsPairsOptions) {
   const { clock, hooks } = opts;
-  const pairs = new Set<WsPair>();
+  const closeGraceMs = opts.closeGraceMs ?? 1000;
+  const entries = new Set<Entry>();
+  let emptyWaiters: Array<() => void> = [];
+
+  /** Runs fn now if this direction is between frames, else once the current frame has been forwarded. */
+  function atBoundary(d: Direction, fn: () => void) {
+    if (d.tracker.atBoundary()) fn(); else d.pending.push(fn);
+  }
+  function drainPending(d: Direction) {
+    while (d.pending.length && d.tracker.atBoundary()) d.pending.shift()!();
+  }
+  const write = (s: Duplex, frame: Buffer) => { if (s.writable && !s.destroyed) s.write(frame); };
 
   function track(p: { workspaceId: string; client: Duplex; upstream: Duplex; req: IncomingMessage; response: IncomingMessage }) {
-    const pair: WsPair = { workspaceId: p.workspaceId, client: p.client, upstream: p.upstream, lastUpstream: clock.now(), lastClient: clock.now() };
-    pairs.add(pair);
-    hooks.opened(pair, p.req, p.response);
-    p.upstream.on('data', () => { pair.lastUpstream = clock.now(); });
-    p.client.on('data', (chunk: Buffer) => { pair.lastClient = clock.now(); hooks.clientData?.(pair, chunk); });
+    const now = clock.now();
+    const pair: WsPair = { workspaceId: p.workspaceId, client: p.client, upstream: p.upstream, lastUpstream: now, lastClient: now };
+    const down: Direction = { tracker: new FrameTracker(), from: p.upstream, to: p.client, pending: [], pingedAt: 0 };
+    const up: Direction = { tracker: new FrameTracker(), from: p.client, to: p.upstream, pending: [], pingedAt: 0 };
     let done = false;
+    const entry: Entry = { pair, down, up, closing: false, finish: () => undefined };
+    entries.add(entry);
+    hooks.opened(pair, p.req, p.response);
+
+    // This hook runs before http-proxy-3 writes the 101 and pipes the sockets. Our listeners are
+    // attached after its pipes, so when they run, the chunk has already been written onward and a
+    // frame injected then follows it on the wire.
+    process.nextTick(() => {
+      if (done) return;
+      p.upstream.on('data', (chunk: Buffer) => {
+        pair.lastUpstream = clock.now();
+        down.tracker.feed(chunk);
+        if (down.pending.length) drainPending(down);
+      });
+      p.client.on('data', (chunk: Buffer) => {
+        pair.lastClient = clock.now();
+        up.tracker.feed(chunk);
+        // Every byte, control frames included: the activity tap parses the stream itself (and never
+        // counts pings, pongs or closes); skipping a chunk would break its framing.
+        hooks.clientData?.(pair, chunk);
+        if (up.pending.length) drainPending(up);
+      });
+    });
+
+    let grace: NodeJS.Timeout | undefined;
     const close = () => {
       if (done) return;
       done = true;
-      pairs.delete(pair);
+      if (grace) clearTimeout(grace);
+      entries.delete(entry);
       hooks.closed(pair);
-      // An upstream that died must not leave the browser waiting: close its socket promptly (issue 8).
-      p.client.destroy();
       p.upstream.destroy();
+      // end() flushes the close frame; a browser that does not read is cut after the grace.
+      if (!p.client.destroyed) {
+        p.client.end();
+        const cut = setTimeout(() => p.client.destroy(), closeGraceMs);
+        cut.unref();
+        p.client.once('close', () => clearTimeout(cut));
+      }
+      if (entries.size === 0) { const w = emptyWaiters; emptyWaiters = []; for (const f of w) f(); }
     };
-    p.upstream.once('close', close);
+    entry.finish = () => {
+      // Both sides get a close frame at their next frame boundary, then FIN; destroyed after the grace.
+      if (entry.closing || done) return;
+      entry.closing = true;
+      atBoundary(down, () => { p.upstream.unpipe(p.client); write(p.client, serverFrame(CLOSE, closePayload(GOING_AWAY))); p.client.end(); });
+      atBoundary(up, () => { p.client.unpipe(p.upstream); write(p.upstream, clientFrame(CLOSE, closePayload(GOING_AWAY))); p.upstream.end(); });
+      grace = setTimeout(() => { p.client.destroy(); p.upstream.destroy(); close(); }, closeGraceMs);
+      grace.unref();
+    };
+    // A browser whose upstream died (or ended without a close frame) is told so at once, with a code
+    // VS Code reconnects on (issue 8). Registered before http-proxy-3's pipe, whose 'end' ends the client.
+    let lost = false;
+    const upstreamGone = () => {
+      if (entry.closing || down.tracker.closeSeen || lost) return;
+      lost = true;
+      hooks.upstreamLost?.(pair);
+      if (down.tracker.atBoundary()) { entry.closing = true; write(p.client, serverFrame(CLOSE, closePayload(GOING_AWAY))); }
+    };
+    p.upstream.once('end', upstreamGone);
+    p.upstream.once('close', () => { upstreamGone(); close(); });
     p.client.once('close', close);
-    p.upstream.once('error', close);
+    p.upstream.once('error', () => { upstreamGone(); close(); });
     p.client.once('error', close);
   }
 
-  // A frozen peer (SIGSTOP'd workspace, vanished laptop) is cut after the no-traffic limit, not the
-  // operating system's two hours (issue 8).
+  // A frozen peer (SIGSTOP'd workspace, vanished laptop) is pinged once it has been silent for the
+  // idle timeout, and the pair is closed once it has been silent for twice that: not the operating
+  // system's two hours (issue 8). The resulting pong passes through to the other side as an
+  // unsolicited pong, which RFC 6455 5.5.3 allows; it counts as liveness, never as activity.
+  const limit = opts.idleTimeoutMs;
+  const sweepMs = Math.min(5000, Math.max(25, Math.floor(limit / 4)));
   const sweep = setInterval(() => {
     const now = clock.now();
-    const limit = opts.idleTimeoutMs * 2;
-    for (const pair of pairs) {
-      if (now - pair.lastUpstream > limit && now - pair.lastClient > limit) { pair.client.destroy(); pair.upstream.destroy(); }
+    for (const entry of entries) {
+      if (entry.closing) continue;
+      const { pair, down, up } = entry;
+      if (now - pair.lastUpstream > 2 * limit || now - pair.lastClient > 2 * limit) { entry.finish(); continue; }
+      // Ping the browser: a server frame on the client socket, between upstream frames.
+      if (now - pair.lastClient > limit && down.pingedAt <= pair.lastClient) {
+        down.pingedAt = now;
+        atBoundary(down, () => write(pair.client, serverFrame(PING)));
+      }
+      // Ping the workspace: a masked client frame on the upstream socket, between browser frames.
+      if (now - pair.lastUpstream > limit && up.pingedAt <= pair.lastUpstream) {
+        up.pingedAt = now;
+        atBoundary(up, () => write(pair.upstream, clientFrame(PING)));
+      }
     }
-  }, Math.max(1000, Math.floor(opts.idleTimeoutMs / 2)));
+  }, sweepMs);
   sweep.unref();
+
+  function whenEmpty(): Promise<void> {
+    if (entries.size === 0) return Promise.resolve();
+    return new Promise((resolve) => emptyWaiters.push(resolve));
+  }
 
   return {
     track,
-    size: () => pairs.size,
-    /** Closes every pair (shutdown after the drain period). */
-    closeAll() { for (const pair of pairs) { pair.client.destroy(); pair.upstream.destroy(); } },
-    close() { clearInterval(sweep); },
+    size: () => entries.size,
+    /** Resolves once no pair is open. */
+    whenEmpty,
+    /**
+     * Closes every pair with 1001 (going away) so browsers reconnect to another replica (shutdown),
+     * and resolves once all are gone (at most the close grace later).
+     */
+    closeAll(): Promise<void> {
+      for (const entry of entries) entry.finish();
+      return whenEmpty();
+    },
+    close() {
+      clearInterval(sweep);
+      for (const entry of entries) { entry.pair.client.destroy(); entry.pair.upstream.destroy(); }
+    },
   };
 }
 

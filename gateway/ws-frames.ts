@@ -1,0 +1,87 @@
+// A passive RFC 6455 frame-boundary tracker, one per direction of a proxied WebSocket (issue 8).
+// The bytes are piped raw; the gateway only needs to know where one frame ends and the next begins,
+// so it can inject its own control frames (ping, close 1001) between frames, never inside one.
+// RFC 6455 5.4: control frames may be injected between the frames of a fragmented message.
+// It reads at most 14 header bytes per frame and skips payloads by count: cheap on every chunk.
+import { randomBytes } from 'node:crypto';
+
+export class FrameTracker {
+  private readonly header = Buffer.alloc(14);
+  private headerLen = 0;
+  /** Header bytes needed before the payload length is known (2, then up to 14). */
+  private need = 2;
+  private payloadLeft = 0;
+  /** Whether the frame being read is a data frame (text, binary, continuation). */
+  private inData = false;
+  /** Set once a header is nonsense (reserved opcode): injection is then never safe. */
+  broken = false;
+  /** A close frame went this way: the peer was told already. */
+  closeSeen = false;
+
+  /** Consumes one chunk; returns whether it carried any data-frame bytes (control frames do not count). */
+  feed(chunk: Buffer): boolean {
+    let i = 0;
+    let data = false;
+    const n = chunk.length;
+    while (i < n) {
+      if (this.payloadLeft > 0) {
+        const take = Math.min(this.payloadLeft, n - i);
+        this.payloadLeft -= take;
+        i += take;
+        if (this.inData) data = true;
+        continue;
+      }
+      this.header[this.headerLen++] = chunk[i++];
+      if (this.headerLen === 2) {
+        const len7 = this.header[1] & 0x7f;
+        this.need = 2 + (len7 === 126 ? 2 : len7 === 127 ? 8 : 0) + (this.header[1] & 0x80 ? 4 : 0);
+      }
+      if (this.headerLen < this.need) continue;
+      const opcode = this.header[0] & 0x0f;
+      // Opcodes 3-7 and 11-15 are reserved (RFC 6455 5.2): we no longer know where frames end.
+      if ((opcode > 2 && opcode < 8) || opcode > 10) this.broken = true;
+      const len7 = this.header[1] & 0x7f;
+      this.payloadLeft = len7 === 126 ? this.header.readUInt16BE(2) : len7 === 127 ? Number(this.header.readBigUInt64BE(2)) : len7;
+      this.inData = opcode < 8;
+      if (opcode === 0x8) this.closeSeen = true;
+      if (this.inData) data = true;
+      this.headerLen = 0;
+      this.need = 2;
+    }
+    return data;
+  }
+
+  /** True between frames: a frame written now cannot split one. */
+  atBoundary(): boolean {
+    return !this.broken && this.headerLen === 0 && this.payloadLeft === 0;
+  }
+}
+
+const OP_CLOSE = 0x8;
+const OP_PING = 0x9;
+
+/** A control frame as a server sends it (unmasked, RFC 6455 5.1). */
+export function serverFrame(opcode: number, payload: Buffer = Buffer.alloc(0)): Buffer {
+  return Buffer.concat([Buffer.from([0x80 | opcode, payload.length]), payload]);
+}
+
+/** A control frame as a client sends it (masked with a fresh key, RFC 6455 5.3). */
+export function clientFrame(opcode: number, payload: Buffer = Buffer.alloc(0)): Buffer {
+  const mask = randomBytes(4);
+  const masked = Buffer.alloc(payload.length);
+  for (let i = 0; i < payload.length; i++) masked[i] = payload[i] ^ mask[i & 3];
+  return Buffer.concat([Buffer.from([0x80 | opcode, 0x80 | payload.length]), mask, masked]);
+}
+
+export function closePayload(code: number, reason = ''): Buffer {
+  const r = Buffer.from(reason).subarray(0, 123);
+  const b = Buffer.alloc(2 + r.length);
+  b.writeUInt16BE(code, 0);
+  r.copy(b, 2);
+  return b;
+}
+
+export const PING = OP_PING;
+export const CLOSE = OP_CLOSE;
+/** RFC 6455 7.4.1: the endpoint is going away (server shutdown); VS Code reconnects. */
+export const GOING_AWAY = 1001;
