@@ -187,3 +187,21 @@ export async function waitHttp(port: number, host: string, headers: Record<strin
   }
   throw new Error(`${what} did not answer 200 on ${host}${path} within 20 s (${last})`);
 }
+
+/**
+ * The field both load scenarios measure: direct, nginx, configurable-http-proxy and the gateway (plus
+ * gateway variants with other settings). A peer that cannot start is noted and left out, never fatal.
+ */
+export async function startField(dir: string, notes: string[], log: (s: string) => void, variants: Array<[name: string, env: Record<string, string>]> = []) {
+  const up = await startUpstream();
+  const state = await startGatewayState(up, dir);
+  const field: System[] = [direct(up, state.cookie)];
+  const tryStart = async (what: string, f: () => Promise<System>) => {
+    try { field.push(await f()); } catch (err) { notes.push(`${what} not run: ${(err as Error).message}`); log(`  ${what} not run: ${(err as Error).message}`); }
+  };
+  await tryStart('nginx', () => startNginx(dir, up, state.cookie));
+  await tryStart('configurable-http-proxy', () => startChp(dir, up, state.cookie));
+  await tryStart('gateway', () => startGateway(state, 'gateway'));
+  for (const [name, env] of variants) await tryStart(name, () => startGateway(state, name, env));
+  return { up, state, field };
+}

@@ -9,7 +9,7 @@ import { dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { ScenarioResult, Target, Figure } from '../result.js';
 import { LOAD_CPU, cpuMicros, loadAverage, median, round, runToEnd, sleep, stopAll } from '../lib.js';
-import { direct, startChp, startGateway, startGatewayState, startNginx, startUpstream, workDir, type System } from '../field.js';
+import { startField, workDir, type System } from '../field.js';
 
 const loadgen = join(dirname(fileURLToPath(import.meta.url)), '..', 'loadgen.js');
 
@@ -60,17 +60,10 @@ export async function run(opts: { quick: boolean; log: (s: string) => void }): P
   const notes: string[] = [];
   const dir = workDir();
   try {
-    const up = await startUpstream();
-    const state = await startGatewayState(up, dir);
-    const field: System[] = [direct(up, state.cookie)];
-    const tryStart = async (what: string, f: () => Promise<System>) => {
-      try { field.push(await f()); } catch (err) { notes.push(`${what} not run: ${(err as Error).message}`); log(`  ${what} not run: ${(err as Error).message}`); }
-    };
-    await tryStart('nginx', () => startNginx(dir, up, state.cookie));
-    await tryStart('configurable-http-proxy', () => startChp(dir, up, state.cookie));
-    await tryStart('gateway', () => startGateway(state, 'gateway'));
-    await tryStart('gateway metrics off', () => startGateway(state, 'gw-metrics-off', { METRICS: 'off' }));
-    await tryStart('gateway bookkeeping off', () => startGateway(state, 'gw-bare', { METRICS: 'off', ACTIVITY_TRACKING: 'off' }));
+    const { up, state, field } = await startField(dir, notes, log, [
+      ['gw-metrics-off', { METRICS: 'off' }],
+      ['gw-bare', { METRICS: 'off', ACTIVITY_TRACKING: 'off' }],
+    ]);
     // Warm each system (JIT, keep-alive pools, route cache) before anything is measured.
     for (const s of field) await wrk(s, 1, 50);
 

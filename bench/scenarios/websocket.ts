@@ -7,7 +7,7 @@ import { fileURLToPath } from 'node:url';
 import { createInterface } from 'node:readline';
 import type { Figure, ScenarioResult, Target } from '../result.js';
 import { LOAD_CPU, loadAverage, openFilesLimit, median, round, rssBytes, runToEnd, sleep, start, stop, stopAll } from '../lib.js';
-import { direct, startChp, startGateway, startGatewayState, startNginx, startUpstream, workDir, type System } from '../field.js';
+import { startField, workDir, type System } from '../field.js';
 
 const loadgen = join(dirname(fileURLToPath(import.meta.url)), '..', 'loadgen.js');
 const rotate = <T>(xs: T[], k: number) => xs.map((_, i) => xs[(i + k) % xs.length]);
@@ -56,15 +56,7 @@ export async function run(opts: { quick: boolean; log: (s: string) => void }): P
   if (wanted < asked) notes.push(`idle: ${wanted} sockets instead of ${asked}: the hard open-files limit (${openFilesLimit()}) allows a proxy two descriptors per socket for no more`);
   const dir = workDir();
   try {
-    const up = await startUpstream();
-    const state = await startGatewayState(up, dir);
-    const field: System[] = [direct(up, state.cookie)];
-    const tryStart = async (what: string, f: () => Promise<System>) => {
-      try { field.push(await f()); } catch (err) { notes.push(`${what} not run: ${(err as Error).message}`); log(`  ${what} not run: ${(err as Error).message}`); }
-    };
-    await tryStart('nginx', () => startNginx(dir, up, state.cookie));
-    await tryStart('configurable-http-proxy', () => startChp(dir, up, state.cookie));
-    await tryStart('gateway', () => startGateway(state, 'gateway'));
+    const { up, state, field } = await startField(dir, notes, log);
 
     type Paced = { open: number; failed: number; firstError?: string; messages: number; p50us: number; p99us: number };
     type Closed = { open: number; failed: number; firstError?: string; messagesPerSecond: number };
