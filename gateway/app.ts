@@ -17,7 +17,7 @@ import type { Config } from './config.js';
 import { renderErrorOnSocket } from './errors.js';
 import type { Metrics } from './metrics.js';
 import { createForwarder } from './proxy.js';
-import { canReconcile, createReconciler } from './reconcile.js';
+import { canReconcile, createReconciler, reconcileFromList } from './reconcile.js';
 import { createRequestPath } from './request-path.js';
 import type { StateStore } from './store/contract.js';
 import { createWorkspaces } from './workspaces.js';
@@ -146,13 +146,17 @@ export async function createGateway(deps: GatewayDeps) {
   // Scrape-time store ping and running count (issue 6), never a round trip on a proxied request.
   metrics.watchStore(store, Math.min(2000, config.redisCommandTimeoutMs));
 
-  // ---------------------------------------------------------------- reconcile (ECS)
-  if (canReconcile(provisioner)) {
+  // ---------------------------------------------------------------- reconcile
+  let reconcileNow: () => Promise<void> = async () => undefined;
+  // ECS compares tasks with Cloud Map and the store; other provisioners adopt what they list.
+  {
+    const reconcilable = canReconcile(provisioner) ? provisioner : reconcileFromList(provisioner);
     const reconcileMs = (provisioner as { reconcileIntervalMs?: number }).reconcileIntervalMs ?? 60_000;
-    const reconciler = createReconciler({ provisioner, store, workspaces, log, intervalMs: reconcileMs });
+    const reconciler = createReconciler({ provisioner: reconcilable, store, workspaces, log, intervalMs: reconcileMs });
     // At start: adopt what runs before the first request needs it (issue 4).
     void reconciler.run();
     closers.push(() => reconciler.close());
+    reconcileNow = () => reconciler.run();
   }
 
   // ---------------------------------------------------------------- reaper
@@ -208,6 +212,8 @@ export async function createGateway(deps: GatewayDeps) {
     close,
     isDraining: () => draining,
     openWebSockets: () => wsPairs.size(),
+    /** One reconcile pass now (tests; it also runs at start and every RECONCILE_INTERVAL). */
+    reconcile: () => reconcileNow(),
     workspaceOrigin,
   };
 }

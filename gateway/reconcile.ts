@@ -2,7 +2,7 @@
 // adopt running tasks the store does not know, mark workspaces whose task is gone as stopped, and
 // let the provisioner stop tasks nobody claims (issue 4). Skipped entirely while the store is away:
 // an unreadable store must never look like "nothing should run".
-import type { RunningWorkspace } from '../provisioner/contract.js';
+import type { Provisioner, RunningWorkspace } from '../provisioner/contract.js';
 import type { Logger } from './log.js';
 import type { StateStore } from './store/contract.js';
 import type { Workspaces } from './workspaces.js';
@@ -20,6 +20,22 @@ export interface Reconcilable {
 
 export function canReconcile(p: object): p is Reconcilable {
   return typeof (p as Partial<Reconcilable>).reconcile === 'function';
+}
+
+/**
+ * For provisioners without their own reconcile (local): adopt what list() says runs and the store
+ * does not know (after Redis came back empty), so nothing runs unmanaged and unreaped.
+ */
+export function reconcileFromList(provisioner: Provisioner): Reconcilable {
+  return {
+    async reconcile(claim) {
+      const adopted: RunningWorkspace[] = [];
+      for (const running of await provisioner.list()) {
+        if ((await claim(running.workspaceId)).state === 'unknown') adopted.push(running);
+      }
+      return { adopted, deregistered: [], stopped: [], errors: [] };
+    },
+  };
 }
 
 export function createReconciler(opts: { provisioner: Reconcilable; store: StateStore; workspaces: Workspaces; log: Logger; intervalMs: number }) {

@@ -94,6 +94,11 @@ t.test('two reapers on one Redis', async (t) => {
     t.equal(b.provisioner.starts.length + a.provisioner.starts.length, 4, 'no second start');
     clock.advance(IDLE - 1000);
     t.same((await r.pass()).stopped, [], 'a full idle window from the moment it was seen');
+    // A workspace nobody requests is recorded again by the periodic reconcile (it runs on a: its process).
+    t.equal(await a.store.getWorkspace('idle1'), undefined, 'idle1 is unknown to the emptied store');
+    await a.gateway.reconcile();
+    t.equal((await a.store.getWorkspace('idle1'))?.state, 'running', 'adopted from the provisioner, not started again');
+    t.ok((await a.store.getActivity('idle1')) !== undefined, 'with a full idle window from now');
     clock.advance(2000);
     const last = await r.pass();
     t.same(last.stopped.map((s) => s.id), ['busy'], JSON.stringify(last));
