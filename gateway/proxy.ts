@@ -111,9 +111,11 @@ export function createForwarder(opts: ProxyOptions) {
 
   proxy.on('proxyRes', (proxyRes, req, res) => {
     stripHopByHop(proxyRes.headers, false);
-    // The request path asks for `Connection: close` while draining; http-proxy-3 would otherwise put
-    // keep-alive back, and the client would keep a connection to a replica that is leaving.
-    if (res.getHeader('connection') === 'close') proxyRes.headers.connection = 'close';
+    // Node decided per client whether this connection stays open (a client's `Connection: close`,
+    // HTTP/1.0) and the request path asks for close while draining; http-proxy-3 would otherwise put
+    // keep-alive back on every response (RFC 9112 9.6).
+    const keepAlive = (res as ServerResponse & { shouldKeepAlive?: boolean }).shouldKeepAlive !== false && res.getHeader('connection') !== 'close';
+    proxyRes.headers.connection = keepAlive ? 'keep-alive' : 'close';
     // An upstream that dies mid-body must not leave the client waiting on a response that will never
     // end: a pipe does not end its destination when the source errors.
     proxyRes.once('close', () => { if (!proxyRes.complete) res.destroy(); });
