@@ -6,7 +6,7 @@
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import { START_STAGES, type StartFailureCode } from '../provisioner/contract.js';
 import { ERROR_CATALOGUE } from './errors.js';
-import type { StateStore } from './store/contract.js';
+import { WORKSPACE_STATES, type StateStore } from './store/contract.js';
 
 export const METRIC_PREFIX = 'wsgw_';
 /** Warm proxy latency: from 100 µs (loopback) to seconds (a slow upstream). */
@@ -26,6 +26,7 @@ const AWS_OUTCOMES: ReadonlySet<string> = new Set(['ok', 'throttled', 'error', '
 const START_FAILURE_CODES: ReadonlySet<StartFailureCode | string> = new Set<StartFailureCode>(['START_DEADLINE', 'TASK_STOPPED', 'NO_CAPACITY', 'BACKEND_UNAVAILABLE', 'BAD_CONFIG', 'ABORTED']);
 const STAGES: ReadonlySet<string> = new Set(START_STAGES);
 const ERROR_CODES: ReadonlySet<string> = new Set(Object.keys(ERROR_CATALOGUE));
+const WORKSPACE_STATE_SET: ReadonlySet<string> = new Set(WORKSPACE_STATES);
 const REAPER_REASONS: ReadonlySet<string> = new Set(['idle', 'max_session', 'orphan']);
 const SIGNIN_REASONS: ReadonlySet<string> = new Set(['no_session', 'expired', 'signature', 'algorithm', 'malformed', 'wrong_workspace', 'lifetime', 'replayed', 'rate_limited', 'origin']);
 const UPSTREAM_CODES: ReadonlySet<string> = new Set(['UPSTREAM_UNREACHABLE', 'UPSTREAM_TIMEOUT']);
@@ -44,8 +45,8 @@ export interface MetricsOptions {
   defaultMetrics: boolean;
 }
 
-/** What a scrape reads from the store: one ping and one count, each with a deadline. */
-export type StoreProbe = Pick<StateStore, 'ping' | 'countRunning'>;
+/** What a scrape reads from the store: one ping and the per-state counts, each with a deadline. */
+export type StoreProbe = Pick<StateStore, 'ping' | 'countByState'>;
 
 function withDeadline<T>(p: Promise<T>, ms: number): Promise<T> {
   let timer: NodeJS.Timeout | undefined;
@@ -75,17 +76,17 @@ export function createMetrics(opts: MetricsOptions = { enabled: true, defaultMet
   const startsInFlight = new Gauge({ name: `${p}starts_in_flight`, help: 'Starts this instance is driving now.', registers: r });
   // Scrape-time reads (store ping, running count, onCollect callbacks) run once per scrape, shared
   // by the collectors below, so every value in one exposition comes from the same round.
-  let scrapeRound: Promise<{ up?: boolean; running?: number; errors: number }> | undefined;
+  let scrapeRound: Promise<{ up?: boolean; states?: Record<string, number>; errors: number }> | undefined;
   const readOnScrape = () => (scrapeRound ??= (async () => {
     const probe = storeProbe;
     let errors = 0;
     const attempt = async <T>(fn: () => Promise<T>): Promise<T | undefined> => { try { return await fn(); } catch { errors++; return undefined; } };
-    const [up, running] = await Promise.all([
+    const [up, states] = await Promise.all([
       probe ? withDeadline(probe.store.ping(), probe.timeoutMs).catch(() => false) : undefined,
-      probe ? attempt(() => withDeadline(probe.store.countRunning(), probe.timeoutMs)) : undefined,
+      probe ? attempt(() => withDeadline(probe.store.countByState(), probe.timeoutMs)) : undefined,
       ...extraCollectors.map((fn) => attempt(fn)),
     ]);
-    return { up: up as boolean | undefined, running: running as number | undefined, errors };
+    return { up: up as boolean | undefined, states: states as Record<string, number> | undefined, errors };
   })().finally(() => { scrapeRound = undefined; }));
   const collectErrors = new Counter({
     name: `${p}scrape_collect_errors_total`, help: 'Values that could not be read from the store at scrape time (the last value is kept).', registers: r,
@@ -94,7 +95,10 @@ export function createMetrics(opts: MetricsOptions = { enabled: true, defaultMet
   // Read at scrape time: the count lives in the store (all replicas), so aggregate with max(), not sum().
   const workspaces = new Gauge({
     name: `${p}workspaces`, help: 'Workspaces by state, as the shared store counts them (the same on every replica: aggregate with max).', labelNames: ['state'] as const, registers: r,
-    async collect() { const { running } = await readOnScrape(); if (running !== undefined) this.set({ state: 'running' }, running); },
+    async collect() {
+      const { states } = await readOnScrape();
+      if (states) for (const [state, n] of Object.entries(states)) if (WORKSPACE_STATE_SET.has(state)) this.set({ state }, n);
+    },
   });
   const routeCache = new Counter({ name: `${p}route_cache_lookups_total`, help: 'Route cache lookups by result (hit, miss, stale: served and refreshed in the background).', labelNames: ['result'] as const, registers: r });
   const awsCalls = new Counter({ name: `${p}aws_calls_total`, help: 'AWS API call attempts by operation and outcome (ok, throttled, error, timeout).', labelNames: ['operation', 'outcome'] as const, registers: r });

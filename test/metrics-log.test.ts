@@ -57,13 +57,14 @@ t.test('store probe at scrape time: up, down, hung (bounded)', async (t) => {
   ];
   for (const [name, ping, up] of cases) {
     const m = createMetrics({ enabled: true, defaultMetrics: false });
-    m.watchStore({ ping, countRunning: async () => 7 }, 50);
+    m.watchStore({ ping, countByState: async () => ({ stopped: 3, starting: 1, running: 7, stopping: 0, failed: 2 }) }, 50);
     const text = await m.registry.metrics();
     t.match(text, new RegExp(`^wsgw_store_up ${up}$`, 'm'), name);
     t.match(text, /^wsgw_workspaces\{state="running"\} 7$/m, `${name}: running count read`);
+    t.match(text, /^wsgw_workspaces\{state="failed"\} 2$/m, `${name}: every state counted`);
   }
   const m = createMetrics({ enabled: true, defaultMetrics: false });
-  m.watchStore({ ping: async () => true, countRunning: () => new Promise<number>(() => undefined) }, 50);
+  m.watchStore({ ping: async () => true, countByState: () => new Promise<never>(() => undefined) }, 50);
   t.match(await m.registry.metrics(), /^wsgw_scrape_collect_errors_total 1$/m, 'a count that does not come is an error, not a hung scrape');
 });
 

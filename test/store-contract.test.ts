@@ -28,9 +28,11 @@ async function contract(t: Test, make: () => Promise<StateStore>, advance: (ms: 
     const running = await store.listWorkspaces({ limit: 10, state: 'running' });
     t.same(running.items.map((r) => r.id), ['w1', 'w3', 'w5']);
     t.equal(await store.countRunning(), 3);
+    t.same(await store.countByState(), { stopped: 4, starting: 0, running: 3, stopping: 0, failed: 0 }, 'per-state counts follow every write');
     t.same(await store.runningStartedBefore(103, 10), ['w1', 'w3']);
     await store.putWorkspace(rec('w1', 'stopped'));
     t.same(await store.runningStartedBefore(103, 10), ['w3']);
+    t.same(await store.countByState(), { stopped: 5, starting: 0, running: 2, stopping: 0, failed: 0 });
   });
 
   t.test('leases: one holder, renew, release only by the owner, expiry', async (t) => {

@@ -61,6 +61,8 @@ export interface StateStore {
   /** Ids of running workspaces whose session started before `beforeMs` (MAX_SESSION). */
   runningStartedBefore(beforeMs: number, limit: number): Promise<string[]>;
   countRunning(): Promise<number>;
+  /** Workspaces per state, kept current by every write (no scan): for metrics. */
+  countByState(): Promise<Record<WorkspaceState, number>>;
 
   /** SET NX PX: true when this owner now holds the lease. */
   acquireLease(key: string, owner: string, ttlMs: number): Promise<boolean>;

@@ -1,8 +1,9 @@
 // In-memory state store: the embedded default for a single replica. Same contract and semantics
 // as the Redis store (the shared contract suite runs against both), with an injected clock.
 import type { Clock } from '../clock.js';
-import type {
-  Fence, ListPage, ListQuery, StateStore, WorkspaceEvent, WorkspaceRecord,
+import {
+  WORKSPACE_STATES, type Fence, type ListPage, type ListQuery, type StateStore, type WorkspaceEvent, type WorkspaceRecord,
+  type WorkspaceState,
 } from './contract.js';
 
 interface Expiring<T> { value: T; expiresAt: number }
@@ -58,6 +59,11 @@ export function createMemoryStore(clock: Clock): StateStore {
       let n = 0;
       for (const r of records.values()) if (r.state === 'running') n++;
       return n;
+    },
+    async countByState() {
+      const counts = Object.fromEntries(WORKSPACE_STATES.map((st) => [st, 0])) as Record<WorkspaceState, number>;
+      for (const r of records.values()) counts[r.state]++;
+      return counts;
     },
     async acquireLease(key, owner, ttlMs) {
       if (live(leases, key) !== undefined) return false;

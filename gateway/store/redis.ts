@@ -3,7 +3,7 @@
 // bounded timeout, so a dead or hung Redis turns into a fast StoreUnavailable (issue 8).
 import { Redis, type RedisOptions } from 'ioredis';
 import {
-  StoreUnavailable, type Fence, type ListPage, type ListQuery, type StateStore, type WorkspaceEvent,
+  WORKSPACE_STATES, type WorkspaceState, StoreUnavailable, type Fence, type ListPage, type ListQuery, type StateStore, type WorkspaceEvent,
   type WorkspaceRecord,
 } from './contract.js';
 
@@ -21,8 +21,15 @@ export interface RedisStoreOptions {
 // per workspace holding its JSON without the id (the key names it), and no per-workspace index
 // entry: a sorted set of all ids cost another 104 B per workspace (skiplist node + dict entry).
 // Listing all workspaces, an admin-only need, scans the record keys instead.
+// Per-state counts (metrics) move with each write: -1 for the state the record had, +1 for the new.
 const PUT_SCRIPT = `
 if ARGV[5] ~= '' and redis.call('GET', KEYS[3]) ~= ARGV[5] then return 0 end
+local old = redis.call('GET', KEYS[1])
+if old then
+  local ok, prev = pcall(cjson.decode, old)
+  if ok and prev.state then redis.call('HINCRBY', KEYS[4], prev.state, -1) end
+end
+redis.call('HINCRBY', KEYS[4], ARGV[3], 1)
 redis.call('SET', KEYS[1], ARGV[1])
 if ARGV[3] == 'running' then redis.call('ZADD', KEYS[2], ARGV[4], ARGV[2]) else redis.call('ZREM', KEYS[2], ARGV[2]) end
 return 1`;
@@ -42,6 +49,7 @@ export async function createRedisStore(opts: RedisStoreOptions): Promise<StateSt
   const k = {
     record: (id: string) => `${p}w:${id}`,
     running: `${p}running`,
+    states: `${p}states`,
     activity: `${p}act`,
     lease: (key: string) => `${p}lease:${key}`,
     conn: (instance: string) => `${p}conn:${instance}`,
@@ -91,7 +99,7 @@ export async function createRedisStore(opts: RedisStoreOptions): Promise<StateSt
     getWorkspace: (id) => run(async () => parse(id, await client.get(k.record(id)))),
     putWorkspace: (record: WorkspaceRecord, fence?: Fence) => run(async () => {
       const written = await client.eval(
-        PUT_SCRIPT, 3, k.record(record.id), k.running, fence ? k.lease(fence.key) : k.lease(''),
+        PUT_SCRIPT, 4, k.record(record.id), k.running, fence ? k.lease(fence.key) : k.lease(''), k.states,
         serialize(record), record.id, record.state, String(record.startedAt ?? 0), fence?.owner ?? '',
       );
       return written === 1;
@@ -124,6 +132,11 @@ export async function createRedisStore(opts: RedisStoreOptions): Promise<StateSt
     }),
     runningStartedBefore: (beforeMs, limit) => run(() => client.zrangebyscore(k.running, '-inf', beforeMs, 'LIMIT', 0, limit)),
     countRunning: () => run(() => client.zcard(k.running)),
+    countByState: () => run(async () => {
+      const raw = await client.hgetall(k.states);
+      const counts = Object.fromEntries(WORKSPACE_STATES.map((st) => [st, Math.max(0, Number(raw[st] ?? 0))])) as Record<WorkspaceState, number>;
+      return counts;
+    }),
     acquireLease: (key, owner, ttlMs) => run(async () => (await client.set(k.lease(key), owner, 'PX', ttlMs, 'NX')) === 'OK'),
     renewLease: (key, owner, ttlMs) => run(async () => (await client.eval(RENEW_SCRIPT, 1, k.lease(key), owner, ttlMs)) === 1),
     releaseLease: (key, owner) => run(async () => { await client.eval(RELEASE_SCRIPT, 1, k.lease(key), owner); }),
