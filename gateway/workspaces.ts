@@ -347,6 +347,7 @@ export function createWorkspaces(opts: WorkspacesOptions) {
       };
       const onAbort = () => done(undefined);
       const timer = setTimeout(() => done(undefined), timeoutMs);
+      timer.unref();
       set.add(done);
       signal?.addEventListener('abort', onAbort, { once: true });
     });

@@ -30,10 +30,11 @@ t.test('reaping decided by what a person does in the real code-server', { timeou
     env: { LOCAL_WORKSPACE: 'code-server', IDLE_TIMEOUT: `${IDLE_MS}ms`, REAPER: 'on', REAP_INTERVAL: '5s', ACTIVITY_FLUSH_INTERVAL: '2s', START_DEADLINE: '120s' },
   });
   const browser = await launchChromium();
-  t.teardown(async () => { await browser.close(); await gw.close(); });
+  let watching = true;
+  t.teardown(async () => { watching = false; await browser.close(); await gw.close(); });
   const stoppedAt = new Map<string, number>();
   const watch = async (id: string) => {
-    for (;;) {
+    while (watching) {
       const r: WorkspaceRecord | undefined = await gw.gateway.workspaces.nextChange(id, 60_000);
       if (r?.state === 'stopped') { stoppedAt.set(id, Date.now()); return; }
     }
