@@ -1,7 +1,7 @@
 // The internal listener (ADMIN_PORT): health, readiness, metrics and the admin API for the
 // platform's backend. fastify lives here only; workspace traffic never reaches it (issue 2).
 import { randomUUID, timingSafeEqual, createHash } from 'node:crypto';
-import Fastify, { type FastifyInstance } from 'fastify';
+import Fastify, { LogController, type FastifyInstance } from 'fastify';
 import swagger from '@fastify/swagger';
 import type { Auth } from './auth.js';
 import type { Clock } from './clock.js';
@@ -59,7 +59,7 @@ export async function createAdminServer(deps: AdminDeps): Promise<FastifyInstanc
     loggerInstance: deps.logger as unknown as import("fastify").FastifyBaseLogger,
     genReqId: () => randomUUID(),
     // One line per finished request (issue 6) instead of fastify's two; see the onResponse hook.
-    disableRequestLogging: true,
+    logController: new LogController({ disableRequestLogging: true }),
     ajv: { customOptions: { removeAdditional: false, allErrors: false } },
   });
   await app.register(swagger, {
