@@ -6,7 +6,7 @@ import { SignJWT } from 'jose';
 import { createAuth } from '../gateway/auth.js';
 import { createManualClock } from '../gateway/clock.js';
 import { NAVIGATE, TEST_SECRET, XHR, request, startTestGateway, waitRunning, type RawResponse, type TestGateway } from './helpers/gateway.js';
-import { registerRunning, startRecordingUpstream } from './helpers/upstream.js';
+import { gatewayWithRecordedWorkspaces, registerRunning, startRecordingUpstream } from './helpers/upstream.js';
 import { closed, connected, openWs, type WsOptions } from './helpers/ws.js';
 
 const HOUR = 3_600_000;
@@ -129,11 +129,7 @@ t.test('with a platform login URL, a page load without a session is sent there',
 });
 
 t.test('WebSocket Origin must be the workspace itself', async (t) => {
-  const gw = await startTestGateway();
-  const up = await startRecordingUpstream();
-  t.teardown(async () => { await gw.close(); await up.close(); });
-  await registerRunning(gw.store, 'rec', up.port);
-  const cookie = await gw.cookie('rec');
+  const { gw, ups: { rec: up }, cookies: { rec: cookie } } = await gatewayWithRecordedWorkspaces(t, ['rec']);
   const host = 'ws-rec.localhost';
   const own = `http://${host}:${gw.port}`;
   const refused: Array<[string, string | null]> = [
@@ -304,11 +300,7 @@ t.test('sign-in handoff', async (t) => {
 });
 
 t.test("code-server's proxy routes cannot reach other hosts", async (t) => {
-  const gw = await startTestGateway();
-  const up = await startRecordingUpstream();
-  t.teardown(async () => { await gw.close(); await up.close(); });
-  await registerRunning(gw.store, 'rec', up.port);
-  const cookie = await gw.cookie('rec');
+  const { gw, ups: { rec: up }, cookies: { rec: cookie } } = await gatewayWithRecordedWorkspaces(t, ['rec']);
   const host = 'ws-rec.localhost';
   const blocked = [
     '/proxy/8080@evil.example/', '/absproxy/8080@evil.example/', '/proxy/user:pw@evil.example/', '/absproxy/user@127.0.0.1:22/',

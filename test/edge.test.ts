@@ -12,7 +12,7 @@ import type { StateStore } from '../gateway/store/contract.js';
 import { systemClock } from '../gateway/clock.js';
 import { createMemoryStore } from '../gateway/store/memory.js';
 import { request, startTestGateway, waitRunning, XHR } from './helpers/gateway.js';
-import { PROBE_END, registerRunning, startRecordingUpstream } from './helpers/upstream.js';
+import { PROBE_END, gatewayWithRecordedWorkspaces, registerRunning, startRecordingUpstream } from './helpers/upstream.js';
 
 interface Exchange { text: string; statuses: number[]; closed: boolean }
 
@@ -62,12 +62,7 @@ function countingStore(inner: StateStore) {
 }
 
 t.test('bad input over raw sockets', async (t) => {
-  const gw = await startTestGateway();
-  const upA = await startRecordingUpstream();
-  const upB = await startRecordingUpstream();
-  t.teardown(async () => { await gw.close(); await upA.close(); await upB.close(); });
-  await registerRunning(gw.store, 'a', upA.port);
-  await registerRunning(gw.store, 'b', upB.port);
+  const { gw, ups: { a: upA, b: upB } } = await gatewayWithRecordedWorkspaces(t, ['a', 'b']);
   const ca = (await gw.cookie('a')).replace(/^/, '');
   const cb = await gw.cookie('b');
   const H = 'Host: ws-a.localhost\r\n';
@@ -215,12 +210,7 @@ t.test("a client's Connection: close is honoured on proxied responses", async (t
 });
 
 t.test('slowloris and slow bodies: other clients still get answers', async (t) => {
-  const gw = await startTestGateway();
-  const upA = await startRecordingUpstream();
-  const upB = await startRecordingUpstream();
-  t.teardown(async () => { await gw.close(); await upA.close(); await upB.close(); });
-  await registerRunning(gw.store, 'a', upA.port);
-  await registerRunning(gw.store, 'b', upB.port);
+  const { gw, ups: { a: upA, b: upB } } = await gatewayWithRecordedWorkspaces(t, ['a', 'b']);
   const ca = await gw.cookie('a');
   const cb = await gw.cookie('b');
   const SLOW = 300;

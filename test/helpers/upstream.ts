@@ -59,3 +59,21 @@ export async function registerRunning(store: StateStore, id: string, port: numbe
   const now = Date.now();
   await store.putWorkspace({ id, state: 'running', generation: 1, since: now, endpoint: { host: '127.0.0.1', port }, startedAt: now });
 }
+
+/**
+ * A test gateway whose workspaces `ids` are running on recording upstreams (closed at teardown),
+ * with a session cookie for each.
+ */
+export async function gatewayWithRecordedWorkspaces(t: { teardown(fn: () => unknown): void }, ids: string[]) {
+  const { startTestGateway } = await import('./gateway.js');
+  const gw = await startTestGateway();
+  const ups: Record<string, RecordingUpstream> = {};
+  const cookies: Record<string, string> = {};
+  for (const id of ids) {
+    ups[id] = await startRecordingUpstream();
+    await registerRunning(gw.store, id, ups[id].port);
+    cookies[id] = await gw.cookie(id);
+  }
+  t.teardown(async () => { await gw.close(); for (const up of Object.values(ups)) await up.close(); });
+  return { gw, ups, cookies };
+}
