@@ -16,13 +16,25 @@ async function loginUrl(adminPort: number, id: string): Promise<string> {
 }
 
 async function openTerminal(page: Page) {
-  await page.locator('.monaco-workbench').click({ position: { x: 400, y: 300 } });
-  await page.keyboard.press('F1');
-  await page.keyboard.type('Terminal: Create New Terminal');
-  await page.waitForTimeout(300);
-  await page.keyboard.press('Enter');
-  await page.waitForSelector('.xterm', { timeout: 30_000 });
-  await page.locator('.xterm').click();
+  // The command palette may not take focus while the workbench is still restoring: wait for it to
+  // show, and try again (then the keyboard shortcut) rather than typing into nothing.
+  for (let attempt = 0; attempt < 4; attempt++) {
+    await page.locator('.monaco-workbench').click({ position: { x: 400, y: 300 } });
+    if (attempt < 3) {
+      await page.keyboard.press('F1');
+      const palette = await page.waitForSelector('.quick-input-widget input', { state: 'visible', timeout: 10_000 }).catch(() => null);
+      if (!palette) continue;
+      await page.keyboard.type('Terminal: Create New Terminal');
+      await page.waitForSelector('.quick-input-list .monaco-list-row', { timeout: 10_000 }).catch(() => null);
+      await page.keyboard.press('Enter');
+    } else {
+      await page.keyboard.press('Control+Backquote');
+    }
+    const term = await page.waitForSelector('.xterm', { state: 'visible', timeout: 20_000 }).catch(() => null);
+    if (term) { await page.locator('.xterm').first().click(); return; }
+    await page.keyboard.press('Escape');
+  }
+  throw new Error('could not open a terminal in the workbench');
 }
 
 t.test('reaping decided by what a person does in the real code-server', { timeout: 420_000 }, async (t) => {
