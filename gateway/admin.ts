@@ -6,7 +6,7 @@ import swagger from '@fastify/swagger';
 import type { Auth } from './auth.js';
 import type { Clock } from './clock.js';
 import type { Config } from './config.js';
-import { ERROR_CATALOGUE, renderError, type ErrorCode } from './errors.js';
+import { renderError, type ErrorCode } from './errors.js';
 import { WORKSPACE_ID } from './host.js';
 import type { Metrics } from './metrics.js';
 import { WORKSPACE_STATES, type StateStore, type WorkspaceRecord } from './store/contract.js';
@@ -178,6 +178,5 @@ export async function createAdminServer(deps: AdminDeps): Promise<FastifyInstanc
     });
   });
 
-  void ERROR_CATALOGUE;
   return app;
 }

@@ -66,7 +66,7 @@ export async function createGateway(deps: GatewayDeps) {
   // ---------------------------------------------------------------- WebSocket pairs
   // The activity signal reads what the browser sends (issue 5). Runs before the 101 reaches the
   // browser, so the permessage-deflate answer can still ask for a small window (RFC 7692 7.1.2.2).
-  const taps = new WeakMap<WsPair, WsActivityTap>();
+  const taps = new WeakMap<WsPair, { tap: WsActivityTap; token?: string }>();
   // VS Code sends its window-focus flag only on change: a reconnected socket inherits the last one.
   const focusByConnection = new Map<string, boolean | null>();
   const wsPairs = createWsPairs({
@@ -85,15 +85,13 @@ export async function createGateway(deps: GatewayDeps) {
           initialFocus: identity?.reconnection ? focusByConnection.get(identity.token) ?? null : null,
           onActivity: (at) => activity.touch(pair.workspaceId, at),
         });
-        taps.set(pair, tap);
-        if (identity) (pair as WsPair & { identity?: string }).identity = identity.token;
+        taps.set(pair, { tap, token: identity?.token });
       },
-      clientData: (pair, chunk) => taps.get(pair)?.write(chunk),
+      clientData: (pair, chunk) => taps.get(pair)?.tap.write(chunk),
       closed: (pair) => {
         metrics.wsClosed();
         activity.connectionClosed(pair.workspaceId);
-        const tap = taps.get(pair);
-        const token = (pair as WsPair & { identity?: string }).identity;
+        const { tap, token } = taps.get(pair) ?? {};
         if (tap && token) {
           if (focusByConnection.size >= 10_000) focusByConnection.delete(focusByConnection.keys().next().value!);
           focusByConnection.set(token, tap.status().focus);

@@ -132,8 +132,6 @@ export function createMetrics(opts: MetricsOptions = { enabled: true, defaultMet
     stage: (stage: string, seconds: number) => safe(() => { if (stage !== 'ready') stageDuration.observe({ stage: bounded(stage, STAGES) }, seconds); }),
     queueDepth: (n: number) => safe(() => queueDepth.set(n)),
     startsInFlight: (n: number) => safe(() => startsInFlight.set(n)),
-    /** Normally read at scrape time (watchStore); settable for callers that already know it. */
-    running: (n: number) => safe(() => workspaces.set({ state: 'running' }, n)),
     routeCache: (result: 'hit' | 'miss' | 'stale') => safe(() => routeCache.inc({ result })),
     awsCall: (operation: string, outcome: string) => safe(() => awsCalls.inc({ operation: bounded(operation, AWS_OPERATIONS), outcome: bounded(outcome, AWS_OUTCOMES) })),
     storeError: () => safe(() => storeErrors.inc()),
