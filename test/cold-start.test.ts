@@ -12,13 +12,17 @@ import { createAuth } from '../gateway/auth.js';
 import { systemClock } from '../gateway/clock.js';
 
 t.test('200 concurrent page loads of a stopped workspace start it once', async (t) => {
-  const gw = await startTestGateway({ env: { DEMO_READY_DELAY: '300ms' } });
+  const gw = await startTestGateway({ env: { DEMO_READY_DELAY: '1s' } });
   t.teardown(() => gw.close());
   const cookie = await gw.cookie('herd');
   const responses = await Promise.all(Array.from({ length: 200 }, () => request(gw.port, { host: 'ws-herd.localhost', headers: { ...NAVIGATE, cookie } })));
   t.ok(responses.every((r) => r.status === 200), 'every page load answered at once with a page');
   t.ok(responses.some((r) => r.headers['x-gateway-cold-start'] === '1'), 'the first says it is a cold start');
-  t.ok(responses.every((r) => /Starting your workspace/.test(r.body)), 'the starting page');
+  // A load that arrives after the workspace came up (a slow, loaded machine: CI saw it) is served by
+  // the workspace itself, which is right; what must never happen is anything else.
+  const starting = responses.filter((r) => /Starting your workspace/.test(r.body));
+  t.ok(starting.length > 0, 'the starting page');
+  t.ok(responses.every((r) => /Starting your workspace/.test(r.body) || /Demo workspace <code>herd<\/code>/.test(r.body)), 'each load got the starting page or the workspace');
   t.equal((await waitRunning(gw.port, cookie, 'ws-herd.localhost')).state, 'running');
   t.equal(gw.provisioner.starts.length, 1, 'exactly one start');
   const page = await request(gw.port, { host: 'ws-herd.localhost', headers: { ...NAVIGATE, cookie } });
