@@ -98,9 +98,12 @@ function normalizePath(url: string): string {
  * workspace itself) then sees `/path?query` and cannot be bypassed by spelling the host in.
  */
 export function originForm(url: string): string {
+  // A fragment is never part of a request target (RFC 9112 3.2); Node lets one through, so drop it here,
+  // where the guards and the upstream both read the result.
+  const hash = url.indexOf('#');
+  if (hash !== -1) url = url.slice(0, hash);
   if (url.startsWith('/')) return url;
-  const m = /^https?:\/\/[^/?#]*(.*)$/is.exec(url);
+  const m = /^https?:\/\/[^/?]*(.*)$/is.exec(url);
   if (!m) return url;
-  const rest = m[1].replace(/#.*$/s, '');
-  return rest.startsWith('/') ? rest : `/${rest}`;
+  return m[1].startsWith('/') ? m[1] : `/${m[1]}`;
 }

@@ -1,12 +1,14 @@
-// Forwarding (the last step of the request path) with http-proxy-3, the maintained rewrite of
-// http-proxy (1.18.1 crashes on an upgrade followed by a client reset and leaks sockets when an
-// upstream answers an upgrade with plain HTTP; issue 2). Everything here is per-request mechanics:
-// header hygiene, timeouts, the retry of an idempotent request on a stale keep-alive socket, and
-// mapping upstream failures to the error catalogue.
+// Forwarding (the last step of the request path). Plain HTTP goes through undici's pooled client;
+// WebSocket upgrades through http-proxy-3, the maintained rewrite of http-proxy (1.18.1 crashes on
+// an upgrade followed by a client reset and leaks sockets when an upstream answers an upgrade with
+// plain HTTP; issue 2). bench/ measured the two side by side for plain HTTP on one core: undici
+// used about half the proxy CPU per request of http-proxy-3 (issue 7), so the warm path uses it.
+// Everything here is per-request mechanics: header hygiene, timeouts, the retry of an idempotent
+// request on a stale keep-alive socket, and mapping upstream failures to the error catalogue.
 import http, { type IncomingMessage, type ServerResponse } from 'node:http';
 import type { Duplex } from 'node:stream';
-import { Readable } from 'node:stream';
 import { createProxyServer } from 'http-proxy-3';
+import { Agent, Client, type Dispatcher } from 'undici';
 import type { Endpoint } from '../provisioner/contract.js';
 import type { ErrorCode } from './errors.js';
 
@@ -26,15 +28,14 @@ const HOP_BY_HOP = ['connection', 'keep-alive', 'proxy-connection', 'te', 'trail
 /** Client-supplied forwarding claims are replaced, never trusted (issue 3). */
 const FORWARDING = ['forwarded', 'x-forwarded-for', 'x-forwarded-proto', 'x-forwarded-host', 'x-forwarded-port', 'x-real-ip', 'x-client-ip', 'true-client-ip'];
 const IDEMPOTENT_NO_BODY = new Set(['GET', 'HEAD', 'OPTIONS', 'DELETE']);
+/** A connection the upstream closed under us (a keep-alive race): worth one more try on a new one. */
+const STALE_SOCKET = new Set(['UND_ERR_SOCKET', 'ECONNRESET', 'EPIPE']);
+const TIMEOUTS = new Set(['UND_ERR_CONNECT_TIMEOUT', 'UND_ERR_HEADERS_TIMEOUT']);
 
 const kState = Symbol('forward-state');
 interface ForwardState {
-  endpoint: Endpoint;
-  attempt: number;
-  timedOut?: 'connect' | 'response';
-  reused?: boolean;
+  timedOut?: 'connect';
   onFailure(f: ForwardFailure): void;
-  onResponse?(status: number): void;
   onUpgrade?(upstream: Duplex, response: IncomingMessage): void;
 }
 type WithState = IncomingMessage & { [kState]?: ForwardState };
@@ -67,36 +68,59 @@ export function prepareHeaders(req: IncomingMessage, fwd: ForwardedFor, cookie: 
   h['x-forwarded-for'] = fwd.clientAddress;
   h['x-forwarded-proto'] = isUpgrade ? (fwd.proto === 'https' ? 'wss' : 'ws') : fwd.proto;
   h['x-forwarded-host'] = fwd.host;
+  // Node has already answered `Expect: 100-continue` for us (RFC 9110 10.1.1); the upstream gets the body.
+  if (!isUpgrade) delete h.expect;
+}
+
+/** RFC 9112 6.3: a request has content when it says so by Content-Length or Transfer-Encoding. */
+export function hasRequestBody(headers: http.IncomingHttpHeaders): boolean {
+  const length = headers['content-length'];
+  return length !== undefined ? length !== '0' : headers['transfer-encoding'] !== undefined;
+}
+
+/**
+ * The upstream's response fields for Node's writeHead, hop-by-hop ones removed. An object, not a
+ * flat list: Node 20 keeps only the last of repeated names (two Set-Cookie) when a flat list meets
+ * fields already set on the response, while an array value keeps them all.
+ */
+export function responseFields(raw: Buffer[]): http.OutgoingHttpHeaders {
+  let named: string[] | undefined;
+  for (let i = 0; i < raw.length; i += 2) {
+    if (raw[i].toString('latin1').toLowerCase() === 'connection') named = [...(named ?? []), ...connectionTokens(raw[i + 1].toString('latin1'))];
+  }
+  const out: Record<string, string | string[]> = {};
+  const nameOf = new Map<string, string>();
+  for (let i = 0; i < raw.length; i += 2) {
+    const name = raw[i].toString('latin1');
+    const lower = name.toLowerCase();
+    if (HOP_BY_HOP.includes(lower) || named?.includes(lower)) continue;
+    const value = raw[i + 1].toString('latin1');
+    const first = nameOf.get(lower);
+    if (first === undefined) { nameOf.set(lower, name); out[name] = value; continue; }
+    const prev = out[first];
+    out[first] = Array.isArray(prev) ? [...prev, value] : [prev, value];
+  }
+  return out;
 }
 
 export function createForwarder(opts: ProxyOptions) {
-  const agent = new http.Agent({
-    keepAlive: true,
-    maxSockets: opts.maxSockets,
-    // As many idle sockets as may be busy: with fewer, a burst wider than the free limit closes the
-    // surplus on release and reconnects on the next burst (bench/: ~1 new upstream connection per
-    // 11 requests at 50 concurrent clients). Idle ones still age out after `timeout` below.
-    maxFreeSockets: opts.maxSockets,
-    // Most recently used first, so idle sockets age out instead of all staying barely warm.
-    scheduling: 'lifo',
-    timeout: opts.freeSocketTimeoutMs ?? 4000,
-  });
-  const proxy = createProxyServer({ agent, xfwd: false, ws: true, changeOrigin: false, preserveHeaderKeyCase: false });
-
-  proxy.on('proxyReq', (proxyReq, req) => {
-    const state = (req as WithState)[kState];
-    if (!state) return;
-    state.reused = proxyReq.reusedSocket;
-    const socket = proxyReq.socket;
-    if (socket && (socket as unknown as { connecting?: boolean }).connecting) {
-      const timer = setTimeout(() => { state.timedOut = 'connect'; proxyReq.destroy(new Error('upstream connect timeout')); }, opts.connectTimeoutMs);
-      socket.once('connect', () => clearTimeout(timer));
-      proxyReq.once('close', () => clearTimeout(timer));
-    }
-    const timer = setTimeout(() => { state.timedOut = 'response'; proxyReq.destroy(new Error('upstream response timeout')); }, opts.responseTimeoutMs);
-    proxyReq.once('response', () => clearTimeout(timer));
-    proxyReq.once('close', () => clearTimeout(timer));
-  });
+  const idleMs = opts.freeSocketTimeoutMs ?? 4000;
+  const clientOptions = {
+    // One request per connection at a time: pipelining would let one slow response hold up others.
+    pipelining: 1,
+    connect: { timeout: opts.connectTimeoutMs },
+    headersTimeout: opts.responseTimeoutMs,
+    // Bodies may stream for as long as they like (server-sent events, long downloads).
+    bodyTimeout: 0,
+    keepAliveTimeout: idleMs,
+    keepAliveMaxTimeout: idleMs,
+  };
+  // Per upstream origin a pool of keep-alive connections; undici drops an origin's pool once it has
+  // no connections left, so stopped workspaces leave nothing behind.
+  const pools = new Agent({ ...clientOptions, connections: opts.maxSockets });
+  // WebSocket upgrades take a connection each and never return it: no pool to keep.
+  const upgradeAgent = new http.Agent({ keepAlive: false });
+  const proxy = createProxyServer({ agent: upgradeAgent, xfwd: false, ws: true, changeOrigin: false, preserveHeaderKeyCase: false });
 
   // Our 'upgrade' listener is added before http-proxy-3's own, so it runs before the 101 is written to
   // the client: the app may still adjust the response headers (permessage-deflate parameters).
@@ -109,59 +133,84 @@ export function createForwarder(opts: ProxyOptions) {
     proxyReq.once('close', () => clearTimeout(timer));
   });
 
-  proxy.on('proxyRes', (proxyRes, req, res) => {
-    stripHopByHop(proxyRes.headers, false);
-    // Node decided per client whether this connection stays open (a client's `Connection: close`,
-    // HTTP/1.0) and the request path asks for close while draining; http-proxy-3 would otherwise put
-    // keep-alive back on every response (RFC 9112 9.6).
-    const keepAlive = (res as ServerResponse & { shouldKeepAlive?: boolean }).shouldKeepAlive !== false && res.getHeader('connection') !== 'close';
-    proxyRes.headers.connection = keepAlive ? 'keep-alive' : 'close';
-    // An upstream that dies mid-body must not leave the client waiting on a response that will never
-    // end: a pipe does not end its destination when the source errors.
-    proxyRes.once('close', () => { if (!proxyRes.complete) res.destroy(); });
-    (req as WithState)[kState]?.onResponse?.(proxyRes.statusCode ?? 502);
-  });
-
   proxy.on('error', (err: Error & { code?: string }, req: IncomingMessage, res: ServerResponse | Duplex) => {
     const state = (req as WithState)[kState];
-    if (!state) { destroy(res); return; }
-    // A keep-alive socket the upstream closed at the same moment we reused it: retry once, only for
-    // requests without a body that are safe to repeat (RFC 9110 9.2.2; issue 8).
-    if (res instanceof http.ServerResponse && !res.headersSent && state.reused && state.attempt === 0
-      && IDEMPOTENT_NO_BODY.has(req.method ?? '') && !state.timedOut && (err.code === 'ECONNRESET' || err.code === 'EPIPE')) {
-      state.attempt = 1;
-      state.reused = false;
-      const empty = Readable.from([]);
-      // On a new connection: another pooled socket may have idled just as long and be closing too.
-      proxy.web(req, res, { target: target(state.endpoint), buffer: empty, agent: false });
-      return;
-    }
-    const code: ErrorCode = state.timedOut ? 'UPSTREAM_TIMEOUT' : 'UPSTREAM_UNREACHABLE';
-    state.onFailure({ code, error: err });
+    if (!state) { res.destroy(); return; }
+    state.onFailure({ code: state.timedOut ? 'UPSTREAM_TIMEOUT' : 'UPSTREAM_UNREACHABLE', error: err });
   });
 
-  const target = (e: Endpoint) => ({ protocol: 'http:', host: e.host, port: e.port });
-  const destroy = (res: ServerResponse | Duplex) => { if (res instanceof http.ServerResponse) res.destroy(); else res.destroy(); };
+  const origin = (e: Endpoint) => `http://${e.host.includes(':') ? `[${e.host}]` : e.host}:${e.port}`;
+
+  interface WebHooks { onFailure(f: ForwardFailure): void; onResponse?(status: number): void }
+
+  /** One attempt at a web request; `via` is the shared pool, or a one-off client for the retry. */
+  function dispatchWeb(req: IncomingMessage, res: ServerResponse, endpoint: Endpoint, hooks: WebHooks, body: boolean, attempt: number, via: Dispatcher) {
+    let abort: ((err?: Error) => void) | undefined;
+    let resume: (() => void) | undefined;
+    let waitingForDrain = false;
+    const onDrain = () => { waitingForDrain = false; resume?.(); };
+    const onClientGone = () => { if (!res.writableFinished) abort?.(new Error('client went away')); };
+    res.once('close', onClientGone);
+    const done = () => { res.off('close', onClientGone); res.off('drain', onDrain); if (via !== pools) void via.close(); };
+
+    via.dispatch({
+      origin: origin(endpoint), method: req.method!, path: req.url!, headers: req.headers as Record<string, string | string[]>,
+      body: body ? req : null,
+    }, {
+      onConnect(a) { abort = a; },
+      onHeaders(status, raw, r, statusText) {
+        // 1xx (RFC 9110 15.2): interim, the final response follows; 101 never comes here (no Upgrade sent).
+        if (status < 200) return true;
+        resume = r;
+        // Node decides per client whether this connection stays open (a client's `Connection: close`,
+        // HTTP/1.0, the request path draining): the upstream's own keep-alive says nothing about ours.
+        res.writeHead(status, statusText, responseFields(raw));
+        hooks.onResponse?.(status);
+        return true;
+      },
+      onData(chunk) {
+        if (res.write(chunk)) return true;
+        if (!waitingForDrain) { waitingForDrain = true; res.once('drain', onDrain); }
+        return false;
+      },
+      onComplete() { done(); res.end(); },
+      onError(err: Error & { code?: string }) {
+        done();
+        // An upstream that dies mid-body must not leave the client waiting on a response that will
+        // never end; a client that went away needs nothing more.
+        if (res.headersSent || res.destroyed) { res.destroy(); return; }
+        // A keep-alive socket the upstream closed at the moment we used it: retry once, on a new
+        // connection, only requests without a body that are safe to repeat (RFC 9110 9.2.2; issue 8).
+        if (attempt === 0 && !body && IDEMPOTENT_NO_BODY.has(req.method ?? '') && STALE_SOCKET.has(err.code ?? '')) {
+          dispatchWeb(req, res, endpoint, hooks, body, 1, new Client(origin(endpoint), clientOptions));
+          return;
+        }
+        hooks.onFailure({ code: TIMEOUTS.has(err.code ?? '') ? 'UPSTREAM_TIMEOUT' : 'UPSTREAM_UNREACHABLE', error: err });
+      },
+    });
+  }
 
   return {
-    web(req: IncomingMessage, res: ServerResponse, endpoint: Endpoint, hooks: { onFailure(f: ForwardFailure): void; onResponse?(status: number): void }) {
-      (req as WithState)[kState] = { endpoint, attempt: 0, ...hooks };
-      proxy.web(req, res, { target: target(endpoint) });
+    web(req: IncomingMessage, res: ServerResponse, endpoint: Endpoint, fwd: ForwardedFor, cookie: string | undefined, hooks: WebHooks) {
+      const body = hasRequestBody(req.headers);
+      prepareHeaders(req, fwd, cookie, false);
+      dispatchWeb(req, res, endpoint, hooks, body, 0, pools);
     },
-    ws(req: IncomingMessage, socket: Duplex, head: Buffer, endpoint: Endpoint, hooks: { onFailure(f: ForwardFailure): void; onUpgrade(upstream: Duplex, response: IncomingMessage): void }) {
-      (req as WithState)[kState] = { endpoint, attempt: 0, onFailure: hooks.onFailure, onUpgrade: hooks.onUpgrade };
-      proxy.ws(req, socket, head, { target: target(endpoint) });
+    ws(req: IncomingMessage, socket: Duplex, head: Buffer, endpoint: Endpoint, fwd: ForwardedFor, cookie: string | undefined, hooks: { onFailure(f: ForwardFailure): void; onUpgrade(upstream: Duplex, response: IncomingMessage): void }) {
+      prepareHeaders(req, fwd, cookie, true);
+      (req as WithState)[kState] = { onFailure: hooks.onFailure, onUpgrade: hooks.onUpgrade };
+      proxy.ws(req, socket, head, { target: { protocol: 'http:', host: endpoint.host, port: endpoint.port } });
     },
-    /** Sockets held by the upstream keep-alive pool (for leak checks). */
+    /** Upstream connections held open by the keep-alive pools (for leak checks). */
     poolSize(): number {
       let n = 0;
-      for (const list of Object.values(agent.sockets)) n += list?.length ?? 0;
-      for (const list of Object.values(agent.freeSockets)) n += list?.length ?? 0;
+      for (const stats of Object.values(pools.stats)) n += (stats as { connected?: number }).connected ?? 0;
       return n;
     },
     close() {
       proxy.close?.();
-      agent.destroy();
+      upgradeAgent.destroy();
+      void pools.destroy();
     },
   };
 }

@@ -21,7 +21,7 @@ import { checkRequestTarget, hostHeaderValues, originForm, parseHost, proxyRoute
 import type { Logger } from './log.js';
 import type { Metrics } from './metrics.js';
 import { startingPage, type StatusView } from './pages.js';
-import { prepareHeaders, type Forwarder } from './proxy.js';
+import type { Forwarder } from './proxy.js';
 import { isNavigation, wantsHtml } from './request-kind.js';
 import type { StateStore, WorkspaceRecord } from './store/contract.js';
 import { StoreUnavailable } from './store/contract.js';
@@ -151,8 +151,7 @@ export function createRequestPath(deps: RequestPathDeps) {
   /** Step 5 (web): forward, record activity, map upstream failures. */
   function forwardWeb(req: IncomingMessage, res: ServerResponse, ctx: Ctx, endpoint: Endpoint, warm: boolean) {
     res.setHeader('x-request-id', ctx.requestId);
-    prepareHeaders(req, forwardedFor(req), stripCookie(req.headers.cookie, SESSION_COOKIE), false);
-    forwarder.web(req, res, endpoint, {
+    forwarder.web(req, res, endpoint, forwardedFor(req), stripCookie(req.headers.cookie, SESSION_COOKIE), {
       onResponse: (status) => {
         metrics.proxied('web', status);
         if (warm) metrics.warmLatency(Number(process.hrtime.bigint() - ctx.started) / 1e9);
@@ -323,9 +322,8 @@ export function createRequestPath(deps: RequestPathDeps) {
 
   /** Step 5 (ws): forward the upgrade, then hand the socket pair to the app for tracking and taps. */
   function forwardWs(req: IncomingMessage, socket: Duplex, head: Buffer, workspaceId: string, requestId: string, endpoint: Endpoint) {
-    prepareHeaders(req, forwardedFor(req), stripCookie(req.headers.cookie, SESSION_COOKIE), true);
     let upgraded = false;
-    forwarder.ws(req, socket, head, endpoint, {
+    forwarder.ws(req, socket, head, endpoint, forwardedFor(req), stripCookie(req.headers.cookie, SESSION_COOKIE), {
       onUpgrade: (upstream, response) => {
         upgraded = true;
         metrics.proxied('ws', 101);

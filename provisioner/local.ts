@@ -102,7 +102,9 @@ export function createLocalProvisioner(opts: LocalProvisionerOptions): Provision
     const endpoint = { host: '127.0.0.1', port };
     const { cmd, args, env } = command(id, port, dir);
     req.onStage({ stage: 'pending' });
-    const child = spawn(cmd, args, { env, stdio: ['ignore', 'ignore', 'pipe'] });
+    // Its own process group: code-server forks an extension host and a pty host, and a stop must take
+    // them all, as stopping a Fargate task does (an orphaned extension host was seen outliving its server).
+    const child = spawn(cmd, args, { env, stdio: ['ignore', 'ignore', 'pipe'], detached: true });
     let stderr = '';
     child.stderr?.on('data', (c: Buffer) => { stderr = (stderr + c.toString()).slice(-2000); });
     let exitInfo: string | undefined;
@@ -142,12 +144,20 @@ export function createLocalProvisioner(opts: LocalProvisionerOptions): Provision
     return { endpoint, handle: String(child.pid) };
   }
 
+  /** Signals a workspace's whole process group; false once nothing is left in it. */
+  const signalGroup = (pid: number, sig: NodeJS.Signals) => { try { process.kill(-pid, sig); return true; } catch { return false; } };
+
   async function stopProcess(entry: Running) {
-    if (entry.child.exitCode !== null || entry.child.signalCode !== null) return;
-    entry.child.kill('SIGTERM');
-    const killer = setTimeout(() => entry.child.kill('SIGKILL'), 5000);
-    await entry.exited;
-    clearTimeout(killer);
+    const pid = entry.child.pid;
+    if (pid === undefined) return;
+    if (entry.child.exitCode === null && entry.child.signalCode === null) {
+      signalGroup(pid, 'SIGTERM');
+      const killer = setTimeout(() => signalGroup(pid, 'SIGKILL'), 5000);
+      await entry.exited;
+      clearTimeout(killer);
+    }
+    // Whatever the server left behind once it is gone.
+    signalGroup(pid, 'SIGKILL');
   }
 
   const view = (id: string, r: Running): RunningWorkspace => ({ workspaceId: id, generation: r.generation, endpoint: r.endpoint, handle: String(r.child.pid), startedAt: r.startedAt });
@@ -175,9 +185,9 @@ export function createLocalProvisioner(opts: LocalProvisionerOptions): Provision
       const other = readRun(id);
       if (!other) return;
       const pid = Number(other.handle);
-      process.kill(pid, 'SIGTERM');
+      signalGroup(pid, 'SIGTERM');
       for (let i = 0; i < 100 && alive(pid); i++) await new Promise((r) => setTimeout(r, 50));
-      if (alive(pid)) process.kill(pid, 'SIGKILL');
+      signalGroup(pid, 'SIGKILL');
       rmSync(runFile(id), { force: true });
     },
     async describe(id) {

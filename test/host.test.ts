@@ -1,5 +1,5 @@
 import t from 'tap';
-import { checkRequestTarget, hostHeaderValues, parseHost } from '../gateway/host.js';
+import { checkRequestTarget, hostHeaderValues, originForm, parseHost } from '../gateway/host.js';
 import { isNavigation, prefersHtml, wantsHtml } from '../gateway/request-kind.js';
 
 t.test('parseHost table', async (t) => {
@@ -60,6 +60,21 @@ t.test('request target table (absolute-form, asterisk, CONNECT)', async (t) => {
     ['GET', '', 'ws-a.x', 'bad'],
   ];
   for (const [method, url, host, expected] of rows) t.equal(checkRequestTarget(method, url, host), expected, `${method} ${url}`);
+});
+
+t.test('originForm table: what the guards and the upstream see', async (t) => {
+  const rows: Array<[string, string]> = [
+    ['/x', '/x'],
+    ['/x?q=1', '/x?q=1'],
+    // A fragment never belongs in a request target (RFC 9112 3.2): the upstream must not see one.
+    ['/x#frag', '/x'],
+    ['/x?q=1#frag', '/x?q=1'],
+    ['http://ws-a.localhost/x#frag', '/x'],
+    ['http://ws-a.localhost', '/'],
+    ['http://ws-a.localhost?q', '/?q'],
+    ['HTTPS://ws-a.localhost/__gateway/login?token=t', '/__gateway/login?token=t'],
+  ];
+  for (const [url, expected] of rows) t.equal(originForm(url), expected, url);
 });
 
 t.test('navigation and html preference', async (t) => {

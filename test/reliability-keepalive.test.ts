@@ -24,7 +24,10 @@ t.test('1,000 requests around the upstream keep-alive timeout: zero client error
     res.end(req.method === 'HEAD' ? undefined : 'ok');
     res.once('finish', () => lastEnd.set(req.socket, Date.now()));
   });
-  upstream.keepAliveTimeout = KEEPALIVE_MS + 5;
+  // No `Keep-Alive: timeout=` hint: the pool would otherwise retire sockets before the upstream does
+  // (undici honours the hint), and the race this test is about would never happen. Not every
+  // upstream sends one; a proxy in front of the workspace may strip it.
+  upstream.keepAliveTimeout = 0;
   upstream.on('connection', () => { connections++; });
   await new Promise<void>((r) => upstream.listen(0, '127.0.0.1', r));
   t.teardown(() => new Promise<void>((r) => { upstream.closeAllConnections(); upstream.close(() => r()); }));
@@ -52,5 +55,5 @@ t.test('1,000 requests around the upstream keep-alive timeout: zero client error
     }
   }));
   t.same(Object.fromEntries(statuses), { 200: 1000 }, 'every request answered 200');
-  t.ok(resets > 0, `the upstream reset reused connections ${resets} times, and closed idle ones (${connections} connections)`);
+  t.ok(resets > 0, `the upstream reset reused connections ${resets} times (${connections} connections)`);
 });

@@ -9,7 +9,7 @@ import { dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { ScenarioResult, Target, Figure } from '../result.js';
 import { LOAD_CPU, cpuMicros, loadAverage, median, round, runToEnd, sleep, stopAll } from '../lib.js';
-import { startField, workDir, type System } from '../field.js';
+import { startField, startLibraryProxy, workDir, type System } from '../field.js';
 
 const loadgen = join(dirname(fileURLToPath(import.meta.url)), '..', 'loadgen.js');
 
@@ -64,6 +64,10 @@ export async function run(opts: { quick: boolean; log: (s: string) => void }): P
       ['gw-metrics-off', { METRICS: 'off' }],
       ['gw-bare', { METRICS: 'off', ACTIVITY_TRACKING: 'off' }],
     ]);
+    // The two proxy libraries on their own: what each costs before any gateway logic (the pick).
+    for (const engine of ['undici', 'http-proxy-3'] as const) {
+      try { field.push(await startLibraryProxy(up, state.cookie, engine)); } catch (err) { notes.push(`lib-${engine} not run: ${(err as Error).message}`); }
+    }
     // Warm each system (JIT, keep-alive pools, route cache) before anything is measured.
     for (const s of field) await wrk(s, 1, 50);
 
@@ -129,6 +133,9 @@ export async function run(opts: { quick: boolean; log: (s: string) => void }): P
     const widest = Math.max(spread('gateway'), spread('gw-bare'), spread('gw-metrics-off'));
     if (Number.isFinite(widest) && widest > 0.1) notes.push(`6: the gateway variants' throughput varied by up to ${(widest * 100).toFixed(0)}% between rounds (load average ${loadAverage()}); costs below that are not resolved by this run: rerun on a quiet machine or with --full`);
     notes.push(`6: bookkeeping share of gateway CPU per request: ${(cpuCost('gw-bare') * 100).toFixed(1)}%; metrics alone: ${(cpuCost('gw-metrics-off') * 100).toFixed(1)}%`);
+    if (closed.has('lib-undici') && closed.has('lib-http-proxy-3')) {
+      notes.push(`library pick: on its own undici forwards at ${med('lib-undici', 'cpuUsPerReq').toFixed(1)} µs CPU/req (${Math.round(rps('lib-undici'))} req/s), http-proxy-3 at ${med('lib-http-proxy-3', 'cpuUsPerReq').toFixed(1)} µs (${Math.round(rps('lib-http-proxy-3'))} req/s): the gateway forwards plain HTTP with undici`);
+    }
     notes.push('CPU/req is the proxy process tree\'s CPU per request served; for direct it is the upstream\'s own');
     notes.push(`closed loop: wrk -t1 -c50, ${rounds} rounds x ${closedSecs} s; open loop: ${openRounds} rounds x ${openSecs} s at 1000 rps, latency from each request's due time`);
     return { scenario: '1+6 HTTP (closed loop 50 conns, open loop 1000 rps) and bookkeeping', systems, targets, notes };

@@ -1,0 +1,115 @@
+// The web forwarder against upstreams that misbehave in the ways real ones do (issues 2 and 8):
+// connection-specific response fields, Expect: 100-continue, a response that never comes, a client
+// that leaves mid-download, a client that asks to close. Plus the forwarder's pure helpers as tables.
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
+import t from 'tap';
+import { hasRequestBody, responseFields } from '../gateway/proxy.js';
+import { request, startTestGateway } from './helpers/gateway.js';
+import { registerRunning } from './helpers/upstream.js';
+
+t.test('hasRequestBody table (RFC 9112 6.3)', async (t) => {
+  const rows: Array<[http.IncomingHttpHeaders, boolean]> = [
+    [{}, false],
+    [{ 'content-length': '0' }, false],
+    [{ 'content-length': '12' }, true],
+    [{ 'transfer-encoding': 'chunked' }, true],
+  ];
+  for (const [headers, expected] of rows) t.equal(hasRequestBody(headers), expected, JSON.stringify(headers));
+});
+
+t.test('responseFields table: hop-by-hop fields and those named in Connection go', async (t) => {
+  const b = (xs: string[]) => xs.map((x) => Buffer.from(x, 'latin1'));
+  const rows: Array<[string, string[], Record<string, string | string[]>]> = [
+    ['plain', ['Content-Type', 'text/plain', 'Content-Length', '2'], { 'Content-Type': 'text/plain', 'Content-Length': '2' }],
+    ['keep-alive fields', ['Connection', 'keep-alive', 'Keep-Alive', 'timeout=5', 'X-A', '1'], { 'X-A': '1' }],
+    ['named in Connection', ['Connection', 'close, X-Up-Hop', 'X-Up-Hop', 'secret', 'X-A', '1'], { 'X-A': '1' }],
+    ['chunked framing is ours to choose', ['Transfer-Encoding', 'chunked', 'X-A', '1'], { 'X-A': '1' }],
+    ['repeated names kept in order', ['Set-Cookie', 'a=1', 'set-cookie', 'b=2', 'Set-Cookie', 'c=3'], { 'Set-Cookie': ['a=1', 'b=2', 'c=3'] }],
+    ['case of names kept', ['x-MiXeD', 'v'], { 'x-MiXeD': 'v' }],
+  ];
+  for (const [name, raw, expected] of rows) t.same(responseFields(b(raw)), expected, name);
+});
+
+t.test('through the gateway', async (t) => {
+  let downloadClosed: () => void = () => undefined;
+  const downloadGone = new Promise<void>((r) => { downloadClosed = r; });
+  const upstream = http.createServer((req, res) => {
+    if (req.url === '/hop') {
+      res.writeHead(200, [['Connection', 'keep-alive, X-Up-Hop'], ['X-Up-Hop', 'secret'], ['Set-Cookie', 'a=1'], ['Set-Cookie', 'b=2'], ['X-Kept', 'yes']].flat());
+      res.end('ok');
+    } else if (req.url === '/echo') {
+      const chunks: Buffer[] = [];
+      req.on('data', (c: Buffer) => chunks.push(c));
+      req.on('end', () => res.end(JSON.stringify({ expect: req.headers.expect ?? null, body: Buffer.concat(chunks).toString() })));
+    } else if (req.url === '/never') {
+      // Headers never come: the gateway's response timeout decides.
+    } else if (req.url === '/endless') {
+      res.writeHead(200, { 'content-type': 'application/octet-stream' });
+      const chunk = Buffer.alloc(64 * 1024);
+      const pump = () => { while (res.write(chunk)); };
+      res.on('drain', pump);
+      res.on('close', () => downloadClosed());
+      pump();
+    } else {
+      res.end('hello');
+    }
+  });
+  await new Promise<void>((r) => upstream.listen(0, '127.0.0.1', r));
+  t.teardown(() => new Promise<void>((r) => { upstream.closeAllConnections(); upstream.close(() => r()); }));
+  const gw = await startTestGateway({ env: { UPSTREAM_TIMEOUT: '500ms' } });
+  t.teardown(() => gw.close());
+  await registerRunning(gw.store, 'up', (upstream.address() as AddressInfo).port);
+  const cookie = await gw.cookie('up');
+  const host = 'ws-up.localhost';
+
+  t.test('connection-specific response fields stay with the upstream connection', async (t) => {
+    const r = await request(gw.port, { host, path: '/hop', headers: { cookie } });
+    t.equal(r.status, 200);
+    t.equal(r.headers['x-up-hop'], undefined);
+    t.same(r.headers['set-cookie'], ['a=1', 'b=2']);
+    t.equal(r.headers['x-kept'], 'yes');
+    t.equal(r.body, 'ok');
+  });
+
+  t.test('Expect: 100-continue is answered here and the body reaches the workspace', async (t) => {
+    const r = await new Promise<{ status: number; body: string; continued: boolean }>((resolve, reject) => {
+      let continued = false;
+      const req = http.request({ host: '127.0.0.1', port: gw.port, method: 'POST', path: '/echo', agent: false, setHost: false, headers: { host, cookie, expect: '100-continue', 'content-length': '5' } }, (res) => {
+        let body = '';
+        res.on('data', (c) => { body += c; });
+        res.on('end', () => resolve({ status: res.statusCode ?? 0, body, continued }));
+      });
+      req.on('continue', () => { continued = true; req.end('hello'); });
+      req.on('error', reject);
+    });
+    t.ok(r.continued, '100 Continue');
+    t.equal(r.status, 200);
+    t.same(JSON.parse(r.body), { expect: null, body: 'hello' });
+  });
+
+  t.test('no response headers within UPSTREAM_TIMEOUT: 504 UPSTREAM_TIMEOUT', async (t) => {
+    const r = await request(gw.port, { host, path: '/never', headers: { cookie, accept: 'application/json' } });
+    t.equal(r.status, 504);
+    t.equal(r.headers['x-gateway-error'], 'UPSTREAM_TIMEOUT');
+    t.equal(JSON.parse(r.body).error.code, 'UPSTREAM_TIMEOUT');
+  });
+
+  t.test('a client that leaves mid-download releases the upstream request', async (t) => {
+    await new Promise<void>((resolve, reject) => {
+      const req = http.get({ host: '127.0.0.1', port: gw.port, path: '/endless', agent: false, setHost: false, headers: { host, cookie } }, (res) => {
+        res.once('data', () => { req.destroy(); resolve(); });
+      });
+      req.on('error', (e) => { if (!req.destroyed) reject(e); });
+    });
+    await downloadGone;
+    t.pass('the upstream saw its response closed');
+  });
+
+  t.test('a client asking to close gets Connection: close, and the gateway closes', async (t) => {
+    const r = await request(gw.port, { host, path: '/', headers: { cookie, connection: 'close' } });
+    t.equal(r.status, 200);
+    t.equal(r.headers.connection, 'close');
+    t.equal(r.body, 'hello');
+  });
+});
