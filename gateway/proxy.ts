@@ -1,13 +1,14 @@
-// Forwarding (the last step of the request path). Plain HTTP goes through undici's pooled client;
-// WebSocket upgrades through http-proxy-3, the maintained rewrite of http-proxy (1.18.1 crashes on
-// an upgrade followed by a client reset and leaks sockets when an upstream answers an upgrade with
-// plain HTTP; issue 2). bench/ measured the two side by side for plain HTTP on one core: undici
-// used about half the proxy CPU per request of http-proxy-3 (issue 7), so the warm path uses it.
-// Everything here is per-request mechanics: header hygiene, timeouts, the retry of an idempotent
-// request on a stale keep-alive socket, and mapping upstream failures to the error catalogue.
+// Forwarding (the last step of the request path). Plain HTTP goes through undici's pooled client:
+// bench/ measured it beside http-proxy-3 (the maintained rewrite of the http-proxy the user named;
+// issue 2) on one core, and it used about two thirds of the proxy CPU per request (issue 7).
+// WebSocket upgrades are a single request and then two piped sockets: node:http's client does the
+// handshake here, so nothing else holds the upgrade's objects for the socket's lifetime (bench/:
+// idle memory per WebSocket). Everything here is per-request mechanics: header hygiene, timeouts,
+// the retry of an idempotent request on a stale keep-alive socket, and mapping upstream failures
+// to the error catalogue.
 import http, { type IncomingMessage, type ServerResponse } from 'node:http';
+import type { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
-import { createProxyServer } from 'http-proxy-3';
 import { Agent, Client, type Dispatcher } from 'undici';
 import type { Endpoint } from '../provisioner/contract.js';
 import type { ErrorCode } from './errors.js';
@@ -23,6 +24,9 @@ export interface ProxyOptions {
 
 export interface ForwardFailure { code: ErrorCode; error: Error }
 
+/** The upstream's 101: its fields may still be changed before they are written to the client. */
+export interface UpgradeResponse { statusCode: 101; headers: http.IncomingHttpHeaders }
+
 /** RFC 9110 7.6.1: connection-specific fields, never forwarded. */
 const HOP_BY_HOP = ['connection', 'keep-alive', 'proxy-connection', 'te', 'trailer', 'transfer-encoding', 'upgrade', 'proxy-authorization', 'proxy-authenticate'];
 /** Client-supplied forwarding claims are replaced, never trusted (issue 3). */
@@ -31,14 +35,6 @@ const IDEMPOTENT_NO_BODY = new Set(['GET', 'HEAD', 'OPTIONS', 'DELETE']);
 /** A connection the upstream closed under us (a keep-alive race): worth one more try on a new one. */
 const STALE_SOCKET = new Set(['UND_ERR_SOCKET', 'ECONNRESET', 'EPIPE']);
 const TIMEOUTS = new Set(['UND_ERR_CONNECT_TIMEOUT', 'UND_ERR_HEADERS_TIMEOUT']);
-
-const kState = Symbol('forward-state');
-interface ForwardState {
-  timedOut?: 'connect';
-  onFailure(f: ForwardFailure): void;
-  onUpgrade?(upstream: Duplex, response: IncomingMessage): void;
-}
-type WithState = IncomingMessage & { [kState]?: ForwardState };
 
 function connectionTokens(value: string | string[] | undefined): string[] {
   if (!value) return [];
@@ -103,6 +99,24 @@ export function responseFields(raw: Buffer[]): http.OutgoingHttpHeaders {
   return out;
 }
 
+/** Header lines for a hand-written response head; values come from node's parser (no CR or LF). */
+function headerBlock(fields: http.OutgoingHttpHeaders | http.IncomingHttpHeaders): string {
+  let out = '';
+  for (const [name, value] of Object.entries(fields)) {
+    if (value === undefined) continue;
+    for (const v of Array.isArray(value) ? value : [value]) out += `${name}: ${v}\r\n`;
+  }
+  return out;
+}
+
+/** A piped WebSocket socket: no idle timeout (ws-pairs pings instead), no Nagle delay on small frames. */
+function tune(socket: Duplex) {
+  const s = socket as Partial<Socket>;
+  s.setTimeout?.(0);
+  s.setNoDelay?.(true);
+  s.setKeepAlive?.(true, 0);
+}
+
 export function createForwarder(opts: ProxyOptions) {
   const idleMs = opts.freeSocketTimeoutMs ?? 4000;
   const clientOptions = {
@@ -120,24 +134,6 @@ export function createForwarder(opts: ProxyOptions) {
   const pools = new Agent({ ...clientOptions, connections: opts.maxSockets });
   // WebSocket upgrades take a connection each and never return it: no pool to keep.
   const upgradeAgent = new http.Agent({ keepAlive: false });
-  const proxy = createProxyServer({ agent: upgradeAgent, xfwd: false, ws: true, changeOrigin: false, preserveHeaderKeyCase: false });
-
-  // Our 'upgrade' listener is added before http-proxy-3's own, so it runs before the 101 is written to
-  // the client: the app may still adjust the response headers (permessage-deflate parameters).
-  proxy.on('proxyReqWs', (proxyReq: http.ClientRequest, req: IncomingMessage) => {
-    const state = (req as WithState)[kState];
-    if (!state) return;
-    const timer = setTimeout(() => { state.timedOut = 'connect'; proxyReq.destroy(new Error('upstream upgrade timeout')); }, opts.connectTimeoutMs);
-    proxyReq.once('upgrade', (response: IncomingMessage, upstream: Duplex) => { clearTimeout(timer); state.onUpgrade?.(upstream, response); });
-    proxyReq.once('response', () => clearTimeout(timer));
-    proxyReq.once('close', () => clearTimeout(timer));
-  });
-
-  proxy.on('error', (err: Error & { code?: string }, req: IncomingMessage, res: ServerResponse | Duplex) => {
-    const state = (req as WithState)[kState];
-    if (!state) { res.destroy(); return; }
-    state.onFailure({ code: state.timedOut ? 'UPSTREAM_TIMEOUT' : 'UPSTREAM_UNREACHABLE', error: err });
-  });
 
   const origin = (e: Endpoint) => `http://${e.host.includes(':') ? `[${e.host}]` : e.host}:${e.port}`;
 
@@ -196,10 +192,43 @@ export function createForwarder(opts: ProxyOptions) {
       prepareHeaders(req, fwd, cookie, false);
       dispatchWeb(req, res, endpoint, hooks, body, 0, pools);
     },
-    ws(req: IncomingMessage, socket: Duplex, head: Buffer, endpoint: Endpoint, fwd: ForwardedFor, cookie: string | undefined, hooks: { onFailure(f: ForwardFailure): void; onUpgrade(upstream: Duplex, response: IncomingMessage): void }) {
+    ws(req: IncomingMessage, socket: Duplex, head: Buffer, endpoint: Endpoint, fwd: ForwardedFor, cookie: string | undefined, hooks: { onFailure(f: ForwardFailure): void; onUpgrade(upstream: Duplex, response: UpgradeResponse): void }) {
       prepareHeaders(req, fwd, cookie, true);
-      (req as WithState)[kState] = { onFailure: hooks.onFailure, onUpgrade: hooks.onUpgrade };
-      proxy.ws(req, socket, head, { target: { protocol: 'http:', host: endpoint.host, port: endpoint.port } });
+      tune(socket);
+      // Bytes the client sent right behind its upgrade request travel once the pipe is set up.
+      if (head.length) socket.unshift(head);
+      const out = http.request({ host: endpoint.host, port: endpoint.port, method: req.method, path: req.url, headers: req.headers, agent: upgradeAgent, setHost: false });
+      let settled = false;
+      let timedOut = false;
+      const timer = setTimeout(() => { timedOut = true; out.destroy(new Error('upstream upgrade timeout')); }, opts.connectTimeoutMs);
+      const clientGone = () => { if (!settled) { settled = true; clearTimeout(timer); out.destroy(); } };
+      const settle = () => { settled = true; clearTimeout(timer); socket.off('close', clientGone); };
+      socket.once('close', clientGone);
+      out.once('error', (error) => {
+        if (settled) return;
+        settle();
+        hooks.onFailure({ code: timedOut ? 'UPSTREAM_TIMEOUT' : 'UPSTREAM_UNREACHABLE', error });
+      });
+      // Refused (403) or answered with plain HTTP: that answer is the client's, then both close.
+      out.once('response', (res) => {
+        settle();
+        const fields = responseFields(res.rawHeaders.map((h) => Buffer.from(h, 'latin1')));
+        socket.write(`HTTP/1.1 ${res.statusCode} ${res.statusMessage}\r\n${headerBlock(fields)}connection: close\r\n\r\n`);
+        res.once('error', () => socket.destroy());
+        res.pipe(socket);
+      });
+      out.once('upgrade', (res, upstream: Socket, upstreamHead: Buffer) => {
+        settle();
+        tune(upstream);
+        const response: UpgradeResponse = { statusCode: 101, headers: res.headers };
+        // Synchronous, and before the 101 is written: the app may still change the response's fields.
+        hooks.onUpgrade(upstream, response);
+        socket.write(`HTTP/1.1 101 Switching Protocols\r\n${headerBlock(response.headers)}\r\n`);
+        if (upstreamHead.length) upstream.unshift(upstreamHead);
+        upstream.pipe(socket);
+        socket.pipe(upstream);
+      });
+      out.end();
     },
     /** Upstream connections held open by the keep-alive pools (for leak checks). */
     poolSize(): number {
@@ -208,7 +237,6 @@ export function createForwarder(opts: ProxyOptions) {
       return n;
     },
     close() {
-      proxy.close?.();
       upgradeAgent.destroy();
       void pools.destroy();
     },

@@ -21,7 +21,7 @@ import { checkRequestTarget, hostHeaderValues, originForm, parseHost, proxyRoute
 import type { Logger } from './log.js';
 import type { Metrics } from './metrics.js';
 import { startingPage, type StatusView } from './pages.js';
-import type { Forwarder } from './proxy.js';
+import type { Forwarder, UpgradeResponse } from './proxy.js';
 import { isNavigation, wantsHtml } from './request-kind.js';
 import type { StateStore, WorkspaceRecord } from './store/contract.js';
 import { StoreUnavailable } from './store/contract.js';
@@ -38,7 +38,7 @@ export interface RequestPathDeps {
   metrics: Metrics;
   log: Logger;
   /** Called for each proxied WebSocket pair, so the app can track, tap and drain them. */
-  onWebSocket(ws: { workspaceId: string; client: Duplex; upstream: Duplex; req: IncomingMessage; response: IncomingMessage }): void;
+  onWebSocket(ws: { workspaceId: string; client: Duplex; upstream: Duplex; req: IncomingMessage; response: UpgradeResponse }): void;
   isDraining(): boolean;
 }
 

@@ -5,6 +5,7 @@
 import type { IncomingMessage } from 'node:http';
 import type { Duplex } from 'node:stream';
 import type { Clock } from './clock.js';
+import type { UpgradeResponse } from './proxy.js';
 import { CLOSE, FrameTracker, GOING_AWAY, PING, clientFrame, closePayload, serverFrame } from './ws-frames.js';
 
 export interface WsPair {
@@ -17,7 +18,7 @@ export interface WsPair {
 }
 
 export interface WsPairHooks {
-  opened(pair: WsPair, req: IncomingMessage, response: IncomingMessage): void;
+  opened(pair: WsPair, req: IncomingMessage, response: UpgradeResponse): void;
   /** Chunks from the browser that carry data frames (never pings or pongs), for an activity signal. */
   clientData?(pair: WsPair, chunk: Buffer): void;
   closed(pair: WsPair): void;
@@ -68,27 +69,31 @@ export function createWsPairs(opts: WsPairsOptions) {
   }
   const write = (s: Duplex, frame: Buffer) => { if (s.writable && !s.destroyed) s.write(frame); };
 
-  function track(p: { workspaceId: string; client: Duplex; upstream: Duplex; req: IncomingMessage; response: IncomingMessage }) {
+  function track(p: { workspaceId: string; client: Duplex; upstream: Duplex; req: IncomingMessage; response: UpgradeResponse }) {
+    // Only the two sockets are kept: the upgrade's request and response objects are free once
+    // opened() has read them (bench/: idle memory per WebSocket).
+    const { client, upstream } = p;
     const now = clock.now();
-    const pair: WsPair = { workspaceId: p.workspaceId, client: p.client, upstream: p.upstream, lastUpstream: now, lastClient: now };
-    const down: Direction = { tracker: new FrameTracker(), from: p.upstream, to: p.client, pending: [], pingedAt: 0 };
-    const up: Direction = { tracker: new FrameTracker(), from: p.client, to: p.upstream, pending: [], pingedAt: 0 };
+    const pair: WsPair = { workspaceId: p.workspaceId, client, upstream, lastUpstream: now, lastClient: now };
+    const down: Direction = { tracker: new FrameTracker(), from: upstream, to: client, pending: [], pingedAt: 0 };
+    const up: Direction = { tracker: new FrameTracker(), from: client, to: upstream, pending: [], pingedAt: 0 };
     let done = false;
     const entry: Entry = { pair, down, up, closing: false, finish: () => undefined };
     entries.add(entry);
     hooks.opened(pair, p.req, p.response);
+
 
     // This hook runs before http-proxy-3 writes the 101 and pipes the sockets. Our listeners are
     // attached after its pipes, so when they run, the chunk has already been written onward and a
     // frame injected then follows it on the wire.
     process.nextTick(() => {
       if (done) return;
-      p.upstream.on('data', (chunk: Buffer) => {
+      upstream.on('data', (chunk: Buffer) => {
         pair.lastUpstream = clock.now();
         down.tracker.feed(chunk);
         if (down.pending.length) drainPending(down);
       });
-      p.client.on('data', (chunk: Buffer) => {
+      client.on('data', (chunk: Buffer) => {
         pair.lastClient = clock.now();
         up.tracker.feed(chunk);
         // Every byte, control frames included: the activity tap parses the stream itself (and never
@@ -105,13 +110,13 @@ export function createWsPairs(opts: WsPairsOptions) {
       if (grace) clearTimeout(grace);
       entries.delete(entry);
       hooks.closed(pair);
-      p.upstream.destroy();
+      upstream.destroy();
       // end() flushes the close frame; a browser that does not read is cut after the grace.
-      if (!p.client.destroyed) {
-        p.client.end();
-        const cut = setTimeout(() => p.client.destroy(), closeGraceMs);
+      if (!client.destroyed) {
+        client.end();
+        const cut = setTimeout(() => client.destroy(), closeGraceMs);
         cut.unref();
-        p.client.once('close', () => clearTimeout(cut));
+        client.once('close', () => clearTimeout(cut));
       }
       if (entries.size === 0) { const w = emptyWaiters; emptyWaiters = []; for (const f of w) f(); }
     };
@@ -119,9 +124,9 @@ export function createWsPairs(opts: WsPairsOptions) {
       // Both sides get a close frame at their next frame boundary, then FIN; destroyed after the grace.
       if (entry.closing || done) return;
       entry.closing = true;
-      atBoundary(down, () => { p.upstream.unpipe(p.client); write(p.client, serverFrame(CLOSE, closePayload(GOING_AWAY))); p.client.end(); });
-      atBoundary(up, () => { p.client.unpipe(p.upstream); write(p.upstream, clientFrame(CLOSE, closePayload(GOING_AWAY))); p.upstream.end(); });
-      grace = setTimeout(() => { p.client.destroy(); p.upstream.destroy(); close(); }, closeGraceMs);
+      atBoundary(down, () => { upstream.unpipe(client); write(client, serverFrame(CLOSE, closePayload(GOING_AWAY))); client.end(); });
+      atBoundary(up, () => { client.unpipe(upstream); write(upstream, clientFrame(CLOSE, closePayload(GOING_AWAY))); upstream.end(); });
+      grace = setTimeout(() => { client.destroy(); upstream.destroy(); close(); }, closeGraceMs);
       grace.unref();
     };
     // A browser whose upstream died (or ended without a close frame) is told so at once, with a code
@@ -131,13 +136,13 @@ export function createWsPairs(opts: WsPairsOptions) {
       if (entry.closing || down.tracker.closeSeen || lost) return;
       lost = true;
       hooks.upstreamLost?.(pair);
-      if (down.tracker.atBoundary()) { entry.closing = true; write(p.client, serverFrame(CLOSE, closePayload(GOING_AWAY))); }
+      if (down.tracker.atBoundary()) { entry.closing = true; write(client, serverFrame(CLOSE, closePayload(GOING_AWAY))); }
     };
-    p.upstream.once('end', upstreamGone);
-    p.upstream.once('close', () => { upstreamGone(); close(); });
-    p.client.once('close', close);
-    p.upstream.once('error', () => { upstreamGone(); close(); });
-    p.client.once('error', close);
+    upstream.once('end', upstreamGone);
+    upstream.once('close', () => { upstreamGone(); close(); });
+    client.once('close', close);
+    upstream.once('error', () => { upstreamGone(); close(); });
+    client.once('error', close);
   }
 
   // A frozen peer (SIGSTOP'd workspace, vanished laptop) is pinged once it has been silent for the
