@@ -68,8 +68,9 @@ const PROXY_ROUTE = /^\/(?:abs)?proxy\/([^/?#]*)/i;
  * code-server's /proxy/<port> and /absproxy/<port> may reach only the workspace's own loopback
  * ports (issue 3): `/proxy/80@evil/` would make it fetch another host. The port segment must be
  * plain digits in the raw path and in every percent-decoding of it (up to three layers), after
- * dot segments, doubled slashes and backslashes are resolved: http-proxy-3 re-parses the path with the
- * WHATWG URL parser before forwarding, so `/x/../proxy/80@evil/` and `/proxy\80@evil/` arrive as `/proxy/80@evil/`.
+ * dot segments, doubled slashes and backslashes are resolved: the path is forwarded as it came, and the
+ * workspace's own router (or a WHATWG URL parser anywhere on the way) may read `/x/../proxy/80@evil/` or
+ * `/proxy\80@evil/` as `/proxy/80@evil/`.
  */
 export function proxyRouteAllowed(url: string): boolean {
   let path = url;

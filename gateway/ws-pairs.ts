@@ -1,5 +1,5 @@
 // Proxied WebSocket pairs (browser socket, upstream socket): counted, watched for a frozen peer,
-// closed together, and drained on shutdown. The bytes themselves flow through http-proxy-3's pipes;
+// closed together, and drained on shutdown. The bytes themselves flow through the forwarder's pipes;
 // this module observes them with one frame-boundary tracker per direction, so it can inject its own
 // control frames (ping, close 1001) between frames (issue 8).
 import type { IncomingMessage } from 'node:http';
@@ -83,7 +83,7 @@ export function createWsPairs(opts: WsPairsOptions) {
     hooks.opened(pair, p.req, p.response);
 
 
-    // This hook runs before http-proxy-3 writes the 101 and pipes the sockets. Our listeners are
+    // This hook runs before the forwarder writes the 101 and pipes the sockets. Our listeners are
     // attached after its pipes, so when they run, the chunk has already been written onward and a
     // frame injected then follows it on the wire.
     process.nextTick(() => {
@@ -130,7 +130,7 @@ export function createWsPairs(opts: WsPairsOptions) {
       grace.unref();
     };
     // A browser whose upstream died (or ended without a close frame) is told so at once, with a code
-    // VS Code reconnects on (issue 8). Registered before http-proxy-3's pipe, whose 'end' ends the client.
+    // VS Code reconnects on (issue 8). Registered before the forwarder's pipe, whose 'end' ends the client.
     let lost = false;
     const upstreamGone = () => {
       if (entry.closing || down.tracker.closeSeen || lost) return;
