@@ -204,7 +204,8 @@ export function createForwarder(opts: ProxyOptions) {
       const clientGone = () => { if (!settled) { settled = true; clearTimeout(timer); out.destroy(); } };
       const settle = () => { settled = true; clearTimeout(timer); socket.off('close', clientGone); };
       socket.once('close', clientGone);
-      out.once('error', (error) => {
+      // `on`, not `once`: a second error after the first (or after the answer) must not go unhandled.
+      out.on('error', (error) => {
         if (settled) return;
         settle();
         hooks.onFailure({ code: timedOut ? 'UPSTREAM_TIMEOUT' : 'UPSTREAM_UNREACHABLE', error });
@@ -215,6 +216,7 @@ export function createForwarder(opts: ProxyOptions) {
         const fields = responseFields(res.rawHeaders.map((h) => Buffer.from(h, 'latin1')));
         socket.write(`HTTP/1.1 ${res.statusCode} ${res.statusMessage}\r\n${headerBlock(fields)}connection: close\r\n\r\n`);
         res.once('error', () => socket.destroy());
+        socket.once('close', () => res.destroy());
         res.pipe(socket);
       });
       out.once('upgrade', (res, upstream: Socket, upstreamHead: Buffer) => {
