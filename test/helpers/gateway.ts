@@ -62,6 +62,8 @@ export interface TestGatewayOptions {
   provisioner?: Provisioner;
   clock?: Clock;
   dataDir?: string;
+  /** false: log lines are parsed but not kept (a long soak would count them as the gateway's heap). */
+  keepLogs?: boolean;
 }
 
 export async function startTestGateway(opts: TestGatewayOptions = {}): Promise<TestGateway> {
@@ -73,7 +75,7 @@ export async function startTestGateway(opts: TestGatewayOptions = {}): Promise<T
   });
   const clock = opts.clock ?? systemClock;
   const logs: Array<Record<string, unknown>> = [];
-  const sink = new Writable({ write(chunk, _enc, cb) { for (const line of chunk.toString().split('\n')) if (line) try { logs.push(JSON.parse(line)); } catch { /* not json */ } cb(); } });
+  const sink = new Writable({ write(chunk, _enc, cb) { for (const line of chunk.toString().split('\n')) if (line) try { const parsed = JSON.parse(line) as Record<string, unknown>; if (opts.keepLogs !== false) logs.push(parsed); } catch { /* not json */ } cb(); } });
   const logger = createLogger(config.logLevel, sink);
   const metrics = createMetrics({ enabled: true, defaultMetrics: false });
   const store = opts.store ?? (config.redisUrl ? await createRedisStore({ url: config.redisUrl, prefix: config.redisPrefix, commandTimeoutMs: config.redisCommandTimeoutMs }) : createMemoryStore(clock));
