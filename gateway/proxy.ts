@@ -42,7 +42,7 @@ function connectionTokens(value: string | string[] | undefined): string[] {
 }
 
 /** Removes hop-by-hop fields and those named in Connection (RFC 9110 7.6.1) from a header map. */
-export function stripHopByHop(headers: http.IncomingHttpHeaders | http.OutgoingHttpHeaders, keepUpgrade: boolean): void {
+function stripHopByHop(headers: http.IncomingHttpHeaders | http.OutgoingHttpHeaders, keepUpgrade: boolean): void {
   for (const name of connectionTokens(headers.connection as string | undefined)) {
     if (keepUpgrade && name === 'upgrade') continue;
     delete headers[name];
@@ -56,7 +56,7 @@ export function stripHopByHop(headers: http.IncomingHttpHeaders | http.OutgoingH
 export interface ForwardedFor { clientAddress: string; proto: 'http' | 'https'; host: string }
 
 /** Rewrites the request's headers for the upstream: Host is kept (code-server checks Origin against it). */
-export function prepareHeaders(req: IncomingMessage, fwd: ForwardedFor, cookie: string | undefined, isUpgrade: boolean): void {
+function prepareHeaders(req: IncomingMessage, fwd: ForwardedFor, cookie: string | undefined, isUpgrade: boolean): void {
   const h = req.headers;
   stripHopByHop(h, isUpgrade);
   for (const name of FORWARDING) delete h[name];
