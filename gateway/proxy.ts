@@ -79,23 +79,25 @@ export function hasRequestBody(headers: http.IncomingHttpHeaders): boolean {
  * flat list: Node 20 keeps only the last of repeated names (two Set-Cookie) when a flat list meets
  * fields already set on the response, while an array value keeps them all.
  */
-export function responseFields(raw: Buffer[]): http.OutgoingHttpHeaders {
-  let named: string[] | undefined;
-  for (let i = 0; i < raw.length; i += 2) {
-    if (raw[i].toString('latin1').toLowerCase() === 'connection') named = [...(named ?? []), ...connectionTokens(raw[i + 1].toString('latin1'))];
-  }
+export function responseFields(raw: ReadonlyArray<Buffer | string>): http.OutgoingHttpHeaders {
+  // undici hands over raw Buffers, node:http strings; HTTP field bytes are latin1 either way.
+  const text = (x: Buffer | string) => (typeof x === 'string' ? x : x.toString('latin1'));
   const out: Record<string, string | string[]> = {};
   const nameOf = new Map<string, string>();
+  let named: string[] = [];
   for (let i = 0; i < raw.length; i += 2) {
-    const name = raw[i].toString('latin1');
+    const name = text(raw[i]);
     const lower = name.toLowerCase();
-    if (HOP_BY_HOP.includes(lower) || named?.includes(lower)) continue;
-    const value = raw[i + 1].toString('latin1');
+    const value = text(raw[i + 1]);
+    if (lower === 'connection') named = [...named, ...connectionTokens(value)];
+    if (HOP_BY_HOP.includes(lower)) continue;
     const first = nameOf.get(lower);
     if (first === undefined) { nameOf.set(lower, name); out[name] = value; continue; }
     const prev = out[first];
     out[first] = Array.isArray(prev) ? [...prev, value] : [prev, value];
   }
+  // Fields the upstream named in Connection belong to that connection only (RFC 9110 7.6.1).
+  for (const lower of named) { const name = nameOf.get(lower); if (name !== undefined) delete out[name]; }
   return out;
 }
 
@@ -213,7 +215,7 @@ export function createForwarder(opts: ProxyOptions) {
       // Refused (403) or answered with plain HTTP: that answer is the client's, then both close.
       out.once('response', (res) => {
         settle();
-        const fields = responseFields(res.rawHeaders.map((h) => Buffer.from(h, 'latin1')));
+        const fields = responseFields(res.rawHeaders);
         socket.write(`HTTP/1.1 ${res.statusCode} ${res.statusMessage}\r\n${headerBlock(fields)}connection: close\r\n\r\n`);
         res.once('error', () => socket.destroy());
         socket.once('close', () => res.destroy());
