@@ -8,7 +8,7 @@ import { Redis } from 'ioredis';
 import { startRedis } from '../../test/helpers/redis.js';
 import { startFakeAws } from '../../test/fake-aws/index.js';
 import { fakeAwsEnv } from '../../test/fake-aws/config.js';
-import type { Figure, ScenarioResult, Target } from '../result.js';
+import { targetLine, type Figure, type ScenarioResult, type Target } from '../result.js';
 import { pageLoad } from './b-browser.js';
 import { cookieMinter, maxInWindow, parseInfo, quantile, round, startGatewayChild, type GatewayChild } from './b-util.js';
 
@@ -170,6 +170,6 @@ export async function run(opts: ClassSurgeOptions): Promise<ScenarioResult> {
       { name: `class-surge: students who saw an error${tag}`, value: r.failed, limit: 0, unit: 'count', op: '<=', met: r.failed === 0 },
     );
   }
-  for (const t of targets) opts.log(`  ${t.met ? 'met   ' : 'MISSED'} ${t.name}: ${t.value} ${t.unit} (${t.op} ${t.limit})`);
+  for (const t of targets) opts.log(targetLine(t));
   return { scenario: 'class-start surge', systems, targets, notes };
 }

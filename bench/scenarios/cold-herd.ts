@@ -10,7 +10,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { startRedis } from '../../test/helpers/redis.js';
-import type { Figure, ScenarioResult, Target } from '../result.js';
+import { targetLine, type Figure, type ScenarioResult, type Target } from '../result.js';
 import { NAVIGATE, pageLoad, type PageLoadResult } from './b-browser.js';
 import { cookieMinter, quantile, round, startGatewayChild, type GatewayChild } from './b-util.js';
 
@@ -167,6 +167,6 @@ export async function run(opts: ColdHerdOptions): Promise<ScenarioResult> {
       { name: `cold-herd: gateway overhead beyond readiness${tag}`, value: r.overhead, limit: 100, unit: 'ms', op: '<=', met: r.overhead <= 100 },
     );
   }
-  for (const t of targets) opts.log(`  ${t.met ? 'met   ' : 'MISSED'} ${t.name}: ${t.value} ${t.unit} (${t.op} ${t.limit})`);
+  for (const t of targets) opts.log(targetLine(t));
   return { scenario: 'cold-start herd', systems, targets, notes };
 }

@@ -7,7 +7,7 @@ import { join } from 'node:path';
 import { rmSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import type { ScenarioResult, Target, Figure } from '../result.js';
+import { addTarget, type ScenarioResult, type Target, type Figure } from '../result.js';
 import { LOAD_CPU, cpuMicros, loadAverage, median, round, runToEnd, sleep, stopAll } from '../lib.js';
 import { startField, startLibraryProxy, workDir, type System } from '../field.js';
 
@@ -114,10 +114,7 @@ export async function run(opts: { quick: boolean; log: (s: string) => void }): P
     });
 
     const targets: Target[] = [];
-    const t = (name: string, value: number, limit: number, unit: string, op: '<=' | '>=') => {
-      if (!Number.isFinite(value) || !Number.isFinite(limit)) { notes.push(`target "${name}" not evaluated (a system did not run)`); return; }
-      targets.push({ name, value: round(value), limit: round(limit), unit, op, met: op === '<=' ? value <= limit : value >= limit });
-    };
+    const t = (name: string, value: number, limit: number, unit: string, op: '<=' | '>=') => addTarget({ targets, notes }, name, value, limit, unit, op, round);
     t('1: gateway rps / nginx rps', rps('gateway') / rps('nginx'), 0.7, 'x', '>=');
     t('1: gateway rps / chp rps', rps('gateway') / rps('chp'), 2.5, 'x', '>=');
     t('1: gateway proxy CPU per request', med('gateway', 'cpuUsPerReq'), 45, 'µs', '<=');

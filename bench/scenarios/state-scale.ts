@@ -16,7 +16,7 @@ import { createWorkspaces } from '../../gateway/workspaces.js';
 import type { Provisioner } from '../../provisioner/contract.js';
 import { createReaper } from '../../reaper/reaper.js';
 import { startRedis } from '../../test/helpers/redis.js';
-import type { Figure, ScenarioResult, Target } from '../result.js';
+import { targetLine, type Figure, type ScenarioResult, type Target } from '../result.js';
 import { measureLayouts } from './b-layouts.js';
 import { gcFunction, parseInfo, pool, quantile, round } from './b-util.js';
 
@@ -199,7 +199,7 @@ export async function run(opts: StateScaleOptions): Promise<ScenarioResult> {
       `state-scale: reaper pass = createReaper(...).pass() with the Redis store, a workspaces coordinator and a counting no-op provisioner; second pass ${second.candidates} candidates.`,
     ];
     if (summary.stopped.length !== idleCandidates) notes.push(`state-scale: the pass stopped ${summary.stopped.length} of ${idleCandidates} idle candidates (skipped ${summary.skipped}).`);
-    for (const x of targets) opts.log(`  ${x.met ? 'met   ' : 'MISSED'} ${x.name}: ${x.value} ${x.unit} (${x.op} ${x.limit})`);
+    for (const x of targets) opts.log(targetLine(x));
     notes.push(`state-scale: layouts system = Redis memory per idle workspace for ${layoutCount} records written by pipeline under today's layout and the proposed ones (see bench/scenarios/b-layouts.ts); prefix buckets keep lexical listing order because (id prefix, id) sorts as id does.`);
     return {
       scenario: 'state scale (100,000 workspaces)',

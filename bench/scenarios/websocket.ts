@@ -5,7 +5,7 @@ import { rmSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { createInterface } from 'node:readline';
-import type { Figure, ScenarioResult, Target } from '../result.js';
+import { addTarget, type Figure, type ScenarioResult, type Target } from '../result.js';
 import { LOAD_CPU, loadAverage, openFilesLimit, median, round, rssBytes, runToEnd, sleep, start, stop, stopAll } from '../lib.js';
 import { startField, workDir, type System } from '../field.js';
 
@@ -97,10 +97,7 @@ export async function run(opts: { quick: boolean; log: (s: string) => void }): P
       return { system: s.name, figures };
     });
     const targets: Target[] = [];
-    const t = (name: string, value: number, limit: number, unit: string, op: '<=' | '>=') => {
-      if (!Number.isFinite(value) || !Number.isFinite(limit)) { notes.push(`target "${name}" not evaluated (a system did not run)`); return; }
-      targets.push({ name, value: round(value), limit: round(limit), unit, op, met: op === '<=' ? value <= limit : value >= limit });
-    };
+    const t = (name: string, value: number, limit: number, unit: string, op: '<=' | '>=') => addTarget({ targets, notes }, name, value, limit, unit, op, round);
     t('2: gateway ws msg/s / nginx msg/s', mps('gateway') / mps('nginx'), 1, 'x', '>=');
     t('2: gateway paced echo p99 (limit: nginx\'s)', pmed('gateway', 'p99us') / 1000, pmed('nginx', 'p99us') / 1000, 'ms', '<=');
     t(`2: gateway idle memory per WebSocket (${wanted} open)`, (idle.get('gateway') ?? NaN) / 1024, 6, 'KB', '<=');
