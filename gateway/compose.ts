@@ -5,6 +5,7 @@ import type { Provisioner } from '../provisioner/contract.js';
 import { createLocalProvisioner } from '../provisioner/local.js';
 import { createEcsProvisioner } from '../provisioner/ecs.js';
 import { ecsOptionsFromEnv } from '../provisioner/ecs-config.js';
+import { localTokens, sharedTokens } from '../provisioner/admission.js';
 import type { Clock } from './clock.js';
 import { ConfigError, loadConfig, type Config, type Env } from './config.js';
 import type { Logger } from './log.js';
@@ -28,7 +29,7 @@ export async function storeFromConfig(config: Config, clock: Clock, metrics: Met
   });
 }
 
-export async function provisionerFromConfig(config: Config, clock: Clock, metrics: Metrics, log: Logger): Promise<Provisioner> {
+export async function provisionerFromConfig(config: Config, clock: Clock, metrics: Metrics, log: Logger, store: StateStore): Promise<Provisioner> {
   if (config.provisioner === 'local') {
     return createLocalProvisioner({
       workspace: config.local.workspace, dataDir: config.local.dataDir, codeServerBin: config.local.codeServerBin,
@@ -36,8 +37,21 @@ export async function provisionerFromConfig(config: Config, clock: Clock, metric
     });
   }
   const options = ecsOptionsFromEnv(config.env);
+  const local = localTokens(clock, options.runTaskRate, options.runTaskBurst);
+  let lastFallback = 0;
+  // RunTask is rated per AWS account: with Redis every replica draws from one bucket, so the fleet
+  // together, not each replica, runs at RUNTASK_RATE (issue 7, class surge).
+  const runTaskTokens = store.kind === 'redis'
+    ? sharedTokens({ take: () => store.takeToken('runtask', options.runTaskRate, options.runTaskBurst) }, local, (err) => {
+      if (clock.now() - lastFallback > 10_000) {
+        lastFallback = clock.now();
+        log.warn({ event: 'runtask.bucket_local', err: (err as Error).message }, 'shared RunTask bucket unavailable: pacing with this replica\'s own');
+      }
+    })
+    : local;
   return createEcsProvisioner(options, {
     clock,
+    runTaskTokens,
     log: (obj) => log.info(obj, 'ecs'),
     observer: {
       awsCall: (operation, outcome) => metrics.awsCall(operation, outcome),

@@ -15,7 +15,7 @@ async function main() {
   const store = await storeFromConfig(config, systemClock, metrics, logger);
   let provisioner;
   try {
-    provisioner = await provisionerFromConfig(config, systemClock, metrics, logger);
+    provisioner = await provisionerFromConfig(config, systemClock, metrics, logger, store);
   } catch (err) {
     // The provisioner's own settings (ECS_*, EFS_*, ...) are validated by its config parser.
     process.stderr.write(`configuration error: ${(err as Error).message}\n`);

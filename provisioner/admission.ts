@@ -24,6 +24,41 @@ export function takeToken(
   return { state: { tokens, at: now }, granted: false, waitMs: Math.ceil(((1 - tokens) * 1000) / ratePerSec) };
 }
 
+/**
+ * Where RunTask tokens come from: this process's own bucket, or one every replica shares through
+ * the state store, so a fleet of gateways together stays at AWS's rate (issue 7, class surge).
+ */
+export interface TokenSource {
+  /** Takes one token if there is one; otherwise says how long until the next. May reject. */
+  take(): Promise<{ granted: boolean; waitMs: number }>;
+}
+
+/** A bucket held in this process. */
+export function localTokens(clock: Clock, ratePerSec: number, burst: number): TokenSource {
+  let state: BucketState = { tokens: Math.max(1, burst), at: clock.now() };
+  return {
+    take: async () => {
+      const r = takeToken(state, clock.now(), ratePerSec, burst);
+      state = r.state;
+      return { granted: r.granted, waitMs: r.waitMs };
+    },
+  };
+}
+
+/**
+ * The shared bucket while it answers; this process's own bucket while it does not (Redis away):
+ * starts go on at no more than the configured rate per replica, and AWS's throttling, retried
+ * with backoff, covers the rest.
+ */
+export function sharedTokens(shared: TokenSource, fallback: TokenSource, onFallback: (err: unknown) => void): TokenSource {
+  return {
+    take: () => shared.take().catch((err) => {
+      onFallback(err);
+      return fallback.take();
+    }),
+  };
+}
+
 interface Waiter {
   grant(): void;
   onPosition(pos: number): void;
@@ -77,29 +112,26 @@ class FifoQueue {
 
 export interface AdmissionOptions {
   maxInFlight: number;
-  /** RunTask calls per second (sustained). */
-  ratePerSec: number;
-  /** Tokens the RunTask bucket can hold (1 = evenly spaced calls). */
-  burst: number;
+  /** RunTask tokens, in the order the waiters asked. */
+  tokens: TokenSource;
 }
 
 export class Admission {
   private inFlight = 0;
   private readonly slots: FifoQueue;
   private readonly tokens: FifoQueue;
-  private bucket: BucketState;
   private timer: unknown = undefined;
+  private pumping = false;
+  private closed = false;
 
   constructor(
     private readonly opts: AdmissionOptions,
-    private readonly clock: Clock,
     private readonly timers: Timers,
     private readonly onDepth: (waiting: number) => void = () => {},
   ) {
     const changed = () => this.onDepth(this.waiting());
     this.slots = new FifoQueue(changed);
     this.tokens = new FifoQueue(changed);
-    this.bucket = { tokens: Math.max(1, opts.burst), at: clock.now() };
   }
 
   /** Starts waiting for a slot or a RunTask token. */
@@ -131,17 +163,15 @@ export class Admission {
   takeRunTaskToken(signal: AbortSignal, onPosition: (pos: number) => void): Promise<void> {
     return new Promise((resolve, reject) => {
       if (signal.aborted) return reject(abortError(signal));
-      if (this.tokens.waiters.length === 0) {
-        const r = takeToken(this.bucket, this.clock.now(), this.opts.ratePerSec, this.opts.burst);
-        this.bucket = r.state;
-        if (r.granted) return resolve();
-      }
-      this.tokens.enqueue(signal, onPosition, resolve, reject);
-      this.pumpTokens();
+      // The first in line is not "queued" for the status page: it is only waiting for its token.
+      const report = (pos: number) => { if (pos > 1) onPosition(pos); };
+      this.tokens.enqueue(signal, report, resolve, reject);
+      void this.pumpTokens();
     });
   }
 
   close(): void {
+    this.closed = true;
     if (this.timer !== undefined) this.timers.clearTimeout(this.timer);
     this.timer = undefined;
   }
@@ -155,19 +185,31 @@ export class Admission {
     }
   }
 
-  private pumpTokens(): void {
-    if (this.timer !== undefined) return;
-    while (this.tokens.waiters.length > 0) {
-      const r = takeToken(this.bucket, this.clock.now(), this.opts.ratePerSec, this.opts.burst);
-      this.bucket = r.state;
-      if (!r.granted) {
-        this.timer = this.timers.setTimeout(() => {
-          this.timer = undefined;
-          this.pumpTokens();
-        }, r.waitMs);
-        return;
+  /** One pump at a time: tokens are taken one by one and handed to the head of the queue. */
+  private async pumpTokens(): Promise<void> {
+    if (this.pumping || this.timer !== undefined) return;
+    this.pumping = true;
+    try {
+      while (this.tokens.waiters.length > 0 && !this.closed) {
+        let r: { granted: boolean; waitMs: number };
+        try {
+          r = await this.opts.tokens.take();
+        } catch {
+          r = { granted: false, waitMs: 1000 };
+        }
+        if (!r.granted) {
+          if (this.closed) return;
+          this.timer = this.timers.setTimeout(() => {
+            this.timer = undefined;
+            void this.pumpTokens();
+          }, Math.max(1, r.waitMs));
+          return;
+        }
+        // A waiter that gave up while the token was being taken leaves it to the next one.
+        this.tokens.shift()?.grant();
       }
-      this.tokens.shift()!.grant();
+    } finally {
+      this.pumping = false;
     }
   }
 }

@@ -32,13 +32,15 @@ export interface EcsProvisionerOptions {
   cloudMapServiceIds: string[];
   workspacePort: number;
   startMaxInFlight: number;
+  /** RunTask calls per second (AWS's sustained rate), for the whole fleet when the bucket is shared. */
   runTaskRate: number;
+  /** RunTask calls the bucket lets through at once after a quiet spell (AWS's burst). */
+  runTaskBurst: number;
   startDeadlineMs: number;
   awsCallTimeoutMs: number;
   reconcileIntervalMs: number;
   /** Tunables with sensible defaults (not operator settings). */
-  runTaskBurst?: number; // default 1: RunTask calls evenly spaced at runTaskRate
-  describePollMs?: number; // default 1000: one batched DescribeTasks per interval for all starts
+  describePollMs?: number; // default 250: the shortest interval between batched DescribeTasks polls
   probeIntervalMs?: number; // default 250
   probeTimeoutMs?: number; // default 2000
   stopWaitMs?: number; // default 30000

@@ -35,7 +35,7 @@ import {
   type StartRequest,
   type StartResult,
 } from './contract.js';
-import { Admission } from './admission.js';
+import { Admission, localTokens, type TokenSource } from './admission.js';
 import { AwsCallError, createAwsCaller } from './aws-call.js';
 import { DEFAULT_RETRY_POLICY } from './retry.js';
 import { chunks, privateIp, stageTracker, stopDescription, tag, TaskWatcher } from './ecs-tasks.js';
@@ -52,6 +52,11 @@ export interface EcsProvisionerDeps {
   timers?: Timers;
   /** [0, 1) source for backoff jitter (default Math.random). */
   random?: () => number;
+  /**
+   * RunTask tokens shared by every replica (the entry point builds it on the state store); when
+   * absent, this process's own bucket at runTaskRate / runTaskBurst.
+   */
+  runTaskTokens?: TokenSource;
 }
 
 export interface EcsProvisioner extends Provisioner {
@@ -123,8 +128,7 @@ export function createEcsProvisioner(options: EcsProvisionerOptions, deps: EcsPr
   const log = deps.log ?? (() => {});
   const timers = deps.timers ?? realTimers;
   const o = {
-    runTaskBurst: 1,
-    describePollMs: 1000,
+    describePollMs: 250,
     probeIntervalMs: 250,
     probeTimeoutMs: 2000,
     stopWaitMs: 30_000,
@@ -153,8 +157,7 @@ export function createEcsProvisioner(options: EcsProvisionerOptions, deps: EcsPr
     observe: (op, outcome) => observer?.awsCall(op, outcome),
   });
   const admission = new Admission(
-    { maxInFlight: o.startMaxInFlight, ratePerSec: o.runTaskRate, burst: o.runTaskBurst },
-    clock,
+    { maxInFlight: o.startMaxInFlight, tokens: deps.runTaskTokens ?? localTokens(clock, o.runTaskRate, o.runTaskBurst) },
     timers,
     (n) => observer?.queueDepth(n),
   );

@@ -20,7 +20,7 @@ async function main() {
   const log = createLogger(config.logLevel);
   const metrics = createMetrics({ enabled: false, defaultMetrics: false });
   const store = await storeFromConfig(config, systemClock, metrics, log);
-  const provisioner = await provisionerFromConfig(config, systemClock, metrics, log);
+  const provisioner = await provisionerFromConfig(config, systemClock, metrics, log, store);
   const instanceId = `reaper-${randomUUID().slice(0, 8)}`;
   const workspaces = createWorkspaces({ store, provisioner, clock: systemClock, metrics, log, instanceId, startDeadlineMs: config.startDeadlineMs, routeCacheTtlMs: config.routeCacheTtlMs });
   const reaper = createReaper({

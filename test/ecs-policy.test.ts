@@ -2,7 +2,8 @@
 // bucket, FIFO admission, configuration parsing, clientToken and Cloud Map service choice.
 import t from 'tap';
 import { createManualClock } from '../gateway/clock.js';
-import { Admission, takeToken } from '../provisioner/admission.js';
+import { Admission, localTokens, sharedTokens, takeToken, type TokenSource } from '../provisioner/admission.js';
+import { pollIntervalMs } from '../provisioner/ecs-tasks.js';
 import { ecsOptionsFromEnv, parseDuration } from '../provisioner/ecs-config.js';
 import { runTaskToken, serviceIndex } from '../provisioner/ecs.js';
 import { classifyAwsError, DEFAULT_RETRY_POLICY, retryDecision, type ErrorClass } from '../provisioner/retry.js';
@@ -106,7 +107,7 @@ function manualTimers() {
 t.test('Admission: FIFO slots with positions, FIFO RunTask tokens at the configured rate', async (t) => {
   const m = manualTimers();
   const depths: number[] = [];
-  const a = new Admission({ maxInFlight: 2, ratePerSec: 2, burst: 1 }, m.clock, m.timers, (n) => depths.push(n));
+  const a = new Admission({ maxInFlight: 2, tokens: localTokens(m.clock, 2, 1) }, m.timers, (n) => depths.push(n));
   const never = new AbortController().signal;
   const positions: Record<string, number[]> = { a: [], b: [], c: [], d: [] };
   const granted: string[] = [];
@@ -149,6 +150,57 @@ t.test('Admission: FIFO slots with positions, FIFO RunTask tokens at the configu
   a.close();
 });
 
+t.test('Admission: the burst goes at once, then the rate; positions from 2 on', async (t) => {
+  const m = manualTimers();
+  const a = new Admission({ maxInFlight: 10, tokens: localTokens(m.clock, 10, 3) }, m.timers);
+  const never = new AbortController().signal;
+  const got: [number, number][] = [];
+  const positions: number[][] = [[], [], [], [], []];
+  for (let i = 0; i < 5; i++) void a.takeRunTaskToken(never, (p) => positions[i].push(p)).then(() => got.push([i, m.clock.now()]));
+  await m.advance(0);
+  t.same(got, [[0, 0], [1, 0], [2, 0]], 'three at once');
+  await m.advance(200);
+  t.same(got.slice(3), [[3, 100], [4, 200]], 'then one per 100 ms');
+  t.same(positions[0], [], 'the head of the line is not shown a queue');
+  t.same(positions[4], [5, 4, 3, 2], 'the fifth moved forward');
+  a.close();
+});
+
+t.test('Admission: a token source that fails is asked again, in order', async (t) => {
+  const m = manualTimers();
+  let failures = 2;
+  const flaky: TokenSource = { take: async () => { if (failures-- > 0) throw new Error('redis away'); return { granted: true, waitMs: 0 }; } };
+  const a = new Admission({ maxInFlight: 10, tokens: flaky }, m.timers);
+  const never = new AbortController().signal;
+  const got: string[] = [];
+  for (const id of ['x', 'y']) void a.takeRunTaskToken(never, () => {}).then(() => got.push(id));
+  await m.advance(0);
+  t.same(got, []);
+  await m.advance(2000);
+  t.same(got, ['x', 'y']);
+  a.close();
+});
+
+t.test('sharedTokens: the shared bucket while it answers, the local one while it does not', async (t) => {
+  const clock = createManualClock();
+  let up = true;
+  const shared: TokenSource = { take: async () => { if (!up) throw new Error('down'); return { granted: false, waitMs: 7 }; } };
+  const seen: unknown[] = [];
+  const src = sharedTokens(shared, localTokens(clock, 1, 1), (e) => seen.push((e as Error).message));
+  t.same(await src.take(), { granted: false, waitMs: 7 }, 'shared answer');
+  up = false;
+  t.same(await src.take(), { granted: true, waitMs: 0 }, 'local bucket');
+  t.same(await src.take(), { granted: false, waitMs: 1000 }, 'local bucket empty');
+  t.same(seen, ['down', 'down']);
+});
+
+t.test('pollIntervalMs: at most ten DescribeTasks a second, never below the minimum', async (t) => {
+  const cases: [watched: number, minMs: number, want: number][] = [
+    [1, 250, 250], [100, 250, 250], [300, 250, 300], [500, 250, 500], [1000, 250, 1000], [5, 30, 100], [0, 250, 250],
+  ];
+  for (const [n, min, want] of cases) t.equal(pollIntervalMs(n, min), want, `${n} tasks, min ${min}`);
+});
+
 t.test('parseDuration', async (t) => {
   const cases: [string, number | undefined][] = [
     ['250ms', 250], ['30s', 30_000], ['5m', 300_000], ['12h', 43_200_000], ['90', 90_000], ['1.5', 1500], ['0.5s', 500],
@@ -185,7 +237,8 @@ t.test('ecsOptionsFromEnv: defaults, and errors that name the variable', async (
     cloudMapServiceIds: ['srv-abc', 'srv-def'],
     workspacePort: 8080,
     startMaxInFlight: 100,
-    runTaskRate: 15,
+    runTaskRate: 20,
+    runTaskBurst: 20,
     startDeadlineMs: 300_000,
     awsCallTimeoutMs: 10_000,
     reconcileIntervalMs: 60_000,

@@ -21,7 +21,7 @@ t.test('300 students at 09:00', async (t) => {
   });
   let maxDepth = 0;
   const p = createEcsProvisioner(
-    fakeEcsOptions(fake, { describePollMs: 1_000, probeIntervalMs: 250, awsCallTimeoutMs: 120_000 }, { START_MAX_IN_FLIGHT: '100', RUNTASK_RATE: '15' }),
+    fakeEcsOptions(fake, { describePollMs: 1_000, probeIntervalMs: 250, awsCallTimeoutMs: 120_000 }, { START_MAX_IN_FLIGHT: '100', RUNTASK_RATE: '15', RUNTASK_BURST: '1' }),
     { clock, timers, observer: { awsCall: () => {}, queueDepth: (n) => (maxDepth = Math.max(maxDepth, n)), stage: () => {} } },
   );
   t.teardown(async () => {

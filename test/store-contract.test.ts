@@ -92,6 +92,16 @@ async function contract(t: Test, make: () => Promise<StateStore>, advance: (ms: 
     t.equal(await store.countHit('rl', 100), 1, 'a new window');
     t.equal(await store.ping(), true);
   });
+
+  t.test('a token bucket: the burst at once, then the rate', async (t) => {
+    for (let i = 0; i < 3; i++) t.same(await store.takeToken('b', 10, 3), { granted: true, waitMs: 0 }, `burst token ${i + 1}`);
+    const denied = await store.takeToken('b', 10, 3);
+    t.equal(denied.granted, false);
+    t.ok(denied.waitMs > 0 && denied.waitMs <= 100, `next token within 1/rate (${denied.waitMs} ms)`);
+    await advance(denied.waitMs + 20);
+    t.equal((await store.takeToken('b', 10, 3)).granted, true, 'refilled');
+    t.equal((await store.takeToken('other', 10, 3)).granted, true, 'buckets are per key');
+  });
 }
 
 t.test('memory store', async (t) => {
@@ -103,6 +113,15 @@ t.test('redis store', async (t) => {
   const redis = await startRedis();
   t.teardown(() => redis.stop());
   await contract(t, () => createRedisStore({ url: redis.url, prefix: 't:', commandTimeoutMs: 500 }), (ms) => new Promise((r) => setTimeout(r, ms)));
+
+  t.test('replicas share one bucket (RunTask is rated per AWS account)', async (t) => {
+    const a = await createRedisStore({ url: redis.url, prefix: 's:', commandTimeoutMs: 500 });
+    const b = await createRedisStore({ url: redis.url, prefix: 's:', commandTimeoutMs: 500 });
+    t.teardown(async () => { await a.close(); await b.close(); });
+    const got = [];
+    for (const s of [a, b, a, b, a, b]) got.push((await s.takeToken('runtask', 1, 4)).granted);
+    t.same(got, [true, true, true, true, false, false], 'four tokens in all, not four each');
+  });
 
   t.test('a dead Redis fails fast with StoreUnavailable, and it recovers', async (t) => {
     const store = await createRedisStore({ url: redis.url, prefix: 'd:', commandTimeoutMs: 300 });

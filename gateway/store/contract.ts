@@ -94,6 +94,11 @@ export interface StateStore {
   consumeOnce(key: string, ttlMs: number): Promise<boolean>;
   /** Counts a hit in a fixed window and returns the count so far (rate limits). */
   countHit(key: string, windowMs: number): Promise<number>;
+  /**
+   * Takes one token from a bucket every replica shares (RunTask's rate is per AWS account, not per
+   * gateway); otherwise says how long until the next token.
+   */
+  takeToken(key: string, ratePerSec: number, burst: number): Promise<{ granted: boolean; waitMs: number }>;
 
   /** Whether the store answered a ping just now. */
   ping(): Promise<boolean>;

@@ -1,6 +1,7 @@
 // In-memory state store: the embedded default for a single replica. Same contract and semantics
 // as the Redis store (the shared contract suite runs against both), with an injected clock.
 import type { Clock } from '../clock.js';
+import { takeToken, type BucketState } from '../../provisioner/admission.js';
 import {
   WORKSPACE_STATES, type Fence, type ListPage, type ListQuery, type StateStore, type WorkspaceEvent, type WorkspaceRecord,
   type WorkspaceState,
@@ -15,6 +16,7 @@ export function createMemoryStore(clock: Clock): StateStore {
   const connections = new Map<string, Expiring<Map<string, number>>>();
   const once = new Map<string, number>();
   const hits = new Map<string, Expiring<number>>();
+  const buckets = new Map<string, BucketState>();
   const handlers = new Set<(e: WorkspaceEvent) => void>();
 
   const live = <T>(m: Map<string, Expiring<T>>, key: string): T | undefined => {
@@ -133,6 +135,11 @@ export function createMemoryStore(clock: Clock): StateStore {
       hits.set(key, { value: n, expiresAt: n === 1 || !prev ? clock.now() + windowMs : prev.expiresAt });
       if (hits.size > 100_000) for (const k of hits.keys()) live(hits, k);
       return n;
+    },
+    async takeToken(key, ratePerSec, burst) {
+      const r = takeToken(buckets.get(key) ?? { tokens: burst, at: clock.now() }, clock.now(), ratePerSec, burst);
+      buckets.set(key, r.state);
+      return { granted: r.granted, waitMs: r.waitMs };
     },
     async ping() {
       return true;

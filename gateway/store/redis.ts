@@ -44,6 +44,21 @@ local n = redis.call('INCR', KEYS[1])
 if n == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
 return n`;
 
+// A token bucket on Redis's own clock (TIME), so replicas with skewed clocks share one rate; the
+// same arithmetic as provisioner/admission.ts takeToken.
+const TOKEN_SCRIPT = `
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local rate, burst = tonumber(ARGV[1]), tonumber(ARGV[2])
+local b = redis.call('HMGET', KEYS[1], 'tokens', 'at')
+local tokens, at = tonumber(b[1]) or burst, tonumber(b[2]) or now
+tokens = math.min(burst, tokens + math.max(0, now - at) * rate / 1000)
+local wait = 0
+if tokens >= 1 then tokens = tokens - 1 else wait = math.ceil((1 - tokens) * 1000 / rate) end
+redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'at', tostring(now))
+redis.call('PEXPIRE', KEYS[1], math.ceil(burst * 1000 / rate) + 1000)
+return wait`;
+
 export async function createRedisStore(opts: RedisStoreOptions): Promise<StateStore> {
   const p = opts.prefix;
   const k = {
@@ -56,6 +71,7 @@ export async function createRedisStore(opts: RedisStoreOptions): Promise<StateSt
     instances: `${p}instances`,
     once: (key: string) => `${p}once:${key}`,
     hit: (key: string) => `${p}rl:${key}`,
+    bucket: (key: string) => `${p}bucket:${key}`,
     channel: `${p}events`,
   };
   const base: RedisOptions = {
@@ -185,6 +201,10 @@ export async function createRedisStore(opts: RedisStoreOptions): Promise<StateSt
     }),
     consumeOnce: (key, ttlMs) => run(async () => (await client.set(k.once(key), '1', 'PX', ttlMs, 'NX')) === 'OK'),
     countHit: (key, windowMs) => run(async () => Number(await client.eval(HIT_SCRIPT, 1, k.hit(key), windowMs))),
+    takeToken: (key, ratePerSec, burst) => run(async () => {
+      const waitMs = Number(await client.eval(TOKEN_SCRIPT, 1, k.bucket(key), ratePerSec, burst));
+      return { granted: waitMs === 0, waitMs };
+    }),
     async ping() {
       try { return (await client.ping()) === 'PONG'; } catch { return false; }
     },

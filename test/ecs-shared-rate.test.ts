@@ -1,0 +1,58 @@
+// RunTask is rated per AWS account, not per gateway (issue 7, class surge): three replicas that
+// draw their RunTask tokens from one bucket in Redis start a class together at AWS's rate, with its
+// burst, and the fake (which enforces 20/s, burst 20) throttles next to none of their calls. With
+// a bucket each, the same three would ask for three times the rate.
+import t from 'tap';
+import { systemClock } from '../gateway/clock.js';
+import { createRedisStore } from '../gateway/store/redis.js';
+import { localTokens, sharedTokens } from '../provisioner/admission.js';
+import { createEcsProvisioner } from '../provisioner/ecs.js';
+import { startFakeAws } from './fake-aws/index.js';
+import { fakeEcsOptions } from './fake-aws/config.js';
+import { startRequest } from './fake-aws/harness.js';
+import { startRedis } from './helpers/redis.js';
+
+const STUDENTS = 120;
+const RATE = 20;
+const BURST = 20;
+
+t.test('three replicas, one RunTask bucket', async (t) => {
+  const redis = await startRedis();
+  const fake = await startFakeAws({
+    durations: { provisioningMs: 100, pendingMs: 100, stoppingMs: 50 },
+    rateLimits: { RunTask: { rate: RATE, burst: BURST }, FargateLaunch: { rate: 20, burst: 100 } },
+  });
+  const stores = await Promise.all([0, 1, 2].map(() => createRedisStore({ url: redis.url, prefix: 'rate:', commandTimeoutMs: 1000 })));
+  const fallbacks: unknown[] = [];
+  const replicas = stores.map((store) => createEcsProvisioner(fakeEcsOptions(fake, { awsCallTimeoutMs: 60_000 }), {
+    clock: systemClock,
+    runTaskTokens: sharedTokens(
+      { take: () => store.takeToken('runtask', RATE, BURST) },
+      localTokens(systemClock, RATE, BURST),
+      (err) => fallbacks.push(err),
+    ),
+  }));
+  t.teardown(async () => {
+    await Promise.all(replicas.map((p) => p.close()));
+    await Promise.all(stores.map((s) => s.close()));
+    await fake.close();
+    await redis.stop();
+  });
+
+  const started = await Promise.allSettled(Array.from({ length: STUDENTS }, (_, i) =>
+    replicas[i % 3].start(startRequest(`class-${String(i).padStart(3, '0')}`, 1).req)));
+  t.same(started.filter((r) => r.status === 'rejected').map((r) => String((r as PromiseRejectedResult).reason)), [], 'every workspace started');
+  t.equal(fake.count('RunTask'), STUDENTS, 'one RunTask each');
+  // Running at exactly AWS's rate, a call delayed on its way (event loop, loopback) can meet an
+  // empty bucket at AWS and is retried; three bucket-per-replica gateways would meet it for most
+  // calls past the burst.
+  const throttled = fake.count('RunTask', 'throttled');
+  t.ok(throttled <= STUDENTS / 10, `AWS throttled few of the three replicas' calls (${throttled} of ${fake.count('RunTask', 'any')})`);
+  t.same(fallbacks, [], 'the shared bucket answered throughout');
+
+  // Together at AWS's pace: the burst, then the rate.
+  const at = fake.callsOf('RunTask', 'any').map((c) => c.at).sort((a, b) => a - b);
+  const spanS = (at[at.length - 1] - at[0]) / 1000;
+  const floorS = (STUDENTS - BURST) / RATE;
+  t.ok(spanS >= floorS * 0.95, `no faster than the shared rate allows (${spanS.toFixed(2)} s for ${STUDENTS}, floor ${floorS} s)`);
+});
