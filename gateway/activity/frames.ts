@@ -20,7 +20,8 @@ export class FrameParser {
   private st: S = S.Header;
   private readonly head = new Uint8Array(14);
   private headLen = 0;
-  private readonly scratch: Uint8Array;
+  // Allocated at the first data payload: an idle or control-only socket never needs it (issue 7, idle memory).
+  private scratch: Uint8Array | undefined;
   private readonly mask = new Uint8Array(4);
   private left = 0;          // payload bytes left in the current frame
   private maskPhase = 0;
@@ -32,11 +33,9 @@ export class FrameParser {
   payloadWanted = true;
   error: string | null = null;
 
-  constructor(private readonly sink: FrameSink, scratchBytes = 1024) {
-    this.scratch = new Uint8Array(scratchBytes);
-  }
+  constructor(private readonly sink: FrameSink, private readonly scratchBytes = 1024) {}
 
-  get bufferBytes(): number { return this.scratch.byteLength + this.head.byteLength + this.mask.byteLength; }
+  get bufferBytes(): number { return (this.scratch?.byteLength ?? 0) + this.head.byteLength + this.mask.byteLength; }
 
   /** Consumes one chunk; returns false once the byte stream is not valid client-to-server framing. */
   push(chunk: Uint8Array): boolean {
@@ -115,7 +114,7 @@ export class FrameParser {
   }
 
   private unmask(src: Uint8Array, from: number, count: number): void {
-    const out = this.scratch;
+    const out = (this.scratch ??= new Uint8Array(this.scratchBytes));
     const m = this.mask;
     while (count > 0) {
       const k = Math.min(count, out.length);

@@ -61,24 +61,25 @@ export function classifyMessage(type: number, body: Buffer): Classified {
   return type === MsgType.Regular ? classifyRegular(body) : { kind: 'housekeeping' };
 }
 
+const EMPTY_BODY = Buffer.alloc(0);
+
 /** Largest body we believe is real; anything above means we lost sync (or the stream is not this protocol). */
 const MAX_BODY = 256 * 1024 * 1024;
 
 export class ProtocolReader {
   private readonly head = new Uint8Array(13);
   private headLen = 0;
-  private readonly body: Buffer;
+  // Allocated at the first message with a body: an idle socket never needs it (issue 7, idle memory).
+  private body: Buffer | undefined;
   private kept = 0;
   private left = -1; // body bytes still to come; -1 while reading a header
   private type = 0;
   private msgLen = 0;
   error: string | null = null;
 
-  constructor(private readonly onMessage: (type: number, body: Buffer, length: number) => void, capBytes = 512) {
-    this.body = Buffer.alloc(capBytes);
-  }
+  constructor(private readonly onMessage: (type: number, body: Buffer, length: number) => void, private readonly capBytes = 512) {}
 
-  get bufferBytes(): number { return this.body.byteLength + this.head.byteLength; }
+  get bufferBytes(): number { return (this.body?.byteLength ?? 0) + this.head.byteLength; }
 
   /** Feeds decoded WebSocket payload bytes; returns false once the stream does not parse as this protocol. */
   push(bytes: Uint8Array): boolean {
@@ -102,8 +103,9 @@ export class ProtocolReader {
         continue;
       }
       const n = Math.min(this.left, bytes.length - p);
-      const room = Math.min(n, this.body.length - this.kept);
-      if (room > 0) { this.body.set(bytes.subarray(p, p + room), this.kept); this.kept += room; }
+      const body = (this.body ??= Buffer.alloc(this.capBytes));
+      const room = Math.min(n, body.length - this.kept);
+      if (room > 0) { body.set(bytes.subarray(p, p + room), this.kept); this.kept += room; }
       p += n;
       this.left -= n;
       if (this.left === 0) this.finish();
@@ -113,7 +115,7 @@ export class ProtocolReader {
 
   private finish(): void {
     this.left = -1;
-    this.onMessage(this.type, this.body.subarray(0, this.kept), this.msgLen);
+    this.onMessage(this.type, this.body ? this.body.subarray(0, this.kept) : EMPTY_BODY, this.msgLen);
   }
 }
 
