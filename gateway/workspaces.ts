@@ -50,6 +50,8 @@ export function createWorkspaces(opts: WorkspacesOptions) {
   const inFlight = new Map<string, { controller: AbortController; done: Promise<void> }>();
   const waiters = new Map<string, Set<(r: WorkspaceRecord) => void>>();
   const rechecks = new Map<string, number>();
+  const RECHECK_EVERY_MS = 2000;
+  const RECHECK_FOLLOW_UPS = 3;
   let closed = false;
 
   const owner = () => `${opts.instanceId}:${randomUUID()}`;
@@ -322,16 +324,32 @@ export function createWorkspaces(opts: WorkspacesOptions) {
   function recheck(id: string) {
     cache.delete(id);
     const last = rechecks.get(id) ?? 0;
-    if (clock.now() - last < 2000) return;
+    if (clock.now() - last < RECHECK_EVERY_MS) return;
     rechecks.set(id, clock.now());
     if (rechecks.size > 10_000) rechecks.clear();
-    void (async () => {
+    void checkGone(id, 0);
+  }
+
+  /**
+   * Whether an unreachable workspace is gone. A provisioner may not know it yet (a killed process not
+   * reaped, a task ECS still lists as RUNNING), so one that still says "running" is asked again a few
+   * times, a recheck interval apart: one failed reconnect is then enough to mark the workspace stopped.
+   */
+  async function checkGone(id: string, attempt: number): Promise<void> {
+    try {
+      if (closed) return;
       const found = await provisioner.describe(id);
       const record = await store.getWorkspace(id);
       if (!record || record.state !== 'running') return;
-      if (found && found.generation === record.generation) { applyEvent(record); return; }
-      await markGone(id, record.generation, 'gone', 'the workspace stopped unexpectedly');
-    })().catch(() => metrics.storeError());
+      if (!found || found.generation !== record.generation) {
+        await markGone(id, record.generation, 'gone', 'the workspace stopped unexpectedly');
+        return;
+      }
+      applyEvent(record);
+      if (attempt < RECHECK_FOLLOW_UPS) setTimeout(() => void checkGone(id, attempt + 1), RECHECK_EVERY_MS).unref();
+    } catch {
+      metrics.storeError();
+    }
   }
 
   /** Resolves on the next change to this workspace, or undefined after timeoutMs. */
