@@ -1,9 +1,9 @@
 // Forwarding (the last step of the request path). Plain HTTP goes through undici's pooled client:
 // bench/ measured it beside http-proxy-3 (the maintained rewrite of the http-proxy the user named;
 // issue 2) on one core, and it used about two thirds of the proxy CPU per request (issue 7).
-// WebSocket upgrades are a single request and then two piped sockets: node:http's client does the
-// handshake here, so nothing else holds the upgrade's objects for the socket's lifetime (bench/:
-// idle memory per WebSocket). Everything here is per-request mechanics: header hygiene, timeouts,
+// WebSocket upgrades are a single request: node:http's client does the handshake here, so nothing
+// else holds the upgrade's objects for the socket's lifetime (bench/: idle memory per WebSocket),
+// and onUpgrade hands the two sockets to ws-pairs, which moves their bytes. Everything here is per-request mechanics: header hygiene, timeouts,
 // the retry of an idempotent request on a stale keep-alive socket, and mapping upstream failures
 // to the error catalogue.
 import http, { type IncomingMessage, type ServerResponse } from 'node:http';
@@ -111,7 +111,7 @@ function headerBlock(fields: http.OutgoingHttpHeaders | http.IncomingHttpHeaders
   return out;
 }
 
-/** A piped WebSocket socket: no idle timeout (ws-pairs pings instead), no Nagle delay on small frames. */
+/** A relayed WebSocket socket: no idle timeout (ws-pairs pings instead), no Nagle delay on small frames. */
 function tune(socket: Duplex) {
   const s = socket as Partial<Socket>;
   s.setTimeout?.(0);
@@ -194,10 +194,10 @@ export function createForwarder(opts: ProxyOptions) {
       prepareHeaders(req, fwd, cookie, false);
       dispatchWeb(req, res, endpoint, hooks, body, 0, pools);
     },
-    ws(req: IncomingMessage, socket: Duplex, head: Buffer, endpoint: Endpoint, fwd: ForwardedFor, cookie: string | undefined, hooks: { onFailure(f: ForwardFailure): void; onUpgrade(upstream: Duplex, response: UpgradeResponse): void }) {
+    ws(req: IncomingMessage, socket: Duplex, head: Buffer, endpoint: Endpoint, fwd: ForwardedFor, cookie: string | undefined, hooks: { onFailure(f: ForwardFailure): void; /** Takes over both sockets and relays their bytes. */ onUpgrade(upstream: Duplex, response: UpgradeResponse): void }) {
       prepareHeaders(req, fwd, cookie, true);
       tune(socket);
-      // Bytes the client sent right behind its upgrade request travel once the pipe is set up.
+      // Bytes the client sent right behind its upgrade request travel once the relay starts.
       if (head.length) socket.unshift(head);
       const out = http.request({ host: endpoint.host, port: endpoint.port, method: req.method, path: req.url, headers: req.headers, agent: upgradeAgent, setHost: false });
       let settled = false;
@@ -228,9 +228,8 @@ export function createForwarder(opts: ProxyOptions) {
         // Synchronous, and before the 101 is written: the app may still change the response's fields.
         hooks.onUpgrade(upstream, response);
         socket.write(`HTTP/1.1 101 Switching Protocols\r\n${headerBlock(response.headers)}\r\n`);
+        // The hook's owner (ws-pairs) moves the bytes from the next tick on, after this 101.
         if (upstreamHead.length) upstream.unshift(upstreamHead);
-        upstream.pipe(socket);
-        socket.pipe(upstream);
       });
       out.end();
     },

@@ -1,5 +1,5 @@
 // A passive RFC 6455 frame-boundary tracker, one per direction of a proxied WebSocket (issue 8).
-// The bytes are piped raw; the gateway only needs to know where one frame ends and the next begins,
+// The bytes are relayed raw; the gateway only needs to know where one frame ends and the next begins,
 // so it can inject its own control frames (ping, close 1001) between frames, never inside one.
 // RFC 6455 5.4: control frames may be injected between the frames of a fragmented message.
 // It reads at most 14 header bytes per frame and skips payloads by count: cheap on every chunk.
