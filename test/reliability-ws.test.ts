@@ -38,6 +38,8 @@ t.test('frame tracker: boundaries across any split, control frames are not data'
     { bytes: Buffer.concat([Buffer.from([0x82, 126, 0x01, 0x00]), Buffer.alloc(256)]), data: true }, // 16-bit length
     { bytes: Buffer.concat([Buffer.from([0x02, 127, 0, 0, 0, 0, 0, 1, 0, 0]), Buffer.alloc(65536)]), data: true }, // 64-bit, not FIN
     { bytes: Buffer.from([0x80, 0x00]), data: true }, // continuation, FIN
+    { bytes: Buffer.concat([Buffer.from([0x82, 0x80 | 126, 0x01, 0x00, 1, 2, 3, 4]), Buffer.alloc(256)]), data: true }, // masked, 16-bit length
+    { bytes: Buffer.concat([Buffer.from([0x82, 0x80 | 127, 0, 0, 0, 0, 0, 0, 0x01, 0x01, 9, 9, 9, 9]), Buffer.alloc(257)]), data: true }, // masked, 64-bit length
   ];
   for (const f of frames) {
     for (const split of [0, 1, 2, 3, 5, 9, f.bytes.length - 1]) {

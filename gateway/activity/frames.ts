@@ -18,11 +18,18 @@ const enum S { Header, Payload, Failed }
 
 export class FrameParser {
   private st: S = S.Header;
-  private readonly head = new Uint8Array(14);
+  // The header as numbers, not 14 + 4 bytes of typed arrays (each an object pair on the heap): an idle
+  // WebSocket holds one parser (bench/, idle memory per WebSocket).
+  private b0 = 0;
+  private b1 = 0;
+  /** Extended payload length, accumulated big-endian; `extHi` holds the upper 32 bits of a 64-bit one. */
+  private ext = 0;
+  private extHi = 0;
+  /** The masking key, big-endian (RFC 6455 5.3). */
+  private maskKey = 0;
   private headLen = 0;
   // Allocated at the first data payload: an idle or control-only socket never needs it (issue 7, idle memory).
   private scratch: Uint8Array | undefined;
-  private readonly mask = new Uint8Array(4);
   private left = 0;          // payload bytes left in the current frame
   private maskPhase = 0;
   private frameLen = 0;
@@ -35,7 +42,7 @@ export class FrameParser {
 
   constructor(private readonly sink: FrameSink, private readonly scratchBytes = 1024) {}
 
-  get bufferBytes(): number { return (this.scratch?.byteLength ?? 0) + this.head.byteLength + this.mask.byteLength; }
+  get bufferBytes(): number { return this.scratch?.byteLength ?? 0; }
 
   /** Consumes one chunk; returns false once the byte stream is not valid client-to-server framing. */
   push(chunk: Uint8Array): boolean {
@@ -44,8 +51,8 @@ export class FrameParser {
     while (p < n) {
       if (this.st === S.Failed) return false;
       if (this.st === S.Header) {
-        // Copy header bytes one at a time until the header's own length is known and complete.
-        while (p < n && this.headLen < this.headerNeeded()) this.head[this.headLen++] = chunk[p++]!;
+        // Header bytes one at a time until the header's own length is known and complete.
+        while (p < n && this.headLen < this.headerNeeded()) this.headerByte(chunk[p++]!);
         if (this.headLen < this.headerNeeded()) return true;
         this.startFrame();
         continue;
@@ -59,16 +66,33 @@ export class FrameParser {
     return this.st !== S.Failed;
   }
 
+  private extBytes(): number {
+    const len7 = this.b1 & 0x7f;
+    return len7 === 126 ? 2 : len7 === 127 ? 8 : 0;
+  }
+
   private headerNeeded(): number {
-    if (this.headLen < 2) return 2;
-    const len7 = this.head[1]! & 0x7f;
-    return 2 + (len7 === 126 ? 2 : len7 === 127 ? 8 : 0) + ((this.head[1]! & 0x80) ? 4 : 0);
+    return this.headLen < 2 ? 2 : 2 + this.extBytes() + ((this.b1 & 0x80) ? 4 : 0);
+  }
+
+  private headerByte(byte: number): void {
+    const k = this.headLen++;
+    if (k === 0) { this.b0 = byte; return; }
+    if (k === 1) { this.b1 = byte; this.ext = 0; this.extHi = 0; this.maskKey = 0; return; }
+    const extEnd = 2 + this.extBytes();
+    if (k < extEnd) {
+      // A 64-bit length's upper half goes to extHi, so the 2^53 check below stays exact.
+      if (extEnd === 10 && k < 6) this.extHi = this.extHi * 256 + byte;
+      else this.ext = this.ext * 256 + byte;
+      return;
+    }
+    this.maskKey = ((this.maskKey << 8) | byte) >>> 0;
   }
 
   private fail(why: string): void { this.st = S.Failed; this.error = why; }
 
   private startFrame(): void {
-    const b0 = this.head[0]!, b1 = this.head[1]!;
+    const b0 = this.b0, b1 = this.b1;
     this.headLen = 0;
     this.fin = (b0 & 0x80) !== 0;
     const rsv1 = (b0 & 0x40) !== 0;
@@ -76,15 +100,11 @@ export class FrameParser {
     if (b0 & 0x30) return this.fail('RSV2/RSV3 set');
     if (!(b1 & 0x80)) return this.fail('unmasked client frame'); // RFC 6455 5.1
     let len = b1 & 0x7f;
-    let q = 2;
-    if (len === 126) { len = (this.head[2]! << 8) | this.head[3]!; q = 4; }
+    if (len === 126) len = this.ext;
     else if (len === 127) {
-      const hi = ((this.head[2]! << 24) | (this.head[3]! << 16) | (this.head[4]! << 8) | this.head[5]!) >>> 0;
-      const lo = ((this.head[6]! << 24) | (this.head[7]! << 16) | (this.head[8]! << 8) | this.head[9]!) >>> 0;
-      if (hi > 0x1fffff) return this.fail('frame length beyond 2^53'); // RFC 6455 5.2: MSB must be 0
-      len = hi * 0x100000000 + lo; q = 10;
+      if (this.extHi > 0x1fffff) return this.fail('frame length beyond 2^53'); // RFC 6455 5.2: MSB must be 0
+      len = this.extHi * 0x100000000 + this.ext;
     }
-    for (let i = 0; i < 4; i++) this.mask[i] = this.head[q + i]!;
     this.maskPhase = 0;
     this.left = len;
     this.frameLen = len;
@@ -115,11 +135,11 @@ export class FrameParser {
 
   private unmask(src: Uint8Array, from: number, count: number): void {
     const out = (this.scratch ??= new Uint8Array(this.scratchBytes));
-    const m = this.mask;
+    const key = this.maskKey;
     while (count > 0) {
       const k = Math.min(count, out.length);
       let ph = this.maskPhase;
-      for (let i = 0; i < k; i++) { out[i] = src[from + i]! ^ m[ph]!; ph = (ph + 1) & 3; }
+      for (let i = 0; i < k; i++) { out[i] = src[from + i]! ^ ((key >>> ((3 - ph) << 3)) & 0xff); ph = (ph + 1) & 3; }
       this.maskPhase = ph;
       this.sink.onPayload(out.subarray(0, k));
       from += k; count -= k;

@@ -35,114 +35,138 @@ export interface WsActivityTap {
 const TAIL = new Uint8Array([0x00, 0x00, 0xff, 0xff]);
 /** JS object, closure and typed-array header overhead of one tap beyond its buffers' bytes, measured with
  *  bench/activity-memory.ts (V8 heap + ArrayBuffer growth per tap minus the buffers' byte lengths). */
-export const TAP_OBJECT_OVERHEAD_BYTES = 4_300;
+export const TAP_OBJECT_OVERHEAD_BYTES = 3_150;
 
 export function createWsActivityTap(opts: WsActivityTapOptions): WsActivityTap {
-  const { config, now, onActivity } = opts;
-  let mode: TapMode = 'decode';
-  let reason: string | null = null;
-  let focus: boolean | null = opts.initialFocus ?? null;
-  let lastReport = -Infinity;
-  let compressedMsg = false;
+  return new ActivityTap(opts);
+}
+
+/**
+ * A class, not closures over a shared scope: one object and the prototype's methods instead of a
+ * dozen closures and a context per WebSocket (bench/, idle memory per WebSocket).
+ */
+class ActivityTap implements WsActivityTap, FrameSink {
+  private mode: TapMode = 'decode';
+  private reason: string | null = null;
+  private focus: boolean | null;
+  private lastReport = -Infinity;
+  private compressedMsg = false;
   // Decode-free rule state: the times of the last N qualifying frames (a ring), N = fallbackMinFrames.
-  const ringSize = Math.max(1, config.fallbackMinFrames);
-  let ring: Float64Array | null = null;
-  let ringNext = 0;
-  let ringCount = 0;
+  private readonly ringSize: number;
+  private ring: Float64Array | null = null;
+  private ringNext = 0;
+  private ringCount = 0;
+  private reader: ProtocolReader | null;
+  private inflater: RawInflater | null = null;
+  private readonly parser: FrameParser;
 
-  const report = (t: number): void => {
-    if (t - lastReport < config.reportEveryMs) return;
-    lastReport = t;
-    onActivity(t);
-  };
-
-  const onMessage = (type: number, body: Buffer): void => {
-    const c = classifyMessage(type, body);
-    if (c.kind === 'housekeeping') return;
-    if (c.kind === 'focus') { focus = c.active; return; }
-    const t = now();
-    if (t - lastReport < config.reportEveryMs) return; // nothing new to say yet; skip the verdict
-    const at = judge({ focus, items: [{ t, ...c }] }, t, config);
-    if (at !== null) report(at);
-  };
-
-  let reader: ProtocolReader | null = new ProtocolReader(onMessage, config.messagePrefixBytes);
-  let inflater: RawInflater | null = null;
-  const feed = (bytes: Uint8Array): void => {
-    if (reader && !reader.push(bytes)) fallback(`protocol: ${reader.error}`);
-  };
-
-  const fallback = (why: string): void => {
-    if (mode !== 'decode') return;
-    mode = 'fallback';
-    reason = why;
-    reader = null;
-    inflater = null;
-    ring = new Float64Array(ringSize);
-    parser.payloadWanted = false;
-  };
-
-  const sink: FrameSink = {
-    onControl() { /* ping, pong, close: never activity (issue 5) */ },
-    onMessageStart(_opcode, compressed) {
-      compressedMsg = compressed;
-      if (mode === 'decode' && compressed && !inflater) fallback('compressed message without a usable inflater');
-    },
-    onPayload(bytes) {
-      if (mode !== 'decode') return;
-      if (!compressedMsg) { feed(bytes); return; }
-      if (!inflater!.push(bytes)) fallback(`inflate: ${inflater!.error}`);
-    },
-    onFrameEnd(fin, length) {
-      if (mode === 'decode') {
-        if (fin && compressedMsg && inflater) {
-          if (!inflater.push(TAIL)) fallback(`inflate: ${inflater.error}`);
-          else if (opts.inflate?.noContextTakeover) inflater.reset();
-        }
-        return;
-      }
-      if (mode !== 'fallback' || length < config.fallbackMinPayloadBytes) return;
-      const t = now();
-      ring![ringNext] = t;
-      ringNext = (ringNext + 1) % ringSize;
-      if (ringCount < ringSize) ringCount++;
-      // Cheap pre-checks before the verdict: enough frames, within the window, not reported just now.
-      if (ringCount < ringSize || t - lastReport < config.reportEveryMs) return;
-      const oldest = ring![ringNext]!;
-      if (t - oldest >= config.fallbackWindowMs) return;
-      const items: Evidence[] = [];
-      for (let i = 0; i < ringSize; i++) items.push({ t: ring![(ringNext + i) % ringSize]!, kind: 'frame', bytes: length });
-      const at = judge({ focus, items }, t, config);
-      if (at !== null) report(at);
-    },
-  };
-  const parser = new FrameParser(sink);
-
-  if (!config.decode) fallback('decoding switched off in config');
-  else if (opts.inflate) {
-    const bits = opts.inflate.windowBits;
-    if (bits > config.maxDecodeWindowBits) fallback(`client window 2^${bits} above the decode budget 2^${config.maxDecodeWindowBits}`);
-    else inflater = new RawInflater(bits, feed);
+  constructor(private readonly opts: WsActivityTapOptions) {
+    const { config } = opts;
+    this.focus = opts.initialFocus ?? null;
+    this.ringSize = Math.max(1, config.fallbackMinFrames);
+    this.reader = new ProtocolReader((type, body) => this.onMessage(type, body), config.messagePrefixBytes);
+    this.parser = new FrameParser(this);
+    if (!config.decode) this.fallback('decoding switched off in config');
+    else if (opts.inflate) {
+      const bits = opts.inflate.windowBits;
+      if (bits > config.maxDecodeWindowBits) this.fallback(`client window 2^${bits} above the decode budget 2^${config.maxDecodeWindowBits}`);
+      else this.inflater = new RawInflater(bits, (bytes) => this.feed(bytes));
+    }
   }
 
-  return {
-    write(chunk: Buffer): void {
-      if (mode === 'stopped') return;
-      try {
-        if (!parser.push(chunk)) { mode = 'stopped'; reason = `framing: ${parser.error}`; reader = null; inflater = null; ring = null; }
-      } catch (e) {
-        // Never let the proxy's data path see an exception from the observer.
-        mode = 'stopped'; reason = `internal: ${(e as Error).message}`; reader = null; inflater = null; ring = null;
+  private report(t: number): void {
+    if (t - this.lastReport < this.opts.config.reportEveryMs) return;
+    this.lastReport = t;
+    this.opts.onActivity(t);
+  }
+
+  private onMessage(type: number, body: Buffer): void {
+    const c = classifyMessage(type, body);
+    if (c.kind === 'housekeeping') return;
+    if (c.kind === 'focus') { this.focus = c.active; return; }
+    const t = this.opts.now();
+    if (t - this.lastReport < this.opts.config.reportEveryMs) return; // nothing new to say yet; skip the verdict
+    const at = judge({ focus: this.focus, items: [{ t, ...c }] }, t, this.opts.config);
+    if (at !== null) this.report(at);
+  }
+
+  private feed(bytes: Uint8Array): void {
+    if (this.reader && !this.reader.push(bytes)) this.fallback(`protocol: ${this.reader.error}`);
+  }
+
+  private fallback(why: string): void {
+    if (this.mode !== 'decode') return;
+    this.mode = 'fallback';
+    this.reason = why;
+    this.reader = null;
+    this.inflater = null;
+    this.ring = new Float64Array(this.ringSize);
+    this.parser.payloadWanted = false;
+  }
+
+  // ---- FrameSink: what the frame parser reports
+  onControl(): void { /* ping, pong, close: never activity (issue 5) */ }
+
+  onMessageStart(_opcode: number, compressed: boolean): void {
+    this.compressedMsg = compressed;
+    if (this.mode === 'decode' && compressed && !this.inflater) this.fallback('compressed message without a usable inflater');
+  }
+
+  onPayload(bytes: Uint8Array): void {
+    if (this.mode !== 'decode') return;
+    if (!this.compressedMsg) { this.feed(bytes); return; }
+    if (!this.inflater!.push(bytes)) this.fallback(`inflate: ${this.inflater!.error}`);
+  }
+
+  onFrameEnd(fin: boolean, length: number): void {
+    const { config } = this.opts;
+    if (this.mode === 'decode') {
+      if (fin && this.compressedMsg && this.inflater) {
+        if (!this.inflater.push(TAIL)) this.fallback(`inflate: ${this.inflater.error}`);
+        else if (this.opts.inflate?.noContextTakeover) this.inflater.reset();
       }
-    },
-    close(): void {
-      mode = 'stopped';
-      reason ??= 'closed';
-      reader = null; inflater = null; ring = null;
-    },
-    status: () => ({ mode, reason, focus }),
-    memoryBytes(): number {
-      return TAP_OBJECT_OVERHEAD_BYTES + parser.bufferBytes + (inflater?.bufferBytes ?? 0) + (reader?.bufferBytes ?? 0) + (ring?.byteLength ?? 0);
-    },
-  };
+      return;
+    }
+    if (this.mode !== 'fallback' || length < config.fallbackMinPayloadBytes) return;
+    const t = this.opts.now();
+    const ring = this.ring!;
+    ring[this.ringNext] = t;
+    this.ringNext = (this.ringNext + 1) % this.ringSize;
+    if (this.ringCount < this.ringSize) this.ringCount++;
+    // Cheap pre-checks before the verdict: enough frames, within the window, not reported just now.
+    if (this.ringCount < this.ringSize || t - this.lastReport < config.reportEveryMs) return;
+    const oldest = ring[this.ringNext]!;
+    if (t - oldest >= config.fallbackWindowMs) return;
+    const items: Evidence[] = [];
+    for (let i = 0; i < this.ringSize; i++) items.push({ t: ring[(this.ringNext + i) % this.ringSize]!, kind: 'frame', bytes: length });
+    const at = judge({ focus: this.focus, items }, t, config);
+    if (at !== null) this.report(at);
+  }
+
+  // ---- WsActivityTap
+  write(chunk: Buffer): void {
+    if (this.mode === 'stopped') return;
+    try {
+      if (!this.parser.push(chunk)) this.stop(`framing: ${this.parser.error}`);
+    } catch (e) {
+      // Never let the proxy's data path see an exception from the observer.
+      this.stop(`internal: ${(e as Error).message}`);
+    }
+  }
+
+  private stop(why: string): void {
+    this.mode = 'stopped'; this.reason = why; this.reader = null; this.inflater = null; this.ring = null;
+  }
+
+  close(): void {
+    this.mode = 'stopped';
+    this.reason ??= 'closed';
+    this.reader = null; this.inflater = null; this.ring = null;
+  }
+
+  status() { return { mode: this.mode, reason: this.reason, focus: this.focus }; }
+
+  memoryBytes(): number {
+    return TAP_OBJECT_OVERHEAD_BYTES + this.parser.bufferBytes + (this.inflater?.bufferBytes ?? 0) + (this.reader?.bufferBytes ?? 0) + (this.ring?.byteLength ?? 0);
+  }
 }

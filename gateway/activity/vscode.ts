@@ -67,7 +67,10 @@ const EMPTY_BODY = Buffer.alloc(0);
 const MAX_BODY = 256 * 1024 * 1024;
 
 export class ProtocolReader {
-  private readonly head = new Uint8Array(13);
+  // The 13-byte header as the two fields read from it (type: byte 0; length: bytes 9-12), not a
+  // typed array per socket (bench/, idle memory per WebSocket).
+  private headType = 0;
+  private headBodyLen = 0;
   private headLen = 0;
   // Allocated at the first message with a body: an idle socket never needs it (issue 7, idle memory).
   private body: Buffer | undefined;
@@ -79,7 +82,7 @@ export class ProtocolReader {
 
   constructor(private readonly onMessage: (type: number, body: Buffer, length: number) => void, private readonly capBytes = 512) {}
 
-  get bufferBytes(): number { return (this.body?.byteLength ?? 0) + this.head.byteLength; }
+  get bufferBytes(): number { return this.body?.byteLength ?? 0; }
 
   /** Feeds decoded WebSocket payload bytes; returns false once the stream does not parse as this protocol. */
   push(bytes: Uint8Array): boolean {
@@ -87,11 +90,16 @@ export class ProtocolReader {
     let p = 0;
     while (p < bytes.length) {
       if (this.left < 0) {
-        while (p < bytes.length && this.headLen < 13) this.head[this.headLen++] = bytes[p++]!;
+        while (p < bytes.length && this.headLen < 13) {
+          const k = this.headLen++;
+          const byte = bytes[p++]!;
+          if (k === 0) { this.headType = byte; this.headBodyLen = 0; }
+          else if (k >= 9) this.headBodyLen = this.headBodyLen * 256 + byte; // big-endian uint32
+        }
         if (this.headLen < 13) return true;
         this.headLen = 0;
-        this.type = this.head[0]!;
-        const len = ((this.head[9]! << 24) | (this.head[10]! << 16) | (this.head[11]! << 8) | this.head[12]!) >>> 0;
+        this.type = this.headType;
+        const len = this.headBodyLen;
         if (this.type > MsgType.KeepAlive || this.type === 4 || len > MAX_BODY) {
           this.error = `unexpected header type=${this.type} length=${len}`;
           return false;
