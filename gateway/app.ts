@@ -34,6 +34,9 @@ async function within(ms: number, p: Promise<unknown>): Promise<void> {
   clearTimeout(timer);
 }
 
+/** Accept queue of the public listener (see listen()). */
+export const LISTEN_BACKLOG = 4096;
+
 export interface GatewayDeps {
   config: Config;
   store: StateStore;
@@ -167,7 +170,10 @@ export async function createGateway(deps: GatewayDeps) {
   async function listen(): Promise<{ gatewayPort: number; adminPort: number }> {
     await new Promise<void>((resolve, reject) => {
       publicServer.once('error', reject);
-      publicServer.listen(config.gatewayPort, config.listenHost, () => { publicServer.off('error', reject); resolve(); });
+      // A class opening its workspaces at 09:00 connects all at once: Node's default accept queue
+      // (511) dropped SYNs of a 1,000-connection burst, and each dropped client waited a second to
+      // retry (bench/, cold herd). The kernel still caps it at net.core.somaxconn.
+      publicServer.listen({ port: config.gatewayPort, host: config.listenHost, backlog: LISTEN_BACKLOG }, () => { publicServer.off('error', reject); resolve(); });
     });
     await admin.listen({ port: config.adminPort, host: config.listenHost });
     ready = true;

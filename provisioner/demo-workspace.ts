@@ -112,7 +112,9 @@ export function startDemoWorkspace(opts: DemoWorkspaceOptions) {
   });
   return {
     server,
-    listen: () => new Promise<number>((resolve) => server.listen(opts.port, opts.host, () => resolve((server.address() as { port: number }).port))),
+    // A deep accept queue, as the gateway's: the bench's 1,000-connection bursts measure the
+    // workspace, not SYN retries behind Node's default of 511.
+    listen: () => new Promise<number>((resolve) => server.listen({ port: opts.port, host: opts.host, backlog: 4096 }, () => resolve((server.address() as { port: number }).port))),
     close: () => new Promise<void>((resolve) => { for (const c of wss.clients) c.terminate(); server.closeAllConnections(); server.close(() => resolve()); }),
   };
 }

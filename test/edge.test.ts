@@ -6,9 +6,12 @@
 // Written here from those descriptions, not copied. Each input gets its expected statuses or is
 // closed; recording upstreams prove each accepted request arrived exactly once and no smuggled
 // request arrived at all.
+import { execFileSync } from 'node:child_process';
+import { readFileSync } from 'node:fs';
 import net from 'node:net';
 import t from 'tap';
 import type { StateStore } from '../gateway/store/contract.js';
+import { LISTEN_BACKLOG } from '../gateway/app.js';
 import { systemClock } from '../gateway/clock.js';
 import { createMemoryStore } from '../gateway/store/memory.js';
 import { request, startTestGateway, waitRunning, XHR } from './helpers/gateway.js';
@@ -195,6 +198,15 @@ t.test('bad input over raw sockets', async (t) => {
     const ok = await request(gw.port, { host: 'ws-a.localhost', path: '/after', headers: { ...XHR, cookie: ca } });
     t.equal(ok.status, 200);
   });
+});
+
+t.test('the public listener queues a class connecting at once (accept queue above Node\'s 511)', async (t) => {
+  const gw = await startTestGateway();
+  t.teardown(() => gw.close());
+  // For a listening socket, ss reports the accept queue's size in Send-Q.
+  const out = execFileSync('ss', ['-Hltn', `sport = :${gw.port}`]).toString().trim().split(/\s+/);
+  const somaxconn = Number(readFileSync('/proc/sys/net/core/somaxconn', 'utf8'));
+  t.equal(Number(out[2]), Math.min(LISTEN_BACKLOG, somaxconn), `accept queue ${out[2]}`);
 });
 
 t.test("a client's Connection: close is honoured on proxied responses", async (t) => {

@@ -93,7 +93,11 @@ async function herd(opts: ColdHerdOptions, variant: string, env: Record<string, 
     // Baselines measured right after, same machine, same moment: the same number of concurrent
     // page loads straight to the workspace (the limit) and through the gateway with a warm route.
     const started = g.logs.find((l) => l.msg === 'workspace process started' && l.workspaceId === id);
-    const direct = started ? await burst(Number(started.port), browsers, '127.0.0.1') : { ms: NaN, ok: 0 };
+    // The fastest of three: a burst that lost SYNs waits a second for the retry, and a reference
+    // inflated that way once made the overhead come out negative (-558 ms).
+    const directRuns: Array<{ ms: number; ok: number }> = [];
+    for (let i = 0; started && i < 3; i++) directRuns.push(await burst(Number(started.port), browsers, '127.0.0.1'));
+    const direct = directRuns.length ? directRuns.reduce((a, b) => (b.ms < a.ms ? b : a)) : { ms: NaN, ok: 0 };
     const warm = await burst(g.port, browsers, host, cookies[0]);
 
     const readyLine = g.logs.find((l) => l.event === 'start.ready' && l.workspaceId === id);
@@ -122,7 +126,7 @@ async function herd(opts: ColdHerdOptions, variant: string, env: Record<string, 
       { name: 'ready -> p50 served', value: quantile(servedAfter, 0.5), unit: 'ms' },
       { name: 'ready -> p99 served', value: quantile(servedAfter, 0.99), unit: 'ms' },
       { name: 'ready -> all served', value: allServed, unit: 'ms' },
-      { name: `direct: ${browsers} concurrent page loads of the workspace`, value: direct.ms, unit: 'ms' },
+      { name: `direct: ${browsers} concurrent page loads of the workspace (fastest of 3)`, value: direct.ms, unit: 'ms' },
       { name: `gateway, warm route: ${browsers} concurrent page loads`, value: warm.ms, unit: 'ms' },
       { name: 'overhead: all served - noticed - direct burst', value: overhead, unit: 'ms' },
       { name: 'gateway CPU for the whole herd', value: herdCpu, unit: 'ms' },
@@ -134,6 +138,7 @@ async function herd(opts: ColdHerdOptions, variant: string, env: Record<string, 
     if (errorCodes.size) notes.push(`cold-herd (${variant}): error pages/poll errors met: ${[...errorCodes].map(([k, v]) => `${k} x${v}`).join(', ')}`);
     if (errorCodes.has('RATE_LIMITED')) notes.push(`cold-herd (${variant}): ${errorCodes.get('RATE_LIMITED')} page loads got 429 RATE_LIMITED: the per-workspace start limit (gateway/request-path.ts startIfNeeded) counts every navigation that finds the workspace stopped, including the herd's, not only starts that happen.`);
     if (errorCodes.has('STORE_UNAVAILABLE')) notes.push(`cold-herd (${variant}): ${errorCodes.get('STORE_UNAVAILABLE')} STORE_UNAVAILABLE answers: with ~1,000 requests ready at once the gateway's event loop lags past REDIS_COMMAND_TIMEOUT (500 ms), so ioredis times out replies that Redis already sent.`);
+    if (directRuns.some((r) => r.ms >= 1000) || warm.ms >= 1000) notes.push(`cold-herd (${variant}): a baseline burst took over 1 s (direct ${directRuns.map((r) => r.ms).join(', ')} ms, warm ${warm.ms} ms): the 1 s of a retried SYN, so a listener's accept queue overflowed`);
     if (direct.ok !== browsers || warm.ok !== browsers) notes.push(`cold-herd (${variant}): baseline bursts answered 200 direct ${direct.ok}, warm ${warm.ok} of ${browsers}`);
     return { figures, starts, served: served.length, noticed, overhead, notes };
   } finally {
@@ -153,7 +158,7 @@ export async function run(opts: ColdHerdOptions): Promise<ScenarioResult> {
   const targets: Target[] = [];
   const notes = [
     `cold-herd: ${browsers} simulated browsers (own keep-alive connections, navigation headers, session cookie; an error page is reloaded after 1 s), gateway child process with Redis store, metrics and activity tracking on, LOCAL_WORKSPACE=demo, DEMO_READY_DELAY=${opts.readyDelayMs ?? 3000}ms.`,
-    'cold-herd: "ready" = first 200 from the bench\'s own /healthz probe (every 5 ms, from a separate process) of the workspace port named in the gateway log; "noticed" = ready -> the first browser\'s long-poll answered "running"; "overhead" = ready -> all served, minus noticed, minus the time the same number of concurrent page loads take straight to the workspace (measured right after).',
+    'cold-herd: "ready" = first 200 from the bench\'s own /healthz probe (every 5 ms, from a separate process) of the workspace port named in the gateway log; "noticed" = ready -> the first browser\'s long-poll answered "running"; "overhead" = ready -> all served, minus noticed, minus the time the same number of concurrent page loads take straight to the workspace (measured right after, fastest of three).',
   ];
   for (const [name, env] of variants) {
     const r = await herd(opts, name, env);
