@@ -15,7 +15,7 @@ import { LISTEN_BACKLOG } from '../gateway/app.js';
 import { systemClock } from '../gateway/clock.js';
 import { createMemoryStore } from '../gateway/store/memory.js';
 import { request, startTestGateway, waitRunning, XHR } from './helpers/gateway.js';
-import { PROBE_END, gatewayWithRecordedWorkspaces, registerRunning, startRecordingUpstream } from './helpers/upstream.js';
+import { PROBE_END, gatewayWithRecordedWorkspaces } from './helpers/upstream.js';
 
 interface Exchange { text: string; statuses: number[]; closed: boolean }
 
@@ -65,9 +65,7 @@ function countingStore(inner: StateStore) {
 }
 
 t.test('bad input over raw sockets', async (t) => {
-  const { gw, ups: { a: upA, b: upB } } = await gatewayWithRecordedWorkspaces(t, ['a', 'b']);
-  const ca = (await gw.cookie('a')).replace(/^/, '');
-  const cb = await gw.cookie('b');
+  const { gw, ups: { a: upA, b: upB }, cookies: { a: ca, b: cb } } = await gatewayWithRecordedWorkspaces(t, ['a', 'b']);
   const H = 'Host: ws-a.localhost\r\n';
   const C = `Cookie: ${ca}\r\n`;
   /** Sent after each input: if the connection survived, this is answered last and closes it. */
@@ -210,11 +208,7 @@ t.test('the public listener queues a class connecting at once (accept queue abov
 });
 
 t.test("a client's Connection: close is honoured on proxied responses", async (t) => {
-  const gw = await startTestGateway();
-  const up = await startRecordingUpstream();
-  t.teardown(async () => { await gw.close(); await up.close(); });
-  await registerRunning(gw.store, 'a', up.port);
-  const cookie = await gw.cookie('a');
+  const { gw, cookies: { a: cookie } } = await gatewayWithRecordedWorkspaces(t, ['a']);
   const r = await exchange(gw.port, `GET /x HTTP/1.1\r\nHost: ws-a.localhost\r\nCookie: ${cookie}\r\nConnection: close\r\n\r\n`, 3000);
   t.same(r.statuses, [200]);
   t.ok(r.closed, 'the gateway closed the connection after the response');
@@ -222,9 +216,7 @@ t.test("a client's Connection: close is honoured on proxied responses", async (t
 });
 
 t.test('slowloris and slow bodies: other clients still get answers', async (t) => {
-  const { gw, ups: { a: upA, b: upB } } = await gatewayWithRecordedWorkspaces(t, ['a', 'b']);
-  const ca = await gw.cookie('a');
-  const cb = await gw.cookie('b');
+  const { gw, ups: { a: upA, b: upB }, cookies: { a: ca, b: cb } } = await gatewayWithRecordedWorkspaces(t, ['a', 'b']);
   const SLOW = 300;
   const slow: net.Socket[] = [];
   t.teardown(() => { for (const s of slow) s.destroy(); });

@@ -1,13 +1,12 @@
 // The WebSocket relay's backpressure (gateway/ws-pairs.ts): a browser that stops reading makes the
 // gateway stop reading the workspace, so a workspace flooding a stalled tab fills socket buffers,
 // not the gateway's memory; once the tab reads again, every byte arrives, in order.
-import { createHash } from 'node:crypto';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { Duplex } from 'node:stream';
 import t from 'tap';
 import { startTestGateway } from './helpers/gateway.js';
-import { registerRunning } from './helpers/upstream.js';
+import { acceptWebSocket, registerRunning } from './helpers/upstream.js';
 import { connected, openWs } from './helpers/ws.js';
 
 const FRAME = 60 * 1024;
@@ -20,9 +19,7 @@ async function floodingUpstream() {
   const server = http.createServer((_req, res) => res.end());
   server.on('upgrade', (req, socket: Duplex) => {
     sockets.add(socket);
-    socket.on('error', () => socket.destroy());
-    const accept = createHash('sha1').update(`${req.headers['sec-websocket-key']}258EAFA5-E914-47DA-95CA-C5AB0DC85B11`).digest('base64');
-    socket.write(`HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ${accept}\r\n\r\n`);
+    acceptWebSocket(req, socket);
     let i = 0;
     const more = () => {
       state.waiting = false;

@@ -7,6 +7,7 @@ import http, { type IncomingHttpHeaders } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { Duplex } from 'node:stream';
 import type { StateStore } from '../../gateway/store/contract.js';
+import { startTestGateway } from './gateway.js';
 
 /** Ends the body of the answer to `GET /__probe`. */
 export const PROBE_END = 'PROBE-END';
@@ -17,6 +18,13 @@ export interface RecordingUpstream {
   port: number;
   requests: Recorded[];
   close(): Promise<void>;
+}
+
+/** Answers a WebSocket upgrade with its 101 (RFC 6455 4.2.2: the accept key), so a real client completes the handshake. */
+export function acceptWebSocket(req: http.IncomingMessage, socket: Duplex): void {
+  socket.on('error', () => socket.destroy());
+  const accept = createHash('sha1').update(`${req.headers['sec-websocket-key']}258EAFA5-E914-47DA-95CA-C5AB0DC85B11`).digest('base64');
+  socket.write(`HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ${accept}\r\n\r\n`);
 }
 
 export async function startRecordingUpstream(): Promise<RecordingUpstream> {
@@ -38,10 +46,7 @@ export async function startRecordingUpstream(): Promise<RecordingUpstream> {
   server.on('upgrade', (req, socket: Duplex) => {
     requests.push({ method: req.method ?? '', url: req.url ?? '', headers: req.headers, rawHeaders: req.rawHeaders, body: '', upgrade: true });
     sockets.add(socket);
-    socket.on('error', () => socket.destroy());
-    // RFC 6455 4.2.2: the accept key, so a real client completes the handshake.
-    const accept = createHash('sha1').update(`${req.headers['sec-websocket-key']}258EAFA5-E914-47DA-95CA-C5AB0DC85B11`).digest('base64');
-    socket.write(`HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ${accept}\r\n\r\n`);
+    acceptWebSocket(req, socket);
   });
   await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
   return {
@@ -65,7 +70,6 @@ export async function registerRunning(store: StateStore, id: string, port: numbe
  * with a session cookie for each.
  */
 export async function gatewayWithRecordedWorkspaces(t: { teardown(fn: () => unknown): void }, ids: string[]) {
-  const { startTestGateway } = await import('./gateway.js');
   const gw = await startTestGateway();
   const ups: Record<string, RecordingUpstream> = {};
   const cookies: Record<string, string> = {};
