@@ -3,9 +3,9 @@
 // issue 2) on one core, and it used about two thirds of the proxy CPU per request (issue 7).
 // WebSocket upgrades are a single request: node:http's client does the handshake here, so nothing
 // else holds the upgrade's objects for the socket's lifetime (bench/: idle memory per WebSocket),
-// and onUpgrade hands the two sockets to ws-pairs, which moves their bytes. Everything here is per-request mechanics: header hygiene, timeouts,
-// the retry of an idempotent request on a stale keep-alive socket, and mapping upstream failures
-// to the error catalogue.
+// and onUpgrade hands the two sockets to ws-pairs, which moves their bytes. Everything here is
+// per-request mechanics: header hygiene, timeouts, the retry of an idempotent request on a stale
+// keep-alive socket, and mapping upstream failures to the error catalogue.
 import http, { type IncomingMessage, type ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';

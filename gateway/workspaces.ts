@@ -42,6 +42,10 @@ export function nextGeneration(previous: number | undefined, nowMs: number): num
   return Math.max((previous ?? 0) + 1, Math.floor(nowMs / 1000));
 }
 
+/** An unreachable workspace is rechecked at most this often, and asked again this many times. */
+const RECHECK_EVERY_MS = 2000;
+const RECHECK_FOLLOW_UPS = 3;
+
 export function createWorkspaces(opts: WorkspacesOptions) {
   const { store, provisioner, clock, metrics, log } = opts;
   const leaseTtlMs = opts.leaseTtlMs ?? 15_000;
@@ -50,8 +54,6 @@ export function createWorkspaces(opts: WorkspacesOptions) {
   const inFlight = new Map<string, { controller: AbortController; done: Promise<void> }>();
   const waiters = new Map<string, Set<(r: WorkspaceRecord) => void>>();
   const rechecks = new Map<string, number>();
-  const RECHECK_EVERY_MS = 2000;
-  const RECHECK_FOLLOW_UPS = 3;
   let closed = false;
 
   const owner = () => `${opts.instanceId}:${randomUUID()}`;

@@ -21,7 +21,7 @@ export interface WsPair {
 
 export interface WsPairHooks {
   opened(pair: WsPair, req: IncomingMessage, response: UpgradeResponse): void;
-  /** Chunks from the browser that carry data frames (never pings or pongs), for an activity signal. */
+  /** Every chunk from the browser, control frames included (the activity tap parses the stream itself). */
   clientData?(pair: WsPair, chunk: Buffer): void;
   closed(pair: WsPair): void;
   /** The workspace side ended without a close frame (process died): its route deserves a re-check. */
@@ -100,7 +100,6 @@ export function createWsPairs(opts: WsPairsOptions) {
     entries.add(entry);
     hooks.opened(pair, p.req, p.response);
 
-
     // This hook runs before the forwarder writes the 101: the bytes start moving on the next tick,
     // after it. Each chunk is written onward first, so a frame injected while observing it follows
     // it on the wire.
@@ -161,11 +160,12 @@ export function createWsPairs(opts: WsPairsOptions) {
     // `on`, not `once`: each handler is idempotent, and every once() costs a wrapper object and a
     // bound function for the socket's lifetime (bench/ws-heap.ts: 0.5 KB per idle pair). A socket may
     // also report a second error, and nothing else listens for them.
+    const upstreamDown = () => { upstreamGone(); close(); };
     upstream.on('end', () => { upstreamGone(); relayEnd(down); });
     client.on('end', () => relayEnd(up));
-    upstream.on('close', () => { upstreamGone(); close(); });
+    upstream.on('close', upstreamDown);
     client.on('close', close);
-    upstream.on('error', () => { upstreamGone(); close(); });
+    upstream.on('error', upstreamDown);
     client.on('error', close);
   }
 
