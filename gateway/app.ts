@@ -16,10 +16,12 @@ import { systemClock, type Clock } from './clock.js';
 import type { Config } from './config.js';
 import { renderErrorOnSocket } from './errors.js';
 import type { Metrics } from './metrics.js';
+import { createHttp1Front } from './http1.js';
 import { createForwarder } from './proxy.js';
 import { canReconcile, createReconciler, reconcileFromList } from './reconcile.js';
 import { createRequestPath } from './request-path.js';
 import type { StateStore } from './store/contract.js';
+import { createUpstreamPool } from './upstream-pool.js';
 import { createWorkspaces } from './workspaces.js';
 import { createWsPairs, type WsPair } from './ws-pairs.js';
 import { connectionIdentity, createWsActivityTap, negotiateExtensions, type WsActivityTap } from './activity/index.js';
@@ -33,6 +35,9 @@ async function within(ms: number, p: Promise<unknown>): Promise<void> {
   await Promise.race([p, new Promise((r) => { timer = setTimeout(r, ms); })]);
   clearTimeout(timer);
 }
+
+/** Idle upstream connections close after this, below code-server's own keep-alive (5 s). */
+const UPSTREAM_IDLE_MS = 4000;
 
 /** Accept queue of the public listener (see listen()). */
 export const LISTEN_BACKLOG = 4096;
@@ -61,9 +66,13 @@ export async function createGateway(deps: GatewayDeps) {
   closers.push(() => activity.close());
   const workspaces = createWorkspaces({ store, provisioner, clock, metrics, log, instanceId, startDeadlineMs: config.startDeadlineMs, routeCacheTtlMs: config.routeCacheTtlMs });
   closers.push(() => workspaces.close());
-  const forwarder = createForwarder({
+  // Keep-alive connections to workspaces, for both the warm lane and node:http's side of the path.
+  const upstreamPool = createUpstreamPool({
     connectTimeoutMs: config.upstreamConnectTimeoutMs, responseTimeoutMs: config.upstreamTimeoutMs, maxSockets: config.upstreamMaxSockets,
-  });
+    idleMs: UPSTREAM_IDLE_MS,
+  }, config.maxHeaderSize);
+  closers.push(() => upstreamPool.close());
+  const forwarder = createForwarder({ connectTimeoutMs: config.upstreamConnectTimeoutMs, pool: upstreamPool });
   closers.push(() => forwarder.close());
 
   // ---------------------------------------------------------------- WebSocket pairs
@@ -126,11 +135,18 @@ export async function createGateway(deps: GatewayDeps) {
     joinDuplicateHeaders: false,
   }, (req, res) => { void path.handleRequest(req, res); });
   publicServer.on('upgrade', (req, socket, head) => { void path.handleUpgrade(req, socket, head); });
-  publicServer.on('clientError', (err: Error & { code?: string }, socket: Duplex) => {
+  function clientError(err: Error & { code?: string }, socket: Duplex) {
     if (!socket.writable || (err.code === 'ECONNRESET')) { socket.destroy(); return; }
     const code = err.code === 'HPE_HEADER_OVERFLOW' ? 'HEADERS_TOO_LARGE' : err.code === 'ERR_HTTP_REQUEST_TIMEOUT' ? 'REQUEST_TIMEOUT' : 'BAD_REQUEST';
     metrics.rejectedRequest(code);
     socket.end(renderErrorOnSocket(code));
+  }
+  publicServer.on('clientError', clientError);
+  // Every connection starts on the warm lane, which hands it to publicServer when it cannot decide.
+  const front = createHttp1Front({
+    server: publicServer, pool: upstreamPool, plan: path.planWarm, clientError,
+    keepAliveTimeoutMs: config.keepAliveTimeoutMs, headersTimeoutMs: config.headersTimeoutMs, requestTimeoutMs: config.requestTimeoutMs,
+    maxHeaderSize: config.maxHeaderSize,
   });
 
   // ---------------------------------------------------------------- admin listener
@@ -194,10 +210,12 @@ export async function createGateway(deps: GatewayDeps) {
       if (drainPeriodMs > 0) await within(drainPeriodMs, wsPairs.whenEmpty());
       const serverClosed = new Promise<void>((resolve) => publicServer.close(() => resolve()));
       publicServer.closeIdleConnections();
+      front.closeIdle();
       await wsPairs.closeAll();
       await within(REQUEST_GRACE_MS, serverClosed);
       for (const fn of closers.reverse()) await Promise.resolve(fn()).catch((err) => log.warn({ err }, 'close step failed'));
       publicServer.closeAllConnections();
+      front.closeAll();
       await admin.close();
       ready = false;
     })());
@@ -212,6 +230,12 @@ export async function createGateway(deps: GatewayDeps) {
     auth,
     reaper,
     forwarder,
+    /** Upstream connections held open to workspaces (for leak checks). */
+    upstreamConnections: () => upstreamPool.size(),
+    /** Client connections on the warm lane now (the rest are node:http's). */
+    laneConnections: () => front.size(),
+    /** Closes the upstream connections (tests: nothing may be left behind). */
+    closeUpstreams: () => { forwarder.close(); upstreamPool.close(); },
     listen,
     close,
     isDraining: () => draining,

@@ -94,6 +94,15 @@ export function createAuth(opts: AuthOptions) {
      * The session for this workspace among all cookies of our name (a parent domain or an older
      * session may send more than one, in any order): only one valid for this host counts.
      */
+    /** sessionFor without waiting: only a cookie verified before counts, anything else is undefined. */
+    verifiedSessionFor(cookieValues: readonly string[], workspaceId: string): Session | undefined {
+      for (const value of cookieValues) {
+        const s = verified.get(value);
+        if (s && s.workspaceId === workspaceId && s.expiresAt > now()) return s;
+      }
+      return undefined;
+    },
+
     async sessionFor(cookieValues: readonly string[], workspaceId: string): Promise<Session | undefined> {
       for (const value of cookieValues) {
         const s = await verifySession(value);

@@ -69,8 +69,8 @@ export function renderError(code: ErrorCode, opts: { html: boolean; detail?: str
 }
 
 /** The raw bytes for an error on a socket that was never handed to an HTTP response (upgrades). */
-export function renderErrorOnSocket(code: ErrorCode, requestId?: string): string {
-  const r = renderError(code, { html: false, requestId });
+export function renderErrorOnSocket(code: ErrorCode, requestId?: string, html = false): string {
+  const r = renderError(code, { html, requestId });
   const lines = [`HTTP/1.1 ${r.status} ${ERROR_CATALOGUE[code].title}`];
   for (const [k, v] of Object.entries(r.headers)) lines.push(`${k}: ${v}`);
   lines.push(`content-length: ${Buffer.byteLength(r.body)}`, 'connection: close');

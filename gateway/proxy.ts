@@ -1,25 +1,27 @@
-// Forwarding (the last step of the request path). Plain HTTP goes through undici's pooled client:
-// bench/ measured it beside http-proxy-3 (the maintained rewrite of the http-proxy the user named;
-// issue 2) on one core, and it used about two thirds of the proxy CPU per request (issue 7).
-// WebSocket upgrades are a single request: node:http's client does the handshake here, so nothing
-// else holds the upgrade's objects for the socket's lifetime (bench/: idle memory per WebSocket),
-// and onUpgrade hands the two sockets to ws-pairs, which moves their bytes. Everything here is
-// per-request mechanics: header hygiene, timeouts, the retry of an idempotent request on a stale
-// keep-alive socket, and mapping upstream failures to the error catalogue.
+// Forwarding for node:http's side of the request path (gateway/http1.ts hands it the requests the
+// warm lane does not take). Plain HTTP goes through the same upstream pool as the warm lane
+// (gateway/upstream-pool.ts: one string per request head, llhttp for the response; bench/ measured
+// it against undici and http-proxy-3, the maintained rewrite of the http-proxy the user named; issues
+// 2 and 7), written to node:http's response here. WebSocket upgrades are a single request: node:http's
+// client does the handshake, so nothing else holds the upgrade's objects for the socket's lifetime
+// (bench/: idle memory per WebSocket), and onUpgrade hands the two sockets to ws-pairs, which moves
+// their bytes. Everything here is per-request mechanics: header hygiene and mapping upstream
+// failures to the error catalogue; timeouts and the retry on a stale connection are the pool's.
 import http, { type IncomingMessage, type ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
-import { Agent, Client, type Dispatcher } from 'undici';
 import type { Endpoint } from '../provisioner/contract.js';
 import type { ErrorCode } from './errors.js';
+import { FORWARDING, HOP_BY_HOP, connectionTokens, upstreamRequestHead, type ForwardedFor } from './http-fields.js';
+import type { ResponseSink, UpstreamFailure, UpstreamPool, Exchange } from './upstream-pool.js';
+
+export type { ForwardedFor } from './http-fields.js';
 
 export interface ProxyOptions {
+  /** The WebSocket handshake must be answered within this long -> 504. */
   connectTimeoutMs: number;
-  /** No response headers (web) within this long -> 504. */
-  responseTimeoutMs: number;
-  maxSockets: number;
-  /** Keep idle upstream sockets open no longer than this (below code-server's own 5 s keep-alive). */
-  freeSocketTimeoutMs?: number;
+  /** Keep-alive connections to workspaces, shared with the warm lane. */
+  pool: UpstreamPool;
 }
 
 export interface ForwardFailure { code: ErrorCode; error: Error }
@@ -27,45 +29,20 @@ export interface ForwardFailure { code: ErrorCode; error: Error }
 /** The upstream's 101: its fields may still be changed before they are written to the client. */
 export interface UpgradeResponse { statusCode: 101; headers: http.IncomingHttpHeaders }
 
-/** RFC 9110 7.6.1: connection-specific fields, never forwarded. */
-const HOP_BY_HOP = ['connection', 'keep-alive', 'proxy-connection', 'te', 'trailer', 'transfer-encoding', 'upgrade', 'proxy-authorization', 'proxy-authenticate'];
-/** Client-supplied forwarding claims are replaced, never trusted (issue 3). */
-const FORWARDING = ['forwarded', 'x-forwarded-for', 'x-forwarded-proto', 'x-forwarded-host', 'x-forwarded-port', 'x-real-ip', 'x-client-ip', 'true-client-ip'];
-const IDEMPOTENT_NO_BODY = new Set(['GET', 'HEAD', 'OPTIONS', 'DELETE']);
-/** A connection the upstream closed under us (a keep-alive race): worth one more try on a new one. */
-const STALE_SOCKET = new Set(['UND_ERR_SOCKET', 'ECONNRESET', 'EPIPE']);
-const TIMEOUTS = new Set(['UND_ERR_CONNECT_TIMEOUT', 'UND_ERR_HEADERS_TIMEOUT']);
-
-function connectionTokens(value: string | string[] | undefined): string[] {
-  if (!value) return [];
-  return (Array.isArray(value) ? value.join(',') : value).split(',').map((s) => s.trim().toLowerCase()).filter(Boolean);
-}
-
-/** Removes hop-by-hop fields and those named in Connection (RFC 9110 7.6.1) from a header map. */
-function stripHopByHop(headers: http.IncomingHttpHeaders | http.OutgoingHttpHeaders, keepUpgrade: boolean): void {
-  for (const name of connectionTokens(headers.connection as string | undefined)) {
-    if (keepUpgrade && name === 'upgrade') continue;
-    delete headers[name];
-  }
-  for (const name of HOP_BY_HOP) {
-    if (keepUpgrade && (name === 'connection' || name === 'upgrade')) continue;
-    delete headers[name];
-  }
-}
-
-export interface ForwardedFor { clientAddress: string; proto: 'http' | 'https'; host: string }
-
-/** Rewrites the request's headers for the upstream: Host is kept (code-server checks Origin against it). */
-function prepareHeaders(req: IncomingMessage, fwd: ForwardedFor, cookie: string | undefined, isUpgrade: boolean): void {
+/**
+ * The upgrade request's fields for the upstream (RFC 9110 7.6.1: hop-by-hop fields and those named in
+ * Connection go, but Connection: Upgrade and Upgrade themselves travel). Host is kept (code-server
+ * checks Origin against it); forwarding claims are ours.
+ */
+function prepareUpgradeHeaders(req: IncomingMessage, fwd: ForwardedFor, cookie: string | undefined): void {
   const h = req.headers;
-  stripHopByHop(h, isUpgrade);
+  for (const name of connectionTokens(h.connection)) if (name !== 'upgrade') delete h[name];
+  for (const name of HOP_BY_HOP) if (name !== 'connection' && name !== 'upgrade') delete h[name];
   for (const name of FORWARDING) delete h[name];
   if (cookie === undefined) delete h.cookie; else h.cookie = cookie;
   h['x-forwarded-for'] = fwd.clientAddress;
-  h['x-forwarded-proto'] = isUpgrade ? (fwd.proto === 'https' ? 'wss' : 'ws') : fwd.proto;
+  h['x-forwarded-proto'] = fwd.proto === 'https' ? 'wss' : 'ws';
   h['x-forwarded-host'] = fwd.host;
-  // Node has already answered `Expect: 100-continue` for us (RFC 9110 10.1.1); the upstream gets the body.
-  if (!isUpgrade) delete h.expect;
 }
 
 /** RFC 9112 6.3: a request has content when it says so by Content-Length or Transfer-Encoding. */
@@ -90,7 +67,7 @@ export function responseFields(raw: ReadonlyArray<Buffer | string>): http.Outgoi
     const lower = name.toLowerCase();
     const value = text(raw[i + 1]);
     if (lower === 'connection') named = [...named, ...connectionTokens(value)];
-    if (HOP_BY_HOP.includes(lower)) continue;
+    if (HOP_BY_HOP.has(lower)) continue;
     const first = nameOf.get(lower);
     if (first === undefined) { nameOf.set(lower, name); out[name] = value; continue; }
     const prev = out[first];
@@ -119,83 +96,51 @@ function tune(socket: Duplex) {
   s.setKeepAlive?.(true, 0);
 }
 
+/** node:http's response as the pool's sink: fields through writeHead, body with backpressure. */
+class ResponseWriter implements ResponseSink {
+  exchange: Exchange | undefined;
+  constructor(private readonly req: IncomingMessage, private readonly res: ServerResponse, private readonly hooks: WebHooks) {}
+  head(status: number, statusText: string, fields: string[]): void {
+    // Node decides per client whether this connection stays open (a client's `Connection: close`,
+    // HTTP/1.0, the request path draining): the upstream's own keep-alive says nothing about ours.
+    this.res.writeHead(status, statusText, responseFields(fields));
+    this.hooks.onResponse?.(status);
+  }
+  data(chunk: Buffer): boolean {
+    if (this.res.write(chunk)) return true;
+    this.res.once('drain', () => this.exchange?.resume());
+    return false;
+  }
+  end(): void { this.res.end(); }
+  fail(code: UpstreamFailure, error: Error): void {
+    // An upstream that dies mid-body must not leave the client waiting on a response that will
+    // never end; a client that went away needs nothing more.
+    if (this.res.headersSent || this.res.destroyed) { this.res.destroy(); return; }
+    this.hooks.onFailure({ code, error });
+  }
+  drain(): void { this.req.resume(); }
+}
+
+interface WebHooks { onFailure(f: ForwardFailure): void; onResponse?(status: number): void }
+
 export function createForwarder(opts: ProxyOptions) {
-  const idleMs = opts.freeSocketTimeoutMs ?? 4000;
-  const clientOptions = {
-    // One request per connection at a time: pipelining would let one slow response hold up others.
-    pipelining: 1,
-    connect: { timeout: opts.connectTimeoutMs },
-    headersTimeout: opts.responseTimeoutMs,
-    // Bodies may stream for as long as they like (server-sent events, long downloads).
-    bodyTimeout: 0,
-    keepAliveTimeout: idleMs,
-    keepAliveMaxTimeout: idleMs,
-  };
-  // Per upstream origin a pool of keep-alive connections; undici drops an origin's pool once it has
-  // no connections left, so stopped workspaces leave nothing behind.
-  const pools = new Agent({ ...clientOptions, connections: opts.maxSockets });
   // WebSocket upgrades take a connection each and never return it: no pool to keep.
   const upgradeAgent = new http.Agent({ keepAlive: false });
 
-  const origin = (e: Endpoint) => `http://${e.host.includes(':') ? `[${e.host}]` : e.host}:${e.port}`;
-
-  interface WebHooks { onFailure(f: ForwardFailure): void; onResponse?(status: number): void }
-
-  /** One attempt at a web request; `via` is the shared pool, or a one-off client for the retry. */
-  function dispatchWeb(req: IncomingMessage, res: ServerResponse, endpoint: Endpoint, hooks: WebHooks, body: boolean, attempt: number, via: Dispatcher) {
-    let abort: ((err?: Error) => void) | undefined;
-    let resume: (() => void) | undefined;
-    let waitingForDrain = false;
-    const onDrain = () => { waitingForDrain = false; resume?.(); };
-    const onClientGone = () => { if (!res.writableFinished) abort?.(new Error('client went away')); };
-    res.once('close', onClientGone);
-    const done = () => { res.off('close', onClientGone); res.off('drain', onDrain); if (via !== pools) void via.close(); };
-
-    via.dispatch({
-      origin: origin(endpoint), method: req.method!, path: req.url!, headers: req.headers as Record<string, string | string[]>,
-      body: body ? req : null,
-    }, {
-      onConnect(a) { abort = a; },
-      onHeaders(status, raw, r, statusText) {
-        // 1xx (RFC 9110 15.2): interim, the final response follows; 101 never comes here (no Upgrade sent).
-        if (status < 200) return true;
-        resume = r;
-        // Node decides per client whether this connection stays open (a client's `Connection: close`,
-        // HTTP/1.0, the request path draining): the upstream's own keep-alive says nothing about ours.
-        res.writeHead(status, statusText, responseFields(raw));
-        hooks.onResponse?.(status);
-        return true;
-      },
-      onData(chunk) {
-        if (res.write(chunk)) return true;
-        if (!waitingForDrain) { waitingForDrain = true; res.once('drain', onDrain); }
-        return false;
-      },
-      onComplete() { done(); res.end(); },
-      onError(err: Error & { code?: string }) {
-        done();
-        // An upstream that dies mid-body must not leave the client waiting on a response that will
-        // never end; a client that went away needs nothing more.
-        if (res.headersSent || res.destroyed) { res.destroy(); return; }
-        // A keep-alive socket the upstream closed at the moment we used it: retry once, on a new
-        // connection, only requests without a body that are safe to repeat (RFC 9110 9.2.2; issue 8).
-        if (attempt === 0 && !body && IDEMPOTENT_NO_BODY.has(req.method ?? '') && STALE_SOCKET.has(err.code ?? '')) {
-          dispatchWeb(req, res, endpoint, hooks, body, 1, new Client(origin(endpoint), clientOptions));
-          return;
-        }
-        hooks.onFailure({ code: TIMEOUTS.has(err.code ?? '') ? 'UPSTREAM_TIMEOUT' : 'UPSTREAM_UNREACHABLE', error: err });
-      },
-    });
-  }
-
   return {
     web(req: IncomingMessage, res: ServerResponse, endpoint: Endpoint, fwd: ForwardedFor, cookie: string | undefined, hooks: WebHooks) {
-      const body = hasRequestBody(req.headers);
-      prepareHeaders(req, fwd, cookie, false);
-      dispatchWeb(req, res, endpoint, hooks, body, 0, pools);
+      // node:http has decoded the body's chunks: the pool frames it again.
+      const body = !hasRequestBody(req.headers) ? 'none' : req.headers['transfer-encoding'] !== undefined ? 'chunked' : 'length';
+      const writer = new ResponseWriter(req, res, hooks);
+      const exchange = opts.pool.send(endpoint, { method: req.method!, head: upstreamRequestHead(req.method!, req.url!, req.rawHeaders, fwd, cookie), body }, writer);
+      writer.exchange = exchange;
+      res.once('close', () => { if (!res.writableFinished) exchange.abort(); });
+      if (body === 'none') { req.resume(); return; }
+      req.on('data', (chunk: Buffer) => { if (!exchange.body(chunk)) req.pause(); });
+      req.on('end', () => exchange.end());
     },
     ws(req: IncomingMessage, socket: Duplex, head: Buffer, endpoint: Endpoint, fwd: ForwardedFor, cookie: string | undefined, hooks: { onFailure(f: ForwardFailure): void; /** Takes over both sockets and relays their bytes. */ onUpgrade(upstream: Duplex, response: UpgradeResponse): void }) {
-      prepareHeaders(req, fwd, cookie, true);
+      prepareUpgradeHeaders(req, fwd, cookie);
       tune(socket);
       // Bytes the client sent right behind its upgrade request travel once the relay starts.
       if (head.length) socket.unshift(head);
@@ -233,15 +178,8 @@ export function createForwarder(opts: ProxyOptions) {
       });
       out.end();
     },
-    /** Upstream connections held open by the keep-alive pools (for leak checks). */
-    poolSize(): number {
-      let n = 0;
-      for (const stats of Object.values(pools.stats)) n += (stats as { connected?: number }).connected ?? 0;
-      return n;
-    },
     close() {
       upgradeAgent.destroy();
-      void pools.destroy();
     },
   };
 }

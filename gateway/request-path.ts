@@ -21,11 +21,23 @@ import { checkRequestTarget, hostHeaderValues, originForm, parseHost, proxyRoute
 import type { Logger } from './log.js';
 import type { Metrics } from './metrics.js';
 import { startingPage, type StatusView } from './pages.js';
+import type { LaneRequest, WarmPlan } from './http1.js';
+import { scanRequest, upstreamRequestHead, type ForwardedFor } from './http-fields.js';
 import type { Forwarder, UpgradeResponse } from './proxy.js';
 import { isNavigation, wantsHtml } from './request-kind.js';
 import type { StateStore, WorkspaceRecord } from './store/contract.js';
 import { StoreUnavailable } from './store/contract.js';
 import type { Workspaces } from './workspaces.js';
+
+/** The named fields of a raw field list, as node:http's req.headers would give them (first wins). */
+function fieldsOf(fields: readonly string[], ...names: string[]): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (let i = 0; i < fields.length; i += 2) {
+    const lower = fields[i].toLowerCase();
+    if (names.includes(lower) && out[lower] === undefined) out[lower] = fields[i + 1];
+  }
+  return out;
+}
 
 export interface RequestPathDeps {
   config: Config;
@@ -73,13 +85,13 @@ export function createRequestPath(deps: RequestPathDeps) {
 
   // ---------------------------------------------------------------- steps
   /** Step 1: the request target and the Host, strictly, before any state lookup. */
-  function parseHostStep(req: IncomingMessage): { ok: true; workspaceId: string } | { ok: false; code: ErrorCode; detail?: string } {
-    const hosts = hostHeaderValues(req.rawHeaders);
-    if (checkRequestTarget(req.method ?? '', req.url ?? '', hosts[0]) === 'bad') return { ok: false, code: 'BAD_REQUEST', detail: 'request target must be a path on this host' };
+  function parseHostStep(method: string, target: string, rawHeaders: readonly string[]): { ok: true; workspaceId: string; url: string } | { ok: false; code: ErrorCode; detail?: string } {
+    const hosts = hostHeaderValues(rawHeaders);
+    if (checkRequestTarget(method, target, hosts[0]) === 'bad') return { ok: false, code: 'BAD_REQUEST', detail: 'request target must be a path on this host' };
     // Absolute-form naming this host: route it as the path it names (else `http://h/__gateway/login` would skip our routes).
-    req.url = originForm(req.url ?? '/');
+    const url = originForm(target);
     const verdict = parseHost(hosts, config.baseDomain);
-    if (verdict.kind === 'workspace') return { ok: true, workspaceId: verdict.id };
+    if (verdict.kind === 'workspace') return { ok: true, workspaceId: verdict.id, url };
     if (verdict.kind === 'unknown') return { ok: false, code: 'HOST_UNKNOWN' };
     return { ok: false, code: 'HOST_MALFORMED', detail: verdict.why };
   }
@@ -89,6 +101,11 @@ export function createRequestPath(deps: RequestPathDeps) {
     const session = await auth.sessionFor(cookieValues(req.headers.cookie, SESSION_COOKIE), workspaceId);
     if (!session) metrics.signInFailure('no_session');
     return session !== undefined;
+  }
+
+  /** Step 2 on the warm lane: a cookie verified before, or no decision here (node:http's path checks it). */
+  function authorizedNow(cookie: string | undefined, workspaceId: string): boolean {
+    return auth.verifiedSessionFor(cookieValues(cookie, SESSION_COOKIE), workspaceId) !== undefined;
   }
 
   /** code-server's /proxy/<port> must not reach other hosts (`/proxy/80@evil/`, encoded variants). */
@@ -151,33 +168,68 @@ export function createRequestPath(deps: RequestPathDeps) {
   /** Step 5 (web): forward, record activity, map upstream failures. */
   function forwardWeb(req: IncomingMessage, res: ServerResponse, ctx: Ctx, endpoint: Endpoint, warm: boolean) {
     res.setHeader('x-request-id', ctx.requestId);
-    forwarder.web(req, res, endpoint, forwardedFor(req), stripCookie(req.headers.cookie, SESSION_COOKIE), {
-      onResponse: (status) => {
+    const outcome = webOutcome(ctx.workspaceId, ctx.requestId, ctx.started, warm);
+    forwarder.web(req, res, endpoint, forwardedFor(req.socket.remoteAddress, req.headers['x-forwarded-for'], req.headers.host), stripCookie(req.headers.cookie, SESSION_COOKIE), {
+      onResponse: outcome.responded,
+      onFailure: ({ code, error }) => { outcome.failed(code, error); fail(res, ctx, code); },
+    });
+    recordActivity(ctx.workspaceId, req.url!);
+  }
+
+  /** What a forwarded request's answer means for metrics, logs and the route, whichever lane took it. */
+  function webOutcome(workspaceId: string, requestId: string, started: bigint, warm: boolean) {
+    return {
+      responded: (status: number) => {
         metrics.proxied('web', status);
-        if (warm) metrics.warmLatency(Number(process.hrtime.bigint() - ctx.started) / 1e9);
+        if (warm) metrics.warmLatency(Number(process.hrtime.bigint() - started) / 1e9);
       },
-      onFailure: ({ code, error }) => {
+      failed: (code: ErrorCode, error: Error) => {
         metrics.upstreamError(code);
         metrics.proxied('web', code === 'UPSTREAM_TIMEOUT' ? 504 : 502);
-        log.warn({ event: 'upstream.error', workspaceId: ctx.workspaceId, requestId: ctx.requestId, code, err: error.message }, 'upstream failed');
-        if (code === 'UPSTREAM_UNREACHABLE') workspaces.recheck(ctx.workspaceId);
-        fail(res, ctx, code);
+        log.warn({ event: 'upstream.error', workspaceId, requestId, code, err: error.message }, 'upstream failed');
+        if (code === 'UPSTREAM_UNREACHABLE') workspaces.recheck(workspaceId);
       },
-    });
-    recordActivity(ctx.workspaceId, req);
+    };
   }
 
   /** Step 6: a person's request for content counts; health checks and our own polling do not. */
-  function recordActivity(workspaceId: string, req: IncomingMessage) {
-    if (req.url === '/healthz') return;
+  function recordActivity(workspaceId: string, url: string) {
+    if (url === '/healthz') return;
     activity.touch(workspaceId);
   }
 
-  function forwardedFor(req: IncomingMessage) {
+  function forwardedFor(peer: string | undefined, xff: string | string[] | undefined, host: string | undefined): ForwardedFor {
+    return { clientAddress: clientAddress(peer, xff, config.trustedProxies), proto: config.publicScheme, host: host ?? '' };
+  }
+
+  // ---------------------------------------------------------------- the warm lane (gateway/http1.ts)
+  /**
+   * The same steps for a request that can be decided without waiting: a workspace host, a session
+   * verified before, a cached route, a plain body. Anything else is undefined, and node:http brings
+   * the request to handleRequest, which decides it in full.
+   */
+  function planWarm(req: LaneRequest): WarmPlan | undefined {
+    const host = parseHostStep(req.method, req.url, req.fields);
+    if (!host.ok || host.url.startsWith(PREFIX) || deps.isDraining()) return undefined;
+    const scan = scanRequest(req.fields);
+    if (scan.body === undefined || !authorizedNow(scan.cookie, host.workspaceId) || !guardWorkspacePath(host.url)) return undefined;
+    const route = workspaces.resolveCached(host.workspaceId);
+    if (route?.kind !== 'running') return undefined;
+    const requestId = randomUUID();
+    const outcome = webOutcome(host.workspaceId, requestId, process.hrtime.bigint(), true);
+    recordActivity(host.workspaceId, host.url);
+    const fwd = forwardedFor(req.socket.remoteAddress, scan.forwardedFor, scan.host);
     return {
-      clientAddress: clientAddress(req.socket.remoteAddress, req.headers['x-forwarded-for'], config.trustedProxies),
-      proto: config.publicScheme,
-      host: req.headers.host ?? '',
+      endpoint: route.endpoint,
+      upstreamHead: upstreamRequestHead(req.method, host.url, req.fields, fwd, stripCookie(scan.cookie, SESSION_COOKIE)),
+      body: scan.body,
+      responseFields: `x-request-id: ${requestId}\r\n`,
+      responded: outcome.responded,
+      failed: (code, error) => {
+        outcome.failed(code, error);
+        metrics.rejectedRequest(code);
+        return renderErrorOnSocket(code, requestId, wantsHtml(fieldsOf(req.fields, 'sec-fetch-dest', 'accept')));
+      },
     };
   }
 
@@ -261,8 +313,9 @@ export function createRequestPath(deps: RequestPathDeps) {
     const requestId = randomUUID();
     const started = process.hrtime.bigint();
     const html = wantsHtml(req.headers);
-    const host = parseHostStep(req);
+    const host = parseHostStep(req.method ?? '', req.url ?? '', req.rawHeaders);
     if (!host.ok) return fail(res, { requestId, html }, host.code, host.detail);
+    req.url = host.url;
     const ctx: Ctx = { req, requestId, workspaceId: host.workspaceId, html, started };
     try {
       if (req.url!.startsWith(PREFIX)) return await gatewayOwnPaths(req, res, ctx);
@@ -295,8 +348,9 @@ export function createRequestPath(deps: RequestPathDeps) {
   async function handleUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer): Promise<void> {
     const requestId = randomUUID();
     socket.on('error', () => socket.destroy());
-    const host = parseHostStep(req);
+    const host = parseHostStep(req.method ?? '', req.url ?? '', req.rawHeaders);
     if (!host.ok) return failSocket(socket, requestId, host.code);
+    req.url = host.url;
     const workspaceId = host.workspaceId;
     // RFC 6455 4.1: GET, Upgrade: websocket, a key and version 13. h2c and others are not ours.
     if (req.method !== 'GET' || (req.headers.upgrade ?? '').toLowerCase() !== 'websocket'
@@ -323,7 +377,7 @@ export function createRequestPath(deps: RequestPathDeps) {
   /** Step 5 (ws): forward the upgrade, then hand the socket pair to the app for tracking and taps. */
   function forwardWs(req: IncomingMessage, socket: Duplex, head: Buffer, workspaceId: string, requestId: string, endpoint: Endpoint) {
     let upgraded = false;
-    forwarder.ws(req, socket, head, endpoint, forwardedFor(req), stripCookie(req.headers.cookie, SESSION_COOKIE), {
+    forwarder.ws(req, socket, head, endpoint, forwardedFor(req.socket.remoteAddress, req.headers['x-forwarded-for'], req.headers.host), stripCookie(req.headers.cookie, SESSION_COOKIE), {
       onUpgrade: (upstream, response) => {
         upgraded = true;
         metrics.proxied('ws', 101);
@@ -346,7 +400,7 @@ export function createRequestPath(deps: RequestPathDeps) {
     });
   }
 
-  return { handleRequest, handleUpgrade, statusView };
+  return { handleRequest, handleUpgrade, planWarm, statusView };
 }
 
 export type RequestPath = ReturnType<typeof createRequestPath>;

@@ -106,14 +106,19 @@ export function createWorkspaces(opts: WorkspacesOptions) {
     return p;
   }
 
+  /** The cached route, if any: a stale one is still used while it is refreshed in the background. */
+  function resolveCached(id: string): Route | undefined {
+    const hit = cache.get(id);
+    if (!hit) return undefined;
+    if (clock.now() - hit.checkedAt > opts.routeCacheTtlMs) { metrics.routeCache('stale'); refreshInBackground(id); }
+    else metrics.routeCache('hit');
+    return { kind: 'running', endpoint: hit.endpoint, generation: hit.generation };
+  }
+
   /** Route cache first (no network on a warm request), then the store. */
   async function resolve(id: string): Promise<Route> {
-    const hit = cache.get(id);
-    if (hit) {
-      if (clock.now() - hit.checkedAt > opts.routeCacheTtlMs) { metrics.routeCache('stale'); refreshInBackground(id); }
-      else metrics.routeCache('hit');
-      return { kind: 'running', endpoint: hit.endpoint, generation: hit.generation };
-    }
+    const cached = resolveCached(id);
+    if (cached) return cached;
     metrics.routeCache('miss');
     const record = await read(id);
     if (record?.state === 'running' && record.endpoint) {
@@ -375,6 +380,7 @@ export function createWorkspaces(opts: WorkspacesOptions) {
 
   return {
     resolve,
+    resolveCached,
     read,
     requestStart,
     stop,

@@ -166,7 +166,9 @@ t.test('bad input over raw sockets', async (t) => {
     t.ok(r.closed, `${name}: closed, or answered through the probe`);
     if (expected === 'closed') t.same(r.statuses, [], `${name}: closed without an answer`);
     else t.same(r.statuses, expected, `${name}: ${expected.join(', ')}`);
-    t.same(upA.requests.slice(beforeA).map((q) => q.url), urls, `${name}: upstream saw ${urls.length ? urls.join(', ') : 'nothing'}`);
+    // Each exactly once; in which order they reach the workspace is not promised: node:http may work on
+    // pipelined requests at once (RFC 9112 9.3.2), only the responses must keep their order.
+    t.same(upA.requests.slice(beforeA).map((q) => q.url).sort(), [...urls].sort(), `${name}: upstream saw ${urls.length ? urls.join(', ') : 'nothing'}`);
     t.equal(upB.requests.length, beforeB, `${name}: the sibling saw nothing`);
   }
 
@@ -182,8 +184,8 @@ t.test('bad input over raw sockets', async (t) => {
       PROBE,
     ].join(''));
     t.same(r.statuses, [200, 401, 200, 401, 200, 200]);
-    t.same(upA.requests.slice(beforeA).map((q) => q.url), ['/p1', '/__probe']);
-    t.same(upB.requests.slice(beforeB).map((q) => `${q.method} ${q.url} ${q.body}`), ['GET /p3 ', 'POST /p5 ok']);
+    t.same(upA.requests.slice(beforeA).map((q) => q.url).sort(), ['/__probe', '/p1']);
+    t.same(upB.requests.slice(beforeB).map((q) => `${q.method} ${q.url} ${q.body}`).sort(), ['GET /p3 ', 'POST /p5 ok']);
   });
 
   t.test('nothing smuggled ever arrived, and the gateway is still up', async (t) => {

@@ -130,7 +130,7 @@ t.test('proxying', async (t) => {
   });
 
   t.test('no sockets left behind', async (t) => {
-    gw.gateway.forwarder.close();
+    gw.gateway.closeUpstreams();
     await settle();
     await new Promise((r) => setTimeout(r, 100));
     t.ok(tcpHandles() <= baseline, `TCP handles ${tcpHandles()} <= ${baseline} before`);

@@ -136,8 +136,8 @@ t.test('WebSocket faults through a real gateway and real workspace processes', a
     await settle();
     t.equal(gw.gateway.openWebSockets(), 0);
     // Upstream keep-alive pool aside, the test process holds no more TCP handles than before.
-    for (let i = 0; i < 40 && tcpHandles() > baseline + gw.gateway.forwarder.poolSize(); i++) await new Promise((r) => setTimeout(r, 25));
-    t.ok(tcpHandles() <= baseline + gw.gateway.forwarder.poolSize(), `tcp handles ${tcpHandles()} vs baseline ${baseline}`);
+    for (let i = 0; i < 40 && tcpHandles() > baseline + gw.gateway.upstreamConnections(); i++) await new Promise((r) => setTimeout(r, 25));
+    t.ok(tcpHandles() <= baseline + gw.gateway.upstreamConnections(), `tcp handles ${tcpHandles()} vs baseline ${baseline}`);
   });
 });
 

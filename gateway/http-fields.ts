@@ -1,0 +1,82 @@
+// Which header fields cross the gateway (RFC 9110 7.6.1), shared by both forwarders: node:http's
+// (first requests of a connection, bodies with Expect, HTTP/1.0) and the warm lane's (gateway/http1.ts).
+
+/** RFC 9110 7.6.1: connection-specific fields, never forwarded. */
+export const HOP_BY_HOP = new Set(['connection', 'keep-alive', 'proxy-connection', 'te', 'trailer', 'transfer-encoding', 'upgrade', 'proxy-authorization', 'proxy-authenticate']);
+/** Client-supplied forwarding claims are replaced, never trusted (issue 3). */
+export const FORWARDING = new Set(['forwarded', 'x-forwarded-for', 'x-forwarded-proto', 'x-forwarded-host', 'x-forwarded-port', 'x-real-ip', 'x-client-ip', 'true-client-ip']);
+
+export function connectionTokens(value: string | string[] | undefined): string[] {
+  if (!value) return [];
+  return (Array.isArray(value) ? value.join(',') : value).split(',').map((s) => s.trim().toLowerCase()).filter(Boolean);
+}
+
+/** Lower-case names a raw field list's Connection fields name (they belong to that connection only). */
+export function namedInConnection(raw: ReadonlyArray<string>): Set<string> | undefined {
+  let named: Set<string> | undefined;
+  for (let i = 0; i < raw.length; i += 2) {
+    if (raw[i].length !== 10 || raw[i].toLowerCase() !== 'connection') continue;
+    for (const token of connectionTokens(raw[i + 1])) (named ??= new Set()).add(token);
+  }
+  return named;
+}
+
+export interface ForwardedFor { clientAddress: string; proto: 'http' | 'https'; host: string }
+
+export type RequestBody = 'none' | 'length' | 'chunked';
+
+/** What the warm lane needs to know of a request's fields before it forwards them. */
+export interface RequestScan {
+  host: string | undefined;
+  /** All Cookie fields, joined as node:http joins them. */
+  cookie: string | undefined;
+  forwardedFor: string | undefined;
+  /** undefined: a body the warm lane leaves to node:http (Expect, a coding other than chunked). */
+  body: RequestBody | undefined;
+}
+
+export function scanRequest(fields: readonly string[]): RequestScan {
+  let host: string | undefined;
+  let cookie: string | undefined;
+  let forwardedFor: string | undefined;
+  let length: string | undefined;
+  let coding: string | undefined;
+  let expect = false;
+  for (let i = 0; i < fields.length; i += 2) {
+    const name = fields[i];
+    const value = fields[i + 1];
+    switch (name.length) {
+      case 4: if (name.toLowerCase() === 'host') host ??= value; break;
+      case 6:
+        if (name.toLowerCase() === 'cookie') cookie = cookie === undefined ? value : `${cookie}; ${value}`;
+        else if (name.toLowerCase() === 'expect') expect = true;
+        break;
+      case 14: if (name.toLowerCase() === 'content-length') length = value; break;
+      case 15: if (name.toLowerCase() === 'x-forwarded-for') forwardedFor = forwardedFor === undefined ? value : `${forwardedFor}, ${value}`; break;
+      case 17: if (name.toLowerCase() === 'transfer-encoding') coding = coding === undefined ? value : `${coding}, ${value}`; break;
+      default: break;
+    }
+  }
+  let body: RequestBody | undefined = length !== undefined && length !== '0' ? 'length' : 'none';
+  if (coding !== undefined) body = coding.trim().toLowerCase() === 'chunked' ? 'chunked' : undefined;
+  if (expect) body = undefined;
+  return { host, cookie, forwardedFor, body };
+}
+
+/**
+ * The upstream's request head from the client's fields, as gateway/proxy.ts prepares node:http's:
+ * hop-by-hop fields and forwarding claims dropped, the cookie without the gateway's own, ours added.
+ * Host is kept (code-server checks Origin against it); Content-Length is end-to-end and stays.
+ */
+export function upstreamRequestHead(method: string, url: string, fields: readonly string[], fwd: ForwardedFor, cookie: string | undefined): string {
+  const named = namedInConnection(fields);
+  let head = `${method} ${url} HTTP/1.1\r\n`;
+  for (let i = 0; i < fields.length; i += 2) {
+    const lower = fields[i].toLowerCase();
+    // Expect: node:http answered 100-continue already (RFC 9110 10.1.1); the warm lane never takes one.
+    if (HOP_BY_HOP.has(lower) || FORWARDING.has(lower) || lower === 'cookie' || lower === 'expect' || named?.has(lower)) continue;
+    head += `${fields[i]}: ${fields[i + 1]}\r\n`;
+  }
+  if (cookie !== undefined) head += `cookie: ${cookie}\r\n`;
+  return `${head}x-forwarded-for: ${fwd.clientAddress}\r\nx-forwarded-proto: ${fwd.proto}\r\nx-forwarded-host: ${fwd.host}\r\n`;
+}

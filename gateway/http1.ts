@@ -1,0 +1,328 @@
+// The public port's connections. Each starts on the warm lane: requests are parsed here with llhttp
+// and, when the request path can decide at once (a workspace host, a cached session, a cached
+// route: `plan`), forwarded through the upstream pool with no node:http objects at all (issue 7).
+// The first request it cannot decide at once (sign-in, starting pages, /__gateway/, WebSocket
+// upgrades, Expect, HTTP/1.0, Connection: close, a cache miss) hands the connection to node:http,
+// which runs the full request path from that request on: its head is written back as parsed and
+// the bytes behind it follow, so node:http reads exactly what the client sent from there.
+import type http from 'node:http';
+import type { Socket } from 'node:net';
+import type { Endpoint } from '../provisioner/contract.js';
+import { HOP_BY_HOP, namedInConnection } from './http-fields.js';
+import { METHODS, PARSE_ON, STOP_AFTER_HEAD, createParser, releaseParser, restartParser, type Parser } from './llhttp.js';
+import type { BodyMode, Exchange, Framing, ResponseSink, UpstreamFailure, UpstreamPool } from './upstream-pool.js';
+
+export interface LaneRequest {
+  method: string;
+  url: string;
+  /** As sent: name, value, name, value… */
+  fields: string[];
+  socket: Socket;
+}
+
+/** What the request path decided for a warm request. */
+export interface WarmPlan {
+  endpoint: Endpoint;
+  upstreamHead: string;
+  body: BodyMode;
+  /** Fields added to the client's response, each ending in CRLF. */
+  responseFields: string;
+  responded(status: number): void;
+  /** The error response (a whole message) for a request the workspace did not answer. */
+  failed(code: UpstreamFailure, error: Error): string;
+}
+
+export interface Http1Options {
+  /** node:http's server: connections the lane hands over continue there. */
+  server: http.Server;
+  pool: UpstreamPool;
+  /** undefined: not for the warm lane, node:http runs the request path instead. */
+  plan(req: LaneRequest): WarmPlan | undefined;
+  /** node:http's clientError handling, for parse errors and timeouts met here. */
+  clientError(err: Error & { code?: string }, socket: Socket): void;
+  keepAliveTimeoutMs: number;
+  headersTimeoutMs: number;
+  requestTimeoutMs: number;
+  maxHeaderSize: number;
+}
+
+const CRLF = '\r\n';
+
+/** Date for responses that come without one (RFC 9110 6.6.1), formatted once a second. */
+let dateSecond = -1;
+let dateText = '';
+function httpDate(): string {
+  const now = Date.now();
+  const second = Math.floor(now / 1000);
+  if (second !== dateSecond) { dateSecond = second; dateText = new Date(now).toUTCString(); }
+  return dateText;
+}
+
+/** The client's response head: the upstream's end-to-end fields, ours, and our own framing. */
+function responseHead(status: number, statusText: string, fields: string[], framing: Framing, extra: string): { head: string; chunked: boolean } {
+  const named = namedInConnection(fields);
+  let head = `HTTP/1.1 ${status} ${statusText}\r\n`;
+  let date = false;
+  for (let i = 0; i < fields.length; i += 2) {
+    const lower = fields[i].toLowerCase();
+    if (HOP_BY_HOP.has(lower) || named?.has(lower)) continue;
+    if (lower === 'date') date = true;
+    head += `${fields[i]}: ${fields[i + 1]}\r\n`;
+  }
+  if (!date) head += `date: ${httpDate()}\r\n`;
+  // A body delimited by the upstream's close or chunks goes to the client chunked, so the client's
+  // connection stays open (RFC 9112 7.1); a Content-Length body passes as it is.
+  const chunked = framing === 'chunked' || framing === 'close';
+  return { head: `${head}${extra}${chunked ? 'transfer-encoding: chunked\r\n' : ''}\r\n`, chunked };
+}
+
+/** The head node:http gets when a connection is handed over (llhttp checked it; values are trimmed). */
+function rebuildHead(method: string, url: string, major: number, minor: number, fields: string[]): string {
+  let head = `${method} ${url} HTTP/${major}.${minor}\r\n`;
+  for (let i = 0; i < fields.length; i += 2) head += `${fields[i]}: ${fields[i + 1]}\r\n`;
+  return `${head}\r\n`;
+}
+
+type Phase = 'idle' | 'head' | 'body' | 'waiting';
+
+/** One client connection while it is on the warm lane. */
+class Lane implements ResponseSink {
+  readonly parser: Parser;
+  phase: Phase = 'idle';
+  began = 0;
+  partialFields: string[] | undefined;
+  partialUrl = '';
+  /** Set in the head callback: what to do with the bytes after this head. */
+  stop: 'handover' | 'stash' | undefined;
+  stopHead = '';
+  stash: Buffer | undefined;
+  plan: WarmPlan | undefined;
+  exchange: Exchange | undefined;
+  requestDone = true;
+  responseDone = true;
+  responseStarted = false;
+  chunked = false;
+  waitingDrain = false;
+  readonly onData = (d: Buffer) => this.read(d);
+  readonly onTimeout = () => this.timedOut();
+  readonly onDrain = () => { this.waitingDrain = false; this.exchange?.resume(); };
+  readonly onClose = () => this.closed();
+  /** node:http's server allows half-open sockets: a client's FIN is ours to answer. */
+  readonly onEnd = () => { this.clientEnded = true; if (this.isIdle()) { this.front.detach(this); this.socket.end(); } };
+  clientEnded = false;
+
+  constructor(readonly socket: Socket, readonly front: Http1Front) {
+    this.parser = createParser('request', front.opts.maxHeaderSize, {
+      begin: () => {
+        // A pipelined request's start, while the one before is still being answered, waits in the stash.
+        if (!this.responseDone) return;
+        this.began = Date.now();
+        this.phase = 'head';
+        this.socket.setTimeout(front.opts.headersTimeoutMs);
+      },
+      partial: (fields, url) => { (this.partialFields ??= []).push(...fields); this.partialUrl += url; },
+      head: (major, minor, fields, method, url, _s, _t, upgrade, keepAlive) => this.requestHead(major, minor, fields, method, url, upgrade, keepAlive),
+      body: (chunk) => { if (this.exchange && !this.exchange.body(chunk)) this.socket.pause(); },
+      complete: () => {
+        if (this.stop) return;
+        this.requestDone = true;
+        if (this.phase === 'body') { this.phase = 'waiting'; this.socket.setTimeout(0); }
+        this.exchange?.end();
+        this.settle();
+      },
+    });
+    socket.setNoDelay(true);
+    socket.setTimeout(front.opts.headersTimeoutMs);
+    socket.on('data', this.onData);
+    socket.on('timeout', this.onTimeout);
+    socket.on('drain', this.onDrain);
+    socket.on('close', this.onClose);
+    socket.on('end', this.onEnd);
+    socket.on('error', noop);
+  }
+
+  read(d: Buffer): void {
+    // node:http's headersTimeout and requestTimeout count from the request's start, so a client
+    // dribbling a byte at a time does not reset them (edge.test: slowloris).
+    if (this.phase === 'head' && Date.now() - this.began > this.front.opts.headersTimeoutMs) { this.reject('ERR_HTTP_REQUEST_TIMEOUT'); return; }
+    const r = this.parser.execute(d);
+    if (typeof r !== 'number') { this.reject(r.code ?? 'HPE_ERROR', r); return; }
+    if (!this.stop) return;
+    const rest = r < d.length ? d.subarray(r) : undefined;
+    const bytes = rest ? Buffer.concat([Buffer.from(this.stopHead, 'latin1'), rest]) : Buffer.from(this.stopHead, 'latin1');
+    const stop = this.stop;
+    this.stop = undefined;
+    this.stopHead = '';
+    if (stop === 'handover') { this.front.handOver(this, bytes); return; }
+    // A pipelined request (RFC 9112 9.3.2) waits, unread, for the response before it.
+    this.stash = bytes;
+    this.socket.pause();
+  }
+
+  requestHead(major: number, minor: number, fields: string[], methodNo: number, url: string, upgrade: boolean, keepAlive: boolean): number {
+    if (this.partialFields) { fields = this.partialFields.concat(fields); url = this.partialUrl + url; this.partialFields = undefined; this.partialUrl = ''; }
+    const method = METHODS[methodNo];
+    if (!this.requestDone || !this.responseDone) return this.stopAt('stash', method, url, major, minor, fields);
+    // HTTP/1.0, Connection: close, upgrades and CONNECT keep node:http's handling of them.
+    let plan: WarmPlan | undefined;
+    try {
+      plan = major === 1 && minor === 1 && keepAlive && !upgrade && !this.front.draining
+        ? this.front.opts.plan({ method, url, fields, socket: this.socket }) : undefined;
+    } catch {
+      plan = undefined; // node:http's request path meets the same fault and reports it
+    }
+    if (!plan) return this.stopAt('handover', method, url, major, minor, fields);
+    this.plan = plan;
+    this.requestDone = false;
+    this.responseDone = false;
+    this.responseStarted = false;
+    this.phase = plan.body === 'none' ? 'waiting' : 'body';
+    // The workspace's own response timeout applies from here; a body still has the request timeout.
+    this.socket.setTimeout(plan.body === 'none' ? 0 : Math.max(1, this.front.opts.requestTimeoutMs - (Date.now() - this.began)));
+    this.exchange = this.front.opts.pool.send(plan.endpoint, { method, head: plan.upstreamHead, body: plan.body }, this);
+    return PARSE_ON;
+  }
+
+  stopAt(stop: 'handover' | 'stash', method: string, url: string, major: number, minor: number, fields: string[]): number {
+    this.stop = stop;
+    this.stopHead = rebuildHead(method, url, major, minor, fields);
+    return STOP_AFTER_HEAD;
+  }
+
+  // ---------------------------------------------------------------- ResponseSink
+  head(status: number, statusText: string, fields: string[], framing: Framing): void {
+    const plan = this.plan!;
+    const r = responseHead(status, statusText, fields, framing, plan.responseFields);
+    this.chunked = r.chunked;
+    this.responseStarted = true;
+    this.socket.cork();
+    this.socket.write(r.head);
+    process.nextTick(uncork, this.socket);
+    plan.responded(status);
+  }
+
+  data(chunk: Buffer): boolean {
+    let ok: boolean;
+    if (this.chunked) {
+      this.socket.cork();
+      this.socket.write(chunk.length.toString(16) + CRLF);
+      this.socket.write(chunk);
+      ok = this.socket.write(CRLF);
+      this.socket.uncork();
+    } else ok = this.socket.write(chunk);
+    if (!ok) this.waitingDrain = true;
+    return ok;
+  }
+
+  end(): void {
+    if (this.chunked) this.socket.write('0\r\n\r\n');
+    this.responseDone = true;
+    this.settle();
+  }
+
+  fail(code: UpstreamFailure, error: Error): void {
+    this.exchange = undefined;
+    // Mid-body there is no way to say it but to cut the connection.
+    if (this.responseStarted) { this.socket.destroy(); return; }
+    this.front.detach(this);
+    this.socket.end(this.plan!.failed(code, error));
+  }
+
+  /** The client's own fault (a parse error, a timeout): node:http's answer, then the connection closes. */
+  reject(code: string, error?: Error): void {
+    this.exchange?.abort();
+    this.exchange = undefined;
+    this.front.detach(this);
+    this.front.opts.clientError(Object.assign(error ?? new Error(code), { code }), this.socket);
+  }
+
+  drain(): void { this.socket.resume(); }
+
+  // ---------------------------------------------------------------- connection
+  /** Both halves of an exchange are done: wait for the next request, or take up a stashed one. */
+  settle(): void {
+    if (!this.requestDone || !this.responseDone) return;
+    this.exchange = undefined;
+    this.plan = undefined;
+    this.phase = 'idle';
+    this.socket.setTimeout(this.front.opts.keepAliveTimeoutMs);
+    const stash = this.stash;
+    if (!stash && (this.front.draining || this.clientEnded)) { this.front.detach(this); this.socket.end(); return; }
+    if (stash) {
+      this.stash = undefined;
+      this.socket.resume();
+      // The stop at its head may have left the parser expecting no more messages (Connection: close).
+      restartParser(this.parser, 'request', this.front.opts.maxHeaderSize);
+      this.read(stash);
+    }
+  }
+
+  timedOut(): void {
+    if (this.phase === 'head' || this.phase === 'body') { this.reject('ERR_HTTP_REQUEST_TIMEOUT'); return; }
+    if (this.phase === 'idle') { this.front.detach(this); this.socket.destroy(); }
+  }
+
+  closed(): void {
+    this.exchange?.abort();
+    this.exchange = undefined;
+    this.front.detach(this);
+  }
+
+  isIdle(): boolean { return this.phase === 'idle' && !this.stash; }
+}
+
+export class Http1Front {
+  private readonly lanes = new Set<Lane>();
+  private readonly nodeConnection: (socket: Socket) => void;
+  draining = false;
+
+  constructor(readonly opts: Http1Options) {
+    const [listener] = opts.server.listeners('connection') as Array<(socket: Socket) => void>;
+    this.nodeConnection = listener;
+    opts.server.off('connection', listener);
+    opts.server.on('connection', (socket: Socket) => this.lanes.add(new Lane(socket, this)));
+  }
+
+  /** The connection leaves the lane; the lane's listeners go with it. */
+  detach(lane: Lane): void {
+    if (!this.lanes.delete(lane)) return;
+    releaseParser(lane.parser);
+    const s = lane.socket;
+    s.off('data', lane.onData);
+    s.off('timeout', lane.onTimeout);
+    s.off('drain', lane.onDrain);
+    s.off('close', lane.onClose);
+    s.off('end', lane.onEnd);
+    s.setTimeout(0);
+  }
+
+  handOver(lane: Lane, bytes: Buffer): void {
+    this.detach(lane);
+    const socket = lane.socket;
+    socket.unshift(bytes);
+    // node:http would otherwise read the socket in C++ (consume), ahead of the bytes given back here.
+    const handle = (socket as unknown as { _handle?: { _consumed?: boolean } })._handle;
+    if (handle) handle._consumed = true;
+    socket.resume();
+    this.nodeConnection.call(this.opts.server, socket);
+  }
+
+  /** Drain: idle connections close now, busy ones after their response. */
+  closeIdle(): void {
+    this.draining = true;
+    for (const lane of [...this.lanes]) if (lane.isIdle()) { this.detach(lane); lane.socket.end(); }
+  }
+
+  closeAll(): void {
+    for (const lane of [...this.lanes]) { this.detach(lane); lane.socket.destroy(); }
+  }
+
+  size(): number { return this.lanes.size; }
+}
+
+function uncork(socket: Socket) { socket.uncork(); }
+function noop() { /* errors end in 'close' */ }
+
+export function createHttp1Front(opts: Http1Options): Http1Front {
+  return new Http1Front(opts);
+}

@@ -1,0 +1,297 @@
+// Keep-alive HTTP/1.1 connections to workspaces for the warm lane (gateway/http1.ts): the request
+// head is written as one string and the response parsed with llhttp, its body bytes passed on as
+// they come, with no node:http or undici objects per request (issue 7: those were most of the CPU
+// of a proxied request). Per workspace endpoint at most `maxSockets` connections, idle ones kept for
+// `idleMs` (below code-server's own 5 s keep-alive), LIFO so the warmest is reused.
+import net from 'node:net';
+import type { Endpoint } from '../provisioner/contract.js';
+import type { RequestBody } from './http-fields.js';
+import { PARSE_ON, SKIP_BODY, createParser, releaseParser, type Parser } from './llhttp.js';
+
+export type BodyMode = RequestBody;
+/** How the response's body is delimited on the upstream connection (RFC 9112 6.3). */
+export type Framing = 'none' | 'length' | 'chunked' | 'close';
+export type UpstreamFailure = 'UPSTREAM_UNREACHABLE' | 'UPSTREAM_TIMEOUT';
+
+export interface UpstreamRequest {
+  method: string;
+  /** Request line and fields, each ending in CRLF, without the blank line or Transfer-Encoding. */
+  head: string;
+  body: BodyMode;
+}
+
+/** Where one response goes. Calls arrive in order: head, data*, end; or fail at any point. */
+export interface ResponseSink {
+  head(status: number, statusText: string, fields: string[], framing: Framing): void;
+  /** False: stop reading the upstream until exchange.resume(). */
+  data(chunk: Buffer): boolean;
+  end(): void;
+  fail(code: UpstreamFailure, error: Error): void;
+  /** The request body may flow again after Exchange.body() returned false. */
+  drain(): void;
+}
+
+export interface PoolOptions {
+  connectTimeoutMs: number;
+  /** No response head within this long of the request -> UPSTREAM_TIMEOUT. */
+  responseTimeoutMs: number;
+  maxSockets: number;
+  idleMs: number;
+}
+
+/** Safe to send again on a new connection when a reused one turns out closed (RFC 9110 9.2.2). */
+const IDEMPOTENT = new Set(['GET', 'HEAD', 'OPTIONS', 'DELETE']);
+const QUEUED_BODY_LIMIT = 64 * 1024;
+const CRLF = '\r\n';
+const LAST_CHUNK = '0\r\n\r\n';
+
+interface Pool { host: string; port: number; key: string; idle: Conn[]; open: number; queue: Exchange[] }
+
+/** One request and its response. */
+export class Exchange {
+  conn: Conn | undefined;
+  attempt = 0;
+  headSeen = false;
+  bodyDone: boolean;
+  done = false;
+  pending: Buffer[] | undefined;
+  pendingBytes = 0;
+  waitingDrain = false;
+  constructor(readonly pool: Pool, readonly request: UpstreamRequest, readonly sink: ResponseSink) {
+    this.bodyDone = request.body === 'none';
+  }
+
+  /** A piece of the request body, as the client's parser decoded it. */
+  body(chunk: Buffer): boolean {
+    if (this.done || chunk.length === 0) return true;
+    if (this.conn) {
+      const ok = writeBody(this.conn.socket, this.request.body, chunk);
+      if (!ok) this.waitingDrain = true;
+      return ok;
+    }
+    (this.pending ??= []).push(chunk);
+    this.pendingBytes += chunk.length;
+    if (this.pendingBytes < QUEUED_BODY_LIMIT) return true;
+    this.waitingDrain = true;
+    return false;
+  }
+
+  end(): void {
+    if (this.bodyDone) return;
+    this.bodyDone = true;
+    if (this.done) return;
+    if (this.conn && this.request.body === 'chunked') this.conn.socket.write(LAST_CHUNK);
+  }
+
+  /** The sink can take more of the response. */
+  resume(): void { this.conn?.socket.resume(); }
+
+  /** The client went away: nothing more is sent anywhere. */
+  abort(): void {
+    if (this.done) return;
+    this.done = true;
+    const conn = this.conn;
+    if (conn) { conn.exchange = undefined; conn.socket.destroy(); return; }
+    const i = this.pool.queue.indexOf(this);
+    if (i !== -1) this.pool.queue.splice(i, 1);
+  }
+}
+
+function writeBody(socket: net.Socket, mode: BodyMode, chunk: Buffer): boolean {
+  if (mode !== 'chunked') return socket.write(chunk);
+  socket.cork();
+  socket.write(chunk.length.toString(16) + CRLF);
+  socket.write(chunk);
+  const ok = socket.write(CRLF);
+  socket.uncork();
+  return ok;
+}
+
+/** One upstream connection and its response parser. */
+class Conn {
+  readonly socket: net.Socket;
+  readonly parser: Parser;
+  exchange: Exchange | undefined;
+  connected = false;
+  reused = false;
+  gotBytes = false;
+  interim = false;
+  keepAlive = true;
+  responseDone = false;
+  framing: Framing = 'none';
+  timedOut = false;
+
+  constructor(readonly pool: Pool, owner: UpstreamPool, maxHeaderSize: number) {
+    this.socket = net.connect({ host: pool.host, port: pool.port, noDelay: true });
+    this.parser = createParser('response', maxHeaderSize, {
+      head: (_maj, _min, fields, _m, _u, status, statusText, upgrade, keepAlive) => this.onHead(fields, status, statusText, upgrade, keepAlive),
+      body: (chunk) => { const ex = this.exchange; if (ex && !ex.sink.data(chunk)) this.socket.pause(); },
+      complete: () => {
+        if (this.interim) { this.interim = false; return; }
+        this.responseDone = true;
+        owner.finish(this);
+      },
+    });
+    const socket = this.socket;
+    socket.on('connect', () => { this.connected = true; if (this.exchange) socket.setTimeout(owner.opts.responseTimeoutMs); });
+    socket.on('data', (d) => {
+      // Bytes on an idle connection answer nothing we asked: it cannot be trusted with the next request.
+      if (!this.exchange) { socket.destroy(); return; }
+      this.gotBytes = true;
+      const r = this.parser.execute(d);
+      if (typeof r !== 'number') socket.destroy(r);
+    });
+    // A response delimited by the connection's close ends here (RFC 9112 6.3, item 8).
+    socket.on('end', () => { if (this.exchange && this.framing === 'close') this.parser.finish(); socket.end(); });
+    socket.on('drain', () => {
+      const ex = this.exchange;
+      if (ex?.waitingDrain) { ex.waitingDrain = false; ex.sink.drain(); }
+    });
+    socket.on('timeout', () => { this.timedOut = this.exchange !== undefined; socket.destroy(); });
+    socket.on('error', () => undefined);
+    socket.on('close', () => owner.closed(this));
+  }
+
+  private onHead(fields: string[], status: number, statusText: string, upgrade: boolean, keepAlive: boolean): number {
+    const ex = this.exchange;
+    if (!ex) return PARSE_ON;
+    // 1xx (RFC 9110 15.2) are interim: the final response follows. A 101 was never asked for.
+    if (status < 200) {
+      if (status === 101 || upgrade) { this.socket.destroy(new Error('unexpected 101 from upstream')); return PARSE_ON; }
+      this.interim = true;
+      return PARSE_ON;
+    }
+    this.socket.setTimeout(0);
+    this.keepAlive = keepAlive;
+    const head = ex.request.method === 'HEAD';
+    this.framing = head || status === 204 || status === 304 ? 'none' : framingOf(fields);
+    ex.headSeen = true;
+    ex.sink.head(status, statusText, fields, this.framing);
+    return head ? SKIP_BODY : PARSE_ON;
+  }
+}
+
+function framingOf(fields: string[]): Framing {
+  let length = false;
+  for (let i = 0; i < fields.length; i += 2) {
+    const n = fields[i];
+    if (n.length === 17 && n.toLowerCase() === 'transfer-encoding') return 'chunked';
+    if (n.length === 14 && n.toLowerCase() === 'content-length') length = true;
+  }
+  return length ? 'length' : 'close';
+}
+
+export class UpstreamPool {
+  private readonly pools = new Map<string, Pool>();
+  private openTotal = 0;
+  private closing = false;
+  constructor(readonly opts: PoolOptions, private readonly maxHeaderSize = 16 * 1024) {}
+
+  send(endpoint: Endpoint, request: UpstreamRequest, sink: ResponseSink): Exchange {
+    const key = `${endpoint.host}:${endpoint.port}`;
+    let pool = this.pools.get(key);
+    if (!pool) { pool = { host: endpoint.host, port: endpoint.port, key, idle: [], open: 0, queue: [] }; this.pools.set(key, pool); }
+    const ex = new Exchange(pool, request, sink);
+    const idle = pool.idle.pop();
+    if (idle) this.start(idle, ex);
+    else if (pool.open < this.opts.maxSockets && !this.closing) this.start(this.connect(pool), ex);
+    else pool.queue.push(ex);
+    return ex;
+  }
+
+  /** Connections open to all workspaces (for leak checks). */
+  size(): number { return this.openTotal; }
+
+  close(): void {
+    this.closing = true;
+    for (const pool of this.pools.values()) {
+      for (const ex of pool.queue.splice(0)) ex.sink.fail('UPSTREAM_UNREACHABLE', new Error('gateway closing'));
+      for (const conn of pool.idle.splice(0)) conn.socket.destroy();
+    }
+  }
+
+  private connect(pool: Pool): Conn {
+    pool.open++;
+    this.openTotal++;
+    return new Conn(pool, this, this.maxHeaderSize);
+  }
+
+  private start(conn: Conn, ex: Exchange): void {
+    conn.exchange = ex;
+    conn.responseDone = false;
+    conn.gotBytes = false;
+    conn.framing = 'none';
+    ex.conn = conn;
+    const socket = conn.socket;
+    socket.setTimeout(conn.connected ? this.opts.responseTimeoutMs : this.opts.connectTimeoutMs);
+    // Head and whatever body is already here leave in one write (writev) once this tick ends.
+    socket.cork();
+    socket.write(ex.request.body === 'chunked' ? `${ex.request.head}transfer-encoding: chunked\r\n\r\n` : `${ex.request.head}\r\n`);
+    if (ex.pending) {
+      for (const chunk of ex.pending) writeBody(socket, ex.request.body, chunk);
+      ex.pending = undefined;
+      ex.pendingBytes = 0;
+    }
+    if (ex.bodyDone && ex.request.body === 'chunked') socket.write(LAST_CHUNK);
+    process.nextTick(uncork, socket);
+    if (ex.waitingDrain && !socket.writableNeedDrain) { ex.waitingDrain = false; ex.sink.drain(); }
+  }
+
+  /** Response complete; the connection goes back to the pool once the request has been sent too. */
+  finish(conn: Conn): void {
+    const ex = conn.exchange;
+    if (!ex) return;
+    if (!ex.done) { ex.done = true; ex.sink.end(); }
+    if (!ex.bodyDone) {
+      // The upstream answered before the body was all sent (a 413, say): this connection is spent.
+      conn.exchange = undefined;
+      conn.socket.destroy();
+      return;
+    }
+    conn.exchange = undefined;
+    ex.conn = undefined;
+    if (!conn.keepAlive || conn.framing === 'close' || this.closing || conn.socket.destroyed) { conn.socket.destroy(); return; }
+    // Paused by the last response's backpressure: reading again is how an idle connection's close is
+    // noticed, and the next response must be read at all (the workbench's second file hung on it).
+    conn.socket.resume();
+    conn.reused = true;
+    const pool = conn.pool;
+    const next = pool.queue.shift();
+    if (next) { this.start(conn, next); return; }
+    conn.socket.setTimeout(this.opts.idleMs);
+    pool.idle.push(conn);
+  }
+
+  closed(conn: Conn): void {
+    releaseParser(conn.parser);
+    const pool = conn.pool;
+    pool.open--;
+    this.openTotal--;
+    const i = pool.idle.indexOf(conn);
+    if (i !== -1) pool.idle.splice(i, 1);
+    const ex = conn.exchange;
+    conn.exchange = undefined;
+    if (ex && !ex.done) {
+      ex.conn = undefined;
+      // A kept-alive connection the upstream closed as we used it: one more try on a new one, for
+      // requests without a body that are safe to repeat (issue 8).
+      if (conn.reused && !conn.gotBytes && ex.attempt === 0 && ex.request.body === 'none' && IDEMPOTENT.has(ex.request.method) && !this.closing) {
+        ex.attempt = 1;
+        this.start(this.connect(pool), ex);
+      } else {
+        ex.done = true;
+        const code: UpstreamFailure = conn.timedOut && !ex.headSeen ? 'UPSTREAM_TIMEOUT' : 'UPSTREAM_UNREACHABLE';
+        ex.sink.fail(code, new Error(conn.timedOut ? 'upstream timed out' : conn.connected ? 'upstream connection closed' : 'upstream connection failed'));
+      }
+    }
+    const next = pool.queue.shift();
+    if (next) this.start(this.connect(pool), next);
+    else if (pool.open === 0 && pool.queue.length === 0) this.pools.delete(pool.key);
+  }
+}
+
+function uncork(socket: net.Socket) { socket.uncork(); }
+
+export function createUpstreamPool(opts: PoolOptions, maxHeaderSize?: number): UpstreamPool {
+  return new UpstreamPool(opts, maxHeaderSize);
+}

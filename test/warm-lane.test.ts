@@ -1,0 +1,204 @@
+// The warm lane (gateway/http1.ts, gateway/upstream-pool.ts; issue 7): requests on kept-alive
+// connections to a running workspace with a known session, forwarded without node:http. Each row
+// is what a real upstream does (close-delimited bodies, 1xx, HEAD, dying mid-body, closing a kept
+// connection as it is reused) and what the client must see; then the lane's own seams: pipelining,
+// a connection moving to node:http mid-stream, a client's half-close, a client leaving mid-download.
+import http from 'node:http';
+import net, { type AddressInfo } from 'node:net';
+import t from 'tap';
+import { NAVIGATE, XHR, request, startTestGateway, until } from './helpers/gateway.js';
+import { registerRunning } from './helpers/upstream.js';
+
+/** A workspace speaking raw HTTP/1.1, so each row controls the exact bytes of its answer. */
+async function rawUpstream() {
+  const seen: string[] = [];
+  let openNow = 0;
+  let staleNext = false;
+  const server = net.createServer((socket) => {
+    openNow++;
+    socket.on('close', () => { openNow--; });
+    socket.on('error', () => undefined);
+    let buffered = '';
+    socket.on('data', (d) => {
+      buffered += d.toString('latin1');
+      for (let end = buffered.indexOf('\r\n\r\n'); end !== -1; end = buffered.indexOf('\r\n\r\n')) {
+        const head = buffered.slice(0, end);
+        const length = Number(/\r\ncontent-length: *(\d+)/i.exec(head)?.[1] ?? 0);
+        if (buffered.length < end + 4 + length) return;
+        buffered = buffered.slice(end + 4 + length);
+        const [method, path] = head.split(' ');
+        seen.push(`${method} ${path}`);
+        answer(socket, method, path);
+      }
+    });
+  });
+  function answer(socket: net.Socket, method: string, path: string) {
+    // A kept connection the workspace closes just as the gateway reuses it (keep-alive race).
+    if (staleNext) { staleNext = false; socket.destroy(); return; }
+    switch (path) {
+      case '/close': socket.end('HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n\r\nbody until the close'); return;
+      case '/hints': socket.write('HTTP/1.1 103 Early Hints\r\nlink: </a.css>; rel=preload\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nfinal'); return;
+      case '/nodate': socket.write('HTTP/1.1 200 OK\r\ncontent-length: 2\r\nx-up: 1\r\n\r\nok'); return;
+      case '/chunked': socket.write('HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ndate: Mon, 01 Jan 2024 00:00:00 GMT\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n'); return;
+      case '/empty': socket.write('HTTP/1.1 204 No Content\r\n\r\n'); return;
+      case '/head': socket.write(`HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\n${method === 'HEAD' ? '' : 'x'.repeat(1000)}`); return;
+      case '/die': socket.write('HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\npartial'); setTimeout(() => socket.destroy(), 20); return;
+      case '/reset': socket.destroy(); return;
+      case '/then-stale': socket.write('HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok'); staleNext = true; return;
+      case '/never': return;
+      case '/endless': {
+        socket.write('HTTP/1.1 200 OK\r\ncontent-length: 1000000000\r\n\r\n');
+        const chunk = Buffer.alloc(64 * 1024);
+        const pump = () => { while (!socket.destroyed && socket.write(chunk)); };
+        socket.on('drain', pump);
+        pump();
+        return;
+      }
+      default: socket.write(`HTTP/1.1 200 OK\r\ncontent-length: ${path.length}\r\n\r\n${path}`);
+    }
+  }
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  return {
+    port: (server.address() as AddressInfo).port, seen, openNow: () => openNow,
+    close: () => new Promise<void>((r) => server.close(() => r())),
+  };
+}
+
+/** Sends bytes on one connection and collects everything until the gateway closes it (or ms pass). */
+function rawExchange(port: number, payload: string, opts: { halfClose?: boolean; ms?: number } = {}): Promise<{ text: string; closed: boolean }> {
+  return new Promise((resolve) => {
+    const s = net.connect(port, '127.0.0.1', () => { s.write(payload); if (opts.halfClose) s.end(); });
+    let text = '';
+    const timer = setTimeout(() => { s.destroy(); resolve({ text, closed: false }); }, opts.ms ?? 3000);
+    s.on('data', (d) => { text += d.toString('latin1'); });
+    s.on('close', () => { clearTimeout(timer); resolve({ text, closed: true }); });
+    s.on('error', () => undefined);
+  });
+}
+
+t.test('warm lane', async (t) => {
+  const up = await rawUpstream();
+  const gw = await startTestGateway({ env: { UPSTREAM_TIMEOUT: '500ms' } });
+  t.teardown(async () => { await gw.close(); await up.close(); });
+  await registerRunning(gw.store, 'raw', up.port);
+  const cookie = await gw.cookie('raw');
+  const host = 'ws-raw.localhost';
+  // The first request of all goes through node:http's path, which verifies the cookie and caches the route.
+  t.equal((await request(gw.port, { host, path: '/first', headers: { cookie } })).status, 200);
+  const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
+  t.teardown(() => agent.destroy());
+  const get = (path: string, extra: Record<string, string> = {}, method = 'GET') => request(gw.port, { host, path, method, agent, headers: { cookie, ...XHR, ...extra } });
+
+  t.test('each upstream behaviour, as the client sees it', async (t) => {
+    const plain = await get('/plain');
+    t.equal(plain.body, '/plain');
+    t.equal(gw.gateway.laneConnections(), 1, 'the kept-alive connection is on the warm lane');
+    t.ok(plain.headers['x-request-id'], 'x-request-id added');
+
+    const close = await get('/close');
+    t.same([close.status, close.body, close.headers['transfer-encoding']], [200, 'body until the close', 'chunked'], 'a close-delimited body goes on chunked');
+
+    const hints = await get('/hints');
+    t.same([hints.status, hints.body], [200, 'final'], '103 is interim: the final response follows');
+
+    const nodate = await get('/nodate');
+    t.ok(nodate.headers.date, 'Date added when the workspace sent none (RFC 9110 6.6.1)');
+    t.equal(nodate.headers['x-up'], '1');
+
+    const chunked = await get('/chunked');
+    t.same([chunked.body, chunked.headers.date], ['abcde', 'Mon, 01 Jan 2024 00:00:00 GMT'], "chunks re-framed, the workspace's Date kept");
+
+    const empty = await get('/empty');
+    t.same([empty.status, empty.body], [204, '']);
+
+    const head = await get('/head', {}, 'HEAD');
+    t.same([head.status, head.headers['content-length'], head.body], [200, '1000', ''], 'HEAD: the length of the body not sent');
+    t.equal((await get('/after-head')).body, '/after-head', 'and the connections on both sides are still in step');
+
+    t.equal(gw.gateway.laneConnections(), 1, 'all of it on one warm connection');
+  });
+
+  t.test('the workspace failing: 502 or 504 from the catalogue, or the response cut', async (t) => {
+    const reset = await get('/reset');
+    t.same([reset.status, reset.headers['x-gateway-error']], [502, 'UPSTREAM_UNREACHABLE']);
+    t.match(JSON.parse(reset.body), { error: { code: 'UPSTREAM_UNREACHABLE' } }, 'JSON for a program');
+    await registerRunning(gw.store, 'raw', up.port); // the failure made the gateway recheck the route
+    await get('/warm-again');
+    const page = await request(gw.port, { host, path: '/reset', agent, headers: { cookie, ...NAVIGATE } });
+    if (page.status === 502) t.match(page.body, /<html/i, 'HTML for a page load');
+    await registerRunning(gw.store, 'raw', up.port);
+    await get('/warm-again');
+    const never = await get('/never');
+    t.same([never.status, never.headers['x-gateway-error']], [504, 'UPSTREAM_TIMEOUT'], 'no head within UPSTREAM_TIMEOUT');
+    await registerRunning(gw.store, 'raw', up.port);
+    await get('/warm-again');
+    await t.rejects(get('/die'), 'dying mid-body: the client sees the response cut, not a clean end');
+  });
+
+  t.test('a kept connection the workspace closes as it is reused: GET is tried again, once', async (t) => {
+    await registerRunning(gw.store, 'raw', up.port);
+    await get('/warm-again');
+    t.equal((await get('/then-stale')).body, 'ok');
+    const before = up.seen.length;
+    const retried = await get('/retried');
+    t.same([retried.status, retried.body], [200, '/retried'], 'answered from a new connection');
+    t.same(up.seen.slice(before), ['GET /retried', 'GET /retried'], 'sent twice: the first attempt met the close');
+  });
+
+  t.test('pipelined requests, one of them for node:http: answered in order', async (t) => {
+    await registerRunning(gw.store, 'raw', up.port);
+    await get('/warm-again');
+    const c = `Host: ${host}\r\nCookie: ${cookie}\r\n`;
+    const r = await rawExchange(gw.port, `GET /p1 HTTP/1.1\r\n${c}\r\nGET /__gateway/status HTTP/1.1\r\n${c}\r\nGET /p3 HTTP/1.1\r\n${c}Connection: close\r\n\r\n`);
+    const statuses = [...r.text.matchAll(/HTTP\/1\.1 (\d{3}) /g)].map((m) => Number(m[1]));
+    t.same(statuses, [200, 200, 200]);
+    t.ok(r.text.indexOf('/p1') < r.text.indexOf('"state"') && r.text.indexOf('"state"') < r.text.indexOf('/p3'), 'in the order asked');
+    t.ok(r.closed, 'closed after the Connection: close one');
+  });
+
+  t.test("a client's half-close: the answer, then the gateway closes too (no CLOSE-WAIT)", async (t) => {
+    const r = await rawExchange(gw.port, `GET /half HTTP/1.1\r\nHost: ${host}\r\nCookie: ${cookie}\r\n\r\n`, { halfClose: true });
+    t.match(r.text, /^HTTP\/1\.1 200[^]*\/half$/);
+    t.ok(r.closed, 'closed by the gateway');
+    await until(() => gw.gateway.laneConnections() <= 1, 2000);
+  });
+
+  t.test('a client leaving mid-download releases the upstream connection', async (t) => {
+    const before = up.openNow();
+    await new Promise<void>((resolve) => {
+      const req = http.get({ host: '127.0.0.1', port: gw.port, path: '/endless', headers: { host, cookie } }, (res) => {
+        res.once('data', () => { req.destroy(); resolve(); });
+      });
+      req.on('error', () => undefined);
+    });
+    await until(() => up.openNow() <= before, 5000);
+    t.pass('the upstream connection serving the download was closed');
+  });
+
+  t.test('a body: Content-Length and chunked both arrive whole', async (t) => {
+    const echo = http.createServer((req, res) => {
+      const chunks: Buffer[] = [];
+      req.on('data', (c: Buffer) => chunks.push(c));
+      req.on('end', () => res.end(JSON.stringify({ te: req.headers['transfer-encoding'] ?? null, body: Buffer.concat(chunks).toString() })));
+    });
+    await new Promise<void>((r) => echo.listen(0, '127.0.0.1', r));
+    t.teardown(() => new Promise<void>((r) => { echo.closeAllConnections(); echo.close(() => r()); }));
+    await registerRunning(gw.store, 'echo', (echo.address() as AddressInfo).port);
+    const c2 = await gw.cookie('echo');
+    const eh = 'ws-echo.localhost';
+    await request(gw.port, { host: eh, headers: { cookie: c2 } });
+    const sized = await request(gw.port, { host: eh, method: 'POST', agent, body: 'hello', headers: { cookie: c2 } });
+    t.same(JSON.parse(sized.body), { te: null, body: 'hello' });
+    const streamed = await new Promise<string>((resolve, reject) => {
+      const req = http.request({ host: '127.0.0.1', port: gw.port, method: 'POST', agent, headers: { host: eh, cookie: c2, 'transfer-encoding': 'chunked' } }, (res) => {
+        let text = '';
+        res.on('data', (d) => { text += d; });
+        res.on('end', () => resolve(text));
+      });
+      req.on('error', reject);
+      req.write('part one, ');
+      setTimeout(() => req.end('part two'), 50);
+    });
+    t.same(JSON.parse(streamed), { te: 'chunked', body: 'part one, part two' });
+  });
+});
