@@ -131,7 +131,7 @@ export async function run(opts: { quick: boolean; log: (s: string) => void }): P
     if (Number.isFinite(widest) && widest > 0.1) notes.push(`6: the gateway variants' throughput varied by up to ${(widest * 100).toFixed(0)}% between rounds (load average ${loadAverage()}); costs below that are not resolved by this run: rerun on a quiet machine or with --full`);
     notes.push(`6: bookkeeping share of gateway CPU per request: ${(cpuCost('gw-bare') * 100).toFixed(1)}%; metrics alone: ${(cpuCost('gw-metrics-off') * 100).toFixed(1)}%`);
     if (closed.has('lib-undici') && closed.has('lib-http-proxy-3')) {
-      notes.push(`library pick: on its own undici forwards at ${med('lib-undici', 'cpuUsPerReq').toFixed(1)} µs CPU/req (${Math.round(rps('lib-undici'))} req/s), http-proxy-3 at ${med('lib-http-proxy-3', 'cpuUsPerReq').toFixed(1)} µs (${Math.round(rps('lib-http-proxy-3'))} req/s): the gateway forwards plain HTTP with undici`);
+      notes.push(`library pick: on its own undici forwards at ${med('lib-undici', 'cpuUsPerReq').toFixed(1)} µs CPU/req (${Math.round(rps('lib-undici'))} req/s), http-proxy-3 at ${med('lib-http-proxy-3', 'cpuUsPerReq').toFixed(1)} µs (${Math.round(rps('lib-http-proxy-3'))} req/s), the whole gateway at ${med('gateway', 'cpuUsPerReq').toFixed(1)} µs: it forwards with neither, but with its own pool on node's HTTP parser (gateway/upstream-pool.ts), on the warm lane without node:http's server objects (gateway/http1.ts)`);
     }
     notes.push('CPU/req is the proxy process tree\'s CPU per request served; for direct it is the upstream\'s own');
     notes.push(`closed loop: wrk -t1 -c50, ${rounds} rounds x ${closedSecs} s; open loop: ${openRounds} rounds x ${openSecs} s at 1000 rps, latency from each request's due time`);
