@@ -9,7 +9,7 @@ import type http from 'node:http';
 import type { Socket } from 'node:net';
 import type { Endpoint } from '../provisioner/contract.js';
 import { HOP_BY_HOP, namedInConnection } from './http-fields.js';
-import { METHODS, PARSE_ON, STOP_AFTER_HEAD, createParser, releaseParser, restartParser, type Parser } from './llhttp.js';
+import { METHODS, PARSE_ON, STOP_AFTER_HEAD, createParser, releaseParser, restartParser, type Parser, type ParserEvents } from './llhttp.js';
 import type { BodyMode, Exchange, Framing, ResponseSink, UpstreamFailure, UpstreamPool } from './upstream-pool.js';
 
 export interface LaneRequest {
@@ -47,6 +47,13 @@ export interface Http1Options {
 }
 
 const CRLF = '\r\n';
+/**
+ * Heads with more fields go to node:http, which keeps the first 2,000 (maxHeadersCount): the lane must
+ * never see a field (a Host, a cookie) that node:http's view of the same request would not have.
+ */
+const LANE_MAX_FIELDS = 100;
+/** How often the timeouts are checked: a limit is enforced within this much of passing. */
+const SWEEP_MS = 1000;
 
 /** Date for responses that come without one (RFC 9110 6.6.1), formatted once a second. */
 let dateSecond = -1;
@@ -59,17 +66,17 @@ function httpDate(): string {
 }
 
 /** The client's response head: the upstream's end-to-end fields, ours, and our own framing. */
-function responseHead(status: number, statusText: string, fields: string[], framing: Framing, extra: string): { head: string; chunked: boolean } {
+export function responseHead(status: number, statusText: string, fields: readonly string[], framing: Framing, extra: string, date: () => string = httpDate): { head: string; chunked: boolean } {
   const named = namedInConnection(fields);
   let head = `HTTP/1.1 ${status} ${statusText}\r\n`;
-  let date = false;
+  let dated = false;
   for (let i = 0; i < fields.length; i += 2) {
     const lower = fields[i].toLowerCase();
     if (HOP_BY_HOP.has(lower) || named?.has(lower)) continue;
-    if (lower === 'date') date = true;
+    if (lower === 'date') dated = true;
     head += `${fields[i]}: ${fields[i + 1]}\r\n`;
   }
-  if (!date) head += `date: ${httpDate()}\r\n`;
+  if (!dated) head += `date: ${date()}\r\n`;
   // A body delimited by the upstream's close or chunks goes to the client chunked, so the client's
   // connection stays open (RFC 9112 7.1); a Content-Length body passes as it is.
   const chunked = framing === 'chunked' || framing === 'close';
@@ -86,10 +93,11 @@ function rebuildHead(method: string, url: string, major: number, minor: number, 
 type Phase = 'idle' | 'head' | 'body' | 'waiting';
 
 /** One client connection while it is on the warm lane. */
-class Lane implements ResponseSink {
+class Lane implements ResponseSink, ParserEvents {
   readonly parser: Parser;
   phase: Phase = 'idle';
   began = 0;
+  idleSince = Date.now();
   partialFields: string[] | undefined;
   partialUrl = '';
   /** Set in the head callback: what to do with the bytes after this head. */
@@ -103,43 +111,41 @@ class Lane implements ResponseSink {
   responseStarted = false;
   chunked = false;
   waitingDrain = false;
-  readonly onData = (d: Buffer) => this.read(d);
-  readonly onTimeout = () => this.timedOut();
-  readonly onDrain = () => { this.waitingDrain = false; this.exchange?.resume(); };
-  readonly onClose = () => this.closed();
-  /** node:http's server allows half-open sockets: a client's FIN is ours to answer. */
-  readonly onEnd = () => { this.clientEnded = true; if (this.isIdle()) { this.front.detach(this); this.socket.end(); } };
   clientEnded = false;
 
-  constructor(readonly socket: Socket, readonly front: Http1Front) {
-    this.parser = createParser('request', front.opts.maxHeaderSize, {
-      begin: () => {
-        // A pipelined request's start, while the one before is still being answered, waits in the stash.
-        if (!this.responseDone) return;
-        this.began = Date.now();
-        this.phase = 'head';
-        this.socket.setTimeout(front.opts.headersTimeoutMs);
-      },
-      partial: (fields, url) => { (this.partialFields ??= []).push(...fields); this.partialUrl += url; },
-      head: (major, minor, fields, method, url, _s, _t, upgrade, keepAlive) => this.requestHead(major, minor, fields, method, url, upgrade, keepAlive),
-      body: (chunk) => { if (this.exchange && !this.exchange.body(chunk)) this.socket.pause(); },
-      complete: () => {
-        if (this.stop) return;
-        this.requestDone = true;
-        if (this.phase === 'body') { this.phase = 'waiting'; this.socket.setTimeout(0); }
-        this.exchange?.end();
-        this.settle();
-      },
-    });
+  constructor(readonly socket: LaneSocket, readonly front: Http1Front) {
+    this.parser = createParser('request', front.opts.maxHeaderSize, this);
+    socket[kLane] = this;
     socket.setNoDelay(true);
-    socket.setTimeout(front.opts.headersTimeoutMs);
-    socket.on('data', this.onData);
-    socket.on('timeout', this.onTimeout);
-    socket.on('drain', this.onDrain);
-    socket.on('close', this.onClose);
-    socket.on('end', this.onEnd);
+    socket.on('data', onData);
+    socket.on('drain', onDrain);
+    socket.on('close', onClose);
+    socket.on('end', onEnd);
     socket.on('error', noop);
   }
+
+  // ---------------------------------------------------------------- the request parser's events
+  onMessageBegin(): void {
+    // A pipelined request's start, while the one before is still being answered, waits in the stash.
+    if (!this.responseDone) return;
+    this.began = Date.now();
+    this.phase = 'head';
+  }
+  onHeaders(fields: string[], url: string): void { (this.partialFields ??= []).push(...fields); this.partialUrl += url; }
+  onHeadersComplete(major: number, minor: number, fields: string[] | undefined, method: number, url: string | undefined, _s: number, _t: string, upgrade: boolean, keepAlive: boolean): number {
+    return this.requestHead(major, minor, fields, method, url, upgrade, keepAlive);
+  }
+  onBody(chunk: Buffer): void { if (this.exchange && !this.exchange.body(chunk)) this.socket.pause(); }
+  onMessageComplete(): void {
+    if (this.stop) return;
+    this.requestDone = true;
+    if (this.phase === 'body') this.phase = 'waiting';
+    this.exchange?.end();
+    this.settle();
+  }
+  /** node:http's server allows half-open sockets: a client's FIN is ours to answer. */
+  ended(): void { this.clientEnded = true; if (this.isIdle()) { this.front.detach(this); this.socket.end(); } }
+  drained(): void { this.waitingDrain = false; this.exchange?.resume(); }
 
   read(d: Buffer): void {
     // node:http's headersTimeout and requestTimeout count from the request's start, so a client
@@ -159,14 +165,17 @@ class Lane implements ResponseSink {
     this.socket.pause();
   }
 
-  requestHead(major: number, minor: number, fields: string[], methodNo: number, url: string, upgrade: boolean, keepAlive: boolean): number {
+  requestHead(major: number, minor: number, last: string[] | undefined, methodNo: number, lastUrl: string | undefined, upgrade: boolean, keepAlive: boolean): number {
+    // More than 32 fields come in parts (onHeaders), and then this callback gets none of its own.
+    let fields = last ?? [];
+    let url = lastUrl ?? '';
     if (this.partialFields) { fields = this.partialFields.concat(fields); url = this.partialUrl + url; this.partialFields = undefined; this.partialUrl = ''; }
     const method = METHODS[methodNo];
     if (!this.requestDone || !this.responseDone) return this.stopAt('stash', method, url, major, minor, fields);
     // HTTP/1.0, Connection: close, upgrades and CONNECT keep node:http's handling of them.
     let plan: WarmPlan | undefined;
     try {
-      plan = major === 1 && minor === 1 && keepAlive && !upgrade && !this.front.draining
+      plan = major === 1 && minor === 1 && keepAlive && !upgrade && !this.front.draining && fields.length <= 2 * LANE_MAX_FIELDS
         ? this.front.opts.plan({ method, url, fields, socket: this.socket }) : undefined;
     } catch {
       plan = undefined; // node:http's request path meets the same fault and reports it
@@ -176,9 +185,8 @@ class Lane implements ResponseSink {
     this.requestDone = false;
     this.responseDone = false;
     this.responseStarted = false;
-    this.phase = plan.body === 'none' ? 'waiting' : 'body';
     // The workspace's own response timeout applies from here; a body still has the request timeout.
-    this.socket.setTimeout(plan.body === 'none' ? 0 : Math.max(1, this.front.opts.requestTimeoutMs - (Date.now() - this.began)));
+    this.phase = plan.body === 'none' ? 'waiting' : 'body';
     this.exchange = this.front.opts.pool.send(plan.endpoint, { method, head: plan.upstreamHead, body: plan.body }, this);
     return PARSE_ON;
   }
@@ -245,21 +253,27 @@ class Lane implements ResponseSink {
     this.exchange = undefined;
     this.plan = undefined;
     this.phase = 'idle';
-    this.socket.setTimeout(this.front.opts.keepAliveTimeoutMs);
-    const stash = this.stash;
-    if (!stash && (this.front.draining || this.clientEnded)) { this.front.detach(this); this.socket.end(); return; }
-    if (stash) {
-      this.stash = undefined;
-      this.socket.resume();
-      // The stop at its head may have left the parser expecting no more messages (Connection: close).
-      restartParser(this.parser, 'request', this.front.opts.maxHeaderSize);
-      this.read(stash);
-    }
+    this.idleSince = Date.now();
+    if (this.stash) { process.nextTick(replay, this); return; }
+    if (this.front.draining || this.clientEnded) { this.front.detach(this); this.socket.end(); }
   }
 
-  timedOut(): void {
-    if (this.phase === 'head' || this.phase === 'body') { this.reject('ERR_HTTP_REQUEST_TIMEOUT'); return; }
-    if (this.phase === 'idle') { this.front.detach(this); this.socket.destroy(); }
+  /** The stashed request, now that the one before it is answered. */
+  replay(): void {
+    const stash = this.stash;
+    if (!stash || !this.front.holds(this)) return;
+    this.stash = undefined;
+    this.socket.resume();
+    // The stop at its head may have left the parser expecting no more messages (Connection: close).
+    restartParser(this.parser, 'request', this.front.opts.maxHeaderSize);
+    this.read(stash);
+  }
+
+  /** The front's sweep: node:http's keepAliveTimeout, headersTimeout and requestTimeout, here. */
+  expire(now: number): void {
+    const { keepAliveTimeoutMs, headersTimeoutMs, requestTimeoutMs } = this.front.opts;
+    if (this.phase === 'idle' && !this.stash && now - this.idleSince > keepAliveTimeoutMs) { this.front.detach(this); this.socket.destroy(); return; }
+    if ((this.phase === 'head' && now - this.began > headersTimeoutMs) || (this.phase === 'body' && now - this.began > requestTimeoutMs)) this.reject('ERR_HTTP_REQUEST_TIMEOUT');
   }
 
   closed(): void {
@@ -276,28 +290,40 @@ export class Http1Front {
   private readonly nodeConnection: (socket: Socket) => void;
   draining = false;
 
+  /**
+   * Timeouts by one sweep over the connections, as node:http enforces its own: socket.setTimeout()
+   * allocates a timer and a bound function per call and leaves them on the socket for good (0.3 KB of
+   * every WebSocket handed over; bench/ws-heap.ts).
+   */
+  private readonly sweep: NodeJS.Timeout;
+
   constructor(readonly opts: Http1Options) {
+    this.sweep = setInterval(() => { const now = Date.now(); for (const lane of this.lanes) lane.expire(now); }, SWEEP_MS);
+    this.sweep.unref();
     const [listener] = opts.server.listeners('connection') as Array<(socket: Socket) => void>;
     this.nodeConnection = listener;
     opts.server.off('connection', listener);
     opts.server.on('connection', (socket: Socket) => this.lanes.add(new Lane(socket, this)));
   }
 
+  holds(lane: Lane): boolean { return this.lanes.has(lane); }
+
   /** The connection leaves the lane; the lane's listeners go with it. */
-  detach(lane: Lane): void {
+  detach(lane: Lane, parserFree = false): void {
     if (!this.lanes.delete(lane)) return;
-    releaseParser(lane.parser);
+    releaseParser(lane.parser, parserFree);
     const s = lane.socket;
-    s.off('data', lane.onData);
-    s.off('timeout', lane.onTimeout);
-    s.off('drain', lane.onDrain);
-    s.off('close', lane.onClose);
-    s.off('end', lane.onEnd);
-    s.setTimeout(0);
+    s[kLane] = undefined;
+    s.off('data', onData);
+    s.off('drain', onDrain);
+    s.off('close', onClose);
+    s.off('end', onEnd);
+    s.off('error', noop);
   }
 
   handOver(lane: Lane, bytes: Buffer): void {
-    this.detach(lane);
+    // Called once the lane's parser has returned: node:http can take it straight back from its list.
+    this.detach(lane, true);
     const socket = lane.socket;
     socket.unshift(bytes);
     // node:http would otherwise read the socket in C++ (consume), ahead of the bytes given back here.
@@ -314,6 +340,7 @@ export class Http1Front {
   }
 
   closeAll(): void {
+    clearInterval(this.sweep);
     for (const lane of [...this.lanes]) { this.detach(lane); lane.socket.destroy(); }
   }
 
@@ -321,6 +348,16 @@ export class Http1Front {
 }
 
 function uncork(socket: Socket) { socket.uncork(); }
+// The socket's listeners, module-level: closures per connection were garbage for every WebSocket,
+// which only passes through here on its way to node:http (bench/: idle memory per WebSocket).
+const kLane = Symbol('http1 lane');
+type LaneSocket = Socket & { [kLane]?: Lane };
+function onData(this: LaneSocket, d: Buffer) { this[kLane]?.read(d); }
+function onDrain(this: LaneSocket) { this[kLane]?.drained(); }
+function onClose(this: LaneSocket) { this[kLane]?.closed(); }
+function onEnd(this: LaneSocket) { this[kLane]?.ended(); }
+// Never from inside the parser's own callbacks (settle runs in them): llhttp is not re-entrant.
+function replay(lane: Lane) { lane.replay(); }
 function noop() { /* errors end in 'close' */ }
 
 export function createHttp1Front(opts: Http1Options): Http1Front {

@@ -6,7 +6,7 @@
 import net from 'node:net';
 import type { Endpoint } from '../provisioner/contract.js';
 import type { RequestBody } from './http-fields.js';
-import { PARSE_ON, SKIP_BODY, createParser, releaseParser, type Parser } from './llhttp.js';
+import { PARSE_ON, SKIP_BODY, createParser, releaseParser, type Parser, type ParserEvents } from './llhttp.js';
 
 export type BodyMode = RequestBody;
 /** How the response's body is delimited on the upstream connection (RFC 9112 6.3). */
@@ -108,7 +108,7 @@ function writeBody(socket: net.Socket, mode: BodyMode, chunk: Buffer): boolean {
 }
 
 /** One upstream connection and its response parser. */
-class Conn {
+class Conn implements ParserEvents {
   readonly socket: net.Socket;
   readonly parser: Parser;
   exchange: Exchange | undefined;
@@ -121,17 +121,9 @@ class Conn {
   framing: Framing = 'none';
   timedOut = false;
 
-  constructor(readonly pool: Pool, owner: UpstreamPool, maxHeaderSize: number) {
+  constructor(readonly pool: Pool, readonly owner: UpstreamPool, maxHeaderSize: number) {
     this.socket = net.connect({ host: pool.host, port: pool.port, noDelay: true });
-    this.parser = createParser('response', maxHeaderSize, {
-      head: (_maj, _min, fields, _m, _u, status, statusText, upgrade, keepAlive) => this.onHead(fields, status, statusText, upgrade, keepAlive),
-      body: (chunk) => { const ex = this.exchange; if (ex && !ex.sink.data(chunk)) this.socket.pause(); },
-      complete: () => {
-        if (this.interim) { this.interim = false; return; }
-        this.responseDone = true;
-        owner.finish(this);
-      },
-    });
+    this.parser = createParser('response', maxHeaderSize, this);
     const socket = this.socket;
     socket.on('connect', () => { this.connected = true; if (this.exchange) socket.setTimeout(owner.opts.responseTimeoutMs); });
     socket.on('data', (d) => {
@@ -152,7 +144,20 @@ class Conn {
     socket.on('close', () => owner.closed(this));
   }
 
-  private onHead(fields: string[], status: number, statusText: string, upgrade: boolean, keepAlive: boolean): number {
+  // ---------------------------------------------------------------- the response parser's events
+  onMessageBegin(): void { /* nothing to note */ }
+  /** More than 32 fields: node's parser hands them over in parts, and the head callback gets none. */
+  onHeaders(fields: string[]): void { (this.partialFields ??= []).push(...fields); }
+  partialFields: string[] | undefined;
+  onBody(chunk: Buffer): void { const ex = this.exchange; if (ex && !ex.sink.data(chunk)) this.socket.pause(); }
+  onMessageComplete(): void {
+    if (this.interim) { this.interim = false; return; }
+    this.responseDone = true;
+    this.owner.finish(this);
+  }
+  onHeadersComplete(_maj: number, _min: number, last: string[] | undefined, _m: number, _u: string, status: number, statusText: string, upgrade: boolean, keepAlive: boolean): number {
+    const fields = this.partialFields ? (last ? this.partialFields.concat(last) : this.partialFields) : last ?? [];
+    this.partialFields = undefined;
     const ex = this.exchange;
     if (!ex) return PARSE_ON;
     // 1xx (RFC 9110 15.2) are interim: the final response follows. A 101 was never asked for.
@@ -171,7 +176,8 @@ class Conn {
   }
 }
 
-function framingOf(fields: string[]): Framing {
+/** RFC 9112 6.3 for a response that may have a body: chunked, a length, or until the connection closes. */
+export function framingOf(fields: readonly string[]): Framing {
   let length = false;
   for (let i = 0; i < fields.length; i += 2) {
     const n = fields[i];
@@ -192,9 +198,11 @@ export class UpstreamPool {
     let pool = this.pools.get(key);
     if (!pool) { pool = { host: endpoint.host, port: endpoint.port, key, idle: [], open: 0, queue: [] }; this.pools.set(key, pool); }
     const ex = new Exchange(pool, request, sink);
+    // Never synchronously: the caller may be inside its own parser's callback.
+    if (this.closing) { process.nextTick(() => { ex.done = true; sink.fail('UPSTREAM_UNREACHABLE', new Error('gateway closing')); }); return ex; }
     const idle = pool.idle.pop();
     if (idle) this.start(idle, ex);
-    else if (pool.open < this.opts.maxSockets && !this.closing) this.start(this.connect(pool), ex);
+    else if (pool.open < this.opts.maxSockets) this.start(this.connect(pool), ex);
     else pool.queue.push(ex);
     return ex;
   }

@@ -28,11 +28,11 @@ async function rawUpstream() {
         buffered = buffered.slice(end + 4 + length);
         const [method, path] = head.split(' ');
         seen.push(`${method} ${path}`);
-        answer(socket, method, path);
+        answer(socket, method, path, head);
       }
     });
   });
-  function answer(socket: net.Socket, method: string, path: string) {
+  function answer(socket: net.Socket, method: string, path: string, head: string) {
     // A kept connection the workspace closes just as the gateway reuses it (keep-alive race).
     if (staleNext) { staleNext = false; socket.destroy(); return; }
     switch (path) {
@@ -45,6 +45,14 @@ async function rawUpstream() {
       case '/die': socket.write('HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\npartial'); setTimeout(() => socket.destroy(), 20); return;
       case '/reset': socket.destroy(); return;
       case '/then-stale': socket.write('HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok'); staleNext = true; return;
+      case '/many': {
+        // More than 32 fields each way: node's parser hands those over in parts.
+        const last = /\r\nx-r39: ([^\r]*)/i.exec(head)?.[1] ?? 'missing';
+        let fields = '';
+        for (let i = 0; i < 40; i++) fields += `x-h${i}: ${i}\r\n`;
+        socket.write(`HTTP/1.1 200 OK\r\n${fields}content-length: ${last.length}\r\n\r\n${last}`);
+        return;
+      }
       case '/never': return;
       case '/endless': {
         socket.write('HTTP/1.1 200 OK\r\ncontent-length: 1000000000\r\n\r\n');
@@ -114,6 +122,12 @@ t.test('warm lane', async (t) => {
     const head = await get('/head', {}, 'HEAD');
     t.same([head.status, head.headers['content-length'], head.body], [200, '1000', ''], 'HEAD: the length of the body not sent');
     t.equal((await get('/after-head')).body, '/after-head', 'and the connections on both sides are still in step');
+
+    const manyIn: Record<string, string> = {};
+    for (let i = 0; i < 40; i++) manyIn[`x-r${i}`] = `v${i}`;
+    const many = await get('/many', manyIn);
+    t.equal(many.body, 'v39', 'a request with 40 fields arrives whole');
+    t.same([many.headers['x-h0'], many.headers['x-h39']], ['0', '39'], 'a response with 40 fields arrives whole');
 
     t.equal(gw.gateway.laneConnections(), 1, 'all of it on one warm connection');
   });
