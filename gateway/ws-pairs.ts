@@ -37,136 +37,179 @@ export interface WsPairsOptions {
   hooks: WsPairHooks;
 }
 
-/** One direction: its tracker, and frames waiting for the next frame boundary. */
-interface Direction {
-  tracker: FrameTracker;
-  /** Where this direction's bytes, and injected frames, are written. */
-  to: Duplex;
-  from: Duplex;
-  pending: Array<() => void>;
-  pingedAt: number;
+/**
+ * One direction: where a frame ends (the tracker it is), where its bytes go, and frames of ours
+ * waiting for the next frame boundary.
+ */
+class Direction extends FrameTracker {
+  pending: Array<() => void> | undefined;
+  pingedAt = 0;
   /** False once our close frame was queued: later bytes from `from` are dropped. */
-  relaying: boolean;
+  relaying = true;
   /** `from` is paused until `to` drains. */
-  waiting: boolean;
+  waiting = false;
+  constructor(readonly from: Duplex, readonly to: Duplex) { super(); }
+
+  /** Writes a chunk onward; a full destination pauses the source until it drains (what pipe() did). */
+  relay(chunk: Buffer) {
+    if (!this.relaying || !this.to.writable) return;
+    if (this.to.write(chunk) || this.waiting) return;
+    this.waiting = true;
+    this.from.pause();
+    this.to.once('drain', () => { this.waiting = false; this.from.resume(); });
+  }
+  /** The source ended (FIN): end the destination too, after anything already queued. */
+  relayEnd() {
+    if (this.relaying && this.to.writable) this.to.end();
+  }
+  /** Runs fn now if this direction is between frames, else once the current frame has been forwarded. */
+  atNextBoundary(fn: () => void) {
+    if (this.atBoundary()) fn(); else (this.pending ??= []).push(fn);
+  }
+  drainPending() {
+    const pending = this.pending;
+    while (pending?.length && this.atBoundary()) pending.shift()!();
+  }
 }
 
-interface Entry {
-  pair: WsPair;
+const write = (s: Duplex, frame: Buffer) => { if (s.writable && !s.destroyed) s.write(frame); };
+
+/** What the pairs share: options, hooks and the set of open pairs. */
+interface Owner {
+  clock: Clock;
+  hooks: WsPairHooks;
+  closeGraceMs: number;
+  pairs: Set<Pair>;
+  emptied(): void;
+}
+
+/**
+ * A proxied pair. Its sockets' listeners are module-level functions that find the pair through a
+ * symbol on the socket: closures per pair (two data listeners, the close and end handlers, and
+ * their shared scope) were 1 KB of an idle WebSocket's heap (bench/ws-heap.ts).
+ */
+class Pair implements WsPair {
+  lastUpstream: number;
+  lastClient: number;
   /** upstream -> client (server frames, unmasked) and client -> upstream (masked). */
-  down: Direction;
-  up: Direction;
-  closing: boolean;
-  finish(): void;
+  readonly down: Direction;
+  readonly up: Direction;
+  closing = false;
+  done = false;
+  lost = false;
+  grace: NodeJS.Timeout | undefined;
+
+  constructor(readonly owner: Owner, readonly workspaceId: string, readonly client: Duplex, readonly upstream: Duplex) {
+    this.lastUpstream = this.lastClient = owner.clock.now();
+    this.down = new Direction(upstream, client);
+    this.up = new Direction(client, upstream);
+  }
+
+  // Each chunk is written onward first, so a frame injected while observing it follows it on the wire.
+  fromUpstream(chunk: Buffer) {
+    const d = this.down;
+    d.relay(chunk);
+    this.lastUpstream = this.owner.clock.now();
+    d.feed(chunk);
+    if (d.pending?.length) d.drainPending();
+  }
+  fromClient(chunk: Buffer) {
+    const d = this.up;
+    d.relay(chunk);
+    this.lastClient = this.owner.clock.now();
+    d.feed(chunk);
+    // Every byte, control frames included: the activity tap parses the stream itself (and never
+    // counts pings, pongs or closes); skipping a chunk would break its framing.
+    this.owner.hooks.clientData?.(this, chunk);
+    if (d.pending?.length) d.drainPending();
+  }
+
+  /**
+   * A browser whose upstream died (or ended without a close frame) is told so at once, with a code
+   * VS Code reconnects on (issue 8), before its own FIN follows.
+   */
+  upstreamGone() {
+    if (this.closing || this.down.closeSeen || this.lost) return;
+    this.lost = true;
+    this.owner.hooks.upstreamLost?.(this);
+    if (this.down.atBoundary()) { this.closing = true; write(this.client, serverFrame(CLOSE, closePayload(GOING_AWAY))); }
+  }
+
+  close() {
+    if (this.done) return;
+    this.done = true;
+    const { owner, client } = this;
+    if (this.grace) clearTimeout(this.grace);
+    owner.pairs.delete(this);
+    owner.hooks.closed(this);
+    this.upstream.destroy();
+    // end() flushes the close frame; a browser that does not read is cut after the grace.
+    if (!client.destroyed) {
+      client.end();
+      const cut = setTimeout(() => client.destroy(), owner.closeGraceMs);
+      cut.unref();
+      client.once('close', () => clearTimeout(cut));
+    }
+    if (owner.pairs.size === 0) owner.emptied();
+  }
+
+  /** Both sides get a close frame at their next frame boundary, then FIN; destroyed after the grace. */
+  finish() {
+    if (this.closing || this.done) return;
+    this.closing = true;
+    const { client, upstream, down, up } = this;
+    down.atNextBoundary(() => { down.relaying = false; write(client, serverFrame(CLOSE, closePayload(GOING_AWAY))); client.end(); });
+    up.atNextBoundary(() => { up.relaying = false; write(upstream, clientFrame(CLOSE, closePayload(GOING_AWAY))); upstream.end(); });
+    this.grace = setTimeout(() => { client.destroy(); upstream.destroy(); this.close(); }, this.owner.closeGraceMs);
+    this.grace.unref();
+  }
+}
+
+const kPair = Symbol('ws pair');
+type Relayed = Duplex & { [kPair]?: Pair };
+
+// `on`, not `once`: each handler is idempotent, and every once() costs a wrapper object and a bound
+// function for the socket's lifetime (bench/ws-heap.ts). A socket may also report a second error,
+// and nothing else listens for them.
+function onUpstreamData(this: Relayed, chunk: Buffer) { this[kPair]?.fromUpstream(chunk); }
+function onClientData(this: Relayed, chunk: Buffer) { this[kPair]?.fromClient(chunk); }
+function onUpstreamEnd(this: Relayed) { const p = this[kPair]; if (p) { p.upstreamGone(); p.down.relayEnd(); } }
+function onClientEnd(this: Relayed) { this[kPair]?.up.relayEnd(); }
+function onUpstreamDown(this: Relayed) { const p = this[kPair]; if (p) { p.upstreamGone(); p.close(); } }
+function onClientDown(this: Relayed) { this[kPair]?.close(); }
+/** The hook runs before the forwarder writes the 101: the bytes start moving on the next tick, after it. */
+function startRelay(p: Pair) {
+  if (p.done) return;
+  p.upstream.on('data', onUpstreamData);
+  p.client.on('data', onClientData);
 }
 
 export function createWsPairs(opts: WsPairsOptions) {
   const { clock, hooks } = opts;
-  const closeGraceMs = opts.closeGraceMs ?? 1000;
-  const entries = new Set<Entry>();
+  const pairs = new Set<Pair>();
   let emptyWaiters: Array<() => void> = [];
-
-  /** Runs fn now if this direction is between frames, else once the current frame has been forwarded. */
-  function atBoundary(d: Direction, fn: () => void) {
-    if (d.tracker.atBoundary()) fn(); else d.pending.push(fn);
-  }
-  function drainPending(d: Direction) {
-    while (d.pending.length && d.tracker.atBoundary()) d.pending.shift()!();
-  }
-  const write = (s: Duplex, frame: Buffer) => { if (s.writable && !s.destroyed) s.write(frame); };
-  /** Writes a chunk onward; a full destination pauses the source until it drains (what pipe() did). */
-  function relay(d: Direction, chunk: Buffer) {
-    if (!d.relaying || !d.to.writable) return;
-    if (d.to.write(chunk) || d.waiting) return;
-    d.waiting = true;
-    d.from.pause();
-    d.to.once('drain', () => { d.waiting = false; d.from.resume(); });
-  }
-  /** The source ended (FIN): end the destination too, after anything already queued. */
-  function relayEnd(d: Direction) {
-    if (d.relaying && d.to.writable) d.to.end();
-  }
+  const owner: Owner = {
+    clock, hooks, closeGraceMs: opts.closeGraceMs ?? 1000, pairs,
+    emptied() { const w = emptyWaiters; emptyWaiters = []; for (const f of w) f(); },
+  };
 
   function track(p: { workspaceId: string; client: Duplex; upstream: Duplex; req: IncomingMessage; response: UpgradeResponse }) {
     // Only the two sockets are kept: the upgrade's request and response objects are free once
     // opened() has read them (bench/: idle memory per WebSocket).
-    const { client, upstream } = p;
-    const now = clock.now();
-    const pair: WsPair = { workspaceId: p.workspaceId, client, upstream, lastUpstream: now, lastClient: now };
-    const down: Direction = { tracker: new FrameTracker(), from: upstream, to: client, pending: [], pingedAt: 0, relaying: true, waiting: false };
-    const up: Direction = { tracker: new FrameTracker(), from: client, to: upstream, pending: [], pingedAt: 0, relaying: true, waiting: false };
-    let done = false;
-    const entry: Entry = { pair, down, up, closing: false, finish: () => undefined };
-    entries.add(entry);
+    const client = p.client as Relayed;
+    const upstream = p.upstream as Relayed;
+    const pair = new Pair(owner, p.workspaceId, client, upstream);
+    pairs.add(pair);
+    client[kPair] = pair;
+    upstream[kPair] = pair;
     hooks.opened(pair, p.req, p.response);
-
-    // This hook runs before the forwarder writes the 101: the bytes start moving on the next tick,
-    // after it. Each chunk is written onward first, so a frame injected while observing it follows
-    // it on the wire.
-    process.nextTick(() => {
-      if (done) return;
-      upstream.on('data', (chunk: Buffer) => {
-        relay(down, chunk);
-        pair.lastUpstream = clock.now();
-        down.tracker.feed(chunk);
-        if (down.pending.length) drainPending(down);
-      });
-      client.on('data', (chunk: Buffer) => {
-        relay(up, chunk);
-        pair.lastClient = clock.now();
-        up.tracker.feed(chunk);
-        // Every byte, control frames included: the activity tap parses the stream itself (and never
-        // counts pings, pongs or closes); skipping a chunk would break its framing.
-        hooks.clientData?.(pair, chunk);
-        if (up.pending.length) drainPending(up);
-      });
-    });
-
-    let grace: NodeJS.Timeout | undefined;
-    const close = () => {
-      if (done) return;
-      done = true;
-      if (grace) clearTimeout(grace);
-      entries.delete(entry);
-      hooks.closed(pair);
-      upstream.destroy();
-      // end() flushes the close frame; a browser that does not read is cut after the grace.
-      if (!client.destroyed) {
-        client.end();
-        const cut = setTimeout(() => client.destroy(), closeGraceMs);
-        cut.unref();
-        client.once('close', () => clearTimeout(cut));
-      }
-      if (entries.size === 0) { const w = emptyWaiters; emptyWaiters = []; for (const f of w) f(); }
-    };
-    entry.finish = () => {
-      // Both sides get a close frame at their next frame boundary, then FIN; destroyed after the grace.
-      if (entry.closing || done) return;
-      entry.closing = true;
-      atBoundary(down, () => { down.relaying = false; write(client, serverFrame(CLOSE, closePayload(GOING_AWAY))); client.end(); });
-      atBoundary(up, () => { up.relaying = false; write(upstream, clientFrame(CLOSE, closePayload(GOING_AWAY))); upstream.end(); });
-      grace = setTimeout(() => { client.destroy(); upstream.destroy(); close(); }, closeGraceMs);
-      grace.unref();
-    };
-    // A browser whose upstream died (or ended without a close frame) is told so at once, with a code
-    // VS Code reconnects on (issue 8), before its own FIN follows.
-    let lost = false;
-    const upstreamGone = () => {
-      if (entry.closing || down.tracker.closeSeen || lost) return;
-      lost = true;
-      hooks.upstreamLost?.(pair);
-      if (down.tracker.atBoundary()) { entry.closing = true; write(client, serverFrame(CLOSE, closePayload(GOING_AWAY))); }
-    };
-    // `on`, not `once`: each handler is idempotent, and every once() costs a wrapper object and a
-    // bound function for the socket's lifetime (bench/ws-heap.ts: 0.5 KB per idle pair). A socket may
-    // also report a second error, and nothing else listens for them.
-    const upstreamDown = () => { upstreamGone(); close(); };
-    upstream.on('end', () => { upstreamGone(); relayEnd(down); });
-    client.on('end', () => relayEnd(up));
-    upstream.on('close', upstreamDown);
-    client.on('close', close);
-    upstream.on('error', upstreamDown);
-    client.on('error', close);
+    process.nextTick(startRelay, pair);
+    upstream.on('end', onUpstreamEnd);
+    client.on('end', onClientEnd);
+    upstream.on('close', onUpstreamDown);
+    client.on('close', onClientDown);
+    upstream.on('error', onUpstreamDown);
+    client.on('error', onClientDown);
   }
 
   // A frozen peer (SIGSTOP'd workspace, vanished laptop) is pinged once it has been silent for the
@@ -177,32 +220,32 @@ export function createWsPairs(opts: WsPairsOptions) {
   const sweepMs = Math.min(5000, Math.max(25, Math.floor(limit / 4)));
   const sweep = setInterval(() => {
     const now = clock.now();
-    for (const entry of entries) {
-      if (entry.closing) continue;
-      const { pair, down, up } = entry;
-      if (now - pair.lastUpstream > 2 * limit || now - pair.lastClient > 2 * limit) { entry.finish(); continue; }
+    for (const pair of pairs) {
+      if (pair.closing) continue;
+      const { down, up } = pair;
+      if (now - pair.lastUpstream > 2 * limit || now - pair.lastClient > 2 * limit) { pair.finish(); continue; }
       // Ping the browser: a server frame on the client socket, between upstream frames.
       if (now - pair.lastClient > limit && down.pingedAt <= pair.lastClient) {
         down.pingedAt = now;
-        atBoundary(down, () => write(pair.client, serverFrame(PING)));
+        down.atNextBoundary(() => write(pair.client, serverFrame(PING)));
       }
       // Ping the workspace: a masked client frame on the upstream socket, between browser frames.
       if (now - pair.lastUpstream > limit && up.pingedAt <= pair.lastUpstream) {
         up.pingedAt = now;
-        atBoundary(up, () => write(pair.upstream, clientFrame(PING)));
+        up.atNextBoundary(() => write(pair.upstream, clientFrame(PING)));
       }
     }
   }, sweepMs);
   sweep.unref();
 
   function whenEmpty(): Promise<void> {
-    if (entries.size === 0) return Promise.resolve();
+    if (pairs.size === 0) return Promise.resolve();
     return new Promise((resolve) => emptyWaiters.push(resolve));
   }
 
   return {
     track,
-    size: () => entries.size,
+    size: () => pairs.size,
     /** Resolves once no pair is open. */
     whenEmpty,
     /**
@@ -210,12 +253,12 @@ export function createWsPairs(opts: WsPairsOptions) {
      * and resolves once all are gone (at most the close grace later).
      */
     closeAll(): Promise<void> {
-      for (const entry of entries) entry.finish();
+      for (const pair of pairs) pair.finish();
       return whenEmpty();
     },
     close() {
       clearInterval(sweep);
-      for (const entry of entries) { entry.pair.client.destroy(); entry.pair.upstream.destroy(); }
+      for (const pair of pairs) { pair.client.destroy(); pair.upstream.destroy(); }
     },
   };
 }
