@@ -1,0 +1,67 @@
+// The warm lane's field decisions as tables (gateway/http-fields.ts, gateway/http1.ts,
+// gateway/upstream-pool.ts): which request bodies it takes, what the workspace is sent, what the
+// client gets back, and how a response's body is delimited.
+import t from 'tap';
+import { responseHead } from '../gateway/http1.js';
+import { scanRequest, upstreamRequestHead, type RequestScan } from '../gateway/http-fields.js';
+import { framingOf, type Framing } from '../gateway/upstream-pool.js';
+
+t.test('scanRequest: the body the warm lane takes, and the fields it reads', async (t) => {
+  const rows: Array<[string, string[], Partial<RequestScan>]> = [
+    ['no body', ['Host', 'h'], { host: 'h', body: 'none' }],
+    ['Content-Length: 0', ['Content-Length', '0'], { body: 'none' }],
+    ['Content-Length', ['content-length', '12'], { body: 'length' }],
+    ['chunked', ['Transfer-Encoding', 'chunked'], { body: 'chunked' }],
+    ['chunked in capitals', ['transfer-encoding', 'Chunked'], { body: 'chunked' }],
+    ['another coding before chunked: left to node:http', ['Transfer-Encoding', 'gzip, chunked'], { body: undefined }],
+    ['Expect: left to node:http (it answers 100-continue)', ['Expect', '100-continue', 'Content-Length', '3'], { body: undefined }],
+    ['two Cookie fields, joined as node:http joins them', ['Cookie', 'a=1', 'cookie', 'b=2'], { cookie: 'a=1; b=2' }],
+    ['two X-Forwarded-For fields, joined as one list', ['X-Forwarded-For', '1.1.1.1', 'x-forwarded-for', '2.2.2.2'], { forwardedFor: '1.1.1.1, 2.2.2.2' }],
+    ['the first Host', ['Host', 'a', 'Host', 'b'], { host: 'a' }],
+  ];
+  for (const [name, fields, expected] of rows) t.match(scanRequest(fields), expected, name);
+});
+
+t.test('upstreamRequestHead: what the workspace is sent', async (t) => {
+  const fwd = { clientAddress: '10.0.0.9', proto: 'https' as const, host: 'ws-a.example' };
+  const head = (fields: string[], cookie?: string) => upstreamRequestHead('GET', '/p', fields, fwd, cookie);
+  const ours = 'x-forwarded-for: 10.0.0.9\r\nx-forwarded-proto: https\r\nx-forwarded-host: ws-a.example\r\n';
+  const rows: Array<[string, string[], string | undefined, string]> = [
+    ['end-to-end fields kept, in order and case', ['Host', 'ws-a.example', 'Accept', '*/*'], undefined, 'Host: ws-a.example\r\nAccept: */*\r\n'],
+    ['hop-by-hop fields dropped', ['Connection', 'keep-alive', 'Keep-Alive', '5', 'TE', 'trailers', 'Transfer-Encoding', 'chunked', 'X', '1'], undefined, 'X: 1\r\n'],
+    ['fields named in Connection dropped', ['Connection', 'x-secret', 'X-Secret', 's', 'X', '1'], undefined, 'X: 1\r\n'],
+    ['forwarding claims replaced by ours', ['X-Forwarded-For', '6.6.6.6', 'Forwarded', 'for=6.6.6.6', 'X-Real-IP', '6.6.6.6'], undefined, ''],
+    ['the cookie as given (the session cookie already taken out)', ['Cookie', 'a=1', 'Cookie', 'b=2'], 'a=1; b=2', 'cookie: a=1; b=2\r\n'],
+    ['no cookie left: none sent', ['Cookie', '__Host-wsgw-session=x'], undefined, ''],
+    ['Content-Length is end-to-end', ['Content-Length', '3'], undefined, 'Content-Length: 3\r\n'],
+    ['Expect never reaches the workspace', ['Expect', '100-continue'], undefined, ''],
+  ];
+  for (const [name, fields, cookie, expected] of rows) t.equal(head(fields, cookie), `GET /p HTTP/1.1\r\n${expected}${ours}`, name);
+});
+
+t.test('responseHead: what the client gets back', async (t) => {
+  const date = () => 'Thu, 26 Nov 2026 00:00:00 GMT';
+  // [name, upstream fields, framing, the fields the client gets before ours, re-chunked]
+  const rows: Array<[string, string[], Framing, string, boolean]> = [
+    ['a length passes as it is', ['Content-Length', '2', 'Date', 'd'], 'length', 'Content-Length: 2\r\nDate: d\r\n', false],
+    ['chunked stays chunked (our chunks)', ['Transfer-Encoding', 'chunked', 'Date', 'd'], 'chunked', 'Date: d\r\n', true],
+    ['until-close becomes chunked, so the connection stays open', ['Date', 'd'], 'close', 'Date: d\r\n', true],
+    ['no body: no framing added', ['Date', 'd'], 'none', 'Date: d\r\n', false],
+    ['Date added when missing (RFC 9110 6.6.1)', ['Content-Length', '0'], 'length', 'Content-Length: 0\r\ndate: Thu, 26 Nov 2026 00:00:00 GMT\r\n', false],
+    ['hop-by-hop and Connection-named fields dropped', ['Connection', 'keep-alive, X-Hop', 'Keep-Alive', 'timeout=5', 'X-Hop', '1', 'Date', 'd'], 'none', 'Date: d\r\n', false],
+    ['repeated names kept', ['Set-Cookie', 'a=1', 'Set-Cookie', 'b=2', 'Date', 'd'], 'none', 'Set-Cookie: a=1\r\nSet-Cookie: b=2\r\nDate: d\r\n', false],
+  ];
+  for (const [name, fields, framing, expected, chunked] of rows) {
+    t.same(responseHead(200, 'OK', fields, framing, 'x-request-id: r\r\n', date), { head: `HTTP/1.1 200 OK\r\n${expected}x-request-id: r\r\n${chunked ? 'transfer-encoding: chunked\r\n' : ''}\r\n`, chunked }, name);
+  }
+});
+
+t.test('framingOf: how a response body is delimited (RFC 9112 6.3)', async (t) => {
+  const rows: Array<[string[], Framing]> = [
+    [['Transfer-Encoding', 'chunked'], 'chunked'],
+    [['transfer-encoding', 'chunked', 'Content-Length', '5'], 'chunked'],
+    [['Content-Length', '5'], 'length'],
+    [['Content-Type', 'text/plain'], 'close'],
+  ];
+  for (const [fields, expected] of rows) t.equal(framingOf(fields), expected, fields.join(' '));
+});
