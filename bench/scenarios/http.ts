@@ -51,6 +51,10 @@ async function openLoop(s: System, seconds: number, rate: number): Promise<OpenR
 
 const rotate = <T>(xs: T[], k: number) => xs.map((_, i) => xs[(i + k) % xs.length]);
 
+function processAlive(pid: number): boolean {
+  try { process.kill(pid, 0); return true; } catch { return false; }
+}
+
 export async function run(opts: { quick: boolean; log: (s: string) => void }): Promise<ScenarioResult> {
   const { log } = opts;
   const rounds = opts.quick ? 3 : 5;
@@ -76,6 +80,9 @@ export async function run(opts: { quick: boolean; log: (s: string) => void }): P
       for (const s of rotate(field, r)) {
         const w = await wrk(s, closedSecs, 50);
         if (w.non2xx > 0 || w.errors) notes.push(`${s.name} round ${r + 1}: ${w.non2xx} non-2xx responses ${w.errors}`);
+        // A peer that stopped answering (a full run once lost lib-undici after two rounds) is reported,
+        // not averaged in as zero.
+        if (w.rps === 0) { notes.push(`${s.name} round ${r + 1}: no answers (its process ${processAlive(s.pid) ? 'still runs' : 'is gone'}); round left out`); continue; }
         closed.get(s.name)!.push(w);
         log(`  closed loop round ${r + 1}/${rounds} ${s.name}: ${Math.round(w.rps)} rps p99 ${(w.p99us / 1000).toFixed(2)} ms, ${w.cpuUsPerReq.toFixed(1)} µs CPU/req (load ${loadAverage()})`);
       }
