@@ -318,13 +318,15 @@ export class Http1Front {
     s.off('drain', onDrain);
     s.off('close', onClose);
     s.off('end', onEnd);
-    s.off('error', noop);
   }
 
   handOver(lane: Lane, bytes: Buffer): void {
     // Called once the lane's parser has returned: node:http can take it straight back from its list.
     this.detach(lane, true);
     const socket = lane.socket;
+    // node:http listens for errors from here on; on every other way out the socket may still be
+    // closing (an error page being flushed), and an error with no listener would end the process.
+    socket.off('error', noop);
     socket.unshift(bytes);
     // node:http would otherwise read the socket in C++ (consume), ahead of the bytes given back here.
     const handle = (socket as unknown as { _handle?: { _consumed?: boolean } })._handle;

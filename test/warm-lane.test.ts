@@ -177,6 +177,22 @@ t.test('warm lane', async (t) => {
     await until(() => gw.gateway.laneConnections() <= 1, 2000);
   });
 
+  t.test('clients resetting after a refused request do not take the gateway down', async (t) => {
+    // The lane lets go of a connection it answers with an error; the client's reset then arrives on a
+    // socket with no lane, and an 'error' with no listener would end the process (a regression).
+    for (let i = 0; i < 20; i++) {
+      await new Promise<void>((resolve) => {
+        const s = net.connect(gw.port, '127.0.0.1', () => {
+          s.write(i % 2 ? 'NOT HTTP\r\n\r\n' : `GET /x HTTP/1.1\r\nHost: ${host}\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n`);
+          setTimeout(() => { s.resetAndDestroy(); resolve(); }, 20);
+        });
+        s.on('error', () => undefined);
+      });
+    }
+    await new Promise((r) => setTimeout(r, 100));
+    t.equal((await get('/still-up')).body, '/still-up');
+  });
+
   t.test('a client leaving mid-download releases the upstream connection', async (t) => {
     const before = up.openNow();
     await new Promise<void>((resolve) => {
