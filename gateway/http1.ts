@@ -144,7 +144,7 @@ class Lane implements ResponseSink, ParserEvents {
     this.settle();
   }
   /** node:http's server allows half-open sockets: a client's FIN is ours to answer. */
-  ended(): void { this.clientEnded = true; if (this.isIdle()) { this.front.detach(this); this.socket.end(); } }
+  ended(): void { this.clientEnded = true; if (this.isIdle()) { this.front.detach(this); finish(this.socket); } }
   drained(): void { this.waitingDrain = false; this.exchange?.resume(); }
 
   read(d: Buffer): void {
@@ -233,7 +233,7 @@ class Lane implements ResponseSink, ParserEvents {
     // Mid-body there is no way to say it but to cut the connection.
     if (this.responseStarted) { this.socket.destroy(); return; }
     this.front.detach(this);
-    this.socket.end(this.plan!.failed(code, error));
+    finish(this.socket, this.plan!.failed(code, error));
   }
 
   /** The client's own fault (a parse error, a timeout): node:http's answer, then the connection closes. */
@@ -241,6 +241,7 @@ class Lane implements ResponseSink, ParserEvents {
     this.exchange?.abort();
     this.exchange = undefined;
     this.front.detach(this);
+    this.socket.once('finish', () => this.socket.destroy());
     this.front.opts.clientError(Object.assign(error ?? new Error(code), { code }), this.socket);
   }
 
@@ -255,7 +256,7 @@ class Lane implements ResponseSink, ParserEvents {
     this.phase = 'idle';
     this.idleSince = Date.now();
     if (this.stash) { process.nextTick(replay, this); return; }
-    if (this.front.draining || this.clientEnded) { this.front.detach(this); this.socket.end(); }
+    if (this.front.draining || this.clientEnded) { this.front.detach(this); finish(this.socket); }
   }
 
   /** The stashed request, now that the one before it is answered. */
@@ -338,7 +339,7 @@ export class Http1Front {
   /** Drain: idle connections close now, busy ones after their response. */
   closeIdle(): void {
     this.draining = true;
-    for (const lane of [...this.lanes]) if (lane.isIdle()) { this.detach(lane); lane.socket.end(); }
+    for (const lane of [...this.lanes]) if (lane.isIdle()) { this.detach(lane); finish(lane.socket); }
   }
 
   closeAll(): void {
@@ -350,6 +351,13 @@ export class Http1Front {
 }
 
 function uncork(socket: Socket) { socket.uncork(); }
+/**
+ * Our last bytes, then the socket is gone: node:http's server sockets are half-open (allowHalfOpen),
+ * so end() alone would wait for a client's FIN that a client need never send.
+ */
+function finish(socket: Socket, last?: string) {
+  socket.end(last ?? '', () => socket.destroy());
+}
 // The socket's listeners, module-level: closures per connection were garbage for every WebSocket,
 // which only passes through here on its way to node:http (bench/: idle memory per WebSocket).
 const kLane = Symbol('http1 lane');

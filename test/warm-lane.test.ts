@@ -193,6 +193,24 @@ t.test('warm lane', async (t) => {
     t.equal((await get('/still-up')).body, '/still-up');
   });
 
+  t.test('a connection answered with an error is closed, even by a client that keeps its side open', async (t) => {
+    const connections = () => new Promise<number>((r) => gw.gateway.publicServer.getConnections((_e, n) => r(n)));
+    const before = await connections();
+    const s = net.connect({ port: gw.port, host: '127.0.0.1', allowHalfOpen: true });
+    t.teardown(() => s.destroy());
+    s.on('error', () => undefined);
+    const answer = await new Promise<string>((resolve) => {
+      let text = '';
+      s.on('data', (d) => { text += d; });
+      s.on('end', () => resolve(text));
+      s.write('NOT HTTP\r\n\r\n');
+    });
+    t.match(answer, /^HTTP\/1\.1 400/);
+    // Half-open sockets are node:http's server's default: without closing ours, this one would stay.
+    await until(async () => (await connections()) <= before, 2000);
+    t.pass('the gateway let go of the socket');
+  });
+
   t.test('a client leaving mid-download releases the upstream connection', async (t) => {
     const before = up.openNow();
     await new Promise<void>((resolve) => {
