@@ -10,7 +10,7 @@ import type { Socket } from 'node:net';
 import type { Endpoint } from '../provisioner/contract.js';
 import { HOP_BY_HOP, namedInConnection } from './http-fields.js';
 import { METHODS, PARSE_ON, STOP_AFTER_HEAD, createParser, releaseParser, restartParser, type Parser, type ParserEvents } from './llhttp.js';
-import type { BodyMode, Exchange, Framing, ResponseSink, UpstreamFailure, UpstreamPool } from './upstream-pool.js';
+import { LAST_CHUNK, writeChunk, type BodyMode, type Exchange, type Framing, type ResponseSink, type UpstreamFailure, type UpstreamPool } from './upstream-pool.js';
 
 export interface LaneRequest {
   method: string;
@@ -46,7 +46,6 @@ export interface Http1Options {
   maxHeaderSize: number;
 }
 
-const CRLF = '\r\n';
 /**
  * Heads with more fields go to node:http, which keeps the first 2,000 (maxHeadersCount): the lane must
  * never see a field (a Host, a cookie) that node:http's view of the same request would not have.
@@ -98,8 +97,6 @@ class Lane implements ResponseSink, ParserEvents {
   phase: Phase = 'idle';
   began = 0;
   idleSince = Date.now();
-  partialFields: string[] | undefined;
-  partialUrl = '';
   /** Set in the head callback: what to do with the bytes after this head. */
   stop: 'handover' | 'stash' | undefined;
   stopHead = '';
@@ -110,7 +107,6 @@ class Lane implements ResponseSink, ParserEvents {
   responseDone = true;
   responseStarted = false;
   chunked = false;
-  waitingDrain = false;
   clientEnded = false;
 
   constructor(readonly socket: LaneSocket, readonly front: Http1Front) {
@@ -131,10 +127,6 @@ class Lane implements ResponseSink, ParserEvents {
     this.began = Date.now();
     this.phase = 'head';
   }
-  onHeaders(fields: string[], url: string): void { (this.partialFields ??= []).push(...fields); this.partialUrl += url; }
-  onHeadersComplete(major: number, minor: number, fields: string[] | undefined, method: number, url: string | undefined, _s: number, _t: string, upgrade: boolean, keepAlive: boolean): number {
-    return this.requestHead(major, minor, fields, method, url, upgrade, keepAlive);
-  }
   onBody(chunk: Buffer): void { if (this.exchange && !this.exchange.body(chunk)) this.socket.pause(); }
   onMessageComplete(): void {
     if (this.stop) return;
@@ -144,8 +136,8 @@ class Lane implements ResponseSink, ParserEvents {
     this.settle();
   }
   /** node:http's server allows half-open sockets: a client's FIN is ours to answer. */
-  ended(): void { this.clientEnded = true; if (this.isIdle()) { this.front.detach(this); finish(this.socket); } }
-  drained(): void { this.waitingDrain = false; this.exchange?.resume(); }
+  ended(): void { this.clientEnded = true; if (this.isIdle()) this.leave(); }
+  drained(): void { this.exchange?.resume(); }
 
   read(d: Buffer): void {
     // node:http's headersTimeout and requestTimeout count from the request's start, so a client
@@ -165,11 +157,7 @@ class Lane implements ResponseSink, ParserEvents {
     this.socket.pause();
   }
 
-  requestHead(major: number, minor: number, last: string[] | undefined, methodNo: number, lastUrl: string | undefined, upgrade: boolean, keepAlive: boolean): number {
-    // More than 32 fields come in parts (onHeaders), and then this callback gets none of its own.
-    let fields = last ?? [];
-    let url = lastUrl ?? '';
-    if (this.partialFields) { fields = this.partialFields.concat(fields); url = this.partialUrl + url; this.partialFields = undefined; this.partialUrl = ''; }
+  onHeadersComplete(major: number, minor: number, fields: string[], methodNo: number, url: string, _s: number, _t: string, upgrade: boolean, keepAlive: boolean): number {
     const method = METHODS[methodNo];
     if (!this.requestDone || !this.responseDone) return this.stopAt('stash', method, url, major, minor, fields);
     // HTTP/1.0, Connection: close, upgrades and CONNECT keep node:http's handling of them.
@@ -210,20 +198,11 @@ class Lane implements ResponseSink, ParserEvents {
   }
 
   data(chunk: Buffer): boolean {
-    let ok: boolean;
-    if (this.chunked) {
-      this.socket.cork();
-      this.socket.write(chunk.length.toString(16) + CRLF);
-      this.socket.write(chunk);
-      ok = this.socket.write(CRLF);
-      this.socket.uncork();
-    } else ok = this.socket.write(chunk);
-    if (!ok) this.waitingDrain = true;
-    return ok;
+    return this.chunked ? writeChunk(this.socket, chunk) : this.socket.write(chunk);
   }
 
   end(): void {
-    if (this.chunked) this.socket.write('0\r\n\r\n');
+    if (this.chunked) this.socket.write(LAST_CHUNK);
     this.responseDone = true;
     this.settle();
   }
@@ -232,8 +211,7 @@ class Lane implements ResponseSink, ParserEvents {
     this.exchange = undefined;
     // Mid-body there is no way to say it but to cut the connection.
     if (this.responseStarted) { this.socket.destroy(); return; }
-    this.front.detach(this);
-    finish(this.socket, this.plan!.failed(code, error));
+    this.leave(this.plan!.failed(code, error));
   }
 
   /** The client's own fault (a parse error, a timeout): node:http's answer, then the connection closes. */
@@ -256,7 +234,7 @@ class Lane implements ResponseSink, ParserEvents {
     this.phase = 'idle';
     this.idleSince = Date.now();
     if (this.stash) { process.nextTick(replay, this); return; }
-    if (this.front.draining || this.clientEnded) { this.front.detach(this); finish(this.socket); }
+    if (this.front.draining || this.clientEnded) this.leave();
   }
 
   /** The stashed request, now that the one before it is answered. */
@@ -284,6 +262,16 @@ class Lane implements ResponseSink, ParserEvents {
   }
 
   isIdle(): boolean { return this.phase === 'idle' && !this.stash; }
+
+  /**
+   * Our last bytes, then the socket is gone: node:http's server sockets are half-open (allowHalfOpen),
+   * so end() alone would wait for a client's FIN that a client need never send.
+   */
+  leave(last?: string): void {
+    this.front.detach(this);
+    const socket = this.socket;
+    socket.end(last ?? '', () => socket.destroy());
+  }
 }
 
 export class Http1Front {
@@ -339,7 +327,7 @@ export class Http1Front {
   /** Drain: idle connections close now, busy ones after their response. */
   closeIdle(): void {
     this.draining = true;
-    for (const lane of [...this.lanes]) if (lane.isIdle()) { this.detach(lane); finish(lane.socket); }
+    for (const lane of [...this.lanes]) if (lane.isIdle()) lane.leave();
   }
 
   closeAll(): void {
@@ -351,13 +339,6 @@ export class Http1Front {
 }
 
 function uncork(socket: Socket) { socket.uncork(); }
-/**
- * Our last bytes, then the socket is gone: node:http's server sockets are half-open (allowHalfOpen),
- * so end() alone would wait for a client's FIN that a client need never send.
- */
-function finish(socket: Socket, last?: string) {
-  socket.end(last ?? '', () => socket.destroy());
-}
 // The socket's listeners, module-level: closures per connection were garbage for every WebSocket,
 // which only passes through here on its way to node:http (bench/: idle memory per WebSocket).
 const kLane = Symbol('http1 lane');

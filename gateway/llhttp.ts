@@ -52,27 +52,38 @@ export const STOP_AFTER_HEAD = 2;
  */
 export interface ParserEvents {
   onMessageBegin(): void;
-  /** Only for heads longer than one callback's worth (32 fields) or split over reads. */
-  onHeaders(fields: string[], url: string): void;
-  /** fields and url are undefined when they all came through onHeaders already. */
-  onHeadersComplete(versionMajor: number, versionMinor: number, fields: string[] | undefined, method: number, url: string | undefined,
+  /** The whole head: fields as sent (name, value, …), however many parts node's parser gave them in. */
+  onHeadersComplete(versionMajor: number, versionMinor: number, fields: string[], method: number, url: string,
     status: number, statusText: string, upgrade: boolean, keepAlive: boolean): number;
   onBody(chunk: Buffer): void;
   onMessageComplete(): void;
 }
 
 const kOwner = Symbol('parser owner');
-type Owned = Parser & { [kOwner]?: ParserEvents };
+/** Fields and URL so far of a head node's parser hands over in parts (over 32 fields, or split reads). */
+const kFields = Symbol('head fields so far');
+const kUrl = Symbol('head url so far');
+type Owned = Parser & { [kOwner]?: ParserEvents; [kFields]?: string[]; [kUrl]?: string };
 function onMessageBegin(this: Owned) { this[kOwner]?.onMessageBegin(); }
-function onHeaders(this: Owned, fields: string[], url: string) { this[kOwner]?.onHeaders(fields, url); }
-function onHeadersComplete(this: Owned, major: number, minor: number, fields: string[] | undefined, method: number, url: string | undefined, status: number, statusText: string, upgrade: boolean, keepAlive: boolean): number {
+function onHeaders(this: Owned, fields: string[], url: string) {
+  (this[kFields] ??= []).push(...fields);
+  this[kUrl] = (this[kUrl] ?? '') + url;
+}
+/** After parts, node's parser passes only what came since the last part, or nothing. */
+function onHeadersComplete(this: Owned, major: number, minor: number, last: string[] | undefined, method: number, lastUrl: string | undefined, status: number, statusText: string, upgrade: boolean, keepAlive: boolean): number {
+  let fields = last ?? [];
+  let url = lastUrl ?? '';
+  const earlier = this[kFields];
+  if (earlier) { fields = earlier.concat(fields); url = (this[kUrl] ?? '') + url; forgetParts(this); }
   return this[kOwner]?.onHeadersComplete(major, minor, fields, method, url, status, statusText, upgrade, keepAlive) ?? PARSE_ON;
 }
+function forgetParts(p: Owned) { p[kFields] = undefined; p[kUrl] = undefined; }
 function onBody(this: Owned, chunk: Buffer) { this[kOwner]?.onBody(chunk); }
 function onMessageComplete(this: Owned) { this[kOwner]?.onMessageComplete(); }
 
 /** Back to the start of a message: after a stop (STOP_AFTER_HEAD) llhttp may hold the connection as closed. */
 export function restartParser(p: Parser, kind: 'request' | 'response', maxHeaderSize: number): void {
+  forgetParts(p as Owned);
   p.initialize(kind === 'request' ? HTTPParser.REQUEST : HTTPParser.RESPONSE, {}, maxHeaderSize, 0);
 }
 
@@ -91,6 +102,7 @@ function giveBack(p: Parser) {
   if (!theirs) return;
   p[kTheirs] = undefined;
   (p as Owned)[kOwner] = undefined;
+  forgetParts(p as Owned);
   CALLBACKS.forEach((k, i) => { p[k] = theirs[i]; });
   p[HTTPParser.kOnMessageBegin] = null;
   binding.freeParser(p);

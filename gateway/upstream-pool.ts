@@ -43,7 +43,8 @@ export interface PoolOptions {
 const IDEMPOTENT = new Set(['GET', 'HEAD', 'OPTIONS', 'DELETE']);
 const QUEUED_BODY_LIMIT = 64 * 1024;
 const CRLF = '\r\n';
-const LAST_CHUNK = '0\r\n\r\n';
+/** The zero-length chunk that ends a chunked body (RFC 9112 7.1), with no trailer fields. */
+export const LAST_CHUNK = '0\r\n\r\n';
 
 interface Pool { host: string; port: number; key: string; idle: Conn[]; open: number; queue: Exchange[] }
 
@@ -98,7 +99,11 @@ export class Exchange {
 }
 
 function writeBody(socket: net.Socket, mode: BodyMode, chunk: Buffer): boolean {
-  if (mode !== 'chunked') return socket.write(chunk);
+  return mode === 'chunked' ? writeChunk(socket, chunk) : socket.write(chunk);
+}
+
+/** One chunk of a chunked body (RFC 9112 7.1), in one write; false as socket.write() says it. */
+export function writeChunk(socket: net.Socket, chunk: Buffer): boolean {
   socket.cork();
   socket.write(chunk.length.toString(16) + CRLF);
   socket.write(chunk);
@@ -117,7 +122,6 @@ class Conn implements ParserEvents {
   gotBytes = false;
   interim = false;
   keepAlive = true;
-  responseDone = false;
   framing: Framing = 'none';
   timedOut = false;
 
@@ -146,18 +150,12 @@ class Conn implements ParserEvents {
 
   // ---------------------------------------------------------------- the response parser's events
   onMessageBegin(): void { /* nothing to note */ }
-  /** More than 32 fields: node's parser hands them over in parts, and the head callback gets none. */
-  onHeaders(fields: string[]): void { (this.partialFields ??= []).push(...fields); }
-  partialFields: string[] | undefined;
   onBody(chunk: Buffer): void { const ex = this.exchange; if (ex && !ex.sink.data(chunk)) this.socket.pause(); }
   onMessageComplete(): void {
     if (this.interim) { this.interim = false; return; }
-    this.responseDone = true;
     this.owner.finish(this);
   }
-  onHeadersComplete(_maj: number, _min: number, last: string[] | undefined, _m: number, _u: string, status: number, statusText: string, upgrade: boolean, keepAlive: boolean): number {
-    const fields = this.partialFields ? (last ? this.partialFields.concat(last) : this.partialFields) : last ?? [];
-    this.partialFields = undefined;
+  onHeadersComplete(_maj: number, _min: number, fields: string[], _m: number, _u: string, status: number, statusText: string, upgrade: boolean, keepAlive: boolean): number {
     const ex = this.exchange;
     if (!ex) return PARSE_ON;
     // 1xx (RFC 9110 15.2) are interim: the final response follows. A 101 was never asked for.
@@ -226,7 +224,6 @@ export class UpstreamPool {
 
   private start(conn: Conn, ex: Exchange): void {
     conn.exchange = ex;
-    conn.responseDone = false;
     conn.gotBytes = false;
     conn.framing = 'none';
     ex.conn = conn;
