@@ -12,7 +12,7 @@ import type { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import type { Endpoint } from '../provisioner/contract.js';
 import type { ErrorCode } from './errors.js';
-import { FORWARDING, HOP_BY_HOP, connectionTokens, upstreamRequestHead, type ForwardedFor } from './http-fields.js';
+import { FORWARDING, HOP_BY_HOP, connectionTokens, namedInConnection, upstreamRequestHead, type ForwardedFor } from './http-fields.js';
 import type { ResponseSink, UpstreamFailure, UpstreamPool, Exchange } from './upstream-pool.js';
 
 export type { ForwardedFor } from './http-fields.js';
@@ -56,25 +56,21 @@ export function hasRequestBody(headers: http.IncomingHttpHeaders): boolean {
  * flat list: Node 20 keeps only the last of repeated names (two Set-Cookie) when a flat list meets
  * fields already set on the response, while an array value keeps them all.
  */
-export function responseFields(raw: ReadonlyArray<Buffer | string>): http.OutgoingHttpHeaders {
-  // undici hands over raw Buffers, node:http strings; HTTP field bytes are latin1 either way.
-  const text = (x: Buffer | string) => (typeof x === 'string' ? x : x.toString('latin1'));
+export function responseFields(raw: readonly string[]): http.OutgoingHttpHeaders {
+  // Fields the upstream named in Connection belong to that connection only (RFC 9110 7.6.1).
+  const named = namedInConnection(raw);
   const out: Record<string, string | string[]> = {};
   const nameOf = new Map<string, string>();
-  let named: string[] = [];
   for (let i = 0; i < raw.length; i += 2) {
-    const name = text(raw[i]);
+    const name = raw[i];
     const lower = name.toLowerCase();
-    const value = text(raw[i + 1]);
-    if (lower === 'connection') named = [...named, ...connectionTokens(value)];
-    if (HOP_BY_HOP.has(lower)) continue;
+    if (HOP_BY_HOP.has(lower) || named?.has(lower)) continue;
+    const value = raw[i + 1];
     const first = nameOf.get(lower);
     if (first === undefined) { nameOf.set(lower, name); out[name] = value; continue; }
     const prev = out[first];
     out[first] = Array.isArray(prev) ? [...prev, value] : [prev, value];
   }
-  // Fields the upstream named in Connection belong to that connection only (RFC 9110 7.6.1).
-  for (const lower of named) { const name = nameOf.get(lower); if (name !== undefined) delete out[name]; }
   return out;
 }
 

@@ -19,7 +19,6 @@ t.test('hasRequestBody table (RFC 9112 6.3)', async (t) => {
 });
 
 t.test('responseFields table: hop-by-hop fields and those named in Connection go', async (t) => {
-  const b = (xs: string[]) => xs.map((x) => Buffer.from(x, 'latin1'));
   const rows: Array<[string, string[], Record<string, string | string[]>]> = [
     ['plain', ['Content-Type', 'text/plain', 'Content-Length', '2'], { 'Content-Type': 'text/plain', 'Content-Length': '2' }],
     ['keep-alive fields', ['Connection', 'keep-alive', 'Keep-Alive', 'timeout=5', 'X-A', '1'], { 'X-A': '1' }],
@@ -28,7 +27,7 @@ t.test('responseFields table: hop-by-hop fields and those named in Connection go
     ['repeated names kept in order', ['Set-Cookie', 'a=1', 'set-cookie', 'b=2', 'Set-Cookie', 'c=3'], { 'Set-Cookie': ['a=1', 'b=2', 'c=3'] }],
     ['case of names kept', ['x-MiXeD', 'v'], { 'x-MiXeD': 'v' }],
   ];
-  for (const [name, raw, expected] of rows) t.same(responseFields(b(raw)), expected, name);
+  for (const [name, raw, expected] of rows) t.same(responseFields(raw), expected, name);
 });
 
 t.test('through the gateway', async (t) => {
