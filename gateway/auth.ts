@@ -34,13 +34,15 @@ export function createAuth(opts: AuthOptions) {
   const now = () => opts.clock.now();
   const seconds = (ms: number) => Math.floor(ms / 1000);
 
-  async function verifySession(value: string): Promise<Session | undefined> {
+  /** A cookie verified before, while its session lasts; an expired one is forgotten. */
+  function cachedSession(value: string): Session | undefined {
     const hit = verified.get(value);
-    if (hit) {
-      if (hit.expiresAt > now()) return hit;
-      verified.delete(value);
-      return undefined;
-    }
+    if (hit && hit.expiresAt <= now()) { verified.delete(value); return undefined; }
+    return hit;
+  }
+
+  async function verifySession(value: string): Promise<Session | undefined> {
+    if (verified.has(value)) return cachedSession(value);
     try {
       const { payload } = await jwtVerify(value, sessionKey, {
         algorithms: ['HS256'], currentDate: new Date(now()), typ: 'wsgw-session', requiredClaims: ['sub', 'exp'],
@@ -90,19 +92,19 @@ export function createAuth(opts: AuthOptions) {
       return { value, expiresAt };
     },
 
-    /**
-     * The session for this workspace among all cookies of our name (a parent domain or an older
-     * session may send more than one, in any order): only one valid for this host counts.
-     */
     /** sessionFor without waiting: only a cookie verified before counts, anything else is undefined. */
     verifiedSessionFor(cookieValues: readonly string[], workspaceId: string): Session | undefined {
       for (const value of cookieValues) {
-        const s = verified.get(value);
-        if (s && s.workspaceId === workspaceId && s.expiresAt > now()) return s;
+        const s = cachedSession(value);
+        if (s && s.workspaceId === workspaceId) return s;
       }
       return undefined;
     },
 
+    /**
+     * The session for this workspace among all cookies of our name (a parent domain or an older
+     * session may send more than one, in any order): only one valid for this host counts.
+     */
     async sessionFor(cookieValues: readonly string[], workspaceId: string): Promise<Session | undefined> {
       for (const value of cookieValues) {
         const s = await verifySession(value);

@@ -118,9 +118,10 @@ export function createMetrics(opts: MetricsOptions = { enabled: true, defaultMet
   // which was most of the metrics' cost per proxied request (bench/, scenario 6).
   const proxiedSeries = new Map<string, ReturnType<typeof proxied.labels>>();
   const proxiedSeriesFor = (kind: 'web' | 'ws', status: number) => {
-    const key = `${kind}${statusClass(status)}`;
+    const statusCls = statusClass(status);
+    const key = `${kind}${statusCls}`;
     let series = proxiedSeries.get(key);
-    if (!series) { series = proxied.labels({ kind, status_class: statusClass(status) }); proxiedSeries.set(key, series); }
+    if (!series) { series = proxied.labels({ kind, status_class: statusCls }); proxiedSeries.set(key, series); }
     return series;
   };
   const routeCacheSeries = { hit: routeCache.labels({ result: 'hit' }), miss: routeCache.labels({ result: 'miss' }), stale: routeCache.labels({ result: 'stale' }) };

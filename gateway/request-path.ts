@@ -169,7 +169,7 @@ export function createRequestPath(deps: RequestPathDeps) {
   function forwardWeb(req: IncomingMessage, res: ServerResponse, ctx: Ctx, endpoint: Endpoint, warm: boolean) {
     res.setHeader('x-request-id', ctx.requestId);
     const outcome = webOutcome(ctx.workspaceId, ctx.requestId, ctx.started, warm);
-    forwarder.web(req, res, endpoint, forwardedFor(req.socket.remoteAddress, req.headers['x-forwarded-for'], req.headers.host), stripCookie(req.headers.cookie, SESSION_COOKIE), {
+    forwarder.web(req, res, endpoint, forwardedForRequest(req), stripCookie(req.headers.cookie, SESSION_COOKIE), {
       onResponse: outcome.responded,
       onFailure: ({ code, error }) => { outcome.failed(code, error); fail(res, ctx, code); },
     });
@@ -201,6 +201,7 @@ export function createRequestPath(deps: RequestPathDeps) {
   function forwardedFor(peer: string | undefined, xff: string | string[] | undefined, host: string | undefined): ForwardedFor {
     return { clientAddress: clientAddress(peer, xff, config.trustedProxies), proto: config.publicScheme, host: host ?? '' };
   }
+  const forwardedForRequest = (req: IncomingMessage) => forwardedFor(req.socket.remoteAddress, req.headers['x-forwarded-for'], req.headers.host);
 
   // ---------------------------------------------------------------- the warm lane (gateway/http1.ts)
   /**
@@ -377,7 +378,7 @@ export function createRequestPath(deps: RequestPathDeps) {
   /** Step 5 (ws): forward the upgrade, then hand the socket pair to the app for tracking and taps. */
   function forwardWs(req: IncomingMessage, socket: Duplex, head: Buffer, workspaceId: string, requestId: string, endpoint: Endpoint) {
     let upgraded = false;
-    forwarder.ws(req, socket, head, endpoint, forwardedFor(req.socket.remoteAddress, req.headers['x-forwarded-for'], req.headers.host), stripCookie(req.headers.cookie, SESSION_COOKIE), {
+    forwarder.ws(req, socket, head, endpoint, forwardedForRequest(req), stripCookie(req.headers.cookie, SESSION_COOKIE), {
       onUpgrade: (upstream, response) => {
         upgraded = true;
         metrics.proxied('ws', 101);
