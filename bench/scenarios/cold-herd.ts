@@ -39,21 +39,29 @@ async function burst(port: number, n: number, host: string, cookie?: string): Pr
   return { ms: Date.now() - t0, ok: codes.filter((c) => c === 200).length };
 }
 
-const PROBE = `const http=require('http');const port=+process.argv[1];const end=Date.now()+(+process.argv[2]);
+const PROBE = `const http=require('http'),fs=require('fs');const port=+process.argv[1];const end=Date.now()+(+process.argv[2]);
+function cpu(){try{const f=fs.readFileSync('/proc/'+process.argv[3]+'/stat','utf8').split(') ')[1].split(' ');return (+f[11]+ +f[12])*10}catch{return NaN}}
 function again(){if(Date.now()>end)process.exit(1);setTimeout(probe,5)}
 function probe(){const r=http.get({host:'127.0.0.1',port,path:'/healthz',agent:false,timeout:500},(res)=>{res.resume();
-if(res.statusCode===200){process.stdout.write(String(Date.now()));process.exit(0)}else again()});
+if(res.statusCode===200){process.stdout.write(Date.now()+' '+cpu());process.exit(0)}else again()});
 r.on('timeout',()=>r.destroy());r.on('error',again)}
 probe()`;
 
-/** Epoch ms of the first 200 from the workspace's /healthz, probed every 5 ms by a child process. */
-function probeReady(port: number, timeoutMs: number): Promise<number> {
+/**
+ * Epoch ms of the first 200 from the workspace's /healthz, probed every 5 ms by a child process,
+ * and the gateway's CPU time (ms) read at that moment.
+ */
+function probeReady(port: number, timeoutMs: number, gatewayPid: number): Promise<{ at: number; gatewayCpuMs: number }> {
   return new Promise((resolve) => {
-    const child = spawn(process.execPath, ['-e', PROBE, String(port), String(timeoutMs)], { stdio: ['ignore', 'pipe', 'ignore'] });
+    const child = spawn(process.execPath, ['-e', PROBE, String(port), String(timeoutMs), String(gatewayPid)], { stdio: ['ignore', 'pipe', 'ignore'] });
     let out = '';
     child.stdout.setEncoding('utf8').on('data', (c: string) => { out += c; });
     const killer = setTimeout(() => child.kill('SIGKILL'), timeoutMs + 2000);
-    child.once('exit', () => { clearTimeout(killer); resolve(out ? Number(out) : NaN); });
+    child.once('exit', () => {
+      clearTimeout(killer);
+      const [at, cpu] = out ? out.split(' ').map(Number) : [NaN, NaN];
+      resolve({ at, gatewayCpuMs: cpu });
+    });
   });
 }
 
@@ -85,11 +93,12 @@ async function herd(opts: ColdHerdOptions, variant: string, env: Record<string, 
     // then a /healthz probe every 5 ms from a separate process (this one is busy being 1,000 browsers).
     const readyAt = (async () => {
       const started = await g.waitForLog((l) => l.msg === 'workspace process started' && l.workspaceId === id, deadlineMs);
-      return probeReady(Number(started.port), deadlineMs);
-    })().catch(() => NaN);
+      return probeReady(Number(started.port), deadlineMs, g.pid);
+    })().catch(() => ({ at: NaN, gatewayCpuMs: NaN }));
     const results = await Promise.all(loads);
-    const tReady = await readyAt;
-    const herdCpu = (await g.cpuMs()) - cpu0;
+    const cpuServed = await g.cpuMs();
+    const { at: tReady, gatewayCpuMs: cpuReady } = await readyAt;
+    const herdCpu = cpuServed - cpu0;
     // Baselines measured right after, same machine, same moment: the same number of concurrent
     // page loads straight to the workspace (the limit) and through the gateway with a warm route.
     const started = g.logs.find((l) => l.msg === 'workspace process started' && l.workspaceId === id);
@@ -130,6 +139,7 @@ async function herd(opts: ColdHerdOptions, variant: string, env: Record<string, 
       { name: `gateway, warm route: ${browsers} concurrent page loads`, value: warm.ms, unit: 'ms' },
       { name: 'overhead: all served - noticed - direct burst', value: overhead, unit: 'ms' },
       { name: 'gateway CPU for the whole herd', value: herdCpu, unit: 'ms' },
+      { name: 'gateway CPU from ready to all served', value: cpuServed - cpuReady, unit: 'ms' },
       { name: 'gateway CPU per page load (all its requests)', value: round(herdCpu / browsers, 2), unit: 'ms' },
       { name: 'status long-polls per page load (mean)', value: round(results.reduce((s2, r) => s2 + r.polls, 0) / browsers, 2), unit: 'count' },
       { name: 'gateway RSS after', value: round((await g.rss()) / 1048576), unit: 'MB' },
