@@ -43,7 +43,7 @@ async function wrk(s: System, seconds: number, connections: number): Promise<Wrk
 
 interface OpenResult { ok: number; errors: number; p50us: number; p99us: number; achievedRps: number }
 async function openLoop(s: System, seconds: number, rate: number): Promise<OpenResult> {
-  const job = { mode: 'open', port: s.port, host: s.host, headers: s.headers, durationMs: seconds * 1000, rate };
+  const job = { mode: 'open', port: s.port, host: s.host, headers: s.headers, durationMs: (seconds + 1) * 1000, warmupMs: 1000, rate };
   const r = await runToEnd(process.execPath, [loadgen, JSON.stringify(job)], { cpu: LOAD_CPU, timeoutMs: seconds * 1000 + 20_000 });
   if (r.code !== 0) throw new Error(`open loop against ${s.name} failed: ${r.stderr}`);
   return JSON.parse(r.stdout.trim().split('\n').pop()!) as OpenResult;
