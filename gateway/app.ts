@@ -78,10 +78,11 @@ export async function createGateway(deps: GatewayDeps) {
   // ---------------------------------------------------------------- WebSocket pairs
   // The activity signal reads what the browser sends (issue 5). Runs before the 101 reaches the
   // browser, so the permessage-deflate answer can still ask for a small window (RFC 7692 7.1.2.2).
-  const taps = new WeakMap<WsPair, { tap: WsActivityTap; token?: string }>();
   // VS Code sends its window-focus flag only on change: a reconnected socket inherits the last one.
   const focusByConnection = new Map<string, boolean | null>();
-  const wsPairs = createWsPairs({
+  // One function for every tap: a closure per WebSocket was part of its idle memory (bench/).
+  const touchFromSocket = (at: number, workspaceId: string) => activity.touch(workspaceId, at);
+  const wsPairs = createWsPairs<WsActivityTap>({
     clock, idleTimeoutMs: config.wsIdleTimeoutMs,
     hooks: {
       opened: (pair, req, response) => {
@@ -92,23 +93,23 @@ export async function createGateway(deps: GatewayDeps) {
         if (negotiated.responseHeader === undefined) delete response.headers['sec-websocket-extensions'];
         else response.headers['sec-websocket-extensions'] = negotiated.responseHeader;
         const identity = connectionIdentity(req.url);
-        const tap = createWsActivityTap({
+        pair.observer = createWsActivityTap({
           inflate: negotiated.inflate, config: config.activity, now: clock.now,
           initialFocus: identity?.reconnection ? focusByConnection.get(identity.token) ?? null : null,
-          onActivity: (at) => activity.touch(pair.workspaceId, at),
+          workspaceId: pair.workspaceId, connection: identity?.token, onActivity: touchFromSocket,
         });
-        taps.set(pair, { tap, token: identity?.token });
       },
-      clientData: (pair, chunk) => taps.get(pair)?.tap.write(chunk),
       closed: (pair) => {
         metrics.wsClosed();
         activity.connectionClosed(pair.workspaceId);
-        const { tap, token } = taps.get(pair) ?? {};
-        if (tap && token) {
+        const tap = pair.observer;
+        if (!tap) return;
+        const { connection, focus } = tap.status();
+        if (connection) {
           if (focusByConnection.size >= 10_000) focusByConnection.delete(focusByConnection.keys().next().value!);
-          focusByConnection.set(token, tap.status().focus);
+          focusByConnection.set(connection, focus);
         }
-        tap?.close();
+        tap.close();
       },
       // Not a recheck yet: the process may not have been reaped. VS Code's reconnect meets the refusal,
       // and that failure re-checks the route (request-path forwardWs).

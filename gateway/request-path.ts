@@ -64,6 +64,9 @@ interface Ctx {
 
 const PREFIX = '/__gateway/';
 
+/** Shared by every upgraded socket: a closure here stayed on each WebSocket for its life (bench/ws-heap.ts). */
+function destroyOnError(this: Duplex) { this.destroy(); }
+
 export function createRequestPath(deps: RequestPathDeps) {
   const { config, auth, workspaces, metrics, log, activity, forwarder } = deps;
   // Always Secure: `__Host-` requires it, and browsers treat http://*.localhost as a secure context.
@@ -348,7 +351,7 @@ export function createRequestPath(deps: RequestPathDeps) {
 
   async function handleUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer): Promise<void> {
     const requestId = randomUUID();
-    socket.on('error', () => socket.destroy());
+    socket.on('error', destroyOnError);
     const host = parseHostStep(req.method ?? '', req.url ?? '', req.rawHeaders);
     if (!host.ok) return failSocket(socket, requestId, host.code);
     req.url = host.url;

@@ -10,31 +10,37 @@ import type { Clock } from './clock.js';
 import type { UpgradeResponse } from './proxy.js';
 import { CLOSE, FrameTracker, GOING_AWAY, PING, clientFrame, closePayload, serverFrame } from './ws-frames.js';
 
-export interface WsPair {
+/** Sees every chunk from the browser, control frames included (the activity tap parses the stream itself). */
+export interface ClientObserver { write(chunk: Buffer): void }
+
+export interface WsPair<O extends ClientObserver = ClientObserver> {
   workspaceId: string;
   client: Duplex;
   upstream: Duplex;
   /** Last time any byte came from that side (pongs included: liveness, not activity). */
   lastUpstream: number;
   lastClient: number;
+  /**
+   * Set by the opened hook, read back by the closed hook: a field, not a WeakMap entry and a holder
+   * object per pair (bench/, idle memory per WebSocket).
+   */
+  observer: O | undefined;
 }
 
-export interface WsPairHooks {
-  opened(pair: WsPair, req: IncomingMessage, response: UpgradeResponse): void;
-  /** Every chunk from the browser, control frames included (the activity tap parses the stream itself). */
-  clientData?(pair: WsPair, chunk: Buffer): void;
-  closed(pair: WsPair): void;
+export interface WsPairHooks<O extends ClientObserver = ClientObserver> {
+  opened(pair: WsPair<O>, req: IncomingMessage, response: UpgradeResponse): void;
+  closed(pair: WsPair<O>): void;
   /** The workspace side ended without a close frame (process died): its route deserves a re-check. */
-  upstreamLost?(pair: WsPair): void;
+  upstreamLost?(pair: WsPair<O>): void;
 }
 
-export interface WsPairsOptions {
+export interface WsPairsOptions<O extends ClientObserver = ClientObserver> {
   clock: Clock;
   /** A side silent this long is pinged; silent twice this long, both sides are closed (issue 8). */
   idleTimeoutMs: number;
   /** How long a peer gets to answer our close frame before its socket is destroyed. */
   closeGraceMs?: number;
-  hooks: WsPairHooks;
+  hooks: WsPairHooks<O>;
 }
 
 /**
@@ -89,6 +95,7 @@ interface Owner {
  * their shared scope) were 1 KB of an idle WebSocket's heap (bench/ws-heap.ts).
  */
 class Pair implements WsPair {
+  observer: ClientObserver | undefined = undefined;
   lastUpstream: number;
   lastClient: number;
   /** upstream -> client (server frames, unmasked) and client -> upstream (masked). */
@@ -120,7 +127,7 @@ class Pair implements WsPair {
     d.feed(chunk);
     // Every byte, control frames included: the activity tap parses the stream itself (and never
     // counts pings, pongs or closes); skipping a chunk would break its framing.
-    this.owner.hooks.clientData?.(this, chunk);
+    this.observer?.write(chunk);
     if (d.pending?.length) d.drainPending();
   }
 
@@ -184,8 +191,10 @@ function startRelay(p: Pair) {
   p.client.on('data', onClientData);
 }
 
-export function createWsPairs(opts: WsPairsOptions) {
-  const { clock, hooks } = opts;
+export function createWsPairs<O extends ClientObserver = ClientObserver>(opts: WsPairsOptions<O>) {
+  const { clock } = opts;
+  // The pairs call their hooks with themselves; the observer they carry is the one opened() set.
+  const hooks = opts.hooks as unknown as WsPairHooks;
   const pairs = new Set<Pair>();
   let emptyWaiters: Array<() => void> = [];
   const owner: Owner = {

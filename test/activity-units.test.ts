@@ -158,14 +158,14 @@ t.test('protocol reader: messages across any split, bounded prefix', async (t) =
   const r = rng(3);
   for (let round = 0; round < 30; round++) {
     const got: string[] = [];
-    const reader = new ProtocolReader((type, body, len) => { got.push(`${type}:${len}`); t.ok(body.length <= 64); }, 64);
+    const reader = new ProtocolReader({ onMessage: (type, body, len) => { got.push(`${type}:${len}`); t.ok(body.length <= 64); } }, 64);
     for (const piece of splitRandom(stream, r, round % 2 ? 3 : 200)) reader.push(piece);
     if (JSON.stringify(got) !== JSON.stringify(want)) { t.same(got, want, `round ${round}`); break; }
   }
-  const bad = new ProtocolReader(() => {});
+  const bad = new ProtocolReader({ onMessage() {} });
   t.equal(bad.push(Buffer.from([0x42, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0])), false, 'unknown type: lost sync');
   const huge = Buffer.alloc(13); huge[0] = 1; huge.writeUInt32BE(0xffffffff, 9);
-  t.equal(new ProtocolReader(() => {}).push(huge), false, 'absurd length: lost sync');
+  t.equal(new ProtocolReader({ onMessage() {} }).push(huge), false, 'absurd length: lost sync');
 });
 
 t.test('classifier table', async (t) => {

@@ -7,7 +7,7 @@ import { FrameParser, type FrameSink } from './frames.js';
 import { RawInflater } from './inflate.js';
 import type { InflateParams } from './negotiate.js';
 import { judge, type ActivityConfig, type Evidence } from './verdict.js';
-import { ProtocolReader, classifyMessage } from './vscode.js';
+import { ProtocolReader, classifyMessage, type MessageSink } from './vscode.js';
 
 export interface WsActivityTapOptions {
   /** From negotiateExtensions(): how the browser compresses, or null for plain frames. */
@@ -17,7 +17,11 @@ export interface WsActivityTapOptions {
    *  connectionIdentity()); null/undefined: unknown, judged per config.focusUnknownIsActive. */
   initialFocus?: boolean | null;
   now: () => number;
-  onActivity(atMs: number): void;
+  /** Handed back to onActivity, so one function serves every tap (no closure per WebSocket). */
+  workspaceId?: string;
+  /** VS Code's connection token (connectionIdentity()), handed back by status() when the socket closes. */
+  connection?: string;
+  onActivity(atMs: number, workspaceId: string): void;
 }
 
 export type TapMode = 'decode' | 'fallback' | 'stopped';
@@ -26,7 +30,7 @@ export interface WsActivityTap {
   write(chunk: Buffer): void;
   close(): void;
   /** How this socket is being judged now, and why it left 'decode' (for logs and metrics). */
-  status(): { mode: TapMode; reason: string | null; focus: boolean | null };
+  status(): { mode: TapMode; reason: string | null; focus: boolean | null; connection: string | undefined };
   /** Bytes held in this tap's buffers plus a fixed estimate for its objects (see README for the measured figure). */
   memoryBytes(): number;
 }
@@ -43,29 +47,38 @@ export function createWsActivityTap(opts: WsActivityTapOptions): WsActivityTap {
 
 /**
  * A class, not closures over a shared scope: one object and the prototype's methods instead of a
- * dozen closures and a context per WebSocket (bench/, idle memory per WebSocket).
+ * dozen closures and a context per WebSocket; it keeps the few options it reads, not the options
+ * object, and its parsers come with the first bytes (bench/, idle memory per WebSocket).
  */
-class ActivityTap implements WsActivityTap, FrameSink {
+class ActivityTap implements WsActivityTap, FrameSink, MessageSink {
   private mode: TapMode = 'decode';
   private reason: string | null = null;
   private focus: boolean | null;
   private lastReport = -Infinity;
   private compressedMsg = false;
   // Decode-free rule state: the times of the last N qualifying frames (a ring), N = fallbackMinFrames.
-  private readonly ringSize: number;
   private ring: Float64Array | null = null;
   private ringNext = 0;
   private ringCount = 0;
-  private reader: ProtocolReader | null;
+  private reader: ProtocolReader | null = null;
   private inflater: RawInflater | null = null;
-  private readonly parser: FrameParser;
+  private parser: FrameParser | null = null;
+  private readonly config: ActivityConfig;
+  private readonly now: () => number;
+  private readonly onActivity: (atMs: number, workspaceId: string) => void;
+  private readonly workspaceId: string;
+  readonly connection: string | undefined;
+  private readonly noContextTakeover: boolean;
 
-  constructor(private readonly opts: WsActivityTapOptions) {
+  constructor(opts: WsActivityTapOptions) {
     const { config } = opts;
+    this.config = config;
+    this.now = opts.now;
+    this.onActivity = opts.onActivity;
+    this.workspaceId = opts.workspaceId ?? '';
+    this.connection = opts.connection;
+    this.noContextTakeover = opts.inflate?.noContextTakeover ?? false;
     this.focus = opts.initialFocus ?? null;
-    this.ringSize = Math.max(1, config.fallbackMinFrames);
-    this.reader = new ProtocolReader((type, body) => this.onMessage(type, body), config.messagePrefixBytes);
-    this.parser = new FrameParser(this);
     if (!config.decode) this.fallback('decoding switched off in config');
     else if (opts.inflate) {
       const bits = opts.inflate.windowBits;
@@ -75,23 +88,27 @@ class ActivityTap implements WsActivityTap, FrameSink {
   }
 
   private report(t: number): void {
-    if (t - this.lastReport < this.opts.config.reportEveryMs) return;
+    if (t - this.lastReport < this.config.reportEveryMs) return;
     this.lastReport = t;
-    this.opts.onActivity(t);
+    this.onActivity(t, this.workspaceId);
   }
 
-  private onMessage(type: number, body: Buffer): void {
+  // ---- MessageSink: what the VS Code protocol reader reports
+  onMessage(type: number, body: Buffer): void {
     const c = classifyMessage(type, body);
     if (c.kind === 'housekeeping') return;
     if (c.kind === 'focus') { this.focus = c.active; return; }
-    const t = this.opts.now();
-    if (t - this.lastReport < this.opts.config.reportEveryMs) return; // nothing new to say yet; skip the verdict
-    const at = judge({ focus: this.focus, items: [{ t, ...c }] }, t, this.opts.config);
+    const t = this.now();
+    if (t - this.lastReport < this.config.reportEveryMs) return; // nothing new to say yet; skip the verdict
+    const at = judge({ focus: this.focus, items: [{ t, ...c }] }, t, this.config);
     if (at !== null) this.report(at);
   }
 
+  /** Decoded payload bytes, while decoding: to the protocol reader, made at the first of them. */
   private feed(bytes: Uint8Array): void {
-    if (this.reader && !this.reader.push(bytes)) this.fallback(`protocol: ${this.reader.error}`);
+    if (this.mode !== 'decode') return;
+    const reader = (this.reader ??= new ProtocolReader(this, this.config.messagePrefixBytes));
+    if (!reader.push(bytes)) this.fallback(`protocol: ${reader.error}`);
   }
 
   private fallback(why: string): void {
@@ -100,8 +117,8 @@ class ActivityTap implements WsActivityTap, FrameSink {
     this.reason = why;
     this.reader = null;
     this.inflater = null;
-    this.ring = new Float64Array(this.ringSize);
-    this.parser.payloadWanted = false;
+    this.ring = new Float64Array(Math.max(1, this.config.fallbackMinFrames));
+    if (this.parser) this.parser.payloadWanted = false;
   }
 
   // ---- FrameSink: what the frame parser reports
@@ -119,26 +136,27 @@ class ActivityTap implements WsActivityTap, FrameSink {
   }
 
   onFrameEnd(fin: boolean, length: number): void {
-    const { config } = this.opts;
+    const { config } = this;
     if (this.mode === 'decode') {
       if (fin && this.compressedMsg && this.inflater) {
         if (!this.inflater.push(TAIL)) this.fallback(`inflate: ${this.inflater.error}`);
-        else if (this.opts.inflate?.noContextTakeover) this.inflater.reset();
+        else if (this.noContextTakeover) this.inflater.reset();
       }
       return;
     }
     if (this.mode !== 'fallback' || length < config.fallbackMinPayloadBytes) return;
-    const t = this.opts.now();
+    const t = this.now();
     const ring = this.ring!;
+    const size = ring.length;
     ring[this.ringNext] = t;
-    this.ringNext = (this.ringNext + 1) % this.ringSize;
-    if (this.ringCount < this.ringSize) this.ringCount++;
+    this.ringNext = (this.ringNext + 1) % size;
+    if (this.ringCount < size) this.ringCount++;
     // Cheap pre-checks before the verdict: enough frames, within the window, not reported just now.
-    if (this.ringCount < this.ringSize || t - this.lastReport < config.reportEveryMs) return;
+    if (this.ringCount < size || t - this.lastReport < config.reportEveryMs) return;
     const oldest = ring[this.ringNext]!;
     if (t - oldest >= config.fallbackWindowMs) return;
     const items: Evidence[] = [];
-    for (let i = 0; i < this.ringSize; i++) items.push({ t: ring[(this.ringNext + i) % this.ringSize]!, kind: 'frame', bytes: length });
+    for (let i = 0; i < size; i++) items.push({ t: ring[(this.ringNext + i) % size]!, kind: 'frame', bytes: length });
     const at = judge({ focus: this.focus, items }, t, config);
     if (at !== null) this.report(at);
   }
@@ -147,7 +165,12 @@ class ActivityTap implements WsActivityTap, FrameSink {
   write(chunk: Buffer): void {
     if (this.mode === 'stopped') return;
     try {
-      if (!this.parser.push(chunk)) this.stop(`framing: ${this.parser.error}`);
+      let parser = this.parser;
+      if (!parser) {
+        parser = this.parser = new FrameParser(this);
+        if (this.mode !== 'decode') parser.payloadWanted = false;
+      }
+      if (!parser.push(chunk)) this.stop(`framing: ${parser.error}`);
     } catch (e) {
       // Never let the proxy's data path see an exception from the observer.
       this.stop(`internal: ${(e as Error).message}`);
@@ -164,9 +187,9 @@ class ActivityTap implements WsActivityTap, FrameSink {
     this.reader = null; this.inflater = null; this.ring = null;
   }
 
-  status() { return { mode: this.mode, reason: this.reason, focus: this.focus }; }
+  status() { return { mode: this.mode, reason: this.reason, focus: this.focus, connection: this.connection }; }
 
   memoryBytes(): number {
-    return TAP_OBJECT_OVERHEAD_BYTES + this.parser.bufferBytes + (this.inflater?.bufferBytes ?? 0) + (this.reader?.bufferBytes ?? 0) + (this.ring?.byteLength ?? 0);
+    return TAP_OBJECT_OVERHEAD_BYTES + (this.parser?.bufferBytes ?? 0) + (this.inflater?.bufferBytes ?? 0) + (this.reader?.bufferBytes ?? 0) + (this.ring?.byteLength ?? 0);
   }
 }

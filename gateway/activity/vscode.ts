@@ -66,6 +66,9 @@ const EMPTY_BODY = Buffer.alloc(0);
 /** Largest body we believe is real; anything above means we lost sync (or the stream is not this protocol). */
 const MAX_BODY = 256 * 1024 * 1024;
 
+/** What a ProtocolReader reports: each message's type and its first bytes (up to the cap). */
+export interface MessageSink { onMessage(type: number, body: Buffer, length: number): void }
+
 export class ProtocolReader {
   // The 13-byte header as the two fields read from it (type: byte 0; length: bytes 9-12), not a
   // typed array per socket (bench/, idle memory per WebSocket).
@@ -80,7 +83,7 @@ export class ProtocolReader {
   private msgLen = 0;
   error: string | null = null;
 
-  constructor(private readonly onMessage: (type: number, body: Buffer, length: number) => void, private readonly capBytes = 512) {}
+  constructor(private readonly sink: MessageSink, private readonly capBytes = 512) {}
 
   get bufferBytes(): number { return this.body?.byteLength ?? 0; }
 
@@ -123,7 +126,7 @@ export class ProtocolReader {
 
   private finish(): void {
     this.left = -1;
-    this.onMessage(this.type, this.body ? this.body.subarray(0, this.kept) : EMPTY_BODY, this.msgLen);
+    this.sink.onMessage(this.type, this.body ? this.body.subarray(0, this.kept) : EMPTY_BODY, this.msgLen);
   }
 }
 
