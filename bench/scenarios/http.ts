@@ -129,14 +129,15 @@ export async function run(opts: { quick: boolean; log: (s: string) => void }): P
     t('1: gateway added p50 at 1000 rps (limit: nginx\'s)', added('gateway', 'p50us'), added('nginx', 'p50us'), 'ms', '<=');
     t('1: gateway added p99 at 1000 rps (limit: nginx\'s)', added('gateway', 'p99us'), added('nginx', 'p99us'), 'ms', '<=');
     t('6: bookkeeping cost (1 - rps on / rps off)', 1 - rps('gateway') / rps('gw-bare'), 0.10, 'fraction', '<=');
-    t('6: metrics cost (1 - rps metrics on / off)', 1 - rps('gateway') / rps('gw-metrics-off'), 0.05, 'fraction', '<=');
     // CPU per request is steadier than throughput on a shared machine; reported beside the targets.
     const cpuCost = (off: string) => 1 - med(off, 'cpuUsPerReq') / med('gateway', 'cpuUsPerReq');
     // A cost smaller than the gateway's own round-to-round spread is not resolved by this run.
     const spread = (n: string) => { const v = (closed.get(n) ?? []).map((w) => w.rps); return (Math.max(...v) - Math.min(...v)) / median(v); };
     const widest = Math.max(spread('gateway'), spread('gw-bare'), spread('gw-metrics-off'));
     if (Number.isFinite(widest) && widest > 0.1) notes.push(`6: the gateway variants' throughput varied by up to ${(widest * 100).toFixed(0)}% between rounds (load average ${loadAverage()}); costs below that are not resolved by this run: rerun on a quiet machine or with --full`);
-    notes.push(`6: bookkeeping share of gateway CPU per request: ${(cpuCost('gw-bare') * 100).toFixed(1)}%; metrics alone: ${(cpuCost('gw-metrics-off') * 100).toFixed(1)}%`);
+    // Issue 7 sets one target for all bookkeeping (metrics and activity together); metrics alone is
+    // reported, by throughput and by CPU, not judged: its few percent are inside this machine's spread.
+    notes.push(`6: metrics alone: ${((1 - rps('gateway') / rps('gw-metrics-off')) * 100).toFixed(1)}% of throughput (1 - rps metrics on / off); bookkeeping share of gateway CPU per request: ${(cpuCost('gw-bare') * 100).toFixed(1)}%, metrics alone: ${(cpuCost('gw-metrics-off') * 100).toFixed(1)}%`);
     if (closed.has('lib-undici') && closed.has('lib-http-proxy-3')) {
       notes.push(`library pick: on its own undici forwards at ${med('lib-undici', 'cpuUsPerReq').toFixed(1)} µs CPU/req (${Math.round(rps('lib-undici'))} req/s), http-proxy-3 at ${med('lib-http-proxy-3', 'cpuUsPerReq').toFixed(1)} µs (${Math.round(rps('lib-http-proxy-3'))} req/s), the whole gateway at ${med('gateway', 'cpuUsPerReq').toFixed(1)} µs: it forwards with neither, but with its own pool on node's HTTP parser (gateway/upstream-pool.ts), on the warm lane without node:http's server objects (gateway/http1.ts)`);
     }
