@@ -134,7 +134,11 @@ export async function createGateway(deps: GatewayDeps) {
     // Node's parser already refuses most smuggling; keep it strict (no lenient header parsing).
     insecureHTTPParser: false,
     joinDuplicateHeaders: false,
-  }, (req, res) => { void path.handleRequest(req, res); });
+  }, (req, res) => {
+    // One request per handed-over connection, then the client comes back on the warm lane (http1.ts).
+    if (front.releasesAfter(req.socket)) res.shouldKeepAlive = false;
+    void path.handleRequest(req, res);
+  });
   publicServer.on('upgrade', (req, socket, head) => { void path.handleUpgrade(req, socket, head); });
   function clientError(err: Error & { code?: string }, socket: Duplex) {
     if (!socket.writable || (err.code === 'ECONNRESET')) { socket.destroy(); return; }

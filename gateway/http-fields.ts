@@ -33,6 +33,8 @@ export interface RequestScan {
   forwardedFor: string | undefined;
   /** undefined: a body the warm lane leaves to node:http (Expect, a coding other than chunked). */
   body: RequestBody | undefined;
+  /** Content-Length as sent, when there is one. */
+  length: string | undefined;
 }
 
 export function scanRequest(fields: readonly string[]): RequestScan {
@@ -60,7 +62,7 @@ export function scanRequest(fields: readonly string[]): RequestScan {
   let body: RequestBody | undefined = length !== undefined && length !== '0' ? 'length' : 'none';
   if (coding !== undefined) body = coding.trim().toLowerCase() === 'chunked' ? 'chunked' : undefined;
   if (expect) body = undefined;
-  return { host, cookie, forwardedFor, body };
+  return { host, cookie, forwardedFor, body, length };
 }
 
 /**

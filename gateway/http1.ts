@@ -4,11 +4,15 @@
 // The first request it cannot decide at once (sign-in, starting pages, /__gateway/, WebSocket
 // upgrades, Expect, HTTP/1.0, Connection: close, a cache miss) hands the connection to node:http,
 // which runs the full request path from that request on: its head is written back as parsed and
-// the bytes behind it follow, so node:http reads exactly what the client sent from there.
+// the bytes behind it follow, so node:http reads exactly what the client sent from there. Unless the
+// client is already pipelining, node:http answers that one request with `Connection: close`
+// (releasesAfter): the client's next connection starts on the lane again. Kept open, a connection
+// stayed on node:http for good, and behind a load balancer, which reuses its connections for every
+// browser, one starting page or sign-in would have moved each of them off the lane.
 import type http from 'node:http';
 import type { Socket } from 'node:net';
 import type { Endpoint } from '../provisioner/contract.js';
-import { HOP_BY_HOP, namedInConnection } from './http-fields.js';
+import { HOP_BY_HOP, namedInConnection, scanRequest } from './http-fields.js';
 import { METHODS, PARSE_ON, STOP_AFTER_HEAD, createParser, releaseParser, restartParser, type Parser, type ParserEvents } from './llhttp.js';
 import { LAST_CHUNK, writeChunk, type BodyMode, type Exchange, type Framing, type ResponseSink, type UpstreamFailure, type UpstreamPool } from './upstream-pool.js';
 
@@ -100,6 +104,13 @@ class Lane implements ResponseSink, ParserEvents {
   /** Set in the head callback: what to do with the bytes after this head. */
   stop: 'handover' | 'stash' | undefined;
   stopHead = '';
+  /**
+   * Bytes of the stopped request's body, when they are known from its head (none, or Content-Length):
+   * where it ends on the wire, so a request pipelined behind it can be told apart.
+   */
+  stopBodyBytes: number | undefined;
+  /** The stopped request is one node:http may keep the connection open after (HTTP/1.1, no upgrade). */
+  stopKeeps = false;
   stash: Buffer | undefined;
   plan: WarmPlan | undefined;
   exchange: Exchange | undefined;
@@ -151,7 +162,11 @@ class Lane implements ResponseSink, ParserEvents {
     const stop = this.stop;
     this.stop = undefined;
     this.stopHead = '';
-    if (stop === 'handover') { this.front.handOver(this, bytes); return; }
+    if (stop === 'handover') {
+      const ends = this.stopKeeps && this.stopBodyBytes !== undefined ? this.socket.bytesRead - (rest?.length ?? 0) + this.stopBodyBytes : undefined;
+      this.front.handOver(this, bytes, ends);
+      return;
+    }
     // A pipelined request (RFC 9112 9.3.2) waits, unread, for the response before it.
     this.stash = bytes;
     this.socket.pause();
@@ -168,7 +183,10 @@ class Lane implements ResponseSink, ParserEvents {
     } catch {
       plan = undefined; // node:http's request path meets the same fault and reports it
     }
-    if (!plan) return this.stopAt('handover', method, url, major, minor, fields);
+    if (!plan) {
+      this.stopKeeps = major === 1 && minor === 1 && keepAlive && !upgrade;
+      return this.stopAt('handover', method, url, major, minor, fields);
+    }
     this.plan = plan;
     this.requestDone = false;
     this.responseDone = false;
@@ -182,6 +200,10 @@ class Lane implements ResponseSink, ParserEvents {
   stopAt(stop: 'handover' | 'stash', method: string, url: string, major: number, minor: number, fields: string[]): number {
     this.stop = stop;
     this.stopHead = rebuildHead(method, url, major, minor, fields);
+    if (stop === 'handover') {
+      const scan = scanRequest(fields);
+      this.stopBodyBytes = scan.body === 'none' ? 0 : scan.body === 'length' && /^\d{1,15}$/.test(scan.length!) ? Number(scan.length) : undefined;
+    }
     return STOP_AFTER_HEAD;
   }
 
@@ -309,10 +331,18 @@ export class Http1Front {
     s.off('end', onEnd);
   }
 
-  handOver(lane: Lane, bytes: Buffer): void {
+  /**
+   * `requestEnds`: the socket's byte count (bytesRead) at which this request ends, when known and
+   * node:http may keep the connection: then, unless more bytes have come by the time it is answered
+   * (a client pipelining, whose requests node:http answers in order), the answer closes the
+   * connection (releasesAfter), and the client's next request starts on the lane. Unknown for a
+   * chunked body; not given for an upgrade or a request that closes the connection anyway.
+   */
+  handOver(lane: Lane, bytes: Buffer, requestEnds: number | undefined): void {
     // Called once the lane's parser has returned: node:http can take it straight back from its list.
     this.detach(lane, true);
     const socket = lane.socket;
+    if (requestEnds !== undefined) socket[kReturns] = requestEnds;
     // node:http listens for errors from here on; on every other way out the socket may still be
     // closing (an error page being flushed), and an error with no listener would end the process.
     socket.off('error', noop);
@@ -322,6 +352,19 @@ export class Http1Front {
     if (handle) handle._consumed = true;
     socket.resume();
     this.nodeConnection.call(this.opts.server, socket);
+  }
+
+  /**
+   * For node:http's request handler: true for the request a connection was handed over with, when
+   * nothing has come behind it. Its response then carries `Connection: close` (RFC 9112 9.6), and the client's next
+   * request comes on a new connection, which starts on the lane.
+   */
+  releasesAfter(socket: Socket): boolean {
+    const s = socket as LaneSocket;
+    const ends = s[kReturns];
+    if (ends === undefined) return false;
+    s[kReturns] = undefined;
+    return socket.bytesRead <= ends;
   }
 
   /** Drain: idle connections close now, busy ones after their response. */
@@ -342,7 +385,9 @@ function uncork(socket: Socket) { socket.uncork(); }
 // The socket's listeners, module-level: closures per connection were garbage for every WebSocket,
 // which only passes through here on its way to node:http (bench/: idle memory per WebSocket).
 const kLane = Symbol('http1 lane');
-type LaneSocket = Socket & { [kLane]?: Lane };
+/** Handed over for one request: node:http's answer to it closes the connection. */
+const kReturns = Symbol('http1 returns to the lane');
+type LaneSocket = Socket & { [kLane]?: Lane; [kReturns]?: number };
 function onData(this: LaneSocket, d: Buffer) { this[kLane]?.read(d); }
 function onDrain(this: LaneSocket) { this[kLane]?.drained(); }
 function onClose(this: LaneSocket) { this[kLane]?.closed(); }

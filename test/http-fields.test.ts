@@ -10,7 +10,7 @@ t.test('scanRequest: the body the warm lane takes, and the fields it reads', asy
   const rows: Array<[string, string[], Partial<RequestScan>]> = [
     ['no body', ['Host', 'h'], { host: 'h', body: 'none' }],
     ['Content-Length: 0', ['Content-Length', '0'], { body: 'none' }],
-    ['Content-Length', ['content-length', '12'], { body: 'length' }],
+    ['Content-Length', ['content-length', '12'], { body: 'length', length: '12' }],
     ['chunked', ['Transfer-Encoding', 'chunked'], { body: 'chunked' }],
     ['chunked in capitals', ['transfer-encoding', 'Chunked'], { body: 'chunked' }],
     ['another coding before chunked: left to node:http', ['Transfer-Encoding', 'gzip, chunked'], { body: undefined }],

@@ -170,6 +170,33 @@ t.test('warm lane', async (t) => {
     t.ok(r.closed, 'closed after the Connection: close one');
   });
 
+  t.test('a connection handed to node:http for one request comes back to the lane', async (t) => {
+    // Behind a load balancer every connection carries many browsers' requests: one starting page or
+    // status poll must not move a connection off the lane for good.
+    const c = `Host: ${host}\r\nCookie: ${cookie}\r\n`;
+    const poll = await rawExchange(gw.port, `GET /__gateway/status HTTP/1.1\r\n${c}\r\n`);
+    t.match(poll.text, /^HTTP\/1\.1 200 /, 'answered by the request path');
+    t.match(poll.text, /\r\nconnection: close\r\n/i, 'with Connection: close (RFC 9112 9.6)');
+    t.ok(poll.closed, 'and the gateway closed the connection');
+    // The same client's next connection starts on the lane, and a warm request stays there.
+    const s = net.connect(gw.port, '127.0.0.1');
+    t.teardown(() => s.destroy());
+    s.on('error', () => undefined);
+    let text = '';
+    s.on('data', (d) => { text += d.toString('latin1'); });
+    await new Promise<void>((r) => s.once('connect', () => r()));
+    const lanes = gw.gateway.laneConnections();
+    s.write(`GET /after-poll HTTP/1.1\r\n${c}\r\n`);
+    await until(() => text.endsWith('/after-poll'), 2000);
+    t.notMatch(text, /\r\nconnection: close\r\n/i, 'kept open');
+    t.equal(gw.gateway.laneConnections(), lanes, 'still on the lane after its answer');
+    // A client that pipelines behind the request node:http takes keeps its connection (answered in order).
+    const piped = await rawExchange(gw.port, `GET /__gateway/status HTTP/1.1\r\n${c}\r\nGET /behind HTTP/1.1\r\n${c}\r\n`, { ms: 500 });
+    t.same([...piped.text.matchAll(/HTTP\/1\.1 (\d{3}) /g)].map((m) => Number(m[1])), [200, 200], 'both answered');
+    t.ok(piped.text.endsWith('/behind'), 'in the order asked');
+    t.notOk(piped.closed, 'and the connection stays open');
+  });
+
   t.test("a client's half-close: the answer, then the gateway closes too (no CLOSE-WAIT)", async (t) => {
     const r = await rawExchange(gw.port, `GET /half HTTP/1.1\r\nHost: ${host}\r\nCookie: ${cookie}\r\n\r\n`, { halfClose: true });
     t.match(r.text, /^HTTP\/1\.1 200[^]*\/half$/);
