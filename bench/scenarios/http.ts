@@ -3,9 +3,8 @@
 //     open loop at 1,000 rps (added p50/p99 latency over direct);
 //  6. the gateway with METRICS and ACTIVITY_TRACKING off, with metrics alone off, and as deployed.
 // Systems are interleaved (rotated order each round) and medians over rounds are reported.
-import { join } from 'node:path';
-import { rmSync } from 'node:fs';
-import { dirname } from 'node:path';
+import { rmSync, writeFileSync } from 'node:fs';
+import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { addTarget, type ScenarioResult, type Target, type Figure } from '../result.js';
 import { LOAD_CPU, cpuMicros, loadAverage, median, round, runToEnd, sleep, stopAll } from '../lib.js';
@@ -29,9 +28,23 @@ export function parseWrk(out: string): WrkResult {
   return { rps: rps ? Number(rps[1]) : NaN, requests: req ? Number(req[1]) : 0, p50us: lat('50'), p99us: lat('99'), non2xx: non ? Number(non[1]) : 0, errors: sockErr ? sockErr[0] : '' };
 }
 
-async function wrk(s: System, seconds: number, connections: number): Promise<WrkResult & { cpuUsPerReq: number }> {
+/**
+ * Behind the ALB every connection carries many browsers' requests, now and then one the warm lane
+ * hands to node:http (a starting page, a status poll, a sign-in): one request in 50 here is a status
+ * poll, on the same 50 connections.
+ */
+const MIXED_LUA = `local n = 0
+request = function()
+  n = n + 1
+  if n % 50 == 0 then return wrk.format(nil, "/__gateway/status") end
+  return wrk.format(nil, "/")
+end
+`;
+
+async function wrk(s: System, seconds: number, connections: number, script?: string): Promise<WrkResult & { cpuUsPerReq: number }> {
   const args = ['-t1', `-c${connections}`, `-d${seconds}s`, '--latency', '--timeout', '5s', '-H', `Host: ${s.host}`];
   for (const [k, v] of Object.entries(s.headers)) args.push('-H', `${k}: ${v}`);
+  if (script) args.push('-s', script);
   args.push(`http://127.0.0.1:${s.port}/`);
   const cpu0 = cpuMicros(s.pid);
   const r = await runToEnd('wrk', args, { cpu: LOAD_CPU, timeoutMs: (seconds + 15) * 1000 });
@@ -72,8 +85,13 @@ export async function run(opts: { quick: boolean; log: (s: string) => void }): P
     for (const engine of ['undici', 'http-proxy-3'] as const) {
       try { field.push(await startLibraryProxy(up, state.cookie, engine)); } catch (err) { notes.push(`lib-${engine} not run: ${(err as Error).message}`); }
     }
+    const mixedScript = join(dir, 'mixed.lua');
+    writeFileSync(mixedScript, MIXED_LUA);
     // Warm each system (JIT, keep-alive pools, route cache) before anything is measured.
     for (const s of field) await wrk(s, 1, 50);
+    const gatewaySystem = field.find((s) => s.name === 'gateway');
+    if (gatewaySystem) await wrk(gatewaySystem, 1, 50, mixedScript);
+    const mixed: Array<WrkResult & { cpuUsPerReq: number }> = [];
 
     const closed = new Map<string, Array<WrkResult & { cpuUsPerReq: number }>>(field.map((s) => [s.name, []]));
     for (let r = 0; r < rounds; r++) {
@@ -85,6 +103,12 @@ export async function run(opts: { quick: boolean; log: (s: string) => void }): P
         if (w.rps === 0) { notes.push(`${s.name} round ${r + 1}: no answers (its process ${processAlive(s.pid) ? 'still runs' : 'is gone'}); round left out`); continue; }
         closed.get(s.name)!.push(w);
         log(`  closed loop round ${r + 1}/${rounds} ${s.name}: ${Math.round(w.rps)} rps p99 ${(w.p99us / 1000).toFixed(2)} ms, ${w.cpuUsPerReq.toFixed(1)} µs CPU/req (load ${loadAverage()})`);
+        if (s === gatewaySystem) {
+          const m = await wrk(s, closedSecs, 50, mixedScript);
+          if (m.non2xx > 0 || m.errors) notes.push(`gateway mixed round ${r + 1}: ${m.non2xx} non-2xx responses ${m.errors}`);
+          if (m.rps > 0) mixed.push(m);
+          log(`  closed loop round ${r + 1}/${rounds} gateway, 1 in 50 a status poll: ${Math.round(m.rps)} rps, ${m.cpuUsPerReq.toFixed(1)} µs CPU/req`);
+        }
       }
     }
     const openSystems = field.filter((s) => ['direct', 'nginx', 'chp', 'gateway'].includes(s.name));
@@ -109,6 +133,10 @@ export async function run(opts: { quick: boolean; log: (s: string) => void }): P
         { name: 'p99', value: round(med(s.name, 'p99us') / 1000), unit: 'ms' },
         { name: 'CPU/req', value: round(med(s.name, 'cpuUsPerReq'), 1), unit: 'µs' },
       ];
+      if (s === gatewaySystem && mixed.length) {
+        figures.push({ name: 'rps, 1 in 50 a status poll', value: round(median(mixed.map((m) => m.rps)), 0), unit: 'req/s' });
+        figures.push({ name: 'CPU/req, 1 in 50 a status poll', value: round(median(mixed.map((m) => m.cpuUsPerReq)), 1), unit: 'µs' });
+      }
       if (open.has(s.name)) {
         figures.push({ name: 'open p50', value: round(omed(s.name, 'p50us') / 1000), unit: 'ms' });
         figures.push({ name: 'open p99', value: round(omed(s.name, 'p99us') / 1000), unit: 'ms' });
@@ -142,6 +170,7 @@ export async function run(opts: { quick: boolean; log: (s: string) => void }): P
       notes.push(`library pick: on its own undici forwards at ${med('lib-undici', 'cpuUsPerReq').toFixed(1)} µs CPU/req (${Math.round(rps('lib-undici'))} req/s), http-proxy-3 at ${med('lib-http-proxy-3', 'cpuUsPerReq').toFixed(1)} µs (${Math.round(rps('lib-http-proxy-3'))} req/s), the whole gateway at ${med('gateway', 'cpuUsPerReq').toFixed(1)} µs: it forwards with neither, but with its own pool on node's HTTP parser (gateway/upstream-pool.ts), on the warm lane without node:http's server objects (gateway/http1.ts)`);
     }
     notes.push('CPU/req is the proxy process tree\'s CPU per request served; for direct it is the upstream\'s own');
+    notes.push('gateway "1 in 50 a status poll": the closed loop again, every 50th request on each connection a GET /__gateway/status, which node:http answers (with Connection: close, so the connection comes back to the warm lane): traffic as the ALB brings it');
     notes.push(`closed loop: wrk -t1 -c50, ${rounds} rounds x ${closedSecs} s; open loop: ${openRounds} rounds x ${openSecs} s at 1000 rps, latency from each request's due time`);
     return { scenario: '1+6 HTTP (closed loop 50 conns, open loop 1000 rps) and bookkeeping', systems, targets, notes };
   } finally {
