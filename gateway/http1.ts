@@ -163,7 +163,10 @@ class Lane implements ResponseSink, ParserEvents {
     this.stop = undefined;
     this.stopHead = '';
     if (stop === 'handover') {
-      const ends = this.stopKeeps && this.stopBodyBytes !== undefined ? this.socket.bytesRead - (rest?.length ?? 0) + this.stopBodyBytes : undefined;
+      // Where this request ends in the client's byte stream: what the socket has read, less what waits
+      // unread in its buffer (a stash pauses it) and what came behind this head in the lane's bytes.
+      const socket = this.socket;
+      const ends = this.stopKeeps && this.stopBodyBytes !== undefined ? socket.bytesRead - socket.readableLength - (rest?.length ?? 0) + this.stopBodyBytes : undefined;
       this.front.handOver(this, bytes, ends);
       return;
     }

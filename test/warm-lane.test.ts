@@ -54,6 +54,7 @@ async function rawUpstream() {
         return;
       }
       case '/never': return;
+      case '/slow': setTimeout(() => socket.write('HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n/slow'), 150); return;
       case '/endless': {
         socket.write('HTTP/1.1 200 OK\r\ncontent-length: 1000000000\r\n\r\n');
         const chunk = Buffer.alloc(64 * 1024);
@@ -198,6 +199,23 @@ t.test('warm lane', async (t) => {
     t.match(piped.text, /\r\nkeep-alive: timeout=/i, 'node:http kept the connection');
     t.ok(piped.text.endsWith('/behind'), 'in the order asked');
     t.notOk(piped.closed, 'and the connection stays open');
+    // A request that arrives while the lane holds one back (the socket paused, its bytes left in the
+    // socket's buffer) is pipelining too: the connection must not close under it (a regression).
+    const s2 = net.connect(gw.port, '127.0.0.1');
+    t.teardown(() => s2.destroy());
+    s2.on('error', () => undefined);
+    let text2 = '';
+    let closed2 = false;
+    s2.on('data', (d) => { text2 += d.toString('latin1'); });
+    s2.on('close', () => { closed2 = true; });
+    await new Promise<void>((r) => s2.once('connect', () => r()));
+    s2.write(`GET /slow HTTP/1.1\r\n${c}\r\nGET /__gateway/status HTTP/1.1\r\n${c}\r\n`);
+    await new Promise((r) => setTimeout(r, 50));
+    s2.write(`GET /late HTTP/1.1\r\n${c}\r\n`);
+    await until(() => text2.endsWith('/late') || closed2, 3000);
+    t.same([...text2.matchAll(/HTTP\/1\.1 (\d{3}) /g)].map((m) => Number(m[1])), [200, 200, 200], 'all three answered, in order');
+    t.ok(text2.startsWith('HTTP/1.1 200 OK') && text2.indexOf('/slow') < text2.indexOf('"state"') && text2.endsWith('/late'), 'in the order asked');
+    t.notOk(closed2, 'the connection stays open');
   });
 
   t.test("a client's half-close: the answer, then the gateway closes too (no CLOSE-WAIT)", async (t) => {
