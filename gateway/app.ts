@@ -23,7 +23,7 @@ import { createRequestPath } from './request-path.js';
 import type { StateStore } from './store/contract.js';
 import { createUpstreamPool } from './upstream-pool.js';
 import { createWorkspaces } from './workspaces.js';
-import { createWsPairs, type WsPair } from './ws-pairs.js';
+import { createWsPairs } from './ws-pairs.js';
 import { connectionIdentity, createWsActivityTap, negotiateExtensions, type WsActivityTap } from './activity/index.js';
 
 /** In-flight requests get this long after the WebSockets are closed before connections are cut. */

@@ -7,7 +7,7 @@ import { rmSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { addTarget, type ScenarioResult, type Target, type Figure } from '../result.js';
-import { LOAD_CPU, cpuMicros, loadAverage, median, round, runToEnd, sleep, stopAll } from '../lib.js';
+import { LOAD_CPU, cpuMicros, loadAverage, median, round, runToEnd, stopAll } from '../lib.js';
 import { startField, startLibraryProxy, workDir, type System } from '../field.js';
 
 const loadgen = join(dirname(fileURLToPath(import.meta.url)), '..', 'loadgen.js');
