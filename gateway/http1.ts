@@ -14,7 +14,7 @@ import type { Socket } from 'node:net';
 import type { Endpoint } from '../provisioner/contract.js';
 import { HOP_BY_HOP, namedInConnection, scanRequest } from './http-fields.js';
 import { METHODS, PARSE_ON, STOP_AFTER_HEAD, createParser, releaseParser, restartParser, type Parser, type ParserEvents } from './llhttp.js';
-import { LAST_CHUNK, writeChunk, type BodyMode, type Exchange, type Framing, type ResponseSink, type UpstreamFailure, type UpstreamPool } from './upstream-pool.js';
+import { LAST_CHUNK, uncork, writeChunk, type BodyMode, type Exchange, type Framing, type ResponseSink, type UpstreamFailure, type UpstreamPool } from './upstream-pool.js';
 
 export interface LaneRequest {
   method: string;
@@ -86,6 +86,13 @@ export function responseHead(status: number, statusText: string, fields: readonl
   return { head: `${head}${extra}${chunked ? 'transfer-encoding: chunked\r\n' : ''}\r\n`, chunked };
 }
 
+/** A request body's length as its head tells it (none, or Content-Length); undefined for chunked or Expect. */
+function knownBodyBytes(fields: readonly string[]): number | undefined {
+  const scan = scanRequest(fields);
+  if (scan.body === 'none') return 0;
+  return scan.body === 'length' && /^\d{1,15}$/.test(scan.length!) ? Number(scan.length) : undefined;
+}
+
 /** The head node:http gets when a connection is handed over (llhttp checked it; values are trimmed). */
 function rebuildHead(method: string, url: string, major: number, minor: number, fields: string[]): string {
   let head = `${method} ${url} HTTP/${major}.${minor}\r\n`;
@@ -105,12 +112,11 @@ class Lane implements ResponseSink, ParserEvents {
   stop: 'handover' | 'stash' | undefined;
   stopHead = '';
   /**
-   * Bytes of the stopped request's body, when they are known from its head (none, or Content-Length):
-   * where it ends on the wire, so a request pipelined behind it can be told apart.
+   * A request handed over that node:http may keep the connection open after (HTTP/1.1, no upgrade):
+   * its body's length when its head tells it (none, or Content-Length), so where it ends on the wire,
+   * and so a request pipelined behind it, can be told. Otherwise undefined.
    */
-  stopBodyBytes: number | undefined;
-  /** The stopped request is one node:http may keep the connection open after (HTTP/1.1, no upgrade). */
-  stopKeeps = false;
+  handoverBodyBytes: number | undefined;
   stash: Buffer | undefined;
   plan: WarmPlan | undefined;
   exchange: Exchange | undefined;
@@ -166,7 +172,8 @@ class Lane implements ResponseSink, ParserEvents {
       // Where this request ends in the client's byte stream: what the socket has read, less what waits
       // unread in its buffer (a stash pauses it) and what came behind this head in the lane's bytes.
       const socket = this.socket;
-      const ends = this.stopKeeps && this.stopBodyBytes !== undefined ? socket.bytesRead - socket.readableLength - (rest?.length ?? 0) + this.stopBodyBytes : undefined;
+      const body = this.handoverBodyBytes;
+      const ends = body !== undefined ? socket.bytesRead - socket.readableLength - (rest?.length ?? 0) + body : undefined;
       this.front.handOver(this, bytes, ends);
       return;
     }
@@ -187,7 +194,7 @@ class Lane implements ResponseSink, ParserEvents {
       plan = undefined; // node:http's request path meets the same fault and reports it
     }
     if (!plan) {
-      this.stopKeeps = major === 1 && minor === 1 && keepAlive && !upgrade;
+      this.handoverBodyBytes = major === 1 && minor === 1 && keepAlive && !upgrade ? knownBodyBytes(fields) : undefined;
       return this.stopAt('handover', method, url, major, minor, fields);
     }
     this.plan = plan;
@@ -203,10 +210,6 @@ class Lane implements ResponseSink, ParserEvents {
   stopAt(stop: 'handover' | 'stash', method: string, url: string, major: number, minor: number, fields: string[]): number {
     this.stop = stop;
     this.stopHead = rebuildHead(method, url, major, minor, fields);
-    if (stop === 'handover') {
-      const scan = scanRequest(fields);
-      this.stopBodyBytes = scan.body === 'none' ? 0 : scan.body === 'length' && /^\d{1,15}$/.test(scan.length!) ? Number(scan.length) : undefined;
-    }
     return STOP_AFTER_HEAD;
   }
 
@@ -384,7 +387,6 @@ export class Http1Front {
   size(): number { return this.lanes.size; }
 }
 
-function uncork(socket: Socket) { socket.uncork(); }
 // The socket's listeners, module-level: closures per connection were garbage for every WebSocket,
 // which only passes through here on its way to node:http (bench/: idle memory per WebSocket).
 const kLane = Symbol('http1 lane');

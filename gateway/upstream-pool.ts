@@ -295,7 +295,8 @@ export class UpstreamPool {
   }
 }
 
-function uncork(socket: net.Socket) { socket.uncork(); }
+/** For process.nextTick: a corked socket's writes leave together once the tick ends. */
+export function uncork(socket: net.Socket) { socket.uncork(); }
 
 export function createUpstreamPool(opts: PoolOptions, maxHeaderSize?: number): UpstreamPool {
   return new UpstreamPool(opts, maxHeaderSize);
