@@ -1,7 +1,9 @@
 // The public port's connections. Each starts on the warm lane: requests are parsed here with llhttp
 // and, when the request path can decide at once (a workspace host, a cached session, a cached
 // route: `plan`), forwarded through the upstream pool with no node:http objects at all (issue 7).
-// The first request it cannot decide at once (sign-in, starting pages, /__gateway/, WebSocket
+// The starting page's status long-poll is answered on the lane too, whenever its answer is ready, so
+// the page's reload follows on the same connection, warm.
+// The first request it cannot decide at once (sign-in, starting pages, other /__gateway/ paths, WebSocket
 // upgrades, Expect, HTTP/1.0, Connection: close, a cache miss) hands the connection to node:http,
 // which runs the full request path from that request on: its head is written back as parsed and
 // the bytes behind it follow, so node:http reads exactly what the client sent from there. Unless the
@@ -24,8 +26,11 @@ export interface LaneRequest {
   socket: Socket;
 }
 
-/** What the request path decided for a warm request. */
-export interface WarmPlan {
+/** What the request path decided for a request the lane takes: forward it, or answer it itself. */
+export type WarmPlan = ForwardPlan | AnswerPlan;
+
+export interface ForwardPlan {
+  kind: 'forward';
   endpoint: Endpoint;
   upstreamHead: string;
   body: BodyMode;
@@ -34,6 +39,15 @@ export interface WarmPlan {
   responded(status: number): void;
   /** The error response (a whole message) for a request the workspace did not answer. */
   failed(code: UpstreamFailure, error: Error): string;
+}
+
+/**
+ * The gateway's own answer to a request without a body, when it is ready (a long-poll): a whole
+ * response message; `close` ends the connection after it. The signal aborts if the client leaves first.
+ */
+export interface AnswerPlan {
+  kind: 'answer';
+  answer(signal: AbortSignal): Promise<{ message: string; close: boolean }>;
 }
 
 export interface Http1Options {
@@ -61,7 +75,7 @@ const SWEEP_MS = 1000;
 /** Date for responses that come without one (RFC 9110 6.6.1), formatted once a second. */
 let dateSecond = -1;
 let dateText = '';
-function httpDate(): string {
+export function httpDate(): string {
   const now = Date.now();
   const second = Math.floor(now / 1000);
   if (second !== dateSecond) { dateSecond = second; dateText = new Date(now).toUTCString(); }
@@ -118,8 +132,10 @@ class Lane implements ResponseSink, ParserEvents {
    */
   handoverBodyBytes: number | undefined;
   stash: Buffer | undefined;
-  plan: WarmPlan | undefined;
+  plan: ForwardPlan | undefined;
   exchange: Exchange | undefined;
+  /** An answer of our own being awaited (AnswerPlan). */
+  answering: AbortController | undefined;
   requestDone = true;
   responseDone = true;
   responseStarted = false;
@@ -152,8 +168,14 @@ class Lane implements ResponseSink, ParserEvents {
     this.exchange?.end();
     this.settle();
   }
-  /** node:http's server allows half-open sockets: a client's FIN is ours to answer. */
-  ended(): void { this.clientEnded = true; if (this.isIdle()) this.leave(); }
+  /**
+   * node:http's server allows half-open sockets: a client's FIN is ours to answer. A long-poll is not
+   * worth holding for a client that has sent its last (node:http aborts such a request too).
+   */
+  ended(): void {
+    this.clientEnded = true;
+    if (this.isIdle() || this.answering) this.leave();
+  }
   drained(): void { this.exchange?.resume(); }
 
   read(d: Buffer): void {
@@ -197,14 +219,30 @@ class Lane implements ResponseSink, ParserEvents {
       this.handoverBodyBytes = major === 1 && minor === 1 && keepAlive && !upgrade ? knownBodyBytes(fields) : undefined;
       return this.stopAt('handover', method, url, major, minor, fields);
     }
-    this.plan = plan;
     this.requestDone = false;
     this.responseDone = false;
     this.responseStarted = false;
+    if (plan.kind === 'answer') { this.awaitAnswer(plan); return PARSE_ON; }
+    this.plan = plan;
     // The workspace's own response timeout applies from here; a body still has the request timeout.
     this.phase = plan.body === 'none' ? 'waiting' : 'body';
     this.exchange = this.front.opts.pool.send(plan.endpoint, { method, head: plan.upstreamHead, body: plan.body }, this);
     return PARSE_ON;
+  }
+
+  /** Our own answer, written when it is ready; the request has no body, so its end follows at once. */
+  awaitAnswer(plan: AnswerPlan): void {
+    this.phase = 'waiting';
+    const pending = new AbortController();
+    this.answering = pending;
+    plan.answer(pending.signal).then(({ message, close }) => {
+      if (this.answering !== pending) return;
+      this.answering = undefined;
+      if (close) { this.leave(message); return; }
+      this.socket.write(message);
+      this.responseDone = true;
+      this.settle();
+    }, () => { if (this.answering === pending) this.socket.destroy(); });
   }
 
   stopAt(stop: 'handover' | 'stash', method: string, url: string, major: number, minor: number, fields: string[]): number {
@@ -289,6 +327,13 @@ class Lane implements ResponseSink, ParserEvents {
     this.front.detach(this);
   }
 
+  /** An answer not yet written is not wanted any more: the connection left the lane. */
+  stopAnswering(): void {
+    const pending = this.answering;
+    this.answering = undefined;
+    pending?.abort();
+  }
+
   isIdle(): boolean { return this.phase === 'idle' && !this.stash; }
 
   /**
@@ -328,6 +373,7 @@ export class Http1Front {
   /** The connection leaves the lane; the lane's listeners go with it. */
   detach(lane: Lane, parserFree = false): void {
     if (!this.lanes.delete(lane)) return;
+    lane.stopAnswering();
     releaseParser(lane.parser, parserFree);
     const s = lane.socket;
     s[kLane] = undefined;

@@ -21,8 +21,8 @@ import { checkRequestTarget, hostHeaderValues, originForm, parseHost, proxyRoute
 import type { Logger } from './log.js';
 import type { Metrics } from './metrics.js';
 import { startingPage, type StatusView } from './pages.js';
-import type { LaneRequest, WarmPlan } from './http1.js';
-import { scanRequest, upstreamRequestHead, type ForwardedFor } from './http-fields.js';
+import { httpDate, type AnswerPlan, type LaneRequest, type WarmPlan } from './http1.js';
+import { scanRequest, upstreamRequestHead, type ForwardedFor, type RequestBody } from './http-fields.js';
 import type { Forwarder, UpgradeResponse } from './proxy.js';
 import { isNavigation, wantsHtml } from './request-kind.js';
 import type { StateStore, WorkspaceRecord } from './store/contract.js';
@@ -214,8 +214,9 @@ export function createRequestPath(deps: RequestPathDeps) {
    */
   function planWarm(req: LaneRequest): WarmPlan | undefined {
     const host = parseHostStep(req.method, req.url, req.fields);
-    if (!host.ok || host.url.startsWith(PREFIX) || deps.isDraining()) return undefined;
+    if (!host.ok || deps.isDraining()) return undefined;
     const scan = scanRequest(req.fields);
+    if (host.url.startsWith(PREFIX)) return statusOnLane(req, host.workspaceId, host.url, scan.body, scan.cookie);
     if (scan.body === undefined || !authorizedNow(scan.cookie, host.workspaceId) || !guardWorkspacePath(host.url)) return undefined;
     const route = workspaces.resolveCached(host.workspaceId);
     if (route?.kind !== 'running') return undefined;
@@ -224,6 +225,7 @@ export function createRequestPath(deps: RequestPathDeps) {
     recordActivity(host.workspaceId, host.url);
     const fwd = forwardedFor(req.socket.remoteAddress, scan.forwardedFor, scan.host);
     return {
+      kind: 'forward',
       endpoint: route.endpoint,
       upstreamHead: upstreamRequestHead(req.method, host.url, req.fields, fwd, stripCookie(scan.cookie, SESSION_COOKIE)),
       body: scan.body,
@@ -235,6 +237,38 @@ export function createRequestPath(deps: RequestPathDeps) {
         return renderErrorOnSocket(code, requestId, wantsHtml(fieldsOf(req.fields, 'sec-fetch-dest', 'accept')));
       },
     };
+  }
+
+  /**
+   * The starting page's long-poll, answered on the lane when its session was verified before: the
+   * connection stays open, so the reload that follows "running" comes on it and is forwarded warm.
+   * node:http answered each poll with Connection: close, and a class's 1,000 reloads then each
+   * cost a new connection (bench/, cold herd).
+   */
+  function statusOnLane(req: LaneRequest, workspaceId: string, url: string, body: RequestBody | undefined, cookie: string | undefined): AnswerPlan | undefined {
+    if (req.method !== 'GET' || body !== 'none' || !authorizedNow(cookie, workspaceId)) return undefined;
+    const query = url.indexOf('?');
+    if ((query === -1 ? url : url.slice(0, query)) !== `${PREFIX}status`) return undefined;
+    const params = new URLSearchParams(query === -1 ? '' : url.slice(query + 1));
+    const requestId = randomUUID();
+    return {
+      kind: 'answer',
+      answer: (signal) => statusAnswer(workspaceId, requestId, params, signal).then(
+        (view) => ({ message: jsonMessage(view, requestId), close: false }),
+        (err: unknown) => {
+          const code = errorCode(err, workspaceId, requestId);
+          metrics.rejectedRequest(code);
+          return { message: renderErrorOnSocket(code, requestId, wantsHtml(fieldsOf(req.fields, 'sec-fetch-dest', 'accept'))), close: true };
+        },
+      ),
+    };
+  }
+
+  /** A 200 JSON response as node:http's json() below writes it, for the lane. */
+  function jsonMessage(body: unknown, requestId: string): string {
+    const s = JSON.stringify(body);
+    return `HTTP/1.1 200 OK\r\ncontent-type: application/json; charset=utf-8\r\ncache-control: no-store\r\nx-request-id: ${requestId}\r\n`
+      + `date: ${httpDate()}\r\ncontent-length: ${Buffer.byteLength(s)}\r\n\r\n${s}`;
   }
 
   // ---------------------------------------------------------------- /__gateway/ on workspace hosts
@@ -287,23 +321,29 @@ export function createRequestPath(deps: RequestPathDeps) {
     log.info({ event: 'signin', workspaceId: ctx.workspaceId, requestId: ctx.requestId }, 'signed in');
   }
 
-  /** Long-poll: answers at once if the state differs from what the page knows, else on the next change. */
   async function status(req: IncomingMessage, res: ServerResponse, ctx: Ctx, url: URL) {
-    let record = await workspaces.read(ctx.workspaceId);
-    const known = `${url.searchParams.get('state')}/${url.searchParams.get('generation')}/${url.searchParams.get('stage')}`;
+    const closed = new AbortController();
+    res.once('close', () => closed.abort());
+    const view = await statusAnswer(ctx.workspaceId, ctx.requestId, url.searchParams, closed.signal);
+    if (res.destroyed) return;
+    json(res, 200, view);
+  }
+
+  /** Long-poll: the view at once if the state differs from what the page knows, else at the next change. */
+  async function statusAnswer(workspaceId: string, requestId: string, query: URLSearchParams, signal: AbortSignal): Promise<StatusView> {
+    let record = await workspaces.read(workspaceId);
+    const known = `${query.get('state')}/${query.get('generation')}/${query.get('stage')}`;
     const key = (r: WorkspaceRecord | undefined) => `${r?.state ?? 'stopped'}/${r?.generation ?? 0}/${r?.stage ?? ''}`;
-    if (url.searchParams.get('wait') === '1' && key(record) === known && (!record || record.state === 'starting' || record.state === 'stopping')) {
-      const closed = new AbortController();
-      res.once('close', () => closed.abort());
-      const changed = await workspaces.nextChange(ctx.workspaceId, 20_000, closed.signal);
-      record = changed ?? (await workspaces.read(ctx.workspaceId));
+    if (query.get('wait') === '1' && key(record) === known && (!record || record.state === 'starting' || record.state === 'stopping')) {
+      const changed = await workspaces.nextChange(workspaceId, 20_000, signal);
+      if (signal.aborted) return statusView(record); // the client left: nobody reads the answer
+      record = changed ?? (await workspaces.read(workspaceId));
       // Nobody drives this start any more (its replica died): take it over and resume it.
-      if (record?.state === 'starting' && !workspaces.isStarting(ctx.workspaceId)) {
-        record = (await workspaces.requestStart(ctx.workspaceId, { retryFailed: false, requestId: ctx.requestId })) ?? record;
+      if (record?.state === 'starting' && !workspaces.isStarting(workspaceId)) {
+        record = (await workspaces.requestStart(workspaceId, { retryFailed: false, requestId })) ?? record;
       }
     }
-    if (res.destroyed) return;
-    json(res, 200, statusView(record));
+    return statusView(record);
   }
 
   function json(res: ServerResponse, status: number, body: unknown) {
@@ -330,11 +370,16 @@ export function createRequestPath(deps: RequestPathDeps) {
       if (route.kind === 'running') return forwardWeb(req, res, ctx, route.endpoint, true);
       return await startIfNeeded(req, res, ctx, route.record);
     } catch (err) {
-      if (err instanceof StoreUnavailable) return fail(res, ctx, 'STORE_UNAVAILABLE');
-      if (err instanceof GatewayError) return fail(res, ctx, err.code, err.detail);
-      log.error({ event: 'request.error', workspaceId: ctx.workspaceId, requestId, err }, 'request failed');
-      return fail(res, ctx, 'INTERNAL');
+      return fail(res, ctx, errorCode(err, ctx.workspaceId, requestId), err instanceof GatewayError ? err.detail : undefined);
     }
+  }
+
+  /** What a request that threw is answered with; a fault of ours is logged. */
+  function errorCode(err: unknown, workspaceId: string, requestId: string): ErrorCode {
+    if (err instanceof StoreUnavailable) return 'STORE_UNAVAILABLE';
+    if (err instanceof GatewayError) return err.code;
+    log.error({ event: 'request.error', workspaceId, requestId, err }, 'request failed');
+    return 'INTERNAL';
   }
 
   function notSignedIn(req: IncomingMessage, res: ServerResponse, ctx: Ctx) {

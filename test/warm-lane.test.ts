@@ -8,6 +8,7 @@ import net, { type AddressInfo } from 'node:net';
 import t from 'tap';
 import { NAVIGATE, XHR, request, startTestGateway, until } from './helpers/gateway.js';
 import { registerRunning } from './helpers/upstream.js';
+import { StoreUnavailable } from '../gateway/store/contract.js';
 
 /** A workspace speaking raw HTTP/1.1, so each row controls the exact bytes of its answer. */
 async function rawUpstream() {
@@ -164,18 +165,18 @@ t.test('warm lane', async (t) => {
     await registerRunning(gw.store, 'raw', up.port);
     await get('/warm-again');
     const c = `Host: ${host}\r\nCookie: ${cookie}\r\n`;
-    const r = await rawExchange(gw.port, `GET /p1 HTTP/1.1\r\n${c}\r\nGET /__gateway/status HTTP/1.1\r\n${c}\r\nGET /p3 HTTP/1.1\r\n${c}Connection: close\r\n\r\n`);
+    const r = await rawExchange(gw.port, `GET /p1 HTTP/1.1\r\n${c}\r\nGET /__gateway/signed-out HTTP/1.1\r\n${c}\r\nGET /p3 HTTP/1.1\r\n${c}Connection: close\r\n\r\n`);
     const statuses = [...r.text.matchAll(/HTTP\/1\.1 (\d{3}) /g)].map((m) => Number(m[1]));
     t.same(statuses, [200, 200, 200]);
-    t.ok(r.text.indexOf('/p1') < r.text.indexOf('"state"') && r.text.indexOf('"state"') < r.text.indexOf('/p3'), 'in the order asked');
+    t.ok(r.text.indexOf('/p1') < r.text.indexOf('Signed out') && r.text.indexOf('Signed out') < r.text.indexOf('/p3'), 'in the order asked');
     t.ok(r.closed, 'closed after the Connection: close one');
   });
 
   t.test('a connection handed to node:http for one request comes back to the lane', async (t) => {
     // Behind a load balancer every connection carries many browsers' requests: one starting page or
-    // status poll must not move a connection off the lane for good.
+    // sign-in must not move a connection off the lane for good.
     const c = `Host: ${host}\r\nCookie: ${cookie}\r\n`;
-    const poll = await rawExchange(gw.port, `GET /__gateway/status HTTP/1.1\r\n${c}\r\n`);
+    const poll = await rawExchange(gw.port, `GET /__gateway/signed-out HTTP/1.1\r\n${c}\r\n`);
     t.match(poll.text, /^HTTP\/1\.1 200 /, 'answered by the request path');
     t.match(poll.text, /\r\nconnection: close\r\n/i, 'with Connection: close (RFC 9112 9.6)');
     t.ok(poll.closed, 'and the gateway closed the connection');
@@ -194,7 +195,7 @@ t.test('warm lane', async (t) => {
     await until(() => text.endsWith('/after-poll-2'), 2000);
     t.notMatch(text, /\r\n(connection|keep-alive):/i, 'and the next one too');
     // A client that pipelines behind the request node:http takes keeps its connection (answered in order).
-    const piped = await rawExchange(gw.port, `GET /__gateway/status HTTP/1.1\r\n${c}\r\nGET /behind HTTP/1.1\r\n${c}\r\n`, { ms: 500 });
+    const piped = await rawExchange(gw.port, `GET /__gateway/signed-out HTTP/1.1\r\n${c}\r\nGET /behind HTTP/1.1\r\n${c}\r\n`, { ms: 500 });
     t.same([...piped.text.matchAll(/HTTP\/1\.1 (\d{3}) /g)].map((m) => Number(m[1])), [200, 200], 'both answered');
     t.match(piped.text, /\r\nkeep-alive: timeout=/i, 'node:http kept the connection');
     t.ok(piped.text.endsWith('/behind'), 'in the order asked');
@@ -209,13 +210,81 @@ t.test('warm lane', async (t) => {
     s2.on('data', (d) => { text2 += d.toString('latin1'); });
     s2.on('close', () => { closed2 = true; });
     await new Promise<void>((r) => s2.once('connect', () => r()));
-    s2.write(`GET /slow HTTP/1.1\r\n${c}\r\nGET /__gateway/status HTTP/1.1\r\n${c}\r\n`);
+    s2.write(`GET /slow HTTP/1.1\r\n${c}\r\nGET /__gateway/signed-out HTTP/1.1\r\n${c}\r\n`);
     await new Promise((r) => setTimeout(r, 50));
     s2.write(`GET /late HTTP/1.1\r\n${c}\r\n`);
     await until(() => text2.endsWith('/late') || closed2, 3000);
     t.same([...text2.matchAll(/HTTP\/1\.1 (\d{3}) /g)].map((m) => Number(m[1])), [200, 200, 200], 'all three answered, in order');
-    t.ok(text2.startsWith('HTTP/1.1 200 OK') && text2.indexOf('/slow') < text2.indexOf('"state"') && text2.endsWith('/late'), 'in the order asked');
+    t.ok(text2.startsWith('HTTP/1.1 200 OK') && text2.indexOf('/slow') < text2.indexOf('Signed out') && text2.endsWith('/late'), 'in the order asked');
     t.notOk(closed2, 'the connection stays open');
+  });
+
+  t.test("the starting page's long-poll is answered on the lane, and the reload follows on its connection", async (t) => {
+    // A stopped workspace whose owner's session the gateway has verified once (on node:http's path).
+    const id = 'polled';
+    const ph = `ws-${id}.localhost`;
+    const pc = await gw.cookie(id);
+    const first = await request(gw.port, { host: ph, path: '/__gateway/status', headers: { cookie: pc, ...XHR } });
+    t.same([first.status, JSON.parse(first.body).state], [200, 'stopped'], 'node:http verified the session');
+    const c = `Host: ${ph}\r\nCookie: ${pc}\r\n`;
+    const wait = `GET /__gateway/status?wait=1&state=stopped&generation=0&stage= HTTP/1.1\r\n${c}\r\n`;
+
+    const s = net.connect(gw.port, '127.0.0.1');
+    t.teardown(() => s.destroy());
+    s.on('error', () => undefined);
+    let text = '';
+    let closed = false;
+    s.on('data', (d) => { text += d.toString('latin1'); });
+    s.on('close', () => { closed = true; });
+    await new Promise<void>((r) => s.once('connect', () => r()));
+    const lanes = gw.gateway.laneConnections();
+    // A request pipelined behind the poll waits for the poll's answer (RFC 9112 9.3.2).
+    s.write(`${wait}GET /behind-the-poll HTTP/1.1\r\n${c}\r\n`);
+    await new Promise((r) => setTimeout(r, 150));
+    t.equal(text, '', 'held until the state changes');
+    t.equal(gw.gateway.laneConnections(), lanes, 'on the lane');
+
+    const record = { id, state: 'running' as const, generation: 1, since: Date.now(), endpoint: { host: '127.0.0.1', port: up.port }, startedAt: Date.now() };
+    await gw.store.putWorkspace(record);
+    await gw.store.publish({ record });
+    await until(() => text.endsWith('/behind-the-poll'), 2000);
+    const [answer] = text.split('\r\n\r\n', 2);
+    t.match(answer, /^HTTP\/1\.1 200 OK\r\n/);
+    t.match(answer, /\r\ncontent-type: application\/json/i);
+    t.match(answer, /\r\nx-request-id: /i);
+    t.notMatch(answer, /\r\n(connection|keep-alive):/i, 'the lane answered it and kept the connection');
+    t.match(text, /"state":"running"/, 'told running');
+    t.ok(text.indexOf('"state":"running"') < text.indexOf('/behind-the-poll'), 'then the request behind it, forwarded');
+    s.write(`GET /reloaded HTTP/1.1\r\n${c}Sec-Fetch-Mode: navigate\r\nSec-Fetch-Dest: document\r\n\r\n`);
+    await until(() => text.endsWith('/reloaded'), 2000);
+    t.notOk(closed, 'the reload came on the same connection, and it stays open');
+    t.ok(up.seen.includes('GET /reloaded'), 'forwarded to the workspace');
+  });
+
+  t.test('a long-poll on the lane: a client that leaves, a store that fails', async (t) => {
+    const id = 'polled-2';
+    const ph = `ws-${id}.localhost`;
+    const pc = await gw.cookie(id);
+    await request(gw.port, { host: ph, path: '/__gateway/status', headers: { cookie: pc, ...XHR } });
+    const c = `Host: ${ph}\r\nCookie: ${pc}\r\n`;
+    const lanes = gw.gateway.laneConnections();
+    const gone = await rawExchange(gw.port, `GET /__gateway/status?wait=1&state=stopped&generation=0&stage= HTTP/1.1\r\n${c}\r\n`, { ms: 100 });
+    t.same([gone.text, gone.closed], ['', false], 'still waiting when the client left');
+    await until(() => gw.gateway.laneConnections() <= lanes, 2000);
+    t.pass('the lane let go of it');
+
+    // Redis down: the code from the error catalogue, in JSON for the page's script, and the connection closes.
+    const getWorkspace = gw.store.getWorkspace;
+    gw.store.getWorkspace = () => Promise.reject(new StoreUnavailable('down'));
+    t.teardown(() => { gw.store.getWorkspace = getWorkspace; });
+    const failed = await rawExchange(gw.port, `GET /__gateway/status HTTP/1.1\r\n${c}Accept: */*\r\n\r\n`);
+    gw.store.getWorkspace = getWorkspace;
+    t.match(failed.text, /^HTTP\/1\.1 503 /);
+    t.match(failed.text, /\r\nx-gateway-error: STORE_UNAVAILABLE\r\n/i);
+    t.match(failed.text, /\r\ncontent-type: application\/json/i);
+    t.ok(failed.closed, 'and closed');
+    const after = await request(gw.port, { host: ph, path: '/__gateway/status', headers: { cookie: pc, ...XHR } });
+    t.same([after.status, JSON.parse(after.body).state], [200, 'stopped'], 'the next poll is answered');
   });
 
   t.test("a client's half-close: the answer, then the gateway closes too (no CLOSE-WAIT)", async (t) => {
