@@ -121,6 +121,7 @@ async function oneHerd(opts: ColdHerdOptions, g: GatewayChild, id: string, varia
     { name: 'page loads that met an error page', value: withErrors.length, unit: 'count' },
     { name: 'first page load -> workspace ready', value: tReady - t0, unit: 'ms' },
     { name: 'ready -> first browser told running (noticed)', value: noticed, unit: 'ms' },
+    { name: 'ready -> all browsers told running', value: (told.length ? Math.max(...told) : NaN) - tReady, unit: 'ms' },
     { name: 'ready -> start.ready logged', value: readyLine ? Number(readyLine.time) - tReady : NaN, unit: 'ms' },
     { name: 'ready -> first served', value: Math.min(...servedAfter), unit: 'ms' },
     { name: 'ready -> p50 served', value: quantile(servedAfter, 0.5), unit: 'ms' },

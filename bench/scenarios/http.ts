@@ -29,9 +29,9 @@ export function parseWrk(out: string): WrkResult {
 }
 
 /**
- * Behind the ALB every connection carries many browsers' requests, now and then one the warm lane
- * hands to node:http (a starting page, a status poll, a sign-in): one request in 50 here is a status
- * poll, on the same 50 connections.
+ * Behind the ALB every connection carries many browsers' requests, now and then one that is not a
+ * proxied page (a starting page's status poll, a sign-in): one request in 50 here is a status poll,
+ * on the same 50 connections.
  */
 const MIXED_LUA = `local n = 0
 request = function()
@@ -170,7 +170,7 @@ export async function run(opts: { quick: boolean; log: (s: string) => void }): P
       notes.push(`library pick: on its own undici forwards at ${med('lib-undici', 'cpuUsPerReq').toFixed(1)} µs CPU/req (${Math.round(rps('lib-undici'))} req/s), http-proxy-3 at ${med('lib-http-proxy-3', 'cpuUsPerReq').toFixed(1)} µs (${Math.round(rps('lib-http-proxy-3'))} req/s), the whole gateway at ${med('gateway', 'cpuUsPerReq').toFixed(1)} µs: it forwards with neither, but with its own pool on node's HTTP parser (gateway/upstream-pool.ts), on the warm lane without node:http's server objects (gateway/http1.ts)`);
     }
     notes.push('CPU/req is the proxy process tree\'s CPU per request served; for direct it is the upstream\'s own');
-    notes.push('gateway "1 in 50 a status poll": the closed loop again, every 50th request on each connection a GET /__gateway/status, which node:http answers (with Connection: close, so the connection comes back to the warm lane): traffic as the ALB brings it');
+    notes.push('gateway "1 in 50 a status poll": the closed loop again, every 50th request on each connection a GET /__gateway/status (a store read, answered on the warm lane, the connection kept): traffic as the ALB brings it');
     notes.push(`closed loop: wrk -t1 -c50, ${rounds} rounds x ${closedSecs} s; open loop: ${openRounds} rounds x ${openSecs} s at 1000 rps, latency from each request's due time`);
     return { scenario: '1+6 HTTP (closed loop 50 conns, open loop 1000 rps) and bookkeeping', systems, targets, notes };
   } finally {
