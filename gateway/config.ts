@@ -3,6 +3,7 @@
 import { randomBytes } from 'node:crypto';
 import { isIP } from 'node:net';
 import { DEFAULT_ACTIVITY_CONFIG, type ActivityConfig } from './activity/verdict.js';
+import { durationMs } from './duration.js';
 
 export type Env = Record<string, string | undefined>;
 
@@ -74,14 +75,11 @@ export interface Config {
 
 export interface Cidr { address: string; prefix: number; family: 4 | 6 }
 
-const DURATION = /^(\d+(?:\.\d+)?)(ms|s|m|h)?$/;
-const UNIT: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000 };
-
-/** `250ms`, `30s`, `15m`, `12h`, or plain seconds. */
+/** `250ms`, `30s`, `15m`, `12h`, or plain seconds (gateway/duration.ts); anything else names the variable. */
 export function parseDuration(variable: string, value: string): number {
-  const m = DURATION.exec(value.trim());
-  if (!m) throw new ConfigError(variable, `expected a duration like 30s, 15m or 12h, got "${value}"`);
-  return Math.round(Number(m[1]) * UNIT[m[2] ?? 's']);
+  const ms = durationMs(value);
+  if (ms === undefined) throw new ConfigError(variable, `expected a duration like 30s, 15m or 12h, got "${value}"`);
+  return ms;
 }
 
 export function parseCidr(variable: string, value: string): Cidr {

@@ -1,19 +1,10 @@
 // Parses the ECS provisioner's settings from an environment map, once, at the entry point.
 // The variable names are the operators' contract (provisioner/README.md); every error names the
 // variable at fault so a misconfigured deployment says what to fix.
+import { durationMs } from '../gateway/duration.js';
 import type { EcsCapacity, EcsProvisionerOptions } from './ecs-types.js';
 
 type Env = Record<string, string | undefined>;
-
-const UNITS: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000 };
-
-/** `250ms`, `30s`, `5m`, `12h` or plain (possibly fractional) seconds -> milliseconds. */
-export function parseDuration(text: string): number | undefined {
-  const m = /^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$/.exec(text);
-  if (!m) return undefined;
-  const ms = Number(m[1]) * UNITS[m[2] ?? 's'];
-  return Number.isFinite(ms) ? Math.round(ms) : undefined;
-}
 
 function fail(name: string, why: string): never {
   throw new Error(`${name}: ${why}`);
@@ -56,7 +47,7 @@ function positive(env: Env, name: string, dflt: number): number {
 function duration(env: Env, name: string, dfltMs: number): number {
   const v = raw(env, name);
   if (v === undefined) return dfltMs;
-  const ms = parseDuration(v);
+  const ms = durationMs(v);
   if (ms === undefined || ms <= 0) fail(name, `must be a duration like 250ms, 30s, 5m, 12h or plain seconds, got ${JSON.stringify(v)}`);
   return ms;
 }

@@ -4,7 +4,8 @@ import t from 'tap';
 import { createManualClock } from '../gateway/clock.js';
 import { Admission, localTokens, sharedTokens, takeToken, type TokenSource } from '../provisioner/admission.js';
 import { pollIntervalMs } from '../provisioner/ecs-tasks.js';
-import { ecsOptionsFromEnv, parseDuration } from '../provisioner/ecs-config.js';
+import { ecsOptionsFromEnv } from '../provisioner/ecs-config.js';
+import { durationMs } from '../gateway/duration.js';
 import { runTaskToken, serviceIndex } from '../provisioner/ecs.js';
 import { classifyAwsError, DEFAULT_RETRY_POLICY, retryDecision, type ErrorClass } from '../provisioner/retry.js';
 import { anySignal, type Timers } from '../provisioner/timers.js';
@@ -201,12 +202,12 @@ t.test('pollIntervalMs: at most ten DescribeTasks a second, never below the mini
   for (const [n, min, want] of cases) t.equal(pollIntervalMs(n, min), want, `${n} tasks, min ${min}`);
 });
 
-t.test('parseDuration', async (t) => {
+t.test('durationMs (the grammar of every duration setting)', async (t) => {
   const cases: [string, number | undefined][] = [
     ['250ms', 250], ['30s', 30_000], ['5m', 300_000], ['12h', 43_200_000], ['90', 90_000], ['1.5', 1500], ['0.5s', 500],
     ['', undefined], ['5 minutes', undefined], ['-1s', undefined], ['1d', undefined],
   ];
-  for (const [text, want] of cases) t.equal(parseDuration(text), want, JSON.stringify(text));
+  for (const [text, want] of cases) t.equal(durationMs(text), want, JSON.stringify(text));
 });
 
 t.test('ecsOptionsFromEnv: defaults, and errors that name the variable', async (t) => {
