@@ -20,8 +20,6 @@ export function quantile(values: number[], q: number): number {
   return s[Math.min(s.length - 1, Math.max(0, Math.ceil(q * s.length) - 1))];
 }
 
-export const round = (v: number, digits = 1) => Math.round(v * 10 ** digits) / 10 ** digits;
-
 export type LogLine = Record<string, unknown> & { event?: string; time?: number; msg?: string };
 
 export interface GatewayChild {

@@ -10,7 +10,8 @@ import { startFakeAws } from '../../test/fake-aws/index.js';
 import { fakeAwsEnv } from '../../test/fake-aws/config.js';
 import { targetLine, type Figure, type ScenarioResult, type Target } from '../result.js';
 import { pageLoad } from './b-browser.js';
-import { cookieMinter, maxInWindow, parseInfo, quantile, round, startGatewayChild, type GatewayChild } from './b-util.js';
+import { round } from '../lib.js';
+import { cookieMinter, maxInWindow, parseInfo, quantile, startGatewayChild, type GatewayChild } from './b-util.js';
 
 /** Calls per Redis command since the last CONFIG RESETSTAT (INFO commandstats). */
 async function commandCounts(admin: Redis): Promise<Map<string, number>> {
@@ -134,7 +135,7 @@ async function surge(opts: ClassSurgeOptions, variant: string, env: Record<strin
       { name: 'Redis PUBLISH per student', value: round(publishes / students, 1), unit: 'count' },
       { name: 'gateway CPU during the surge (all replicas)', value: gatewayCpu, unit: 'ms' },
       { name: 'bench process CPU (browsers, fake AWS, task servers)', value: Math.round((benchCpu.user + benchCpu.system) / 1000), unit: 'ms' },
-      { name: 'gateway RSS after (largest replica)', value: round(Math.max(...(await Promise.all(gws.map((g) => g.rss())))) / 1048576), unit: 'MB' },
+      { name: 'gateway RSS after (largest replica)', value: round(Math.max(...(await Promise.all(gws.map((g) => g.rss())))) / 1048576, 1), unit: 'MB' },
     ];
     const notes: string[] = [];
     if (errorCodes.size) notes.push(`class-surge (${variant}): errors students met: ${[...errorCodes].map(([k, v]) => `${k} x${v}`).join(', ')}`);

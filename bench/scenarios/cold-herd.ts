@@ -12,7 +12,8 @@ import { join } from 'node:path';
 import { startRedis } from '../../test/helpers/redis.js';
 import { targetLine, type Figure, type ScenarioResult, type Target } from '../result.js';
 import { NAVIGATE, pageLoad, type PageLoadResult } from './b-browser.js';
-import { cookieMinter, quantile, round, startGatewayChild, type GatewayChild } from './b-util.js';
+import { round } from '../lib.js';
+import { cookieMinter, quantile, startGatewayChild, type GatewayChild } from './b-util.js';
 
 export interface ColdHerdOptions {
   quick: boolean;
@@ -134,7 +135,7 @@ async function oneHerd(opts: ColdHerdOptions, g: GatewayChild, id: string, varia
     { name: 'gateway CPU from ready to all served', value: cpuServed - cpuReady, unit: 'ms' },
     { name: 'gateway CPU per page load (all its requests)', value: round(herdCpu / browsers, 2), unit: 'ms' },
     { name: 'status long-polls per page load (mean)', value: round(results.reduce((s2, r) => s2 + r.polls, 0) / browsers, 2), unit: 'count' },
-    { name: 'gateway RSS after', value: round((await g.rss()) / 1048576), unit: 'MB' },
+    { name: 'gateway RSS after', value: round((await g.rss()) / 1048576, 1), unit: 'MB' },
   ];
   const notes: string[] = [];
   if (errorCodes.size) notes.push(`cold-herd (${variant}): error pages/poll errors met: ${[...errorCodes].map(([k, v]) => `${k} x${v}`).join(', ')}`);

@@ -18,7 +18,8 @@ import { createReaper } from '../../reaper/reaper.js';
 import { startRedis } from '../../test/helpers/redis.js';
 import { targetLine, type Figure, type ScenarioResult, type Target } from '../result.js';
 import { measureLayouts } from './b-layouts.js';
-import { gcFunction, parseInfo, pool, quantile, round } from './b-util.js';
+import { round } from '../lib.js';
+import { gcFunction, parseInfo, pool, quantile } from './b-util.js';
 
 export interface StateScaleOptions { quick: boolean; log: (s: string) => void; workspaces?: number }
 
@@ -170,28 +171,28 @@ export async function run(opts: StateScaleOptions): Promise<ScenarioResult> {
     const figures: Figure[] = [
       { name: 'workspaces in the store', value: n, unit: 'count' },
       { name: 'write rate through the store API (256 in flight)', value: Math.round(n / (writeMs / 1000)), unit: '/s' },
-      { name: 'Redis memory per idle workspace', value: round(perIdle), unit: 'B' },
-      { name: '  of which the record key (MEMORY USAGE)', value: round(recordKeyBytes), unit: 'B' },
-      { name: '  of which the ids index (sorted set)', value: round(idsIndexBytes), unit: 'B' },
+      { name: 'Redis memory per idle workspace', value: round(perIdle, 1), unit: 'B' },
+      { name: '  of which the record key (MEMORY USAGE)', value: round(recordKeyBytes, 1), unit: 'B' },
+      { name: '  of which the ids index (sorted set)', value: round(idsIndexBytes, 1), unit: 'B' },
       { name: '  record value length (stored JSON)', value: jsonBytes, unit: 'B' },
       { name: 'Redis keys', value: dbsize, unit: 'count' },
-      { name: 'Redis memory per running workspace, beyond idle', value: round(perRunningExtra), unit: 'B' },
-      { name: 'route resolution, cache miss, p50', value: round(quantile(lat, 0.5)), unit: 'µs' },
-      { name: 'route resolution, cache miss, p99', value: round(quantile(lat, 0.99)), unit: 'µs' },
+      { name: 'Redis memory per running workspace, beyond idle', value: round(perRunningExtra, 1), unit: 'B' },
+      { name: 'route resolution, cache miss, p50', value: round(quantile(lat, 0.5), 1), unit: 'µs' },
+      { name: 'route resolution, cache miss, p99', value: round(quantile(lat, 0.99), 1), unit: 'µs' },
       { name: 'route resolutions, cache miss, 64 in flight', value: Math.round(missesPerSecond), unit: '/s' },
-      { name: 'gateway heap per cached route (cached - forgotten)', value: round(perRoute), unit: 'B' },
+      { name: 'gateway heap per cached route (cached - forgotten)', value: round(perRoute, 1), unit: 'B' },
       { name: 'reaper pass: candidates', value: summary.candidates, unit: 'count' },
       { name: 'reaper pass: stopped', value: summary.stopped.length, unit: 'count' },
       { name: 'reaper pass: provisioner stops', value: provisioner.stops, unit: 'count' },
-      { name: 'reaper pass', value: round(passMs), unit: 'ms' },
+      { name: 'reaper pass', value: round(passMs, 1), unit: 'ms' },
       { name: 'reaper pass with nothing to do', value: round(secondMs, 2), unit: 'ms' },
       { name: 'running after the pass', value: stillRunning, unit: 'count' },
       { name: 'admin listing: first page of 100', value: round(listMs, 1), unit: 'ms' },
       { name: `admin listing: first page of 100 running (${runningPage.items.length} found)`, value: round(listRunningMs, 1), unit: 'ms' },
     ];
     const targets: Target[] = [
-      { name: 'state-scale: reaper pass over 100,000 workspaces', value: round(passMs), limit: 2000, unit: 'ms', op: '<=', met: passMs <= 2000 && summary.stopped.length === idleCandidates },
-      { name: 'state-scale: Redis memory per idle workspace', value: round(perIdle), limit: 300, unit: 'B', op: '<=', met: perIdle <= 300 },
+      { name: 'state-scale: reaper pass over 100,000 workspaces', value: round(passMs, 1), limit: 2000, unit: 'ms', op: '<=', met: passMs <= 2000 && summary.stopped.length === idleCandidates },
+      { name: 'state-scale: Redis memory per idle workspace', value: round(perIdle, 1), limit: 300, unit: 'B', op: '<=', met: perIdle <= 300 },
     ];
     const notes = [
       `state-scale: ${n} workspaces written through the Redis store's putWorkspace; idle = stopped after being idle (record as workspaces.stop leaves it, stored as ${jsonBytes} B of JSON, ids like ${idOf(1)}); ${runningCount} running (ECS-like endpoint and task ARN, activity in the sorted set), ${idleCandidates} of them idle for longer than IDLE_TIMEOUT=15m.`,
