@@ -41,7 +41,7 @@ t.test('bad values name the variable', async (t) => {
 });
 
 t.test('durations', async (t) => {
-  const rows: Array<[string, number]> = [['250ms', 250], ['30s', 30_000], ['15m', 900_000], ['12h', 43_200_000], ['90', 90_000], ['1.5s', 1500]];
+  const rows: Array<[string, number]> = [['250ms', 250], ['30s', 30_000], ['15m', 900_000], ['12h', 43_200_000], ['90', 90_000], ['1.5s', 1500], [' 30 s ', 30_000]];
   for (const [s, ms] of rows) t.equal(parseDuration('X', s), ms, s);
   t.throws(() => parseDuration('X', '5 minutes'));
 });
