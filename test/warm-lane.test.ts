@@ -86,6 +86,18 @@ function rawExchange(port: number, payload: string, opts: { halfClose?: boolean;
   });
 }
 
+/** A connection kept open by the test: what it has received so far, and whether the gateway closed it. */
+async function openClient(t: { teardown(fn: () => unknown): void }, port: number) {
+  const socket = net.connect(port, '127.0.0.1');
+  t.teardown(() => socket.destroy());
+  socket.on('error', () => undefined);
+  const client = { socket, text: '', closed: false };
+  socket.on('data', (d) => { client.text += d.toString('latin1'); });
+  socket.on('close', () => { client.closed = true; });
+  await new Promise<void>((r) => socket.once('connect', () => r()));
+  return client;
+}
+
 t.test('warm lane', async (t) => {
   const up = await rawUpstream();
   const gw = await startTestGateway({ env: { UPSTREAM_TIMEOUT: '500ms' } });
@@ -181,19 +193,14 @@ t.test('warm lane', async (t) => {
     t.match(poll.text, /\r\nconnection: close\r\n/i, 'with Connection: close (RFC 9112 9.6)');
     t.ok(poll.closed, 'and the gateway closed the connection');
     // The same client's next connection starts on the lane, and a warm request stays there.
-    const s = net.connect(gw.port, '127.0.0.1');
-    t.teardown(() => s.destroy());
-    s.on('error', () => undefined);
-    let text = '';
-    s.on('data', (d) => { text += d.toString('latin1'); });
-    await new Promise<void>((r) => s.once('connect', () => r()));
-    s.write(`GET /after-poll HTTP/1.1\r\n${c}\r\n`);
-    await until(() => text.endsWith('/after-poll'), 2000);
+    const a = await openClient(t, gw.port);
+    a.socket.write(`GET /after-poll HTTP/1.1\r\n${c}\r\n`);
+    await until(() => a.text.endsWith('/after-poll'), 2000);
     // node:http marks every kept-alive answer with Keep-Alive: timeout=…; the lane's carry no such field.
-    t.notMatch(text, /\r\n(connection|keep-alive):/i, 'answered by the warm lane, connection kept');
-    s.write(`GET /after-poll-2 HTTP/1.1\r\n${c}\r\n`);
-    await until(() => text.endsWith('/after-poll-2'), 2000);
-    t.notMatch(text, /\r\n(connection|keep-alive):/i, 'and the next one too');
+    t.notMatch(a.text, /\r\n(connection|keep-alive):/i, 'answered by the warm lane, connection kept');
+    a.socket.write(`GET /after-poll-2 HTTP/1.1\r\n${c}\r\n`);
+    await until(() => a.text.endsWith('/after-poll-2'), 2000);
+    t.notMatch(a.text, /\r\n(connection|keep-alive):/i, 'and the next one too');
     // A client that pipelines behind the request node:http takes keeps its connection (answered in order).
     const piped = await rawExchange(gw.port, `GET /__gateway/signed-out HTTP/1.1\r\n${c}\r\nGET /behind HTTP/1.1\r\n${c}\r\n`, { ms: 500 });
     t.same([...piped.text.matchAll(/HTTP\/1\.1 (\d{3}) /g)].map((m) => Number(m[1])), [200, 200], 'both answered');
@@ -202,21 +209,14 @@ t.test('warm lane', async (t) => {
     t.notOk(piped.closed, 'and the connection stays open');
     // A request that arrives while the lane holds one back (the socket paused, its bytes left in the
     // socket's buffer) is pipelining too: the connection must not close under it (a regression).
-    const s2 = net.connect(gw.port, '127.0.0.1');
-    t.teardown(() => s2.destroy());
-    s2.on('error', () => undefined);
-    let text2 = '';
-    let closed2 = false;
-    s2.on('data', (d) => { text2 += d.toString('latin1'); });
-    s2.on('close', () => { closed2 = true; });
-    await new Promise<void>((r) => s2.once('connect', () => r()));
-    s2.write(`GET /slow HTTP/1.1\r\n${c}\r\nGET /__gateway/signed-out HTTP/1.1\r\n${c}\r\n`);
+    const b = await openClient(t, gw.port);
+    b.socket.write(`GET /slow HTTP/1.1\r\n${c}\r\nGET /__gateway/signed-out HTTP/1.1\r\n${c}\r\n`);
     await new Promise((r) => setTimeout(r, 50));
-    s2.write(`GET /late HTTP/1.1\r\n${c}\r\n`);
-    await until(() => text2.endsWith('/late') || closed2, 3000);
-    t.same([...text2.matchAll(/HTTP\/1\.1 (\d{3}) /g)].map((m) => Number(m[1])), [200, 200, 200], 'all three answered, in order');
-    t.ok(text2.startsWith('HTTP/1.1 200 OK') && text2.indexOf('/slow') < text2.indexOf('Signed out') && text2.endsWith('/late'), 'in the order asked');
-    t.notOk(closed2, 'the connection stays open');
+    b.socket.write(`GET /late HTTP/1.1\r\n${c}\r\n`);
+    await until(() => b.text.endsWith('/late') || b.closed, 3000);
+    t.same([...b.text.matchAll(/HTTP\/1\.1 (\d{3}) /g)].map((m) => Number(m[1])), [200, 200, 200], 'all three answered, in order');
+    t.ok(b.text.startsWith('HTTP/1.1 200 OK') && b.text.indexOf('/slow') < b.text.indexOf('Signed out') && b.text.endsWith('/late'), 'in the order asked');
+    t.notOk(b.closed, 'the connection stays open');
   });
 
   t.test("the starting page's long-poll is answered on the lane, and the reload follows on its connection", async (t) => {
@@ -229,35 +229,28 @@ t.test('warm lane', async (t) => {
     const c = `Host: ${ph}\r\nCookie: ${pc}\r\n`;
     const wait = `GET /__gateway/status?wait=1&state=stopped&generation=0&stage= HTTP/1.1\r\n${c}\r\n`;
 
-    const s = net.connect(gw.port, '127.0.0.1');
-    t.teardown(() => s.destroy());
-    s.on('error', () => undefined);
-    let text = '';
-    let closed = false;
-    s.on('data', (d) => { text += d.toString('latin1'); });
-    s.on('close', () => { closed = true; });
-    await new Promise<void>((r) => s.once('connect', () => r()));
+    const p = await openClient(t, gw.port);
     const lanes = gw.gateway.laneConnections();
     // A request pipelined behind the poll waits for the poll's answer (RFC 9112 9.3.2).
-    s.write(`${wait}GET /behind-the-poll HTTP/1.1\r\n${c}\r\n`);
+    p.socket.write(`${wait}GET /behind-the-poll HTTP/1.1\r\n${c}\r\n`);
     await new Promise((r) => setTimeout(r, 150));
-    t.equal(text, '', 'held until the state changes');
-    t.equal(gw.gateway.laneConnections(), lanes, 'on the lane');
+    t.equal(p.text, '', 'held until the state changes');
+    t.equal(gw.gateway.laneConnections(), lanes, 'still on the lane (a handover would have taken it off)');
 
     const record = { id, state: 'running' as const, generation: 1, since: Date.now(), endpoint: { host: '127.0.0.1', port: up.port }, startedAt: Date.now() };
     await gw.store.putWorkspace(record);
     await gw.store.publish({ record });
-    await until(() => text.endsWith('/behind-the-poll'), 2000);
-    const [answer] = text.split('\r\n\r\n', 2);
+    await until(() => p.text.endsWith('/behind-the-poll'), 2000);
+    const [answer] = p.text.split('\r\n\r\n', 2);
     t.match(answer, /^HTTP\/1\.1 200 OK\r\n/);
     t.match(answer, /\r\ncontent-type: application\/json/i);
     t.match(answer, /\r\nx-request-id: /i);
     t.notMatch(answer, /\r\n(connection|keep-alive):/i, 'the lane answered it and kept the connection');
-    t.match(text, /"state":"running"/, 'told running');
-    t.ok(text.indexOf('"state":"running"') < text.indexOf('/behind-the-poll'), 'then the request behind it, forwarded');
-    s.write(`GET /reloaded HTTP/1.1\r\n${c}Sec-Fetch-Mode: navigate\r\nSec-Fetch-Dest: document\r\n\r\n`);
-    await until(() => text.endsWith('/reloaded'), 2000);
-    t.notOk(closed, 'the reload came on the same connection, and it stays open');
+    t.match(p.text, /"state":"running"/, 'told running');
+    t.ok(p.text.indexOf('"state":"running"') < p.text.indexOf('/behind-the-poll'), 'then the request behind it, forwarded');
+    p.socket.write(`GET /reloaded HTTP/1.1\r\n${c}Sec-Fetch-Mode: navigate\r\nSec-Fetch-Dest: document\r\n\r\n`);
+    await until(() => p.text.endsWith('/reloaded'), 2000);
+    t.notOk(p.closed, 'the reload came on the same connection, and it stays open');
     t.ok(up.seen.includes('GET /reloaded'), 'forwarded to the workspace');
   });
 
