@@ -216,6 +216,10 @@ export async function createGateway(deps: GatewayDeps) {
       const serverClosed = new Promise<void>((resolve) => publicServer.close(() => resolve()));
       publicServer.closeIdleConnections();
       front.closeIdle();
+      // Held status long-polls answer now with the state as it is, and their connections close: the
+      // page polls again through the load balancer, to a replica that stays (else each held one kept
+      // this replica up for the whole grace).
+      workspaces.wakeAll();
       await wsPairs.closeAll();
       await within(REQUEST_GRACE_MS, serverClosed);
       for (const fn of closers.reverse()) await Promise.resolve(fn()).catch((err) => log.warn({ err }, 'close step failed'));

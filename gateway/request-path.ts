@@ -338,8 +338,9 @@ export function createRequestPath(deps: RequestPathDeps) {
       const changed = await workspaces.nextChange(workspaceId, 20_000, signal);
       if (signal.aborted) return statusView(record); // the client left: nobody reads the answer
       record = changed ?? (await workspaces.read(workspaceId));
-      // Nobody drives this start any more (its replica died): take it over and resume it.
-      if (record?.state === 'starting' && !workspaces.isStarting(workspaceId)) {
+      // Nobody drives this start any more (its replica died): take it over and resume it (not while
+      // this replica is leaving: a poll it lets go re-polls on one that stays).
+      if (record?.state === 'starting' && !workspaces.isStarting(workspaceId) && !deps.isDraining()) {
         record = (await workspaces.requestStart(workspaceId, { retryFailed: false, requestId })) ?? record;
       }
     }
@@ -361,11 +362,12 @@ export function createRequestPath(deps: RequestPathDeps) {
     if (!host.ok) return fail(res, { requestId, html }, host.code, host.detail);
     req.url = host.url;
     const ctx: Ctx = { req, requestId, workspaceId: host.workspaceId, html, started };
+    // Leaving: every answer closes its connection, so the client's next request finds a replica that stays.
+    if (deps.isDraining()) res.setHeader('connection', 'close');
     try {
       if (req.url!.startsWith(PREFIX)) return await gatewayOwnPaths(req, res, ctx);
       if (!(await authorize(req, ctx.workspaceId))) return notSignedIn(req, res, ctx);
       if (!guardWorkspacePath(req.url!)) return fail(res, ctx, 'PROXY_TARGET_FORBIDDEN');
-      if (deps.isDraining()) res.setHeader('connection', 'close');
       const route = await workspaces.resolve(ctx.workspaceId);
       if (route.kind === 'running') return forwardWeb(req, res, ctx, route.endpoint, true);
       return await startIfNeeded(req, res, ctx, route.record);

@@ -359,6 +359,12 @@ export function createWorkspaces(opts: WorkspacesOptions) {
     }
   }
 
+  /** Every waiting nextChange resolves now, with undefined (a draining replica lets its long-polls go). */
+  function wakeAll() {
+    for (const set of waiters.values()) for (const w of set) w(undefined as unknown as WorkspaceRecord);
+    waiters.clear();
+  }
+
   /** Resolves on the next change to this workspace, or undefined after timeoutMs. */
   function nextChange(id: string, timeoutMs: number, signal?: AbortSignal): Promise<WorkspaceRecord | undefined> {
     return new Promise((resolve) => {
@@ -393,13 +399,13 @@ export function createWorkspaces(opts: WorkspacesOptions) {
     startsInFlight: () => inFlight.size,
     cachedRoutes: () => cache.size,
     isStarting: (id: string) => inFlight.has(id),
+    wakeAll,
     async close() {
       closed = true;
       unsubscribe();
       for (const { controller } of inFlight.values()) controller.abort(new StartFailure('ABORTED', 'the gateway is shutting down'));
       await Promise.allSettled([...inFlight.values()].map((f) => f.done));
-      for (const set of waiters.values()) for (const w of set) w(undefined as unknown as WorkspaceRecord);
-      waiters.clear();
+      wakeAll();
     },
   };
 }

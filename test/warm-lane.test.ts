@@ -360,3 +360,32 @@ t.test('warm lane', async (t) => {
     t.same(JSON.parse(streamed), { te: 'chunked', body: 'part one, part two' });
   });
 });
+
+t.test('a replica leaving answers its held long-polls at once, and closes their connections', async (t) => {
+  // On the lane (session verified before) and on node:http's path (a session not seen yet): each is
+  // answered with the state as it is, so the page polls again, through the load balancer, elsewhere.
+  const gw = await startTestGateway();
+  let closing: Promise<void> | undefined;
+  t.teardown(() => closing ?? gw.close());
+  const pc = await gw.cookie('leaving');
+  const c = `Host: ws-leaving.localhost\r\nCookie: ${pc}\r\n`;
+  const wait = `GET /__gateway/status?wait=1&state=stopped&generation=0&stage= HTTP/1.1\r\n${c}\r\n`;
+  const onNode = await openClient(t, gw.port);
+  onNode.socket.write(wait);
+  await new Promise((r) => setTimeout(r, 100));
+  const onLane = await openClient(t, gw.port);
+  onLane.socket.write(wait);
+  await new Promise((r) => setTimeout(r, 150));
+  t.same([onNode.text, onLane.text], ['', ''], 'both held');
+  t.equal(gw.gateway.laneConnections(), 1, 'one on the lane, the other handed to node:http');
+
+  closing = gw.close();
+  // Well inside the 5 s grace the gateway gives requests in flight before it stops.
+  await until(() => onNode.closed && onLane.closed, 2500);
+  for (const [name, client] of [['node:http', onNode], ['lane', onLane]] as const) {
+    t.match(client.text, /^HTTP\/1\.1 200 /, `${name}: answered`);
+    t.match(client.text, /"state":"stopped"/, `${name}: with the state as it is`);
+  }
+  t.match(onNode.text, /\r\nconnection: close\r\n/i, 'node:http says it closes');
+  await closing;
+});
