@@ -14,7 +14,7 @@
 import type http from 'node:http';
 import type { Socket } from 'node:net';
 import type { Endpoint } from '../provisioner/contract.js';
-import { HOP_BY_HOP, namedInConnection, scanRequest } from './http-fields.js';
+import { HOP_BY_HOP, namedInConnection, scanRequest, type RequestScan } from './http-fields.js';
 import { METHODS, PARSE_ON, STOP_AFTER_HEAD, createParser, releaseParser, restartParser, type Parser, type ParserEvents } from './llhttp.js';
 import { LAST_CHUNK, uncork, writeChunk, type BodyMode, type Exchange, type Framing, type ResponseSink, type UpstreamFailure, type UpstreamPool } from './upstream-pool.js';
 
@@ -23,6 +23,8 @@ export interface LaneRequest {
   url: string;
   /** As sent: name, value, name, value… */
   fields: string[];
+  /** What the fields say, read once for the plan and for a handover's end of request. */
+  scan: RequestScan;
   socket: Socket;
 }
 
@@ -101,8 +103,7 @@ export function responseHead(status: number, statusText: string, fields: readonl
 }
 
 /** A request body's length as its head tells it (none, or Content-Length); undefined for chunked or Expect. */
-function knownBodyBytes(fields: readonly string[]): number | undefined {
-  const scan = scanRequest(fields);
+function knownBodyBytes(scan: RequestScan): number | undefined {
   if (scan.body === 'none') return 0;
   return scan.body === 'length' && /^\d{1,15}$/.test(scan.length!) ? Number(scan.length) : undefined;
 }
@@ -208,15 +209,17 @@ class Lane implements ResponseSink, ParserEvents {
     const method = METHODS[methodNo];
     if (!this.requestDone || !this.responseDone) return this.stopAt('stash', method, url, major, minor, fields);
     // HTTP/1.0, Connection: close, upgrades and CONNECT keep node:http's handling of them.
+    // Only a request node:http could keep the connection after is read further (HTTP/1.1, no upgrade).
+    const scan = major === 1 && minor === 1 && keepAlive && !upgrade ? scanRequest(fields) : undefined;
     let plan: WarmPlan | undefined;
     try {
-      plan = major === 1 && minor === 1 && keepAlive && !upgrade && !this.front.draining && fields.length <= 2 * LANE_MAX_FIELDS
-        ? this.front.opts.plan({ method, url, fields, socket: this.socket }) : undefined;
+      plan = scan && !this.front.draining && fields.length <= 2 * LANE_MAX_FIELDS
+        ? this.front.opts.plan({ method, url, fields, scan, socket: this.socket }) : undefined;
     } catch {
       plan = undefined; // node:http's request path meets the same fault and reports it
     }
     if (!plan) {
-      this.handoverBodyBytes = major === 1 && minor === 1 && keepAlive && !upgrade ? knownBodyBytes(fields) : undefined;
+      this.handoverBodyBytes = scan ? knownBodyBytes(scan) : undefined;
       return this.stopAt('handover', method, url, major, minor, fields);
     }
     this.requestDone = false;

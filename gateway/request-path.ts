@@ -22,7 +22,7 @@ import type { Logger } from './log.js';
 import type { Metrics } from './metrics.js';
 import { startingPage, type StatusView } from './pages.js';
 import { httpDate, type AnswerPlan, type LaneRequest, type WarmPlan } from './http1.js';
-import { scanRequest, upstreamRequestHead, type ForwardedFor, type RequestBody } from './http-fields.js';
+import { upstreamRequestHead, type ForwardedFor, type RequestBody } from './http-fields.js';
 import type { Forwarder, UpgradeResponse } from './proxy.js';
 import { isNavigation, wantsHtml } from './request-kind.js';
 import type { StateStore, WorkspaceRecord } from './store/contract.js';
@@ -37,6 +37,11 @@ function fieldsOf(fields: readonly string[], ...names: string[]): Record<string,
     if (names.includes(lower) && out[lower] === undefined) out[lower] = fields[i + 1];
   }
   return out;
+}
+
+/** Whether a request on the warm lane (raw fields) wants an HTML error page, as wantsHtml decides for node:http's. */
+function laneWantsHtml(fields: readonly string[]): boolean {
+  return wantsHtml(fieldsOf(fields, 'sec-fetch-dest', 'accept'));
 }
 
 export interface RequestPathDeps {
@@ -215,7 +220,7 @@ export function createRequestPath(deps: RequestPathDeps) {
   function planWarm(req: LaneRequest): WarmPlan | undefined {
     const host = parseHostStep(req.method, req.url, req.fields);
     if (!host.ok || deps.isDraining()) return undefined;
-    const scan = scanRequest(req.fields);
+    const { scan } = req;
     if (host.url.startsWith(PREFIX)) return statusOnLane(req, host.workspaceId, host.url, scan.body, scan.cookie);
     if (scan.body === undefined || !authorizedNow(scan.cookie, host.workspaceId) || !guardWorkspacePath(host.url)) return undefined;
     const route = workspaces.resolveCached(host.workspaceId);
@@ -234,7 +239,7 @@ export function createRequestPath(deps: RequestPathDeps) {
       failed: (code, error) => {
         outcome.failed(code, error);
         metrics.rejectedRequest(code);
-        return renderErrorOnSocket(code, requestId, wantsHtml(fieldsOf(req.fields, 'sec-fetch-dest', 'accept')));
+        return renderErrorOnSocket(code, requestId, laneWantsHtml(req.fields));
       },
     };
   }
@@ -258,7 +263,7 @@ export function createRequestPath(deps: RequestPathDeps) {
         (err: unknown) => {
           const code = errorCode(err, workspaceId, requestId);
           metrics.rejectedRequest(code);
-          return { message: renderErrorOnSocket(code, requestId, wantsHtml(fieldsOf(req.fields, 'sec-fetch-dest', 'accept'))), close: true };
+          return { message: renderErrorOnSocket(code, requestId, laneWantsHtml(req.fields)), close: true };
         },
       ),
     };
