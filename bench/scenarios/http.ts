@@ -128,16 +128,16 @@ export async function run(opts: { quick: boolean; log: (s: string) => void }): P
     const rps = (n: string) => med(n, 'rps');
     const each = (name: string, k: 'rps' | 'cpuUsPerReq', digits: number) => (closed.get(name) ?? []).map((w) => round(w[k], digits));
     const systems = field.map((s) => {
+      const cpu = each(s.name, 'cpuUsPerReq', 1);
       const figures: Figure[] = [
         { name: 'rps', value: round(rps(s.name), 0), unit: 'req/s', rounds: each(s.name, 'rps', 0) },
         { name: 'rps / direct', value: round(rps(s.name) / rps('direct')), unit: 'x' },
         { name: 'p50', value: round(med(s.name, 'p50us') / 1000), unit: 'ms' },
         { name: 'p99', value: round(med(s.name, 'p99us') / 1000), unit: 'ms' },
-        { name: 'CPU/req', value: round(med(s.name, 'cpuUsPerReq'), 1), unit: 'µs', rounds: each(s.name, 'cpuUsPerReq', 1) },
+        { name: 'CPU/req', value: round(med(s.name, 'cpuUsPerReq'), 1), unit: 'µs', rounds: cpu },
       ];
       // A shared machine has slow spells (a full run once saw every Node system at twice its CPU per
       // request for two rounds): the medians take up to three such rounds of seven; more shows here.
-      const cpu = each(s.name, 'cpuUsPerReq', 1);
       if (cpu.length > 1 && Math.max(...cpu) > 1.5 * Math.min(...cpu)) notes.push(`${s.name}: CPU per request moved ${round(Math.max(...cpu) / Math.min(...cpu), 2)} x between rounds (${cpu.join(', ')} µs, in the order run): the machine's own slow spells`);
       if (s === gatewaySystem && mixed.length) {
         figures.push({ name: 'rps, 1 in 50 a status poll', value: round(median(mixed.map((m) => m.rps)), 0), unit: 'req/s' });
