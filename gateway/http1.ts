@@ -16,7 +16,7 @@ import type { Socket } from 'node:net';
 import type { Endpoint } from '../provisioner/contract.js';
 import { HOP_BY_HOP, namedInConnection, scanRequest, type RequestScan } from './http-fields.js';
 import { METHODS, PARSE_ON, STOP_AFTER_HEAD, createParser, releaseParser, restartParser, type Parser, type ParserEvents } from './llhttp.js';
-import { LAST_CHUNK, uncork, writeChunk, type BodyMode, type Exchange, type Framing, type ResponseSink, type UpstreamFailure, type UpstreamPool } from './upstream-pool.js';
+import { LAST_CHUNK, writeChunk, type BodyMode, type Exchange, type Framing, type ResponseSink, type UpstreamFailure, type UpstreamPool } from './upstream-pool.js';
 
 export interface LaneRequest {
   method: string;
@@ -115,6 +115,30 @@ function rebuildHead(method: string, url: string, major: number, minor: number, 
   return `${head}\r\n`;
 }
 
+/** Beyond this, a first body chunk is not copied to join its head: the two go in one writev. */
+const JOIN_LIMIT = 16 * 1024;
+
+/**
+ * A response head (latin1: one byte per character, RFC 9110 5.5 obs-text) and the body's first chunk,
+ * framed as a chunk when `chunked`, in one write.
+ */
+export function writeJoined(socket: Socket, head: string, chunk: Buffer, chunked: boolean): boolean {
+  if (chunk.length > JOIN_LIMIT) {
+    socket.cork();
+    socket.write(head, 'latin1');
+    const ok = chunked ? writeChunk(socket, chunk) : socket.write(chunk);
+    socket.uncork();
+    return ok;
+  }
+  const size = chunked ? `${chunk.length.toString(16)}\r\n` : '';
+  const out = Buffer.allocUnsafe(head.length + size.length + chunk.length + (chunked ? 2 : 0));
+  let at = out.write(head, 0, 'latin1');
+  if (chunked) at += out.write(size, at, 'latin1');
+  at += chunk.copy(out, at);
+  if (chunked) out.write('\r\n', at, 'latin1');
+  return socket.write(out);
+}
+
 type Phase = 'idle' | 'head' | 'body' | 'waiting';
 
 /** One client connection while it is on the warm lane. */
@@ -140,6 +164,8 @@ class Lane implements ResponseSink, ParserEvents {
   requestDone = true;
   responseDone = true;
   responseStarted = false;
+  /** The response's head, waiting for its body's first bytes or the end of the upstream's read. */
+  heldHead: string | undefined;
   chunked = false;
   clientEnded = false;
 
@@ -260,18 +286,28 @@ class Lane implements ResponseSink, ParserEvents {
     const r = responseHead(status, statusText, fields, framing, plan.responseFields);
     this.chunked = r.chunked;
     this.responseStarted = true;
-    this.socket.cork();
-    this.socket.write(r.head);
-    process.nextTick(uncork, this.socket);
+    // Usually the body's first bytes came in the same read: head and body then leave in one write.
+    this.heldHead = r.head;
     plan.responded(status);
   }
 
   data(chunk: Buffer): boolean {
+    const held = this.heldHead;
+    if (held !== undefined) { this.heldHead = undefined; return writeJoined(this.socket, held, chunk, this.chunked); }
     return this.chunked ? writeChunk(this.socket, chunk) : this.socket.write(chunk);
   }
 
+  flush(): void {
+    const held = this.heldHead;
+    if (held === undefined) return;
+    this.heldHead = undefined;
+    this.socket.write(held, 'latin1');
+  }
+
   end(): void {
-    if (this.chunked) this.socket.write(LAST_CHUNK);
+    const last = (this.heldHead ?? '') + (this.chunked ? LAST_CHUNK : '');
+    this.heldHead = undefined;
+    if (last) this.socket.write(last, 'latin1');
     this.responseDone = true;
     this.settle();
   }

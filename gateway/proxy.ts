@@ -108,6 +108,8 @@ class ResponseWriter implements ResponseSink {
     return false;
   }
   end(): void { this.res.end(); }
+  /** node:http sends the head with the first body bytes itself. */
+  flush(): void { /* nothing held here */ }
   fail(code: UpstreamFailure, error: Error): void {
     // An upstream that dies mid-body must not leave the client waiting on a response that will
     // never end; a client that went away needs nothing more.
@@ -157,7 +159,8 @@ export function createForwarder(opts: ProxyOptions) {
       out.once('response', (res) => {
         settle();
         const fields = responseFields(res.rawHeaders);
-        socket.write(`HTTP/1.1 ${res.statusCode} ${res.statusMessage}\r\n${headerBlock(fields)}connection: close\r\n\r\n`);
+        // Parsed field values hold one byte per character (obs-text, RFC 9110 5.5): latin1 gives the same bytes back.
+        socket.write(`HTTP/1.1 ${res.statusCode} ${res.statusMessage}\r\n${headerBlock(fields)}connection: close\r\n\r\n`, 'latin1');
         res.once('error', () => socket.destroy());
         socket.once('close', () => res.destroy());
         res.pipe(socket);
@@ -168,7 +171,7 @@ export function createForwarder(opts: ProxyOptions) {
         const response: UpgradeResponse = { statusCode: 101, headers: res.headers };
         // Synchronous, and before the 101 is written: the app may still change the response's fields.
         hooks.onUpgrade(upstream, response);
-        socket.write(`HTTP/1.1 101 Switching Protocols\r\n${headerBlock(response.headers)}\r\n`);
+        socket.write(`HTTP/1.1 101 Switching Protocols\r\n${headerBlock(response.headers)}\r\n`, 'latin1');
         // The hook's owner (ws-pairs) moves the bytes from the next tick on, after this 101.
         if (upstreamHead.length) upstream.unshift(upstreamHead);
       });

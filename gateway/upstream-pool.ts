@@ -25,6 +25,8 @@ export interface ResponseSink {
   head(status: number, statusText: string, fields: string[], framing: Framing): void;
   /** False: stop reading the upstream until exchange.resume(). */
   data(chunk: Buffer): boolean;
+  /** One read from the upstream has been passed on: anything held back to join later bytes goes now. */
+  flush(): void;
   end(): void;
   fail(code: UpstreamFailure, error: Error): void;
   /** The request body may flow again after Exchange.body() returned false. */
@@ -132,10 +134,12 @@ class Conn implements ParserEvents {
     socket.on('connect', () => { this.connected = true; if (this.exchange) socket.setTimeout(owner.opts.responseTimeoutMs); });
     socket.on('data', (d) => {
       // Bytes on an idle connection answer nothing we asked: it cannot be trusted with the next request.
-      if (!this.exchange) { socket.destroy(); return; }
+      const ex = this.exchange;
+      if (!ex) { socket.destroy(); return; }
       this.gotBytes = true;
       const r = this.parser.execute(d);
       if (typeof r !== 'number') socket.destroy(r);
+      ex.sink.flush();
     });
     // A response delimited by the connection's close ends here (RFC 9112 6.3, item 8).
     socket.on('end', () => { if (this.exchange && this.framing === 'close') this.parser.finish(); socket.end(); });
@@ -229,9 +233,11 @@ export class UpstreamPool {
     ex.conn = conn;
     const socket = conn.socket;
     socket.setTimeout(conn.connected ? this.opts.responseTimeoutMs : this.opts.connectTimeoutMs);
+    // Parsed field values hold one byte per character (obs-text, RFC 9110 5.5): latin1 writes those bytes.
+    if (ex.request.body === 'none') { socket.write(`${ex.request.head}\r\n`, 'latin1'); return; }
     // Head and whatever body is already here leave in one write (writev) once this tick ends.
     socket.cork();
-    socket.write(ex.request.body === 'chunked' ? `${ex.request.head}transfer-encoding: chunked\r\n\r\n` : `${ex.request.head}\r\n`);
+    socket.write(ex.request.body === 'chunked' ? `${ex.request.head}transfer-encoding: chunked\r\n\r\n` : `${ex.request.head}\r\n`, 'latin1');
     if (ex.pending) {
       for (const chunk of ex.pending) writeBody(socket, ex.request.body, chunk);
       ex.pending = undefined;

@@ -36,6 +36,7 @@ function get(pool: UpstreamPool, port: number, path: string, stall = false): Pro
       end() { resolve({ status, body, framing }); },
       fail(code) { reject(new Error(code)); },
       drain() { /* no request body */ },
+      flush() { /* nothing held */ },
     };
     pool.send({ host: '127.0.0.1', port }, { method: 'GET', head: `GET ${path} HTTP/1.1\r\nhost: x\r\n`, body: 'none' }, sink);
   });

@@ -54,6 +54,13 @@ async function rawUpstream() {
         socket.write(`HTTP/1.1 200 OK\r\n${fields}content-length: ${last.length}\r\n\r\n${last}`);
         return;
       }
+      case '/obs-text': {
+        // Echoes the request's x-name field back, as a field and as the hex of its bytes.
+        const value = /\r\nx-name: ([^\r]*)/i.exec(head)?.[1] ?? '';
+        const hex = Buffer.from(value, 'latin1').toString('hex');
+        socket.write(Buffer.concat([Buffer.from('HTTP/1.1 200 OK\r\nx-echo: ', 'latin1'), Buffer.from(value, 'latin1'), Buffer.from(`\r\ncontent-length: ${hex.length}\r\n\r\n${hex}`, 'latin1')]));
+        return;
+      }
       case '/never': return;
       case '/slow': setTimeout(() => socket.write('HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n/slow'), 150); return;
       case '/endless': {
@@ -144,6 +151,25 @@ t.test('warm lane', async (t) => {
     t.same([many.headers['x-h0'], many.headers['x-h39']], ['0', '39'], 'a response with 40 fields arrives whole');
 
     t.equal(gw.gateway.laneConnections(), 1, 'all of it on one warm connection');
+  });
+
+  t.test('field values with bytes outside ASCII pass byte for byte, both ways (RFC 9110 5.5 obs-text)', async (t) => {
+    // The lane once wrote heads as UTF-8: each byte from 0x80 up reached the other side as two.
+    const c = `Host: ${host}\r\nCookie: ${cookie}\r\n`;
+    const client = await openClient(t, gw.port);
+    client.socket.write(Buffer.concat([Buffer.from(`GET /obs-text HTTP/1.1\r\n${c}x-name: caf`, 'latin1'), Buffer.from([0xe9, 0xff]), Buffer.from('\r\n\r\n', 'latin1')]));
+    await until(() => /\r\n\r\n[0-9a-f]+$/.test(client.text), 2000);
+    t.match(client.text, /\r\n\r\n636166e9ff$/, 'the workspace got the bytes sent');
+    t.match(client.text, /\r\nx-echo: caf\xe9\xff\r\n/, 'and the client got the bytes the workspace sent');
+    t.equal(gw.gateway.laneConnections() >= 1, true, 'on the warm lane');
+    // Connection: close keeps node:http's handling: the same bytes through the full request path.
+    const byNode = await new Promise<string>((resolve) => {
+      const s = net.connect(gw.port, '127.0.0.1', () => s.write(Buffer.concat([Buffer.from(`GET /obs-text HTTP/1.1\r\n${c}connection: close\r\nx-name: caf`, 'latin1'), Buffer.from([0xe9, 0xff]), Buffer.from('\r\n\r\n', 'latin1')])));
+      let text = '';
+      s.on('data', (d) => { text += d.toString('latin1'); });
+      s.on('close', () => resolve(text));
+    });
+    t.match(byNode, /\r\nx-echo: caf\xe9\xff\r\n[^]*\r\n\r\n636166e9ff$/, 'node:http path: the same bytes both ways');
   });
 
   t.test('the workspace failing: 502 or 504 from the catalogue, or the response cut', async (t) => {
