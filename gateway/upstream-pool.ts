@@ -48,7 +48,7 @@ const CRLF = '\r\n';
 /** The zero-length chunk that ends a chunked body (RFC 9112 7.1), with no trailer fields. */
 export const LAST_CHUNK = '0\r\n\r\n';
 
-interface Pool { host: string; port: number; key: string; idle: Conn[]; open: number; queue: Exchange[] }
+interface Pool { host: string; port: number; key: string; idle: Conn[]; open: number; queue: Exchange[]; responseTimeoutMs: number }
 
 /** One request and its response. */
 export class Exchange {
@@ -68,6 +68,8 @@ export class Exchange {
   body(chunk: Buffer): boolean {
     if (this.done || chunk.length === 0) return true;
     if (this.conn) {
+      // A body on its way counts as activity: the response timeout runs from its last piece.
+      if (this.conn.connected) this.conn.deadline = Date.now() + this.pool.responseTimeoutMs;
       const ok = writeBody(this.conn.socket, this.request.body, chunk);
       if (!ok) this.waitingDrain = true;
       return ok;
@@ -83,6 +85,7 @@ export class Exchange {
     if (this.bodyDone) return;
     this.bodyDone = true;
     if (this.done) return;
+    if (this.conn?.connected) this.conn.deadline = Date.now() + this.pool.responseTimeoutMs;
     if (this.conn && this.request.body === 'chunked') this.conn.socket.write(LAST_CHUNK);
   }
 
@@ -126,12 +129,14 @@ class Conn implements ParserEvents {
   keepAlive = true;
   framing: Framing = 'none';
   timedOut = false;
+  /** When the pool's sweep closes this connection (Date.now() ms; 0: never): connecting, awaiting a head, or idle. */
+  deadline = 0;
 
   constructor(readonly pool: Pool, readonly owner: UpstreamPool, maxHeaderSize: number) {
     this.socket = net.connect({ host: pool.host, port: pool.port, noDelay: true });
     this.parser = createParser('response', maxHeaderSize, this);
     const socket = this.socket;
-    socket.on('connect', () => { this.connected = true; if (this.exchange) socket.setTimeout(owner.opts.responseTimeoutMs); });
+    socket.on('connect', () => { this.connected = true; if (this.exchange) this.deadline = Date.now() + owner.opts.responseTimeoutMs; });
     socket.on('data', (d) => {
       // Bytes on an idle connection answer nothing we asked: it cannot be trusted with the next request.
       const ex = this.exchange;
@@ -147,13 +152,11 @@ class Conn implements ParserEvents {
       const ex = this.exchange;
       if (ex?.waitingDrain) { ex.waitingDrain = false; ex.sink.drain(); }
     });
-    socket.on('timeout', () => { this.timedOut = this.exchange !== undefined; socket.destroy(); });
     socket.on('error', () => undefined);
     socket.on('close', () => owner.closed(this));
   }
 
   // ---------------------------------------------------------------- the response parser's events
-  onMessageBegin(): void { /* nothing to note */ }
   onBody(chunk: Buffer): void { const ex = this.exchange; if (ex && !ex.sink.data(chunk)) this.socket.pause(); }
   onMessageComplete(): void {
     if (this.interim) { this.interim = false; return; }
@@ -168,7 +171,7 @@ class Conn implements ParserEvents {
       this.interim = true;
       return PARSE_ON;
     }
-    this.socket.setTimeout(0);
+    this.deadline = 0;
     this.keepAlive = keepAlive;
     const head = ex.request.method === 'HEAD';
     this.framing = head || status === 204 || status === 304 ? 'none' : framingOf(fields);
@@ -191,14 +194,35 @@ export function framingOf(fields: readonly string[]): Framing {
 
 export class UpstreamPool {
   private readonly pools = new Map<string, Pool>();
-  private openTotal = 0;
+  private readonly conns = new Set<Conn>();
   private closing = false;
-  constructor(readonly opts: PoolOptions, private readonly maxHeaderSize = 16 * 1024) {}
+  /**
+   * Timeouts by one sweep over the connections: socket.setTimeout() made a timer and a bound function
+   * per call, three calls per request (connect or response, none, idle), and refreshed it on every
+   * read and write. An eighth of the shortest timeout (at most 0.5 s) keeps the idle close (4 s) well
+   * ahead of code-server's own keep-alive close (5 s), which would race a request sent as it closes.
+   */
+  private readonly sweep: NodeJS.Timeout;
+  constructor(readonly opts: PoolOptions, private readonly maxHeaderSize = 16 * 1024) {
+    const every = Math.max(10, Math.min(500, Math.floor(Math.min(opts.connectTimeoutMs, opts.responseTimeoutMs, opts.idleMs) / 8)));
+    this.sweep = setInterval(() => this.expire(Date.now()), every);
+    this.sweep.unref();
+  }
+
+  /** Connections past their deadline close; one awaiting a response fails it with UPSTREAM_TIMEOUT. */
+  expire(now: number): void {
+    for (const conn of this.conns) {
+      if (conn.deadline === 0 || conn.deadline > now) continue;
+      conn.deadline = 0;
+      conn.timedOut = conn.exchange !== undefined;
+      conn.socket.destroy();
+    }
+  }
 
   send(endpoint: Endpoint, request: UpstreamRequest, sink: ResponseSink): Exchange {
     const key = `${endpoint.host}:${endpoint.port}`;
     let pool = this.pools.get(key);
-    if (!pool) { pool = { host: endpoint.host, port: endpoint.port, key, idle: [], open: 0, queue: [] }; this.pools.set(key, pool); }
+    if (!pool) { pool = { host: endpoint.host, port: endpoint.port, key, idle: [], open: 0, queue: [], responseTimeoutMs: this.opts.responseTimeoutMs }; this.pools.set(key, pool); }
     const ex = new Exchange(pool, request, sink);
     // Never synchronously: the caller may be inside its own parser's callback.
     if (this.closing) { process.nextTick(() => { ex.done = true; sink.fail('UPSTREAM_UNREACHABLE', new Error('gateway closing')); }); return ex; }
@@ -210,10 +234,11 @@ export class UpstreamPool {
   }
 
   /** Connections open to all workspaces (for leak checks). */
-  size(): number { return this.openTotal; }
+  size(): number { return this.conns.size; }
 
   close(): void {
     this.closing = true;
+    clearInterval(this.sweep);
     for (const pool of this.pools.values()) {
       for (const ex of pool.queue.splice(0)) ex.sink.fail('UPSTREAM_UNREACHABLE', new Error('gateway closing'));
       for (const conn of pool.idle.splice(0)) conn.socket.destroy();
@@ -222,8 +247,9 @@ export class UpstreamPool {
 
   private connect(pool: Pool): Conn {
     pool.open++;
-    this.openTotal++;
-    return new Conn(pool, this, this.maxHeaderSize);
+    const conn = new Conn(pool, this, this.maxHeaderSize);
+    this.conns.add(conn);
+    return conn;
   }
 
   private start(conn: Conn, ex: Exchange): void {
@@ -232,7 +258,7 @@ export class UpstreamPool {
     conn.framing = 'none';
     ex.conn = conn;
     const socket = conn.socket;
-    socket.setTimeout(conn.connected ? this.opts.responseTimeoutMs : this.opts.connectTimeoutMs);
+    conn.deadline = Date.now() + (conn.connected ? this.opts.responseTimeoutMs : this.opts.connectTimeoutMs);
     // Parsed field values hold one byte per character (obs-text, RFC 9110 5.5): latin1 writes those bytes.
     if (ex.request.body === 'none') { socket.write(`${ex.request.head}\r\n`, 'latin1'); return; }
     // Head and whatever body is already here leave in one write (writev) once this tick ends.
@@ -269,7 +295,7 @@ export class UpstreamPool {
     const pool = conn.pool;
     const next = pool.queue.shift();
     if (next) { this.start(conn, next); return; }
-    conn.socket.setTimeout(this.opts.idleMs);
+    conn.deadline = Date.now() + this.opts.idleMs;
     pool.idle.push(conn);
   }
 
@@ -277,7 +303,7 @@ export class UpstreamPool {
     releaseParser(conn.parser);
     const pool = conn.pool;
     pool.open--;
-    this.openTotal--;
+    this.conns.delete(conn);
     const i = pool.idle.indexOf(conn);
     if (i !== -1) pool.idle.splice(i, 1);
     const ex = conn.exchange;

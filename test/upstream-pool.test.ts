@@ -74,3 +74,50 @@ t.test('nothing listening: UPSTREAM_UNREACHABLE, and no connection left counted'
   await t.rejects(get(pool, port, '/x'), { message: 'UPSTREAM_UNREACHABLE' });
   t.equal(pool.size(), 0);
 });
+
+t.test("timeouts: no head in time, a body still flowing, an idle connection (the pool's sweep)", async (t) => {
+  // Answers a request once its whole Content-Length body is in; '/never' is never answered.
+  let connections = 0;
+  let closed = 0;
+  const server = net.createServer((socket) => {
+    connections++;
+    socket.on('close', () => { closed++; });
+    let buffered = '';
+    socket.on('data', (d) => {
+      buffered += d.toString('latin1');
+      const end = buffered.indexOf('\r\n\r\n');
+      if (end === -1) return;
+      const length = Number(/content-length: (\d+)/i.exec(buffered.slice(0, end))?.[1] ?? 0);
+      if (buffered.length < end + 4 + length || buffered.startsWith('GET /never')) return;
+      buffered = '';
+      socket.write(`HTTP/1.1 200 OK\r\ncontent-length: ${length}\r\n\r\n${'x'.repeat(length)}`);
+    });
+    socket.on('error', () => undefined);
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  const port = (server.address() as AddressInfo).port;
+  const pool = createUpstreamPool({ connectTimeoutMs: 1000, responseTimeoutMs: 300, maxSockets: 4, idleMs: 400 });
+  t.teardown(async () => { pool.close(); await new Promise<void>((r) => { server.close(() => r()); }); });
+
+  await t.rejects(get(pool, port, '/never'), { message: 'UPSTREAM_TIMEOUT' }, 'no head within responseTimeoutMs');
+
+  // A body sent over 800 ms, well past the 300 ms response timeout, a piece every 100 ms: still answered.
+  const upload = new Promise<{ status: number; body: string }>((resolve, reject) => {
+    let status = 0;
+    let body = '';
+    const sink: ResponseSink = {
+      head(s) { status = s; }, data(c) { body += c.toString(); return true; }, end() { resolve({ status, body }); },
+      fail(code) { reject(new Error(code)); }, drain() { /* small pieces */ }, flush() { /* nothing held */ },
+    };
+    const ex = pool.send({ host: '127.0.0.1', port }, { method: 'POST', head: 'POST /upload HTTP/1.1\r\nhost: x\r\ncontent-length: 8\r\n', body: 'length' }, sink);
+    let sent = 0;
+    const timer = setInterval(() => { ex.body(Buffer.from('b')); if (++sent === 8) { clearInterval(timer); ex.end(); } }, 100);
+  });
+  t.same(await upload, { status: 200, body: 'xxxxxxxx' }, 'a body still flowing is activity, not a timeout');
+
+  const before = closed;
+  await new Promise((r) => setTimeout(r, 700));
+  t.equal(closed - before, 1, 'the connection left idle was closed after idleMs');
+  t.equal(pool.size(), 0);
+  t.equal(connections, 2);
+});
