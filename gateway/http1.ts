@@ -166,6 +166,7 @@ class Lane implements ResponseSink, ParserEvents {
   responseStarted = false;
   /** The response's head, waiting for its body's first bytes or the end of the upstream's read. */
   heldHead: string | undefined;
+  status = 0;
   chunked = false;
   clientEnded = false;
 
@@ -288,13 +289,16 @@ class Lane implements ResponseSink, ParserEvents {
     this.responseStarted = true;
     // Usually the body's first bytes came in the same read: head and body then leave in one write.
     this.heldHead = r.head;
-    plan.responded(status);
+    this.status = status;
   }
 
   data(chunk: Buffer): boolean {
     const held = this.heldHead;
-    if (held !== undefined) { this.heldHead = undefined; return writeJoined(this.socket, held, chunk, this.chunked); }
-    return this.chunked ? writeChunk(this.socket, chunk) : this.socket.write(chunk);
+    if (held === undefined) return this.chunked ? writeChunk(this.socket, chunk) : this.socket.write(chunk);
+    this.heldHead = undefined;
+    const ok = writeJoined(this.socket, held, chunk, this.chunked);
+    this.headSent();
+    return ok;
   }
 
   flush(): void {
@@ -302,15 +306,21 @@ class Lane implements ResponseSink, ParserEvents {
     if (held === undefined) return;
     this.heldHead = undefined;
     this.socket.write(held, 'latin1');
+    this.headSent();
   }
 
   end(): void {
-    const last = (this.heldHead ?? '') + (this.chunked ? LAST_CHUNK : '');
+    const held = this.heldHead;
     this.heldHead = undefined;
+    const last = (held ?? '') + (this.chunked ? LAST_CHUNK : '');
     if (last) this.socket.write(last, 'latin1');
+    if (held !== undefined) this.headSent();
     this.responseDone = true;
     this.settle();
   }
+
+  /** Metrics and logs once the head is on its way: the client waits on the write, not on them. */
+  headSent(): void { this.plan?.responded(this.status); }
 
   fail(code: UpstreamFailure, error: Error): void {
     this.exchange = undefined;
