@@ -124,9 +124,12 @@ export async function startChp(dir: string, up: Upstream, cookie: string): Promi
   return { name: 'chp', port, host: HOST, headers: { cookie }, pid: child.pid!, close: () => stop(child) };
 }
 
-/** A proxy library's own floor (bench/library-proxy.ts), so the choice of library rests on this run's figures. */
-export async function startLibraryProxy(up: Upstream, cookie: string, engine: 'undici' | 'http-proxy-3'): Promise<System> {
-  const name = `lib-${engine}`;
+/**
+ * A proxy library's own floor (bench/library-proxy.ts), so the choice of library rests on this run's
+ * figures; `tcp-relay` (named node-relay) is Node's own, with no HTTP at all.
+ */
+export async function startLibraryProxy(up: Upstream, cookie: string, engine: 'undici' | 'http-proxy-3' | 'tcp-relay'): Promise<System> {
+  const name = engine === 'tcp-relay' ? 'node-relay' : `lib-${engine}`;
   const child = start(process.execPath, [join(dist, 'bench', 'library-proxy.js'), engine, String(up.port)], { cpu: PROXY_CPU });
   child.stderr!.on('data', (d) => process.stderr.write(`[${name}] ${d}`));
   const port = await waitLine(child, (l) => { const m = /^listening (\d+)$/.exec(l); return m ? Number(m[1]) : undefined; }, 10_000, name);

@@ -1,9 +1,11 @@
 // The floor each proxy library sets on its own (issue 7: "pick the proxy library by these numbers"):
 // the smallest forwarder each allows, one upstream, no routing, no checks, keep-alive pools as the
-// gateway configures them. `node dist/bench/library-proxy.js <undici|http-proxy-3> <upstreamPort>`
+// gateway configures them. And the floor under every Node proxy (`tcp-relay`): no HTTP at all, each
+// client connection relayed byte for byte over its own upstream connection, what node:net alone costs
+// per request. `node dist/bench/library-proxy.js <undici|http-proxy-3|tcp-relay> <upstreamPort>`
 // prints `listening <port>`. Not a product part: the gateway's own forwarder is gateway/proxy.ts.
 import http from 'node:http';
-import type { AddressInfo } from 'node:net';
+import net, { type AddressInfo } from 'node:net';
 import { createProxyServer } from 'http-proxy-3';
 import { Agent } from 'undici';
 
@@ -40,6 +42,20 @@ function httpProxy3Handler(): http.RequestListener {
   return (req, res) => proxy.web(req, res);
 }
 
-const server = http.createServer(engine === 'undici' ? undiciHandler() : httpProxy3Handler());
+function tcpRelay(): net.Server {
+  return net.createServer({ noDelay: true }, (client) => {
+    const upstream = net.connect({ host: '127.0.0.1', port: Number(upstreamPort), noDelay: true });
+    client.on('data', (d) => { if (!upstream.write(d)) client.pause(); });
+    upstream.on('data', (d) => { if (!client.write(d)) upstream.pause(); });
+    client.on('drain', () => upstream.resume());
+    upstream.on('drain', () => client.resume());
+    client.on('close', () => upstream.destroy());
+    upstream.on('close', () => client.destroy());
+    client.on('error', () => undefined);
+    upstream.on('error', () => undefined);
+  });
+}
+
+const server = engine === 'tcp-relay' ? tcpRelay() : http.createServer(engine === 'undici' ? undiciHandler() : httpProxy3Handler());
 server.listen(0, '127.0.0.1', () => process.stdout.write(`listening ${(server.address() as AddressInfo).port}\n`));
 process.on('SIGTERM', () => process.exit(0));

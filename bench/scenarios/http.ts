@@ -82,9 +82,10 @@ export async function run(opts: { quick: boolean; log: (s: string) => void }): P
       ['gw-metrics-off', { METRICS: 'off' }],
       ['gw-bare', { METRICS: 'off', ACTIVITY_TRACKING: 'off' }],
     ]);
-    // The two proxy libraries on their own: what each costs before any gateway logic (the pick).
-    for (const engine of ['undici', 'http-proxy-3'] as const) {
-      try { field.push(await startLibraryProxy(up, state.cookie, engine)); } catch (err) { notes.push(`lib-${engine} not run: ${(err as Error).message}`); }
+    // The two proxy libraries on their own: what each costs before any gateway logic (the pick); and
+    // a bare TCP relay, what any Node process pays to pass these bytes (the CPU target's context).
+    for (const engine of ['undici', 'http-proxy-3', 'tcp-relay'] as const) {
+      try { field.push(await startLibraryProxy(up, state.cookie, engine)); } catch (err) { notes.push(`${engine} not run: ${(err as Error).message}`); }
     }
     const mixedScript = join(dir, 'mixed.lua');
     writeFileSync(mixedScript, MIXED_LUA);
@@ -175,9 +176,12 @@ export async function run(opts: { quick: boolean; log: (s: string) => void }): P
     if (closed.has('lib-undici') && closed.has('lib-http-proxy-3')) {
       notes.push(`library pick: on its own undici forwards at ${med('lib-undici', 'cpuUsPerReq').toFixed(1)} µs CPU/req (${Math.round(rps('lib-undici'))} req/s), http-proxy-3 at ${med('lib-http-proxy-3', 'cpuUsPerReq').toFixed(1)} µs (${Math.round(rps('lib-http-proxy-3'))} req/s), the whole gateway at ${med('gateway', 'cpuUsPerReq').toFixed(1)} µs: it forwards with neither, but with its own pool on node's HTTP parser (gateway/upstream-pool.ts), on the warm lane without node:http's server objects (gateway/http1.ts)`);
     }
+    if (closed.has('node-relay')) {
+      notes.push(`Node's floor: a bare TCP relay (node:net, one upstream connection per client connection, no HTTP parsed) costs ${med('node-relay', 'cpuUsPerReq').toFixed(1)} µs CPU/req here (${Math.round(rps('node-relay'))} req/s); nginx ${med('nginx', 'cpuUsPerReq').toFixed(1)} µs with HTTP parsed both ways; the gateway ${med('gateway', 'cpuUsPerReq').toFixed(1)} µs`);
+    }
     notes.push('CPU/req is the proxy process tree\'s CPU per request served; for direct it is the upstream\'s own');
     notes.push('gateway "1 in 50 a status poll": the closed loop again, every 50th request on each connection a GET /__gateway/status (a store read, answered on the warm lane, the connection kept): traffic as the ALB brings it');
-    notes.push(`closed loop: wrk -t1 -c50, ${rounds} rounds x ${closedSecs} s; open loop: ${openRounds} rounds x ${openSecs} s at 1000 rps, latency from each request's due time`);
+    notes.push(`closed loop: wrk -t1 -c50, ${rounds} rounds x ${closedSecs} s; open loop: ${openRounds} rounds x ${openSecs} s at 1000 rps, each request sent when due (never waiting on an answer), its latency counted from its write (bench/loadgen.ts)`);
     return { scenario: '1+6 HTTP (closed loop 50 conns, open loop 1000 rps) and bookkeeping', systems, targets, notes };
   } finally {
     await stopAll();
