@@ -117,26 +117,29 @@ export function createAuth(opts: AuthOptions) {
 
 export type Auth = ReturnType<typeof createAuth>;
 
-/** Values of one cookie name in a Cookie header (RFC 6265 5.4: several may share a name). */
-export function cookieValues(header: string | undefined, name: string): string[] {
-  if (!header) return [];
-  const out: string[] = [];
-  for (const part of header.split(';')) {
+/**
+ * One cookie name's values in a Cookie header (RFC 6265 5.4: several may share a name) and the header
+ * without them, read in one pass: the gateway's session is checked on the values, and the workspace
+ * gets the rest, never the session. A header that does not mention the name comes back as it is.
+ */
+export function sessionCookieParts(header: string | undefined, name: string): { values: string[]; rest: string | undefined } {
+  if (!header || !header.includes(name)) return { values: [], rest: header };
+  const values: string[] = [];
+  let rest = '';
+  for (let start = 0; start <= header.length;) {
+    let end = header.indexOf(';', start);
+    if (end === -1) end = header.length;
+    const part = header.slice(start, end).trim();
+    start = end + 1;
+    if (!part) continue;
     const eq = part.indexOf('=');
-    if (eq === -1) continue;
-    if (part.slice(0, eq).trim() === name) out.push(part.slice(eq + 1).trim().replace(/^"(.*)"$/, '$1'));
+    if ((eq === -1 ? part : part.slice(0, eq).trimEnd()) === name) {
+      if (eq !== -1) values.push(part.slice(eq + 1).trimStart().replace(/^"(.*)"$/, '$1'));
+      continue;
+    }
+    rest = rest ? `${rest}; ${part}` : part;
   }
-  return out;
-}
-
-/** The Cookie header without the gateway's own cookie: the workspace never sees it. */
-export function stripCookie(header: string | undefined, name: string): string | undefined {
-  if (!header || !header.includes(name)) return header;
-  const kept = header.split(';').filter((part) => {
-    const eq = part.indexOf('=');
-    return (eq === -1 ? part : part.slice(0, eq)).trim() !== name;
-  }).map((p) => p.trim()).filter(Boolean);
-  return kept.length ? kept.join('; ') : undefined;
+  return { values, rest: rest || undefined };
 }
 
 export function sessionCookie(value: string, maxAgeMs: number, secure: boolean): string {

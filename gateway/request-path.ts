@@ -11,7 +11,7 @@ import type { Duplex } from 'node:stream';
 import type { Endpoint } from '../provisioner/contract.js';
 import type { ActivityRecorder } from './activity-recorder.js';
 import {
-  SESSION_COOKIE, clearedSessionCookie, clientAddress, cookieValues, safeNext, sameOrigin, sessionCookie, stripCookie,
+  SESSION_COOKIE, clearedSessionCookie, clientAddress, safeNext, sameOrigin, sessionCookie, sessionCookieParts,
   type Auth,
 } from './auth.js';
 import type { Clock } from './clock.js';
@@ -106,14 +106,14 @@ export function createRequestPath(deps: RequestPathDeps) {
 
   /** Step 2: only the workspace's owner, proven by a session cookie for exactly this host. */
   async function authorize(req: IncomingMessage, workspaceId: string): Promise<boolean> {
-    const session = await auth.sessionFor(cookieValues(req.headers.cookie, SESSION_COOKIE), workspaceId);
+    const session = await auth.sessionFor(sessionCookieParts(req.headers.cookie, SESSION_COOKIE).values, workspaceId);
     if (!session) metrics.signInFailure('no_session');
     return session !== undefined;
   }
 
   /** Step 2 on the warm lane: a cookie verified before, or no decision here (node:http's path checks it). */
-  function authorizedNow(cookie: string | undefined, workspaceId: string): boolean {
-    return auth.verifiedSessionFor(cookieValues(cookie, SESSION_COOKIE), workspaceId) !== undefined;
+  function authorizedNow(sessionValues: readonly string[], workspaceId: string): boolean {
+    return auth.verifiedSessionFor(sessionValues, workspaceId) !== undefined;
   }
 
   /** code-server's /proxy/<port> must not reach other hosts (`/proxy/80@evil/`, encoded variants). */
@@ -177,7 +177,7 @@ export function createRequestPath(deps: RequestPathDeps) {
   function forwardWeb(req: IncomingMessage, res: ServerResponse, ctx: Ctx, endpoint: Endpoint, warm: boolean) {
     res.setHeader('x-request-id', ctx.requestId);
     const outcome = webOutcome(ctx.workspaceId, ctx.requestId, ctx.started, warm);
-    forwarder.web(req, res, endpoint, forwardedForRequest(req), stripCookie(req.headers.cookie, SESSION_COOKIE), {
+    forwarder.web(req, res, endpoint, forwardedForRequest(req), sessionCookieParts(req.headers.cookie, SESSION_COOKIE).rest, {
       onResponse: outcome.responded,
       onFailure: ({ code, error }) => { outcome.failed(code, error); fail(res, ctx, code); },
     });
@@ -221,8 +221,9 @@ export function createRequestPath(deps: RequestPathDeps) {
     const host = parseHostStep(req.method, req.url, req.fields);
     if (!host.ok || deps.isDraining()) return undefined;
     const { scan } = req;
-    if (host.url.startsWith(PREFIX)) return statusOnLane(req, host.workspaceId, host.url, scan.body, scan.cookie);
-    if (scan.body === undefined || !authorizedNow(scan.cookie, host.workspaceId) || !guardWorkspacePath(host.url)) return undefined;
+    const cookies = sessionCookieParts(scan.cookie, SESSION_COOKIE);
+    if (host.url.startsWith(PREFIX)) return statusOnLane(req, host.workspaceId, host.url, scan.body, cookies.values);
+    if (scan.body === undefined || !authorizedNow(cookies.values, host.workspaceId) || !guardWorkspacePath(host.url)) return undefined;
     const route = workspaces.resolveCached(host.workspaceId);
     if (route?.kind !== 'running') return undefined;
     const requestId = randomUUID();
@@ -232,7 +233,7 @@ export function createRequestPath(deps: RequestPathDeps) {
     return {
       kind: 'forward',
       endpoint: route.endpoint,
-      upstreamHead: upstreamRequestHead(req.method, host.url, req.fields, fwd, stripCookie(scan.cookie, SESSION_COOKIE)),
+      upstreamHead: upstreamRequestHead(req.method, host.url, req.fields, fwd, cookies.rest),
       body: scan.body,
       responseFields: `x-request-id: ${requestId}\r\n`,
       responded: outcome.responded,
@@ -250,8 +251,8 @@ export function createRequestPath(deps: RequestPathDeps) {
    * node:http answered each poll with Connection: close, and a class's 1,000 reloads then each
    * cost a new connection (bench/, cold herd).
    */
-  function statusOnLane(req: LaneRequest, workspaceId: string, url: string, body: RequestBody | undefined, cookie: string | undefined): AnswerPlan | undefined {
-    if (req.method !== 'GET' || body !== 'none' || !authorizedNow(cookie, workspaceId)) return undefined;
+  function statusOnLane(req: LaneRequest, workspaceId: string, url: string, body: RequestBody | undefined, sessionValues: readonly string[]): AnswerPlan | undefined {
+    if (req.method !== 'GET' || body !== 'none' || !authorizedNow(sessionValues, workspaceId)) return undefined;
     const query = url.indexOf('?');
     if ((query === -1 ? url : url.slice(0, query)) !== `${PREFIX}status`) return undefined;
     const params = new URLSearchParams(query === -1 ? '' : url.slice(query + 1));
@@ -433,7 +434,7 @@ export function createRequestPath(deps: RequestPathDeps) {
   /** Step 5 (ws): forward the upgrade, then hand the socket pair to the app for tracking and taps. */
   function forwardWs(req: IncomingMessage, socket: Duplex, head: Buffer, workspaceId: string, requestId: string, endpoint: Endpoint) {
     let upgraded = false;
-    forwarder.ws(req, socket, head, endpoint, forwardedForRequest(req), stripCookie(req.headers.cookie, SESSION_COOKIE), {
+    forwarder.ws(req, socket, head, endpoint, forwardedForRequest(req), sessionCookieParts(req.headers.cookie, SESSION_COOKIE).rest, {
       onUpgrade: (upstream, response) => {
         upgraded = true;
         metrics.proxied('ws', 101);

@@ -3,7 +3,7 @@
 import { createHmac } from 'node:crypto';
 import t from 'tap';
 import { SignJWT } from 'jose';
-import { createAuth } from '../gateway/auth.js';
+import { SESSION_COOKIE, createAuth, sessionCookieParts } from '../gateway/auth.js';
 import { createManualClock } from '../gateway/clock.js';
 import { NAVIGATE, TEST_SECRET, XHR, request, startTestGateway, waitRunning, type RawResponse, type TestGateway } from './helpers/gateway.js';
 import { gatewayWithRecordedWorkspaces, registerRunning, startRecordingUpstream } from './helpers/upstream.js';
@@ -64,6 +64,23 @@ async function cookieSet(gw: TestGateway) {
   ];
   return { valid, rejected, accepted };
 }
+
+t.test("the session cookie's values, and the Cookie header the workspace gets without them", async (t) => {
+  const N = SESSION_COOKIE;
+  const rows: Array<[header: string | undefined, values: string[], rest: string | undefined]> = [
+    [undefined, [], undefined],
+    ['', [], ''],
+    ['a=1; b=2', [], 'a=1; b=2'],
+    [`${N}=s1`, ['s1'], undefined],
+    [`a=1; ${N}=s1; b=2`, ['s1'], 'a=1; b=2'],
+    [` ${N} = "s1" ;a=1`, ['s1'], 'a=1'],
+    [`${N}=s1; ${N}=s2`, ['s1', 's2'], undefined],
+    [`x${N}=other; a=1`, [], `x${N}=other; a=1`],
+    [`${N}; a=1;;`, [], 'a=1'],
+    [`a=1;${N}=s1;`, ['s1'], 'a=1'],
+  ];
+  for (const [header, values, rest] of rows) t.same(sessionCookieParts(header, N), { values, rest }, JSON.stringify(header));
+});
 
 t.test('access matrix: page load, XHR and WebSocket x cookies, no platform login URL', async (t) => {
   const gw = await startTestGateway();
