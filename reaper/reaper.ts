@@ -40,9 +40,12 @@ export function createReaper(opts: ReaperOptions) {
   let timer: NodeJS.Timeout | undefined;
 
   async function holdLeadership(): Promise<boolean> {
+    // Not leader: take the lease, or find it ours already. An acquire that failed for this reaper (a
+    // timeout while Redis reconnected) can still land once the connection is back; without taking it
+    // up, this reaper waited out its own lease, reaping nothing for a whole TTL (CI saw it in reaper.test).
     leader = leader
       ? await store.renewLease(LEADER_KEY, opts.instanceId, leaseTtl)
-      : await store.acquireLease(LEADER_KEY, opts.instanceId, leaseTtl);
+      : (await store.acquireLease(LEADER_KEY, opts.instanceId, leaseTtl)) || (await store.renewLease(LEADER_KEY, opts.instanceId, leaseTtl));
     return leader;
   }
 

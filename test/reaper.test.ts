@@ -8,7 +8,7 @@ import t from 'tap';
 import { createManualClock } from '../gateway/clock.js';
 import { createLogger } from '../gateway/log.js';
 import { createMetrics } from '../gateway/metrics.js';
-import { createReaper } from '../reaper/reaper.js';
+import { LEADER_KEY, createReaper } from '../reaper/reaper.js';
 import { NAVIGATE, XHR, request, startTestGateway, waitRunning } from './helpers/gateway.js';
 import { startRedis } from './helpers/redis.js';
 
@@ -78,6 +78,14 @@ t.test('two reapers on one Redis', async (t) => {
     await new Promise((r) => setTimeout(r, 400));
     t.equal((await heir.pass()).leader, true, 'the lease moved');
     await heir.close();
+  });
+
+  t.test('a lease already held in its own name (an acquire whose answer was lost) is taken up, not waited out', async (t) => {
+    const r = reaper(a);
+    t.equal(await a.store.acquireLease(LEADER_KEY, `reaper-${a.port}`, 60_000), true);
+    t.equal((await r.pass()).leader, true);
+    await r.close();
+    t.equal(await a.store.leaseOwner(LEADER_KEY), undefined, 'and released on close');
   });
 
   t.test('Redis restarted empty: nothing reaped for a full idle window', async (t) => {
