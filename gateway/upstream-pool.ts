@@ -48,7 +48,7 @@ const CRLF = '\r\n';
 /** The zero-length chunk that ends a chunked body (RFC 9112 7.1), with no trailer fields. */
 export const LAST_CHUNK = '0\r\n\r\n';
 
-interface Pool { host: string; port: number; key: string; idle: Conn[]; open: number; queue: Exchange[]; responseTimeoutMs: number }
+interface Pool { host: string; port: number; key: string; idle: Conn[]; open: number; queue: Exchange[] }
 
 /** One request and its response. */
 export class Exchange {
@@ -69,7 +69,7 @@ export class Exchange {
     if (this.done || chunk.length === 0) return true;
     if (this.conn) {
       // A body on its way counts as activity: the response timeout runs from its last piece.
-      if (this.conn.connected) this.conn.deadline = Date.now() + this.pool.responseTimeoutMs;
+      if (this.conn.connected) this.conn.awaitResponse();
       const ok = writeBody(this.conn.socket, this.request.body, chunk);
       if (!ok) this.waitingDrain = true;
       return ok;
@@ -85,7 +85,7 @@ export class Exchange {
     if (this.bodyDone) return;
     this.bodyDone = true;
     if (this.done) return;
-    if (this.conn?.connected) this.conn.deadline = Date.now() + this.pool.responseTimeoutMs;
+    if (this.conn?.connected) this.conn.awaitResponse();
     if (this.conn && this.request.body === 'chunked') this.conn.socket.write(LAST_CHUNK);
   }
 
@@ -136,7 +136,7 @@ class Conn implements ParserEvents {
     this.socket = net.connect({ host: pool.host, port: pool.port, noDelay: true });
     this.parser = createParser('response', maxHeaderSize, this);
     const socket = this.socket;
-    socket.on('connect', () => { this.connected = true; if (this.exchange) this.deadline = Date.now() + owner.opts.responseTimeoutMs; });
+    socket.on('connect', () => { this.connected = true; if (this.exchange) this.awaitResponse(); });
     socket.on('data', (d) => {
       // Bytes on an idle connection answer nothing we asked: it cannot be trusted with the next request.
       const ex = this.exchange;
@@ -155,6 +155,9 @@ class Conn implements ParserEvents {
     socket.on('error', () => undefined);
     socket.on('close', () => owner.closed(this));
   }
+
+  /** The response's head is due within the response timeout from now. */
+  awaitResponse(): void { this.deadline = Date.now() + this.owner.opts.responseTimeoutMs; }
 
   // ---------------------------------------------------------------- the response parser's events
   onBody(chunk: Buffer): void { const ex = this.exchange; if (ex && !ex.sink.data(chunk)) this.socket.pause(); }
@@ -222,7 +225,7 @@ export class UpstreamPool {
   send(endpoint: Endpoint, request: UpstreamRequest, sink: ResponseSink): Exchange {
     const key = `${endpoint.host}:${endpoint.port}`;
     let pool = this.pools.get(key);
-    if (!pool) { pool = { host: endpoint.host, port: endpoint.port, key, idle: [], open: 0, queue: [], responseTimeoutMs: this.opts.responseTimeoutMs }; this.pools.set(key, pool); }
+    if (!pool) { pool = { host: endpoint.host, port: endpoint.port, key, idle: [], open: 0, queue: [] }; this.pools.set(key, pool); }
     const ex = new Exchange(pool, request, sink);
     // Never synchronously: the caller may be inside its own parser's callback.
     if (this.closing) { process.nextTick(() => { ex.done = true; sink.fail('UPSTREAM_UNREACHABLE', new Error('gateway closing')); }); return ex; }
@@ -258,7 +261,7 @@ export class UpstreamPool {
     conn.framing = 'none';
     ex.conn = conn;
     const socket = conn.socket;
-    conn.deadline = Date.now() + (conn.connected ? this.opts.responseTimeoutMs : this.opts.connectTimeoutMs);
+    if (conn.connected) conn.awaitResponse(); else conn.deadline = Date.now() + this.opts.connectTimeoutMs;
     // Parsed field values hold one byte per character (obs-text, RFC 9110 5.5): latin1 writes those bytes.
     if (ex.request.body === 'none') { socket.write(`${ex.request.head}\r\n`, 'latin1'); return; }
     // Head and whatever body is already here leave in one write (writev) once this tick ends.
