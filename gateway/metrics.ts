@@ -14,13 +14,15 @@ const LATENCY_BUCKETS = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.
 /** Cold starts: a local demo workspace is ready in well under a second, a Fargate task in 30-120 s. */
 const START_BUCKETS = [0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 45, 60, 90, 120, 180, 300];
 
-export type StatusClass = '1xx' | '2xx' | '3xx' | '4xx' | '5xx';
-const statusClassNumber = (status: number) => Math.min(5, Math.max(1, Math.floor(status / 100)));
-export const statusClass = (status: number): StatusClass => `${statusClassNumber(status)}xx` as StatusClass;
+const STATUS_CLASSES = ['1xx', '2xx', '3xx', '4xx', '5xx'] as const;
+export type StatusClass = (typeof STATUS_CLASSES)[number];
+/** 0 for 1xx … 4 for 5xx; anything outside 100-599 counts with the nearest class. */
+const statusClassIndex = (status: number) => Math.min(4, Math.max(0, Math.floor(status / 100) - 1));
+export const statusClass = (status: number): StatusClass => STATUS_CLASSES[statusClassIndex(status)];
 
 /** wsgw_proxy_requests_total's series, in the order proxiedIndex numbers them. */
-const PROXIED_SERIES = (['web', 'ws'] as const).flatMap((kind) => (['1xx', '2xx', '3xx', '4xx', '5xx'] as const).map((status_class) => ({ kind, status_class })));
-const proxiedIndex = (kind: 'web' | 'ws', status: number) => (kind === 'ws' ? 5 : 0) + statusClassNumber(status) - 1;
+const PROXIED_SERIES = (['web', 'ws'] as const).flatMap((kind) => STATUS_CLASSES.map((status_class) => ({ kind, status_class })));
+const proxiedIndex = (kind: 'web' | 'ws', status: number) => (kind === 'ws' ? STATUS_CLASSES.length : 0) + statusClassIndex(status);
 type RouteResult = 'hit' | 'miss' | 'stale';
 const ROUTE_RESULTS: readonly RouteResult[] = ['hit', 'miss', 'stale'];
 
