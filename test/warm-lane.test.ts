@@ -82,7 +82,7 @@ async function rawUpstream() {
 }
 
 /** Sends bytes on one connection and collects everything until the gateway closes it (or ms pass). */
-function rawExchange(port: number, payload: string, opts: { halfClose?: boolean; ms?: number } = {}): Promise<{ text: string; closed: boolean }> {
+function rawExchange(port: number, payload: string | Buffer, opts: { halfClose?: boolean; ms?: number } = {}): Promise<{ text: string; closed: boolean }> {
   return new Promise((resolve) => {
     const s = net.connect(port, '127.0.0.1', () => { s.write(payload); if (opts.halfClose) s.end(); });
     let text = '';
@@ -155,20 +155,16 @@ t.test('warm lane', async (t) => {
 
   t.test('field values with bytes outside ASCII pass byte for byte, both ways (RFC 9110 5.5 obs-text)', async (t) => {
     // The lane once wrote heads as UTF-8: each byte from 0x80 up reached the other side as two.
-    const c = `Host: ${host}\r\nCookie: ${cookie}\r\n`;
+    // latin1: one byte per character, so \xe9 and \xff go on the wire as the bytes 0xe9 0xff.
+    const obsText = (extra: string) => Buffer.from(`GET /obs-text HTTP/1.1\r\nHost: ${host}\r\nCookie: ${cookie}\r\n${extra}x-name: caf\xe9\xff\r\n\r\n`, 'latin1');
     const client = await openClient(t, gw.port);
-    client.socket.write(Buffer.concat([Buffer.from(`GET /obs-text HTTP/1.1\r\n${c}x-name: caf`, 'latin1'), Buffer.from([0xe9, 0xff]), Buffer.from('\r\n\r\n', 'latin1')]));
+    client.socket.write(obsText(''));
     await until(() => /\r\n\r\n[0-9a-f]+$/.test(client.text), 2000);
     t.match(client.text, /\r\n\r\n636166e9ff$/, 'the workspace got the bytes sent');
     t.match(client.text, /\r\nx-echo: caf\xe9\xff\r\n/, 'and the client got the bytes the workspace sent');
     t.equal(gw.gateway.laneConnections() >= 1, true, 'on the warm lane');
     // Connection: close keeps node:http's handling: the same bytes through the full request path.
-    const byNode = await new Promise<string>((resolve) => {
-      const s = net.connect(gw.port, '127.0.0.1', () => s.write(Buffer.concat([Buffer.from(`GET /obs-text HTTP/1.1\r\n${c}connection: close\r\nx-name: caf`, 'latin1'), Buffer.from([0xe9, 0xff]), Buffer.from('\r\n\r\n', 'latin1')])));
-      let text = '';
-      s.on('data', (d) => { text += d.toString('latin1'); });
-      s.on('close', () => resolve(text));
-    });
+    const byNode = (await rawExchange(gw.port, obsText('connection: close\r\n'))).text;
     t.match(byNode, /\r\nx-echo: caf\xe9\xff\r\n[^]*\r\n\r\n636166e9ff$/, 'node:http path: the same bytes both ways');
   });
 
