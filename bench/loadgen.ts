@@ -183,7 +183,8 @@ async function wsClosed() {
   const secs = (nowUs() - t0) / 1e6;
   running = false;
   for (const ws of sockets) ws.terminate();
-  done({ open: sockets.length, failed, firstError, messagesPerSecond: msgs / secs });
+  // `echoed`: every message of the run, warm-up included, for CPU per message over the whole job.
+  done({ open: sockets.length, failed, firstError, messagesPerSecond: msgs / secs, echoed: count });
 }
 
 /** Idle: open N sockets, report, hold them until told (stdin line) or the deadline, then close. */
