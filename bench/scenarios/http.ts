@@ -182,7 +182,6 @@ export async function run(opts: { quick: boolean; log: (s: string) => void }): P
     if (closed.has('node-relay')) {
       notes.push(`Node's floor: a bare TCP relay (node:net, one upstream connection per client connection, no HTTP parsed) costs ${med('node-relay', 'cpuUsPerReq').toFixed(1)} µs CPU/req here (${Math.round(rps('node-relay'))} req/s); nginx ${med('nginx', 'cpuUsPerReq').toFixed(1)} µs with HTTP parsed both ways; the gateway ${med('gateway', 'cpuUsPerReq').toFixed(1)} µs`);
     }
-    if (open.has('node-relay')) notes.push(`added latency at 1000 rps, p50 / p99: gateway ${added('gateway', 'p50us').toFixed(3)} / ${added('gateway', 'p99us').toFixed(3)} ms, nginx ${added('nginx', 'p50us').toFixed(3)} / ${added('nginx', 'p99us').toFixed(3)}, a bare Node TCP relay ${added('node-relay', 'p50us').toFixed(3)} / ${added('node-relay', 'p99us').toFixed(3)} (Node's floor)`);
     notes.push('CPU/req is the proxy process tree\'s CPU per request served; for direct it is the upstream\'s own');
     notes.push('gateway "1 in 50 a status poll": the closed loop again, every 50th request on each connection a GET /__gateway/status (a store read, answered on the warm lane, the connection kept): traffic as the ALB brings it');
     notes.push(`closed loop: wrk -t1 -c50, ${rounds} rounds x ${closedSecs} s; open loop: ${openRounds} rounds x ${openSecs} s at 1000 rps, each request sent when due (never waiting on an answer), its latency counted from its write (bench/loadgen.ts)`);

@@ -35,6 +35,12 @@ async function holdIdle(s: System, count: number, held: ChildProcess[]): Promise
   return JSON.parse(line) as IdleResult;
 }
 
+/** Tells each idle load generator to close its sockets, and waits for it to exit. */
+async function releaseIdle(held: ChildProcess[]): Promise<void> {
+  for (const child of held) child.stdin?.end('close\n');
+  await Promise.all(held.map((child) => stop(child, 5000)));
+}
+
 /**
  * Opens `count` idle sockets through the system in two halves. The issue's figure is (RSS after - RSS
  * before) / count; the second half's growth divided by its count is reported beside it: what one
@@ -46,10 +52,7 @@ async function idleMemory(s: System, count: number, log: (s: string) => void): P
   // closed first, so the baseline is read from a process that has grown its heap and allocator pools
   // for this work (an idle Node process gives its young generation back; opening sockets grows it again).
   const warm: ChildProcess[] = [];
-  try { await holdIdle(s, Math.floor(count / 5), warm); } finally {
-    for (const child of warm) child.stdin?.end('close\n');
-    await Promise.all(warm.map((child) => stop(child, 5000)));
-  }
+  try { await holdIdle(s, Math.floor(count / 5), warm); } finally { await releaseIdle(warm); }
   await sleep(1000);
   const before = rssBytes(s.pid);
   const held: ChildProcess[] = [];
@@ -70,8 +73,7 @@ async function idleMemory(s: System, count: number, log: (s: string) => void): P
       open, failed: a.failed + b.failed, firstError: a.firstError ?? b.firstError,
     };
   } finally {
-    for (const child of held) child.stdin?.end('close\n');
-    await Promise.all(held.map((child) => stop(child, 5000)));
+    await releaseIdle(held);
     await sleep(1000);
   }
 }
