@@ -81,9 +81,7 @@ export async function createRedisStore(opts: RedisStoreOptions): Promise<StateSt
     retryStrategy: (times) => Math.min(50 * times, 1000),
     maxRetriesPerRequest: 0,
   };
-  // Commands made in one turn of the event loop leave in one write: a class starting at once made a
-  // system call per command, a seventh of the gateway's CPU in the surge (issue 7, class surge).
-  const client = new Redis(opts.url, { ...base, enableOfflineQueue: false, commandTimeout: opts.commandTimeoutMs, enableAutoPipelining: true });
+  const client = new Redis(opts.url, { ...base, enableOfflineQueue: false, commandTimeout: opts.commandTimeoutMs });
   const sub = new Redis(opts.url, { ...base, enableOfflineQueue: true });
   const report = (err: Error) => opts.onError?.(err);
   client.on('error', report);
