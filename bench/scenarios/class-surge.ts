@@ -61,7 +61,7 @@ export function surgeFloorMs(n: number, provisioningMs: number, pendingMs: numbe
   return Math.max(lastGrant(RUNTASK), lastGrant(FARGATE_LAUNCH)) + provisioningMs + pendingMs;
 }
 
-async function surge(opts: ClassSurgeOptions, variant: string, env: Record<string, string>, replicas = 1, warmup = opts.warmup ?? 100) {
+async function surge(opts: ClassSurgeOptions, variant: string, env: Record<string, string>, replicas: number, warmup: number) {
   const students = opts.students ?? 500;
   const provisioningMs = opts.provisioningMs ?? 1000;
   const pendingMs = opts.pendingMs ?? 1000;
@@ -146,6 +146,7 @@ async function surge(opts: ClassSurgeOptions, variant: string, env: Record<strin
     const ratio = allReady / floorMs;
 
     const figures: Figure[] = [
+      ...(warmup > 0 ? [{ name: `the class before: students served (of ${warmup})`, value: warmed, unit: 'count' }] : []),
       { name: 'students', value: students, unit: 'count' },
       { name: 'AWS floor (last RunTask grant + provisioning + pending)', value: floorMs, unit: 'ms' },
       { name: 'ready within the bench deadline', value: readyAfter.length, unit: 'count' },
@@ -182,7 +183,6 @@ async function surge(opts: ClassSurgeOptions, variant: string, env: Record<strin
       notes.push(`class-surge (${variant}): ${round(writes / students, 1)} record writes and ${round(results.reduce((a, r) => a + r.polls, 0) / students, 1)} long-polls per student (a start needs about 8): a queued student's position is written (fenced write, PUBLISH, long-poll wake-up) at most once a second (gateway/workspaces.ts), so the extra writes grow with the time spent in the queue, not with the square of the class size.`);
     }
     if (!complete) notes.push(`class-surge (${variant}): only ${served.length} of ${students} students were served within the bench deadline (${Math.round(deadlineMs / 1000)} s); the ratio is a lower bound.`);
-    if (warmup > 0) figures.unshift({ name: 'the class before: students served (of ' + warmup + ')', value: warmed, unit: 'count' });
     return { figures, ratio, duplicates, failed: failedStudents.length, allReady, floorMs, notes };
   } finally {
     await Promise.all(gws.map((g) => g.close()));
