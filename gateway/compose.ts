@@ -37,21 +37,24 @@ export async function provisionerFromConfig(config: Config, clock: Clock, metric
     });
   }
   const options = ecsOptionsFromEnv(config.env);
-  const local = localTokens(clock, options.runTaskRate, options.runTaskBurst);
   let lastFallback = 0;
-  // RunTask is rated per AWS account: with Redis every replica draws from one bucket, so the fleet
-  // together, not each replica, runs at RUNTASK_RATE (issue 7, class surge).
-  const runTaskTokens = store.kind === 'redis'
-    ? sharedTokens({ take: () => store.takeToken('runtask', options.runTaskRate, options.runTaskBurst) }, local, (err) => {
+  // RunTask and RegisterTaskDefinition are rated per AWS account: with Redis every replica draws
+  // from one bucket each, so the fleet together, not each replica, runs at RUNTASK_RATE and
+  // TASKDEF_RATE (issue 7, class surge).
+  const bucket = (name: string, rate: number, burst: number) => {
+    const local = localTokens(clock, rate, burst);
+    if (store.kind !== 'redis') return local;
+    return sharedTokens({ take: () => store.takeToken(name, rate, burst) }, local, (err) => {
       if (clock.now() - lastFallback > 10_000) {
         lastFallback = clock.now();
-        log.warn({ event: 'runtask.bucket_local', err: (err as Error).message }, 'shared RunTask bucket unavailable: pacing with this replica\'s own');
+        log.warn({ event: 'runtask.bucket_local', bucket: name, err: (err as Error).message }, 'shared AWS rate bucket unavailable: pacing with this replica\'s own');
       }
-    })
-    : local;
+    });
+  };
   return createEcsProvisioner(options, {
     clock,
-    runTaskTokens,
+    runTaskTokens: bucket('runtask', options.runTaskRate, options.runTaskBurst),
+    registerTokens: bucket('taskdef', options.taskDefRate, options.taskDefBurst),
     log: (obj) => log.info(obj, 'ecs'),
     observer: {
       awsCall: (operation, outcome) => metrics.awsCall(operation, outcome),

@@ -1,7 +1,8 @@
 // Admission control for starts (issue 4, "At AWS's pace"): a FIFO cap on starts in flight and a
-// FIFO token bucket in front of every RunTask call, so a class of 500 students opening their
-// workspaces at once is started first-come-first-served at a rate AWS accepts (RunTask: 20 calls/s;
-// Fargate launches: burst 100, refill 20/s) instead of in a storm of ThrottlingExceptions.
+// FIFO token bucket in front of every RunTask and RegisterTaskDefinition call, so a class of 500
+// students opening their workspaces at once is started first-come-first-served at a rate AWS accepts
+// (RunTask: 20 calls/s; Fargate launches: burst 100, refill 20/s; RegisterTaskDefinition: 1 call/s,
+// burst 20) instead of in a storm of ThrottlingExceptions.
 import type { Clock } from '../gateway/clock.js';
 import type { Timers } from './timers.js';
 
@@ -114,29 +115,111 @@ export interface AdmissionOptions {
   maxInFlight: number;
   /** RunTask tokens, in the order the waiters asked. */
   tokens: TokenSource;
+  /**
+   * RegisterTaskDefinition tokens (AWS: 1 call a second, burst 20). A student's first start
+   * registers their task definition family; without a line in front of it a class of new students
+   * meets a wall of ThrottlingExceptions, and the SDK's retries give up on most of them.
+   */
+  registerTokens?: TokenSource;
+}
+
+/**
+ * A FIFO line in front of a token source: tokens are taken one by one, in the order the waiters
+ * asked, and a waiter that gives up leaves its place to the next.
+ */
+export class TokenLine {
+  private readonly queue: FifoQueue;
+  private timer: unknown = undefined;
+  private pumping = false;
+  private closed = false;
+
+  constructor(private readonly source: TokenSource, private readonly timers: Timers, onChange: () => void = () => {}) {
+    this.queue = new FifoQueue(onChange);
+  }
+
+  get waiting(): number {
+    return this.queue.waiters.length;
+  }
+
+  /** Waits for one token; positions from 2 on are reported (the head is only waiting for its token). */
+  take(signal: AbortSignal, onPosition: (pos: number) => void): Promise<void> {
+    return new Promise((resolve, reject) => {
+      if (signal.aborted) return reject(abortError(signal));
+      const report = (pos: number) => { if (pos > 1) onPosition(pos); };
+      this.queue.enqueue(signal, report, resolve, reject);
+      void this.pump();
+    });
+  }
+
+  /**
+   * A token now, or false: for work that may be put off (a stale task definition re-registered
+   * later) and must not wait in line. Never jumps the line: false while anyone waits.
+   */
+  async tryTake(): Promise<boolean> {
+    if (this.closed || this.queue.waiters.length > 0 || this.timer !== undefined) return false;
+    try {
+      return (await this.source.take()).granted;
+    } catch {
+      return false;
+    }
+  }
+
+  close(): void {
+    this.closed = true;
+    if (this.timer !== undefined) this.timers.clearTimeout(this.timer);
+    this.timer = undefined;
+  }
+
+  /** One pump at a time: tokens are taken one by one and handed to the head of the queue. */
+  private async pump(): Promise<void> {
+    if (this.pumping || this.timer !== undefined) return;
+    this.pumping = true;
+    try {
+      while (this.queue.waiters.length > 0 && !this.closed) {
+        let r: { granted: boolean; waitMs: number };
+        try {
+          r = await this.source.take();
+        } catch {
+          r = { granted: false, waitMs: 1000 };
+        }
+        if (!r.granted) {
+          if (this.closed) return;
+          this.timer = this.timers.setTimeout(() => {
+            this.timer = undefined;
+            void this.pump();
+          }, Math.max(1, r.waitMs));
+          return;
+        }
+        // A waiter that gave up while the token was being taken leaves it to the next one.
+        this.queue.shift()?.grant();
+      }
+    } finally {
+      this.pumping = false;
+    }
+  }
 }
 
 export class Admission {
   private inFlight = 0;
   private readonly slots: FifoQueue;
-  private readonly tokens: FifoQueue;
-  private timer: unknown = undefined;
-  private pumping = false;
-  private closed = false;
+  private readonly runTask: TokenLine;
+  readonly register: TokenLine;
 
   constructor(
     private readonly opts: AdmissionOptions,
-    private readonly timers: Timers,
+    timers: Timers,
     private readonly onDepth: (waiting: number) => void = () => {},
   ) {
     const changed = () => this.onDepth(this.waiting());
     this.slots = new FifoQueue(changed);
-    this.tokens = new FifoQueue(changed);
+    this.runTask = new TokenLine(opts.tokens, timers, changed);
+    // Without a source of its own, registrations are not paced here (AWS's throttling, retried, paces them).
+    this.register = new TokenLine(opts.registerTokens ?? { take: async () => ({ granted: true, waitMs: 0 }) }, timers, changed);
   }
 
-  /** Starts waiting for a slot or a RunTask token. */
+  /** Starts waiting for a slot or a token. */
   waiting(): number {
-    return this.slots.waiters.length + this.tokens.waiters.length;
+    return this.slots.waiters.length + this.runTask.waiting + this.register.waiting;
   }
 
   /** Waits (FIFO) for a start slot; resolves with its release function. */
@@ -161,19 +244,12 @@ export class Admission {
 
   /** Waits (FIFO) for the right to make one RunTask call. */
   takeRunTaskToken(signal: AbortSignal, onPosition: (pos: number) => void): Promise<void> {
-    return new Promise((resolve, reject) => {
-      if (signal.aborted) return reject(abortError(signal));
-      // The first in line is not "queued" for the status page: it is only waiting for its token.
-      const report = (pos: number) => { if (pos > 1) onPosition(pos); };
-      this.tokens.enqueue(signal, report, resolve, reject);
-      void this.pumpTokens();
-    });
+    return this.runTask.take(signal, onPosition);
   }
 
   close(): void {
-    this.closed = true;
-    if (this.timer !== undefined) this.timers.clearTimeout(this.timer);
-    this.timer = undefined;
+    this.runTask.close();
+    this.register.close();
   }
 
   private pumpSlots(): void {
@@ -182,34 +258,6 @@ export class Admission {
       if (!w) return;
       this.inFlight++;
       w.grant();
-    }
-  }
-
-  /** One pump at a time: tokens are taken one by one and handed to the head of the queue. */
-  private async pumpTokens(): Promise<void> {
-    if (this.pumping || this.timer !== undefined) return;
-    this.pumping = true;
-    try {
-      while (this.tokens.waiters.length > 0 && !this.closed) {
-        let r: { granted: boolean; waitMs: number };
-        try {
-          r = await this.opts.tokens.take();
-        } catch {
-          r = { granted: false, waitMs: 1000 };
-        }
-        if (!r.granted) {
-          if (this.closed) return;
-          this.timer = this.timers.setTimeout(() => {
-            this.timer = undefined;
-            void this.pumpTokens();
-          }, Math.max(1, r.waitMs));
-          return;
-        }
-        // A waiter that gave up while the token was being taken leaves it to the next one.
-        this.tokens.shift()?.grant();
-      }
-    } finally {
-      this.pumping = false;
     }
   }
 }

@@ -100,6 +100,8 @@ export function ecsOptionsFromEnv(env: Env): EcsProvisionerOptions {
     startMaxInFlight: int(env, 'START_MAX_IN_FLIGHT', 100, 1, 100_000),
     runTaskRate: positive(env, 'RUNTASK_RATE', 20),
     runTaskBurst: int(env, 'RUNTASK_BURST', 20, 1, 10_000),
+    taskDefRate: positive(env, 'TASKDEF_RATE', 1),
+    taskDefBurst: int(env, 'TASKDEF_BURST', 20, 1, 10_000),
     startDeadlineMs: duration(env, 'START_DEADLINE', 5 * 60_000),
     awsCallTimeoutMs: duration(env, 'AWS_CALL_TIMEOUT', 10_000),
     reconcileIntervalMs: duration(env, 'RECONCILE_INTERVAL', 60_000),

@@ -36,6 +36,10 @@ export interface EcsProvisionerOptions {
   runTaskRate: number;
   /** RunTask calls the bucket lets through at once after a quiet spell (AWS's burst). */
   runTaskBurst: number;
+  /** RegisterTaskDefinition calls per second (AWS: 1), for the whole fleet when the bucket is shared. */
+  taskDefRate: number;
+  /** RegisterTaskDefinition calls let through at once after a quiet spell (AWS: 20). */
+  taskDefBurst: number;
   startDeadlineMs: number;
   awsCallTimeoutMs: number;
   reconcileIntervalMs: number;

@@ -57,6 +57,8 @@ export interface EcsProvisionerDeps {
    * absent, this process's own bucket at runTaskRate / runTaskBurst.
    */
   runTaskTokens?: TokenSource;
+  /** RegisterTaskDefinition tokens, likewise (default: this process's bucket at taskDefRate / taskDefBurst). */
+  registerTokens?: TokenSource;
 }
 
 export interface EcsProvisioner extends Provisioner {
@@ -69,6 +71,12 @@ export interface EcsProvisioner extends Provisioner {
    * Cloud Map instances whose task is gone. Never stops a task of the generation the store claims.
    */
   reconcile(claim: (workspaceId: string) => WorkspaceClaim | Promise<WorkspaceClaim>): Promise<ReconcileSummary>;
+  /**
+   * Registers a student's task definition family (and access point) ahead of their first start, in
+   * the registration line: enrolling a class before its first day keeps RegisterTaskDefinition's
+   * 1 call a second out of the class's first 09:00.
+   */
+  prepare(workspaceId: string, signal?: AbortSignal): Promise<void>;
 }
 
 // Tag and attribute names shared by the tasks, task definitions, access points and Cloud Map.
@@ -157,7 +165,11 @@ export function createEcsProvisioner(options: EcsProvisionerOptions, deps: EcsPr
     observe: (op, outcome) => observer?.awsCall(op, outcome),
   });
   const admission = new Admission(
-    { maxInFlight: o.startMaxInFlight, tokens: deps.runTaskTokens ?? localTokens(clock, o.runTaskRate, o.runTaskBurst) },
+    {
+      maxInFlight: o.startMaxInFlight,
+      tokens: deps.runTaskTokens ?? localTokens(clock, o.runTaskRate, o.runTaskBurst),
+      registerTokens: deps.registerTokens ?? localTokens(clock, o.taskDefRate, o.taskDefBurst),
+    },
     timers,
     (n) => observer?.queueDepth(n),
   );
@@ -262,7 +274,12 @@ export function createEcsProvisioner(options: EcsProvisionerOptions, deps: EcsPr
     throw new StartFailure('BACKEND_UNAVAILABLE', `EFS reports an access point for ${id} on ${fileSystemId} exists but none is tagged with it`);
   }
 
-  async function registerFamily(id: string, base: TaskDefinition, storage: { accessPointId: string; fileSystemId: string }, signal: AbortSignal): Promise<void> {
+  /**
+   * Registers the student's family from `base`. `beforeAttempt` waits for (or, for an attempt already
+   * holding one, skips) a RegisterTaskDefinition token: AWS allows 1 call a second, burst 20, per
+   * account (aws-actions/amazon-ecs-deploy-task-definition#502).
+   */
+  async function registerFamily(id: string, base: TaskDefinition, storage: { accessPointId: string; fileSystemId: string }, signal: AbortSignal, beforeAttempt: (s: AbortSignal) => Promise<void>): Promise<void> {
     const { accessPointId, fileSystemId } = storage;
     const input: RegisterTaskDefinitionCommandInput = {
       family: familyOf(id),
@@ -301,11 +318,31 @@ export function createEcsProvisioner(options: EcsProvisionerOptions, deps: EcsPr
         { key: TAG_FILE_SYSTEM, value: fileSystemId },
       ],
     };
-    await call('RegisterTaskDefinition', (abortSignal) => ecs.send(new RegisterTaskDefinitionCommand(input), { abortSignal }), { signal });
+    await call('RegisterTaskDefinition', (abortSignal) => ecs.send(new RegisterTaskDefinitionCommand(input), { abortSignal }), { signal, beforeAttempt });
   }
 
-  /** Makes sure `<prefix>-<id>` exists, is copied from the current base and bound to the student's access point. */
-  async function prepare(id: string, signal: AbortSignal): Promise<void> {
+  /** The family's tags, or undefined when the family does not exist yet. */
+  async function describeFamily(id: string, signal: AbortSignal): Promise<{ key?: string; value?: string }[] | undefined> {
+    try {
+      const out = await call('DescribeTaskDefinition', (abortSignal) =>
+        ecs.send(new DescribeTaskDefinitionCommand({ taskDefinition: familyOf(id), include: ['TAGS'] }), { abortSignal }), { signal },
+      );
+      return out.tags ?? [];
+    } catch (err) {
+      if (awsName(err) === 'ClientException') return undefined; // no such family yet
+      throw err;
+    }
+  }
+
+  /**
+   * Makes sure `<prefix>-<id>` exists and is bound to the student's access point. A student's first
+   * start registers it, waiting its turn in the registration line (`onPosition`). A family copied
+   * from an older base is re-registered first when a token is free at once; otherwise the student
+   * starts on the family as it is and it is re-registered in the background, so a new image reaches
+   * them at their next start: after an image update a class of 500 would otherwise wait behind 480
+   * registrations at 1 a second.
+   */
+  async function prepare(id: string, signal: AbortSignal, onPosition: (p: number) => void = () => {}): Promise<void> {
     const base = await baseDefinition(signal);
     if (familyCache.get(id)?.baseArn === base.taskDefinitionArn) return;
     // One preparation per workspace at a time in this process (racing starts share it, and one
@@ -314,30 +351,72 @@ export function createEcsProvisioner(options: EcsProvisionerOptions, deps: EcsPr
     if (!p) {
       const signal = lifetime.signal;
       p = (async () => {
-        let existing: { tags?: { key?: string; value?: string }[] } | undefined;
-        try {
-          existing = await call('DescribeTaskDefinition', (abortSignal) =>
-            ecs.send(new DescribeTaskDefinitionCommand({ taskDefinition: familyOf(id), include: ['TAGS'] }), { abortSignal }), { signal },
-          );
-        } catch (err) {
-          if (awsName(err) !== 'ClientException') throw err; // ClientException: no such family yet
-        }
+        const tags = await describeFamily(id, signal);
         // The family's tags are the durable record of the student's access point (and its file
         // system): a later start, or another process, reuses them without calling EFS.
-        const knownAp = tag(existing?.tags, TAG_ACCESS_POINT);
-        const knownFs = tag(existing?.tags, TAG_FILE_SYSTEM) ?? o.efsFileSystemIds[0];
-        if (existing && knownAp && tag(existing.tags, TAG_BASE) === base.taskDefinitionArn) {
+        const knownAp = tag(tags, TAG_ACCESS_POINT);
+        const knownFs = tag(tags, TAG_FILE_SYSTEM) ?? o.efsFileSystemIds[0];
+        if (tags && knownAp && tag(tags, TAG_BASE) === base.taskDefinitionArn) {
           familyCache.set(id, { baseArn: base.taskDefinitionArn!, accessPointId: knownAp, fileSystemId: knownFs });
           return;
         }
+        if (tags && knownAp) {
+          const storage = { accessPointId: knownAp, fileSystemId: knownFs };
+          if (await admission.register.tryTake()) {
+            try {
+              await registerFamily(id, base, storage, signal, tokenHeld());
+              familyCache.set(id, { baseArn: base.taskDefinitionArn!, ...storage });
+              log({ msg: 'registered task definition', workspaceId: id, family: familyOf(id), base: base.taskDefinitionArn, ...storage });
+            } catch (err) {
+              // The family runs as it is: a failed re-registration costs the new image, not the start.
+              if (signal.aborted) throw err;
+              log({ msg: 're-registering a task definition failed: starting it as it is (the next start tries again)', workspaceId: id, err: (err as Error).message });
+            }
+          } else {
+            reregisterLater(id, base);
+          }
+          return;
+        }
         const storage = knownAp ? { accessPointId: knownAp, fileSystemId: knownFs } : await ensureAccessPoint(id, signal);
-        await registerFamily(id, base, storage, signal);
+        await registerFamily(id, base, storage, signal, (s) => admission.register.take(s, onPosition));
         familyCache.set(id, { baseArn: base.taskDefinitionArn!, ...storage });
         log({ msg: 'registered task definition', workspaceId: id, family: familyOf(id), base: base.taskDefinitionArn, ...storage });
       })().finally(() => preparing.delete(id));
       preparing.set(id, p);
     }
     await untilAborted(p, signal);
+  }
+
+  /** The first attempt already holds its token (tryTake); a retry waits in line like any other call. */
+  function tokenHeld(): (s: AbortSignal) => Promise<void> {
+    let first = true;
+    return (s) => {
+      if (first) { first = false; return Promise.resolve(); }
+      return admission.register.take(s, () => {});
+    };
+  }
+
+  const reregistering = new Set<string>();
+  /** Re-registers a stale family in its turn, unless another replica (or start) did it meanwhile. */
+  function reregisterLater(id: string, base: TaskDefinition): void {
+    if (reregistering.has(id)) return;
+    reregistering.add(id);
+    log({ msg: 'task definition copied from an older base: starting it as it is, re-registering in the background', workspaceId: id, family: familyOf(id), base: base.taskDefinitionArn });
+    const signal = lifetime.signal;
+    void (async () => {
+      await admission.register.take(signal, () => {});
+      const tags = await describeFamily(id, signal);
+      const knownAp = tag(tags, TAG_ACCESS_POINT);
+      if (!tags || !knownAp) return;
+      const storage = { accessPointId: knownAp, fileSystemId: tag(tags, TAG_FILE_SYSTEM) ?? o.efsFileSystemIds[0] };
+      if (tag(tags, TAG_BASE) !== base.taskDefinitionArn) {
+        await registerFamily(id, base, storage, signal, tokenHeld());
+        log({ msg: 'registered task definition', workspaceId: id, family: familyOf(id), base: base.taskDefinitionArn, ...storage });
+      }
+      familyCache.set(id, { baseArn: base.taskDefinitionArn!, ...storage });
+    })().catch((err) => {
+      if (!signal.aborted) log({ msg: 're-registering a task definition failed (the next start tries again)', workspaceId: id, err: (err as Error).message });
+    }).finally(() => reregistering.delete(id));
   }
 
   // ---------- RunTask ----------
@@ -593,7 +672,7 @@ export function createEcsProvisioner(options: EcsProvisionerOptions, deps: EcsPr
       if (!task) {
         stages.to('queued');
         release = await admission.acquireSlot(signal, (p) => stages.to('queued', p));
-        await prepare(id, signal);
+        await prepare(id, signal, (p) => stages.to('queued', p));
         task = await runTask(id, gen, signal, (p) => stages.to('queued', p));
         try {
           req.onHandle?.(task.taskArn!);
@@ -821,6 +900,10 @@ export function createEcsProvisioner(options: EcsProvisionerOptions, deps: EcsPr
     describe,
     list,
     reconcile,
+    prepare: async (workspaceId: string, signal?: AbortSignal) => {
+      if (!WORKSPACE_ID.test(workspaceId)) throw new StartFailure('BAD_CONFIG', `workspace id ${JSON.stringify(workspaceId)} cannot name an ECS family / EFS directory`);
+      await prepare(workspaceId, signal ?? lifetime.signal).catch((err) => { throw toStartFailure(err); });
+    },
     async close() {
       lifetime.abort(new StartFailure('ABORTED', 'provisioner closed'));
       watcher.close();

@@ -2,7 +2,7 @@
 // bucket, FIFO admission, configuration parsing, clientToken and Cloud Map service choice.
 import t from 'tap';
 import { createManualClock } from '../gateway/clock.js';
-import { Admission, localTokens, sharedTokens, takeToken, type TokenSource } from '../provisioner/admission.js';
+import { Admission, TokenLine, localTokens, sharedTokens, takeToken, type TokenSource } from '../provisioner/admission.js';
 import { pollIntervalMs } from '../provisioner/ecs-tasks.js';
 import { ecsOptionsFromEnv } from '../provisioner/ecs-config.js';
 import { durationMs } from '../gateway/duration.js';
@@ -182,6 +182,28 @@ t.test('Admission: a token source that fails is asked again, in order', async (t
   a.close();
 });
 
+t.test('TokenLine: tryTake takes a free token, never one from the line nor one not there', async (t) => {
+  const m = manualTimers();
+  const line = new TokenLine(localTokens(m.clock, 1, 2), m.timers);
+  const never = new AbortController().signal;
+  t.equal(await line.tryTake(), true, 'the burst has one');
+  t.equal(await line.tryTake(), true, 'and another');
+  t.equal(await line.tryTake(), false, 'empty: not now');
+  const got: number[] = [];
+  void line.take(never, () => {}).then(() => got.push(m.clock.now()));
+  await m.advance(0);
+  await m.advance(500);
+  t.equal(await line.tryTake(), false, 'someone waits: never ahead of them');
+  await m.advance(1000);
+  t.same(got, [1000], 'the one in line got the next token');
+  await m.advance(1000);
+  t.equal(await line.tryTake(), true, 'refilled, nobody waiting');
+  const failing = new TokenLine({ take: async () => { throw new Error('redis away'); } }, m.timers);
+  t.equal(await failing.tryTake(), false, 'a source that fails is a no');
+  line.close();
+  failing.close();
+});
+
 t.test('sharedTokens: the shared bucket while it answers, the local one while it does not', async (t) => {
   const clock = createManualClock();
   let up = true;
@@ -240,6 +262,8 @@ t.test('ecsOptionsFromEnv: defaults, and errors that name the variable', async (
     startMaxInFlight: 100,
     runTaskRate: 20,
     runTaskBurst: 20,
+    taskDefRate: 1,
+    taskDefBurst: 20,
     startDeadlineMs: 300_000,
     awsCallTimeoutMs: 10_000,
     reconcileIntervalMs: 60_000,
@@ -253,6 +277,8 @@ t.test('ecsOptionsFromEnv: defaults, and errors that name the variable', async (
     AWS_CALL_TIMEOUT: '2500ms',
     RECONCILE_INTERVAL: '30',
     RUNTASK_RATE: '7.5',
+    TASKDEF_RATE: '0.5',
+    TASKDEF_BURST: '5',
     EFS_ROOT_DIR: '/home/',
   });
   t.equal(o.endpoint, 'http://127.0.0.1:4566');
@@ -261,6 +287,8 @@ t.test('ecsOptionsFromEnv: defaults, and errors that name the variable', async (
   t.equal(o.awsCallTimeoutMs, 2500);
   t.equal(o.reconcileIntervalMs, 30_000);
   t.equal(o.runTaskRate, 7.5);
+  t.equal(o.taskDefRate, 0.5);
+  t.equal(o.taskDefBurst, 5);
   t.equal(o.efsRootDir, '/home');
 
   const bad: [Record<string, string | undefined>, RegExp][] = [
@@ -282,6 +310,8 @@ t.test('ecsOptionsFromEnv: defaults, and errors that name the variable', async (
     [{ WORKSPACE_PORT: '70000' }, /^WORKSPACE_PORT:/],
     [{ START_MAX_IN_FLIGHT: '0' }, /^START_MAX_IN_FLIGHT:/],
     [{ RUNTASK_RATE: '0' }, /^RUNTASK_RATE:/],
+    [{ TASKDEF_RATE: '-1' }, /^TASKDEF_RATE:/],
+    [{ TASKDEF_BURST: '0' }, /^TASKDEF_BURST:/],
     [{ START_DEADLINE: 'soon' }, /^START_DEADLINE:/],
     [{ AWS_CALL_TIMEOUT: '0s' }, /^AWS_CALL_TIMEOUT:/],
     [{ RECONCILE_INTERVAL: '1w' }, /^RECONCILE_INTERVAL:/],

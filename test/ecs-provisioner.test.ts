@@ -6,7 +6,8 @@ import { createEcsProvisioner, serviceIndex, type EcsProvisioner } from '../prov
 import type { EcsProvisionerOptions, WorkspaceClaim } from '../provisioner/ecs-types.js';
 import { startFakeAws, type FakeAws, type FakeAwsOptions } from './fake-aws/index.js';
 import { fakeEcsOptions } from './fake-aws/config.js';
-import { httpGet, startRequest, until } from './fake-aws/harness.js';
+import { enrol, httpGet, startRequest, until } from './fake-aws/harness.js';
+import { createScaledTime } from '../provisioner/timers.js';
 
 async function setup(t: { teardown(fn: () => unknown): void }, fakeOpts: FakeAwsOptions = {}, over: Partial<EcsProvisionerOptions> = {}) {
   const fake = await startFakeAws({ durations: { provisioningMs: 40, pendingMs: 40, stoppingMs: 20 }, ...fakeOpts });
@@ -112,6 +113,63 @@ t.test('later starts reuse the access point and task definition; a new base re-r
   t.equal(fake.count('CreateAccessPoint'), 1, 'same access point');
   t.equal(fake.taskDefinitions('ws-bob')[1].containerDefinitions[0].image, 'code-server:4.97.0');
   t.equal(fake.taskDefinitions('ws-bob').length, 2);
+});
+
+t.test('a class of new students: task definitions registered at AWS\'s 1 a second after its burst, none throttled, everyone started', async (t) => {
+  // AWS allows RegisterTaskDefinition 1 call a second, burst 20 (the fake's default); 26 new
+  // students need 26. On a clock 5x real time: the rate is per clock second.
+  const { clock, timers } = createScaledTime(5);
+  const fake = await startFakeAws({ clock, durations: { provisioningMs: 200, pendingMs: 200, stoppingMs: 100 } });
+  const p = createEcsProvisioner(fakeEcsOptions(fake, { describePollMs: 250, probeIntervalMs: 100, awsCallTimeoutMs: 60_000 }), { clock, timers });
+  t.teardown(async () => { await p.close(); await fake.close(); });
+  const ids = Array.from({ length: 26 }, (_, i) => `new-${i}`);
+  const starts = ids.map((id) => startRequest(id, 1));
+  const results = await Promise.allSettled(starts.map((s) => p.start(s.req)));
+  t.same(results.filter((r) => r.status === 'rejected').map((r) => String((r as PromiseRejectedResult).reason)), [], 'every student started');
+  t.equal(fake.count('RegisterTaskDefinition'), 26, 'one family each');
+  t.equal(fake.count('RegisterTaskDefinition', 'throttled'), 0, 'never throttled');
+  const at = fake.callsOf('RegisterTaskDefinition').map((c) => c.at).sort((a, b) => a - b);
+  t.ok(at[25] - at[0] >= 5_500, `the six past the burst a second apart (${at[25] - at[0]} clock ms for all 26)`);
+  const waited = starts.filter((s) => s.stages.some((x) => x.stage === 'queued' && (x.queuePosition ?? 0) > 1));
+  t.ok(waited.length >= 4, `students behind the burst were shown their place in line (${waited.length})`);
+});
+
+t.test('after a base change, a class starts at once: the burst re-registered first, the rest on their family as it is and re-registered in the background', async (t) => {
+  const { fake } = await setup(t);
+  const ids = Array.from({ length: 25 }, (_, i) => `back-${i}`);
+  await enrol(fake, ids);
+  const base = fake.taskDefinitions(fake.baseFamily)[0];
+  fake.registerTaskDefinition({ ...base, containerDefinitions: [{ ...base.containerDefinitions[0], image: 'code-server:4.97.0' }] });
+  const registeredBefore = fake.count('RegisterTaskDefinition');
+  const p = createEcsProvisioner(fakeEcsOptions(fake, { describePollMs: 30 }), { clock: systemClock });
+  t.teardown(() => p.close());
+  const t0 = Date.now();
+  const results = await Promise.allSettled(ids.map((id) => p.start(startRequest(id, 2).req)));
+  const tookMs = Date.now() - t0;
+  t.same(results.filter((r) => r.status === 'rejected').map((r) => String((r as PromiseRejectedResult).reason)), [], 'every student started');
+  t.ok(tookMs < 4_000, `nobody waited for the registrations past the burst (${tookMs} ms)`);
+  const images = fake.tasks().map((x) => fake.taskDefinitions().find((d) => d.taskDefinitionArn === x.taskDefinitionArn)!.containerDefinitions[0].image);
+  t.equal(images.filter((i) => i === 'code-server:4.97.0').length, 20, 'the burst\'s twenty on the new image');
+  t.equal(images.length, 25);
+  // The other five are re-registered in the background at 1 a second; their next start has the new image.
+  await until(() => fake.count('RegisterTaskDefinition') - registeredBefore === 25, 15_000, 'background re-registrations');
+  t.equal(fake.count('RegisterTaskDefinition', 'throttled'), 0, 'never throttled');
+  const current = ids.map((id) => fake.taskDefinitions(`ws-${id}`).at(-1).containerDefinitions[0].image);
+  t.same(current, ids.map(() => 'code-server:4.97.0'), 'every family re-registered from the new base, once');
+  t.ok(ids.every((id) => fake.taskDefinitions(`ws-${id}`).length === 2));
+});
+
+t.test('after a base change, a re-registration AWS refuses costs the new image, not the start', async (t) => {
+  const { fake, p } = await setup(t);
+  await enrol(fake, ['erin']);
+  const base = fake.taskDefinitions(fake.baseFamily)[0];
+  fake.registerTaskDefinition({ ...base, containerDefinitions: [{ ...base.containerDefinitions[0], image: 'code-server:4.97.0' }] });
+  fake.fault('RegisterTaskDefinition', 500);
+  const r = await p.start(startRequest('erin', 2).req);
+  t.ok(r.handle, 'started');
+  t.ok(fake.count('RegisterTaskDefinition', 'fault') >= 1, 'the re-registration was tried');
+  const task = fake.tasks().find((x) => x.taskArn === r.handle)!;
+  t.equal(fake.taskDefinitions().find((d) => d.taskDefinitionArn === task.taskDefinitionArn)!.containerDefinitions[0].image, base.containerDefinitions[0].image, 'on the family as it was');
 });
 
 t.test('racing starts of the same generation on two replicas launch one task', async (t) => {

@@ -3,12 +3,14 @@
 // rate stays under the limit, queue positions are shown first-come-first-served, and no
 // throttling error reaches a student. The provisioner and the fake share a clock running 10x
 // faster than real time (CPU permitting): the behaviour is defined per (clock) second, the test just runs faster.
+// They are returning students: their task definitions were registered on an earlier day (a class
+// of new students, registered at AWS's 1 a second, is in ecs-provisioner.test.ts).
 import t from 'tap';
 import { createEcsProvisioner } from '../provisioner/ecs.js';
 import { createScaledTime } from '../provisioner/timers.js';
 import { startFakeAws } from './fake-aws/index.js';
 import { fakeEcsOptions } from './fake-aws/config.js';
-import { startRequest } from './fake-aws/harness.js';
+import { enrol, startRequest } from './fake-aws/harness.js';
 
 const STUDENTS = 300;
 
@@ -19,6 +21,8 @@ t.test('300 students at 09:00', async (t) => {
     durations: { provisioningMs: 1_000, pendingMs: 1_000, stoppingMs: 1_000 },
     rateLimits: { RunTask: { rate: 20, burst: 20 }, FargateLaunch: { rate: 20, burst: 100 } },
   });
+  const ids = Array.from({ length: STUDENTS }, (_, i) => `student-${String(i).padStart(3, '0')}`);
+  await enrol(fake, ids);
   let maxDepth = 0;
   const p = createEcsProvisioner(
     fakeEcsOptions(fake, { describePollMs: 1_000, probeIntervalMs: 250, awsCallTimeoutMs: 120_000 }, { START_MAX_IN_FLIGHT: '100', RUNTASK_RATE: '15', RUNTASK_BURST: '1' }),
@@ -29,7 +33,7 @@ t.test('300 students at 09:00', async (t) => {
     await fake.close();
   });
 
-  const starts = Array.from({ length: STUDENTS }, (_, i) => startRequest(`student-${String(i).padStart(3, '0')}`, 1));
+  const starts = ids.map((id) => startRequest(id, 1));
   const results = await Promise.allSettled(starts.map((s) => p.start(s.req)));
   const failed = results.filter((r) => r.status === 'rejected');
   t.same(failed.map((f) => String((f as PromiseRejectedResult).reason)), [], 'every workspace started, no error surfaced');

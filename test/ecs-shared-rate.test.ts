@@ -9,7 +9,7 @@ import { localTokens, sharedTokens } from '../provisioner/admission.js';
 import { createEcsProvisioner } from '../provisioner/ecs.js';
 import { startFakeAws } from './fake-aws/index.js';
 import { fakeEcsOptions } from './fake-aws/config.js';
-import { startRequest } from './fake-aws/harness.js';
+import { enrol, startRequest } from './fake-aws/harness.js';
 import { startRedis } from './helpers/redis.js';
 
 const STUDENTS = 120;
@@ -22,6 +22,8 @@ t.test('three replicas, one RunTask bucket', async (t) => {
     durations: { provisioningMs: 100, pendingMs: 100, stoppingMs: 50 },
     rateLimits: { RunTask: { rate: RATE, burst: BURST }, FargateLaunch: { rate: 20, burst: 100 } },
   });
+  const ids = Array.from({ length: STUDENTS }, (_, i) => `class-${String(i).padStart(3, '0')}`);
+  await enrol(fake, ids); // returning students: their task definitions exist
   const stores = await Promise.all([0, 1, 2].map(() => createRedisStore({ url: redis.url, prefix: 'rate:', commandTimeoutMs: 1000 })));
   const fallbacks: unknown[] = [];
   const replicas = stores.map((store) => createEcsProvisioner(fakeEcsOptions(fake, { awsCallTimeoutMs: 60_000 }), {
@@ -40,7 +42,7 @@ t.test('three replicas, one RunTask bucket', async (t) => {
   });
 
   const started = await Promise.allSettled(Array.from({ length: STUDENTS }, (_, i) =>
-    replicas[i % 3].start(startRequest(`class-${String(i).padStart(3, '0')}`, 1).req)));
+    replicas[i % 3].start(startRequest(ids[i], 1).req)));
   t.same(started.filter((r) => r.status === 'rejected').map((r) => String((r as PromiseRejectedResult).reason)), [], 'every workspace started');
   t.equal(fake.count('RunTask'), STUDENTS, 'one RunTask each');
   // Running at exactly AWS's rate, a call delayed on its way (event loop, loopback) can meet an

@@ -1,6 +1,10 @@
 // Small helpers shared by the ECS provisioner tests.
 import { request } from 'node:http';
 import type { StageReport, StartRequest } from '../../provisioner/contract.js';
+import { createEcsProvisioner } from '../../provisioner/ecs.js';
+import { systemClock } from '../../gateway/clock.js';
+import type { FakeAws } from './index.js';
+import { fakeEcsOptions } from './config.js';
 
 export interface RecordedStart {
   req: StartRequest;
@@ -61,4 +65,20 @@ export function httpGet(host: string, port: number, path = '/'): Promise<{ statu
     req.on('error', reject);
     req.end();
   });
+}
+
+/**
+ * Students who used the platform on an earlier day: their task definition families and access
+ * points exist. Registered as an enrolment would, without waiting out RegisterTaskDefinition's
+ * 1 call a second (lifted for the enrolment, then back at AWS's rate with a full bucket).
+ */
+export async function enrol(fake: FakeAws, ids: string[]): Promise<void> {
+  const limit = fake.setRateLimit('RegisterTaskDefinition', undefined);
+  const p = createEcsProvisioner(fakeEcsOptions(fake, { awsCallTimeoutMs: 60_000 }, { TASKDEF_RATE: '100000', TASKDEF_BURST: '10000' }), { clock: systemClock });
+  try {
+    for (let i = 0; i < ids.length; i += 50) await Promise.all(ids.slice(i, i + 50).map((id) => p.prepare(id)));
+  } finally {
+    await p.close();
+    fake.setRateLimit('RegisterTaskDefinition', limit);
+  }
 }

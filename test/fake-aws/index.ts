@@ -54,8 +54,10 @@ export interface FakeAwsOptions {
   /** The port every task's workspace listens on (its container port). Default: a free port. */
   workspacePort?: number;
   /**
-   * Per-operation rate limits (token buckets). Default: RunTask 20/s burst 20. `FargateLaunch` is
-   * the Fargate task launch rate (burst 100, refill 20/s) applied to each launched task.
+   * Per-operation rate limits (token buckets). Default: RunTask 20/s burst 20, RegisterTaskDefinition
+   * 1/s burst 20 (aws-actions/amazon-ecs-deploy-task-definition#502, citing AWS's ECS throttling
+   * page). `FargateLaunch` is the Fargate task launch rate (burst 100, refill 20/s) applied to each
+   * launched task.
    */
   rateLimits?: Record<string, RateLimit>;
   spotCapacity?: boolean;
@@ -151,7 +153,9 @@ export async function startFakeAws(opts: FakeAwsOptions = {}) {
   const dur = { provisioningMs: 100, pendingMs: 100, stoppingMs: 50, ...opts.durations };
   const workspaceFactory = opts.workspace ?? tinyWorkspace;
   const workspacePort = opts.workspacePort ?? (await freePort());
-  const limits: Record<string, RateLimit> = { RunTask: { rate: 20, burst: 20 }, FargateLaunch: { rate: 20, burst: 100 }, ...opts.rateLimits };
+  const limits: Record<string, RateLimit> = {
+    RunTask: { rate: 20, burst: 20 }, RegisterTaskDefinition: { rate: 1, burst: 20 }, FargateLaunch: { rate: 20, burst: 100 }, ...opts.rateLimits,
+  };
   const capacity = { spot: opts.spotCapacity ?? true, fargate: opts.fargateCapacity ?? true };
   const maxInstances = opts.maxInstancesPerService ?? 1000;
   const maxAccessPoints = opts.maxAccessPointsPerFileSystem ?? 10_000;
@@ -702,6 +706,14 @@ export async function startFakeAws(opts: FakeAwsOptions = {}) {
     /** Makes `op` (or '*' for all) stall, drop the connection or answer 500, `times` times (-1: until cleared). */
     fault(op: string, mode: FaultMode, times = -1) {
       faults.set(op, { mode, times });
+    },
+    /** Replaces (or, with undefined, lifts) one operation's rate limit, its bucket full; returns the one it had. */
+    setRateLimit(op: string, limit: RateLimit | undefined): RateLimit | undefined {
+      const before = limits[op];
+      if (limit) limits[op] = limit;
+      else delete limits[op];
+      buckets.delete(op);
+      return before;
     },
     clearFaults() {
       faults.clear();
