@@ -11,6 +11,7 @@ import { WORKSPACE_ID } from './host.js';
 import type { Metrics } from './metrics.js';
 import { WORKSPACE_STATES, type StateStore, type WorkspaceRecord } from './store/contract.js';
 import { StoreUnavailable } from './store/contract.js';
+import { StartFailure } from '../provisioner/contract.js';
 import type { Workspaces } from './workspaces.js';
 import type { Logger as PinoLogger } from 'pino';
 
@@ -26,6 +27,8 @@ export interface AdminDeps {
   /** Origin of a workspace host as browsers reach it (for sign-in links). */
   workspaceOrigin(id: string): string;
   openConnections(id: string): number;
+  /** The provisioner's preparation of a first start, where it has one. */
+  prepare?(id: string, signal: AbortSignal): Promise<void>;
 }
 
 const idParam = { type: 'object', required: ['id'], properties: { id: { type: 'string', pattern: WORKSPACE_ID.source, maxLength: 60 } } } as const;
@@ -145,6 +148,26 @@ export async function createAdminServer(deps: AdminDeps): Promise<FastifyInstanc
     }, async (req, reply) => {
       const record = await workspaces.requestStart(req.params.id, { retryFailed: true, requestId: String(req.id) });
       return reply.code(202).send(await view(req.params.id, record));
+    });
+
+    api.post<{ Params: { id: string } }>('/api/workspaces/:id/prepare', {
+      schema: {
+        summary: 'Register what the first start needs (ECS: access point, task definition) ahead of it; answers when done',
+        params: idParam,
+        response: { 200: { type: 'object', properties: { id: { type: 'string' }, prepared: { type: 'boolean' } }, required: ['id', 'prepared'] }, 400: errorSchema, 401: errorSchema, 503: errorSchema },
+      },
+    }, async (req, reply) => {
+      if (!deps.prepare) return { id: req.params.id, prepared: false };
+      // Waits its turn in the RegisterTaskDefinition line (1 a second): a client that gives up cancels it.
+      const gone = new AbortController();
+      req.raw.socket.once('close', () => gone.abort(new Error('client gone')));
+      try {
+        await deps.prepare(req.params.id, gone.signal);
+      } catch (err) {
+        if (err instanceof StartFailure) return send(reply, 'PREPARE_FAILED', `${err.code}: ${err.message}`);
+        throw err;
+      }
+      return { id: req.params.id, prepared: true };
     });
 
     api.post<{ Params: { id: string }; Body: { reason?: string } | undefined }>('/api/workspaces/:id/stop', {

@@ -164,6 +164,7 @@ export async function createGateway(deps: GatewayDeps) {
   const admin = await createAdminServer({
     config, clock, store, workspaces, auth, metrics, logger: log as PinoLogger,
     isReady: () => ready && !draining, workspaceOrigin, openConnections: (id) => activity.openConnections(id),
+    prepare: provisioner.prepare ? (id, signal) => provisioner.prepare!(id, signal) : undefined,
   });
   // Scrape-time store ping and running count (issue 6), never a round trip on a proxied request.
   metrics.watchStore(store, Math.min(2000, config.redisCommandTimeoutMs));

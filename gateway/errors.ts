@@ -24,6 +24,7 @@ export const ERROR_CATALOGUE = {
   WORKSPACE_STOPPING: { status: 503, title: 'Workspace is stopping', retryAfterS: 5 },
   WORKSPACE_BUSY: { status: 409, title: 'Workspace is starting or stopping; try again', retryAfterS: 5 },
   WORKSPACE_START_FAILED: { status: 503, title: 'Workspace failed to start', retryAfterS: 30 },
+  PREPARE_FAILED: { status: 503, title: 'Could not prepare the workspace\'s first start', retryAfterS: 10 },
   STORE_UNAVAILABLE: { status: 503, title: 'Workspace state is unavailable', retryAfterS: 5 },
   SHUTTING_DOWN: { status: 503, title: 'Gateway is restarting', retryAfterS: 1 },
   UPSTREAM_UNREACHABLE: { status: 502, title: 'Workspace did not answer' },

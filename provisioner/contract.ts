@@ -60,6 +60,11 @@ export interface Provisioner {
   describe(workspaceId: string): Promise<RunningWorkspace | undefined>;
   /** Everything this system has running (reconcile, rediscovery after the store was emptied). */
   list(): Promise<RunningWorkspace[]>;
+  /**
+   * Readies what a workspace's first start needs (ECS: the access point and task definition family)
+   * ahead of it, e.g. when a student enrols. Absent where a first start needs nothing of its own.
+   */
+  prepare?(workspaceId: string, signal?: AbortSignal): Promise<void>;
   close(): Promise<void>;
 }
 

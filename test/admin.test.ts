@@ -25,6 +25,7 @@ t.test('admin API', async (t) => {
   const routes: Array<[string, string, unknown?]> = [
     ['POST', '/api/workspaces/demo/login-url', {}],
     ['POST', '/api/workspaces/demo/start'],
+    ['POST', '/api/workspaces/demo/prepare'],
     ['POST', '/api/workspaces/demo/stop'],
     ['GET', '/api/workspaces/demo'],
     ['GET', '/api/workspaces'],
@@ -111,6 +112,7 @@ t.test('admin API', async (t) => {
     const expected: Array<[string, string, string]> = [
       ['/api/workspaces/{id}/login-url', 'post', '200'],
       ['/api/workspaces/{id}/start', 'post', '202'],
+      ['/api/workspaces/{id}/prepare', 'post', '200'],
       ['/api/workspaces/{id}/stop', 'post', '200'],
       ['/api/workspaces/{id}', 'get', '200'],
       ['/api/workspaces', 'get', '200'],
@@ -206,5 +208,8 @@ t.test('admin API', async (t) => {
     const stopAgain = await call('POST', '/api/workspaces/demo/stop');
     t.equal(stopAgain.status, 200, 'stopping a stopped workspace is harmless');
     t.equal(gw.provisioner.stops.length, 1);
+    const prepared = await call('POST', '/api/workspaces/demo/prepare');
+    t.equal(prepared.status, 200);
+    t.same(prepared.body, { id: 'demo', prepared: false }, 'a provisioner with nothing to prepare says so');
   });
 });

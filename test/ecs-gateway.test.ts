@@ -56,6 +56,29 @@ t.test('cold start through the gateway with the ECS provisioner', async (t) => {
   t.equal(fake.count('RunTask'), 2);
 });
 
+t.test('POST /api/workspaces/<id>/prepare registers the access point and task definition ahead of the first start', async (t) => {
+  const fake = await startFakeAws({ durations: { provisioningMs: 50, pendingMs: 50 } });
+  const provisioner = createEcsProvisioner(fakeEcsOptions(fake), { clock: systemClock });
+  const gw = await startTestGateway({ provisioner });
+  t.teardown(async () => { await gw.close(); await fake.close(); });
+  const prepare = (id: string) => fetch(`http://127.0.0.1:${gw.adminPort}/api/workspaces/${id}/prepare`, { method: 'POST', headers: { authorization: `Bearer ${TEST_ADMIN_TOKEN}` } });
+  const r = await prepare('carol');
+  t.equal(r.status, 200);
+  t.same(await r.json(), { id: 'carol', prepared: true });
+  t.equal(fake.count('CreateAccessPoint'), 1, 'the access point');
+  t.equal(fake.count('RegisterTaskDefinition'), 1, 'the family');
+  t.equal(fake.count('RunTask'), 0, 'nothing started');
+  t.same(await (await prepare('carol')).json(), { id: 'carol', prepared: true }, 'again: nothing more to do');
+  t.equal(fake.count('RegisterTaskDefinition'), 1);
+
+  // AWS failing (here: every RegisterTaskDefinition answered 500, retries included) is the catalogue's PREPARE_FAILED.
+  fake.fault('RegisterTaskDefinition', 500);
+  const failed = await prepare('dave');
+  t.equal(failed.status, 503);
+  t.equal(((await failed.json()) as { error: { code: string } }).error.code, 'PREPARE_FAILED');
+  t.equal(failed.headers.get('x-gateway-error'), 'PREPARE_FAILED');
+});
+
 t.test('two gateway processes on one Redis, 200 page loads: one RunTask; then Redis emptied: found again, nothing started', async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'wsgw-ecs2-'));
   const fake = await startFakeAws({ workspace: demoTasks(dir), durations: { provisioningMs: 300, pendingMs: 300 } });

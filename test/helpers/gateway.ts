@@ -37,6 +37,7 @@ export function counting(inner: Provisioner): CountingProvisioner {
     stop: (id, handle, reason) => { stops.push(id); return inner.stop(id, handle, reason); },
     describe: (id) => inner.describe(id),
     list: () => inner.list(),
+    ...(inner.prepare ? { prepare: (id: string, signal?: AbortSignal) => inner.prepare!(id, signal) } : {}),
     close: () => inner.close(),
   };
 }
