@@ -1,12 +1,14 @@
 // Issue 7, scenario 4: a class starts at 09:00. 500 students each load their own stopped workspace
 // at once; the gateway (a child process with PROVISIONER=ecs and the Redis store) starts them on the
-// fake AWS endpoint, which runs in real time and enforces RunTask's rate (20/s, burst 20) and the
-// Fargate task launch rate (burst 100, refill 20/s). Compared with the floor those rates allow:
-// nobody can be ready before the last RunTask AWS would accept, plus the task's own provisioning
-// and pending time.
+// fake AWS endpoint, which runs in real time and enforces RunTask's rate (20/s, burst 20), the
+// Fargate task launch rate (burst 100, refill 20/s) and RegisterTaskDefinition's (1/s, burst 20).
+// Compared with the floor those rates allow: nobody can be ready before the last RunTask AWS would
+// accept, plus the task's own provisioning and pending time. The class has been here before (their
+// task definitions exist); a new class, whose first start registers one each, is a row of its own.
 import { Redis } from 'ioredis';
 import { startRedis } from '../../test/helpers/redis.js';
 import { startFakeAws } from '../../test/fake-aws/index.js';
+import { enrol } from '../../test/fake-aws/harness.js';
 import { fakeAwsEnv } from '../../test/fake-aws/config.js';
 import { targetLine, type Figure, type ScenarioResult, type Target } from '../result.js';
 import { pageLoad } from './b-browser.js';
@@ -42,8 +44,10 @@ export interface ClassSurgeOptions {
  * pause until AWS's buckets (RunTask, Fargate launches) and ours are full again, so the measured
  * class meets replicas that have served before, as at 09:00, with nothing of AWS's rates used up.
  */
+const beforeIds = (n: number) => Array.from({ length: n }, (_, i) => `w${String(i).padStart(4, '0')}`);
+
 async function classBefore(ports: number[], mint: (id: string) => Promise<string>, n: number): Promise<number> {
-  const ids = Array.from({ length: n }, (_, i) => `w${String(i).padStart(4, '0')}`);
+  const ids = beforeIds(n);
   const cookies = await Promise.all(ids.map((id) => mint(id)));
   const results = await Promise.all(ids.map((id, i) => pageLoad({ port: ports[i % ports.length], host: `ws-${id}.localhost`, cookie: cookies[i], deadlineMs: 60_000 })));
   const refillMs = Math.max(RUNTASK.burst / RUNTASK.rate, Math.min(n, FARGATE_LAUNCH.burst) / FARGATE_LAUNCH.rate) * 1000;
@@ -54,33 +58,51 @@ async function classBefore(ports: number[], mint: (id: string) => Promise<string
 // AWS's rates as the fake enforces them (ECS API request throttling; Fargate task launch rate).
 const RUNTASK = { rate: 20, burst: 20 };
 const FARGATE_LAUNCH = { rate: 20, burst: 100 };
+const REGISTER = { rate: 1, burst: 20 };
 
-/** Earliest moment (ms after the surge) the last of n tasks can be ready under both buckets. */
-export function surgeFloorMs(n: number, provisioningMs: number, pendingMs: number): number {
+/**
+ * Earliest moment (ms after the surge) the last of n tasks can be ready under the buckets; a new
+ * class (`registering`) also waits for RegisterTaskDefinition's, one family per student.
+ */
+export function surgeFloorMs(n: number, provisioningMs: number, pendingMs: number, registering = false): number {
   const lastGrant = (b: { rate: number; burst: number }) => Math.max(0, (n - b.burst) / b.rate) * 1000;
-  return Math.max(lastGrant(RUNTASK), lastGrant(FARGATE_LAUNCH)) + provisioningMs + pendingMs;
+  return Math.max(lastGrant(RUNTASK), lastGrant(FARGATE_LAUNCH), registering ? lastGrant(REGISTER) : 0) + provisioningMs + pendingMs;
 }
 
-async function surge(opts: ClassSurgeOptions, variant: string, env: Record<string, string>, replicas: number, warmup: number) {
-  const students = opts.students ?? 500;
+interface Variant {
+  name: string;
+  env: Record<string, string>;
+  replicas: number;
+  /** Students of the class before. */
+  warmup: number;
+  students?: number;
+  /** Students never seen: no task definition family yet. */
+  newClass?: boolean;
+}
+
+async function surge(opts: ClassSurgeOptions, v: Variant) {
+  const { name: variant, env, replicas, warmup } = v;
+  const students = v.students ?? opts.students ?? 500;
   const provisioningMs = opts.provisioningMs ?? 1000;
   const pendingMs = opts.pendingMs ?? 1000;
   const redis = await startRedis();
   const fake = await startFakeAws({
     durations: { provisioningMs, pendingMs, stoppingMs: 100 },
-    rateLimits: { RunTask: RUNTASK, FargateLaunch: FARGATE_LAUNCH },
+    rateLimits: { RunTask: RUNTASK, FargateLaunch: FARGATE_LAUNCH, RegisterTaskDefinition: REGISTER },
   });
   const gws: GatewayChild[] = [];
   try {
+    const ids = Array.from({ length: students }, (_, i) => `s${String(i).padStart(4, '0')}`);
+    // Students who have used the platform before: their task definition families exist.
+    await enrol(fake, [...beforeIds(warmup), ...(v.newClass ? [] : ids)]);
     // Replicas share Redis (and so the RunTask bucket); student i always reaches replica i mod n.
     for (let r = 0; r < replicas; r++) gws.push(await startGatewayChild({ ...fakeAwsEnv(fake), REDIS_URL: redis.url, ...env }, 20_000, opts.nodeArgs));
     const cpuMs = async () => (await Promise.all(gws.map((g) => g.cpuMs()))).reduce((a, b) => a + b, 0);
     const mint = cookieMinter();
     const warmed = warmup > 0 ? await classBefore(gws.map((g) => g.port), mint, warmup) : 0;
     if (warmup > 0) opts.log(`class-surge (${variant}): the class before, ${warmup} students: ${warmed} served`);
-    const ids = Array.from({ length: students }, (_, i) => `s${String(i).padStart(4, '0')}`);
     const cookies = await Promise.all(ids.map((id) => mint(id)));
-    const floorMs = surgeFloorMs(students, provisioningMs, pendingMs);
+    const floorMs = surgeFloorMs(students, provisioningMs, pendingMs, v.newClass);
     opts.log(`class-surge (${variant}): ${students} students at once; AWS floor ${(floorMs / 1000).toFixed(1)} s`);
     const admin = new Redis(redis.url, { lazyConnect: true, maxRetriesPerRequest: 1 });
     await admin.connect();
@@ -148,7 +170,7 @@ async function surge(opts: ClassSurgeOptions, variant: string, env: Record<strin
     const figures: Figure[] = [
       ...(warmup > 0 ? [{ name: `the class before: students served (of ${warmup})`, value: warmed, unit: 'count' }] : []),
       { name: 'students', value: students, unit: 'count' },
-      { name: 'AWS floor (last RunTask grant + provisioning + pending)', value: floorMs, unit: 'ms' },
+      { name: v.newClass ? 'AWS floor (last RegisterTaskDefinition grant + provisioning + pending)' : 'AWS floor (last RunTask grant + provisioning + pending)', value: floorMs, unit: 'ms' },
       { name: 'ready within the bench deadline', value: readyAfter.length, unit: 'count' },
       { name: complete ? 'all ready (status said running)' : 'all ready: not within the deadline, at least', value: allReady, unit: 'ms' },
       { name: 'all ready / floor', value: round(ratio, 3), unit: 'x' },
@@ -162,6 +184,8 @@ async function surge(opts: ClassSurgeOptions, variant: string, env: Record<strin
       { name: 'starts requested (gateway log)', value: starts, unit: 'count' },
       { name: 'RunTask accepted', value: runTaskOk, unit: 'count' },
       { name: 'RunTask throttled by AWS', value: runTaskThrottled, unit: 'count' },
+      { name: 'RegisterTaskDefinition accepted', value: fake.callsOf('RegisterTaskDefinition', 'ok').filter(since).length, unit: 'count' },
+      { name: 'RegisterTaskDefinition throttled by AWS', value: fake.callsOf('RegisterTaskDefinition', 'throttled').filter(since).length, unit: 'count' },
       { name: 'tasks', value: tasks.length, unit: 'count' },
       { name: 'duplicate tasks (tasks - workspaces with a task)', value: duplicates, unit: 'count' },
       { name: 'most tasks for one workspace', value: Math.max(0, ...perWorkspace.values()), unit: 'count' },
@@ -192,6 +216,7 @@ async function surge(opts: ClassSurgeOptions, variant: string, env: Record<strin
 }
 
 const FRESH = 'gateway, fresh process (defaults)';
+const NEW_CLASS = 'a new class: 60 students never seen (RegisterTaskDefinition 1/s, burst 20)';
 
 export async function run(opts: ClassSurgeOptions): Promise<ScenarioResult> {
   const systems: ScenarioResult['systems'] = [];
@@ -199,23 +224,27 @@ export async function run(opts: ClassSurgeOptions): Promise<ScenarioResult> {
   const notes: string[] = [
     'class-surge: gateway child process (PROVISIONER=ecs, Redis store) against the fake AWS endpoint in real time, RunTask 20/s burst 20 and Fargate launch burst 100 refill 20/s enforced; each student is a simulated browser (page load, status long-poll, reload).',
     'class-surge: floor = max((N - 20) / 20 s, (N - 100) / 20 s) + provisioning + pending; the gateway additionally needs one batched DescribeTasks poll (every 250 ms, 100 ms more per 100 tasks followed) and one health probe to see a task ready.',
+    'class-surge: the class has used the platform before (its task definition families were registered on an earlier day, as at any 09:00 but a class\'s first); the new-class row (full mode) registers one each at RegisterTaskDefinition\'s 1/s after a burst of 20, floor (N - 20) / 1 s + provisioning + pending.',
   ];
   // Quick mode keeps under five minutes without the class before: its one class meets a fresh process.
   const warmup = opts.warmup ?? (opts.quick ? 0 : 100);
   if (warmup === 0) notes.push('class-surge: the class meets a fresh process (quick mode: no class before).');
   else notes.push(`class-surge: each class but the fresh process's meets replicas that have served a class of ${warmup} before (other workspaces, all served, then a pause until AWS's buckets and ours are full again), as at 09:00; the ratio to the floor is judged on those; duplicate tasks are counted over both classes.`);
-  const variants: Array<[string, Record<string, string>, number, number]> = [['gateway (defaults: RUNTASK_RATE=20, RUNTASK_BURST=20, shared in Redis)', {}, 1, warmup]];
+  const variants: Variant[] = [{ name: 'gateway (defaults: RUNTASK_RATE=20, RUNTASK_BURST=20, shared in Redis)', env: {}, replicas: 1, warmup }];
   if (!opts.quick) {
     // Two replicas draw from the one bucket: together, not each, at AWS's rate.
-    variants.push(['2 gateway replicas (defaults)', {}, 2, warmup]);
+    variants.push({ name: '2 gateway replicas (defaults)', env: {}, replicas: 2, warmup });
     // The same class as the first thing a new process serves (V8 compiles its code meanwhile).
-    variants.push([FRESH, {}, 1, 0]);
+    variants.push({ name: FRESH, env: {}, replicas: 1, warmup: 0 });
+    // A class on its first day: one RegisterTaskDefinition each, at AWS's 1 a second after its burst.
+    variants.push({ name: NEW_CLASS, env: {}, replicas: 1, warmup, students: 60, newClass: true });
     // The previous defaults, for comparison: 15 calls/s per replica, evenly spaced.
-    variants.push(['gateway (RUNTASK_RATE=15, RUNTASK_BURST=1)', { RUNTASK_RATE: '15', RUNTASK_BURST: '1' }, 1, warmup]);
+    variants.push({ name: 'gateway (RUNTASK_RATE=15, RUNTASK_BURST=1)', env: { RUNTASK_RATE: '15', RUNTASK_BURST: '1' }, replicas: 1, warmup });
   }
-  if (opts.env) variants.splice(0, variants.length, ['gateway (custom env)', opts.env, 1, warmup]);
-  for (const [name, env, replicas, before] of variants) {
-    const r = await surge(opts, name, env, replicas, before);
+  if (opts.env) variants.splice(0, variants.length, { name: 'gateway (custom env)', env: opts.env, replicas: 1, warmup });
+  for (const v of variants) {
+    const name = v.name;
+    const r = await surge(opts, v);
     systems.push({ system: name, figures: r.figures });
     notes.push(...r.notes);
     const tag = variants.length > 1 ? ` [${name}]` : '';
