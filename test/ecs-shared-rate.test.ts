@@ -58,3 +58,32 @@ t.test('three replicas, one RunTask bucket', async (t) => {
   const floorS = (STUDENTS - BURST) / RATE;
   t.ok(spanS >= floorS * 0.95, `no faster than the shared rate allows (${spanS.toFixed(2)} s for ${STUDENTS}, floor ${floorS} s)`);
 });
+
+t.test('three replicas, one RegisterTaskDefinition bucket: a new class is registered at AWS\'s 1 a second', async (t) => {
+  const redis = await startRedis();
+  const fake = await startFakeAws({ durations: { provisioningMs: 100, pendingMs: 100, stoppingMs: 50 } }); // RegisterTaskDefinition: 1/s, burst 20
+  const stores = await Promise.all([0, 1, 2].map(() => createRedisStore({ url: redis.url, prefix: 'taskdef:', commandTimeoutMs: 1000 })));
+  const shared = (store: (typeof stores)[number], name: string, rate: number, burst: number) =>
+    sharedTokens({ take: () => store.takeToken(name, rate, burst) }, localTokens(systemClock, rate, burst), () => {});
+  const replicas = stores.map((store) => createEcsProvisioner(fakeEcsOptions(fake, { awsCallTimeoutMs: 60_000 }), {
+    clock: systemClock,
+    runTaskTokens: shared(store, 'runtask', RATE, BURST),
+    registerTokens: shared(store, 'taskdef', 1, 20),
+  }));
+  t.teardown(async () => {
+    await Promise.all(replicas.map((p) => p.close()));
+    await Promise.all(stores.map((s) => s.close()));
+    await fake.close();
+    await redis.stop();
+  });
+  const n = 26;
+  const started = await Promise.allSettled(Array.from({ length: n }, (_, i) => replicas[i % 3].start(startRequest(`fresh-${i}`, 1).req)));
+  t.same(started.filter((r) => r.status === 'rejected').map((r) => String((r as PromiseRejectedResult).reason)), [], 'every new student started');
+  t.equal(fake.count('RegisterTaskDefinition'), n, 'one family each');
+  // As with RunTask above: at exactly AWS's rate a call delayed on its way can meet AWS's bucket a
+  // moment early and is retried; three bucket-per-replica gateways would be throttled past the burst.
+  const throttled = fake.count('RegisterTaskDefinition', 'throttled');
+  t.ok(throttled <= 3, `AWS throttled few of the three replicas' registrations (${throttled})`);
+  const at = fake.callsOf('RegisterTaskDefinition').map((c) => c.at).sort((a, b) => a - b);
+  t.ok(at[n - 1] - at[0] >= (n - 20 - 0.5) * 1000, `the burst, then one a second (${at[n - 1] - at[0]} ms for ${n})`);
+});
