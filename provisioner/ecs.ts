@@ -321,6 +321,12 @@ export function createEcsProvisioner(options: EcsProvisionerOptions, deps: EcsPr
     await call('RegisterTaskDefinition', (abortSignal) => ecs.send(new RegisterTaskDefinitionCommand(input), { abortSignal }), { signal, beforeAttempt });
   }
 
+  /** A start's admission slot, which it gives back while it waits in a line that is not RunTask's. */
+  interface SlotHold {
+    release(): void;
+    reacquire(signal: AbortSignal): Promise<void>;
+  }
+
   /** The family's tags, or undefined when the family does not exist yet. */
   async function describeFamily(id: string, signal: AbortSignal): Promise<{ key?: string; value?: string }[] | undefined> {
     try {
@@ -342,7 +348,7 @@ export function createEcsProvisioner(options: EcsProvisionerOptions, deps: EcsPr
    * them at their next start: after an image update a class of 500 would otherwise wait behind 480
    * registrations at 1 a second.
    */
-  async function prepare(id: string, signal: AbortSignal, onPosition: (p: number) => void = () => {}): Promise<void> {
+  async function prepare(id: string, signal: AbortSignal, onPosition: (p: number) => void = () => {}, slot?: SlotHold): Promise<void> {
     const base = await baseDefinition(signal);
     if (familyCache.get(id)?.baseArn === base.taskDefinitionArn) return;
     // One preparation per workspace at a time in this process (racing starts share it, and one
@@ -378,7 +384,18 @@ export function createEcsProvisioner(options: EcsProvisionerOptions, deps: EcsPr
           return;
         }
         const storage = knownAp ? { accessPointId: knownAp, fileSystemId: knownFs } : await ensureAccessPoint(id, signal);
-        await registerFamily(id, base, storage, signal, (s) => admission.register.take(s, onPosition));
+        await registerFamily(id, base, storage, signal, async (s) => {
+          if (await admission.register.tryTake()) return;
+          // Waiting in the registration line (1 a second) gives the start slot back: a first day's
+          // new students must not hold every slot while returning students, whose families exist,
+          // wait behind them for RunTask.
+          slot?.release();
+          try {
+            await admission.register.take(s, onPosition);
+          } finally {
+            if (slot) await slot.reacquire(s);
+          }
+        });
         familyCache.set(id, { baseArn: base.taskDefinitionArn!, ...storage });
         log({ msg: 'registered task definition', workspaceId: id, family: familyOf(id), base: base.taskDefinitionArn, ...storage });
       })().finally(() => preparing.delete(id));
@@ -671,8 +688,12 @@ export function createEcsProvisioner(options: EcsProvisionerOptions, deps: EcsPr
       }
       if (!task) {
         stages.to('queued');
-        release = await admission.acquireSlot(signal, (p) => stages.to('queued', p));
-        await prepare(id, signal, (p) => stages.to('queued', p));
+        const onPosition = (p: number) => stages.to('queued', p);
+        release = await admission.acquireSlot(signal, onPosition);
+        await prepare(id, signal, onPosition, {
+          release: () => { release?.(); release = undefined; },
+          reacquire: async (s) => { release = await admission.acquireSlot(s, onPosition); },
+        });
         task = await runTask(id, gen, signal, (p) => stages.to('queued', p));
         try {
           req.onHandle?.(task.taskArn!);

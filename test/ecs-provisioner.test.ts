@@ -162,6 +162,23 @@ t.test('after a base change, a class starts at once: the burst re-registered fir
   t.ok(ids.every((id) => fake.taskDefinitions(`ws-${id}`).length === 2));
 });
 
+t.test('new students waiting for their registrations hold no start slot: returning students behind them are not held up', async (t) => {
+  // Two slots, registrations 2 a second with no burst: six new students ahead of two returning ones.
+  const { fake } = await setup(t, { rateLimits: { RegisterTaskDefinition: { rate: 2, burst: 1 } } });
+  await enrol(fake, ['back-a', 'back-b']);
+  const p = createEcsProvisioner(fakeEcsOptions(fake, { describePollMs: 30, startMaxInFlight: 2, taskDefRate: 2, taskDefBurst: 1 }), { clock: systemClock });
+  t.teardown(() => p.close());
+  const ids = ['new-a', 'new-b', 'new-c', 'new-d', 'new-e', 'new-f', 'back-a', 'back-b'];
+  const results = await Promise.allSettled(ids.map((id) => p.start(startRequest(id, 1).req)));
+  t.same(results.filter((r) => r.status === 'rejected').map((r) => String((r as PromiseRejectedResult).reason)), [], 'everyone started');
+  const runAt = (id: string) => fake.callsOf('RunTask').find((c) => c.input.taskDefinition === `ws-${id}`)!.at;
+  const lastRegistration = Math.max(...fake.callsOf('RegisterTaskDefinition').filter((c) => c.input.family?.startsWith('ws-new-')).map((c) => c.at));
+  for (const id of ['back-a', 'back-b']) {
+    t.ok(runAt(id) < lastRegistration - 1000, `${id} launched ${lastRegistration - runAt(id)} ms before the last new student's registration`);
+  }
+  t.ok(fake.count('RegisterTaskDefinition', 'throttled') <= 2, 'next to none throttled (paced at exactly AWS\'s rate)');
+});
+
 t.test('after a base change, a re-registration AWS refuses costs the new image, not the start', async (t) => {
   const { fake, p } = await setup(t);
   await enrol(fake, ['erin']);
