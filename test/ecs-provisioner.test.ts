@@ -132,7 +132,7 @@ t.test('a class of new students: task definitions registered at AWS\'s 1 a secon
   const throttled = fake.count('RegisterTaskDefinition', 'throttled');
   t.ok(throttled <= 2, `next to none throttled (${throttled})`);
   const at = fake.callsOf('RegisterTaskDefinition').map((c) => c.at).sort((a, b) => a - b);
-  t.ok(at[25] - at[0] >= 5_500, `the six past the burst a second apart (${at[25] - at[0]} clock ms for all 26)`);
+  t.ok(at[25] - at[0] >= 5_000, `the six past the burst about a second apart (${at[25] - at[0]} clock ms for all 26)`);
   const waited = starts.filter((s) => s.stages.some((x) => x.stage === 'queued' && (x.queuePosition ?? 0) > 1));
   // How many wait at once depends on how the 26 arrive (a loaded machine spreads them): at least one.
   t.ok(waited.length >= 1, `students behind the burst were shown their place in line (${waited.length})`);
