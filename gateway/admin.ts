@@ -159,13 +159,17 @@ export async function createAdminServer(deps: AdminDeps): Promise<FastifyInstanc
     }, async (req, reply) => {
       if (!deps.prepare) return { id: req.params.id, prepared: false };
       // Waits its turn in the RegisterTaskDefinition line (1 a second): a client that gives up cancels it.
+      // On the response, not the socket: a keep-alive connection would gather one listener per call.
       const gone = new AbortController();
-      req.raw.socket.once('close', () => gone.abort(new Error('client gone')));
+      const onClose = () => { if (!reply.raw.writableFinished) gone.abort(new Error('client gone')); };
+      reply.raw.once('close', onClose);
       try {
         await deps.prepare(req.params.id, gone.signal);
       } catch (err) {
         if (err instanceof StartFailure) return send(reply, 'PREPARE_FAILED', `${err.code}: ${err.message}`);
         throw err;
+      } finally {
+        reply.raw.off('close', onClose);
       }
       return { id: req.params.id, prepared: true };
     });

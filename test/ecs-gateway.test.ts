@@ -70,6 +70,14 @@ t.test('POST /api/workspaces/<id>/prepare registers the access point and task de
   t.equal(fake.count('RunTask'), 0, 'nothing started');
   t.same(await (await prepare('carol')).json(), { id: 'carol', prepared: true }, 'again: nothing more to do');
   t.equal(fake.count('RegisterTaskDefinition'), 1);
+  // An enrolment script calls it once per student over one keep-alive connection: nothing gathers on it.
+  const warnings: string[] = [];
+  const onWarning = (w: Error) => warnings.push(w.name);
+  process.on('warning', onWarning);
+  for (let i = 0; i < 15; i++) await (await prepare('carol')).json();
+  await new Promise((r) => setImmediate(r));
+  process.off('warning', onWarning);
+  t.same(warnings, [], 'no listener piles up on the connection');
 
   // AWS failing (here: every RegisterTaskDefinition answered 500, retries included) is the catalogue's PREPARE_FAILED.
   fake.fault('RegisterTaskDefinition', 500);
