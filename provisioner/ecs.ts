@@ -275,11 +275,11 @@ export function createEcsProvisioner(options: EcsProvisionerOptions, deps: EcsPr
   }
 
   /**
-   * Registers the student's family from `base`. `beforeAttempt` waits for (or, for an attempt already
+   * Registers the student's family from `base` and remembers it. `beforeAttempt` waits for (or, for an attempt already
    * holding one, skips) a RegisterTaskDefinition token: AWS allows 1 call a second, burst 20, per
    * account (aws-actions/amazon-ecs-deploy-task-definition#502).
    */
-  async function registerFamily(id: string, base: TaskDefinition, storage: { accessPointId: string; fileSystemId: string }, signal: AbortSignal, beforeAttempt: (s: AbortSignal) => Promise<void>): Promise<void> {
+  async function registerFamily(id: string, base: TaskDefinition, storage: Storage, signal: AbortSignal, beforeAttempt: (s: AbortSignal) => Promise<void>): Promise<void> {
     const { accessPointId, fileSystemId } = storage;
     const input: RegisterTaskDefinitionCommandInput = {
       family: familyOf(id),
@@ -319,7 +319,11 @@ export function createEcsProvisioner(options: EcsProvisionerOptions, deps: EcsPr
       ],
     };
     await call('RegisterTaskDefinition', (abortSignal) => ecs.send(new RegisterTaskDefinitionCommand(input), { abortSignal }), { signal, beforeAttempt });
+    familyCache.set(id, { baseArn: base.taskDefinitionArn!, ...storage });
+    log({ msg: 'registered task definition', workspaceId: id, family: familyOf(id), base: base.taskDefinitionArn, ...storage });
   }
+
+  type Storage = { accessPointId: string; fileSystemId: string };
 
   /** A start's admission slot, which it gives back while it waits in a line that is not RunTask's. */
   interface SlotHold {
@@ -327,17 +331,24 @@ export function createEcsProvisioner(options: EcsProvisionerOptions, deps: EcsPr
     reacquire(signal: AbortSignal): Promise<void>;
   }
 
-  /** The family's tags, or undefined when the family does not exist yet. */
-  async function describeFamily(id: string, signal: AbortSignal): Promise<{ key?: string; value?: string }[] | undefined> {
+  /**
+   * What the family's tags record: the student's access point (and its file system) and the base it
+   * was copied from; undefined when there is no family yet, or none that names an access point.
+   * The tags are the durable record: a later start, or another process, reuses them without EFS.
+   */
+  async function recordedFamily(id: string, signal: AbortSignal): Promise<{ storage: Storage; baseArn?: string } | undefined> {
+    let tags;
     try {
-      const out = await call('DescribeTaskDefinition', (abortSignal) =>
+      tags = (await call('DescribeTaskDefinition', (abortSignal) =>
         ecs.send(new DescribeTaskDefinitionCommand({ taskDefinition: familyOf(id), include: ['TAGS'] }), { abortSignal }), { signal },
-      );
-      return out.tags ?? [];
+      )).tags;
     } catch (err) {
       if (awsName(err) === 'ClientException') return undefined; // no such family yet
       throw err;
     }
+    const accessPointId = tag(tags, TAG_ACCESS_POINT);
+    if (!accessPointId) return undefined;
+    return { storage: { accessPointId, fileSystemId: tag(tags, TAG_FILE_SYSTEM) ?? o.efsFileSystemIds[0] }, baseArn: tag(tags, TAG_BASE) };
   }
 
   /**
@@ -357,22 +368,15 @@ export function createEcsProvisioner(options: EcsProvisionerOptions, deps: EcsPr
     if (!p) {
       const signal = lifetime.signal;
       p = (async () => {
-        const tags = await describeFamily(id, signal);
-        // The family's tags are the durable record of the student's access point (and its file
-        // system): a later start, or another process, reuses them without calling EFS.
-        const knownAp = tag(tags, TAG_ACCESS_POINT);
-        const knownFs = tag(tags, TAG_FILE_SYSTEM) ?? o.efsFileSystemIds[0];
-        if (tags && knownAp && tag(tags, TAG_BASE) === base.taskDefinitionArn) {
-          familyCache.set(id, { baseArn: base.taskDefinitionArn!, accessPointId: knownAp, fileSystemId: knownFs });
+        const recorded = await recordedFamily(id, signal);
+        if (recorded && recorded.baseArn === base.taskDefinitionArn) {
+          familyCache.set(id, { baseArn: base.taskDefinitionArn!, ...recorded.storage });
           return;
         }
-        if (tags && knownAp) {
-          const storage = { accessPointId: knownAp, fileSystemId: knownFs };
+        if (recorded) {
           if (await admission.register.tryTake()) {
             try {
-              await registerFamily(id, base, storage, signal, tokenHeld());
-              familyCache.set(id, { baseArn: base.taskDefinitionArn!, ...storage });
-              log({ msg: 'registered task definition', workspaceId: id, family: familyOf(id), base: base.taskDefinitionArn, ...storage });
+              await registerFamily(id, base, recorded.storage, signal, tokenHeld());
             } catch (err) {
               // The family runs as it is: a failed re-registration costs the new image, not the start.
               if (signal.aborted) throw err;
@@ -383,7 +387,7 @@ export function createEcsProvisioner(options: EcsProvisionerOptions, deps: EcsPr
           }
           return;
         }
-        const storage = knownAp ? { accessPointId: knownAp, fileSystemId: knownFs } : await ensureAccessPoint(id, signal);
+        const storage = await ensureAccessPoint(id, signal);
         await registerFamily(id, base, storage, signal, async (s) => {
           if (await admission.register.tryTake()) return;
           // Waiting in the registration line (1 a second) gives the start slot back: a first day's
@@ -396,8 +400,6 @@ export function createEcsProvisioner(options: EcsProvisionerOptions, deps: EcsPr
             if (slot) await slot.reacquire(s);
           }
         });
-        familyCache.set(id, { baseArn: base.taskDefinitionArn!, ...storage });
-        log({ msg: 'registered task definition', workspaceId: id, family: familyOf(id), base: base.taskDefinitionArn, ...storage });
       })().finally(() => preparing.delete(id));
       preparing.set(id, p);
     }
@@ -422,15 +424,10 @@ export function createEcsProvisioner(options: EcsProvisionerOptions, deps: EcsPr
     const signal = lifetime.signal;
     void (async () => {
       await admission.register.take(signal, () => {});
-      const tags = await describeFamily(id, signal);
-      const knownAp = tag(tags, TAG_ACCESS_POINT);
-      if (!tags || !knownAp) return;
-      const storage = { accessPointId: knownAp, fileSystemId: tag(tags, TAG_FILE_SYSTEM) ?? o.efsFileSystemIds[0] };
-      if (tag(tags, TAG_BASE) !== base.taskDefinitionArn) {
-        await registerFamily(id, base, storage, signal, tokenHeld());
-        log({ msg: 'registered task definition', workspaceId: id, family: familyOf(id), base: base.taskDefinitionArn, ...storage });
-      }
-      familyCache.set(id, { baseArn: base.taskDefinitionArn!, ...storage });
+      const recorded = await recordedFamily(id, signal);
+      if (!recorded) return;
+      if (recorded.baseArn !== base.taskDefinitionArn) await registerFamily(id, base, recorded.storage, signal, tokenHeld());
+      else familyCache.set(id, { baseArn: base.taskDefinitionArn!, ...recorded.storage });
     })().catch((err) => {
       if (!signal.aborted) log({ msg: 're-registering a task definition failed (the next start tries again)', workspaceId: id, err: (err as Error).message });
     }).finally(() => reregistering.delete(id));
@@ -694,7 +691,7 @@ export function createEcsProvisioner(options: EcsProvisionerOptions, deps: EcsPr
           release: () => { release?.(); release = undefined; },
           reacquire: async (s) => { release = await admission.acquireSlot(s, onPosition); },
         });
-        task = await runTask(id, gen, signal, (p) => stages.to('queued', p));
+        task = await runTask(id, gen, signal, onPosition);
         try {
           req.onHandle?.(task.taskArn!);
         } catch {

@@ -39,13 +39,14 @@ export interface ClassSurgeOptions {
   warmup?: number;
 }
 
+/** The workspaces of the class before (their families are registered with the class's). */
+const beforeIds = (n: number) => Array.from({ length: n }, (_, i) => `w${String(i).padStart(4, '0')}`);
+
 /**
  * The class before: `n` students of other workspaces through the same replicas, all served, then a
  * pause until AWS's buckets (RunTask, Fargate launches) and ours are full again, so the measured
  * class meets replicas that have served before, as at 09:00, with nothing of AWS's rates used up.
  */
-const beforeIds = (n: number) => Array.from({ length: n }, (_, i) => `w${String(i).padStart(4, '0')}`);
-
 async function classBefore(ports: number[], mint: (id: string) => Promise<string>, n: number): Promise<number> {
   const ids = beforeIds(n);
   const cookies = await Promise.all(ids.map((id) => mint(id)));
