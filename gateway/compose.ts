@@ -38,9 +38,9 @@ export async function provisionerFromConfig(config: Config, clock: Clock, metric
   }
   const options = ecsOptionsFromEnv(config.env);
   let lastFallback = 0;
-  // RunTask and RegisterTaskDefinition are rated per AWS account: with Redis every replica draws
-  // from one bucket each, so the fleet together, not each replica, runs at RUNTASK_RATE and
-  // TASKDEF_RATE (issue 7, class surge).
+  // AWS rates the ECS API per account (RunTask, RegisterTaskDefinition, and a bucket per category
+  // of the other calls): with Redis every replica draws from one bucket each, so the fleet
+  // together, not each replica, stays at RUNTASK_RATE, TASKDEF_RATE and ECS_API_RATES (issue 7, class surge).
   const bucket = (name: string, rate: number, burst: number) => {
     const local = localTokens(clock, rate, burst);
     if (store.kind !== 'redis') return local;
@@ -53,8 +53,7 @@ export async function provisionerFromConfig(config: Config, clock: Clock, metric
   };
   return createEcsProvisioner(options, {
     clock,
-    runTaskTokens: bucket('runtask', options.runTaskRate, options.runTaskBurst),
-    registerTokens: bucket('taskdef', options.taskDefRate, options.taskDefBurst),
+    tokens: bucket,
     log: (obj) => log.info(obj, 'ecs'),
     observer: {
       awsCall: (operation, outcome) => metrics.awsCall(operation, outcome),

@@ -63,6 +63,7 @@ export function sharedTokens(shared: TokenSource, fallback: TokenSource, onFallb
 interface Waiter {
   grant(): void;
   onPosition(pos: number): void;
+  reject(err: unknown): void;
 }
 
 function abortError(signal: AbortSignal): unknown {
@@ -81,6 +82,10 @@ class FifoQueue {
         grant();
       },
       onPosition,
+      reject: (err) => {
+        signal.removeEventListener('abort', onAbort);
+        reject(err);
+      },
     };
     const onAbort = () => {
       const i = this.waiters.indexOf(w);
@@ -104,6 +109,13 @@ class FifoQueue {
       this.onChange();
     }
     return w;
+  }
+
+  /** Everyone still waiting is told no (the line closed). */
+  rejectAll(err: unknown): void {
+    const all = this.waiters.splice(0);
+    if (all.length) this.onChange();
+    for (const w of all) w.reject(err);
   }
 
   private announce(from: number): void {
@@ -164,10 +176,12 @@ export class TokenLine {
     }
   }
 
+  /** Stops handing out tokens; whoever still waits is rejected (a call with no signal of its own would wait forever). */
   close(): void {
     this.closed = true;
     if (this.timer !== undefined) this.timers.clearTimeout(this.timer);
     this.timer = undefined;
+    this.queue.rejectAll(new Error('token line closed'));
   }
 
   /** One pump at a time: tokens are taken one by one and handed to the head of the queue. */

@@ -35,6 +35,8 @@ export interface CallerDeps {
   policy: RetryPolicy;
   random: () => number;
   observe(operation: string, outcome: AwsCallOutcome): void;
+  /** Awaited before every attempt of every call, after the call's own `beforeAttempt`: AWS's bucket for the operation. */
+  pace?: (operation: string, signal: AbortSignal) => Promise<void>;
 }
 
 export interface CallOptions {
@@ -51,7 +53,11 @@ export function createAwsCaller(deps: CallerDeps): AwsCaller {
     const outer = opts.signal;
     for (let attempt = 1; ; attempt++) {
       if (outer?.aborted) throw outer.reason;
-      if (opts.beforeAttempt) await opts.beforeAttempt(outer ?? new AbortController().signal);
+      if (opts.beforeAttempt || deps.pace) {
+        const s = outer ?? new AbortController().signal;
+        if (opts.beforeAttempt) await opts.beforeAttempt(s);
+        if (deps.pace) await deps.pace(operation, s);
+      }
       const deadline = timeoutSignal(deps.timers, deps.timeoutMs, new CallTimeout(operation, deps.timeoutMs));
       const linked = anySignal([outer, deadline.signal]);
       let cls: ErrorClass;

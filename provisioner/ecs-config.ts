@@ -3,6 +3,7 @@
 // variable at fault so a misconfigured deployment says what to fix.
 import { durationMs } from '../gateway/duration.js';
 import type { EcsCapacity, EcsProvisionerOptions } from './ecs-types.js';
+import { parseEcsApiRates } from './ecs-rates.js';
 
 type Env = Record<string, string | undefined>;
 
@@ -77,6 +78,12 @@ export function ecsOptionsFromEnv(env: Env): EcsProvisionerOptions {
   for (const fsId of fsIds) if (!/^fs-[0-9a-f]{8,40}$/.test(fsId)) fail('EFS_FILE_SYSTEM_ID', `must look like fs-0123456789abcdef0, got ${JSON.stringify(fsId)}`);
   const rootDir = raw(env, 'EFS_ROOT_DIR') ?? '/students';
   if (!rootDir.startsWith('/') || rootDir.includes('..')) fail('EFS_ROOT_DIR', 'must be an absolute path without ..');
+  let apiRates;
+  try {
+    apiRates = parseEcsApiRates(raw(env, 'ECS_API_RATES'));
+  } catch (err) {
+    fail('ECS_API_RATES', (err as Error).message);
+  }
   const services = list(env, 'CLOUDMAP_SERVICE_IDS', true);
   for (const s of services) if (!/^srv-[a-z0-9]{1,64}$/.test(s)) fail('CLOUDMAP_SERVICE_IDS', `${JSON.stringify(s)} is not a Cloud Map service id (srv-...)`);
 
@@ -102,6 +109,7 @@ export function ecsOptionsFromEnv(env: Env): EcsProvisionerOptions {
     runTaskBurst: int(env, 'RUNTASK_BURST', 20, 1, 10_000),
     taskDefRate: positive(env, 'TASKDEF_RATE', 1),
     taskDefBurst: int(env, 'TASKDEF_BURST', 20, 1, 10_000),
+    apiRates,
     startDeadlineMs: duration(env, 'START_DEADLINE', 5 * 60_000),
     awsCallTimeoutMs: duration(env, 'AWS_CALL_TIMEOUT', 10_000),
     reconcileIntervalMs: duration(env, 'RECONCILE_INTERVAL', 60_000),

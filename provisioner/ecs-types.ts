@@ -2,6 +2,7 @@
 // ecs-config.ts), its observer (fed into Prometheus by the gateway) and its reconcile API.
 // No AWS SDK type appears here, so the gateway never depends on the SDK.
 import type { RetryPolicy } from './retry.js';
+import type { EcsApiBucket, Rate } from './ecs-rates.js';
 import type { RunningWorkspace, StartStage } from './contract.js';
 
 export type EcsCapacity = 'spot-first' | 'fargate';
@@ -40,6 +41,8 @@ export interface EcsProvisionerOptions {
   taskDefRate: number;
   /** RegisterTaskDefinition calls let through at once after a quiet spell (AWS: 20). */
   taskDefBurst: number;
+  /** AWS's buckets for the provisioner's other ECS calls (ecs-rates.ts), for the whole fleet when shared. */
+  apiRates: Record<EcsApiBucket, Rate>;
   startDeadlineMs: number;
   awsCallTimeoutMs: number;
   reconcileIntervalMs: number;

@@ -35,7 +35,8 @@ import {
   type StartRequest,
   type StartResult,
 } from './contract.js';
-import { Admission, localTokens, type TokenSource } from './admission.js';
+import { Admission, localTokens, TokenLine, type TokenSource } from './admission.js';
+import { ecsApiBucket, type EcsApiBucket, type Rate } from './ecs-rates.js';
 import { AwsCallError, createAwsCaller } from './aws-call.js';
 import { DEFAULT_RETRY_POLICY } from './retry.js';
 import { chunks, privateIp, stageTracker, stopDescription, tag, TaskWatcher } from './ecs-tasks.js';
@@ -53,12 +54,11 @@ export interface EcsProvisionerDeps {
   /** [0, 1) source for backoff jitter (default Math.random). */
   random?: () => number;
   /**
-   * RunTask tokens shared by every replica (the entry point builds it on the state store); when
-   * absent, this process's own bucket at runTaskRate / runTaskBurst.
+   * Where each of AWS's buckets lives: `runtask`, `taskdef` and one per ECS API category
+   * (`ecs-task-read`, ...), at the given rate and burst. The entry point shares them in the state
+   * store, so every replica together stays within AWS's quotas; by default this process keeps its own.
    */
-  runTaskTokens?: TokenSource;
-  /** RegisterTaskDefinition tokens, likewise (default: this process's bucket at taskDefRate / taskDefBurst). */
-  registerTokens?: TokenSource;
+  tokens?: (bucket: string, rate: number, burst: number) => TokenSource;
 }
 
 export interface EcsProvisioner extends Provisioner {
@@ -157,18 +157,29 @@ export function createEcsProvisioner(options: EcsProvisionerOptions, deps: EcsPr
   const sd = new ServiceDiscoveryClient({ ...clientConfig, disableHostPrefix: o.endpoint !== undefined });
   const efs = new EFSClient(clientConfig);
 
+  const tokens = deps.tokens ?? ((_bucket: string, rate: number, burst: number) => localTokens(clock, rate, burst));
+  // One FIFO line per ECS API category (ecs-rates.ts); its waiters are AWS calls, not students, so
+  // they are not counted in the start queue's depth.
+  const apiLines = new Map<EcsApiBucket, TokenLine>();
+  for (const [bucket, r] of Object.entries(o.apiRates) as [EcsApiBucket, Rate][]) {
+    apiLines.set(bucket, new TokenLine(tokens(`ecs-${bucket}`, r.rate, r.burst), timers));
+  }
   const call = createAwsCaller({
     timers,
     timeoutMs: o.awsCallTimeoutMs,
     policy: { ...DEFAULT_RETRY_POLICY, ...o.retry },
     random: deps.random ?? Math.random,
     observe: (op, outcome) => observer?.awsCall(op, outcome),
+    pace: (op, signal) => {
+      const b = ecsApiBucket(op);
+      return b ? apiLines.get(b)!.take(signal, () => {}) : Promise.resolve();
+    },
   });
   const admission = new Admission(
     {
       maxInFlight: o.startMaxInFlight,
-      tokens: deps.runTaskTokens ?? localTokens(clock, o.runTaskRate, o.runTaskBurst),
-      registerTokens: deps.registerTokens ?? localTokens(clock, o.taskDefRate, o.taskDefBurst),
+      tokens: tokens('runtask', o.runTaskRate, o.runTaskBurst),
+      registerTokens: tokens('taskdef', o.taskDefRate, o.taskDefBurst),
     },
     timers,
     (n) => observer?.queueDepth(n),
@@ -926,6 +937,7 @@ export function createEcsProvisioner(options: EcsProvisionerOptions, deps: EcsPr
       lifetime.abort(new StartFailure('ABORTED', 'provisioner closed'));
       watcher.close();
       admission.close();
+      for (const line of apiLines.values()) line.close();
       ecs.destroy();
       sd.destroy();
       efs.destroy();

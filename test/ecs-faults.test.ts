@@ -102,7 +102,7 @@ t.test('a dropped DescribeTasks poll does not fail the start', async (t) => {
 t.test('throttling is retried with backoff and never surfaces', async (t) => {
   const { fake, p, outcomes } = await setup(
     t,
-    { rateLimits: { RegisterTaskDefinition: { rate: 20, burst: 2 }, RegisterInstance: { rate: 20, burst: 2 } } },
+    { rateLimits: { 'ecs:TaskDefinitionModify': { rate: 20, burst: 2 }, RegisterInstance: { rate: 20, burst: 2 } } },
     // Backoff with room to wait out the fake's refill (up to about 2 s over 8 attempts).
     { retry: { baseMs: 10, capMs: 400, throttledBaseMs: 50 }, awsCallTimeoutMs: 5000 },
   );

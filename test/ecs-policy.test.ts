@@ -4,6 +4,7 @@ import t from 'tap';
 import { createManualClock } from '../gateway/clock.js';
 import { Admission, TokenLine, localTokens, sharedTokens, takeToken, type TokenSource } from '../provisioner/admission.js';
 import { pollIntervalMs } from '../provisioner/ecs-tasks.js';
+import { ECS_API_RATE_DEFAULTS, ecsApiBucket, parseEcsApiRates } from '../provisioner/ecs-rates.js';
 import { ecsOptionsFromEnv } from '../provisioner/ecs-config.js';
 import { durationMs } from '../gateway/duration.js';
 import { runTaskToken, serviceIndex } from '../provisioner/ecs.js';
@@ -217,6 +218,50 @@ t.test('sharedTokens: the shared bucket while it answers, the local one while it
   t.same(seen, ['down', 'down']);
 });
 
+t.test('ecsApiBucket: the AWS category each operation spends', async (t) => {
+  const table: [string, string | undefined][] = [
+    ['DescribeTasks', 'task-read'],
+    ['ListTasks', 'task-read'],
+    ['RunTask', 'task-modify'], // also Fargate's own RunTask line (admission.ts)
+    ['StopTask', 'task-modify'],
+    ['DescribeTaskDefinition', 'taskdef-read'],
+    ['RegisterTaskDefinition', undefined], // its own line (TASKDEF_RATE)
+    ['RegisterInstance', undefined], // Cloud Map
+    ['CreateAccessPoint', undefined], // EFS
+    ['toString', undefined], // not an inherited property
+  ];
+  for (const [op, want] of table) t.equal(ecsApiBucket(op), want, op);
+});
+
+t.test('parseEcsApiRates: bucket=rate/burst over AWS\'s defaults', async (t) => {
+  t.same(parseEcsApiRates(undefined), ECS_API_RATE_DEFAULTS, 'unset: the defaults');
+  t.same(parseEcsApiRates(' '), ECS_API_RATE_DEFAULTS, 'blank: the defaults');
+  t.same(parseEcsApiRates('task-read=40/200, taskdef-read=2.5/10'), {
+    ...ECS_API_RATE_DEFAULTS, 'task-read': { rate: 40, burst: 200 }, 'taskdef-read': { rate: 2.5, burst: 10 },
+  });
+  const bad: [string, RegExp][] = [
+    ['task-read', /not bucket=rate\/burst/],
+    ['task-read=20', /not bucket=rate\/burst/],
+    ['task-read=20/1.5', /not bucket=rate\/burst/],
+    ['runtask=20/20', /unknown bucket "runtask"/], // RUNTASK_RATE / RUNTASK_BURST
+    ['task-read=0/10', /rate must be above 0/],
+    ['task-read=20/0', /burst between 1/],
+    ['task-read=20/100,task-read=40/100', /given twice/],
+  ];
+  for (const [text, want] of bad) t.throws(() => parseEcsApiRates(text), want, text);
+});
+
+t.test('TokenLine: closing it rejects whoever still waits', async (t) => {
+  const m = manualTimers();
+  const line = new TokenLine(localTokens(m.clock, 1, 1), m.timers);
+  const never = new AbortController().signal;
+  await line.take(never, () => {});
+  const waiting = line.take(never, () => {});
+  line.close();
+  await t.rejects(waiting, /token line closed/);
+  t.equal(line.waiting, 0);
+});
+
 t.test('pollIntervalMs: at most ten DescribeTasks a second, never below the minimum', async (t) => {
   const cases: [watched: number, minMs: number, want: number][] = [
     [1, 250, 250], [100, 250, 250], [300, 250, 300], [500, 250, 500], [1000, 250, 1000], [5, 30, 100], [0, 250, 250],
@@ -264,6 +309,7 @@ t.test('ecsOptionsFromEnv: defaults, and errors that name the variable', async (
     runTaskBurst: 20,
     taskDefRate: 1,
     taskDefBurst: 20,
+    apiRates: { 'task-read': { rate: 20, burst: 100 }, 'task-modify': { rate: 40, burst: 100 }, 'taskdef-read': { rate: 20, burst: 50 } },
     startDeadlineMs: 300_000,
     awsCallTimeoutMs: 10_000,
     reconcileIntervalMs: 60_000,
@@ -279,6 +325,7 @@ t.test('ecsOptionsFromEnv: defaults, and errors that name the variable', async (
     RUNTASK_RATE: '7.5',
     TASKDEF_RATE: '0.5',
     TASKDEF_BURST: '5',
+    ECS_API_RATES: 'task-read=40/200',
     EFS_ROOT_DIR: '/home/',
   });
   t.equal(o.endpoint, 'http://127.0.0.1:4566');
@@ -289,6 +336,8 @@ t.test('ecsOptionsFromEnv: defaults, and errors that name the variable', async (
   t.equal(o.runTaskRate, 7.5);
   t.equal(o.taskDefRate, 0.5);
   t.equal(o.taskDefBurst, 5);
+  t.same(o.apiRates['task-read'], { rate: 40, burst: 200 }, 'a raised quota');
+  t.same(o.apiRates['taskdef-read'], { rate: 20, burst: 50 }, 'the others at AWS\'s defaults');
   t.equal(o.efsRootDir, '/home');
 
   const bad: [Record<string, string | undefined>, RegExp][] = [
@@ -312,6 +361,8 @@ t.test('ecsOptionsFromEnv: defaults, and errors that name the variable', async (
     [{ RUNTASK_RATE: '0' }, /^RUNTASK_RATE:/],
     [{ TASKDEF_RATE: '-1' }, /^TASKDEF_RATE:/],
     [{ TASKDEF_BURST: '0' }, /^TASKDEF_BURST:/],
+    [{ ECS_API_RATES: 'task-read:20/100' }, /^ECS_API_RATES: .* is not bucket=rate\/burst/],
+    [{ ECS_API_RATES: 'describe=20/100' }, /^ECS_API_RATES: unknown bucket "describe"/],
     [{ START_DEADLINE: 'soon' }, /^START_DEADLINE:/],
     [{ AWS_CALL_TIMEOUT: '0s' }, /^AWS_CALL_TIMEOUT:/],
     [{ RECONCILE_INTERVAL: '1w' }, /^RECONCILE_INTERVAL:/],

@@ -165,7 +165,7 @@ t.test('after a base change, a class starts at once: the burst re-registered fir
 
 t.test('new students waiting for their registrations hold no start slot: returning students behind them are not held up', async (t) => {
   // Two slots, registrations 2 a second with no burst: six new students ahead of two returning ones.
-  const { fake } = await setup(t, { rateLimits: { RegisterTaskDefinition: { rate: 2, burst: 1 } } });
+  const { fake } = await setup(t, { rateLimits: { 'ecs:TaskDefinitionModify': { rate: 2, burst: 1 } } });
   await enrol(fake, ['back-a', 'back-b']);
   const p = createEcsProvisioner(fakeEcsOptions(fake, { describePollMs: 30, startMaxInFlight: 2, taskDefRate: 2, taskDefBurst: 1 }), { clock: systemClock });
   t.teardown(() => p.close());

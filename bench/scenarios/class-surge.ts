@@ -1,7 +1,9 @@
 // Issue 7, scenario 4: a class starts at 09:00. 500 students each load their own stopped workspace
 // at once; the gateway (a child process with PROVISIONER=ecs and the Redis store) starts them on the
 // fake AWS endpoint, which runs in real time and enforces RunTask's rate (20/s, burst 20), the
-// Fargate task launch rate (burst 100, refill 20/s) and RegisterTaskDefinition's (1/s, burst 20).
+// Fargate task launch rate (burst 100, refill 20/s), RegisterTaskDefinition's (1/s, burst 20) and
+// the bucket of every other ECS category the gateway calls (task definitions read at 20/s, burst 50;
+// tasks described at 20/s, burst 100: AWS's ECS API throttling table).
 // Compared with the floor those rates allow: nobody can be ready before the last RunTask AWS would
 // accept, plus the task's own provisioning and pending time. The class has been here before (their
 // task definitions exist); a new class, whose first start registers one each, is a row of its own.
@@ -89,7 +91,7 @@ async function surge(opts: ClassSurgeOptions, v: Variant) {
   const redis = await startRedis();
   const fake = await startFakeAws({
     durations: { provisioningMs, pendingMs, stoppingMs: 100 },
-    rateLimits: { RunTask: RUNTASK, FargateLaunch: FARGATE_LAUNCH, RegisterTaskDefinition: REGISTER },
+    rateLimits: { RunTask: RUNTASK, FargateLaunch: FARGATE_LAUNCH, 'ecs:TaskDefinitionModify': REGISTER },
   });
   const gws: GatewayChild[] = [];
   try {
@@ -146,6 +148,10 @@ async function surge(opts: ClassSurgeOptions, v: Variant) {
     const maxPerSecond = maxInWindow(runTaskAt, 1000);
     const spanS = runTaskAt.length > 1 ? (Math.max(...runTaskAt) - Math.min(...runTaskAt)) / 1000 : NaN;
     const duplicates = allTasks.length - perWorkspace.size;
+    // Every AWS call the class met throttled, by operation (the fake enforces each ECS category's bucket).
+    const throttledByOp = new Map<string, number>();
+    for (const c of fake.calls.filter((c: { at: number; outcome: string }) => c.at >= t0 && c.outcome === 'throttled')) throttledByOp.set(c.op, (throttledByOp.get(c.op) ?? 0) + 1);
+    const throttledAll = [...throttledByOp.values()].reduce((a, b) => a + b, 0);
     // Where the time between the floor and "all ready" goes: AWS's own grants and transitions, then
     // the gateway noticing (DescribeTasks poll, Cloud Map, health probe, the student's long-poll).
     const runningAt = new Map<string, number>();
@@ -187,6 +193,8 @@ async function surge(opts: ClassSurgeOptions, v: Variant) {
       { name: 'RunTask throttled by AWS', value: runTaskThrottled, unit: 'count' },
       { name: 'RegisterTaskDefinition accepted', value: fake.callsOf('RegisterTaskDefinition', 'ok').filter(since).length, unit: 'count' },
       { name: 'RegisterTaskDefinition throttled by AWS', value: fake.callsOf('RegisterTaskDefinition', 'throttled').filter(since).length, unit: 'count' },
+      { name: 'AWS calls throttled, every operation', value: throttledAll, unit: 'count' },
+      ...[...throttledByOp].filter(([op]) => op !== 'RunTask' && op !== 'RegisterTaskDefinition').map(([op, n]) => ({ name: `${op} throttled by AWS`, value: n, unit: 'count' })),
       { name: 'tasks', value: tasks.length, unit: 'count' },
       { name: 'duplicate tasks (tasks - workspaces with a task)', value: duplicates, unit: 'count' },
       { name: 'most tasks for one workspace', value: Math.max(0, ...perWorkspace.values()), unit: 'count' },
@@ -223,7 +231,7 @@ export async function run(opts: ClassSurgeOptions): Promise<ScenarioResult> {
   const systems: ScenarioResult['systems'] = [];
   const targets: Target[] = [];
   const notes: string[] = [
-    'class-surge: gateway child process (PROVISIONER=ecs, Redis store) against the fake AWS endpoint in real time, RunTask 20/s burst 20, Fargate launch burst 100 refill 20/s and RegisterTaskDefinition 1/s burst 20 enforced; each student is a simulated browser (page load, status long-poll, reload).',
+    `class-surge: gateway child process (PROVISIONER=ecs, Redis store) against the fake AWS endpoint in real time, RunTask 20/s burst 20, Fargate launch burst 100 refill 20/s, RegisterTaskDefinition 1/s burst 20 and every ECS API category's bucket (DescribeTaskDefinition 20/s burst 50, DescribeTasks and ListTasks 20/s burst 100, RunTask and StopTask 40/s burst 100) enforced; a replica reads each returning student's family (DescribeTaskDefinition) at their first start in that process; each student is a simulated browser (page load, status long-poll, reload).`,
     'class-surge: floor = max((N - 20) / 20 s, (N - 100) / 20 s) + provisioning + pending (RunTask, Fargate launches); the gateway additionally needs one batched DescribeTasks poll (every 250 ms, 100 ms more per 100 tasks followed) and one health probe to see a task ready.',
     'class-surge: the class has used the platform before (its task definition families were registered on an earlier day, as at any 09:00 but a class\'s first); the new-class row (full mode) registers one each at RegisterTaskDefinition\'s 1/s after a burst of 20, floor (N - 20) / 1 s + provisioning + pending.',
   ];

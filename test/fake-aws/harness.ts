@@ -69,16 +69,17 @@ export function httpGet(host: string, port: number, path = '/'): Promise<{ statu
 
 /**
  * Students who used the platform on an earlier day: their task definition families and access
- * points exist. Registered as an enrolment would, without waiting out RegisterTaskDefinition's
- * 1 call a second (lifted for the enrolment, then back at AWS's rate with a full bucket).
+ * points exist. Registered as an enrolment would, without waiting out the task definition buckets
+ * (RegisterTaskDefinition's 1 call a second; lifted for the enrolment, then back at AWS's rates
+ * with full buckets).
  */
 export async function enrol(fake: FakeAws, ids: string[]): Promise<void> {
-  const limit = fake.setRateLimit('RegisterTaskDefinition', undefined);
+  const lifted = ['ecs:TaskDefinitionModify', 'ecs:TaskDefinitionRead'].map((k) => [k, fake.setRateLimit(k, undefined)] as const);
   const p = createEcsProvisioner(fakeEcsOptions(fake, { awsCallTimeoutMs: 60_000 }, { TASKDEF_RATE: '100000', TASKDEF_BURST: '10000' }), { clock: systemClock });
   try {
     for (let i = 0; i < ids.length; i += 50) await Promise.all(ids.slice(i, i + 50).map((id) => p.prepare(id)));
   } finally {
     await p.close();
-    fake.setRateLimit('RegisterTaskDefinition', limit);
+    for (const [k, limit] of lifted) fake.setRateLimit(k, limit);
   }
 }

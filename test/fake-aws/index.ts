@@ -33,6 +33,32 @@ export interface RateLimit {
   burst: number;
 }
 
+/**
+ * AWS's ECS API buckets ("Request throttling for the Amazon ECS API", the API Reference): every
+ * operation in a category shares one bucket per account and Region, so DescribeTasks and ListTasks
+ * spend the same tokens, RegisterTaskDefinition and DeregisterTaskDefinition too.
+ */
+export const ECS_CATEGORY_OF: Readonly<Record<string, string>> = {
+  DescribeClusters: 'ecs:ClusterRead', ListClusters: 'ecs:ClusterRead',
+  RegisterTaskDefinition: 'ecs:TaskDefinitionModify', DeregisterTaskDefinition: 'ecs:TaskDefinitionModify',
+  DescribeTaskDefinition: 'ecs:TaskDefinitionRead', ListTaskDefinitions: 'ecs:TaskDefinitionRead', ListTaskDefinitionFamilies: 'ecs:TaskDefinitionRead',
+  TagResource: 'ecs:TagModify', UntagResource: 'ecs:TagModify',
+  ListTagsForResource: 'ecs:TagRead',
+  RunTask: 'ecs:ClusterResourceModify', StartTask: 'ecs:ClusterResourceModify', StopTask: 'ecs:ClusterResourceModify',
+  DescribeTasks: 'ecs:ClusterResourceRead', ListTasks: 'ecs:ClusterResourceRead',
+};
+
+/** Burst and sustained rate of each category, as that page gives them. */
+export const ECS_CATEGORY_LIMITS: Readonly<Record<string, RateLimit>> = {
+  'ecs:ClusterRead': { rate: 20, burst: 50 },
+  'ecs:TaskDefinitionModify': { rate: 1, burst: 20 },
+  'ecs:TaskDefinitionRead': { rate: 20, burst: 50 },
+  'ecs:TagModify': { rate: 10, burst: 20 },
+  'ecs:TagRead': { rate: 20, burst: 50 },
+  'ecs:ClusterResourceModify': { rate: 40, burst: 100 },
+  'ecs:ClusterResourceRead': { rate: 20, burst: 100 },
+};
+
 export interface TaskPlan {
   /** The task stops instead of entering this status. */
   dieAt: 'PENDING' | 'RUNNING';
@@ -54,10 +80,10 @@ export interface FakeAwsOptions {
   /** The port every task's workspace listens on (its container port). Default: a free port. */
   workspacePort?: number;
   /**
-   * Per-operation rate limits (token buckets). Default: RunTask 20/s burst 20, RegisterTaskDefinition
-   * 1/s burst 20 (aws-actions/amazon-ecs-deploy-task-definition#502, citing AWS's ECS throttling
-   * page). `FargateLaunch` is the Fargate task launch rate (burst 100, refill 20/s) applied to each
-   * launched task.
+   * Rate limits (token buckets), by operation or by ECS category (below); a call takes a token from
+   * its operation's bucket, if it has one, and its category's. Defaults: `ECS_CATEGORY_LIMITS`,
+   * RunTask on Fargate 20/s burst 20, and `FargateLaunch`, the Fargate task launch rate (burst 100,
+   * refill 20/s), applied to each launched task.
    */
   rateLimits?: Record<string, RateLimit>;
   spotCapacity?: boolean;
@@ -154,7 +180,7 @@ export async function startFakeAws(opts: FakeAwsOptions = {}) {
   const workspaceFactory = opts.workspace ?? tinyWorkspace;
   const workspacePort = opts.workspacePort ?? (await freePort());
   const limits: Record<string, RateLimit> = {
-    RunTask: { rate: 20, burst: 20 }, RegisterTaskDefinition: { rate: 1, burst: 20 }, FargateLaunch: { rate: 20, burst: 100 }, ...opts.rateLimits,
+    ...ECS_CATEGORY_LIMITS, RunTask: { rate: 20, burst: 20 }, FargateLaunch: { rate: 20, burst: 100 }, ...opts.rateLimits,
   };
   const capacity = { spot: opts.spotCapacity ?? true, fargate: opts.fargateCapacity ?? true };
   const maxInstances = opts.maxInstancesPerService ?? 1000;
@@ -183,14 +209,19 @@ export async function startFakeAws(opts: FakeAwsOptions = {}) {
   // ---------- helpers ----------
   const clusterArn = (c: string) => (c.startsWith('arn:') ? c : `arn:aws:ecs:${region}:${account}:cluster/${c || 'default'}`);
 
-  function takeRate(name: string): boolean {
-    const lim = limits[name];
-    if (!lim) return true;
+  /** Takes a token from each named bucket that has a limit, or from none of them. */
+  function takeRate(...names: (string | undefined)[]): boolean {
     const now = clock.now();
-    const st = buckets.get(name) ?? { tokens: lim.burst, at: now };
-    const r = takeToken(st, now, lim.rate, lim.burst);
-    buckets.set(name, r.state);
-    return r.granted;
+    const steps: [string, BucketState][] = [];
+    for (const name of names) {
+      const lim = name === undefined ? undefined : limits[name];
+      if (!lim) continue;
+      const r = takeToken(buckets.get(name!) ?? { tokens: lim.burst, at: now }, now, lim.rate, lim.burst);
+      if (!r.granted) return false;
+      steps.push([name!, r.state]);
+    }
+    for (const [name, state] of steps) buckets.set(name, state);
+    return true;
   }
 
   function registerTaskDef(input: any, tags?: { key: string; value: string }[]) {
@@ -652,7 +683,7 @@ export async function startFakeAws(opts: FakeAwsOptions = {}) {
         sendJson(res, 400, { __type: 'UnknownOperationException', message: `Unknown operation ${op}` }, json, 'UnknownOperationException');
         return;
       }
-      if (!takeRate(op)) {
+      if (!takeRate(op, service === 'ecs' ? ECS_CATEGORY_OF[op] : undefined)) {
         call.outcome = 'throttled';
         call.error = 'ThrottlingException';
         const body = service === 'efs' ? { ErrorCode: 'ThrottlingException', Message: 'Rate exceeded' } : { __type: 'ThrottlingException', message: 'Rate exceeded' };
@@ -707,7 +738,7 @@ export async function startFakeAws(opts: FakeAwsOptions = {}) {
     fault(op: string, mode: FaultMode, times = -1) {
       faults.set(op, { mode, times });
     },
-    /** Replaces (or, with undefined, lifts) one operation's rate limit, its bucket full; returns the one it had. */
+    /** Replaces (or, with undefined, lifts) one operation's or category's rate limit, its bucket full; returns the one it had. */
     setRateLimit(op: string, limit: RateLimit | undefined): RateLimit | undefined {
       const before = limits[op];
       if (limit) limits[op] = limit;
