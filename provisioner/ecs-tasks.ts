@@ -3,7 +3,7 @@
 import { DescribeTasksCommand, type ECSClient, type Task } from '@aws-sdk/client-ecs';
 import type { Clock } from '../gateway/clock.js';
 import { START_STAGES, StartFailure, type StartRequest, type StartStage } from './contract.js';
-import type { AwsCaller } from './aws-call.js';
+import { AwsCallError, type AwsCaller } from './aws-call.js';
 import type { EcsObserver } from './ecs-types.js';
 import type { Timers } from './timers.js';
 
@@ -49,7 +49,16 @@ interface Watch {
   resolve(task: Task): void;
   reject(err: unknown): void;
   missing: number;
+  /** Polls in a row that failed after their retries. */
+  failed: number;
 }
+
+/**
+ * Polls in a row that may fail (throttled, 5xx, timed out, each after its own retries) before the
+ * tasks they cover are given up: one bad moment of the DescribeTasks API must not fail the starts
+ * of up to 100 students whose tasks are booting fine (and stop those tasks).
+ */
+export const FAILED_POLLS_TOLERATED = 5;
 
 /**
  * Follows many tasks with one DescribeTasks per poll for up to 100 of them at once, instead of a
@@ -82,6 +91,7 @@ export class TaskWatcher {
         until,
         onUpdate,
         missing: 0,
+        failed: 0,
         resolve: (t) => {
           signal.removeEventListener('abort', onAbort);
           resolve(t);
@@ -126,7 +136,19 @@ export class TaskWatcher {
             this.ecs.send(new DescribeTasksCommand({ cluster: this.cluster, tasks: page }), { abortSignal }),
           );
         } catch (err) {
-          for (const arn of page) this.settle(arn, (w) => w.reject(err));
+          // A refusal (access denied, no such cluster) will not pass: give up at once.
+          const lasting = !(err instanceof AwsCallError) || err.errorClass === 'fatal';
+          for (const arn of page) {
+            const set = this.watches.get(arn);
+            if (!set) continue;
+            for (const w of [...set]) {
+              if (lasting || ++w.failed >= FAILED_POLLS_TOLERATED) {
+                set.delete(w);
+                w.reject(err);
+              }
+            }
+            if (set.size === 0) this.watches.delete(arn);
+          }
           return;
         }
         for (const t of out.tasks ?? []) {
@@ -134,6 +156,7 @@ export class TaskWatcher {
           if (!set) continue;
           for (const w of [...set]) {
             w.missing = 0;
+            w.failed = 0;
             w.onUpdate(t);
             if (w.until(t)) {
               set.delete(w);
@@ -156,13 +179,6 @@ export class TaskWatcher {
         }
       }),
     );
-  }
-
-  private settle(arn: string, fn: (w: Watch) => void): void {
-    const set = this.watches.get(arn);
-    if (!set) return;
-    this.watches.delete(arn);
-    for (const w of set) fn(w);
   }
 }
 

@@ -4,6 +4,7 @@
 import t from 'tap';
 import { systemClock } from '../gateway/clock.js';
 import { createEcsProvisioner } from '../provisioner/ecs.js';
+import { FAILED_POLLS_TOLERATED } from '../provisioner/ecs-tasks.js';
 import type { AwsCallOutcome, EcsProvisionerOptions } from '../provisioner/ecs-types.js';
 import { startFakeAws, type FakeAwsOptions } from './fake-aws/index.js';
 import { fakeEcsOptions } from './fake-aws/config.js';
@@ -97,6 +98,23 @@ t.test('a dropped DescribeTasks poll does not fail the start', async (t) => {
   const r = await p.start(startRequest('poll-drop', 1).req);
   t.ok(r.handle);
   t.equal(fake.count('DescribeTasks', 'fault'), 2);
+});
+
+t.test('a DescribeTasks poll that fails after its retries leaves the start waiting for the next; a lasting failure fails it', async (t) => {
+  const { fake, p } = await setup(t, {}, { awsCallTimeoutMs: 5000, retry: { baseMs: 1, capMs: 5 } });
+  // Three attempts (DEFAULT_RETRY_POLICY.transientAttempts): one whole poll fails.
+  fake.fault('DescribeTasks', 500, 3);
+  const r = await p.start(startRequest('poll-fails-once', 1).req);
+  t.ok(r.handle, 'started: the next poll saw the task');
+  t.equal(fake.count('DescribeTasks', 'fault'), 3);
+  t.equal(fake.tasks().filter((x) => x.lastStatus === 'RUNNING').length, 1, 'its task was not stopped');
+
+  fake.fault('DescribeTasks', 500);
+  const err = await p.start(startRequest('poll-fails-always', 1).req).catch((e) => e);
+  fake.clearFaults();
+  t.equal(err.code, 'BACKEND_UNAVAILABLE');
+  t.match(err.message, 'AWS DescribeTasks failed after 3 attempts');
+  t.equal(fake.count('DescribeTasks', 'fault'), 3 + 3 * FAILED_POLLS_TOLERATED, `given up after ${FAILED_POLLS_TOLERATED} polls in a row`);
 });
 
 t.test('throttling is retried with backoff and never surfaces', async (t) => {
