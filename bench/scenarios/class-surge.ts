@@ -247,8 +247,6 @@ export async function run(opts: ClassSurgeOptions): Promise<ScenarioResult> {
     variants.push({ name: FRESH, env: {}, replicas: 1, warmup: 0 });
     // A class on its first day: one RegisterTaskDefinition each, at AWS's 1 a second after its burst.
     variants.push({ name: NEW_CLASS, env: {}, replicas: 1, warmup, students: 60, newClass: true });
-    // The previous defaults, for comparison: 15 calls/s per replica, evenly spaced.
-    variants.push({ name: 'gateway (RUNTASK_RATE=15, RUNTASK_BURST=1)', env: { RUNTASK_RATE: '15', RUNTASK_BURST: '1' }, replicas: 1, warmup });
   }
   if (opts.env) variants.splice(0, variants.length, { name: 'gateway (custom env)', env: opts.env, replicas: 1, warmup });
   for (const v of variants) {
@@ -257,8 +255,6 @@ export async function run(opts: ClassSurgeOptions): Promise<ScenarioResult> {
     systems.push({ system: name, figures: r.figures });
     notes.push(...r.notes);
     const tag = variants.length > 1 ? ` [${name}]` : '';
-    // The old settings are a comparison row, not a configuration anybody is asked to run.
-    if (name.includes('RUNTASK_RATE=15')) { notes.push(`class-surge: ${name}, the defaults before the shared bucket: all ready at ${round(r.ratio, 3)} x the floor (figures only, no target)`); continue; }
     if (name !== FRESH) targets.push({ name: `class-surge: all ready within 10% of the AWS floor${tag}`, value: round(r.ratio, 3), limit: 1.1, unit: 'x floor', op: '<=', met: r.ratio <= 1.1 });
     else notes.push(`class-surge: ${FRESH}: all ready at ${round(r.ratio, 3)} x the floor (figures only; the ratio is judged on replicas that have served before)`);
     targets.push(
