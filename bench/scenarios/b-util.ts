@@ -8,6 +8,8 @@ import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
 import { createAuth } from '../../gateway/auth.js';
 import { systemClock } from '../../gateway/clock.js';
+import { startRedis, type TestRedis } from '../../test/helpers/redis.js';
+import { adopt } from '../lib.js';
 
 export const BENCH_SECRET = 'bench-secret-0123456789-0123456789-abcdef';
 export const BENCH_ADMIN_TOKEN = 'bench-admin-token-0123456789';
@@ -46,6 +48,9 @@ export async function startGatewayChild(env: Record<string, string>, timeoutMs =
     env: { PATH: process.env.PATH ?? '/usr/bin:/bin', HOME: process.env.HOME ?? '/tmp', GATEWAY_PORT: '0', ADMIN_PORT: '0', LOG_LEVEL: 'info', GATEWAY_SECRET: BENCH_SECRET, ADMIN_TOKEN: BENCH_ADMIN_TOKEN, ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
+  // Killed with the rest if the scenario overruns its bound (bench/run.ts): a surge cut off at
+  // its bound once left a gateway and its Redis running through the rest of the run.
+  adopt(child);
   const logs: LogLine[] = [];
   const watchers = new Set<(l: LogLine) => void>();
   let buf = '';
@@ -153,4 +158,11 @@ export function maxInWindow(times: number[], windowMs = 1000): number {
     best = Math.max(best, i - j + 1);
   }
   return best;
+}
+
+/** A redis-server of the scenario's own, killed with the rest if the scenario overruns its bound. */
+export async function startScenarioRedis(): Promise<TestRedis> {
+  const redis = await startRedis();
+  adopt(redis.process());
+  return redis;
 }

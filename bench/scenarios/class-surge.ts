@@ -8,14 +8,13 @@
 // accept, plus the task's own provisioning and pending time. The class has been here before (their
 // task definitions exist); a new class, whose first start registers one each, is a row of its own.
 import { Redis } from 'ioredis';
-import { startRedis } from '../../test/helpers/redis.js';
 import { startFakeAws } from '../../test/fake-aws/index.js';
 import { enrol } from '../../test/fake-aws/harness.js';
 import { fakeAwsEnv } from '../../test/fake-aws/config.js';
 import { targetLine, type Figure, type ScenarioResult, type Target } from '../result.js';
 import { pageLoad } from './b-browser.js';
 import { round } from '../lib.js';
-import { cookieMinter, maxInWindow, parseInfo, quantile, startGatewayChild, type GatewayChild } from './b-util.js';
+import { cookieMinter, maxInWindow, parseInfo, quantile, startGatewayChild, type GatewayChild, startScenarioRedis } from './b-util.js';
 
 /** Calls per Redis command since the last CONFIG RESETSTAT (INFO commandstats). */
 async function commandCounts(admin: Redis): Promise<Map<string, number>> {
@@ -88,7 +87,7 @@ async function surge(opts: ClassSurgeOptions, v: Variant) {
   const students = v.students ?? opts.students ?? 500;
   const provisioningMs = opts.provisioningMs ?? 1000;
   const pendingMs = opts.pendingMs ?? 1000;
-  const redis = await startRedis();
+  const redis = await startScenarioRedis();
   const fake = await startFakeAws({
     durations: { provisioningMs, pendingMs, stoppingMs: 100 },
     rateLimits: { RunTask: RUNTASK, FargateLaunch: FARGATE_LAUNCH, 'ecs:TaskDefinitionModify': REGISTER },
