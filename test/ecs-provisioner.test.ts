@@ -165,7 +165,9 @@ t.test('after a base change, a class starts at once: the burst re-registered fir
 
 t.test('new students waiting for their registrations hold no start slot: returning students behind them are not held up', async (t) => {
   // Two slots, registrations 2 a second with no burst: six new students ahead of two returning ones.
-  const { fake } = await setup(t, { rateLimits: { 'ecs:TaskDefinitionModify': { rate: 2, burst: 1 } } });
+  // AWS's bucket holds one token more than ours: a call that reaches it a moment early (loopback,
+  // a loaded machine) is not throttled for arriving 499 ms after the one before.
+  const { fake } = await setup(t, { rateLimits: { 'ecs:TaskDefinitionModify': { rate: 2, burst: 2 } } });
   await enrol(fake, ['back-a', 'back-b']);
   const p = createEcsProvisioner(fakeEcsOptions(fake, { describePollMs: 30, startMaxInFlight: 2, taskDefRate: 2, taskDefBurst: 1 }), { clock: systemClock });
   t.teardown(() => p.close());
@@ -177,7 +179,7 @@ t.test('new students waiting for their registrations hold no start slot: returni
   for (const id of ['back-a', 'back-b']) {
     t.ok(runAt(id) < lastRegistration - 1000, `${id} launched ${lastRegistration - runAt(id)} ms before the last new student's registration`);
   }
-  t.ok(fake.count('RegisterTaskDefinition', 'throttled') <= 2, 'next to none throttled (paced at exactly AWS\'s rate)');
+  t.ok(fake.count('RegisterTaskDefinition', 'throttled') <= 2, 'next to none throttled (paced at AWS\'s rate)');
 });
 
 t.test('after a base change, a re-registration AWS refuses costs the new image, not the start', async (t) => {

