@@ -12,8 +12,8 @@ import { spawnSync } from 'node:child_process';
 import { createAuth } from '../gateway/auth.js';
 import { systemClock } from '../gateway/clock.js';
 import { createRedisStore } from '../gateway/store/redis.js';
-import { startRedis, type TestRedis } from '../test/helpers/redis.js';
-import { PROXY_CPU, adopt, freePort, sleep, start, stop, waitLine } from './lib.js';
+import type { TestRedis } from '../test/helpers/redis.js';
+import { PROXY_CPU, freePort, sleep, start, startBenchRedis, stop, waitLine } from './lib.js';
 import http from 'node:http';
 
 const here = dirname(fileURLToPath(import.meta.url));
@@ -144,8 +144,7 @@ export interface GatewayField { redis: TestRedis; cookie: string; dataDir: strin
 
 /** One Redis for every gateway variant; the warm route and the cookie are shared (as replicas share them). */
 export async function startGatewayState(up: Upstream, dir: string): Promise<GatewayField> {
-  const redis = await startRedis();
-  adopt(redis.process());
+  const redis = await startBenchRedis();
   const store = await createRedisStore({ url: redis.url, prefix: 'wsgw:', commandTimeoutMs: 1000 });
   const now = Date.now();
   await store.putWorkspace({ id: WORKSPACE, state: 'running', generation: 1, since: now, endpoint: { host: '127.0.0.1', port: up.port }, startedAt: now });

@@ -4,6 +4,7 @@ import { spawn, spawnSync, type ChildProcess, type SpawnOptions } from 'node:chi
 import { readFileSync, createWriteStream } from 'node:fs';
 import { createServer } from 'node:net';
 import { createInterface } from 'node:readline';
+import { startRedis, type TestRedis } from '../test/helpers/redis.js';
 
 // ---------------------------------------------------------------- processes
 const live = new Set<ChildProcess>();
@@ -73,6 +74,13 @@ export function adopt(child: ChildProcess): void {
   if (child.exitCode !== null || child.signalCode !== null) return;
   live.add(child);
   child.once('exit', () => live.delete(child));
+}
+
+/** A redis-server of the benchmark's own, killed with the rest (a scenario cut off at its bound included). */
+export async function startBenchRedis(): Promise<TestRedis> {
+  const redis = await startRedis();
+  adopt(redis.process());
+  return redis;
 }
 
 export async function stopAll(): Promise<void> {

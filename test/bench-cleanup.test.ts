@@ -6,8 +6,8 @@ import t from 'tap';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { stopAll } from '../bench/lib.js';
-import { startGatewayChild, startScenarioRedis } from '../bench/scenarios/b-util.js';
+import { startBenchRedis, stopAll } from '../bench/lib.js';
+import { startGatewayChild } from '../bench/scenarios/b-util.js';
 
 function alive(pid: number | undefined): boolean {
   if (pid === undefined) return false;
@@ -22,7 +22,7 @@ function alive(pid: number | undefined): boolean {
 t.test('stopAll stops the gateway children and the redis-server a scenario left running', async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'bench-cleanup-'));
   t.teardown(() => rmSync(dir, { recursive: true, force: true }));
-  const redis = await startScenarioRedis();
+  const redis = await startBenchRedis();
   const gw = await startGatewayChild({ REDIS_URL: redis.url, LOCAL_DATA_DIR: dir });
   t.ok(alive(gw.pid) && alive(redis.process().pid), 'both running, as a scenario that overran its bound leaves them');
   await stopAll();

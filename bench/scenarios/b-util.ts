@@ -8,7 +8,6 @@ import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
 import { createAuth } from '../../gateway/auth.js';
 import { systemClock } from '../../gateway/clock.js';
-import { startRedis, type TestRedis } from '../../test/helpers/redis.js';
 import { adopt } from '../lib.js';
 
 export const BENCH_SECRET = 'bench-secret-0123456789-0123456789-abcdef';
@@ -158,11 +157,4 @@ export function maxInWindow(times: number[], windowMs = 1000): number {
     best = Math.max(best, i - j + 1);
   }
   return best;
-}
-
-/** A redis-server of the scenario's own, killed with the rest if the scenario overruns its bound. */
-export async function startScenarioRedis(): Promise<TestRedis> {
-  const redis = await startRedis();
-  adopt(redis.process());
-  return redis;
 }

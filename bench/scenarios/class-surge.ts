@@ -13,8 +13,8 @@ import { enrol } from '../../test/fake-aws/harness.js';
 import { fakeAwsEnv } from '../../test/fake-aws/config.js';
 import { targetLine, type Figure, type ScenarioResult, type Target } from '../result.js';
 import { pageLoad } from './b-browser.js';
-import { round } from '../lib.js';
-import { cookieMinter, maxInWindow, parseInfo, quantile, startGatewayChild, type GatewayChild, startScenarioRedis } from './b-util.js';
+import { round, startBenchRedis } from '../lib.js';
+import { cookieMinter, maxInWindow, parseInfo, quantile, startGatewayChild, type GatewayChild } from './b-util.js';
 
 /** Calls per Redis command since the last CONFIG RESETSTAT (INFO commandstats). */
 async function commandCounts(admin: Redis): Promise<Map<string, number>> {
@@ -87,7 +87,7 @@ async function surge(opts: ClassSurgeOptions, v: Variant) {
   const students = v.students ?? opts.students ?? 500;
   const provisioningMs = opts.provisioningMs ?? 1000;
   const pendingMs = opts.pendingMs ?? 1000;
-  const redis = await startScenarioRedis();
+  const redis = await startBenchRedis();
   const fake = await startFakeAws({
     durations: { provisioningMs, pendingMs, stoppingMs: 100 },
     rateLimits: { RunTask: RUNTASK, FargateLaunch: FARGATE_LAUNCH, 'ecs:TaskDefinitionModify': REGISTER },

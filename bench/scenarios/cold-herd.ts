@@ -11,8 +11,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { targetLine, type Figure, type ScenarioResult, type Target } from '../result.js';
 import { NAVIGATE, pageLoad, type PageLoadResult } from './b-browser.js';
-import { round } from '../lib.js';
-import { cookieMinter, quantile, startGatewayChild, type GatewayChild, startScenarioRedis } from './b-util.js';
+import { round, startBenchRedis } from '../lib.js';
+import { cookieMinter, quantile, startGatewayChild, type GatewayChild } from './b-util.js';
 
 export interface ColdHerdOptions {
   quick: boolean;
@@ -154,7 +154,7 @@ async function oneHerd(opts: ColdHerdOptions, g: GatewayChild, id: string, varia
  */
 async function herd(opts: ColdHerdOptions, env: Record<string, string>): Promise<HerdRun[]> {
   const readyDelayMs = opts.readyDelayMs ?? 3000;
-  const redis = await startScenarioRedis();
+  const redis = await startBenchRedis();
   const dataDir = mkdtempSync(join(tmpdir(), 'wsgw-bench-herd-'));
   let gw: GatewayChild | undefined;
   try {

@@ -17,8 +17,8 @@ import type { Provisioner } from '../../provisioner/contract.js';
 import { createReaper } from '../../reaper/reaper.js';
 import { targetLine, type Figure, type ScenarioResult, type Target } from '../result.js';
 import { measureLayouts } from './b-layouts.js';
-import { round } from '../lib.js';
-import { gcFunction, parseInfo, pool, quantile, startScenarioRedis } from './b-util.js';
+import { round, startBenchRedis } from '../lib.js';
+import { gcFunction, parseInfo, pool, quantile } from './b-util.js';
 
 export interface StateScaleOptions { quick: boolean; log: (s: string) => void; workspaces?: number }
 
@@ -66,7 +66,7 @@ export async function run(opts: StateScaleOptions): Promise<ScenarioResult> {
   const n = opts.workspaces ?? 100_000;
   const runningCount = Math.round(n / 10);
   const idleCandidates = Math.round(n / 100);
-  const redis = await startScenarioRedis();
+  const redis = await startBenchRedis();
   const admin = new Redis(redis.url, { lazyConnect: true, maxRetriesPerRequest: 1 });
   await admin.connect();
   let store: StateStore | undefined;
