@@ -215,10 +215,10 @@ export async function startFakeAws(opts: FakeAwsOptions = {}) {
     const steps: [string, BucketState][] = [];
     for (const name of names) {
       const lim = name === undefined ? undefined : limits[name];
-      if (!lim) continue;
-      const r = takeToken(buckets.get(name!) ?? { tokens: lim.burst, at: now }, now, lim.rate, lim.burst);
+      if (name === undefined || !lim) continue;
+      const r = takeToken(buckets.get(name) ?? { tokens: lim.burst, at: now }, now, lim.rate, lim.burst);
       if (!r.granted) return false;
-      steps.push([name!, r.state]);
+      steps.push([name, r.state]);
     }
     for (const [name, state] of steps) buckets.set(name, state);
     return true;
