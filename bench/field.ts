@@ -131,11 +131,13 @@ export async function startChp(dir: string, up: Upstream, cookie: string): Promi
  * A proxy library's own floor (bench/library-proxy.ts), so the choice of library rests on this run's
  * figures; `tcp-relay` (named node-relay) is Node's own, with no HTTP at all.
  */
-export async function startLibraryProxy(up: Upstream, cookie: string, engine: 'undici' | 'http-proxy-3' | 'tcp-relay'): Promise<System> {
+export async function startLibraryProxy(up: Upstream, cookie: string, engine: 'undici' | 'http-proxy-3' | 'tcp-relay', launcher: string[] = []): Promise<System> {
   const name = engine === 'tcp-relay' ? 'node-relay' : `lib-${engine}`;
-  const child = start(process.execPath, [join(dist, 'bench', 'library-proxy.js'), engine, String(up.port)], { cpu: PROXY_CPU });
+  // A launcher names the node command itself, with any node options after it.
+  const [cmd, ...args] = [...(launcher.length ? launcher : [process.execPath]), join(dist, 'bench', 'library-proxy.js'), engine, String(up.port)];
+  const child = start(cmd, args, { cpu: PROXY_CPU });
   child.stderr!.on('data', (d) => process.stderr.write(`[${name}] ${d}`));
-  const port = await waitLine(child, (l) => { const m = /^listening (\d+)$/.exec(l); return m ? Number(m[1]) : undefined; }, 10_000, name);
+  const port = await waitLine(child, (l) => { const m = /^listening (\d+)$/.exec(l); return m ? Number(m[1]) : undefined; }, launcher.length ? 120_000 : 10_000, name);
   await waitHttp(port, HOST, { cookie }, child, name);
   return { name, port, host: HOST, headers: { cookie }, pid: child.pid!, close: () => stop(child) };
 }
@@ -164,8 +166,10 @@ export async function startGatewayState(up: Upstream, dir: string): Promise<Gate
  * tracking on unless the variant turns them off (scenario 6). IDLE_TIMEOUT is raised only so the
  * reaper cannot stop the benchmark's workspace during a long --full run; it is not on the request path.
  */
-export async function startGateway(state: GatewayField, name: string, env: Record<string, string> = {}, nodeArgs: string[] = []): Promise<System> {
-  const child = start(process.execPath, [...nodeArgs, join(dist, 'gateway', 'main.js')], {
+/** `launcher`: a command the gateway runs under (bench/instructions.ts: valgrind), slower to start. */
+export async function startGateway(state: GatewayField, name: string, env: Record<string, string> = {}, nodeArgs: string[] = [], launcher: string[] = []): Promise<System> {
+  const [cmd, ...args] = [...launcher, process.execPath, ...nodeArgs, join(dist, 'gateway', 'main.js')];
+  const child = start(cmd, args, {
     cpu: PROXY_CPU,
     env: {
       PATH: process.env.PATH, HOME: process.env.HOME, NODE_ENV: 'production',
@@ -177,7 +181,7 @@ export async function startGateway(state: GatewayField, name: string, env: Recor
   child.stderr!.on('data', (d) => process.stderr.write(`[${name}] ${d}`));
   const port = await waitLine(child, (l) => {
     try { const j = JSON.parse(l) as { event?: string; gatewayPort?: number }; return j.event === 'listening' ? j.gatewayPort : undefined; } catch { return undefined; }
-  }, 20_000, name);
+  }, launcher.length ? 120_000 : 20_000, name);
   // Keep draining the log so a full pipe never stalls the gateway.
   child.stdout!.on('data', () => {});
   await waitHttp(port, HOST, { cookie: state.cookie }, child, name);

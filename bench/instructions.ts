@@ -1,0 +1,170 @@
+// Instructions per proxied request, counted by valgrind's callgrind (issue 7: CPU per request). Time
+// on this shared machine varies by up to 40 % between rounds and `perf` has no hardware counters
+// here, so a change of a few per cent to the warm path cannot be told from noise by timing it;
+// an instruction count is the same from run to run whatever else the machine is doing. Each system
+// runs under callgrind with instrumentation off (so it starts and warms at valgrind's plain speed),
+// serves `warmup` requests, is counted over the next `requests`, and the count is divided by them.
+// All of the process's threads are counted (V8's compiler and GC threads included).
+// `node dist/bench/instructions.js [requests] [gateway|node-relay ...] [--warmup=N] [--top]`
+import net from 'node:net';
+import { mkdtempSync, readdirSync, readFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { spawnSync } from 'node:child_process';
+import { HOST, startGateway, startGatewayState, startLibraryProxy, startUpstream, workDir, type System } from './field.js';
+import { sleep, stopAll } from './lib.js';
+
+const CONNECTIONS = 10;
+
+/**
+ * Keep-alive connections sending requests one at a time each; bodies framed by Content-Length. The
+ * counted requests go on connections already warm: opening and closing connections between warm-up
+ * and count made V8 deoptimize and re-optimize the stream functions inside the count.
+ */
+async function openClient(port: number, headers: Record<string, string>) {
+  let head = `GET / HTTP/1.1\r\nhost: ${HOST}\r\n`;
+  for (const [k, v] of Object.entries(headers)) head += `${k}: ${v}\r\n`;
+  const request = Buffer.from(`${head}\r\n`, 'latin1');
+  let left = 0;
+  let finished: (() => void) | undefined;
+  let failed: ((err: Error) => void) | undefined;
+  let idle = 0;
+  const connection = () => new Promise<net.Socket>((resolve, reject) => {
+    const socket = net.connect(port, '127.0.0.1', () => resolve(socket));
+    let buf = Buffer.alloc(0);
+    const next = () => {
+      if (left <= 0) { if (++idle === CONNECTIONS) finished?.(); return; }
+      left--;
+      socket.write(request);
+    };
+    socket.on('error', (err) => { reject(err); failed?.(err); });
+    socket.on('data', (d) => {
+      buf = buf.length ? Buffer.concat([buf, d]) : d;
+      for (;;) {
+        const end = buf.indexOf('\r\n\r\n');
+        if (end < 0) return;
+        const text = buf.subarray(0, end).toString('latin1');
+        if (!text.startsWith('HTTP/1.1 200')) { failed?.(new Error(`unexpected response: ${text.split('\r\n')[0]}`)); return; }
+        const length = Number(/\r\ncontent-length: *(\d+)/i.exec(text)?.[1] ?? NaN);
+        if (!Number.isFinite(length)) { failed?.(new Error('response without Content-Length')); return; }
+        if (buf.length < end + 4 + length) return;
+        buf = buf.subarray(end + 4 + length);
+        next();
+      }
+    });
+    (socket as net.Socket & { next?: () => void }).next = next;
+  });
+  const sockets = await Promise.all(Array.from({ length: CONNECTIONS }, connection));
+  return {
+    run: (total: number) => new Promise<void>((resolve, reject) => {
+      left = total;
+      idle = 0;
+      finished = resolve;
+      failed = reject;
+      for (const s of sockets) (s as net.Socket & { next: () => void }).next();
+    }),
+    close: () => { for (const s of sockets) s.destroy(); },
+  };
+}
+
+function callgrindControl(args: string[]): void {
+  const r = spawnSync('callgrind_control', args, { encoding: 'utf8', timeout: 60_000 });
+  if (r.status !== 0) throw new Error(`callgrind_control ${args.join(' ')}: ${r.stderr || r.stdout}`);
+}
+
+/** The dump's total instruction count (its `summary:` or `totals:` line). */
+function totalInstructions(file: string): number {
+  const m = /^(?:summary|totals): (\d+)/m.exec(readFileSync(file, 'utf8'));
+  if (!m) throw new Error(`no totals in ${file}`);
+  return Number(m[1]);
+}
+
+/** Names for V8's generated code, from the map `--perf-basic-prof` writes (callgrind knows only addresses). */
+function jitNames(pid: number): (address: number) => string {
+  let entries: Array<[number, number, string]> = [];
+  try {
+    entries = readFileSync(`/tmp/perf-${pid}.map`, 'utf8').split('\n').filter(Boolean).map((l) => {
+      const [a, n, ...rest] = l.split(' ');
+      return [parseInt(a, 16), parseInt(n, 16), rest.join(' ')] as [number, number, string];
+    });
+  } catch { /* no map: addresses stay */ }
+  return (address) => {
+    // The last code object mapped at this address is the live one (code space is reused).
+    for (let i = entries.length - 1; i >= 0; i--) {
+      const [a, n, name] = entries[i];
+      if (address >= a && address < a + n) return name;
+    }
+    return `0x${address.toString(16)}`;
+  };
+}
+
+async function measure(start: (launcher: string[], nodeArgs: string[]) => Promise<System>, requests: number, warmup: number, top: boolean): Promise<number> {
+  const out = mkdtempSync(join(tmpdir(), 'wsgw-callgrind-'));
+  const file = join(out, 'callgrind.out');
+  const system = await start(['valgrind', '--tool=callgrind', '--instr-atstart=no', `--callgrind-out-file=${file}`], top ? ['--perf-basic-prof'] : []);
+  try {
+    // Connections come and go in production too: the first half of the warm-up on connections closed after it.
+    const first = await openClient(system.port, system.headers);
+    await first.run(warmup / 2);
+    first.close();
+    const client = await openClient(system.port, system.headers);
+    await client.run(warmup / 2);
+    await sleep(500);
+    const mapLines = () => { try { return readFileSync(`/tmp/perf-${system.pid}.map`, 'utf8').split('\n').filter(Boolean); } catch { return []; } };
+    const before = mapLines().length;
+    callgrindControl(['-i', 'on', String(system.pid)]);
+    await client.run(requests);
+    client.close();
+    callgrindControl(['-d', String(system.pid)]);
+    // Code V8 generated while counted: optimizing still going on means the warm-up was too short.
+    if (top) process.stdout.write(`code generated while counted:\n${mapLines().slice(before).map((l) => `  ${l.split(' ').slice(2).join(' ')}`).join('\n')}\n`);
+    const dump = readdirSync(out).map((f) => join(out, f)).find((f) => f !== file && f.startsWith(file));
+    if (!dump) throw new Error(`no callgrind dump in ${out}`);
+    if (top) {
+      const names = jitNames(system.pid);
+      for (const inclusive of ['no', 'yes']) {
+        const r = spawnSync('callgrind_annotate', [`--inclusive=${inclusive}`, dump], { encoding: 'utf8', maxBuffer: 64 << 20 });
+        const lines = r.stdout.split('\n').filter((l) => /^\s*[\d,]+ \(/.test(l)).slice(0, 70);
+        process.stdout.write(`\n${inclusive === 'no' ? 'self' : 'inclusive'} instructions per request\n`);
+        if (inclusive === 'no') process.stdout.write(`(dump: ${dump}; JIT names: /tmp/perf-${system.pid}.map)\n`);
+        for (const l of lines) {
+          const m = /^\s*([\d,]+) \(\s*([\d.]+)%\)\s+(.*)$/.exec(l);
+          if (!m) continue;
+          const per = Number(m[1].replace(/,/g, '')) / requests;
+          const fn = m[3].replace(/\?\?\?:(0x[0-9a-f]+) \[\?\?\?\]/, (_, a: string) => `JS ${names(Number(a))}`).replace(/^\?\?\?:/, '').replace(/ \[\/usr\/bin\/node\]$/, '');
+          process.stdout.write(`${Math.round(per).toString().padStart(8)} ${m[2].padStart(6)}%  ${fn.slice(0, 150)}\n`);
+        }
+      }
+    }
+    return totalInstructions(dump) / requests;
+  } finally {
+    await system.close();
+  }
+}
+
+async function main() {
+  const args = process.argv.slice(2);
+  const top = args.includes('--top');
+  const warmup = Number(args.find((a) => a.startsWith('--warmup='))?.slice(9) ?? 20_000);
+  const requests = Number(args.find((a) => /^\d+$/.test(a)) ?? 3000);
+  const names = args.filter((a) => !a.startsWith('--') && !/^\d+$/.test(a));
+  const systems = names.length ? names : ['gateway', 'node-relay'];
+  const dir = workDir();
+  const up = await startUpstream();
+  const state = await startGatewayState(up, dir);
+  try {
+    for (const name of systems) {
+      const start = name === 'node-relay' ? (l: string[], n: string[]) => startLibraryProxy(up, state.cookie, 'tcp-relay', [...l, process.execPath, ...n])
+        : name === 'gateway' ? (l: string[], n: string[]) => startGateway(state, 'gateway', {}, n, l)
+          : undefined;
+      if (!start) throw new Error(`unknown system ${name} (gateway, node-relay)`);
+      const perRequest = await measure(start, requests, warmup, top);
+      process.stdout.write(`${name}: ${Math.round(perRequest).toLocaleString('en')} instructions per request (${requests} requests counted)\n`);
+    }
+  } finally {
+    await state.close();
+    await stopAll();
+  }
+}
+
+main().then(() => process.exit(0), async (err) => { process.stderr.write(`${(err as Error).stack}\n`); await stopAll(); process.exit(1); });
