@@ -73,16 +73,30 @@ const PROXY_ROUTE = /^\/(?:abs)?proxy\/([^/?#]*)/i;
  * `/proxy\80@evil/` as `/proxy/80@evil/`.
  */
 export function proxyRouteAllowed(url: string): boolean {
+  // Nothing to decode, resolve or collapse (most requests): the route is read off the target as it is.
+  if (!UNPLAIN.test(url)) return portSegmentAllowed(PROXY_ROUTE.exec(url));
   let path = url;
   for (let layer = 0; layer < 4; layer++) {
-    const m = PROXY_ROUTE.exec(normalizePath(path));
-    if (m && !(/^\d{1,5}$/.test(m[1]) && Number(m[1]) <= 65535)) return false;
+    if (!portSegmentAllowed(PROXY_ROUTE.exec(normalizePath(path)))) return false;
     let decoded: string;
-    try { decoded = decodeURIComponent(path); } catch { return false; }
+    // A percent that is not an escape (a file named `100%`, sent as `100%25`, decoded once) stops
+    // decodeURIComponent; only ASCII can spell a route, so its ASCII escapes are decoded instead.
+    try { decoded = decodeURIComponent(path); } catch { decoded = decodeAsciiEscapes(path); }
     if (decoded === path) return true;
     path = decoded;
   }
   return false; // still changing after four decodings: nobody legitimate encodes that deep
+}
+
+/** What may change a path's reading: percent-encoding, backslashes, doubled slashes, dot segments. */
+const UNPLAIN = /[%\\]|\/[/.]/;
+
+function decodeAsciiEscapes(path: string): string {
+  return path.replace(/%[0-7][0-9a-f]/gi, (e) => String.fromCharCode(parseInt(e.slice(1), 16)));
+}
+
+function portSegmentAllowed(route: RegExpExecArray | null): boolean {
+  return !route || (/^\d{1,5}$/.test(route[1]) && Number(route[1]) <= 65535);
 }
 
 function normalizePath(url: string): string {

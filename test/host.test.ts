@@ -1,5 +1,5 @@
 import t from 'tap';
-import { checkRequestTarget, hostHeaderValues, originForm, parseHost } from '../gateway/host.js';
+import { checkRequestTarget, hostHeaderValues, originForm, parseHost, proxyRouteAllowed } from '../gateway/host.js';
 import { isNavigation, prefersHtml, wantsHtml } from '../gateway/request-kind.js';
 
 t.test('parseHost table', async (t) => {
@@ -75,6 +75,24 @@ t.test('originForm table: what the guards and the upstream see', async (t) => {
     ['HTTPS://ws-a.localhost/__gateway/login?token=t', '/__gateway/login?token=t'],
   ];
   for (const [url, expected] of rows) t.equal(originForm(url), expected, url);
+});
+
+t.test('proxyRouteAllowed table: plain targets read as they are, anything else decoded and resolved first', async (t) => {
+  // The plain ones skip decoding and dot-segment resolution (bench/instructions.ts); each refused
+  // target has one feature (percent, backslash, doubled slash, dot segment) that sends it the long way.
+  const rows: Array<[string, boolean]> = [
+    ['/', true], ['/static/out/vs/workbench.js?v=1.2', true], ['/proxy/8080/', true], ['/absproxy/3000/app?x=@evil', true],
+    ['/proxy/8080/@evil.example', true], ['/proxyx/@evil', true], ['/?next=/proxy/80@evil/', true], ['/file.name.js', true],
+    ['/proxy/8080@evil.example/', false], ['/PROXY/8080@evil.example/', false], ['/absproxy/80:80@evil/', false], ['/proxy/123456/', false],
+    ['/proxy/8080%40evil.example/', false], ['/%70roxy/8080@evil.example/', false], ['/proxy/80%ZZ/', false],
+    ['/proxy\\8080@evil.example/', false], ['//proxy/8080@evil.example/', false], ['/x/../proxy/8080@evil.example/', false],
+    ['/./proxy/8080@evil.example/', false], ['/%2e%2e/proxy/8080@evil.example/', false], ['/a%2fb/%2e%2e/%2e%2e/proxy/1@evil/', false],
+    ['/x/.hidden/ok', true], ['/a//b', true],
+    // A literal percent (a file named `100%`) decodes once, then is no escape: it used to be refused.
+    ['/100%25/x', true], ['/files/50%25off.txt', true],
+    ['/%2570roxy/8080@evil.example/%zz', false], ['/%25%37%30roxy/1@evil/%', false],
+  ];
+  for (const [url, allowed] of rows) t.equal(proxyRouteAllowed(url), allowed, url);
 });
 
 t.test('navigation and html preference', async (t) => {
