@@ -1,6 +1,7 @@
 // Pure parts of issue 6, table-driven: label values stay in their bounded sets, recording never
 // throws, the scrape-time store probe has a deadline, and the log scrubber removes credentials.
 import { Writable } from 'node:stream';
+import { Histogram, Registry } from 'prom-client';
 import t from 'tap';
 import { CENSOR, createLogger, createScrubber } from '../gateway/log.js';
 import { createMetrics, statusClass } from '../gateway/metrics.js';
@@ -46,6 +47,21 @@ t.test('recording never throws, even after close or with bad numbers', async (t)
   const off = createMetrics({ enabled: false, defaultMetrics: true });
   off.proxied('web', 200);
   t.equal((await off.registry.getSingleMetric('wsgw_proxy_requests_total')!.get()).values.length, 0, 'disabled: nothing recorded');
+});
+
+t.test('the warm latency histogram reads as prom-client exposes its own histograms', async (t) => {
+  // It counts in a typed array (bench/instructions.ts); the exposition must not change for
+  // Prometheus, the recording rules or the dashboard.
+  const m = createMetrics({ enabled: true, defaultMetrics: false });
+  const reference = new Registry();
+  const name = 'wsgw_proxy_request_duration_seconds';
+  const h = new Histogram({ name, help: (await m.registry.getSingleMetric(name)!.get()).help, buckets: [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10], registers: [reference] });
+  for (const v of [0.00005, 0.0001, 0.0003, 0.002, 0.7, 11, 3, 0.0001]) { m.warmLatency(v); h.observe(v); }
+  m.warmLatency(Number.NaN);
+  const ours = (await m.registry.metrics()).split('\n\n').find((block) => block.includes(`# TYPE ${name} histogram`));
+  t.equal(ours?.trim(), (await reference.metrics()).trim(), 'same lines, in the same order; NaN not counted');
+  m.registry.resetMetrics();
+  t.match(await m.registry.metrics(), new RegExp(`${name}_count 0\\n`), 'reset with the registry');
 });
 
 t.test('store probe at scrape time: up, down, hung (bounded)', async (t) => {
