@@ -197,6 +197,7 @@ export function framingOf(fields: readonly string[]): Framing {
 
 export class UpstreamPool {
   private readonly pools = new Map<string, Pool>();
+  private readonly keys = new WeakMap<Endpoint, string>();
   private readonly conns = new Set<Conn>();
   private closing = false;
   /**
@@ -223,7 +224,7 @@ export class UpstreamPool {
   }
 
   send(endpoint: Endpoint, request: UpstreamRequest, sink: ResponseSink): Exchange {
-    const key = `${endpoint.host}:${endpoint.port}`;
+    const key = this.keyOf(endpoint);
     let pool = this.pools.get(key);
     if (!pool) { pool = { host: endpoint.host, port: endpoint.port, key, idle: [], open: 0, queue: [] }; this.pools.set(key, pool); }
     const ex = new Exchange(pool, request, sink);
@@ -234,6 +235,16 @@ export class UpstreamPool {
     else if (pool.open < this.opts.maxSockets) this.start(this.connect(pool), ex);
     else pool.queue.push(ex);
     return ex;
+  }
+
+  /**
+   * A route's endpoint is one object for as long as the route is cached: its key is built and hashed
+   * once, not for every request (bench/instructions.ts).
+   */
+  private keyOf(endpoint: Endpoint): string {
+    let key = this.keys.get(endpoint);
+    if (key === undefined) { key = `${endpoint.host}:${endpoint.port}`; this.keys.set(endpoint, key); }
+    return key;
   }
 
   /** Connections open to all workspaces (for leak checks). */

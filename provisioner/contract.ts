@@ -8,8 +8,8 @@ export type StartStage = (typeof START_STAGES)[number];
 
 /** Where a running workspace answers HTTP and WebSocket traffic. */
 export interface Endpoint {
-  host: string;
-  port: number;
+  readonly host: string;
+  readonly port: number;
 }
 
 export interface StageReport {
