@@ -97,6 +97,11 @@ export function createAuth(opts: AuthOptions) {
       return { value, expiresAt };
     },
 
+    /** Whether a session found before still holds (its expiry; sessions are not revoked otherwise). */
+    isCurrent(session: Session): boolean {
+      return session.expiresAt > now();
+    },
+
     /** sessionFor without waiting: only a cookie verified before counts, anything else is undefined. */
     verifiedSessionFor(cookieValues: readonly string[], workspaceId: string): Session | undefined {
       for (const value of cookieValues) {

@@ -6,17 +6,36 @@ export const HOP_BY_HOP = new Set(['connection', 'keep-alive', 'proxy-connection
 /** Client-supplied forwarding claims are replaced, never trusted (issue 3). */
 export const FORWARDING = new Set(['forwarded', 'x-forwarded-for', 'x-forwarded-proto', 'x-forwarded-host', 'x-forwarded-port', 'x-real-ip', 'x-client-ip', 'true-client-ip']);
 
+/**
+ * Whether a field name is in `names`, without lower-casing or hashing a name whose length none of them
+ * has (most names): a Set lookup hashed every field name of every warm request (bench/instructions.ts).
+ */
+function nameTest(names: ReadonlySet<string>): (name: string) => boolean {
+  const lengths = new Uint8Array(64);
+  for (const n of names) lengths[n.length] = 1;
+  return (name) => name.length < 64 && lengths[name.length] === 1 && names.has(name.toLowerCase());
+}
+
+export const isHopByHop = nameTest(HOP_BY_HOP);
+/** Never passed on to a workspace by the warm lane: hop-by-hop, forwarding claims, our cookie's field (rebuilt), Expect. */
+const isDroppedRequestField = nameTest(new Set([...HOP_BY_HOP, ...FORWARDING, 'cookie', 'expect']));
+
 export function connectionTokens(value: string | string[] | undefined): string[] {
   if (!value) return [];
   return (Array.isArray(value) ? value.join(',') : value).split(',').map((s) => s.trim().toLowerCase()).filter(Boolean);
 }
 
-/** Lower-case names a raw field list's Connection fields name (they belong to that connection only). */
+/**
+ * Lower-case names a raw field list's Connection fields name (they belong to that connection only),
+ * other than the hop-by-hop names every caller drops anyway: undefined for the usual `keep-alive`.
+ */
 export function namedInConnection(raw: ReadonlyArray<string>): Set<string> | undefined {
   let named: Set<string> | undefined;
   for (let i = 0; i < raw.length; i += 2) {
     if (raw[i].length !== 10 || raw[i].toLowerCase() !== 'connection') continue;
-    for (const token of connectionTokens(raw[i + 1])) (named ??= new Set()).add(token);
+    const value = raw[i + 1];
+    if (value.length === 10 && value.toLowerCase() === 'keep-alive') continue;
+    for (const token of connectionTokens(value)) if (!HOP_BY_HOP.has(token)) (named ??= new Set()).add(token);
   }
   return named;
 }
@@ -27,7 +46,9 @@ export type RequestBody = 'none' | 'length' | 'chunked';
 
 /** What the warm lane needs to know of a request's fields before it forwards them. */
 export interface RequestScan {
+  /** The first Host field's value, and how many Host fields came (more than one is refused, RFC 9112 3.2). */
   host: string | undefined;
+  hosts: number;
   /** All Cookie fields, joined as node:http joins them. */
   cookie: string | undefined;
   forwardedFor: string | undefined;
@@ -39,6 +60,7 @@ export interface RequestScan {
 
 export function scanRequest(fields: readonly string[]): RequestScan {
   let host: string | undefined;
+  let hosts = 0;
   let cookie: string | undefined;
   let forwardedFor: string | undefined;
   let length: string | undefined;
@@ -48,7 +70,7 @@ export function scanRequest(fields: readonly string[]): RequestScan {
     const name = fields[i];
     const value = fields[i + 1];
     switch (name.length) {
-      case 4: if (name.toLowerCase() === 'host') host ??= value; break;
+      case 4: if (name.toLowerCase() === 'host') { host ??= value; hosts++; } break;
       case 6:
         if (name.toLowerCase() === 'cookie') cookie = cookie === undefined ? value : `${cookie}; ${value}`;
         else if (name.toLowerCase() === 'expect') expect = true;
@@ -62,7 +84,7 @@ export function scanRequest(fields: readonly string[]): RequestScan {
   let body: RequestBody | undefined = length !== undefined && length !== '0' ? 'length' : 'none';
   if (coding !== undefined) body = coding.trim().toLowerCase() === 'chunked' ? 'chunked' : undefined;
   if (expect) body = undefined;
-  return { host, cookie, forwardedFor, body, length };
+  return { host, hosts, cookie, forwardedFor, body, length };
 }
 
 /**
@@ -74,10 +96,10 @@ export function upstreamRequestHead(method: string, url: string, fields: readonl
   const named = namedInConnection(fields);
   let head = `${method} ${url} HTTP/1.1\r\n`;
   for (let i = 0; i < fields.length; i += 2) {
-    const lower = fields[i].toLowerCase();
+    const name = fields[i];
     // Expect: node:http answered 100-continue already (RFC 9110 10.1.1); the warm lane never takes one.
-    if (HOP_BY_HOP.has(lower) || FORWARDING.has(lower) || lower === 'cookie' || lower === 'expect' || named?.has(lower)) continue;
-    head += `${fields[i]}: ${fields[i + 1]}\r\n`;
+    if (isDroppedRequestField(name) || named?.has(name.toLowerCase())) continue;
+    head += `${name}: ${fields[i + 1]}\r\n`;
   }
   if (cookie !== undefined) head += `cookie: ${cookie}\r\n`;
   return `${head}x-forwarded-for: ${fwd.clientAddress}\r\nx-forwarded-proto: ${fwd.proto}\r\nx-forwarded-host: ${fwd.host}\r\n`;

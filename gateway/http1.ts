@@ -14,7 +14,7 @@
 import type http from 'node:http';
 import type { Socket } from 'node:net';
 import type { Endpoint } from '../provisioner/contract.js';
-import { HOP_BY_HOP, namedInConnection, scanRequest, type RequestScan } from './http-fields.js';
+import { isHopByHop, namedInConnection, scanRequest, type RequestScan } from './http-fields.js';
 import { METHODS, PARSE_ON, STOP_AFTER_HEAD, createParser, releaseParser, restartParser, type Parser, type ParserEvents } from './llhttp.js';
 import { LAST_CHUNK, writeChunk, type BodyMode, type Exchange, type Framing, type ResponseSink, type UpstreamFailure, type UpstreamPool } from './upstream-pool.js';
 
@@ -26,7 +26,15 @@ export interface LaneRequest {
   /** What the fields say, read once for the plan and for a handover's end of request. */
   scan: RequestScan;
   socket: Socket;
+  /** The planner's notes on this connection, kept from one of its requests to the next. */
+  memo: LaneMemo;
 }
+
+/**
+ * What the planner keeps with a connection (request-path.ts: what the last request's Host and Cookie
+ * decided). It lives and dies with the connection, so nothing in it outlives the client that sent it.
+ */
+export interface LaneMemo { notes: unknown }
 
 /** What the request path decided for a request the lane takes: forward it, or answer it itself. */
 export type WarmPlan = ForwardPlan | AnswerPlan;
@@ -90,10 +98,10 @@ export function responseHead(status: number, statusText: string, fields: readonl
   let head = `HTTP/1.1 ${status} ${statusText}\r\n`;
   let dated = false;
   for (let i = 0; i < fields.length; i += 2) {
-    const lower = fields[i].toLowerCase();
-    if (HOP_BY_HOP.has(lower) || named?.has(lower)) continue;
-    if (lower === 'date') dated = true;
-    head += `${fields[i]}: ${fields[i + 1]}\r\n`;
+    const name = fields[i];
+    if (isHopByHop(name) || named?.has(name.toLowerCase())) continue;
+    if (name.length === 4 && name.toLowerCase() === 'date') dated = true;
+    head += `${name}: ${fields[i + 1]}\r\n`;
   }
   if (!dated) head += `date: ${date()}\r\n`;
   // A body delimited by the upstream's close or chunks goes to the client chunked, so the client's
@@ -142,8 +150,9 @@ export function writeJoined(socket: Socket, head: string, chunk: Buffer, chunked
 type Phase = 'idle' | 'head' | 'body' | 'waiting';
 
 /** One client connection while it is on the warm lane. */
-class Lane implements ResponseSink, ParserEvents {
+class Lane implements ResponseSink, ParserEvents, LaneMemo {
   readonly parser: Parser;
+  notes: unknown = undefined;
   phase: Phase = 'idle';
   began = 0;
   idleSince = Date.now();
@@ -241,7 +250,7 @@ class Lane implements ResponseSink, ParserEvents {
     let plan: WarmPlan | undefined;
     try {
       plan = scan && !this.front.draining && fields.length <= 2 * LANE_MAX_FIELDS
-        ? this.front.opts.plan({ method, url, fields, scan, socket: this.socket }) : undefined;
+        ? this.front.opts.plan({ method, url, fields, scan, socket: this.socket, memo: this }) : undefined;
     } catch {
       plan = undefined; // node:http's request path meets the same fault and reports it
     }

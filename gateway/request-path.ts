@@ -12,12 +12,12 @@ import type { Endpoint } from '../provisioner/contract.js';
 import type { ActivityRecorder } from './activity-recorder.js';
 import {
   SESSION_COOKIE, clearedSessionCookie, clientAddress, safeNext, sameOrigin, sessionCookie, sessionCookieParts,
-  type Auth,
+  type Auth, type Session,
 } from './auth.js';
 import type { Clock } from './clock.js';
 import type { Config } from './config.js';
 import { GatewayError, renderError, renderErrorOnSocket, type ErrorCode } from './errors.js';
-import { checkRequestTarget, hostHeaderValues, originForm, parseHost, proxyRouteAllowed } from './host.js';
+import { checkRequestTarget, hostHeaderValues, originForm, parseHost, proxyRouteAllowed, type HostVerdict } from './host.js';
 import type { Logger } from './log.js';
 import type { Metrics } from './metrics.js';
 import { startingPage, type StatusView } from './pages.js';
@@ -69,6 +69,31 @@ interface Ctx {
 
 const PREFIX = '/__gateway/';
 
+type HostStep = { ok: true; workspaceId: string; url: string } | { ok: false; code: ErrorCode; detail?: string };
+
+/**
+ * What a connection's last warm request decided from its Host, Cookie and X-Forwarded-For fields. A
+ * browser sends the same ones on every request of a connection, and deciding them afresh (host
+ * parsing, splitting the cookie, the verified-session lookup, the client's address) was a tenth of a
+ * warm request's instructions (bench/instructions.ts). Kept on the connection (LaneMemo); a noted
+ * session's expiry is still checked on every request.
+ */
+interface WarmNotes {
+  peer: string | undefined;
+  host: string | undefined;
+  verdict: HostVerdict | undefined;
+  cookie: string | undefined;
+  cookieWorkspace: string | undefined;
+  cookieRest: string | undefined;
+  session: Session | undefined;
+  xff: string | undefined;
+  fwd: ForwardedFor | undefined;
+}
+
+function newNotes(peer: string | undefined): WarmNotes {
+  return { peer, host: undefined, verdict: undefined, cookie: undefined, cookieWorkspace: undefined, cookieRest: undefined, session: undefined, xff: undefined, fwd: undefined };
+}
+
 /** Shared by every upgraded socket: a closure here stayed on each WebSocket for its life (bench/ws-heap.ts). */
 function destroyOnError(this: Duplex) { this.destroy(); }
 
@@ -93,12 +118,14 @@ export function createRequestPath(deps: RequestPathDeps) {
 
   // ---------------------------------------------------------------- steps
   /** Step 1: the request target and the Host, strictly, before any state lookup. */
-  function parseHostStep(method: string, target: string, rawHeaders: readonly string[]): { ok: true; workspaceId: string; url: string } | { ok: false; code: ErrorCode; detail?: string } {
+  function parseHostStep(method: string, target: string, rawHeaders: readonly string[]): HostStep {
     const hosts = hostHeaderValues(rawHeaders);
     if (checkRequestTarget(method, target, hosts[0]) === 'bad') return { ok: false, code: 'BAD_REQUEST', detail: 'request target must be a path on this host' };
     // Absolute-form naming this host: route it as the path it names (else `http://h/__gateway/login` would skip our routes).
-    const url = originForm(target);
-    const verdict = parseHost(hosts, config.baseDomain);
+    return hostStepOf(parseHost(hosts, config.baseDomain), originForm(target));
+  }
+
+  function hostStepOf(verdict: HostVerdict, url: string): HostStep {
     if (verdict.kind === 'workspace') return { ok: true, workspaceId: verdict.id, url };
     if (verdict.kind === 'unknown') return { ok: false, code: 'HOST_UNKNOWN' };
     return { ok: false, code: 'HOST_MALFORMED', detail: verdict.why };
@@ -109,11 +136,6 @@ export function createRequestPath(deps: RequestPathDeps) {
     const session = await auth.sessionFor(sessionCookieParts(req.headers.cookie, SESSION_COOKIE).values, workspaceId);
     if (!session) metrics.signInFailure('no_session');
     return session !== undefined;
-  }
-
-  /** Step 2 on the warm lane: a cookie verified before, or no decision here (node:http's path checks it). */
-  function authorizedNow(sessionValues: readonly string[], workspaceId: string): boolean {
-    return auth.verifiedSessionFor(sessionValues, workspaceId) !== undefined;
   }
 
   /** code-server's /proxy/<port> must not reach other hosts (`/proxy/80@evil/`, encoded variants). */
@@ -218,22 +240,22 @@ export function createRequestPath(deps: RequestPathDeps) {
    * the request to handleRequest, which decides it in full.
    */
   function planWarm(req: LaneRequest): WarmPlan | undefined {
-    const host = parseHostStep(req.method, req.url, req.fields);
+    const notes = notesOf(req);
+    const host = warmHostStep(req, notes);
     if (!host.ok || deps.isDraining()) return undefined;
     const { scan } = req;
-    const cookies = sessionCookieParts(scan.cookie, SESSION_COOKIE);
-    if (host.url.startsWith(PREFIX)) return statusOnLane(req, host.workspaceId, host.url, scan.body, cookies.values);
-    if (scan.body === undefined || !authorizedNow(cookies.values, host.workspaceId) || !guardWorkspacePath(host.url)) return undefined;
+    const caller = warmCaller(notes, scan.cookie, host.workspaceId);
+    if (host.url.startsWith(PREFIX)) return statusOnLane(req, host.workspaceId, host.url, scan.body, caller.authorized);
+    if (scan.body === undefined || !caller.authorized || !guardWorkspacePath(host.url)) return undefined;
     const route = workspaces.resolveCached(host.workspaceId);
     if (route?.kind !== 'running') return undefined;
     const requestId = randomUUID();
     const outcome = webOutcome(host.workspaceId, requestId, process.hrtime.bigint(), true);
     recordActivity(host.workspaceId, host.url);
-    const fwd = forwardedFor(req.socket.remoteAddress, scan.forwardedFor, scan.host);
     return {
       kind: 'forward',
       endpoint: route.endpoint,
-      upstreamHead: upstreamRequestHead(req.method, host.url, req.fields, fwd, cookies.rest),
+      upstreamHead: upstreamRequestHead(req.method, host.url, req.fields, warmForwardedFor(notes, scan.forwardedFor, scan.host), caller.cookieRest),
       body: scan.body,
       responseFields: `x-request-id: ${requestId}\r\n`,
       responded: outcome.responded,
@@ -245,14 +267,46 @@ export function createRequestPath(deps: RequestPathDeps) {
     };
   }
 
+  function notesOf(req: LaneRequest): WarmNotes {
+    return (req.memo.notes ??= newNotes(req.socket.remoteAddress)) as WarmNotes;
+  }
+
+  /** Step 1 on the warm lane: a path with one Host (nearly every request) is decided by that Host alone. */
+  function warmHostStep(req: LaneRequest, notes: WarmNotes): HostStep {
+    const { scan, url } = req;
+    if (scan.hosts !== 1 || url[0] !== '/' || req.method === 'CONNECT') return parseHostStep(req.method, url, req.fields);
+    if (notes.host !== scan.host) { notes.verdict = parseHost([scan.host!], config.baseDomain); notes.host = scan.host; }
+    return hostStepOf(notes.verdict!, originForm(url));
+  }
+
+  /** Step 2 on the warm lane: a cookie verified before (node:http's path verifies the others). */
+  function warmCaller(notes: WarmNotes, cookie: string | undefined, workspaceId: string): { authorized: boolean; cookieRest: string | undefined } {
+    if (notes.session && notes.cookie === cookie && notes.cookieWorkspace === workspaceId && auth.isCurrent(notes.session)) {
+      return { authorized: true, cookieRest: notes.cookieRest };
+    }
+    const parts = sessionCookieParts(cookie, SESSION_COOKIE);
+    const session = auth.verifiedSessionFor(parts.values, workspaceId);
+    // Only a verified session is noted: a cookie not verified yet may be by the next request.
+    notes.session = session;
+    notes.cookie = cookie;
+    notes.cookieWorkspace = workspaceId;
+    notes.cookieRest = parts.rest;
+    return { authorized: session !== undefined, cookieRest: parts.rest };
+  }
+
+  function warmForwardedFor(notes: WarmNotes, xff: string | undefined, host: string | undefined): ForwardedFor {
+    if (!notes.fwd || notes.xff !== xff || notes.fwd.host !== (host ?? '')) { notes.fwd = forwardedFor(notes.peer, xff, host); notes.xff = xff; }
+    return notes.fwd;
+  }
+
   /**
    * The starting page's long-poll, answered on the lane when its session was verified before: the
    * connection stays open, so the reload that follows "running" comes on it and is forwarded warm.
    * node:http answered each poll with Connection: close, and a class's 1,000 reloads then each
    * cost a new connection (bench/, cold herd).
    */
-  function statusOnLane(req: LaneRequest, workspaceId: string, url: string, body: RequestBody | undefined, sessionValues: readonly string[]): AnswerPlan | undefined {
-    if (req.method !== 'GET' || body !== 'none' || !authorizedNow(sessionValues, workspaceId)) return undefined;
+  function statusOnLane(req: LaneRequest, workspaceId: string, url: string, body: RequestBody | undefined, authorized: boolean): AnswerPlan | undefined {
+    if (req.method !== 'GET' || body !== 'none' || !authorized) return undefined;
     const query = url.indexOf('?');
     if ((query === -1 ? url : url.slice(0, query)) !== `${PREFIX}status`) return undefined;
     const params = new URLSearchParams(query === -1 ? '' : url.slice(query + 1));

@@ -3,7 +3,7 @@
 // client gets back, and how a response's body is delimited.
 import t from 'tap';
 import { responseHead } from '../gateway/http1.js';
-import { scanRequest, upstreamRequestHead, type RequestScan } from '../gateway/http-fields.js';
+import { FORWARDING, HOP_BY_HOP, isHopByHop, namedInConnection, scanRequest, upstreamRequestHead, type RequestScan } from '../gateway/http-fields.js';
 import { framingOf, type Framing } from '../gateway/upstream-pool.js';
 
 t.test('scanRequest: the body the warm lane takes, and the fields it reads', async (t) => {
@@ -17,7 +17,9 @@ t.test('scanRequest: the body the warm lane takes, and the fields it reads', asy
     ['Expect: left to node:http (it answers 100-continue)', ['Expect', '100-continue', 'Content-Length', '3'], { body: undefined }],
     ['two Cookie fields, joined as node:http joins them', ['Cookie', 'a=1', 'cookie', 'b=2'], { cookie: 'a=1; b=2' }],
     ['two X-Forwarded-For fields, joined as one list', ['X-Forwarded-For', '1.1.1.1', 'x-forwarded-for', '2.2.2.2'], { forwardedFor: '1.1.1.1, 2.2.2.2' }],
-    ['the first Host', ['Host', 'a', 'Host', 'b'], { host: 'a' }],
+    ['the first Host, and how many came', ['Host', 'a', 'Host', 'b'], { host: 'a', hosts: 2 }],
+    ['one Host', ['HOST', 'a'], { host: 'a', hosts: 1 }],
+    ['no Host', ['Accept', '*/*'], { host: undefined, hosts: 0 }],
   ];
   for (const [name, fields, expected] of rows) t.match(scanRequest(fields), expected, name);
 });
@@ -35,8 +37,28 @@ t.test('upstreamRequestHead: what the workspace is sent', async (t) => {
     ['no cookie left: none sent', ['Cookie', '__Host-wsgw-session=x'], undefined, ''],
     ['Content-Length is end-to-end', ['Content-Length', '3'], undefined, 'Content-Length: 3\r\n'],
     ['Expect never reaches the workspace', ['Expect', '100-continue'], undefined, ''],
+    ['every hop-by-hop and forwarding name, in any case', [...HOP_BY_HOP, ...FORWARDING].flatMap((n) => [n.toUpperCase(), 'v']), undefined, ''],
+    ['names of the same lengths as those kept', ['Accept-Language', 'en', 'User-Agent', 'ua', 'X-Forwarded-Bar', '1'], undefined, 'Accept-Language: en\r\nUser-Agent: ua\r\nX-Forwarded-Bar: 1\r\n'],
+    ['Connection: close names a field "close"', ['Connection', 'close', 'Close', '1', 'X', '1'], undefined, 'X: 1\r\n'],
   ];
   for (const [name, fields, cookie, expected] of rows) t.equal(head(fields, cookie), `GET /p HTTP/1.1\r\n${expected}${ours}`, name);
+});
+
+t.test('isHopByHop and namedInConnection: the same answers as the sets they stand for', async (t) => {
+  // isHopByHop filters by length before it lower-cases and looks up (bench/instructions.ts).
+  const names = [...HOP_BY_HOP, ...FORWARDING, 'host', 'date', 'accept', 'user-agent', 'content-type', 'x-te', 't', '', 'x'.repeat(70), 'proxy-connectionx'];
+  for (const name of names) for (const spelled of [name, name.toUpperCase()]) t.equal(isHopByHop(spelled), HOP_BY_HOP.has(name), `isHopByHop(${JSON.stringify(spelled)})`);
+  const rows: Array<[string, string[], string[] | undefined]> = [
+    ['keep-alive names nothing more', ['Connection', 'keep-alive'], undefined],
+    ['Keep-Alive in capitals, the same', ['connection', 'Keep-Alive'], undefined],
+    ['hop-by-hop names are dropped anyway', ['Connection', 'keep-alive, Upgrade, TE'], undefined],
+    ['other names are collected, lower-cased', ['Connection', 'keep-alive, X-Hop', 'Connection', 'close'], ['x-hop', 'close']],
+    ['no Connection field', ['Date', 'd'], undefined],
+  ];
+  for (const [name, fields, expected] of rows) {
+    const named = namedInConnection(fields);
+    t.same(named && [...named], expected, name);
+  }
 });
 
 t.test('responseHead: what the client gets back', async (t) => {

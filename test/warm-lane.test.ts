@@ -9,6 +9,7 @@ import t from 'tap';
 import { NAVIGATE, XHR, request, startTestGateway, until } from './helpers/gateway.js';
 import { registerRunning } from './helpers/upstream.js';
 import { StoreUnavailable } from '../gateway/store/contract.js';
+import { createManualClock } from '../gateway/clock.js';
 
 /** A workspace speaking raw HTTP/1.1, so each row controls the exact bytes of its answer. */
 async function rawUpstream() {
@@ -410,4 +411,37 @@ t.test('a replica leaving answers its held long-polls at once, and closes their 
   }
   t.match(onNode.text, /\r\nconnection: close\r\n/i, 'node:http says it closes');
   await closing;
+});
+
+t.test("a connection's notes never carry one request's decision to another", async (t) => {
+  // The lane keeps what a connection's last Host and Cookie decided (request-path.ts, WarmNotes):
+  // a new Host, a new cookie or an expired session must each be decided afresh, as node:http's path
+  // would; each such request here is handed over, refused there, and its connection closed.
+  const clock = createManualClock(Date.now());
+  const up = await rawUpstream();
+  const gw = await startTestGateway({ clock });
+  t.teardown(async () => { await gw.close(); await up.close(); });
+  for (const id of ['note-a', 'note-b']) await registerRunning(gw.store, id, up.port);
+  const cookieA = await gw.cookie('note-a');
+  const cookieB = await gw.cookie('note-b');
+  // Each session verified once on node:http's path, as a browser's first request does.
+  for (const [id, cookie] of [['note-a', cookieA], ['note-b', cookieB]]) t.equal((await request(gw.port, { host: `ws-${id}.localhost`, path: '/plain', headers: { cookie } })).status, 200);
+  const ask = (host: string, path: string, cookie?: string) =>
+    `GET ${path} HTTP/1.1\r\nHost: ${host}\r\n${cookie ? `Cookie: ${cookie}\r\n` : ''}Accept: application/json\r\nSec-Fetch-Mode: cors\r\n\r\n`;
+  const warmThen = async (second: string, name: string, before?: () => void) => {
+    const client = await openClient(t, gw.port);
+    client.socket.write(ask('ws-note-a.localhost', '/plain', cookieA));
+    await until(() => /\r\n\r\n\/plain$/.test(client.text), 3000);
+    t.equal(gw.gateway.laneConnections(), 1, `${name}: the first request went on the lane`);
+    before?.();
+    const seen = up.seen.length;
+    client.socket.write(second);
+    await until(() => client.closed, 3000);
+    t.match(client.text.slice(client.text.indexOf('/plain') + 6), /^HTTP\/1\.1 401 /, `${name}: refused`);
+    t.equal(up.seen.length, seen, `${name}: nothing reached a workspace`);
+  };
+  await warmThen(ask('ws-note-b.localhost', '/other-host', cookieA), "another workspace's host, the same cookie");
+  await warmThen(ask('ws-note-a.localhost', '/no-cookie'), 'the same host, no cookie');
+  await warmThen(ask('ws-note-a.localhost', '/their-cookie', cookieB), "the same host, another workspace's cookie");
+  await warmThen(ask('ws-note-a.localhost', '/expired', cookieA), 'the same cookie, its session expired since', () => clock.advance(gw.config.sessionTtlMs + 1000));
 });
