@@ -100,7 +100,7 @@ export function responseHead(status: number, statusText: string, fields: readonl
   for (let i = 0; i < fields.length; i += 2) {
     const name = fields[i];
     if (isHopByHop(name) || named?.has(name.toLowerCase())) continue;
-    if (name.length === 4 && name.toLowerCase() === 'date') dated = true;
+    if (name.length === 4 && (name === 'Date' || name === 'date' || name.toLowerCase() === 'date')) dated = true;
     head += `${name}: ${fields[i + 1]}\r\n`;
   }
   if (!dated) head += `date: ${date()}\r\n`;
