@@ -86,6 +86,17 @@ function onMessageComplete(this: Owned) { this[kOwner]?.onMessageComplete(); }
 export function restartParser(p: Parser, kind: 'request' | 'response', maxHeaderSize: number): void {
   forgetParts(p as Owned);
   p.initialize(kind === 'request' ? HTTPParser.REQUEST : HTTPParser.RESPONSE, {}, maxHeaderSize, 0);
+  p[HTTPParser.kOnMessageComplete] = onMessageComplete;
+}
+
+/**
+ * onHeadersComplete's answer when the owner reads this message's body itself: the parser stops after
+ * the head (execute returns where the body starts) and reports no completion for it (llhttp would,
+ * at once). Until restartParser, which the owner calls for the next message.
+ */
+export function stopForBody(p: Parser): number {
+  p[HTTPParser.kOnMessageComplete] = null;
+  return STOP_AFTER_HEAD;
 }
 
 /**

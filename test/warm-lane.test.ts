@@ -62,6 +62,11 @@ async function rawUpstream() {
         socket.write(Buffer.concat([Buffer.from('HTTP/1.1 200 OK\r\nx-echo: ', 'latin1'), Buffer.from(value, 'latin1'), Buffer.from(`\r\ncontent-length: ${hex.length}\r\n\r\n${hex}`, 'latin1')]));
         return;
       }
+      // A Content-Length body the gateway counts itself (upstream-pool.ts, bodyLeft): in parts, empty, or overrun.
+      case '/split': socket.write('HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nfirst'); setTimeout(() => socket.write('-last'), 30); return;
+      case '/head-only': socket.write('HTTP/1.1 200 OK\r\ncontent-length: 4\r\n'); setTimeout(() => socket.write('\r\n'), 30); setTimeout(() => socket.write('body'), 60); return;
+      case '/zero': socket.write('HTTP/1.1 200 OK\r\ncontent-length: 0\r\nx-zero: 1\r\n\r\n'); return;
+      case '/overrun': socket.write('HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nokEXTRA BYTES NOBODY ASKED FOR'); return;
       case '/never': return;
       case '/slow': setTimeout(() => socket.write('HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n/slow'), 150); return;
       case '/endless': {
@@ -140,6 +145,16 @@ t.test('warm lane', async (t) => {
 
     const empty = await get('/empty');
     t.same([empty.status, empty.body], [204, '']);
+
+    t.equal((await get('/split')).body, 'first-last', 'a Content-Length body in two reads');
+    t.equal((await get('/head-only')).body, 'body', 'a head in two reads, its body in a third');
+    const zero = await get('/zero');
+    t.same([zero.status, zero.body, zero.headers['x-zero']], [200, '', '1'], 'Content-Length: 0');
+    const openBefore = up.openNow();
+    t.equal((await get('/overrun')).body, 'ok', 'bytes past the body are not passed on');
+    await until(() => up.openNow() < openBefore, 2000);
+    t.pass('and the connection that sent them is closed, not reused');
+    t.equal((await get('/after-overrun')).body, '/after-overrun', 'the next request goes on a new one');
 
     const head = await get('/head', {}, 'HEAD');
     t.same([head.status, head.headers['content-length'], head.body], [200, '1000', ''], 'HEAD: the length of the body not sent');
