@@ -51,8 +51,6 @@ export const STOP_AFTER_HEAD = 2;
  * the owner on the parser (llhttp calls them with the parser as `this`): no closures per connection.
  */
 export interface ParserEvents {
-  /** Left out by an owner with nothing to note: node's parser then makes no call into JavaScript for it. */
-  onMessageBegin?(): void;
   /** The whole head: fields as sent (name, value, …), however many parts node's parser gave them in. */
   onHeadersComplete(versionMajor: number, versionMinor: number, fields: string[], method: number, url: string,
     status: number, statusText: string, upgrade: boolean, keepAlive: boolean): number;
@@ -65,7 +63,6 @@ const kOwner = Symbol('parser owner');
 const kFields = Symbol('head fields so far');
 const kUrl = Symbol('head url so far');
 type Owned = Parser & { [kOwner]?: ParserEvents; [kFields]?: string[]; [kUrl]?: string };
-function onMessageBegin(this: Owned) { this[kOwner]?.onMessageBegin?.(); }
 function onHeaders(this: Owned, fields: string[], url: string) {
   (this[kFields] ??= []).push(...fields);
   this[kUrl] = (this[kUrl] ?? '') + url;
@@ -125,7 +122,8 @@ export function createParser(kind: 'request' | 'response', maxHeaderSize: number
   p[kTheirs] = CALLBACKS.map((k) => p[k]);
   p[kOwner] = owner;
   restartParser(p, kind, maxHeaderSize);
-  p[HTTPParser.kOnMessageBegin] = owner.onMessageBegin ? onMessageBegin : null;
+  // No message-begin callback: a call into JavaScript per message that no owner needs (http1.ts read()).
+  p[HTTPParser.kOnMessageBegin] = null;
   p[HTTPParser.kOnHeaders] = onHeaders;
   p[HTTPParser.kOnHeadersComplete] = onHeadersComplete;
   p[HTTPParser.kOnBody] = onBody;

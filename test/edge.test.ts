@@ -340,4 +340,9 @@ t.test('a slow header block and a slow body are cut off at their limits', async 
   // A body that never completes is cut off by the request timeout.
   const slowBody = await closedBy((s) => s.write(`POST /upload HTTP/1.1\r\nHost: ws-demo.localhost\r\nCookie: ${cookie}\r\nContent-Length: 1000000\r\n\r\nabc`));
   t.ok(slowBody === '' || /^HTTP\/1\.1 408/.test(slowBody), `slow body to a running workspace cut off (${slowBody.slice(0, 12) || 'closed'})`);
+  // Blank lines between requests are no request (RFC 9112 2.2): the connection stays idle and closes
+  // silently at the keep-alive timeout, and a request after them is answered (http1.ts startsMessage).
+  t.equal(await closedBy((s) => s.write('\r\n\r\n')), '', 'blank lines alone: closed when idle too long, no 408');
+  const afterBlank = await closedBy((s) => s.write(`\r\n\r\nGET / HTTP/1.1\r\nHost: ws-demo.localhost\r\nCookie: ${cookie}\r\n\r\n`));
+  t.match(afterBlank, /^HTTP\/1\.1 (200|302) /, 'a request after blank lines is answered');
 });
