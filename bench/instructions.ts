@@ -11,7 +11,8 @@ import { mkdtempSync, readdirSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { spawnSync } from 'node:child_process';
-import { HOST, startGateway, startGatewayState, startLibraryProxy, startUpstream, workDir, type System } from './field.js';
+import { pathToFileURL } from 'node:url';
+import { HOST, startGateway, startGatewayState, startLibraryProxy, startUpstream, workDir, type GatewayField, type System, type Upstream } from './field.js';
 import { sleep, stopAll } from './lib.js';
 
 const CONNECTIONS = 10;
@@ -98,7 +99,23 @@ function jitNames(pid: number): (address: number) => string {
   };
 }
 
-async function measure(start: (launcher: string[], nodeArgs: string[]) => Promise<System>, requests: number, warmup: number, top: boolean): Promise<number> {
+export type Launch = (launcher: string[], nodeArgs: string[]) => Promise<System>;
+
+/** Whether callgrind is here to count with (valgrind is a Debian package). */
+export function hasCallgrind(): boolean {
+  return spawnSync('valgrind', ['--version']).status === 0 && spawnSync('callgrind_control', ['-h']).status === 0;
+}
+
+/** The gateway and the bare Node relay, as `measure` starts them: under a launcher, with node options. */
+export function launchers(up: Upstream, state: GatewayField): Record<'gateway' | 'node-relay', Launch> {
+  return {
+    gateway: (l, n) => startGateway(state, 'gateway', {}, n, l),
+    'node-relay': (l, n) => startLibraryProxy(up, state.cookie, 'tcp-relay', [...l, process.execPath, ...n]),
+  };
+}
+
+/** User-space instructions per request of one system: `warmup` requests, then `requests` counted. */
+export async function measure(start: Launch, requests: number, warmup: number, top = false): Promise<number> {
   const out = mkdtempSync(join(tmpdir(), 'wsgw-callgrind-'));
   const file = join(out, 'callgrind.out');
   const system = await start(['valgrind', '--tool=callgrind', '--instr-atstart=no', `--callgrind-out-file=${file}`], top ? ['--perf-basic-prof'] : []);
@@ -153,10 +170,9 @@ async function main() {
   const up = await startUpstream();
   const state = await startGatewayState(up, dir);
   try {
+    const launch = launchers(up, state);
     for (const name of systems) {
-      const start = name === 'node-relay' ? (l: string[], n: string[]) => startLibraryProxy(up, state.cookie, 'tcp-relay', [...l, process.execPath, ...n])
-        : name === 'gateway' ? (l: string[], n: string[]) => startGateway(state, 'gateway', {}, n, l)
-          : undefined;
+      const start = launch[name as keyof typeof launch] as Launch | undefined;
       if (!start) throw new Error(`unknown system ${name} (gateway, node-relay)`);
       const perRequest = await measure(start, requests, warmup, top);
       process.stdout.write(`${name}: ${Math.round(perRequest).toLocaleString('en')} instructions per request (${requests} requests counted)\n`);
@@ -167,4 +183,7 @@ async function main() {
   }
 }
 
-main().then(() => process.exit(0), async (err) => { process.stderr.write(`${(err as Error).stack}\n`); await stopAll(); process.exit(1); });
+// A command of its own, and a module the full benchmark imports (scenarios/instructions.ts).
+if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) {
+  main().then(() => process.exit(0), async (err) => { process.stderr.write(`${(err as Error).stack}\n`); await stopAll(); process.exit(1); });
+}

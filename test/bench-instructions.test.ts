@@ -1,0 +1,24 @@
+// The instruction counter (bench/instructions.ts; issue 7, CPU per request) keeps working: it starts
+// a system under callgrind, counts only the requests after the warm-up, and leaves nothing running.
+// Small counts: the figure itself is the benchmark's, not this test's.
+import t from 'tap';
+import { startGatewayState, startUpstream, workDir } from '../bench/field.js';
+import { hasCallgrind, launchers, measure } from '../bench/instructions.js';
+import { processTree, stopAll } from '../bench/lib.js';
+
+t.test('a count per request comes back, and the process counted is gone after', async (t) => {
+  t.ok(hasCallgrind(), 'valgrind is installed (.ci/run installs it)');
+  const up = await startUpstream();
+  const state = await startGatewayState(up, workDir());
+  t.teardown(async () => { await state.close(); await up.close(); await stopAll(); });
+  let pid: number | undefined;
+  const relay = launchers(up, state)['node-relay'];
+  const perRequest = await measure(async (l, n) => { const s = await relay(l, n); pid = s.pid; return s; }, 300, 600);
+  // A request through any Node relay costs thousands of instructions; a count of startup or of
+  // nothing at all would be far off either way.
+  t.ok(perRequest > 5_000 && perRequest < 1_000_000, `${Math.round(perRequest)} instructions per request`);
+  t.same(processTree(pid!).filter((p) => p !== pid), [], 'no children left');
+  let alive = true;
+  try { process.kill(pid!, 0); } catch { alive = false; }
+  t.notOk(alive, 'the counted process is stopped');
+});
