@@ -203,31 +203,29 @@ class Conn implements ParserEvents {
     this.deadline = 0;
     this.keepAlive = keepAlive;
     const head = ex.request.method === 'HEAD';
-    this.framing = head || status === 204 || status === 304 ? 'none' : framingOf(fields);
+    const body = head || status === 204 || status === 304 ? { framing: 'none' as const } : framingOf(fields);
+    this.framing = body.framing;
     ex.headSeen = true;
     ex.sink.head(status, statusText, fields, this.framing);
     if (head) return SKIP_BODY;
-    if (this.framing !== 'length') return PARSE_ON;
-    // llhttp checked the field (digits, one value) before this callback.
-    this.bodyLeft = Number(contentLength(fields));
+    if (body.length === undefined) return PARSE_ON;
+    this.bodyLeft = body.length;
     return stopForBody(this.parser);
   }
 }
 
-function contentLength(fields: readonly string[]): string | undefined {
-  for (let i = 0; i < fields.length; i += 2) if (fields[i].length === 14 && fields[i].toLowerCase() === 'content-length') return fields[i + 1];
-  return undefined;
-}
-
-/** RFC 9112 6.3 for a response that may have a body: chunked, a length, or until the connection closes. */
-export function framingOf(fields: readonly string[]): Framing {
-  let length = false;
+/**
+ * RFC 9112 6.3 for a response that may have a body: chunked, a length, or until the connection closes;
+ * with a length, its value (llhttp checked the field: digits, one value).
+ */
+export function framingOf(fields: readonly string[]): { framing: Framing; length?: number } {
+  let length: string | undefined;
   for (let i = 0; i < fields.length; i += 2) {
     const n = fields[i];
-    if (n.length === 17 && n.toLowerCase() === 'transfer-encoding') return 'chunked';
-    if (n.length === 14 && n.toLowerCase() === 'content-length') length = true;
+    if (n.length === 17 && n.toLowerCase() === 'transfer-encoding') return { framing: 'chunked' };
+    if (n.length === 14 && n.toLowerCase() === 'content-length') length = fields[i + 1];
   }
-  return length ? 'length' : 'close';
+  return length !== undefined ? { framing: 'length', length: Number(length) } : { framing: 'close' };
 }
 
 export class UpstreamPool {

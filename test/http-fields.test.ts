@@ -78,12 +78,17 @@ t.test('responseHead: what the client gets back', async (t) => {
   }
 });
 
-t.test('framingOf: how a response body is delimited (RFC 9112 6.3)', async (t) => {
-  const rows: Array<[string[], Framing]> = [
+t.test('framingOf: how a response body is delimited (RFC 9112 6.3), and a length\'s value', async (t) => {
+  const rows: Array<[string[], Framing, number?]> = [
     [['Transfer-Encoding', 'chunked'], 'chunked'],
     [['transfer-encoding', 'chunked', 'Content-Length', '5'], 'chunked'],
-    [['Content-Length', '5'], 'length'],
+    [['Content-Length', '5'], 'length', 5],
+    [['content-length', '0'], 'length', 0],
     [['Content-Type', 'text/plain'], 'close'],
   ];
-  for (const [fields, expected] of rows) t.equal(framingOf(fields), expected, fields.join(' '));
+  for (const [fields, expected, length] of rows) {
+    const r = framingOf(fields);
+    t.equal(r.framing, expected, fields.join(' '));
+    t.equal(r.length, length, `${fields.join(' ')}: its length`);
+  }
 });
