@@ -23,6 +23,7 @@ function nameTest(names: ReadonlySet<string>): (name: string) => boolean {
 }
 
 export const isHopByHop = nameTest(HOP_BY_HOP);
+export const isDateField = nameTest(new Set(['date']));
 /** Never passed on to a workspace by the warm lane: hop-by-hop, forwarding claims, our cookie's field (rebuilt), Expect. */
 const isDroppedRequestField = nameTest(new Set([...HOP_BY_HOP, ...FORWARDING, 'cookie', 'expect']));
 

@@ -14,7 +14,7 @@
 import type http from 'node:http';
 import type { Socket } from 'node:net';
 import type { Endpoint } from '../provisioner/contract.js';
-import { isHopByHop, namedInConnection, scanRequest, type RequestScan } from './http-fields.js';
+import { isDateField, isHopByHop, namedInConnection, scanRequest, type RequestScan } from './http-fields.js';
 import { METHODS, PARSE_ON, STOP_AFTER_HEAD, createParser, releaseParser, restartParser, type Parser, type ParserEvents } from './llhttp.js';
 import { LAST_CHUNK, writeChunk, type BodyMode, type Exchange, type Framing, type ResponseSink, type UpstreamFailure, type UpstreamPool } from './upstream-pool.js';
 
@@ -100,7 +100,7 @@ export function responseHead(status: number, statusText: string, fields: readonl
   for (let i = 0; i < fields.length; i += 2) {
     const name = fields[i];
     if (isHopByHop(name) || named?.has(name.toLowerCase())) continue;
-    if (name.length === 4 && (name === 'Date' || name === 'date' || name.toLowerCase() === 'date')) dated = true;
+    if (isDateField(name)) dated = true;
     head += `${name}: ${fields[i + 1]}\r\n`;
   }
   if (!dated) head += `date: ${date()}\r\n`;

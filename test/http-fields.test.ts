@@ -69,6 +69,7 @@ t.test('responseHead: what the client gets back', async (t) => {
     ['chunked stays chunked (our chunks)', ['Transfer-Encoding', 'chunked', 'Date', 'd'], 'chunked', 'Date: d\r\n', true],
     ['until-close becomes chunked, so the connection stays open', ['Date', 'd'], 'close', 'Date: d\r\n', true],
     ['no body: no framing added', ['Date', 'd'], 'none', 'Date: d\r\n', false],
+    ["the workspace's Date in any spelling is kept, none added", ['date', 'a', 'DATE', 'b'], 'none', 'date: a\r\nDATE: b\r\n', false],
     ['Date added when missing (RFC 9110 6.6.1)', ['Content-Length', '0'], 'length', 'Content-Length: 0\r\ndate: Thu, 26 Nov 2026 00:00:00 GMT\r\n', false],
     ['hop-by-hop and Connection-named fields dropped', ['Connection', 'keep-alive, X-Hop', 'Keep-Alive', 'timeout=5', 'X-Hop', '1', 'Date', 'd'], 'none', 'Date: d\r\n', false],
     ['repeated names kept', ['Set-Cookie', 'a=1', 'Set-Cookie', 'b=2', 'Date', 'd'], 'none', 'Set-Cookie: a=1\r\nSet-Cookie: b=2\r\nDate: d\r\n', false],
