@@ -127,17 +127,19 @@ export async function startChp(dir: string, up: Upstream, cookie: string): Promi
   return { name: 'chp', port, host: HOST, headers: { cookie }, pid: child.pid!, close: () => stop(child) };
 }
 
+/** How long a system may take to say it listens: under a launcher (valgrind), far longer. */
+const startupMs = (launcher: string[], plain: number) => (launcher.length ? 120_000 : plain);
+
 /**
  * A proxy library's own floor (bench/library-proxy.ts), so the choice of library rests on this run's
  * figures; `tcp-relay` (named node-relay) is Node's own, with no HTTP at all.
  */
-export async function startLibraryProxy(up: Upstream, cookie: string, engine: 'undici' | 'http-proxy-3' | 'tcp-relay', launcher: string[] = []): Promise<System> {
+export async function startLibraryProxy(up: Upstream, cookie: string, engine: 'undici' | 'http-proxy-3' | 'tcp-relay', nodeArgs: string[] = [], launcher: string[] = []): Promise<System> {
   const name = engine === 'tcp-relay' ? 'node-relay' : `lib-${engine}`;
-  // A launcher names the node command itself, with any node options after it.
-  const [cmd, ...args] = [...(launcher.length ? launcher : [process.execPath]), join(dist, 'bench', 'library-proxy.js'), engine, String(up.port)];
+  const [cmd, ...args] = [...launcher, process.execPath, ...nodeArgs, join(dist, 'bench', 'library-proxy.js'), engine, String(up.port)];
   const child = start(cmd, args, { cpu: PROXY_CPU });
   child.stderr!.on('data', (d) => process.stderr.write(`[${name}] ${d}`));
-  const port = await waitLine(child, (l) => { const m = /^listening (\d+)$/.exec(l); return m ? Number(m[1]) : undefined; }, launcher.length ? 120_000 : 10_000, name);
+  const port = await waitLine(child, (l) => { const m = /^listening (\d+)$/.exec(l); return m ? Number(m[1]) : undefined; }, startupMs(launcher, 10_000), name);
   await waitHttp(port, HOST, { cookie }, child, name);
   return { name, port, host: HOST, headers: { cookie }, pid: child.pid!, close: () => stop(child) };
 }
@@ -166,7 +168,7 @@ export async function startGatewayState(up: Upstream, dir: string): Promise<Gate
  * tracking on unless the variant turns them off (scenario 6). IDLE_TIMEOUT is raised only so the
  * reaper cannot stop the benchmark's workspace during a long --full run; it is not on the request path.
  */
-/** `launcher`: a command the gateway runs under (bench/instructions.ts: valgrind), slower to start. */
+/** `launcher`: a command the gateway runs under (bench/instructions.ts: valgrind). */
 export async function startGateway(state: GatewayField, name: string, env: Record<string, string> = {}, nodeArgs: string[] = [], launcher: string[] = []): Promise<System> {
   const [cmd, ...args] = [...launcher, process.execPath, ...nodeArgs, join(dist, 'gateway', 'main.js')];
   const child = start(cmd, args, {
@@ -181,7 +183,7 @@ export async function startGateway(state: GatewayField, name: string, env: Recor
   child.stderr!.on('data', (d) => process.stderr.write(`[${name}] ${d}`));
   const port = await waitLine(child, (l) => {
     try { const j = JSON.parse(l) as { event?: string; gatewayPort?: number }; return j.event === 'listening' ? j.gatewayPort : undefined; } catch { return undefined; }
-  }, launcher.length ? 120_000 : 20_000, name);
+  }, startupMs(launcher, 20_000), name);
   // Keep draining the log so a full pipe never stalls the gateway.
   child.stdout!.on('data', () => {});
   await waitHttp(port, HOST, { cookie: state.cookie }, child, name);

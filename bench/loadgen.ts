@@ -4,6 +4,7 @@
 import net, { type LookupFunction } from 'node:net';
 import { createInterface } from 'node:readline';
 import WebSocket from 'ws';
+import { responseComplete } from './http-response.js';
 
 interface Job {
   mode: 'open' | 'ws-paced' | 'ws-closed' | 'ws-idle';
@@ -98,20 +99,6 @@ async function openLoop() {
 }
 
 interface OpenConn { socket: net.Socket; due: number; sentAt: number; busy: boolean; text: string }
-
-/**
- * Whether a response is all here: true (a 200, whole), false (another status, whole), undefined
- * (more to come). The field answers with Content-Length, or chunked (ends with the last chunk).
- */
-function responseComplete(text: string): boolean | undefined {
-  const end = text.indexOf('\r\n\r\n');
-  if (end === -1) return undefined;
-  const headLower = text.slice(0, end).toLowerCase();
-  const length = /\r\ncontent-length: *(\d+)/.exec(headLower);
-  const whole = length ? text.length >= end + 4 + Number(length[1]) : /\r\ntransfer-encoding: *chunked/.test(headLower) ? text.endsWith('\r\n0\r\n\r\n') || text.slice(end + 4) === '0\r\n\r\n' : true;
-  if (!whole) return undefined;
-  return text.startsWith('HTTP/1.1 200 ');
-}
 
 function openSockets(n: number, parallel: number): Promise<{ sockets: WebSocket[]; failed: number; firstError?: string }> {
   return new Promise((resolve) => {

@@ -2,13 +2,11 @@
 // counted by callgrind in the full run, a figure that does not move with the machine's load the way
 // CPU time does (bench/instructions.ts). Full mode only: the two counts take about a minute and a half.
 import { startGatewayState, startUpstream, workDir } from '../field.js';
-import { hasCallgrind, launchers, measure } from '../instructions.js';
+import { COUNTED, WARMUP, hasCallgrind, launchers, measure } from '../instructions.js';
 import { round } from '../lib.js';
 import type { ScenarioResult } from '../result.js';
 
 const TITLE = '1 instructions per request (callgrind)';
-const WARMUP = 30_000;
-const COUNTED = 5_000;
 
 export async function run(opts: { quick: boolean; log: (s: string) => void }): Promise<ScenarioResult> {
   if (opts.quick) return { scenario: TITLE, systems: [], targets: [], notes: ['full mode only (npm run bench -- --full), or on its own: node dist/bench/instructions.js'] };
