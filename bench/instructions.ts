@@ -29,7 +29,7 @@ export const COUNTED = 5_000;
  * counted requests go on connections already warm: opening and closing connections between warm-up
  * and count made V8 deoptimize and re-optimize the stream functions inside the count.
  */
-async function openClient(port: number, headers: Record<string, string>) {
+export async function openClient(port: number, headers: Record<string, string>) {
   let head = `GET / HTTP/1.1\r\nhost: ${HOST}\r\n`;
   for (const [k, v] of Object.entries(headers)) head += `${k}: ${v}\r\n`;
   const request = Buffer.from(`${head}\r\n`, 'latin1');

@@ -1,12 +1,14 @@
-// Instructions per proxied request (issue 7, CPU per request): the gateway and the bare Node relay
-// counted by callgrind in the full run, a figure that does not move with the machine's load the way
-// CPU time does (bench/instructions.ts). Full mode only: the two counts take about a minute and a half.
+// Instructions per proxied request (issue 7, CPU per request) counted by callgrind, and heap bytes
+// allocated per request (added latency: how often a scavenge holds requests up), for the gateway and
+// the bare Node relay in the full run: figures that do not move with the machine's load the way time
+// does (bench/instructions.ts, bench/allocations.ts). Full mode only: they take about two minutes.
 import { startGatewayState, startUpstream, workDir } from '../field.js';
+import { COUNTED as ALLOC_COUNTED, WARMUP as ALLOC_WARMUP, measureAllocations } from '../allocations.js';
 import { COUNTED, WARMUP, hasCallgrind, launchers, measure } from '../instructions.js';
 import { round } from '../lib.js';
 import type { ScenarioResult } from '../result.js';
 
-const TITLE = '1 instructions per request (callgrind)';
+const TITLE = '1 instructions and heap allocated per request';
 
 export async function run(opts: { quick: boolean; log: (s: string) => void }): Promise<ScenarioResult> {
   if (opts.quick) return { scenario: TITLE, systems: [], targets: [], notes: ['full mode only (npm run bench -- --full), or on its own: node dist/bench/instructions.js'] };
@@ -17,12 +19,17 @@ export async function run(opts: { quick: boolean; log: (s: string) => void }): P
     const systems: ScenarioResult['systems'] = [];
     for (const [name, launch] of Object.entries(launchers(up, state))) {
       const perRequest = await measure(launch, COUNTED, WARMUP);
-      opts.log(`  ${name}: ${Math.round(perRequest)} instructions per request`);
-      systems.push({ system: name, figures: [{ name: 'instructions/req, user space', value: round(perRequest / 1000, 1), unit: 'k' }] });
+      const bytes = await measureAllocations(launch, ALLOC_COUNTED, ALLOC_WARMUP);
+      opts.log(`  ${name}: ${Math.round(perRequest)} instructions, ${Math.round(bytes)} heap bytes allocated per request`);
+      systems.push({ system: name, figures: [
+        { name: 'instructions/req, user space', value: round(perRequest / 1000, 1), unit: 'k' },
+        { name: 'heap allocated/req', value: round(bytes / 1000, 2), unit: 'KB' },
+      ] });
     }
     return {
       scenario: TITLE, systems, targets: [],
-      notes: [`callgrind (valgrind), all of the process's threads, ${COUNTED.toLocaleString('en')} requests counted after ${WARMUP.toLocaleString('en')} on warm keep-alive connections (10, one request at a time each); the kernel's share (system time) is not counted`],
+      notes: [`callgrind (valgrind), all of the process's threads, ${COUNTED.toLocaleString('en')} requests counted after ${WARMUP.toLocaleString('en')} on warm keep-alive connections (10, one request at a time each); the kernel's share (system time) is not counted`,
+        `heap allocated: V8's sampling heap profiler (a sample about every 128 bytes, freed objects' samples kept) over ${ALLOC_COUNTED.toLocaleString('en')} requests after ${ALLOC_WARMUP.toLocaleString('en')} (bench/allocations.ts); the young generation fills about every MB, and each scavenge holds up the requests that arrive meanwhile`],
     };
   } finally {
     await state.close();
