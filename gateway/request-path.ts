@@ -5,7 +5,7 @@
 //
 // Workspace hosts are routed here before any framework router runs (issue 2): a warm request costs
 // host parsing, a cached session check, a Map lookup and the proxy itself.
-import { randomBytes, randomUUID } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Duplex } from 'node:stream';
 import type { Endpoint } from '../provisioner/contract.js';
@@ -24,6 +24,7 @@ import { startingPage, type StatusView } from './pages.js';
 import { httpDate, type AnswerPlan, type LaneRequest, type WarmPlan } from './http1.js';
 import { upstreamRequestHead, type ForwardedFor, type RequestBody } from './http-fields.js';
 import type { Forwarder, UpgradeResponse } from './proxy.js';
+import { createRequestIds } from './request-id.js';
 import { isNavigation, wantsHtml } from './request-kind.js';
 import type { StateStore, WorkspaceRecord } from './store/contract.js';
 import { StoreUnavailable } from './store/contract.js';
@@ -101,6 +102,7 @@ export function createRequestPath(deps: RequestPathDeps) {
   const { config, auth, workspaces, metrics, log, activity, forwarder } = deps;
   // Always Secure: `__Host-` requires it, and browsers treat http://*.localhost as a secure context.
   const secureCookie = true;
+  const nextRequestId = createRequestIds();
 
   // ---------------------------------------------------------------- responses
   function fail(res: ServerResponse, ctx: { requestId: string; html: boolean }, code: ErrorCode, detail?: string) {
@@ -249,7 +251,7 @@ export function createRequestPath(deps: RequestPathDeps) {
     if (scan.body === undefined || !caller.authorized || !guardWorkspacePath(host.url)) return undefined;
     const route = workspaces.resolveCached(host.workspaceId);
     if (route?.kind !== 'running') return undefined;
-    const requestId = randomUUID();
+    const requestId = nextRequestId();
     const outcome = webOutcome(host.workspaceId, requestId, process.hrtime.bigint(), true);
     recordActivity(host.workspaceId, host.url);
     return {
@@ -310,7 +312,7 @@ export function createRequestPath(deps: RequestPathDeps) {
     const query = url.indexOf('?');
     if ((query === -1 ? url : url.slice(0, query)) !== `${PREFIX}status`) return undefined;
     const params = new URLSearchParams(query === -1 ? '' : url.slice(query + 1));
-    const requestId = randomUUID();
+    const requestId = nextRequestId();
     return {
       kind: 'answer',
       answer: (signal) => statusAnswer(workspaceId, requestId, params, signal).then(
@@ -415,7 +417,7 @@ export function createRequestPath(deps: RequestPathDeps) {
 
   // ---------------------------------------------------------------- entry points
   async function handleRequest(req: IncomingMessage, res: ServerResponse): Promise<void> {
-    const requestId = randomUUID();
+    const requestId = nextRequestId();
     const started = process.hrtime.bigint();
     const html = wantsHtml(req.headers);
     const host = parseHostStep(req.method ?? '', req.url ?? '', req.rawHeaders);
@@ -457,7 +459,7 @@ export function createRequestPath(deps: RequestPathDeps) {
   }
 
   async function handleUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer): Promise<void> {
-    const requestId = randomUUID();
+    const requestId = nextRequestId();
     socket.on('error', destroyOnError);
     const host = parseHostStep(req.method ?? '', req.url ?? '', req.rawHeaders);
     if (!host.ok) return failSocket(socket, requestId, host.code);

@@ -88,7 +88,7 @@ t.test('metrics through a real Prometheus, promtool, cardinality and logs', asyn
   const cold = await request(a.port, { headers: { ...NAVIGATE, cookie } });
   t.equal(cold.headers['x-gateway-cold-start'], '1', 'a cold-start response says so');
   const coldRequestId = String(cold.headers['x-request-id']);
-  t.match(coldRequestId, /^[0-9a-f-]{36}$/);
+  t.match(coldRequestId, /^[0-9a-f]{12}-[0-9a-z]+$/, "the request id: this process's prefix and a counter (gateway/request-id.ts)");
   t.equal((await waitRunning(a.port, cookie)).state, 'running');
 
   // Warm traffic: pages, a workspace 500, and one WebSocket held open.
