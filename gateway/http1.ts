@@ -128,21 +128,12 @@ function startsMessage(d: Buffer): boolean {
   return false;
 }
 
-/** Beyond this, a first body chunk is not copied to join its head: the two go in one writev. */
-const JOIN_LIMIT = 16 * 1024;
-
 /**
  * A response head (latin1: one byte per character, RFC 9110 5.5 obs-text) and the body's first chunk,
- * framed as a chunk when `chunked`, in one write.
+ * framed as a chunk when `chunked`, in one write. The chunk is the pool's read buffer, so it is
+ * copied whatever its size, and the head joins it in the same copy.
  */
 export function writeJoined(socket: Socket, head: string, chunk: Buffer, chunked: boolean): boolean {
-  if (chunk.length > JOIN_LIMIT) {
-    socket.cork();
-    socket.write(head, 'latin1');
-    const ok = chunked ? writeChunk(socket, chunk) : socket.write(chunk);
-    socket.uncork();
-    return ok;
-  }
   const size = chunked ? `${chunk.length.toString(16)}\r\n` : '';
   const out = Buffer.allocUnsafe(head.length + size.length + chunk.length + (chunked ? 2 : 0));
   let at = out.write(head, 0, 'latin1');
@@ -305,9 +296,10 @@ class Lane implements ResponseSink, ParserEvents, LaneMemo {
     this.status = status;
   }
 
+  /** `chunk` is valid for this call only (ResponseSink): what goes to the socket is a copy. */
   data(chunk: Buffer): boolean {
     const held = this.heldHead;
-    if (held === undefined) return this.chunked ? writeChunk(this.socket, chunk) : this.socket.write(chunk);
+    if (held === undefined) return this.chunked ? writeChunk(this.socket, Buffer.from(chunk)) : this.socket.write(Buffer.from(chunk));
     this.heldHead = undefined;
     const ok = writeJoined(this.socket, held, chunk, this.chunked);
     this.headSent();

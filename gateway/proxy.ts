@@ -102,8 +102,9 @@ class ResponseWriter implements ResponseSink {
     this.res.writeHead(status, statusText, responseFields(fields));
     this.hooks.onResponse?.(status);
   }
+  /** `chunk` is valid for this call only (ResponseSink): node:http may keep what it is given, so a copy. */
   data(chunk: Buffer): boolean {
-    if (this.res.write(chunk)) return true;
+    if (this.res.write(Buffer.from(chunk))) return true;
     this.res.once('drain', () => this.exchange?.resume());
     return false;
   }
