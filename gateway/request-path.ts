@@ -22,7 +22,7 @@ import type { Logger } from './log.js';
 import type { Metrics } from './metrics.js';
 import { startingPage, type StatusView } from './pages.js';
 import { httpDate, type AnswerPlan, type ForwardPlan, type LaneRequest, type WarmPlan } from './http1.js';
-import { upstreamRequestHead, type ForwardedFor, type RequestBody } from './http-fields.js';
+import { forwardedFields, upstreamRequestHead, type ForwardedFor, type RequestBody } from './http-fields.js';
 import type { BodyMode, UpstreamFailure } from './upstream-pool.js';
 import type { Forwarder, UpgradeResponse } from './proxy.js';
 import { createRequestIds } from './request-id.js';
@@ -247,7 +247,7 @@ export function createRequestPath(deps: RequestPathDeps) {
   }
 
   function forwardedFor(peer: string | undefined, xff: string | string[] | undefined, host: string | undefined): ForwardedFor {
-    return { clientAddress: clientAddress(peer, xff, config.trustedProxies), proto: config.publicScheme, host: host ?? '' };
+    return forwardedFields(clientAddress(peer, xff, config.trustedProxies), config.publicScheme, host ?? '');
   }
   const forwardedForRequest = (req: IncomingMessage) => forwardedFor(req.socket.remoteAddress, req.headers['x-forwarded-for'], req.headers.host);
 

@@ -3,7 +3,7 @@
 // client gets back, and how a response's body is delimited.
 import t from 'tap';
 import { responseHead } from '../gateway/http1.js';
-import { FORWARDING, HOP_BY_HOP, isHopByHop, namedInConnection, scanRequest, upstreamRequestHead, type RequestScan } from '../gateway/http-fields.js';
+import { FORWARDING, HOP_BY_HOP, forwardedFields, isHopByHop, namedInConnection, scanRequest, upstreamRequestHead, type RequestScan } from '../gateway/http-fields.js';
 import { framingOf, type Framing } from '../gateway/upstream-pool.js';
 
 t.test('scanRequest: the body the warm lane takes, and the fields it reads', async (t) => {
@@ -25,7 +25,7 @@ t.test('scanRequest: the body the warm lane takes, and the fields it reads', asy
 });
 
 t.test('upstreamRequestHead: what the workspace is sent', async (t) => {
-  const fwd = { clientAddress: '10.0.0.9', proto: 'https' as const, host: 'ws-a.example' };
+  const fwd = forwardedFields('10.0.0.9', 'https', 'ws-a.example');
   const head = (fields: string[], cookie?: string) => upstreamRequestHead('GET', '/p', fields, fwd, cookie);
   const ours = 'x-forwarded-for: 10.0.0.9\r\nx-forwarded-proto: https\r\nx-forwarded-host: ws-a.example\r\n';
   const rows: Array<[string, string[], string | undefined, string]> = [
