@@ -7,9 +7,8 @@
 // `node dist/bench/allocations.js [requests] [gateway|node-relay ...] [--warmup=N] [--top]`
 import { pathToFileURL } from 'node:url';
 import WebSocket from 'ws';
-import { startGatewayState, startUpstream, workDir } from './field.js';
-import { launchers, openClient, type Launch } from './instructions.js';
-import { freePort, sleep, stopAll } from './lib.js';
+import { openClient, runPerRequestCommand, type Launch } from './instructions.js';
+import { freePort, sleep } from './lib.js';
 
 /** Fewer than instructions.ts needs: allocation sites settle before V8's optimising does. */
 export const WARMUP = 10_000;
@@ -88,29 +87,7 @@ export async function measureAllocations(start: Launch, requests: number, warmup
   }
 }
 
-async function main() {
-  const args = process.argv.slice(2);
-  const top = args.includes('--top');
-  const warmup = Number(args.find((a) => a.startsWith('--warmup='))?.slice(9) ?? WARMUP);
-  const requests = Number(args.find((a) => /^\d+$/.test(a)) ?? COUNTED);
-  const names = args.filter((a) => !a.startsWith('--') && !/^\d+$/.test(a));
-  const up = await startUpstream();
-  const state = await startGatewayState(up, workDir());
-  try {
-    const launch = launchers(up, state);
-    for (const name of names.length ? names : ['gateway', 'node-relay']) {
-      const start = launch[name as keyof typeof launch] as Launch | undefined;
-      if (!start) throw new Error(`unknown system ${name} (gateway, node-relay)`);
-      const perRequest = await measureAllocations(start, requests, warmup, top);
-      process.stdout.write(`${name}: ${Math.round(perRequest).toLocaleString('en')} heap bytes allocated per request (${requests} requests sampled)\n`);
-    }
-  } finally {
-    await state.close();
-    await stopAll();
-  }
-}
-
 // A command of its own, and a module the full benchmark imports (scenarios/instructions.ts).
 if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) {
-  main().then(() => process.exit(0), async (err) => { process.stderr.write(`${(err as Error).stack}\n`); await stopAll(); process.exit(1); });
+  void runPerRequestCommand(measureAllocations, { warmup: WARMUP, requests: COUNTED }, 'heap bytes allocated per request');
 }

@@ -160,31 +160,40 @@ export async function measure(start: Launch, requests: number, warmup: number, t
   }
 }
 
-async function main() {
+export type Measure = (start: Launch, requests: number, warmup: number, top: boolean) => Promise<number>;
+
+/**
+ * A per-request measure as a command: `[requests] [gateway|node-relay ...] [--warmup=N] [--top]`, each
+ * system measured in turn and printed as `<name>: <value> <what>` (this file and bench/allocations.ts).
+ */
+export async function runPerRequestCommand(measure: Measure, defaults: { warmup: number; requests: number }, what: string): Promise<void> {
   const args = process.argv.slice(2);
   const top = args.includes('--top');
-  const warmup = Number(args.find((a) => a.startsWith('--warmup='))?.slice(9) ?? WARMUP);
-  const requests = Number(args.find((a) => /^\d+$/.test(a)) ?? COUNTED);
+  const warmup = Number(args.find((a) => a.startsWith('--warmup='))?.slice(9) ?? defaults.warmup);
+  const requests = Number(args.find((a) => /^\d+$/.test(a)) ?? defaults.requests);
   const names = args.filter((a) => !a.startsWith('--') && !/^\d+$/.test(a));
-  const systems = names.length ? names : ['gateway', 'node-relay'];
-  const dir = workDir();
-  const up = await startUpstream();
-  const state = await startGatewayState(up, dir);
+  let state: GatewayField | undefined;
   try {
+    const up = await startUpstream();
+    state = await startGatewayState(up, workDir());
     const launch = launchers(up, state);
-    for (const name of systems) {
+    for (const name of names.length ? names : ['gateway', 'node-relay']) {
       const start = launch[name as keyof typeof launch] as Launch | undefined;
       if (!start) throw new Error(`unknown system ${name} (gateway, node-relay)`);
       const perRequest = await measure(start, requests, warmup, top);
-      process.stdout.write(`${name}: ${Math.round(perRequest).toLocaleString('en')} instructions per request (${requests} requests counted)\n`);
+      process.stdout.write(`${name}: ${Math.round(perRequest).toLocaleString('en')} ${what} (${requests} requests)\n`);
     }
+  } catch (err) {
+    process.stderr.write(`${(err as Error).stack}\n`);
+    process.exitCode = 1;
   } finally {
-    await state.close();
+    await state?.close();
     await stopAll();
   }
+  process.exit();
 }
 
 // A command of its own, and a module the full benchmark imports (scenarios/instructions.ts).
 if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) {
-  main().then(() => process.exit(0), async (err) => { process.stderr.write(`${(err as Error).stack}\n`); await stopAll(); process.exit(1); });
+  void runPerRequestCommand(measure, { warmup: WARMUP, requests: COUNTED }, 'instructions per request');
 }
