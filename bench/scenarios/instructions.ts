@@ -1,7 +1,7 @@
 // Instructions per proxied request (issue 7, CPU per request) counted by callgrind, and heap bytes
 // allocated per request (added latency: how often a scavenge holds requests up), for the gateway and
 // the bare Node relay in the full run: figures that do not move with the machine's load the way time
-// does (bench/instructions.ts, bench/allocations.ts). Full mode only: they take about two minutes.
+// does (bench/instructions.ts, bench/allocations.ts). Full mode only: they take about half a minute.
 import { startGatewayState, startUpstream, workDir } from '../field.js';
 import { COUNTED as ALLOC_COUNTED, WARMUP as ALLOC_WARMUP, measureAllocations } from '../allocations.js';
 import { COUNTED, WARMUP, hasCallgrind, launchers, measure } from '../instructions.js';
