@@ -133,13 +133,14 @@ const payload = Buffer.alloc(64, 'm');
 /** A masked client frame (RFC 6455 5.3; a zero key leaves the payload as it is): binary, FIN, 64 bytes. */
 const pacedFrame = Buffer.concat([Buffer.from([0x82, 0x80 | payload.length, 0, 0, 0, 0]), payload]);
 
-interface RawWs { socket: net.Socket; sentAt: number[]; pending: Buffer | undefined }
+/** `sentAt` and `counted` in step: a message's write time, and whether it was due after the warm-up. */
+interface RawWs { socket: net.Socket; sentAt: number[]; counted: boolean[]; pending: Buffer | undefined }
 
 /** A WebSocket on a raw socket: the handshake by hand, then frames read by `onMessage`. */
 function openRawWs(onMessage: (c: RawWs) => void): Promise<RawWs> {
   return new Promise((resolve, reject) => {
     const socket = net.connect({ host: '127.0.0.1', port: job.port, noDelay: true });
-    const c: RawWs = { socket, sentAt: [], pending: undefined };
+    const c: RawWs = { socket, sentAt: [], counted: [], pending: undefined };
     // Host and Origin as the ws client sent them before (a browser on that page sends the same pair).
     let head = `GET /echo HTTP/1.1\r\nhost: ${job.host}:${job.port}\r\nupgrade: websocket\r\nconnection: Upgrade\r\nsec-websocket-key: ${randomBytes(16).toString('base64')}\r\nsec-websocket-version: 13\r\norigin: http://${job.host}:${job.port}\r\n`;
     for (const [k, v] of Object.entries(job.headers)) head += `${k}: ${v}\r\n`;
@@ -196,9 +197,10 @@ async function wsPaced() {
   let outstanding = 0;
   const echoed = (c: RawWs) => {
     const at = c.sentAt.shift();
+    const counted = c.counted.shift();
     if (at === undefined) return;
     outstanding--;
-    if (at - t0 >= warmupUs) rtt.push(nowUs() - at);
+    if (counted) rtt.push(nowUs() - at);
   };
   const sockets: RawWs[] = [];
   let failed = 0;
@@ -217,6 +219,8 @@ async function wsPaced() {
         const now = nowUs();
         while (sent < total && t0 + (sent * 1e6) / rate <= now) {
           const c = sockets[sent % sockets.length];
+          // By when it was due, not when it went: a late ticker must not move warm-up messages into the count.
+          c.counted.push((sent * 1e6) / rate >= warmupUs);
           outstanding++;
           sent++;
           c.sentAt.push(nowUs());
