@@ -112,6 +112,12 @@ export async function freePort(): Promise<number> {
 export const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 // ---------------------------------------------------------------- /proc
+/** Whether a process with this pid still runs (signal 0 checks without sending anything). */
+export function processAlive(pid: number | undefined): boolean {
+  if (pid === undefined) return false;
+  try { process.kill(pid, 0); return true; } catch { return false; }
+}
+
 const TICK_US = 1e6 / (Number(spawnSync('getconf', ['CLK_TCK']).stdout?.toString().trim()) || 100);
 
 /** The pid and all its descendants (nginx's master + worker, a gateway's children if any). */

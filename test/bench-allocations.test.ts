@@ -5,7 +5,7 @@ import t from 'tap';
 import { measureAllocations } from '../bench/allocations.js';
 import { startGatewayState, startUpstream, workDir } from '../bench/field.js';
 import { launchers } from '../bench/instructions.js';
-import { processTree, stopAll } from '../bench/lib.js';
+import { processAlive, processTree, stopAll } from '../bench/lib.js';
 
 for (const name of ['node-relay', 'gateway'] as const) {
   t.test(`${name}: bytes per request come back, and the process sampled is gone after`, async (t) => {
@@ -19,8 +19,6 @@ for (const name of ['node-relay', 'gateway'] as const) {
     // of startup, or of nothing, would be far off either way.
     t.ok(perRequest > 200 && perRequest < 200_000, `${Math.round(perRequest)} bytes per request`);
     t.same(processTree(pid!).filter((p) => p !== pid), [], 'no children left');
-    let alive = true;
-    try { process.kill(pid!, 0); } catch { alive = false; }
-    t.notOk(alive, 'the sampled process is stopped');
+    t.notOk(processAlive(pid), 'the sampled process is stopped');
   });
 }

@@ -6,18 +6,8 @@ import t from 'tap';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { startBenchRedis, stopAll } from '../bench/lib.js';
+import { processAlive as alive, startBenchRedis, stopAll } from '../bench/lib.js';
 import { startGatewayChild } from '../bench/scenarios/b-util.js';
-
-function alive(pid: number | undefined): boolean {
-  if (pid === undefined) return false;
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-}
 
 t.test('stopAll stops the gateway children and the redis-server a scenario left running', async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'bench-cleanup-'));

@@ -7,7 +7,7 @@ import { rmSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { addTarget, type ScenarioResult, type Target, type Figure } from '../result.js';
-import { LOAD_CPU, cpuMicros, loadAverage, median, round, runToEnd, stopAll } from '../lib.js';
+import { LOAD_CPU, cpuMicros, loadAverage, median, processAlive, round, runToEnd, stopAll } from '../lib.js';
 import { startField, startLibraryProxy, workDir, type System } from '../field.js';
 
 const loadgen = join(dirname(fileURLToPath(import.meta.url)), '..', 'loadgen.js');
@@ -63,10 +63,6 @@ async function openLoop(s: System, seconds: number, rate: number): Promise<OpenR
 }
 
 const rotate = <T>(xs: T[], k: number) => xs.map((_, i) => xs[(i + k) % xs.length]);
-
-function processAlive(pid: number): boolean {
-  try { process.kill(pid, 0); return true; } catch { return false; }
-}
 
 export async function run(opts: { quick: boolean; log: (s: string) => void }): Promise<ScenarioResult> {
   const { log } = opts;
