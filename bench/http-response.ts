@@ -1,4 +1,16 @@
-// What the benchmark's raw HTTP clients (loadgen.ts, instructions.ts) read of a response.
+// What the benchmark's raw HTTP clients (loadgen.ts, instructions.ts) write, and read of a response.
+
+/** Header fields as head lines, each ending in CRLF. */
+export function fieldLines(headers: Record<string, string>): string {
+  let lines = '';
+  for (const [k, v] of Object.entries(headers)) lines += `${k}: ${v}\r\n`;
+  return lines;
+}
+
+/** The benchmark's request, GET / on a kept-alive connection, as the bytes written each time. */
+export function getRequest(host: string, headers: Record<string, string>): Buffer {
+  return Buffer.from(`GET / HTTP/1.1\r\nhost: ${host}\r\n${fieldLines(headers)}\r\n`, 'latin1');
+}
 
 /**
  * Whether a response is all here: true (a 200, whole), false (another status, whole), undefined

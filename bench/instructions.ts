@@ -13,7 +13,7 @@ import { join } from 'node:path';
 import { spawnSync } from 'node:child_process';
 import { pathToFileURL } from 'node:url';
 import { HOST, startGateway, startGatewayState, startLibraryProxy, startUpstream, workDir, type GatewayField, type System, type Upstream } from './field.js';
-import { responseComplete } from './http-response.js';
+import { getRequest, responseComplete } from './http-response.js';
 import { sleep, stopAll } from './lib.js';
 
 const CONNECTIONS = 10;
@@ -30,9 +30,7 @@ export const COUNTED = 5_000;
  * and count made V8 deoptimize and re-optimize the stream functions inside the count.
  */
 export async function openClient(port: number, headers: Record<string, string>) {
-  let head = `GET / HTTP/1.1\r\nhost: ${HOST}\r\n`;
-  for (const [k, v] of Object.entries(headers)) head += `${k}: ${v}\r\n`;
-  const request = Buffer.from(`${head}\r\n`, 'latin1');
+  const request = getRequest(HOST, headers);
   let left = 0;
   let finished: (() => void) | undefined;
   let failed: ((err: Error) => void) | undefined;

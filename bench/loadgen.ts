@@ -5,7 +5,8 @@ import { randomBytes } from 'node:crypto';
 import net, { type LookupFunction } from 'node:net';
 import { createInterface } from 'node:readline';
 import WebSocket from 'ws';
-import { responseComplete } from './http-response.js';
+import { clientFrame } from '../gateway/ws-frames.js';
+import { fieldLines, getRequest, responseComplete } from './http-response.js';
 
 interface Job {
   mode: 'open' | 'ws-paced' | 'ws-closed' | 'ws-idle';
@@ -46,9 +47,7 @@ const done = (r: unknown) => { process.stdout.write(`${JSON.stringify(r)}\n`); p
 async function openLoop() {
   const rate = job.rate ?? 1000;
   const warmupUs = (job.warmupMs ?? 0) * 1000;
-  let head = `GET / HTTP/1.1\r\nhost: ${job.host}\r\n`;
-  for (const [k, v] of Object.entries(job.headers)) head += `${k}: ${v}\r\n`;
-  const request = Buffer.from(`${head}\r\n`, 'latin1');
+  const request = getRequest(job.host, job.headers);
   const lat: number[] = [];
   let errors = 0;
   let sent = 0;
@@ -130,8 +129,8 @@ function openSockets(n: number, parallel: number): Promise<{ sockets: WebSocket[
 
 const payload = Buffer.alloc(64, 'm');
 
-/** A masked client frame (RFC 6455 5.3; a zero key leaves the payload as it is): binary, FIN, 64 bytes. */
-const pacedFrame = Buffer.concat([Buffer.from([0x82, 0x80 | payload.length, 0, 0, 0, 0]), payload]);
+/** A binary message as a client sends it (masked, FIN), prepared once. */
+const pacedFrame = clientFrame(0x2, payload);
 
 /** `sentAt` and `counted` in step: a message's write time, and whether it was due after the warm-up. */
 interface RawWs { socket: net.Socket; sentAt: number[]; counted: boolean[]; pending: Buffer | undefined }
@@ -142,9 +141,7 @@ function openRawWs(onMessage: (c: RawWs) => void): Promise<RawWs> {
     const socket = net.connect({ host: '127.0.0.1', port: job.port, noDelay: true });
     const c: RawWs = { socket, sentAt: [], counted: [], pending: undefined };
     // Host and Origin as the ws client sent them before (a browser on that page sends the same pair).
-    let head = `GET /echo HTTP/1.1\r\nhost: ${job.host}:${job.port}\r\nupgrade: websocket\r\nconnection: Upgrade\r\nsec-websocket-key: ${randomBytes(16).toString('base64')}\r\nsec-websocket-version: 13\r\norigin: http://${job.host}:${job.port}\r\n`;
-    for (const [k, v] of Object.entries(job.headers)) head += `${k}: ${v}\r\n`;
-    socket.write(`${head}\r\n`);
+    socket.write(`GET /echo HTTP/1.1\r\nhost: ${job.host}:${job.port}\r\nupgrade: websocket\r\nconnection: Upgrade\r\nsec-websocket-key: ${randomBytes(16).toString('base64')}\r\nsec-websocket-version: 13\r\norigin: http://${job.host}:${job.port}\r\n${fieldLines(job.headers)}\r\n`);
     let text = '';
     const timer = setTimeout(() => { socket.destroy(); reject(new Error('handshake timeout')); }, 15_000);
     const onHandshake = (d: Buffer) => {
@@ -174,7 +171,7 @@ function readFrames(c: RawWs, onMessage: (c: RawWs) => void) {
     if (length === 126) { if (b.length < 4) break; length = b.readUInt16BE(2); at = 4; } else if (length === 127) { c.socket.destroy(); return; }
     if (b.length < at + length) break;
     const opcode = b[0] & 0x0f;
-    if (opcode === 0x9) c.socket.write(Buffer.concat([Buffer.from([0x8a, 0x80 | length, 0, 0, 0, 0]), b.subarray(at, at + length)]));
+    if (opcode === 0x9) c.socket.write(clientFrame(0xa, b.subarray(at, at + length)));
     else if (opcode < 0x8) onMessage(c);
     b = b.subarray(at + length);
   }

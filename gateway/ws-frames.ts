@@ -74,7 +74,7 @@ export function serverFrame(opcode: number, payload: Buffer = Buffer.alloc(0)): 
   return Buffer.concat([Buffer.from([0x80 | opcode, payload.length]), payload]);
 }
 
-/** A control frame as a client sends it (masked with a fresh key, RFC 6455 5.3). */
+/** A frame as a client sends it (masked with a fresh key, RFC 6455 5.3), FIN set, payload under 126 bytes. */
 export function clientFrame(opcode: number, payload: Buffer = Buffer.alloc(0)): Buffer {
   const mask = randomBytes(4);
   const masked = Buffer.alloc(payload.length);
