@@ -14,7 +14,7 @@ import { freePort, sleep } from './lib.js';
 export const WARMUP = 10_000;
 export const COUNTED = 5_000;
 /** Mean bytes between samples; 128 gives about 200,000 samples over 5,000 gateway requests. */
-const SAMPLING_INTERVAL = 128;
+export const SAMPLING_INTERVAL = 128;
 
 interface ProfileNode { callFrame: { functionName: string; url: string; lineNumber: number }; selfSize: number; children: ProfileNode[] }
 

@@ -3,7 +3,7 @@
 // the bare Node relay in the full run: figures that do not move with the machine's load the way time
 // does (bench/instructions.ts, bench/allocations.ts). Full mode only: they take about half a minute.
 import { startGatewayState, startUpstream, workDir } from '../field.js';
-import { COUNTED as ALLOC_COUNTED, WARMUP as ALLOC_WARMUP, measureAllocations } from '../allocations.js';
+import { COUNTED as ALLOC_COUNTED, SAMPLING_INTERVAL, WARMUP as ALLOC_WARMUP, measureAllocations } from '../allocations.js';
 import { COUNTED, WARMUP, hasCallgrind, launchers, measure } from '../instructions.js';
 import { round } from '../lib.js';
 import type { ScenarioResult } from '../result.js';
@@ -11,7 +11,7 @@ import type { ScenarioResult } from '../result.js';
 const TITLE = '1 instructions and heap allocated per request';
 
 export async function run(opts: { quick: boolean; log: (s: string) => void }): Promise<ScenarioResult> {
-  if (opts.quick) return { scenario: TITLE, systems: [], targets: [], notes: ['full mode only (npm run bench -- --full), or on its own: node dist/bench/instructions.js'] };
+  if (opts.quick) return { scenario: TITLE, systems: [], targets: [], notes: ['full mode only (npm run bench -- --full), or on their own: node dist/bench/instructions.js, node dist/bench/allocations.js'] };
   if (!hasCallgrind()) return { scenario: TITLE, systems: [], targets: [], notes: ['not run: valgrind missing (apt-get install -y valgrind)'] };
   const up = await startUpstream();
   const state = await startGatewayState(up, workDir());
@@ -29,7 +29,7 @@ export async function run(opts: { quick: boolean; log: (s: string) => void }): P
     return {
       scenario: TITLE, systems, targets: [],
       notes: [`callgrind (valgrind), all of the process's threads, ${COUNTED.toLocaleString('en')} requests counted after ${WARMUP.toLocaleString('en')} on warm keep-alive connections (10, one request at a time each); the kernel's share (system time) is not counted`,
-        `heap allocated: V8's sampling heap profiler (a sample about every 128 bytes, freed objects' samples kept) over ${ALLOC_COUNTED.toLocaleString('en')} requests after ${ALLOC_WARMUP.toLocaleString('en')} (bench/allocations.ts); the young generation fills about every MB, and each scavenge holds up the requests that arrive meanwhile`],
+        `heap allocated: V8's sampling heap profiler (a sample about every ${SAMPLING_INTERVAL} bytes, freed objects' samples kept) over ${ALLOC_COUNTED.toLocaleString('en')} requests after ${ALLOC_WARMUP.toLocaleString('en')} (bench/allocations.ts); the young generation fills about every MB, and each scavenge holds up the requests that arrive meanwhile`],
     };
   } finally {
     await state.close();
