@@ -296,10 +296,13 @@ class Lane implements ResponseSink, ParserEvents, LaneMemo {
     this.status = status;
   }
 
-  /** `chunk` is valid for this call only (ResponseSink): what goes to the socket is a copy. */
-  data(chunk: Buffer): boolean {
+  /** `chunk` is valid for this call only unless `own` (ResponseSink): any other chunk is copied before it is written. */
+  data(chunk: Buffer, own = false): boolean {
     const held = this.heldHead;
-    if (held === undefined) return this.chunked ? writeChunk(this.socket, Buffer.from(chunk)) : this.socket.write(Buffer.from(chunk));
+    if (held === undefined) {
+      const kept = own ? chunk : Buffer.from(chunk);
+      return this.chunked ? writeChunk(this.socket, kept) : this.socket.write(kept);
+    }
     this.heldHead = undefined;
     const ok = writeJoined(this.socket, held, chunk, this.chunked);
     this.headSent();

@@ -102,9 +102,9 @@ class ResponseWriter implements ResponseSink {
     this.res.writeHead(status, statusText, responseFields(fields));
     this.hooks.onResponse?.(status);
   }
-  /** `chunk` is valid for this call only (ResponseSink): node:http may keep what it is given, so a copy. */
-  data(chunk: Buffer): boolean {
-    if (this.res.write(Buffer.from(chunk))) return true;
+  /** `chunk` is valid for this call only unless `own` (ResponseSink): node:http may keep what it is given. */
+  data(chunk: Buffer, own = false): boolean {
+    if (this.res.write(own ? chunk : Buffer.from(chunk))) return true;
     this.res.once('drain', () => this.exchange?.resume());
     return false;
   }

@@ -24,11 +24,12 @@ export interface UpstreamRequest {
 export interface ResponseSink {
   head(status: number, statusText: string, fields: string[], framing: Framing): void;
   /**
-   * Body bytes, valid for this call only: they are in the pool's read buffer, which the next read
-   * overwrites. A sink that passes them on asynchronously (a write that may queue) copies them.
-   * False: stop reading the upstream until exchange.resume().
+   * Body bytes, valid for this call only unless `own`: they are in the pool's read buffer, which the
+   * next read overwrites, and a sink that passes them on asynchronously (a write that may queue) copies
+   * them. `own`: a Buffer of their own (node's parser copies chunked and close-delimited bodies), kept as
+   * it is. False: stop reading the upstream until exchange.resume().
    */
-  data(chunk: Buffer): boolean;
+  data(chunk: Buffer, own?: boolean): boolean;
   /** One read from the upstream has been passed on: anything held back to join later bytes goes now. */
   flush(): void;
   end(): void;
@@ -196,7 +197,8 @@ class Conn implements ParserEvents {
   awaitResponse(): void { this.deadline = Date.now() + this.owner.opts.responseTimeoutMs; }
 
   // ---------------------------------------------------------------- the response parser's events
-  onBody(chunk: Buffer): void { const ex = this.exchange; if (ex && !ex.sink.data(chunk)) this.socket.pause(); }
+  // Node's parser hands each body chunk over as a copy of its own: the sink need not copy it again.
+  onBody(chunk: Buffer): void { const ex = this.exchange; if (ex && !ex.sink.data(chunk, true)) this.socket.pause(); }
   onMessageComplete(): void {
     if (this.interim) { this.interim = false; return; }
     this.owner.finish(this);
