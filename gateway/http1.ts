@@ -16,6 +16,7 @@ import type { Socket } from 'node:net';
 import type { Endpoint } from '../provisioner/contract.js';
 import { isDateField, isHopByHop, namedInConnection, scanRequest, type RequestScan } from './http-fields.js';
 import { METHODS, PARSE_ON, STOP_AFTER_HEAD, createParser, releaseParser, restartParser, type Parser, type ParserEvents } from './llhttp.js';
+import { pushCopy, readIntoBuffer } from './socket-reads.js';
 import { LAST_CHUNK, writeChunk, type BodyMode, type Exchange, type Framing, type ResponseSink, type UpstreamFailure, type UpstreamPool } from './upstream-pool.js';
 
 export interface LaneRequest {
@@ -79,6 +80,8 @@ export interface Http1Options {
  * never see a field (a Host, a cookie) that node:http's view of the same request would not have.
  */
 const LANE_MAX_FIELDS = 100;
+/** Bytes a lane holds behind a pipelined request before it stops reading (Node 20 sockets buffered 16 KB). */
+const STASH_LIMIT = 64 * 1024;
 /** How often the timeouts are checked: a limit is enforced within this much of passing. */
 const SWEEP_MS = 1000;
 
@@ -179,7 +182,8 @@ class Lane implements ResponseSink, ParserEvents, LaneMemo {
     this.parser = createParser('request', front.opts.maxHeaderSize, this);
     socket[kLane] = this;
     socket.setNoDelay(true);
-    socket.on('data', onData);
+    // Reads into the front's buffer where Node allows it (socket-reads.ts), else as 'data' events.
+    if (!readIntoBuffer(socket, front.readBuffer, onRead)) socket.on('data', onData);
     socket.on('drain', onDrain);
     socket.on('close', onClose);
     socket.on('end', onEnd);
@@ -208,6 +212,7 @@ class Lane implements ResponseSink, ParserEvents, LaneMemo {
   drained(): void { this.exchange?.resume(); }
 
   read(d: Buffer): void {
+    if (this.stash) { this.holdBack(d); return; }
     // node:http's headersTimeout and requestTimeout count from the request's start, so a client
     // dribbling a byte at a time does not reset them (edge.test: slowloris).
     if (this.phase === 'head' && Date.now() - this.began > this.front.opts.headersTimeoutMs) { this.reject('ERR_HTTP_REQUEST_TIMEOUT'); return; }
@@ -224,16 +229,28 @@ class Lane implements ResponseSink, ParserEvents, LaneMemo {
     this.stopHead = '';
     if (stop === 'handover') {
       // Where this request ends in the client's byte stream: what the socket has read, less what waits
-      // unread in its buffer (a stash pauses it) and what came behind this head in the lane's bytes.
+      // unread in its buffer (reading 'data' events, a paused socket's) and what came behind this head
+      // in the lane's bytes (a replayed stash's included).
       const socket = this.socket;
       const body = this.handoverBodyBytes;
       const ends = body !== undefined ? socket.bytesRead - socket.readableLength - (rest?.length ?? 0) + body : undefined;
       this.front.handOver(this, bytes, ends);
       return;
     }
-    // A pipelined request (RFC 9112 9.3.2) waits, unread, for the response before it.
+    // A pipelined request (RFC 9112 9.3.2) waits, unparsed, for the response before it.
     this.stash = bytes;
-    this.socket.pause();
+    this.holdBack();
+  }
+
+  /**
+   * Bytes behind a stashed request join it, unparsed, until STASH_LIMIT: a request that comes while
+   * one is held back is then known to be there when the held one is handed over, and node:http keeps
+   * the connection for it (releasesAfter). Past the limit the socket stops reading.
+   */
+  holdBack(more?: Buffer): void {
+    const stash = more ? Buffer.concat([this.stash!, more]) : this.stash!;
+    this.stash = stash;
+    if (stash.length >= STASH_LIMIT) this.socket.pause();
   }
 
   onHeadersComplete(major: number, minor: number, fields: string[], methodNo: number, url: string, _s: number, _t: string, upgrade: boolean, keepAlive: boolean): number {
@@ -406,6 +423,11 @@ class Lane implements ResponseSink, ParserEvents, LaneMemo {
 
 export class Http1Front {
   private readonly lanes = new Set<Lane>();
+  /**
+   * Every lane's reads land here (socket-reads.ts): one read runs at a time, and what outlives it is
+   * copied (llhttp's strings and body chunks are its own; a stash or a handover is concatenated).
+   */
+  readonly readBuffer = Buffer.allocUnsafe(64 * 1024);
   private readonly nodeConnection: (socket: Socket) => void;
   draining = false;
 
@@ -497,6 +519,13 @@ const kLane = Symbol('http1 lane');
 const kReturns = Symbol('http1 returns to the lane');
 type LaneSocket = Socket & { [kLane]?: Lane; [kReturns]?: number };
 function onData(this: LaneSocket, d: Buffer) { this[kLane]?.read(d); }
+/** A read into the front's buffer: the lane's, or once the connection has left it, node:http's (a copy). */
+function onRead(this: LaneSocket, bytes: number, buffer: Buffer): boolean {
+  const lane = this[kLane];
+  if (!lane) return pushCopy(this, bytes, buffer);
+  lane.read(buffer.subarray(0, bytes));
+  return true;
+}
 function onDrain(this: LaneSocket) { this[kLane]?.drained(); }
 function onClose(this: LaneSocket) { this[kLane]?.closed(); }
 function onEnd(this: LaneSocket) { this[kLane]?.ended(); }

@@ -222,6 +222,23 @@ t.test('warm lane', async (t) => {
     t.ok(r.closed, 'closed after the Connection: close one');
   });
 
+  t.test('a long pipeline behind a slow response: every request answered, in order, connection kept', async (t) => {
+    // The lane holds what comes behind a held-back request and stops reading past its limit (64 KB,
+    // http1.ts STASH_LIMIT); reading must start again once the held request is answered.
+    await registerRunning(gw.store, 'raw', up.port);
+    await get('/warm-again');
+    const c = `Host: ${host}\r\nCookie: ${cookie}\r\n`;
+    const paths = Array.from({ length: 1500 }, (_, i) => `/q${String(i).padStart(4, '0')}`);
+    const pipeline = `GET /slow HTTP/1.1\r\n${c}\r\n${paths.map((p) => `GET ${p} HTTP/1.1\r\n${c}\r\n`).join('')}`;
+    t.ok(pipeline.length > 3 * 64 * 1024, `more than the limit behind the slow one (${pipeline.length} bytes)`);
+    const b = await openClient(t, gw.port);
+    b.socket.write(pipeline);
+    await until(() => b.text.endsWith('/q1499') || b.closed, 10_000);
+    const bodies = [...b.text.matchAll(/\r\n\r\n(\/[a-z0-9]+)/g)].map((m) => m[1]);
+    t.same(bodies, ['/slow', ...paths], 'every one answered, in the order asked');
+    t.notOk(b.closed, 'the connection stays open');
+  });
+
   t.test('a connection handed to node:http for one request comes back to the lane', async (t) => {
     // Behind a load balancer every connection carries many browsers' requests: one starting page or
     // sign-in must not move a connection off the lane for good.
