@@ -17,6 +17,7 @@ import type { Endpoint } from '../provisioner/contract.js';
 import { isDateField, isHopByHop, namedInConnection, scanRequest, type RequestScan } from './http-fields.js';
 import { METHODS, PARSE_ON, STOP_AFTER_HEAD, createParser, releaseParser, restartParser, type Parser, type ParserEvents } from './llhttp.js';
 import { pushCopy, readIntoBuffer } from './socket-reads.js';
+import type { SimpleHead } from './response-head.js';
 import { LAST_CHUNK, writeChunk, type BodyMode, type Exchange, type Framing, type ResponseSink, type UpstreamFailure, type UpstreamPool } from './upstream-pool.js';
 
 export interface LaneRequest {
@@ -174,6 +175,9 @@ class Lane implements ResponseSink, ParserEvents, LaneMemo {
   responseStarted = false;
   /** The response's head, waiting for its body's first bytes or the end of the upstream's read. */
   heldHead: string | undefined;
+  /** Or a simple head's bytes (passHead), in the pool's read buffer: valid until that read returns. */
+  heldBytes: Buffer | undefined;
+  heldSimple: SimpleHead | undefined;
   status = 0;
   chunked = false;
   clientEnded = false;
@@ -313,8 +317,17 @@ class Lane implements ResponseSink, ParserEvents, LaneMemo {
     this.status = status;
   }
 
+  passHead(status: number, bytes: Buffer, head: SimpleHead): void {
+    this.chunked = false;
+    this.responseStarted = true;
+    this.heldBytes = bytes;
+    this.heldSimple = head;
+    this.status = status;
+  }
+
   /** `chunk` is valid for this call only unless `own` (ResponseSink): any other chunk is copied before it is written. */
   data(chunk: Buffer, own = false): boolean {
+    if (this.heldBytes !== undefined) return this.writeSimple(chunk);
     const held = this.heldHead;
     if (held === undefined) {
       const kept = own ? chunk : Buffer.from(chunk);
@@ -327,6 +340,7 @@ class Lane implements ResponseSink, ParserEvents, LaneMemo {
   }
 
   flush(): void {
+    if (this.heldBytes !== undefined) { this.writeSimple(undefined); return; }
     const held = this.heldHead;
     if (held === undefined) return;
     this.heldHead = undefined;
@@ -335,6 +349,7 @@ class Lane implements ResponseSink, ParserEvents, LaneMemo {
   }
 
   end(): void {
+    if (this.heldBytes !== undefined) this.writeSimple(undefined);
     const held = this.heldHead;
     this.heldHead = undefined;
     const last = (held ?? '') + (this.chunked ? LAST_CHUNK : '');
@@ -342,6 +357,34 @@ class Lane implements ResponseSink, ParserEvents, LaneMemo {
     if (held !== undefined) this.headSent();
     this.responseDone = true;
     this.settle();
+  }
+
+  /**
+   * A simple head as the workspace sent it, less its hop-by-hop lines, with ours (and a Date if it had
+   * none) before the blank line, and the body's first bytes: one copy out of the read buffer, one write.
+   */
+  writeSimple(body: Buffer | undefined): boolean {
+    const bytes = this.heldBytes!;
+    const head = this.heldSimple!;
+    this.heldBytes = undefined;
+    this.heldSimple = undefined;
+    const ours = head.dated ? this.plan!.responseFields : `date: ${httpDate()}\r\n${this.plan!.responseFields}`;
+    const { drop } = head;
+    let dropped = 0;
+    for (let i = 0; i < drop.length; i += 2) dropped += drop[i + 1] - drop[i];
+    const fieldsEnd = head.end - 2;
+    const out = Buffer.allocUnsafe(fieldsEnd - dropped + ours.length + 2 + (body?.length ?? 0));
+    let at = 0;
+    let from = 0;
+    for (let i = 0; i < drop.length; i += 2) { at += bytes.copy(out, at, from, drop[i]); from = drop[i + 1]; }
+    at += bytes.copy(out, at, from, fieldsEnd);
+    at += out.write(ours, at, 'latin1');
+    out[at++] = 13;
+    out[at++] = 10;
+    if (body) body.copy(out, at);
+    const ok = this.socket.write(out);
+    this.headSent();
+    return ok;
   }
 
   /** Metrics and logs once the head is on its way: the client waits on the write, not on them. */

@@ -7,6 +7,7 @@ import net from 'node:net';
 import type { Endpoint } from '../provisioner/contract.js';
 import type { RequestBody } from './http-fields.js';
 import { PARSE_ON, SKIP_BODY, createParser, releaseParser, restartParser, stopForBody, type Parser, type ParserEvents } from './llhttp.js';
+import { scanSimpleHead, type SimpleHead } from './response-head.js';
 
 export type BodyMode = RequestBody;
 /** How the response's body is delimited on the upstream connection (RFC 9112 6.3). */
@@ -23,6 +24,12 @@ export interface UpstreamRequest {
 /** Where one response goes. Calls arrive in order: head, data*, end; or fail at any point. */
 export interface ResponseSink {
   head(status: number, statusText: string, fields: string[], framing: Framing): void;
+  /**
+   * Instead of head(), where the sink has it, for a simple head (response-head.ts: a Content-Length
+   * body): the head is `bytes[0, head.end)`, in the pool's read buffer, so it is valid only until the
+   * sink's next data(), flush() or end(), one of which follows before the read returns.
+   */
+  passHead?(status: number, bytes: Buffer, head: SimpleHead): void;
   /**
    * Body bytes, valid for this call only unless `own`: they are in the pool's read buffer, which the
    * next read overwrites, and a sink that passes them on asynchronously (a write that may queue) copies
@@ -140,6 +147,10 @@ class Conn implements ParserEvents {
    * instructions (bench/instructions.ts); a length is all there is to count.
    */
   bodyLeft: number | undefined;
+  /** The parser has seen none of the current response: its head may be read by scanSimpleHead. */
+  fresh = true;
+  /** The parser stopped after a head (stopForBody) and must be restarted for the next response. */
+  stopped = false;
   timedOut = false;
   /** When the pool's sweep closes this connection (Date.now() ms; 0: never): connecting, awaiting a head, or idle. */
   deadline = 0;
@@ -170,10 +181,26 @@ class Conn implements ParserEvents {
     if (!ex) { this.socket.destroy(); return; }
     this.gotBytes = true;
     if (this.bodyLeft !== undefined) { this.countBody(ex, d); return; }
+    if (this.fresh && ex.sink.passHead && ex.request.method !== 'HEAD') {
+      const simple = scanSimpleHead(d, this.owner.maxHeaderSize);
+      if (simple) { this.passHead(ex, d, simple); return; }
+    }
+    this.fresh = false;
     const r = this.parser.execute(d);
     if (typeof r !== 'number') this.socket.destroy(r);
     else if (this.bodyLeft !== undefined) { this.countBody(ex, r < d.length ? d.subarray(r) : undefined); return; }
     ex.sink.flush();
+  }
+
+  /** A simple head (response-head.ts) goes to the sink as its bytes; llhttp sees nothing of this response. */
+  passHead(ex: Exchange, d: Buffer, head: SimpleHead): void {
+    this.deadline = 0;
+    this.keepAlive = true;
+    this.framing = 'length';
+    ex.headSeen = true;
+    ex.sink.passHead!(head.status, d, head);
+    this.bodyLeft = head.contentLength;
+    this.countBody(ex, head.end < d.length ? d.subarray(head.end) : undefined);
   }
 
   /** Body bytes of a Content-Length response, passed on as they come; the response ends with the last. */
@@ -188,7 +215,8 @@ class Conn implements ParserEvents {
     }
     if (this.bodyLeft! > 0) { ex.sink.flush(); return; }
     this.bodyLeft = undefined;
-    restartParser(this.parser, 'response', this.owner.maxHeaderSize);
+    if (this.stopped) { this.stopped = false; restartParser(this.parser, 'response', this.owner.maxHeaderSize); }
+    this.fresh = true;
     this.onMessageComplete();
     if (extra) this.socket.destroy();
   }
@@ -201,11 +229,13 @@ class Conn implements ParserEvents {
   onBody(chunk: Buffer): void { const ex = this.exchange; if (ex && !ex.sink.data(chunk, true)) this.socket.pause(); }
   onMessageComplete(): void {
     if (this.interim) { this.interim = false; return; }
+    this.fresh = true;
     this.owner.finish(this);
   }
   onHeadersComplete(_maj: number, _min: number, fields: string[], _m: number, _u: string, status: number, statusText: string, upgrade: boolean, keepAlive: boolean): number {
     const ex = this.exchange;
-    if (!ex) return PARSE_ON;
+    // A response to nothing asked (bytes behind the last one): the connection cannot be trusted again.
+    if (!ex) { this.socket.destroy(); return PARSE_ON; }
     // 1xx (RFC 9110 15.2) are interim: the final response follows. A 101 was never asked for.
     if (status < 200) {
       if (status === 101 || upgrade) { this.socket.destroy(new Error('unexpected 101 from upstream')); return PARSE_ON; }
@@ -222,6 +252,7 @@ class Conn implements ParserEvents {
     if (head) return SKIP_BODY;
     if (body.length === undefined) return PARSE_ON;
     this.bodyLeft = body.length;
+    this.stopped = true;
     return stopForBody(this.parser);
   }
 }

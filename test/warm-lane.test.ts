@@ -41,6 +41,9 @@ async function rawUpstream() {
       case '/close': socket.end('HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n\r\nbody until the close'); return;
       case '/hints': socket.write('HTTP/1.1 103 Early Hints\r\nlink: </a.css>; rel=preload\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nfinal'); return;
       case '/nodate': socket.write('HTTP/1.1 200 OK\r\ncontent-length: 2\r\nx-up: 1\r\n\r\nok'); return;
+      // Hop-by-hop fields in a head the lane passes on as its bytes (response-head.ts), and in one it leaves to llhttp.
+      case '/hop': socket.write('HTTP/1.1 200 OK\r\nConnection:  Keep-Alive\r\nkeep-alive: timeout=5\r\nUpgrade: h2c\r\nx-kept:  spaced  \r\nContent-Length: 3\r\n\r\nhop'); return;
+      case '/hop-named': socket.write('HTTP/1.1 200 OK\r\nConnection: keep-alive, x-private\r\nx-private: 1\r\nx-public: 2\r\nContent-Length: 2\r\n\r\nok'); return;
       case '/chunked': socket.write('HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ndate: Mon, 01 Jan 2024 00:00:00 GMT\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n'); return;
       case '/empty': socket.write('HTTP/1.1 204 No Content\r\n\r\n'); return;
       case '/head': socket.write(`HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\n${method === 'HEAD' ? '' : 'x'.repeat(1000)}`); return;
@@ -139,6 +142,12 @@ t.test('warm lane', async (t) => {
     const nodate = await get('/nodate');
     t.ok(nodate.headers.date, 'Date added when the workspace sent none (RFC 9110 6.6.1)');
     t.equal(nodate.headers['x-up'], '1');
+
+    const hop = await get('/hop');
+    t.same([hop.body, hop.headers['x-kept'], hop.headers.connection, hop.headers['keep-alive'], hop.headers.upgrade], ['hop', 'spaced', undefined, undefined, undefined], 'hop-by-hop fields left out, the rest passed on');
+    t.ok(hop.headers.date && hop.headers['x-request-id'], 'Date and x-request-id added to a head passed on as its bytes');
+    const named = await get('/hop-named');
+    t.same([named.body, named.headers['x-public'], named.headers['x-private']], ['ok', '2', undefined], 'a field the Connection field names is left out too (RFC 9110 7.6.1)');
 
     const chunked = await get('/chunked');
     t.same([chunked.body, chunked.headers.date], ['abcde', 'Mon, 01 Jan 2024 00:00:00 GMT'], "chunks re-framed, the workspace's Date kept");
