@@ -28,12 +28,14 @@ type Handle = { useUserBuffer?(buffer: Buffer): void };
 /**
  * From now on the socket's reads land in `buffer` and go to `callback`; no 'data' events. pause() and
  * resume() still stop and start reading (net.Socket does so for onread sockets), and the end of input
- * still ends the readable side ('end'). false, and nothing changed, where this Node cannot.
+ * still ends the readable side ('end'). A socket that already reads into a buffer keeps that one and
+ * only its callback changes. false, and nothing changed, where this Node cannot.
  */
 export function readIntoBuffer(socket: Socket, buffer: Buffer, callback: ReadCallback): boolean {
   const handle = (socket as unknown as { _handle?: Handle })._handle;
   if (!fields || typeof handle?.useUserBuffer !== 'function') return false;
   const s = socket as unknown as Record<symbol, unknown>;
+  if (s[fields.buffer]) { s[fields.callback] = callback; return true; }
   s[fields.buffer] = buffer;
   s[fields.callback] = callback;
   s[fields.generator] = null;

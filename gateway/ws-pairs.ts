@@ -5,7 +5,9 @@
 // (issue 8). Not pipe(): its 18 closures and listener arrays were 2 KB of an idle WebSocket's
 // 11 KB of heap (bench/, idle memory per WebSocket).
 import type { IncomingMessage } from 'node:http';
+import { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
+import { readIntoBuffer } from './socket-reads.js';
 import type { Clock } from './clock.js';
 import type { UpgradeResponse } from './proxy.js';
 import { CLOSE, FrameTracker, GOING_AWAY, PING, clientFrame, closePayload, serverFrame } from './ws-frames.js';
@@ -86,6 +88,8 @@ interface Owner {
   hooks: WsPairHooks;
   closeGraceMs: number;
   pairs: Set<Pair>;
+  /** Reads of both sides land here where Node allows (socket-reads.ts); each is copied out before it is used. */
+  readBuffer: Buffer;
   emptied(): void;
 }
 
@@ -180,6 +184,29 @@ type Relayed = Duplex & { [kPair]?: Pair };
 // and nothing else listens for them.
 function onUpstreamData(this: Relayed, chunk: Buffer) { this[kPair]?.fromUpstream(chunk); }
 function onClientData(this: Relayed, chunk: Buffer) { this[kPair]?.fromClient(chunk); }
+// Reads into the pairs' buffer: a copy of its own for each chunk, which a write may keep queued.
+// Backpressure is the Direction's pause(), which stops such a socket's reads at once.
+function copyOf(bytes: number, buffer: Buffer): Buffer {
+  const chunk = Buffer.allocUnsafe(bytes);
+  buffer.copy(chunk, 0, 0, bytes);
+  return chunk;
+}
+function onUpstreamRead(this: Relayed, bytes: number, buffer: Buffer): boolean { this[kPair]?.fromUpstream(copyOf(bytes, buffer)); return true; }
+function onClientRead(this: Relayed, bytes: number, buffer: Buffer): boolean { this[kPair]?.fromClient(copyOf(bytes, buffer)); return true; }
+
+/**
+ * A side's bytes go to `deliver`: straight from its reads where Node allows it (socket-reads.ts:
+ * no ArrayBuffer per read, no Readable stream in between), else as 'data' events. What its readable
+ * side already holds (read before the relay started) goes first.
+ */
+function relayFrom(socket: Relayed, buffer: Buffer, onRead: (this: Relayed, bytes: number, buffer: Buffer) => boolean, onData: (this: Relayed, chunk: Buffer) => void) {
+  if (socket instanceof Socket && readIntoBuffer(socket, buffer, onRead)) {
+    const held = socket.readableLength > 0 ? socket.read() as Buffer | null : null;
+    if (held) onData.call(socket, held);
+    return;
+  }
+  socket.on('data', onData);
+}
 function onUpstreamEnd(this: Relayed) { const p = this[kPair]; if (p) { p.upstreamGone(); p.down.relayEnd(); } }
 function onClientEnd(this: Relayed) { this[kPair]?.up.relayEnd(); }
 function onUpstreamDown(this: Relayed) { const p = this[kPair]; if (p) { p.upstreamGone(); p.close(); } }
@@ -187,8 +214,8 @@ function onClientDown(this: Relayed) { this[kPair]?.close(); }
 /** The hook runs before the forwarder writes the 101: the bytes start moving on the next tick, after it. */
 function startRelay(p: Pair) {
   if (p.done) return;
-  p.upstream.on('data', onUpstreamData);
-  p.client.on('data', onClientData);
+  relayFrom(p.upstream, p.owner.readBuffer, onUpstreamRead, onUpstreamData);
+  relayFrom(p.client, p.owner.readBuffer, onClientRead, onClientData);
 }
 
 export function createWsPairs<O extends ClientObserver = ClientObserver>(opts: WsPairsOptions<O>) {
@@ -198,7 +225,7 @@ export function createWsPairs<O extends ClientObserver = ClientObserver>(opts: W
   const pairs = new Set<Pair>();
   let emptyWaiters: Array<() => void> = [];
   const owner: Owner = {
-    clock, hooks, closeGraceMs: opts.closeGraceMs ?? 1000, pairs,
+    clock, hooks, closeGraceMs: opts.closeGraceMs ?? 1000, pairs, readBuffer: Buffer.allocUnsafe(64 * 1024),
     emptied() { const w = emptyWaiters; emptyWaiters = []; for (const f of w) f(); },
   };
 
