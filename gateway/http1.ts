@@ -15,7 +15,7 @@ import type http from 'node:http';
 import type { Socket } from 'node:net';
 import type { Endpoint } from '../provisioner/contract.js';
 import { isDateField, isHopByHop, namedInConnection, scanRequest, type RequestScan } from './http-fields.js';
-import { METHODS, PARSE_ON, STOP_AFTER_HEAD, createParser, releaseParser, restartParser, type Parser, type ParserEvents } from './llhttp.js';
+import { METHODS, PARSE_ON, STOP_AFTER_HEAD, createParser, releaseParser, reportCompletion, restartParser, type Parser, type ParserEvents } from './llhttp.js';
 import { pushCopy, readIntoBuffer } from './socket-reads.js';
 import type { SimpleHead } from './response-head.js';
 import { LAST_CHUNK, writeChunk, type BodyMode, type Exchange, type Framing, type ResponseSink, type UpstreamFailure, type UpstreamPool } from './upstream-pool.js';
@@ -274,7 +274,10 @@ class Lane implements ResponseSink, ParserEvents, LaneMemo {
       this.handoverBodyBytes = scan ? knownBodyBytes(scan) : undefined;
       return this.stopAt('handover', method, url, major, minor, fields);
     }
-    this.requestDone = false;
+    // A request without a body is whole with its head: done now, and llhttp need not say so.
+    const whole = plan.kind === 'answer' || plan.body === 'none';
+    reportCompletion(this.parser, !whole);
+    this.requestDone = whole;
     this.responseDone = false;
     this.responseStarted = false;
     if (plan.kind === 'answer') { this.awaitAnswer(plan); return PARSE_ON; }
