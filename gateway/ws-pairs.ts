@@ -195,8 +195,8 @@ function onUpstreamRead(this: Relayed, bytes: number, buffer: Buffer): boolean {
 function onClientRead(this: Relayed, bytes: number, buffer: Buffer): boolean { this[kPair]?.fromClient(copyOf(bytes, buffer)); return true; }
 
 /**
- * A side's bytes go to `deliver`: straight from its reads where Node allows it (socket-reads.ts:
- * no ArrayBuffer per read, no Readable stream in between), else as 'data' events. What its readable
+ * A side's bytes go to its pair straight from its reads where Node allows it (socket-reads.ts: no
+ * ArrayBuffer per read, no Readable stream in between), else as 'data' events. What its readable
  * side already holds (read before the relay started) goes first.
  */
 function relayFrom(socket: Relayed, buffer: Buffer, onRead: (this: Relayed, bytes: number, buffer: Buffer) => boolean, onData: (this: Relayed, chunk: Buffer) => void) {
