@@ -87,3 +87,13 @@ t.test('pushCopy hands a stream reader bytes of its own, with backpressure', asy
   await until(() => total === big.length, 5000);
   t.equal(total, big.length, 'every byte once the reader reads again');
 });
+
+t.test('a socket with no handle to switch: false, and the socket is left as it was', async (t) => {
+  const socket = new net.Socket();
+  t.teardown(() => socket.destroy());
+  let called = false;
+  t.equal(readIntoBuffer(socket, Buffer.alloc(16), () => { called = true; return true; }), false, 'not switched');
+  const fields = Object.getOwnPropertySymbols(socket).filter((s) => s.description === 'kBuffer' || s.description === 'kBufferCb');
+  t.ok(fields.length > 0 && fields.every((s) => (socket as unknown as Record<symbol, unknown>)[s] === null), 'its user-buffer fields untouched');
+  t.notOk(called);
+});
