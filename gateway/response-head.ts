@@ -10,6 +10,7 @@
 // framing could be read two ways still meets llhttp's checks (RFC 9112 6.3, 11.2: a response the
 // gateway and the load balancer framed differently would let a workspace answer another student's
 // request on a connection the balancer shares).
+import { HOP_BY_HOP } from './http-fields.js';
 
 export interface SimpleHead {
   status: number;
@@ -46,29 +47,24 @@ function named(b: Buffer, at: number, length: number, name: Uint8Array): boolean
   return true;
 }
 const bytesOf = (name: string) => Uint8Array.from(name, (c) => c.charCodeAt(0));
-const TE = bytesOf('te');
-const TRAILER = bytesOf('trailer');
-const UPGRADE = bytesOf('upgrade');
 const KEEP_ALIVE = bytesOf('keep-alive');
-const PROXY_CONNECTION = bytesOf('proxy-connection');
-const PROXY_AUTHENTICATE = bytesOf('proxy-authenticate');
-const PROXY_AUTHORIZATION = bytesOf('proxy-authorization');
 const DATE = bytesOf('date');
 const CONNECTION = bytesOf('connection');
 const CONTENT_LENGTH = bytesOf('content-length');
 const TRANSFER_ENCODING = bytesOf('transfer-encoding');
+/**
+ * The lane's hop-by-hop names (http-fields.ts HOP_BY_HOP, which the llhttp path drops by) as bytes,
+ * by length. Transfer-Encoding never gets here: it ends the fast path first.
+ */
+const HOP_BY_HOP_BYTES: Uint8Array[][] = [];
+for (const name of HOP_BY_HOP) (HOP_BY_HOP_BYTES[name.length] ??= []).push(bytesOf(name));
 
-/** The hop-by-hop names a simple head may carry (http-fields.ts HOP_BY_HOP less those that end the fast path). */
+/** Whether the name at b[at, at + length) is hop-by-hop (RFC 9110 7.6.1): its line is not passed on. */
 function hopByHop(b: Buffer, at: number, length: number): boolean {
-  switch (length) {
-    case 2: return named(b, at, 2, TE);
-    case 7: return named(b, at, 7, TRAILER) || named(b, at, 7, UPGRADE);
-    case 10: return named(b, at, 10, KEEP_ALIVE);
-    case 16: return named(b, at, 16, PROXY_CONNECTION);
-    case 18: return named(b, at, 18, PROXY_AUTHENTICATE);
-    case 19: return named(b, at, 19, PROXY_AUTHORIZATION);
-    default: return false;
-  }
+  const names = length < HOP_BY_HOP_BYTES.length ? HOP_BY_HOP_BYTES[length] : undefined;
+  if (names === undefined) return false;
+  for (let k = 0; k < names.length; k++) if (named(b, at, length, names[k])) return true;
+  return false;
 }
 
 /**
@@ -114,7 +110,6 @@ export function scanSimpleHead(b: Buffer, maxSize: number): SimpleHead | undefin
         if (named(b, line, 10, CONNECTION)) {
           // Only the usual `keep-alive`: `close`, or fields named as the connection's own, go to llhttp.
           if (!isToken(b, value, valueEnd, KEEP_ALIVE)) return undefined;
-          drop.push(line, i);
         }
         break;
       case 14:
