@@ -49,7 +49,12 @@ export function readIntoBuffer(socket: Socket, buffer: Buffer, callback: ReadCal
  * net.Socket would. Its answer is push()'s: false stops reading until the reader wants more.
  */
 export function pushCopy(socket: Socket, bytes: number, buffer: Buffer): boolean {
+  return socket.push(copyOut(bytes, buffer));
+}
+
+/** A read's bytes, `buffer[0, bytes)`, in a Buffer of their own: for anything that outlives the read. */
+export function copyOut(bytes: number, buffer: Buffer): Buffer {
   const copy = Buffer.allocUnsafe(bytes);
   buffer.copy(copy, 0, 0, bytes);
-  return socket.push(copy);
+  return copy;
 }

@@ -7,7 +7,7 @@
 import type { IncomingMessage } from 'node:http';
 import { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
-import { readIntoBuffer } from './socket-reads.js';
+import { copyOut, readIntoBuffer } from './socket-reads.js';
 import type { Clock } from './clock.js';
 import type { UpgradeResponse } from './proxy.js';
 import { CLOSE, FrameTracker, GOING_AWAY, PING, clientFrame, closePayload, serverFrame } from './ws-frames.js';
@@ -186,13 +186,8 @@ function onUpstreamData(this: Relayed, chunk: Buffer) { this[kPair]?.fromUpstrea
 function onClientData(this: Relayed, chunk: Buffer) { this[kPair]?.fromClient(chunk); }
 // Reads into the pairs' buffer: a copy of its own for each chunk, which a write may keep queued.
 // Backpressure is the Direction's pause(), which stops such a socket's reads at once.
-function copyOf(bytes: number, buffer: Buffer): Buffer {
-  const chunk = Buffer.allocUnsafe(bytes);
-  buffer.copy(chunk, 0, 0, bytes);
-  return chunk;
-}
-function onUpstreamRead(this: Relayed, bytes: number, buffer: Buffer): boolean { this[kPair]?.fromUpstream(copyOf(bytes, buffer)); return true; }
-function onClientRead(this: Relayed, bytes: number, buffer: Buffer): boolean { this[kPair]?.fromClient(copyOf(bytes, buffer)); return true; }
+function onUpstreamRead(this: Relayed, bytes: number, buffer: Buffer): boolean { this[kPair]?.fromUpstream(copyOut(bytes, buffer)); return true; }
+function onClientRead(this: Relayed, bytes: number, buffer: Buffer): boolean { this[kPair]?.fromClient(copyOut(bytes, buffer)); return true; }
 
 /**
  * A side's bytes go to its pair straight from its reads where Node allows it (socket-reads.ts: no
