@@ -1,8 +1,10 @@
 // Structural lint of the two Dockerfiles (no Docker engine here to build them): bases pinned to
 // exact versions, non-root users, an init as PID 1, a HEALTHCHECK, and no dev dependencies or
-// sources in the gateway's shipped stage.
+// sources in the gateway's shipped stage; and that the code shipped there imports nothing else.
 import t from 'tap';
 import { readFileSync } from 'node:fs';
+import { builtinModules } from 'node:module';
+import { dirname, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 const root = (p: string) => fileURLToPath(new URL(`../../${p}`, import.meta.url));
@@ -84,6 +86,43 @@ t.test('the gateway Dockerfile', async (t) => {
 
   const ignore = readFileSync(root('.dockerignore'), 'utf8').split('\n').map((l) => l.trim());
   for (const p of ['node_modules', 'dist', '.git', 'test', 'deploy']) t.ok(ignore.includes(p), `.dockerignore leaves out ${p}`);
+});
+
+/**
+ * Every module specifier the compiled files reachable from `entries` name: static imports and
+ * re-exports, literal dynamic imports, createRequire()'d names. A dynamic import of anything but a
+ * literal would hide what it loads, so it is reported as `<computed>`.
+ */
+function reachableSpecifiers(entries: string[]): Set<string> {
+  const seen = new Set<string>();
+  const bare = new Set<string>();
+  const pending = [...entries];
+  const spec = /\b(?:from\s*|import\s*\(?\s*|\)\s*\(\s*)(['"])([^'"]+)\1|\bimport\s*\(\s*[^'"\s)]/g;
+  while (pending.length) {
+    const file = pending.pop()!;
+    if (seen.has(file)) continue;
+    seen.add(file);
+    for (const m of readFileSync(file, 'utf8').matchAll(spec)) {
+      const name = m[2];
+      if (name === undefined) bare.add('<computed>');
+      else if (name.startsWith('.')) pending.push(resolve(dirname(file), name));
+      else bare.add(name);
+    }
+  }
+  return bare;
+}
+
+t.test('what the shipped image runs needs only production dependencies', async (t) => {
+  // The runtime stage has `npm ci --omit=dev` modules and dist/: a dev dependency imported by the
+  // gateway or the reaper would load in every test here and crash only in the image.
+  const pkg = JSON.parse(readFileSync(root('package.json'), 'utf8')) as { dependencies: Record<string, string> };
+  const packageOf = (s: string) => s.split('/').slice(0, s.startsWith('@') ? 2 : 1).join('/');
+  const names = reachableSpecifiers([root('dist/gateway/main.js'), root('dist/reaper/main.js')]);
+  t.ok(names.has('ioredis') && names.has('node:http'), 'the walk reaches the store and the server');
+  for (const name of names) {
+    const ok = name.startsWith('node:') || builtinModules.includes(name) || packageOf(name) in pkg.dependencies;
+    t.ok(ok, `${name}: a built-in or in dependencies`);
+  }
 });
 
 t.test('the workspace (code-server) Dockerfile', async (t) => {
