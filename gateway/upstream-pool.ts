@@ -216,7 +216,6 @@ class Conn implements ParserEvents {
     if (this.bodyLeft! > 0) { ex.sink.flush(); return; }
     this.bodyLeft = undefined;
     if (this.stopped) { this.stopped = false; restartParser(this.parser, 'response', this.owner.maxHeaderSize); }
-    this.fresh = true;
     this.onMessageComplete();
     if (extra) this.socket.destroy();
   }
