@@ -16,7 +16,7 @@ import type { Socket } from 'node:net';
 import type { Endpoint } from '../provisioner/contract.js';
 import { isDateField, isHopByHop, namedInConnection, scanRequest, type RequestScan } from './http-fields.js';
 import { METHODS, PARSE_ON, STOP_AFTER_HEAD, createParser, releaseParser, reportCompletion, restartParser, type Parser, type ParserEvents } from './llhttp.js';
-import { pushCopy, readIntoBuffer } from './socket-reads.js';
+import { READ_BUFFER_BYTES, pushCopy, readIntoBuffer } from './socket-reads.js';
 import type { SimpleHead } from './response-head.js';
 import { LAST_CHUNK, writeChunk, type BodyMode, type Exchange, type Framing, type ResponseSink, type UpstreamFailure, type UpstreamPool } from './upstream-pool.js';
 
@@ -473,7 +473,7 @@ export class Http1Front {
    * Every lane's reads land here (socket-reads.ts): one read runs at a time, and what outlives it is
    * copied (llhttp's strings and body chunks are its own; a stash or a handover is concatenated).
    */
-  readonly readBuffer = Buffer.allocUnsafe(64 * 1024);
+  readonly readBuffer = Buffer.allocUnsafe(READ_BUFFER_BYTES);
   private readonly nodeConnection: (socket: Socket) => void;
   draining = false;
 

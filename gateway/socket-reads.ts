@@ -6,6 +6,12 @@
 // about 5 k instructions less: bench/instructions.ts).
 import net, { type Socket } from 'node:net';
 
+/**
+ * The size of a buffer reads land in: what libuv offers Node for each read of a stream socket, so a
+ * read into a buffer of ours is never smaller than a 'data' event would have been.
+ */
+export const READ_BUFFER_BYTES = 64 * 1024;
+
 /** Called with the socket as `this`: the bytes read are `buffer[0, bytes)`, valid for this call only. false stops reading. */
 export type ReadCallback = (this: Socket, bytes: number, buffer: Buffer) => boolean;
 

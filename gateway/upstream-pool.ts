@@ -8,6 +8,7 @@ import type { Endpoint } from '../provisioner/contract.js';
 import type { RequestBody } from './http-fields.js';
 import { PARSE_ON, SKIP_BODY, createParser, releaseParser, restartParser, stopForBody, type Parser, type ParserEvents } from './llhttp.js';
 import { scanSimpleHead, type SimpleHead } from './response-head.js';
+import { READ_BUFFER_BYTES } from './socket-reads.js';
 
 export type BodyMode = RequestBody;
 /** How the response's body is delimited on the upstream connection (RFC 9112 6.3). */
@@ -276,7 +277,7 @@ export class UpstreamPool {
   private readonly conns = new Set<Conn>();
   private closing = false;
   /** Every connection's reads land here (Conn): one read runs at a time, and what outlives it is copied. */
-  readonly readBuffer = Buffer.allocUnsafe(64 * 1024);
+  readonly readBuffer = Buffer.allocUnsafe(READ_BUFFER_BYTES);
   /**
    * Timeouts by one sweep over the connections: socket.setTimeout() made a timer and a bound function
    * per call, three calls per request (connect or response, none, idle), and refreshed it on every

@@ -7,7 +7,7 @@
 import type { IncomingMessage } from 'node:http';
 import { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
-import { copyOut, readIntoBuffer } from './socket-reads.js';
+import { READ_BUFFER_BYTES, copyOut, readIntoBuffer } from './socket-reads.js';
 import type { Clock } from './clock.js';
 import type { UpgradeResponse } from './proxy.js';
 import { CLOSE, FrameTracker, GOING_AWAY, PING, clientFrame, closePayload, serverFrame } from './ws-frames.js';
@@ -220,7 +220,7 @@ export function createWsPairs<O extends ClientObserver = ClientObserver>(opts: W
   const pairs = new Set<Pair>();
   let emptyWaiters: Array<() => void> = [];
   const owner: Owner = {
-    clock, hooks, closeGraceMs: opts.closeGraceMs ?? 1000, pairs, readBuffer: Buffer.allocUnsafe(64 * 1024),
+    clock, hooks, closeGraceMs: opts.closeGraceMs ?? 1000, pairs, readBuffer: Buffer.allocUnsafe(READ_BUFFER_BYTES),
     emptied() { const w = emptyWaiters; emptyWaiters = []; for (const f of w) f(); },
   };
 
