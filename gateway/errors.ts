@@ -14,7 +14,7 @@ export const ERROR_CATALOGUE = {
   LOGIN_TOKEN_INVALID: { status: 401, title: 'This sign-in link is not valid' },
   LOGIN_TOKEN_EXPIRED: { status: 401, title: 'This sign-in link has expired' },
   LOGIN_TOKEN_USED: { status: 401, title: 'This sign-in link was already used' },
-  ORIGIN_FORBIDDEN: { status: 403, title: 'Cross-origin WebSocket refused' },
+  ORIGIN_FORBIDDEN: { status: 403, title: 'A request from another site was refused' },
   ADMIN_UNAUTHORIZED: { status: 401, title: 'Admin token required' },
   RATE_LIMITED: { status: 429, title: 'Too many requests' },
   HEADERS_TOO_LARGE: { status: 431, title: 'Request headers too large' },

@@ -1,5 +1,6 @@
 // Which header fields cross the gateway (RFC 9110 7.6.1), shared by both forwarders: node:http's
 // (first requests of a connection, bodies with Expect, HTTP/1.0) and the warm lane's (gateway/http1.ts).
+import type { RequestSite } from './request-kind.js';
 
 /** RFC 9110 7.6.1: connection-specific fields, never forwarded. */
 export const HOP_BY_HOP = new Set(['connection', 'keep-alive', 'proxy-connection', 'te', 'trailer', 'transfer-encoding', 'upgrade', 'proxy-authorization', 'proxy-authenticate']);
@@ -65,7 +66,7 @@ export function forwardedFields(clientAddress: string, proto: 'http' | 'https', 
 export type RequestBody = 'none' | 'length' | 'chunked';
 
 /** What the warm lane needs to know of a request's fields before it forwards them. */
-export interface RequestScan {
+export interface RequestScan extends RequestSite {
   /** The first Host field's value, and how many Host fields came (more than one is refused, RFC 9112 3.2). */
   host: string | undefined;
   hosts: number;
@@ -86,6 +87,10 @@ export function scanRequest(fields: readonly string[]): RequestScan {
   let length: string | undefined;
   let coding: string | undefined;
   let expect = false;
+  let site: string | undefined;
+  let mode: string | undefined;
+  let dest: string | undefined;
+  let origin: string | undefined;
   for (let i = 0; i < fields.length; i += 2) {
     const name = fields[i];
     const value = fields[i + 1];
@@ -94,8 +99,17 @@ export function scanRequest(fields: readonly string[]): RequestScan {
       case 6:
         if (name.toLowerCase() === 'cookie') cookie = cookie === undefined ? value : `${cookie}; ${value}`;
         else if (name.toLowerCase() === 'expect') expect = true;
+        else if (name.toLowerCase() === 'origin') origin = joined(origin, value);
         break;
-      case 14: if (name.toLowerCase() === 'content-length') length = value; break;
+      case 14: {
+        const lower = name.toLowerCase();
+        if (lower === 'content-length') length = value;
+        // Repeats are joined as node:http joins them, so both lanes judge the same value.
+        else if (lower === 'sec-fetch-site') site = joined(site, value);
+        else if (lower === 'sec-fetch-mode') mode = joined(mode, value);
+        else if (lower === 'sec-fetch-dest') dest = joined(dest, value);
+        break;
+      }
       case 15: if (name.toLowerCase() === 'x-forwarded-for') forwardedFor = forwardedFor === undefined ? value : `${forwardedFor}, ${value}`; break;
       case 17: if (name.toLowerCase() === 'transfer-encoding') coding = coding === undefined ? value : `${coding}, ${value}`; break;
       default: break;
@@ -104,8 +118,10 @@ export function scanRequest(fields: readonly string[]): RequestScan {
   let body: RequestBody | undefined = length !== undefined && length !== '0' ? 'length' : 'none';
   if (coding !== undefined) body = coding.trim().toLowerCase() === 'chunked' ? 'chunked' : undefined;
   if (expect) body = undefined;
-  return { host, hosts, cookie, forwardedFor, body, length };
+  return { host, hosts, cookie, forwardedFor, body, length, site, mode, dest, origin };
 }
+
+const joined = (was: string | undefined, value: string) => (was === undefined ? value : `${was}, ${value}`);
 
 /**
  * The upstream's request head from the client's fields, as gateway/proxy.ts prepares node:http's:

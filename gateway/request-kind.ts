@@ -31,3 +31,30 @@ export function wantsHtml(headers: IncomingHttpHeaders): boolean {
   if (dest !== undefined) return dest === 'document' || dest === 'iframe';
   return prefersHtml(headers.accept);
 }
+
+/** What a request says of where it comes from (W3C Fetch Metadata, and Origin from RFC 6454). */
+export interface RequestSite {
+  /** Sec-Fetch-Site: same-origin, same-site, cross-site or none. */
+  site: string | undefined;
+  mode: string | undefined;
+  dest: string | undefined;
+  origin: string | undefined;
+}
+
+/**
+ * Whether a request on a workspace host may come from where it says it comes from (issue 3). Every
+ * ws-* host serves pages a student writes (code-server's /proxy/<port>), so sibling workspaces are the
+ * same site and their requests carry the SameSite=Lax session cookie: a page a classmate links to
+ * could post to this workspace's own apps as its owner. Let in only the workspace's own pages, what
+ * the person did themselves (Sec-Fetch-Site: none) and page loads from elsewhere (the platform's
+ * links, the sign-in link); a browser without Fetch Metadata is held to Origin for what changes state.
+ * `isOwnOrigin` (Origin against this request's Host) is asked only when Origin decides.
+ */
+export function siteAllowed(method: string, from: RequestSite, host: string | undefined, isOwnOrigin: (origin: string, host: string | undefined) => boolean): boolean {
+  const { site } = from;
+  if (site === 'same-origin' || site === 'none') return true;
+  if (site === undefined) return method === 'GET' || method === 'HEAD' || from.origin === undefined || isOwnOrigin(from.origin, host);
+  // same-site, cross-site, or anything else (two fields joined): only a page load, and never into an
+  // <object> or <embed> (Fetch Metadata's resource isolation policy).
+  return from.mode === 'navigate' && (method === 'GET' || method === 'HEAD') && from.dest !== 'object' && from.dest !== 'embed';
+}

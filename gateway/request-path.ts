@@ -26,7 +26,7 @@ import { forwardedFields, upstreamRequestHead, type ForwardedFor, type RequestBo
 import type { BodyMode, UpstreamFailure } from './upstream-pool.js';
 import type { Forwarder, UpgradeResponse } from './proxy.js';
 import { createRequestIds } from './request-id.js';
-import { isNavigation, wantsHtml } from './request-kind.js';
+import { isNavigation, siteAllowed, wantsHtml, type RequestSite } from './request-kind.js';
 import type { StateStore, WorkspaceRecord } from './store/contract.js';
 import { StoreUnavailable } from './store/contract.js';
 import type { Workspaces } from './workspaces.js';
@@ -133,6 +133,15 @@ export function createRequestPath(deps: RequestPathDeps) {
     if (verdict.kind === 'unknown') return { ok: false, code: 'HOST_UNKNOWN' };
     return { ok: false, code: 'HOST_MALFORMED', detail: verdict.why };
   }
+
+  /**
+   * Step 2, first half: a request from a sibling workspace's page carries this host's cookie too, so
+   * where it comes from is judged before the cookie is (request-kind.ts siteAllowed).
+   */
+  function fromAllowedSite(method: string, from: RequestSite, host: string | undefined): boolean {
+    return siteAllowed(method, from, host, isOwnOrigin);
+  }
+  const isOwnOrigin = (origin: string, host: string | undefined) => sameOrigin(origin, host, config.publicScheme);
 
   /** Step 2: only the workspace's owner, proven by a session cookie for exactly this host. */
   async function authorize(req: IncomingMessage, workspaceId: string): Promise<boolean> {
@@ -262,6 +271,8 @@ export function createRequestPath(deps: RequestPathDeps) {
     const host = warmHostStep(req, notes);
     if (!host.ok || deps.isDraining()) return undefined;
     const { scan } = req;
+    // node:http's path answers (and counts) a request from a site not allowed.
+    if (!fromAllowedSite(req.method, scan, scan.host)) return undefined;
     const caller = warmCaller(notes, scan.cookie, host.workspaceId);
     if (host.url.startsWith(PREFIX)) return statusOnLane(req, host.workspaceId, host.url, scan.body, caller.authorized);
     if (scan.body === undefined || !caller.authorized || !guardWorkspacePath(host.url)) return undefined;
@@ -346,8 +357,6 @@ export function createRequestPath(deps: RequestPathDeps) {
     res.setHeader('x-request-id', ctx.requestId);
     if (path === 'login' && req.method === 'GET') return login(req, res, ctx, url);
     if (path === 'logout' && req.method === 'POST') {
-      // Sibling workspaces are same-site, so SameSite=Lax does not stop their pages posting here: check Origin.
-      if (req.headers.origin !== undefined && !sameOrigin(req.headers.origin, req.headers.host, config.publicScheme)) return fail(res, ctx, 'ORIGIN_FORBIDDEN');
       res.writeHead(303, { location: '/__gateway/signed-out', 'set-cookie': clearedSessionCookie(secureCookie), 'cache-control': 'no-store' });
       res.end();
       return;
@@ -432,6 +441,11 @@ export function createRequestPath(deps: RequestPathDeps) {
     const ctx: Ctx = { req, requestId, workspaceId: host.workspaceId, html, started };
     // Leaving: every answer closes its connection, so the client's next request finds a replica that stays.
     if (deps.isDraining()) res.setHeader('connection', 'close');
+    const { headers } = req;
+    if (!fromAllowedSite(req.method!, { site: headers['sec-fetch-site'], mode: headers['sec-fetch-mode'], dest: headers['sec-fetch-dest'], origin: headers.origin }, headers.host)) {
+      metrics.signInFailure('origin');
+      return fail(res, ctx, 'ORIGIN_FORBIDDEN');
+    }
     try {
       if (req.url!.startsWith(PREFIX)) return await gatewayOwnPaths(req, res, ctx);
       if (!(await authorize(req, ctx.workspaceId))) return notSignedIn(req, res, ctx);

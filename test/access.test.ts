@@ -1,6 +1,7 @@
 // Access control (issue 3): only the owner of a workspace gets in, and nothing unauthenticated
 // reaches the provisioner (starts cost money). Real gateway, real demo workspace, real `ws` client.
 import { createHmac } from 'node:crypto';
+import http from 'node:http';
 import t from 'tap';
 import { SignJWT } from 'jose';
 import { SESSION_COOKIE, createAuth, sessionCookieParts } from '../gateway/auth.js';
@@ -169,6 +170,72 @@ t.test('WebSocket Origin must be the workspace itself', async (t) => {
   t.equal(up.requests.length, 2);
   t.equal(up.requests[0].headers.cookie, undefined, 'the upgrade reaches the workspace without the gateway cookie');
   t.equal(gw.provisioner.starts.length, 0);
+});
+
+t.test("a sibling workspace's page cannot use this workspace's cookie: Fetch Metadata, then Origin", async (t) => {
+  const { gw, ups: { rec: up }, cookies: { rec: cookie } } = await gatewayWithRecordedWorkspaces(t, ['rec']);
+  const host = `ws-rec.localhost:${gw.port}`;
+  const own = `http://${host}`;
+  const sibling = `http://ws-other.localhost:${gw.port}`;
+  const fetchFrom = (site: string, mode: string, dest: string, origin?: string) => ({
+    'sec-fetch-site': site, 'sec-fetch-mode': mode, 'sec-fetch-dest': dest, ...(origin ? { origin } : {}),
+  });
+  const refused: Array<[string, string, Record<string, string>]> = [
+    ['a form posted from a sibling', 'POST', fetchFrom('same-site', 'navigate', 'document', sibling)],
+    ['a sibling\'s fetch with credentials', 'GET', fetchFrom('same-site', 'cors', 'empty', sibling)],
+    ['a sibling\'s <img>', 'GET', fetchFrom('same-site', 'no-cors', 'image')],
+    ['another site\'s <script>', 'GET', fetchFrom('cross-site', 'no-cors', 'script')],
+    ['a sibling\'s sign-out', 'POST', fetchFrom('same-site', 'no-cors', 'empty', sibling)],
+    ['a sibling\'s status poll', 'GET', fetchFrom('same-site', 'cors', 'empty', sibling)],
+    ['an older browser posting from a sibling (Origin only)', 'DELETE', { origin: sibling }],
+    ['Origin: null (a sandboxed page)', 'PUT', { origin: 'null' }],
+  ];
+  const allowed: Array<[string, string, Record<string, string>]> = [
+    ['its own page posting', 'POST', fetchFrom('same-origin', 'cors', 'empty', own)],
+    ['its own page loading a script', 'GET', fetchFrom('same-origin', 'no-cors', 'script')],
+    ['a link from the platform', 'GET', fetchFrom('cross-site', 'navigate', 'document')],
+    ['a link from a sibling (a page load)', 'GET', fetchFrom('same-site', 'navigate', 'document')],
+    ['typed in the address bar', 'GET', fetchFrom('none', 'navigate', 'document')],
+    ['a program without Fetch Metadata or Origin', 'POST', {}],
+    ['an older browser posting from its own origin', 'POST', { origin: own }],
+  ];
+  // Twice each: a new connection per request (Connection: close goes to node:http's path) and one kept
+  // alive after a request that warmed the session and the route (the warm lane).
+  const keepAlive = new http.Agent({ keepAlive: true, maxSockets: 1 });
+  t.teardown(() => keepAlive.destroy());
+  t.equal((await request(gw.port, { host, path: '/warm', headers: { cookie }, agent: keepAlive })).status, 200);
+  const before = up.requests.length;
+  for (const [lane, agent, extra] of [['node:http', false, { connection: 'close' }], ['warm lane', keepAlive, {}]] as const) {
+    const reached = up.requests.length;
+    for (const [name, method, headers] of refused) {
+      const path = name.includes('sign-out') ? '/__gateway/logout' : name.includes('status') ? '/__gateway/status' : '/delete-everything';
+      const r = await request(gw.port, { host, method, path, headers: { cookie, ...headers, ...extra }, agent });
+      t.equal(r.status, 403, `${lane}: ${name}`);
+      t.equal(code(r), 'ORIGIN_FORBIDDEN', `${lane}: ${name}`);
+      t.equal(r.headers['set-cookie'], undefined, `${lane}: ${name}: the session stays`);
+    }
+    t.equal(up.requests.length, reached, `${lane}: no refused request reached the workspace`);
+    for (const [name, method, headers] of allowed) {
+      const r = await request(gw.port, { host, method, path: '/ok', headers: { cookie, ...headers, ...extra }, agent });
+      t.equal(r.status, 200, `${lane}: ${name}`);
+    }
+  }
+  t.equal(up.requests.length, before + 2 * allowed.length, 'every allowed request reached the workspace once');
+  t.equal(gw.provisioner.starts.length, 0);
+});
+
+t.test('a sibling\'s page cannot start a stopped workspace; a link from elsewhere can', async (t) => {
+  const gw = await startTestGateway();
+  t.teardown(() => gw.close());
+  const cookie = await gw.cookie('demo');
+  const fromSibling = { 'sec-fetch-site': 'same-site', 'sec-fetch-mode': 'no-cors', 'sec-fetch-dest': 'iframe' };
+  const r = await request(gw.port, { headers: { cookie, ...NAVIGATE, ...fromSibling } });
+  t.equal(r.status, 403);
+  t.match(r.headers['content-type'], /text\/html/, 'a page for a person');
+  t.equal(gw.provisioner.starts.length, 0);
+  const link = await request(gw.port, { headers: { cookie, ...NAVIGATE, 'sec-fetch-site': 'cross-site' } });
+  t.equal(link.status, 200, 'the starting page');
+  t.equal(gw.provisioner.starts.length, 1);
 });
 
 t.test('sign-in handoff', async (t) => {

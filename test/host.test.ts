@@ -1,6 +1,6 @@
 import t from 'tap';
 import { checkRequestTarget, hostHeaderValues, originForm, parseHost, proxyRouteAllowed } from '../gateway/host.js';
-import { isNavigation, prefersHtml, wantsHtml } from '../gateway/request-kind.js';
+import { isNavigation, prefersHtml, siteAllowed, wantsHtml, type RequestSite } from '../gateway/request-kind.js';
 
 t.test('parseHost table', async (t) => {
   const base = 'example.com';
@@ -113,4 +113,40 @@ t.test('navigation and html preference', async (t) => {
   t.equal(prefersHtml('text/html;q=0.9, application/json;q=0.8'), true);
   t.equal(wantsHtml({ 'sec-fetch-dest': 'document' }), true);
   t.equal(wantsHtml({ 'sec-fetch-dest': 'empty', accept: 'text/html' }), false);
+});
+
+t.test('siteAllowed: where a request on a workspace host may come from (Fetch Metadata, then Origin)', async (t) => {
+  const own = 'https://ws-a.example.com';
+  const isOwn = (origin: string, host: string | undefined) => origin === `https://${host}`;
+  const nav = (site: string, dest = 'document') => ({ site, mode: 'navigate', dest });
+  const rows: Array<[string, string, Partial<RequestSite>, boolean]> = [
+    ['its own page, any method', 'POST', { site: 'same-origin', mode: 'cors', dest: 'empty', origin: own }, true],
+    ['its own page, a WebSocket-less fetch', 'DELETE', { site: 'same-origin', mode: 'same-origin' }, true],
+    ['typed, bookmarked, the sign-in link pasted', 'GET', nav('none'), true],
+    ['a link from the platform (another site)', 'GET', nav('cross-site'), true],
+    ['a link from the platform on the same site', 'GET', nav('same-site'), true],
+    ['a HEAD page load from elsewhere', 'HEAD', nav('cross-site'), true],
+    ['the platform framing the workspace', 'GET', nav('same-site', 'iframe'), true],
+    ['a sibling workspace posting a form', 'POST', { ...nav('same-site'), origin: 'https://ws-b.example.com' }, false],
+    ['a sibling\'s fetch with credentials', 'GET', { site: 'same-site', mode: 'cors', dest: 'empty', origin: 'https://ws-b.example.com' }, false],
+    ['a sibling\'s <img> or <script>', 'GET', { site: 'same-site', mode: 'no-cors', dest: 'image' }, false],
+    ['another site\'s <script>', 'GET', { site: 'cross-site', mode: 'no-cors', dest: 'script' }, false],
+    ['a sibling\'s <object>', 'GET', { ...nav('same-site', 'object') }, false],
+    ['a sibling\'s <embed>', 'GET', { ...nav('same-site', 'embed') }, false],
+    ['a sibling\'s preflight', 'OPTIONS', { site: 'same-site', mode: 'cors', dest: 'empty', origin: 'https://ws-b.example.com' }, false],
+    ['two Sec-Fetch-Site fields (joined): not read as same-origin', 'POST', { site: 'same-origin, same-site', mode: 'cors' }, false],
+    ['a value no browser sends', 'POST', { site: 'SAME-ORIGIN', mode: 'cors' }, false],
+    ['no Fetch Metadata: a program, no Origin', 'POST', {}, true],
+    ['no Fetch Metadata: a GET with any Origin', 'GET', { origin: 'https://ws-b.example.com' }, true],
+    ['no Fetch Metadata: a POST from its own origin', 'POST', { origin: own }, true],
+    ['no Fetch Metadata: a POST from a sibling', 'POST', { origin: 'https://ws-b.example.com' }, false],
+    ['no Fetch Metadata: a PUT from a sandboxed page (Origin: null)', 'PUT', { origin: 'null' }, false],
+  ];
+  for (const [name, method, from, allowed] of rows) {
+    t.equal(siteAllowed(method, { site: undefined, mode: undefined, dest: undefined, origin: undefined, ...from }, 'ws-a.example.com', isOwn), allowed, name);
+  }
+  let asked = 0;
+  siteAllowed('GET', { site: 'same-origin', mode: 'cors', dest: 'empty', origin: 'https://x' }, 'h', () => { asked++; return false; });
+  siteAllowed('GET', { site: undefined, mode: undefined, dest: undefined, origin: 'https://x' }, 'h', () => { asked++; return false; });
+  t.equal(asked, 0, 'Origin is parsed only when it decides');
 });

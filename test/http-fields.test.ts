@@ -20,6 +20,11 @@ t.test('scanRequest: the body the warm lane takes, and the fields it reads', asy
     ['the first Host, and how many came', ['Host', 'a', 'Host', 'b'], { host: 'a', hosts: 2 }],
     ['one Host', ['HOST', 'a'], { host: 'a', hosts: 1 }],
     ['no Host', ['Accept', '*/*'], { host: undefined, hosts: 0 }],
+    ['Fetch Metadata and Origin, in any case', ['Sec-Fetch-Site', 'same-origin', 'SEC-FETCH-MODE', 'cors', 'sec-fetch-dest', 'empty', 'Origin', 'http://o'],
+      { site: 'same-origin', mode: 'cors', dest: 'empty', origin: 'http://o', length: undefined }],
+    ['repeated Sec-Fetch-Site and Origin joined as node:http joins them', ['Sec-Fetch-Site', 'same-origin', 'Sec-Fetch-Site', 'cross-site', 'Origin', 'a', 'origin', 'b'],
+      { site: 'same-origin, cross-site', origin: 'a, b' }],
+    ['none of them', ['Content-Length', '2', 'Expect', 'x'], { site: undefined, mode: undefined, dest: undefined, origin: undefined, length: '2' }],
   ];
   for (const [name, fields, expected] of rows) t.match(scanRequest(fields), expected, name);
 });
