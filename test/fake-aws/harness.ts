@@ -70,12 +70,13 @@ export function httpGet(host: string, port: number, path = '/'): Promise<{ statu
 /**
  * Students who used the platform on an earlier day: their task definition families and access
  * points exist. Registered as an enrolment would, without waiting out the task definition buckets
- * (RegisterTaskDefinition's 1 call a second; lifted for the enrolment, then back at AWS's rates
- * with full buckets).
+ * (RegisterTaskDefinition's 1 call a second, DescribeTaskDefinition's 20: the fake's and the
+ * provisioner's own, lifted for the enrolment, then back at AWS's rates with full buckets; the read
+ * bucket alone held 500 students' enrolment to 22 s of a quick bench run).
  */
 export async function enrol(fake: FakeAws, ids: string[]): Promise<void> {
   const lifted = ['ecs:TaskDefinitionModify', 'ecs:TaskDefinitionRead'].map((k) => [k, fake.setRateLimit(k, undefined)] as const);
-  const p = createEcsProvisioner(fakeEcsOptions(fake, { awsCallTimeoutMs: 60_000 }, { TASKDEF_RATE: '100000', TASKDEF_BURST: '10000' }), { clock: systemClock });
+  const p = createEcsProvisioner(fakeEcsOptions(fake, { awsCallTimeoutMs: 60_000 }, { TASKDEF_RATE: '100000', TASKDEF_BURST: '10000', ECS_API_RATES: 'taskdef-read=100000/10000' }), { clock: systemClock });
   try {
     for (let i = 0; i < ids.length; i += 50) await Promise.all(ids.slice(i, i + 50).map((id) => p.prepare(id)));
   } finally {
