@@ -96,22 +96,24 @@ export function scanRequest(fields: readonly string[]): RequestScan {
     const value = fields[i + 1];
     switch (name.length) {
       case 4: if (name.toLowerCase() === 'host') { host ??= value; hosts++; } break;
-      case 6:
-        if (name.toLowerCase() === 'cookie') cookie = cookie === undefined ? value : `${cookie}; ${value}`;
-        else if (name.toLowerCase() === 'expect') expect = true;
-        else if (name.toLowerCase() === 'origin') origin = joined(origin, value);
+      case 6: {
+        // Accept, Cookie, Origin and Expect share this length: lower-cased once, as below.
+        const lower = name.toLowerCase();
+        if (lower === 'cookie') cookie = cookie === undefined ? value : `${cookie}; ${value}`;
+        else if (lower === 'expect') expect = true;
+        else if (lower === 'origin') origin = joined(origin, value);
         break;
+      }
       case 14: {
         const lower = name.toLowerCase();
         if (lower === 'content-length') length = value;
-        // Repeats are joined as node:http joins them, so both lanes judge the same value.
         else if (lower === 'sec-fetch-site') site = joined(site, value);
         else if (lower === 'sec-fetch-mode') mode = joined(mode, value);
         else if (lower === 'sec-fetch-dest') dest = joined(dest, value);
         break;
       }
-      case 15: if (name.toLowerCase() === 'x-forwarded-for') forwardedFor = forwardedFor === undefined ? value : `${forwardedFor}, ${value}`; break;
-      case 17: if (name.toLowerCase() === 'transfer-encoding') coding = coding === undefined ? value : `${coding}, ${value}`; break;
+      case 15: if (name.toLowerCase() === 'x-forwarded-for') forwardedFor = joined(forwardedFor, value); break;
+      case 17: if (name.toLowerCase() === 'transfer-encoding') coding = joined(coding, value); break;
       default: break;
     }
   }
@@ -121,6 +123,7 @@ export function scanRequest(fields: readonly string[]): RequestScan {
   return { host, hosts, cookie, forwardedFor, body, length, site, mode, dest, origin };
 }
 
+/** A repeated field's values joined as node:http joins them, so both lanes judge the same value. */
 const joined = (was: string | undefined, value: string) => (was === undefined ? value : `${was}, ${value}`);
 
 /**
