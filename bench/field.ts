@@ -13,7 +13,7 @@ import { createAuth } from '../gateway/auth.js';
 import { systemClock } from '../gateway/clock.js';
 import { createRedisStore } from '../gateway/store/redis.js';
 import type { TestRedis } from '../test/helpers/redis.js';
-import { PROXY_CPU, freePort, sleep, start, startBenchRedis, stop, waitLine } from './lib.js';
+import { PROXY_CPU, deployedNodeArgs, freePort, sleep, start, startBenchRedis, stop, waitLine } from './lib.js';
 import http from 'node:http';
 
 const here = dirname(fileURLToPath(import.meta.url));
@@ -164,13 +164,13 @@ export async function startGatewayState(up: Upstream, dir: string): Promise<Gate
 }
 
 /**
- * `node dist/gateway/main.js` with the production settings that matter: Redis store, metrics and activity
+ * `node dist/gateway/main.js`, with the image's node flags (deployedNodeArgs), and the production settings that matter: Redis store, metrics and activity
  * tracking on unless the variant turns them off (scenario 6). IDLE_TIMEOUT is raised only so the
  * reaper cannot stop the benchmark's workspace during a long --full run; it is not on the request path.
  */
 /** `launcher`: a command the gateway runs under (bench/instructions.ts: valgrind). */
 export async function startGateway(state: GatewayField, name: string, env: Record<string, string> = {}, nodeArgs: string[] = [], launcher: string[] = []): Promise<System> {
-  const [cmd, ...args] = [...launcher, process.execPath, ...nodeArgs, join(dist, 'gateway', 'main.js')];
+  const [cmd, ...args] = [...launcher, process.execPath, ...deployedNodeArgs(), ...nodeArgs, join(dist, 'gateway', 'main.js')];
   const child = start(cmd, args, {
     cpu: PROXY_CPU,
     env: {

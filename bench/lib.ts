@@ -24,6 +24,19 @@ export const PROXY_CPU = '0';
 export const LOAD_CPU = CPUS > 1 ? '1' : '0';
 export const pinned = HAS_TASKSET && CPUS > 1;
 
+/**
+ * The node flags the gateway's image runs it with (the Dockerfile's CMD, between `node` and the entry
+ * point), so every scenario measures the gateway exactly as deployed. Throws if the CMD no longer
+ * names dist/gateway/main.js: a bench silently running other settings would measure something else.
+ */
+export function deployedNodeArgs(dockerfile = readFileSync(new URL('../../Dockerfile', import.meta.url), 'utf8')): string[] {
+  const cmd = dockerfile.split(/\r?\n/).filter((l) => /^CMD\s*\[/.test(l)).pop();
+  const argv = cmd ? (JSON.parse(cmd.replace(/^CMD\s*/, '')) as string[]) : [];
+  const entry = argv.indexOf('dist/gateway/main.js');
+  if (argv[0] !== 'node' || entry < 0) throw new Error(`the Dockerfile's CMD does not run node dist/gateway/main.js: ${cmd ?? 'no CMD'}`);
+  return argv.slice(1, entry);
+}
+
 /** Spawns a child (pinned to `cpu` with taskset where possible; taskset execs, so the pid is the program's). */
 export function start(cmd: string, args: string[], opts: SpawnOptions & { cpu?: string; logFile?: string } = {}): ChildProcess {
   hookExit();

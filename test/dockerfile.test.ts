@@ -6,6 +6,7 @@ import { readFileSync } from 'node:fs';
 import { builtinModules } from 'node:module';
 import { dirname, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { deployedNodeArgs } from '../bench/lib.js';
 
 const root = (p: string) => fileURLToPath(new URL(`../../${p}`, import.meta.url));
 
@@ -82,7 +83,12 @@ t.test('the gateway Dockerfile', async (t) => {
   t.equal(hc.length, 1);
   t.match(hc[0].args, /http:\/\/127\.0\.0\.1:9090\/healthz/);
   t.match(last(find(runtime, 'ENTRYPOINT')).args, /tini/, 'an init as PID 1');
-  t.same(JSON.parse(last(find(runtime, 'CMD')).args), ['node', 'dist/gateway/main.js']);
+  const cmd = JSON.parse(last(find(runtime, 'CMD')).args) as string[];
+  t.same([cmd[0], cmd.at(-1)], ['node', 'dist/gateway/main.js'], 'runs the gateway');
+  // What the README's `npm start` and every bench scenario run must be what the image runs.
+  const pkg = JSON.parse(readFileSync(root('package.json'), 'utf8')) as { scripts: Record<string, string> };
+  t.equal(pkg.scripts.start, cmd.join(' '), 'npm start runs the same command, flags included');
+  t.same(deployedNodeArgs(readFileSync(root('Dockerfile'), 'utf8')), cmd.slice(1, -1), 'the bench reads the same node flags');
 
   const ignore = readFileSync(root('.dockerignore'), 'utf8').split('\n').map((l) => l.trim());
   for (const p of ['node_modules', 'dist', '.git', 'test', 'deploy']) t.ok(ignore.includes(p), `.dockerignore leaves out ${p}`);

@@ -8,7 +8,7 @@ import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
 import { createAuth } from '../../gateway/auth.js';
 import { systemClock } from '../../gateway/clock.js';
-import { adopt } from '../lib.js';
+import { adopt, deployedNodeArgs } from '../lib.js';
 
 export const BENCH_SECRET = 'bench-secret-0123456789-0123456789-abcdef';
 export const BENCH_ADMIN_TOKEN = 'bench-admin-token-0123456789';
@@ -38,12 +38,12 @@ export interface GatewayChild {
 }
 
 /**
- * Starts `node dist/gateway/main.js` with only the given environment (plus PATH and HOME), so the
+ * Starts `node dist/gateway/main.js` (with the image's node flags) with only the given environment (plus PATH and HOME), so the
  * bench never inherits a stray REDIS_URL or PROVISIONER from the shell it runs in.
  */
 export async function startGatewayChild(env: Record<string, string>, timeoutMs = 20_000, nodeArgs: string[] = []): Promise<GatewayChild> {
   const main = fileURLToPath(new URL('../../gateway/main.js', import.meta.url));
-  const child: ChildProcess = spawn(process.execPath, [...nodeArgs, main], {
+  const child: ChildProcess = spawn(process.execPath, [...deployedNodeArgs(), ...nodeArgs, main], {
     env: { PATH: process.env.PATH ?? '/usr/bin:/bin', HOME: process.env.HOME ?? '/tmp', GATEWAY_PORT: '0', ADMIN_PORT: '0', LOG_LEVEL: 'info', GATEWAY_SECRET: BENCH_SECRET, ADMIN_TOKEN: BENCH_ADMIN_TOKEN, ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
