@@ -49,6 +49,21 @@ t.test('parser', async (t) => {
   ]);
 });
 
+t.test('deployedNodeArgs reads the node flags of the last CMD', async (t) => {
+  const health = 'HEALTHCHECK --interval=15s \\\n  CMD ["node", "-e", "1"]\n';
+  const rows: Array<[string, string[] | 'throws']> = [
+    [`${health}CMD ["node","--max-semi-space-size=4","dist/gateway/main.js"]\n`, ['--max-semi-space-size=4']],
+    ['CMD ["node","dist/gateway/main.js"]\n', []],
+    ['CMD ["node","--a"]\nCMD ["node","--b=1","--c","dist/gateway/main.js"]\n', ['--b=1', '--c']],
+    [health, 'throws'],
+    ['CMD ["node","dist/reaper/main.js"]\n', 'throws'],
+  ];
+  for (const [dockerfile, want] of rows) {
+    if (want === 'throws') t.throws(() => deployedNodeArgs(dockerfile), dockerfile);
+    else t.same(deployedNodeArgs(dockerfile), want, dockerfile);
+  }
+});
+
 t.test('the gateway Dockerfile', async (t) => {
   const { stages } = parseDockerfile(readFileSync(root('Dockerfile'), 'utf8'));
   const stageNames = new Set(stages.map((s) => s.name));
