@@ -180,15 +180,15 @@ t.test("a sibling workspace's page cannot use this workspace's cookie: Fetch Met
   const fetchFrom = (site: string, mode: string, dest: string, origin?: string) => ({
     'sec-fetch-site': site, 'sec-fetch-mode': mode, 'sec-fetch-dest': dest, ...(origin ? { origin } : {}),
   });
-  const refused: Array<[string, string, Record<string, string>]> = [
-    ['a form posted from a sibling', 'POST', fetchFrom('same-site', 'navigate', 'document', sibling)],
-    ['a sibling\'s fetch with credentials', 'GET', fetchFrom('same-site', 'cors', 'empty', sibling)],
-    ['a sibling\'s <img>', 'GET', fetchFrom('same-site', 'no-cors', 'image')],
-    ['another site\'s <script>', 'GET', fetchFrom('cross-site', 'no-cors', 'script')],
-    ['a sibling\'s sign-out', 'POST', fetchFrom('same-site', 'no-cors', 'empty', sibling)],
-    ['a sibling\'s status poll', 'GET', fetchFrom('same-site', 'cors', 'empty', sibling)],
-    ['an older browser posting from a sibling (Origin only)', 'DELETE', { origin: sibling }],
-    ['Origin: null (a sandboxed page)', 'PUT', { origin: 'null' }],
+  const refused: Array<[string, string, string, Record<string, string>]> = [
+    ['a form posted from a sibling', 'POST', '/delete-everything', fetchFrom('same-site', 'navigate', 'document', sibling)],
+    ['a sibling\'s fetch with credentials', 'GET', '/delete-everything', fetchFrom('same-site', 'cors', 'empty', sibling)],
+    ['a sibling\'s <img>', 'GET', '/delete-everything', fetchFrom('same-site', 'no-cors', 'image')],
+    ['another site\'s <script>', 'GET', '/delete-everything', fetchFrom('cross-site', 'no-cors', 'script')],
+    ['a sibling\'s sign-out', 'POST', '/__gateway/logout', fetchFrom('same-site', 'no-cors', 'empty', sibling)],
+    ['a sibling\'s status poll', 'GET', '/__gateway/status', fetchFrom('same-site', 'cors', 'empty', sibling)],
+    ['an older browser posting from a sibling (Origin only)', 'DELETE', '/delete-everything', { origin: sibling }],
+    ['Origin: null (a sandboxed page)', 'PUT', '/delete-everything', { origin: 'null' }],
   ];
   const allowed: Array<[string, string, Record<string, string>]> = [
     ['its own page posting', 'POST', fetchFrom('same-origin', 'cors', 'empty', own)],
@@ -207,8 +207,7 @@ t.test("a sibling workspace's page cannot use this workspace's cookie: Fetch Met
   const before = up.requests.length;
   for (const [lane, agent, extra] of [['node:http', false, { connection: 'close' }], ['warm lane', keepAlive, {}]] as const) {
     const reached = up.requests.length;
-    for (const [name, method, headers] of refused) {
-      const path = name.includes('sign-out') ? '/__gateway/logout' : name.includes('status') ? '/__gateway/status' : '/delete-everything';
+    for (const [name, method, path, headers] of refused) {
       const r = await request(gw.port, { host, method, path, headers: { cookie, ...headers, ...extra }, agent });
       t.equal(r.status, 403, `${lane}: ${name}`);
       t.equal(code(r), 'ORIGIN_FORBIDDEN', `${lane}: ${name}`);

@@ -29,8 +29,8 @@ export async function launchFirefox(localDomains: readonly string[]): Promise<Fi
   const prefs: Record<string, string | boolean> = {
     'network.dns.localDomains': localDomains.join(','),
     'network.dns.disableIPv6': true,
-    // JSON opens in a plain document, as in Chromium: Firefox's JSON viewer is a privileged page
-    // whose scripts cannot fetch from the site it shows.
+    // JSON opens in a plain document, as in Chromium: a fetch from a page shown in Firefox's JSON
+    // viewer failed with a NetworkError before it left the browser.
     'devtools.jsonview.enabled': false,
   };
   writeFileSync(join(profile, 'user.js'), Object.entries(prefs).map(([k, v]) => `user_pref(${JSON.stringify(k)}, ${JSON.stringify(v)});\n`).join(''));
@@ -40,11 +40,13 @@ export async function launchFirefox(localDomains: readonly string[]): Promise<Fi
     const endpoint = await new Promise<string>((resolve, reject) => {
       let said = '';
       const timer = setTimeout(() => reject(new Error(`Firefox named no BiDi endpoint in 30 s: ${said}`)), 30_000);
-      child.stderr!.setEncoding('utf8').on('data', (d: string) => {
+      const onData = (d: string) => {
         said += d;
         const m = /WebDriver BiDi listening on (ws:\/\/\S+)/.exec(said);
-        if (m) { clearTimeout(timer); resolve(m[1]); }
-      });
+        // Found: stderr is still drained (resume), but no longer kept.
+        if (m) { clearTimeout(timer); child.stderr!.off('data', onData).resume(); resolve(m[1]); }
+      };
+      child.stderr!.setEncoding('utf8').on('data', onData);
       child.once('exit', (code) => { clearTimeout(timer); reject(new Error(`Firefox exited (${code}): ${said}`)); });
     });
     const ws = new WebSocket(`${endpoint}/session`);

@@ -1,6 +1,7 @@
-// HTTPS in front of a test gateway, as the ALB is in production (and two sibling workspaces behind it): browsers only send Fetch Metadata
-// and `__Host-` cookies to secure origins. It keeps every byte both ways, so a test can show which
-// requests a browser sent with which cookie, and what each was answered.
+// Two sibling workspaces behind a test gateway, behind HTTPS as the ALB is in production: browsers
+// send Fetch Metadata and `__Host-` cookies only to secure origins. The TLS front keeps every byte
+// both ways, so a test can show which requests a browser sent with which cookie, and what each was
+// answered.
 import { execFileSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import net, { type AddressInfo } from 'node:net';
@@ -11,7 +12,7 @@ import { TEST_ADMIN_TOKEN, startTestGateway } from './gateway.js';
 import { registerRunning, startRecordingUpstream } from './upstream.js';
 
 /** A self-signed certificate for *.`base`, written to `dir` (the browsers are told to accept it). */
-export function certificate(dir: string, base: string): { key: Buffer; cert: Buffer } {
+function certificate(dir: string, base: string): { key: Buffer; cert: Buffer } {
   execFileSync('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-days', '1',
     '-subj', `/CN=*.${base}`, '-addext', `subjectAltName=DNS:*.${base}`, '-keyout', join(dir, 'key.pem'), '-out', join(dir, 'cert.pem')], { stdio: 'ignore' });
   return { key: readFileSync(join(dir, 'key.pem')), cert: readFileSync(join(dir, 'cert.pem')) };
@@ -21,7 +22,7 @@ export function certificate(dir: string, base: string): { key: Buffer; cert: Buf
 const REQUEST_LINE = /[A-Z]+ \S+ HTTP\/1\.1\r\n/g;
 const STATUS_LINE = /HTTP\/1\.1 \d{3}[^\r\n]*\r\n/g;
 
-export async function tlsTerminator(creds: { key: Buffer; cert: Buffer }, target: () => number) {
+async function tlsTerminator(creds: { key: Buffer; cert: Buffer }, target: () => number) {
   // Per connection, in order: what the browser sent, what came back (browsers do not pipeline, so
   // the n-th response on a connection answers its n-th request).
   const sent: string[] = [];
