@@ -6,26 +6,12 @@ import { join } from 'node:path';
 import t from 'tap';
 import { Redis } from 'ioredis';
 import { systemClock } from '../gateway/clock.js';
-import { createAuth } from '../gateway/auth.js';
 import { createEcsProvisioner } from '../provisioner/ecs.js';
-import { startDemoWorkspace } from '../provisioner/demo-workspace.js';
-import { startFakeAws, type WorkspaceFactory } from './fake-aws/index.js';
+import { demoTasks, startFakeAws } from './fake-aws/index.js';
 import { fakeAwsEnv, fakeEcsOptions } from './fake-aws/config.js';
-import { NAVIGATE, TEST_ADMIN_TOKEN, TEST_SECRET, request, startTestGateway, waitRunning } from './helpers/gateway.js';
+import { NAVIGATE, TEST_ADMIN_TOKEN, request, sessionCookie, startTestGateway, waitRunning } from './helpers/gateway.js';
 import { spawnGateway } from './helpers/process.js';
 import { startRedis } from './helpers/redis.js';
-
-/** Each fake task runs the real demo workspace on its private address. */
-const demoTasks = (dir: string): WorkspaceFactory => async (info) => {
-  const demo = startDemoWorkspace({ host: info.host, port: info.port, dataDir: join(dir, info.workspaceId ?? 'x'), id: info.workspaceId ?? 'x', readyDelayMs: 0 });
-  await demo.listen();
-  return { close: () => demo.close() };
-};
-
-const session = async (id: string) => {
-  const auth = createAuth({ secret: TEST_SECRET, sessionTtlMs: 3_600_000, loginTokenMaxTtlMs: 300_000, clock: systemClock });
-  return `__Host-wsgw-session=${(await auth.createSession(id)).value}`;
-};
 
 t.test('cold start through the gateway with the ECS provisioner', async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'wsgw-ecs-'));
@@ -94,7 +80,7 @@ t.test('two gateway processes on one Redis, 200 page loads: one RunTask; then Re
   const env = { ...fakeAwsEnv(fake), REDIS_URL: redis.url, RECONCILE_INTERVAL: '1s' };
   const [a, b] = await Promise.all([spawnGateway(env), spawnGateway(env)]);
   t.teardown(async () => { await Promise.all([a.stop(), b.stop()]); await fake.close(); await redis.stop(); rmSync(dir, { recursive: true, force: true }); });
-  const cookie = await session('bob');
+  const cookie = await sessionCookie('bob');
   const host = 'ws-bob.localhost';
   const loads = await Promise.all(Array.from({ length: 200 }, (_, i) => request(i % 2 ? a.port : b.port, { host, headers: { ...NAVIGATE, cookie } })));
   t.ok(loads.every((r) => r.status === 200));

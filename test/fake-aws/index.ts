@@ -13,7 +13,7 @@ import { freePort } from '../helpers/redis.js';
 import { takeToken, type BucketState } from '../../provisioner/admission.js';
 import { tinyWorkspace, type WorkspaceFactory, type WorkspaceInstance } from './workspace.js';
 
-export { tinyWorkspace } from './workspace.js';
+export { demoTasks, tinyWorkspace } from './workspace.js';
 export type { WorkspaceFactory, WorkspaceInstance, WorkspaceTaskInfo } from './workspace.js';
 
 export type FaultMode = 'stall' | 'drop' | 500;

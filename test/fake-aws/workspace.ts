@@ -2,6 +2,8 @@
 // provisioner's health probe and a gateway's proxy reach something real. Pluggable: gateway tests
 // pass a factory that starts the demo workspace instead.
 import { createServer, type Server } from 'node:http';
+import { join } from 'node:path';
+import { startDemoWorkspace } from '../../provisioner/demo-workspace.js';
 
 export interface WorkspaceTaskInfo {
   taskArn: string;
@@ -52,4 +54,11 @@ export const tinyWorkspace: WorkspaceFactory = async (info) => {
   });
   await listen(server, info.host, info.port);
   return { close: () => closeServer(server) };
+};
+
+/** Each task runs the real demo workspace on its private address, its files under `dir`. */
+export const demoTasks = (dir: string): WorkspaceFactory => async (info) => {
+  const demo = startDemoWorkspace({ host: info.host, port: info.port, dataDir: join(dir, info.workspaceId ?? 'x'), id: info.workspaceId ?? 'x', readyDelayMs: 0 });
+  await demo.listen();
+  return { close: () => demo.close() };
 };

@@ -6,6 +6,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import { createGateway, type Gateway } from '../../gateway/app.js';
+import { createAuth } from '../../gateway/auth.js';
 import type { Clock } from '../../gateway/clock.js';
 import { systemClock } from '../../gateway/clock.js';
 import { loadConfig, type Config, type Env } from '../../gateway/config.js';
@@ -116,6 +117,12 @@ export function request(port: number, opts: { host?: string; path?: string; meth
     req.on('error', reject);
     req.end(opts.body);
   });
+}
+
+/** A session cookie for `id` that a gateway keyed with TEST_SECRET (spawnGateway's) accepts. */
+export async function sessionCookie(id: string): Promise<string> {
+  const auth = createAuth({ secret: TEST_SECRET, sessionTtlMs: 3_600_000, loginTokenMaxTtlMs: 300_000, clock: systemClock });
+  return `__Host-wsgw-session=${(await auth.createSession(id)).value}`;
 }
 
 export const NAVIGATE = { 'sec-fetch-mode': 'navigate', 'sec-fetch-dest': 'document', accept: 'text/html,application/xhtml+xml,*/*;q=0.8' };
