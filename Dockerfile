@@ -35,8 +35,10 @@ COPY --from=build /app/dist ./dist
 # The node image's unprivileged user (uid 1000); the code stays owned by root, read-only to it.
 USER node
 EXPOSE 8080 9090
+# The admin port as the container was told it (ADMIN_PORT), not the default: a fixed 9090 left a
+# gateway run with another port unhealthy forever (test/image.test.ts).
 HEALTHCHECK --interval=15s --timeout=5s --start-period=30s --retries=3 \
-  CMD ["node", "-e", "fetch('http://127.0.0.1:9090/healthz').then(r=>process.exit(r.ok?0:1),()=>process.exit(1))"]
+  CMD ["node", "-e", "fetch('http://127.0.0.1:'+(process.env.ADMIN_PORT||9090)+'/healthz').then(r=>process.exit(r.ok?0:1),()=>process.exit(1))"]
 ENTRYPOINT ["/usr/bin/tini", "-s", "--"]
 # A young generation of 4 MB a half instead of V8's 16: a proxy's garbage dies young, and the larger
 # one only inflated resident memory by up to 20 MB whenever a burst of WebSockets opened after an

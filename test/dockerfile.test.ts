@@ -96,7 +96,7 @@ t.test('the gateway Dockerfile', async (t) => {
   t.notMatch(user!.args, /^(root|0)(:|$)/, 'not root');
   const hc = find(runtime, 'HEALTHCHECK');
   t.equal(hc.length, 1);
-  t.match(hc[0].args, /http:\/\/127\.0\.0\.1:9090\/healthz/);
+  t.match(hc[0].args, /http:\/\/127\.0\.0\.1:'\+\(process\.env\.ADMIN_PORT\|\|9090\)\+'\/healthz/, 'on the admin port the container was given');
   t.match(last(find(runtime, 'ENTRYPOINT')).args, /tini/, 'an init as PID 1');
   const cmd = JSON.parse(last(find(runtime, 'CMD')).args) as string[];
   t.same([cmd[0], cmd.at(-1)], ['node', 'dist/gateway/main.js'], 'runs the gateway');

@@ -9,6 +9,8 @@ export const MAIN = fileURLToPath(new URL('../../gateway/main.js', import.meta.u
 
 export interface GatewayProcess {
   child: ChildProcess;
+  /** The container's name when run from the image. */
+  container?: string;
   port: number;
   adminPort: number;
   logs: Array<Record<string, unknown>>;
@@ -18,16 +20,23 @@ export interface GatewayProcess {
   stop(signal?: NodeJS.Signals): Promise<number | null>;
 }
 
-export async function spawnGateway(env: Record<string, string>): Promise<GatewayProcess> {
+/**
+ * `image`: run the gateway's Docker image instead, as ECS runs it (its own entrypoint and command, the
+ * given settings only, on the host's network so it reaches the test's Redis, fake AWS and tasks on
+ * loopback); `stop` then signals the container's PID 1 (`docker kill --signal`), as `docker stop` and ECS do.
+ */
+export async function spawnGateway(env: Record<string, string>, opts: { image?: string } = {}): Promise<GatewayProcess> {
   const port = await freePort();
   const adminPort = await freePort();
-  const child = spawn(process.execPath, [MAIN], {
-    env: {
-      PATH: process.env.PATH, HOME: process.env.HOME, GATEWAY_PORT: String(port), ADMIN_PORT: String(adminPort),
-      GATEWAY_SECRET: TEST_SECRET, ADMIN_TOKEN: TEST_ADMIN_TOKEN, LOCAL_WORKSPACE: 'demo', DEMO_READY_DELAY: '0ms', LOG_LEVEL: 'info', ...env,
-    },
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
+  const settings: Record<string, string> = {
+    GATEWAY_PORT: String(port), ADMIN_PORT: String(adminPort),
+    GATEWAY_SECRET: TEST_SECRET, ADMIN_TOKEN: TEST_ADMIN_TOKEN, LOCAL_WORKSPACE: 'demo', DEMO_READY_DELAY: '0ms', LOG_LEVEL: 'info', ...env,
+  };
+  const container = opts.image ? `wsgw-test-${process.pid}-${port}` : undefined;
+  const child = opts.image
+    ? spawn('docker', ['run', '--rm', '--name', container!, '--network', 'host',
+      ...Object.entries(settings).flatMap(([k, v]) => ['-e', `${k}=${v}`]), opts.image], { stdio: ['ignore', 'pipe', 'pipe'] })
+    : spawn(process.execPath, [MAIN], { env: { PATH: process.env.PATH, HOME: process.env.HOME, ...settings }, stdio: ['ignore', 'pipe', 'pipe'] });
   const logs: Array<Record<string, unknown>> = [];
   const watchers = new Set<(l: Record<string, unknown>) => void>();
   let buf = '';
@@ -57,9 +66,11 @@ export async function spawnGateway(env: Record<string, string>): Promise<Gateway
   });
   await waitFor((l) => l.event === 'listening');
   return {
-    child, port, adminPort, logs, waitFor, exited,
+    child, container, port, adminPort, logs, waitFor, exited,
     async stop(signal: NodeJS.Signals = 'SIGTERM') {
-      if (child.exitCode === null && child.signalCode === null) child.kill(signal);
+      if (child.exitCode !== null || child.signalCode !== null) return exited;
+      if (container) spawn('docker', ['kill', '--signal', signal, container], { stdio: 'ignore' });
+      else child.kill(signal);
       return exited;
     },
   };
