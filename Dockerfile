@@ -27,7 +27,13 @@ FROM ${NODE_IMAGE} AS runtime
 RUN apt-get update \
  && apt-get install -y --no-install-recommends tini \
  && rm -rf /var/lib/apt/lists/*
-ENV NODE_ENV=production
+# LISTEN_HOST: a container's own loopback is out of reach of `docker run -p`, and the gateway binds
+# 127.0.0.1 by default when BASE_DOMAIN is localhost (the try-it-out case); the published ports decide
+# exposure here. LOCAL_DATA_DIR: the local provisioner's folders somewhere the node user may write
+# (/app is root's). Both only matter to `docker run` with no settings; ECS sets its own.
+ENV NODE_ENV=production \
+    LISTEN_HOST=0.0.0.0 \
+    LOCAL_DATA_DIR=/home/node/workspaces
 WORKDIR /app
 COPY --from=deps /app/node_modules ./node_modules
 COPY --from=build /app/package.json ./package.json

@@ -3,17 +3,19 @@
 // the fake AWS endpoint), traffic shaped as the ALB forwards it, and a stop by signal to PID 1. What
 // only the image can get wrong is checked here: a production-only dependency tree that still starts,
 // tini forwarding SIGTERM, the unprivileged user, the HEALTHCHECK, and the reaper's command override.
+import { spawn } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import t from 'tap';
 import { Redis } from 'ioredis';
+import { launchChromium } from './helpers/browser.js';
 import { demoTasks, startFakeAws } from './fake-aws/index.js';
 import { fakeAwsEnv } from './fake-aws/config.js';
 import { NAVIGATE, TEST_ADMIN_TOKEN, TEST_SECRET, request, sessionCookie, until, waitRunning } from './helpers/gateway.js';
 import { gatewayImage, run } from './helpers/image.js';
 import { spawnGateway } from './helpers/process.js';
-import { startRedis } from './helpers/redis.js';
+import { freePort, startRedis } from './helpers/redis.js';
 import { closed, connected, nextMessage, openWs } from './helpers/ws.js';
 
 const DOMAIN = 'ws.example.test';
@@ -92,4 +94,35 @@ t.test('the gateway image serves a cold start, a page and a WebSocket, reports h
   const pass = reaper.stdout.split('\n').filter(Boolean).map((l) => JSON.parse(l) as Record<string, unknown>).find((l) => l.event === 'reaper.pass');
   t.same((pass?.stopped as Array<{ id: string }> | undefined)?.map((s) => s.id), ['alice'], 'the idle workspace stopped');
   t.ok(fake.count('StopTask') >= 1, 'through StopTask');
+});
+
+t.test('docker run -p with no settings: the sign-in link it prints opens the demo workspace in Chromium', async (t) => {
+  const { image } = await gatewayImage();
+  // GATEWAY_PORT only so that no fixed host port is needed; the printed link then names that port.
+  const port = await freePort();
+  const name = `wsgw-test-try-${process.pid}`;
+  const child = spawn('docker', ['run', '--rm', '--name', name, '-p', `127.0.0.1:${port}:${port}`, '-e', `GATEWAY_PORT=${port}`, image], { stdio: ['ignore', 'pipe', 'pipe'] });
+  t.teardown(() => run('docker', ['rm', '-f', name]));
+  const link = await new Promise<string>((resolve, reject) => {
+    let out = '';
+    const timer = setTimeout(() => reject(new Error(`no sign-in link printed: ${out.slice(-2000)}`)), 60_000);
+    const seen = (c: Buffer) => {
+      out += c.toString();
+      const m = /http:\/\/ws-demo\.localhost:\d+\/__gateway\/login\?token=\S+/.exec(out);
+      if (m) { clearTimeout(timer); resolve(m[0]); }
+    };
+    child.stdout!.on('data', seen);
+    child.stderr!.on('data', seen);
+  });
+  t.match(link, new RegExp(`^http://ws-demo\\.localhost:${port}/`), 'the link names the published port');
+  const browser = await launchChromium();
+  t.teardown(() => browser.close());
+  const page = await browser.newPage();
+  await page.goto(link);
+  await page.waitForSelector('text=Starting your workspace', { timeout: 10_000 });
+  t.pass('the starting page');
+  await page.waitForSelector('#ws >> text=round trip ok', { timeout: 30_000 });
+  t.match(await page.textContent('h1'), /Demo workspace/, 'the demo workspace, its WebSocket through the gateway');
+  const files = await run('docker', ['exec', name, 'ls', '/home/node/workspaces']);
+  t.match(files.stdout, /demo/, "the local provisioner's folder, where the node user may write");
 });
