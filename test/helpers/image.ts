@@ -8,13 +8,15 @@
 // the build, the production-only dependencies, tini from Debian, USER, HEALTHCHECK, ENTRYPOINT, CMD)
 // runs unchanged on top of it.
 import { spawn } from 'node:child_process';
+import { createHash } from 'node:crypto';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
-export const ROOT = fileURLToPath(new URL('../../..', import.meta.url));
-export const GATEWAY_TAG = 'wsgw-test/workspace-gateway:latest';
+const ROOT = fileURLToPath(new URL('../../..', import.meta.url));
+/** One tag per checkout: two checkouts testing at once on one machine must not run each other's image. */
+const GATEWAY_TAG = `wsgw-test/workspace-gateway:${createHash('sha256').update(ROOT).digest('hex').slice(0, 12)}`;
 
 interface Run { code: number | null; stdout: string; stderr: string }
 
@@ -40,7 +42,7 @@ async function must(cmd: string, args: string[], what: string, opts: { input?: s
 }
 
 /** The Dockerfile's `ARG NODE_IMAGE=` default: the base image it is built on. */
-export function dockerfileBase(dockerfile = readFileSync(join(ROOT, 'Dockerfile'), 'utf8')): string {
+function dockerfileBase(dockerfile = readFileSync(join(ROOT, 'Dockerfile'), 'utf8')): string {
   const m = /^ARG NODE_IMAGE=(\S+)\s*$/m.exec(dockerfile);
   if (!m) throw new Error('Dockerfile has no ARG NODE_IMAGE=<image>');
   return m[1];
@@ -90,8 +92,10 @@ export function gatewayImage(): Promise<{ image: string; base: string }> {
     const info = await run('docker', ['info', '--format', '{{.ServerVersion}}']);
     if (info.code !== 0) throw new Error(`no Docker daemon (start dockerd; .ci/run does): ${info.stderr.trim()}`);
     const base = await baseImage();
-    const r = await run('docker', ['build', '--build-arg', `NODE_IMAGE=${base}`, '-t', GATEWAY_TAG, ROOT], { env: { ...process.env, DOCKER_BUILDKIT: '0' }, timeoutMs: 600_000 });
+    const r = await run('docker', ['build', '--build-arg', `NODE_IMAGE=${base}`, '--label', 'wsgw-test=gateway', '-t', GATEWAY_TAG, ROOT], { env: { ...process.env, DOCKER_BUILDKIT: '0' }, timeoutMs: 600_000 });
     if (r.code !== 0) throw new Error(`docker build failed: ${r.stdout.slice(-3000)}${r.stderr.slice(-2000)}`);
+    // The build before, now untagged: without this every run would leave one behind (its layers stay cached).
+    await run('docker', ['image', 'prune', '-f', '--filter', 'label=wsgw-test=gateway']);
     return { image: GATEWAY_TAG, base };
   })();
   return built;
