@@ -23,9 +23,10 @@ export interface GatewayProcess {
 /**
  * `image`: run the gateway's Docker image instead, as ECS runs it (its own entrypoint and command, the
  * given settings only, on the host's network so it reaches the test's Redis, fake AWS and tasks on
- * loopback); `stop` then signals the container's PID 1 (`docker kill --signal`), as `docker stop` and ECS do.
+ * loopback; `dockerArgs` before the image); `stop` then signals the container's PID 1 (`docker kill
+ * --signal`), as `docker stop` and ECS do.
  */
-export async function spawnGateway(env: Record<string, string>, opts: { image?: string } = {}): Promise<GatewayProcess> {
+export async function spawnGateway(env: Record<string, string>, opts: { image?: string; dockerArgs?: string[] } = {}): Promise<GatewayProcess> {
   const port = await freePort();
   const adminPort = await freePort();
   const settings: Record<string, string> = {
@@ -35,7 +36,7 @@ export async function spawnGateway(env: Record<string, string>, opts: { image?: 
   const container = opts.image ? `wsgw-test-${process.pid}-${port}` : undefined;
   const child = opts.image
     ? spawn('docker', ['run', '--rm', '--name', container!, '--network', 'host',
-      ...Object.entries(settings).flatMap(([k, v]) => ['-e', `${k}=${v}`]), opts.image], { stdio: ['ignore', 'pipe', 'pipe'] })
+      ...(opts.dockerArgs ?? []), ...Object.entries(settings).flatMap(([k, v]) => ['-e', `${k}=${v}`]), opts.image], { stdio: ['ignore', 'pipe', 'pipe'] })
     : spawn(process.execPath, [MAIN], { env: { PATH: process.env.PATH, HOME: process.env.HOME, ...settings }, stdio: ['ignore', 'pipe', 'pipe'] });
   const logs: Array<Record<string, unknown>> = [];
   const watchers = new Set<(l: Record<string, unknown>) => void>();
