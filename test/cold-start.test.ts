@@ -4,12 +4,10 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import t from 'tap';
-import { NAVIGATE, XHR, request, startTestGateway, waitRunning, TEST_SECRET } from './helpers/gateway.js';
+import { NAVIGATE, XHR, request, sessionCookie, startTestGateway, waitRunning } from './helpers/gateway.js';
 import { spawnGateway } from './helpers/process.js';
 import { startRedis } from './helpers/redis.js';
 import { connected, openWs } from './helpers/ws.js';
-import { createAuth } from '../gateway/auth.js';
-import { systemClock } from '../gateway/clock.js';
 
 t.test('200 concurrent page loads of a stopped workspace start it once', async (t) => {
   const gw = await startTestGateway({ env: { DEMO_READY_DELAY: '1s' } });
@@ -84,8 +82,7 @@ t.test('two gateway processes sharing Redis: 100 page loads over both, exactly o
   const env = { REDIS_URL: redis.url, LOCAL_DATA_DIR: dataDir, DEMO_READY_DELAY: '500ms' };
   const [a, b] = await Promise.all([spawnGateway(env), spawnGateway(env)]);
   t.teardown(async () => { await Promise.all([a.stop(), b.stop()]); await redis.stop(); rmSync(dataDir, { recursive: true, force: true }); });
-  const auth = createAuth({ secret: TEST_SECRET, sessionTtlMs: 3_600_000, loginTokenMaxTtlMs: 300_000, clock: systemClock });
-  const cookie = `__Host-wsgw-session=${(await auth.createSession('shared')).value}`;
+  const cookie = await sessionCookie('shared');
   const host = 'ws-shared.localhost';
   const loads = Array.from({ length: 100 }, (_, i) => request(i % 2 ? a.port : b.port, { host, headers: { ...NAVIGATE, cookie } }));
   const responses = await Promise.all(loads);

@@ -13,7 +13,7 @@ import { launchChromium } from './helpers/browser.js';
 import { demoTasks, startFakeAws } from './fake-aws/index.js';
 import { fakeAwsEnv } from './fake-aws/config.js';
 import { NAVIGATE, TEST_ADMIN_TOKEN, TEST_SECRET, request, sessionCookie, until, waitRunning } from './helpers/gateway.js';
-import { gatewayImage, run } from './helpers/image.js';
+import { dockerEnv, gatewayImage, run } from './helpers/image.js';
 import { spawnGateway } from './helpers/process.js';
 import { freePort, startRedis } from './helpers/redis.js';
 import { closed, connected, nextMessage, openWs } from './helpers/ws.js';
@@ -94,7 +94,7 @@ t.test('the gateway image serves a cold start, a page and a WebSocket, reports h
   // has been idle longer than IDLE_TIMEOUT, so one pass stops it.
   await new Promise((r) => setTimeout(r, 1100));
   const reaper = await run('docker', ['run', '--rm', '--network', 'host',
-    ...Object.entries({ ...env, IDLE_TIMEOUT: '1s', GATEWAY_SECRET: TEST_SECRET, ADMIN_TOKEN: TEST_ADMIN_TOKEN }).flatMap(([k, v]) => ['-e', `${k}=${v}`]),
+    ...dockerEnv({ ...env, IDLE_TIMEOUT: '1s', GATEWAY_SECRET: TEST_SECRET, ADMIN_TOKEN: TEST_ADMIN_TOKEN }),
     image, 'node', 'dist/reaper/main.js', '--once'], { timeoutMs: 60_000 });
   t.equal(reaper.code, 0, `the reaper exits 0${reaper.code === 0 ? '' : `: ${reaper.stderr.slice(-500)}`}`);
   const pass = reaper.stdout.split('\n').filter(Boolean).map((l) => JSON.parse(l) as Record<string, unknown>).find((l) => l.event === 'reaper.pass');

@@ -6,12 +6,10 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import http from 'node:http';
 import { fileURLToPath } from 'node:url';
 import t from 'tap';
-import { createAuth } from '../gateway/auth.js';
-import { systemClock } from '../gateway/clock.js';
 import { createRedisStore } from '../gateway/store/redis.js';
 import { startFakeAws } from './fake-aws/index.js';
 import { fakeAwsEnv } from './fake-aws/config.js';
-import { NAVIGATE, TEST_ADMIN_TOKEN, TEST_SECRET, request, until, waitRunning } from './helpers/gateway.js';
+import { NAVIGATE, TEST_ADMIN_TOKEN, TEST_SECRET, request, sessionCookie, until, waitRunning } from './helpers/gateway.js';
 import { freePort, startRedis } from './helpers/redis.js';
 
 const main = fileURLToPath(new URL('../gateway/main.js', import.meta.url));
@@ -48,8 +46,7 @@ t.test('two replicas, one killed mid-start, one AWS response lost: exactly one t
 
   const id = 'stu1';
   const host = `ws-${id}.localhost`;
-  const auth = createAuth({ secret: TEST_SECRET, sessionTtlMs: 3_600_000, loginTokenMaxTtlMs: 300_000, clock: systemClock });
-  const cookie = `__Host-wsgw-session=${(await auth.createSession(id)).value}`;
+  const cookie = await sessionCookie(id);
   const load = (port: number) => request(port, { host, headers: { ...NAVIGATE, cookie } }).then((r) => r.status, () => 0);
 
   // Replica A gets the first 50 page loads and drives the start.

@@ -8,11 +8,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import t from 'tap';
-import { createAuth } from '../gateway/auth.js';
-import { systemClock } from '../gateway/clock.js';
 import { loadConfig } from '../gateway/config.js';
 import { createRedisStore } from '../gateway/store/redis.js';
-import { NAVIGATE, TEST_ADMIN_TOKEN, TEST_SECRET, request, until, waitRunning } from './helpers/gateway.js';
+import { NAVIGATE, TEST_ADMIN_TOKEN, TEST_SECRET, request, sessionCookie, until, waitRunning } from './helpers/gateway.js';
 import { freePort, startRedis } from './helpers/redis.js';
 import { closed, connected, nextMessage, openWs } from './helpers/ws.js';
 
@@ -45,8 +43,7 @@ t.test('SIGTERM: drain, 1001, flush, release, exit 0', async (t) => {
   t.teardown(() => { if (child.exitCode === null) child.kill('SIGKILL'); });
   await until(async () => (await status(adminPort, '/readyz')) === 200);
 
-  const auth = createAuth({ secret: TEST_SECRET, sessionTtlMs: 3_600_000, loginTokenMaxTtlMs: 300_000, clock: systemClock });
-  const cookie = `__Host-wsgw-session=${(await auth.createSession('demo')).value}`;
+  const cookie = await sessionCookie('demo');
   await request(port, { headers: { ...NAVIGATE, cookie } });
   t.equal((await waitRunning(port, cookie)).state, 'running');
   const ws = await connected(openWs(port, '/echo', { cookie }));

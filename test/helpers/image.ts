@@ -35,6 +35,9 @@ export function run(cmd: string, args: string[], opts: { input?: string; env?: N
   });
 }
 
+/** Settings as `docker run` flags: one `-e NAME=value` each. */
+export const dockerEnv = (settings: Record<string, string>): string[] => Object.entries(settings).flatMap(([k, v]) => ['-e', `${k}=${v}`]);
+
 async function must(cmd: string, args: string[], what: string, opts: { input?: string; timeoutMs?: number } = {}): Promise<string> {
   const r = await run(cmd, args, opts);
   if (r.code !== 0) throw new Error(`${what} failed (${cmd} ${args.slice(0, 3).join(' ')}…, exit ${r.code}): ${r.stderr.slice(-2000)}`);

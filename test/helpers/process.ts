@@ -2,6 +2,7 @@
 // its JSON log lines captured so tests can count events such as start.requested.
 import { spawn, type ChildProcess } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
+import { dockerEnv } from './image.js';
 import { freePort } from './redis.js';
 import { TEST_ADMIN_TOKEN, TEST_SECRET } from './gateway.js';
 
@@ -36,7 +37,7 @@ export async function spawnGateway(env: Record<string, string>, opts: { image?: 
   const container = opts.image ? `wsgw-test-${process.pid}-${port}` : undefined;
   const child = opts.image
     ? spawn('docker', ['run', '--rm', '--name', container!, '--network', 'host',
-      ...(opts.dockerArgs ?? []), ...Object.entries(settings).flatMap(([k, v]) => ['-e', `${k}=${v}`]), opts.image], { stdio: ['ignore', 'pipe', 'pipe'] })
+      ...(opts.dockerArgs ?? []), ...dockerEnv(settings), opts.image], { stdio: ['ignore', 'pipe', 'pipe'] })
     : spawn(process.execPath, [MAIN], { env: { PATH: process.env.PATH, HOME: process.env.HOME, ...settings }, stdio: ['ignore', 'pipe', 'pipe'] });
   const logs: Array<Record<string, unknown>> = [];
   const watchers = new Set<(l: Record<string, unknown>) => void>();
