@@ -2,7 +2,7 @@
 // exact versions, non-root users, an init as PID 1, a HEALTHCHECK, and no dev dependencies or
 // sources in the gateway's shipped stage; and that the code shipped there imports nothing else.
 import t from 'tap';
-import { readFileSync } from 'node:fs';
+import { readFileSync, statSync } from 'node:fs';
 import { builtinModules } from 'node:module';
 import { dirname, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -160,6 +160,10 @@ t.test('the workspace (code-server) Dockerfile', async (t) => {
   t.match(readme, v.join('.'), 'the README explains the pinned version');
   t.notMatch(last(find(s, 'USER')).args, /^(root|0)(:|$)/, 'runs as coder, not root');
   t.match(last(find(s, 'ENTRYPOINT')).args, /dumb-init.*workspace-entrypoint/, 'an init as PID 1, then the entrypoint');
-  t.ok(find(s, 'COPY').some((c) => /entrypoint\.sh/.test(c.args)));
+  const copy = find(s, 'COPY').find((c) => /entrypoint\.sh/.test(c.args));
+  t.ok(copy);
+  // A plain COPY keeps the file's mode: the entrypoint must be executable as checked out (git keeps 0755).
+  t.notMatch(copy?.args ?? '', /--chmod/, 'no BuildKit-only COPY flag: the classic builder builds it too');
+  t.equal(statSync(root('codeserver/entrypoint.sh')).mode & 0o755, 0o755, 'entrypoint.sh is executable, so the COPY needs no --chmod');
   t.equal(find(s, 'HEALTHCHECK').length, 1);
 });
