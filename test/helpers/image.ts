@@ -1,12 +1,11 @@
-// The gateway's Docker image, built from this checkout's Dockerfile for tests that run it as ECS
-// would (issue 9). Needs a running Docker daemon (.ci/run starts one).
+// The two Docker images, built from this checkout for tests that run them as ECS would (issue 9):
+// the gateway's (Dockerfile) and the workspace's (codeserver/Dockerfile). Needs a running Docker
+// daemon (.ci/run starts one).
 //
-// The Dockerfile's base, node:<version>-bookworm-slim, comes from Docker Hub, which a machine with
-// no network but the npm registry and Debian's mirror cannot reach. Then a stand-in is made once:
-// Debian bookworm (debootstrap, minimal) with this machine's own Node.js of the same version and the
-// official image's unprivileged user (node, uid 1000). Everything the Dockerfile itself does (npm ci,
-// the build, the production-only dependencies, tini from Debian, USER, HEALTHCHECK, ENTRYPOINT, CMD)
-// runs unchanged on top of it.
+// Both bases come from Docker Hub (node:<version>-bookworm-slim, codercom/code-server:<version>),
+// which a machine with no network but the npm registry and Debian's mirror cannot reach. Then a
+// stand-in for each is made once per machine and kept (nodeBase, codeServerBase below), and
+// everything the Dockerfiles themselves do runs unchanged on top of it.
 import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
@@ -15,8 +14,8 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 const ROOT = fileURLToPath(new URL('../../..', import.meta.url));
-/** One tag per checkout: two checkouts testing at once on one machine must not run each other's image. */
-const GATEWAY_TAG = `wsgw-test/workspace-gateway:${createHash('sha256').update(ROOT).digest('hex').slice(0, 12)}`;
+/** Tags are per checkout: two checkouts testing at once on one machine must not run each other's image. */
+const CHECKOUT = createHash('sha256').update(ROOT).digest('hex').slice(0, 12);
 
 interface Run { code: number | null; stdout: string; stderr: string }
 
@@ -44,62 +43,122 @@ async function must(cmd: string, args: string[], what: string, opts: { input?: s
   return r.stdout;
 }
 
-/** The Dockerfile's `ARG NODE_IMAGE=` default: the base image it is built on. */
-function dockerfileBase(dockerfile = readFileSync(join(ROOT, 'Dockerfile'), 'utf8')): string {
-  const m = /^ARG NODE_IMAGE=(\S+)\s*$/m.exec(dockerfile);
-  if (!m) throw new Error('Dockerfile has no ARG NODE_IMAGE=<image>');
+/** A Dockerfile's `ARG <name>=` default: the base image it is built on. */
+function dockerfileBase(file: string, arg: string): string {
+  const m = new RegExp(`^ARG ${arg}=(\\S+)\\s*$`, 'm').exec(readFileSync(join(ROOT, file), 'utf8'));
+  if (!m) throw new Error(`${file} has no ARG ${arg}=<image>`);
   return m[1];
 }
 
 const present = async (image: string) => (await run('docker', ['image', 'inspect', image])).code === 0;
 
+/** The official base if Docker has it or can pull it; else undefined. */
+async function official(image: string): Promise<string | undefined> {
+  if (await present(image)) return image;
+  if ((await run('docker', ['pull', image], { timeoutMs: 60_000 })).code === 0) return image;
+  return undefined;
+}
+
 /**
- * The base to build on: the Dockerfile's own if Docker has or can pull it, else the stand-in
- * (above), made at most once per machine and kept.
+ * Makes `tag` once per machine: Debian bookworm (debootstrap, minimal, plus `packages`) with this
+ * machine's Node.js and npm and its CA bundle (it reaches the npm registry through a TLS proxy whose
+ * CA it trusts), then `setup` (a shell script given the root's path as $1), imported with `changes`
+ * (`docker import --change`).
  */
-async function baseImage(): Promise<string> {
-  const official = dockerfileBase();
-  if (await present(official)) return official;
-  if ((await run('docker', ['pull', official], { timeoutMs: 60_000 })).code === 0) return official;
-  const version = /^node:(\d+\.\d+\.\d+)-bookworm-slim$/.exec(official)?.[1];
-  if (!version) throw new Error(`cannot stand in for ${official}: not a node:<version>-bookworm-slim tag`);
-  // The stand-in carries this machine's Node.js, so it is only the same base if the version is.
-  if (process.version !== `v${version}`) throw new Error(`cannot stand in for ${official}: this machine runs Node.js ${process.version}`);
-  const standIn = `wsgw-test/node:${version}-bookworm-slim`;
-  if (await present(standIn)) return standIn;
-  const root = mkdtempSync(join(tmpdir(), 'wsgw-nodebase-'));
+async function debianWithNode(tag: string, packages: string[], setup: string, changes: string[]): Promise<void> {
+  const root = mkdtempSync(join(tmpdir(), 'wsgw-base-'));
   try {
-    await must('debootstrap', ['--variant=minbase', 'bookworm', root, 'http://deb.debian.org/debian'], 'debootstrap', { timeoutMs: 600_000 });
-    // This machine's Node.js and npm, as the official image lays them out (/usr/local there, /usr here).
+    await must('debootstrap', ['--variant=minbase', ...(packages.length ? [`--include=${packages.join(',')}`] : []), 'bookworm', root, 'http://deb.debian.org/debian'], 'debootstrap', { timeoutMs: 600_000 });
+    // This machine's Node.js and npm, as the official node image lays them out (/usr/local there, /usr here).
     const files = (await must('sh', ['-c', 'dpkg -L nodejs | while read f; do [ -f "$f" ] && echo "${f#/}"; done'], 'listing nodejs')).trim();
     await must('sh', ['-c', 'tar -C / -cf - -T - | tar -C "$1" -xf - && rm -rf "$1/usr/lib/node_modules/npm" && cp -a /usr/lib/node_modules/npm "$1/usr/lib/node_modules/" && ln -sf ../lib/node_modules/npm/bin/npm-cli.js "$1/usr/bin/npm"', 'sh', root], 'copying node', { input: `${files}\n` });
-    // This machine reaches the npm registry through a TLS proxy whose CA it trusts: so must npm ci in the build.
     await must('sh', ['-c', 'mkdir -p "$1/etc/ssl/certs" && cp /etc/ssl/certs/ca-certificates.crt "$1/etc/ssl/certs/"', 'sh', root], 'copying CA certificates');
-    await must('chroot', [root, 'sh', '-c', 'groupadd -g 1000 node && useradd -u 1000 -g node -s /bin/bash -m node && node --version'], 'adding the node user');
+    await must('sh', ['-c', setup, 'sh', root], `setting up ${tag}`, { timeoutMs: 300_000 });
     await must('sh', ['-c', 'rm -rf "$1"/var/cache/apt/archives/*.deb "$1"/var/lib/apt/lists/*', 'sh', root], 'cleaning');
-    await must('sh', ['-c', `tar -C "$1" -c . | docker import --change 'ENV NODE_EXTRA_CA_CERTS=/etc/ssl/certs/ca-certificates.crt' --change 'CMD ["node"]' - "$2"`, 'sh', root, standIn], 'docker import', { timeoutMs: 300_000 });
+    const change = changes.map((c) => `--change '${c}'`).join(' ');
+    await must('sh', ['-c', `tar -C "$1" -c . | docker import ${change} - "$2"`, 'sh', root, tag], 'docker import', { timeoutMs: 300_000 });
   } finally {
     rmSync(root, { recursive: true, force: true });
   }
+}
+
+/**
+ * The gateway's base: the Dockerfile's own if Docker has or can pull it, else the stand-in (above)
+ * with the official image's unprivileged user (node, uid 1000), made at most once per machine and kept.
+ */
+async function nodeBase(): Promise<string> {
+  const image = dockerfileBase('Dockerfile', 'NODE_IMAGE');
+  if (await official(image)) return image;
+  const version = /^node:(\d+\.\d+\.\d+)-bookworm-slim$/.exec(image)?.[1];
+  if (!version) throw new Error(`cannot stand in for ${image}: not a node:<version>-bookworm-slim tag`);
+  // The stand-in carries this machine's Node.js, so it is only the same base if the version is.
+  if (process.version !== `v${version}`) throw new Error(`cannot stand in for ${image}: this machine runs Node.js ${process.version}`);
+  const standIn = `wsgw-test/node:${version}-bookworm-slim`;
+  if (await present(standIn)) return standIn;
+  await debianWithNode(standIn, [],
+    'chroot "$1" sh -c "groupadd -g 1000 node && useradd -u 1000 -g node -s /bin/bash -m node && node --version"',
+    ['ENV NODE_EXTRA_CA_CERTS=/etc/ssl/certs/ca-certificates.crt', 'CMD ["node"]']);
   return standIn;
 }
 
-let built: Promise<{ image: string; base: string }> | undefined;
+/**
+ * The workspace image's base, codercom/code-server:<version>, is on Docker Hub only. Its stand-in is
+ * what that image is to the workspace Dockerfile: Debian bookworm with curl and dumb-init, the
+ * unprivileged user coder (uid 1000, home /home/coder, the owner EFS access points enforce), and
+ * code-server on the PATH as `code-server`, here this machine's (../shared/tools/install-code-server.sh,
+ * 4.96.4, on this machine's Node.js, where the official image bundles its own). Its tag names the
+ * version it carries, not the one it stands in for.
+ */
+async function codeServerBase(): Promise<string> {
+  const image = dockerfileBase('codeserver/Dockerfile', 'CODE_SERVER_IMAGE');
+  if (await official(image)) return image;
+  const home = process.env.CS_HOME ?? '/opt/code-server';
+  const entry = join(home, 'app/node_modules/code-server/out/node/entry.js');
+  const version = JSON.parse(readFileSync(join(home, 'app/node_modules/code-server/package.json'), 'utf8')).version as string;
+  const standIn = `wsgw-test/code-server:${version}`;
+  if (await present(standIn)) return standIn;
+  await debianWithNode(standIn, ['curl', 'dumb-init', 'ca-certificates', 'libstdc++6'], [
+    `mkdir -p "$1${home}" && cp -a "${home}/." "$1${home}/"`,
+    `printf '#!/bin/sh\\nexec node "%s" "$@"\\n' "${entry}" > "$1/usr/bin/code-server" && chmod 0755 "$1/usr/bin/code-server"`,
+    // env -i: the test runner puts its own module loader into every child's NODE_OPTIONS; the chroot has none of it.
+    'chroot "$1" env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin sh -c "groupadd -g 1000 coder && useradd -u 1000 -g coder -s /bin/bash -m coder && code-server --version"',
+  ].join(' && '), ['USER 1000', 'ENV USER=coder', 'WORKDIR /home/coder', 'EXPOSE 8080',
+    'ENTRYPOINT ["/usr/bin/dumb-init", "--", "code-server", "--bind-addr", "0.0.0.0:8080", "."]']);
+  return standIn;
+}
+
+/** Builds `context` on `base` (passed as the build ARG `arg`) with the classic builder, tagged per checkout. */
+async function build(context: string, arg: string, base: string, name: string): Promise<string> {
+  const info = await run('docker', ['info', '--format', '{{.ServerVersion}}']);
+  if (info.code !== 0) throw new Error(`no Docker daemon (start dockerd; .ci/run does): ${info.stderr.trim()}`);
+  const tag = `wsgw-test/${name}:${CHECKOUT}`;
+  const r = await run('docker', ['build', '--build-arg', `${arg}=${base}`, '--label', `wsgw-test=${name}`, '-t', tag, join(ROOT, context)], { env: { ...process.env, DOCKER_BUILDKIT: '0' }, timeoutMs: 600_000 });
+  if (r.code !== 0) throw new Error(`docker build of ${context} failed: ${r.stdout.slice(-3000)}${r.stderr.slice(-2000)}`);
+  // The build before, now untagged: without this every run would leave one behind (its layers stay cached).
+  await run('docker', ['image', 'prune', '-f', '--filter', `label=wsgw-test=${name}`]);
+  return tag;
+}
+
+let gateway: Promise<{ image: string; base: string }> | undefined;
+let workspace: Promise<{ image: string; base: string }> | undefined;
 
 /**
  * Builds the gateway image from this checkout (once per test process). The classic builder: BuildKit
  * fetches the `# syntax=` frontend from Docker Hub first; the Dockerfile uses nothing only BuildKit has.
  */
 export function gatewayImage(): Promise<{ image: string; base: string }> {
-  built ??= (async () => {
-    const info = await run('docker', ['info', '--format', '{{.ServerVersion}}']);
-    if (info.code !== 0) throw new Error(`no Docker daemon (start dockerd; .ci/run does): ${info.stderr.trim()}`);
-    const base = await baseImage();
-    const r = await run('docker', ['build', '--build-arg', `NODE_IMAGE=${base}`, '--label', 'wsgw-test=gateway', '-t', GATEWAY_TAG, ROOT], { env: { ...process.env, DOCKER_BUILDKIT: '0' }, timeoutMs: 600_000 });
-    if (r.code !== 0) throw new Error(`docker build failed: ${r.stdout.slice(-3000)}${r.stderr.slice(-2000)}`);
-    // The build before, now untagged: without this every run would leave one behind (its layers stay cached).
-    await run('docker', ['image', 'prune', '-f', '--filter', 'label=wsgw-test=gateway']);
-    return { image: GATEWAY_TAG, base };
+  gateway ??= (async () => {
+    const base = await nodeBase();
+    return { image: await build('.', 'NODE_IMAGE', base, 'workspace-gateway'), base };
   })();
-  return built;
+  return gateway;
+}
+
+/** Builds the workspace image (codeserver/) from this checkout, once per test process. */
+export function workspaceImage(): Promise<{ image: string; base: string }> {
+  workspace ??= (async () => {
+    const base = await codeServerBase();
+    return { image: await build('codeserver', 'CODE_SERVER_IMAGE', base, 'workspace-code-server'), base };
+  })();
+  return workspace;
 }
