@@ -4,7 +4,7 @@
 // does (bench/instructions.ts, bench/allocations.ts). Full mode only: they take about half a minute.
 import { startGatewayState, startUpstream, workDir } from '../field.js';
 import { COUNTED as ALLOC_COUNTED, SAMPLING_INTERVAL, WARMUP as ALLOC_WARMUP, measureAllocations } from '../allocations.js';
-import { COUNTED, WARMUP, hasCallgrind, launchers, measure } from '../instructions.js';
+import { COUNTED, MAX_WINDOWS, WARMUP, hasCallgrind, launchers, measure } from '../instructions.js';
 import { round } from '../lib.js';
 import type { ScenarioResult } from '../result.js';
 
@@ -17,8 +17,9 @@ export async function run(opts: { quick: boolean; log: (s: string) => void }): P
   const state = await startGatewayState(up, workDir());
   try {
     const systems: ScenarioResult['systems'] = [];
+    const settled: string[] = [];
     for (const [name, launch] of Object.entries(launchers(up, state))) {
-      const perRequest = await measure(launch, COUNTED, WARMUP);
+      const perRequest = await measure(launch, COUNTED, WARMUP, false, (s) => settled.push(`${name}: ${s}`));
       const bytes = await measureAllocations(launch, ALLOC_COUNTED, ALLOC_WARMUP);
       opts.log(`  ${name}: ${Math.round(perRequest)} instructions, ${Math.round(bytes)} heap bytes allocated per request`);
       systems.push({ system: name, figures: [
@@ -28,7 +29,8 @@ export async function run(opts: { quick: boolean; log: (s: string) => void }): P
     }
     return {
       scenario: TITLE, systems, targets: [],
-      notes: [`callgrind (valgrind), all of the process's threads, ${COUNTED.toLocaleString('en')} requests counted after ${WARMUP.toLocaleString('en')} on warm keep-alive connections (10, one request at a time each); the kernel's share (system time) is not counted`,
+      notes: [`callgrind (valgrind), all of the process's threads, ${COUNTED.toLocaleString('en')} requests counted after ${WARMUP.toLocaleString('en')} on warm keep-alive connections (10, one request at a time each), again (up to ${MAX_WINDOWS} windows) while V8 was still optimizing code in a window; the kernel's share (system time) is not counted`,
+        `instructions counted in: ${settled.join('; ')}`,
         `heap allocated: V8's sampling heap profiler (a sample about every ${SAMPLING_INTERVAL} bytes, freed objects' samples kept) over ${ALLOC_COUNTED.toLocaleString('en')} requests after ${ALLOC_WARMUP.toLocaleString('en')} (bench/allocations.ts); the young generation fills about every MB, and each scavenge holds up the requests that arrive meanwhile`],
     };
   } finally {
