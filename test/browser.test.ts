@@ -2,7 +2,7 @@
 // the starting page, land in the workspace, and see its WebSockets work through the gateway; then
 // the same with the real code-server's VS Code workbench (issue 2, issue 3).
 import t from 'tap';
-import { launchChromium } from './helpers/browser.js';
+import { launchChromium, watchWebSockets } from './helpers/browser.js';
 import { TEST_ADMIN_TOKEN, startTestGateway } from './helpers/gateway.js';
 
 async function loginUrl(adminPort: number, id: string): Promise<string> {
@@ -43,21 +43,15 @@ t.test('the real code-server: the VS Code workbench loads through the gateway an
   const browser = await launchChromium();
   t.teardown(async () => { await browser.close(); await gw.close(); });
   const page = await browser.newPage();
-  const opened: string[] = [];
-  const framesIn = new Map<string, number>();
-  page.on('websocket', (ws) => {
-    opened.push(ws.url());
-    ws.on('framereceived', () => framesIn.set(ws.url(), (framesIn.get(ws.url()) ?? 0) + 1));
-  });
+  const sockets = watchWebSockets(page);
   await page.goto(await loginUrl(gw.adminPort, 'vscode'));
   await page.waitForSelector('.monaco-workbench', { timeout: 120_000 });
   t.pass('workbench rendered');
-  // VS Code opens its remote-extension-host and management WebSockets once the workbench runs.
-  const deadline = Date.now() + 60_000;
-  while (Date.now() < deadline && [...framesIn.values()].filter((n) => n > 2).length < 2) await page.waitForTimeout(250);
+  const busy = await sockets.waitBusy(2);
+  const { opened } = sockets;
   t.ok(opened.length >= 2, `WebSockets opened: ${opened.length}`);
   t.ok(opened.every((u) => u.startsWith(`ws://ws-vscode.localhost:${gw.port}/`)), 'through the gateway');
-  t.ok([...framesIn.values()].filter((n) => n > 2).length >= 2, 'and traffic flows on them');
+  t.ok(busy >= 2, 'and traffic flows on them');
   t.equal(gw.gateway.openWebSockets() >= 2, true, 'the gateway proxies them');
   t.equal(gw.provisioner.starts.length, 1);
 });

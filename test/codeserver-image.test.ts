@@ -7,7 +7,7 @@ import { chownSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writ
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import t from 'tap';
-import { launchChromium } from './helpers/browser.js';
+import { launchChromium, watchWebSockets } from './helpers/browser.js';
 import { DEFAULT_BASE_TASK_DEFINITION, startFakeAws, type WorkspaceFactory } from './fake-aws/index.js';
 import { fakeAwsEnv } from './fake-aws/config.js';
 import { TEST_ADMIN_TOKEN, until } from './helpers/gateway.js';
@@ -144,12 +144,7 @@ t.test('a cold start runs the workspace image as the task: the workbench in Chro
   const browser = await launchChromium();
   t.teardown(() => browser.close());
   const page = await browser.newPage();
-  const opened: string[] = [];
-  const framesIn = new Map<string, number>();
-  page.on('websocket', (ws) => {
-    opened.push(ws.url());
-    ws.on('framereceived', () => framesIn.set(ws.url(), (framesIn.get(ws.url()) ?? 0) + 1));
-  });
+  const sockets = watchWebSockets(page);
   await page.goto(url);
   await page.waitForSelector('.monaco-workbench', { timeout: 150_000 });
   t.pass('the workbench, served by the task through the gateway');
@@ -158,10 +153,10 @@ t.test('a cold start runs the workspace image as the task: the workbench in Chro
   const row = page.locator('.explorer-folders-view .monaco-list-row', { hasText: 'hello.py' });
   await row.waitFor({ timeout: 60_000 });
   t.pass("the explorer lists the student's file from the mounted folder");
-  const deadline = Date.now() + 60_000;
-  while (Date.now() < deadline && [...framesIn.values()].filter((n) => n > 2).length < 2) await page.waitForTimeout(250);
+  const busy = await sockets.waitBusy(2);
+  const { opened } = sockets;
   t.ok(opened.length >= 2 && opened.every((u) => u.startsWith(`ws://ws-alice.localhost:${gw.port}/`)), `its WebSockets go through the gateway: ${opened.join(' ')}`);
-  t.ok([...framesIn.values()].filter((n) => n > 2).length >= 2, 'and traffic flows on them');
+  t.ok(busy >= 2, 'and traffic flows on them');
 
   // Edit the file as a student would; the image's settings save it after a second, no keystroke needed.
   await row.click();
