@@ -1,6 +1,7 @@
-// Structural lint of the two Dockerfiles (no Docker engine here to build them): bases pinned to
-// exact versions, non-root users, an init as PID 1, a HEALTHCHECK, and no dev dependencies or
-// sources in the gateway's shipped stage; and that the code shipped there imports nothing else.
+// Structural lint of the two Dockerfiles, for what building them on a stand-in base cannot show
+// (image.test.ts and codeserver-image.test.ts build and run both): bases pinned to exact versions,
+// non-root users, an init as PID 1, a HEALTHCHECK, and no dev dependencies or sources in the
+// gateway's shipped stage; and that the code shipped there imports nothing else.
 import t from 'tap';
 import { readFileSync, statSync } from 'node:fs';
 import { builtinModules } from 'node:module';
