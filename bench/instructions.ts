@@ -163,8 +163,8 @@ export async function measure(start: Launch, requests: number, warmup: number, t
     note(compiled.length === 0
       ? `window ${window} of ${requests.toLocaleString('en')} requests${window === 1 ? '' : ` (V8 still optimized code in the ${window === 2 ? 'one' : window - 1} before it)`}`
       : `V8 still optimizing after ${window} windows of ${requests.toLocaleString('en')}: ${compiled.map((n) => n.slice(4)).join(', ')}`);
-    if (top) process.stdout.write(`code optimized while the last window was counted: ${compiled.length ? compiled.join(', ') : 'none'}\n`);
     if (top) {
+      process.stdout.write(`code optimized while the last window was counted: ${compiled.length ? compiled.join(', ') : 'none'}\n`);
       const names = jitNames(system.pid);
       for (const inclusive of ['no', 'yes']) {
         const r = spawnSync('callgrind_annotate', [`--inclusive=${inclusive}`, dump], { encoding: 'utf8', maxBuffer: 64 << 20 });

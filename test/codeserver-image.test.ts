@@ -11,7 +11,7 @@ import { launchChromium, watchWebSockets } from './helpers/browser.js';
 import { DEFAULT_BASE_TASK_DEFINITION, startFakeAws, type WorkspaceFactory } from './fake-aws/index.js';
 import { fakeAwsEnv } from './fake-aws/config.js';
 import { TEST_ADMIN_TOKEN, until } from './helpers/gateway.js';
-import { dockerEnv, run, workspaceImage } from './helpers/image.js';
+import { containerHealth, containerProcesses, dockerEnv, run, workspaceImage } from './helpers/image.js';
 import { spawnGateway } from './helpers/process.js';
 import { freePort } from './helpers/redis.js';
 
@@ -36,9 +36,6 @@ async function stopContainer(name: string): Promise<number> {
   await run('docker', ['stop', '--time', '30', name], { timeoutMs: 60_000 });
   return Number((await run('docker', ['inspect', '--format', '{{.State.ExitCode}}', name])).stdout.trim());
 }
-
-const processes = async (name: string) => (await run('docker', ['exec', name, 'sh', '-c', 'for f in /proc/[0-9]*/cmdline; do tr "\\0" " " < "$f"; echo; done'])).stdout
-  .split('\n').map((l) => l.trim()).filter(Boolean);
 
 t.test('the workspace image on its own: user, init, code-server flags, settings, HEALTHCHECK, SIGTERM', async (t) => {
   const { image, base } = await workspaceImage();
@@ -67,7 +64,7 @@ t.test('the workspace image on its own: user, init, code-server flags, settings,
 
   t.equal((await run('docker', ['exec', name, 'id', '-u'])).stdout.trim(), String(EFS_UID), 'code-server runs as coder, the uid EFS access points enforce');
   t.match((await run('docker', ['exec', name, 'cat', '/proc/1/cmdline'])).stdout.split('\0')[0], /docker-init$/, "ECS's init is PID 1");
-  const ps = await processes(name);
+  const ps = await containerProcesses(name);
   t.ok(ps.includes('/usr/bin/dumb-init -- /usr/local/bin/workspace-entrypoint'), "the image's dumb-init under it, running the entrypoint");
   const codeServer = ps.find((l) => l.includes('--auth none'));
   t.ok(codeServer, `code-server replaced the entrypoint's shell (exec): ${ps.join(' | ')}`);
@@ -76,10 +73,7 @@ t.test('the workspace image on its own: user, init, code-server flags, settings,
   const settings = JSON.parse((await run('docker', ['exec', name, 'cat', SETTINGS])).stdout) as Record<string, unknown>;
   t.same([settings['files.autoSave'], settings['files.autoSaveDelay']], ['afterDelay', 1000], "the platform's settings: auto-save after a second");
 
-  const health = await until(async () => {
-    const s = (await run('docker', ['inspect', '--format', '{{.State.Health.Status}}', name])).stdout.trim();
-    return s === 'healthy' || s === 'unhealthy' ? s : undefined;
-  }, 60_000, 500);
+  const health = await containerHealth(name);
   t.equal(health, 'healthy', "the image's HEALTHCHECK (curl /healthz) passes");
 
   t.not(await stopContainer(name), 137, 'docker stop: SIGTERM reaches code-server through both inits, no kill at the timeout');

@@ -12,8 +12,8 @@ import { Redis } from 'ioredis';
 import { launchChromium } from './helpers/browser.js';
 import { demoTasks, startFakeAws } from './fake-aws/index.js';
 import { fakeAwsEnv } from './fake-aws/config.js';
-import { NAVIGATE, TEST_ADMIN_TOKEN, TEST_SECRET, request, sessionCookie, until, waitRunning } from './helpers/gateway.js';
-import { dockerEnv, gatewayImage, run } from './helpers/image.js';
+import { NAVIGATE, TEST_ADMIN_TOKEN, TEST_SECRET, request, sessionCookie, waitRunning } from './helpers/gateway.js';
+import { containerHealth, containerProcesses, dockerEnv, gatewayImage, run } from './helpers/image.js';
 import { spawnGateway } from './helpers/process.js';
 import { freePort, startRedis } from './helpers/redis.js';
 import { closed, connected, nextMessage, openWs } from './helpers/ws.js';
@@ -48,7 +48,7 @@ t.test('the gateway image serves a cold start, a page and a WebSocket, reports h
 
   const exec = (...cmd: string[]) => run('docker', ['exec', gw.container!, ...cmd]);
   t.equal((await exec('id', '-u')).stdout.trim(), '1000', 'the gateway runs as the unprivileged user');
-  const processes = (await exec('sh', '-c', 'for f in /proc/[0-9]*/cmdline; do tr "\\0" " " < "$f"; echo; done')).stdout.split('\n').map((l) => l.trim());
+  const processes = await containerProcesses(gw.container!);
   t.match((await exec('cat', '/proc/1/cmdline')).stdout.split('\0')[0], /docker-init$/, "ECS's init is PID 1");
   t.ok(processes.includes('/usr/bin/tini -s -- node --max-semi-space-size=4 dist/gateway/main.js'), "the image's tini (a subreaper, -s) under it");
   t.ok(processes.includes('node --max-semi-space-size=4 dist/gateway/main.js'), 'node runs the Dockerfile CMD');
@@ -78,10 +78,7 @@ t.test('the gateway image serves a cold start, a page and a WebSocket, reports h
   t.ok(await redisClient.exists('wsgw:w:alice'), 'the workspace record is in the shared store');
   const metrics = await fetch(`http://127.0.0.1:${gw.adminPort}/metrics`);
   t.match(await metrics.text(), /^wsgw_cold_starts_total\{outcome="ready"\} 1$/m, 'metrics on the admin port');
-  const health = await until(async () => {
-    const s = (await run('docker', ['inspect', '--format', '{{.State.Health.Status}}', gw.container!])).stdout.trim();
-    return s === 'healthy' || s === 'unhealthy' ? s : undefined;
-  }, 60_000, 500);
+  const health = await containerHealth(gw.container!);
   t.equal(health, 'healthy', "Docker's HEALTHCHECK passes, on the ADMIN_PORT given (not 9090)");
 
   const goingAway = closed(ws);

@@ -12,6 +12,7 @@ import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { until } from './gateway.js';
 
 const ROOT = fileURLToPath(new URL('../../..', import.meta.url));
 /** Tags are per checkout: two checkouts testing at once on one machine must not run each other's image. */
@@ -32,6 +33,20 @@ export function run(cmd: string, args: string[], opts: { input?: string; env?: N
     child.on('close', (code) => { clearTimeout(timer); resolve({ code, stdout, stderr }); });
     child.stdin.end(opts.input ?? '');
   });
+}
+
+/** The command line of every process in a running container, its arguments joined by spaces. */
+export async function containerProcesses(name: string): Promise<string[]> {
+  const r = await run('docker', ['exec', name, 'sh', '-c', 'for f in /proc/[0-9]*/cmdline; do tr "\\0" " " < "$f"; echo; done']);
+  return r.stdout.split('\n').map((l) => l.trim()).filter(Boolean);
+}
+
+/** Docker's HEALTHCHECK verdict on a container, once it has one: 'healthy' or 'unhealthy'. */
+export function containerHealth(name: string, timeoutMs = 60_000): Promise<string> {
+  return until(async () => {
+    const s = (await run('docker', ['inspect', '--format', '{{.State.Health.Status}}', name])).stdout.trim();
+    return s === 'healthy' || s === 'unhealthy' ? s : undefined;
+  }, timeoutMs, 500) as Promise<string>;
 }
 
 /** Settings as `docker run` flags: one `-e NAME=value` each. */
