@@ -13,7 +13,7 @@ import { createAuth } from '../gateway/auth.js';
 import { systemClock } from '../gateway/clock.js';
 import { createRedisStore } from '../gateway/store/redis.js';
 import type { TestRedis } from '../test/helpers/redis.js';
-import { PROXY_CPU, deployedNodeArgs, freePort, sleep, start, startBenchRedis, stop, waitLine } from './lib.js';
+import { PROXY_CPU, deployedNodeArgs, freePort, sleep, start, startBenchRedis, stop, stopAll, waitLine } from './lib.js';
 import http from 'node:http';
 
 const here = dirname(fileURLToPath(import.meta.url));
@@ -161,6 +161,27 @@ export async function startGatewayState(up: Upstream, dir: string): Promise<Gate
   const auth = createAuth({ secret: SECRET, sessionTtlMs: 12 * 3_600_000, loginTokenMaxTtlMs: 300_000, clock: systemClock });
   const session = await auth.createSession(WORKSPACE);
   return { redis, cookie: `__Host-wsgw-session=${session.value}`, dataDir, close: () => redis.kill() };
+}
+
+/**
+ * A measuring command's frame (instructions.ts, allocations.ts, legs.ts): an upstream and the gateway's
+ * state for `body`, then every process stopped and the process ended; a failure is printed and exits 1.
+ */
+export async function benchCommand(body: (up: Upstream, state: GatewayField, dir: string) => Promise<void>): Promise<never> {
+  let state: GatewayField | undefined;
+  try {
+    const dir = workDir();
+    const up = await startUpstream();
+    state = await startGatewayState(up, dir);
+    await body(up, state, dir);
+  } catch (err) {
+    process.stderr.write(`${(err as Error).stack}\n`);
+    process.exitCode = 1;
+  } finally {
+    await state?.close();
+    await stopAll();
+  }
+  process.exit();
 }
 
 /**

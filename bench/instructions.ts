@@ -14,9 +14,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { spawnSync } from 'node:child_process';
 import { pathToFileURL } from 'node:url';
-import { HOST, startGateway, startGatewayState, startLibraryProxy, startUpstream, workDir, type GatewayField, type System, type Upstream } from './field.js';
+import { HOST, benchCommand, startGateway, startLibraryProxy, type GatewayField, type System, type Upstream } from './field.js';
 import { getRequest, responseComplete } from './http-response.js';
-import { sleep, stopAll } from './lib.js';
+import { sleep } from './lib.js';
 
 const CONNECTIONS = 10;
 /**
@@ -198,10 +198,7 @@ export async function runPerRequestCommand(measure: Measure, defaults: { warmup:
   const warmup = Number(args.find((a) => a.startsWith('--warmup='))?.slice(9) ?? defaults.warmup);
   const requests = Number(args.find((a) => /^\d+$/.test(a)) ?? defaults.requests);
   const names = args.filter((a) => !a.startsWith('--') && !/^\d+$/.test(a));
-  let state: GatewayField | undefined;
-  try {
-    const up = await startUpstream();
-    state = await startGatewayState(up, workDir());
+  await benchCommand(async (up, state) => {
     const launch = launchers(up, state);
     for (const name of names.length ? names : ['gateway', 'node-relay']) {
       const start = launch[name as keyof typeof launch] as Launch | undefined;
@@ -209,14 +206,7 @@ export async function runPerRequestCommand(measure: Measure, defaults: { warmup:
       const perRequest = await measure(start, requests, warmup, top, (s) => process.stdout.write(`${name}: ${s}\n`));
       process.stdout.write(`${name}: ${Math.round(perRequest).toLocaleString('en')} ${what} (${requests} requests)\n`);
     }
-  } catch (err) {
-    process.stderr.write(`${(err as Error).stack}\n`);
-    process.exitCode = 1;
-  } finally {
-    await state?.close();
-    await stopAll();
-  }
-  process.exit();
+  });
 }
 
 // A command of its own, and a module the full benchmark imports (scenarios/instructions.ts).
