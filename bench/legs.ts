@@ -11,7 +11,7 @@
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { spawn, spawnSync } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { benchCommand, startGateway, startLibraryProxy, startNginx, type System } from './field.js';
 import { LOAD_CPU, median, runToEnd, sleep, start } from './lib.js';
@@ -102,7 +102,9 @@ export async function traceRound(s: System, upstreamPid: number, seconds: number
     const client = start(process.execPath, [loadgen, JSON.stringify(job)], { cpu: LOAD_CPU });
     const clientDone = new Promise<number | null>((resolve) => client.once('exit', resolve));
     const proxy = eventLoopTid(s);
-    const perf = spawn('perf', ['record', '-q', '-k', 'mono', '-p', [proxy, upstreamPid, client.pid].join(','), ...EVENTS.flatMap((e) => ['-e', e]), '-o', data], { stdio: 'ignore' });
+    // The client's first second (connections opening, its code compiling) is not traced, as it is not counted.
+    await sleep(1000);
+    const perf = start('perf', ['record', '-q', '-k', 'mono', '-p', [proxy, upstreamPid, client.pid].join(','), ...EVENTS.flatMap((e) => ['-e', e]), '-o', data]);
     const perfDone = new Promise<number | null>((resolve) => perf.once('exit', resolve));
     const code = await clientDone;
     perf.kill('SIGINT');
