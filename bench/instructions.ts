@@ -9,7 +9,7 @@
 // start-up cost, not the steady cost of a request.
 // `node dist/bench/instructions.js [requests] [gateway|node-relay ...] [--warmup=N] [--top]`
 import net from 'node:net';
-import { mkdtempSync, readdirSync, readFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { spawnSync } from 'node:child_process';
@@ -147,7 +147,6 @@ export async function measure(start: Launch, requests: number, warmup: number, t
     const mapLines = () => { try { return readFileSync(`/tmp/perf-${system.pid}.map`, 'utf8').split('\n').filter(Boolean); } catch { return []; } };
     callgrindControl(['-i', 'on', String(system.pid)]);
     let compiled: string[] = [];
-    let dump = '';
     let window = 0;
     do {
       window++;
@@ -156,10 +155,10 @@ export async function measure(start: Launch, requests: number, warmup: number, t
       // Each dump holds what was counted since the one before: callgrind.out.1, .2, ...
       callgrindControl(['-d', String(system.pid)]);
       compiled = optimized(mapLines().slice(before));
-      dump = `${file}.${window}`;
     } while (compiled.length > 0 && window < MAX_WINDOWS);
     client.close();
-    if (!readdirSync(out).includes(`callgrind.out.${window}`)) throw new Error(`no callgrind dump ${dump}`);
+    const dump = `${file}.${window}`;
+    if (!existsSync(dump)) throw new Error(`no callgrind dump ${dump}`);
     note(compiled.length === 0
       ? `window ${window} of ${requests.toLocaleString('en')} requests${window === 1 ? '' : ` (V8 still optimized code in the ${window === 2 ? 'one' : window - 1} before it)`}`
       : `V8 still optimizing after ${window} windows of ${requests.toLocaleString('en')}: ${compiled.map((n) => n.slice(4)).join(', ')}`);

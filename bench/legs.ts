@@ -15,6 +15,7 @@ import { spawnSync } from 'node:child_process';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { benchCommand, startGateway, startLibraryProxy, startNginx, type System } from './field.js';
 import { LOAD_CPU, median, runToEnd, sleep, start } from './lib.js';
+import { openLoopJob, wrk } from './scenarios/http.js';
 
 export const SEGMENTS = ['proxy wakes', 'request leg', 'upstream wakes', 'upstream', 'proxy wakes again', 'response leg', 'client wakes'] as const;
 const EVENTS = ['sys_exit_epoll_pwait', 'sys_exit_epoll_wait', 'sys_enter_write', 'sys_enter_writev'].map((e) => `syscalls:${e}`);
@@ -98,8 +99,7 @@ export async function traceRound(s: System, upstreamPid: number, seconds: number
   const dir = mkdtempSync(join(tmpdir(), 'wsgw-legs-'));
   const data = join(dir, 'perf.data');
   try {
-    const job = { mode: 'open', port: s.port, host: s.host, headers: s.headers, durationMs: (seconds + 1) * 1000, warmupMs: 1000, rate: 1000 };
-    const client = start(process.execPath, [loadgen, JSON.stringify(job)], { cpu: LOAD_CPU });
+    const client = start(process.execPath, [loadgen, JSON.stringify(openLoopJob(s, seconds, 1000))], { cpu: LOAD_CPU });
     const clientDone = new Promise<number | null>((resolve) => client.once('exit', resolve));
     const proxy = eventLoopTid(s);
     // The client's first second (connections opening, its code compiling) is not traced, as it is not counted.
@@ -138,10 +138,7 @@ async function main(): Promise<void> {
       systems.push(await launch[name]());
     }
     // Warm each (JIT, keep-alive pools, route cache) as the benchmark does before its open loop.
-    for (const s of systems) {
-      const r = await runToEnd('wrk', ['-t1', '-c50', '-d10s', '-H', `Host: ${s.host}`, ...Object.entries(s.headers).flatMap(([k, v]) => ['-H', `${k}: ${v}`]), `http://127.0.0.1:${s.port}/`], { cpu: LOAD_CPU, timeoutMs: 30_000 });
-      if (r.code !== 0) throw new Error(`wrk against ${s.name} failed: ${r.stderr}`);
-    }
+    for (const s of systems) await wrk(s, 10, 50);
     const results = new Map<string, LegsResult[]>(systems.map((s) => [s.name, []]));
     for (let r = 0; r < rounds; r++) {
       for (const s of systems.map((_, i) => systems[(i + r) % systems.length])) {

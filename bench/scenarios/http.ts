@@ -41,7 +41,8 @@ request = function()
 end
 `;
 
-async function wrk(s: System, seconds: number, connections: number, script?: string): Promise<WrkResult & { cpuUsPerReq: number }> {
+/** A closed loop of wrk against `s` (one thread, `connections`), and the proxy's CPU per request over it. */
+export async function wrk(s: System, seconds: number, connections: number, script?: string): Promise<WrkResult & { cpuUsPerReq: number }> {
   const args = ['-t1', `-c${connections}`, `-d${seconds}s`, '--latency', '--timeout', '5s', '-H', `Host: ${s.host}`];
   for (const [k, v] of Object.entries(s.headers)) args.push('-H', `${k}: ${v}`);
   if (script) args.push('-s', script);
@@ -55,8 +56,12 @@ async function wrk(s: System, seconds: number, connections: number, script?: str
 }
 
 interface OpenResult { ok: number; errors: number; p50us: number; p99us: number; achievedRps: number }
+/** loadgen.ts's open loop against `s`: `seconds` measured after one sent but not counted. */
+export function openLoopJob(s: System, seconds: number, rate: number) {
+  return { mode: 'open', port: s.port, host: s.host, headers: s.headers, durationMs: (seconds + 1) * 1000, warmupMs: 1000, rate };
+}
 async function openLoop(s: System, seconds: number, rate: number): Promise<OpenResult> {
-  const job = { mode: 'open', port: s.port, host: s.host, headers: s.headers, durationMs: (seconds + 1) * 1000, warmupMs: 1000, rate };
+  const job = openLoopJob(s, seconds, rate);
   const r = await runToEnd(process.execPath, [loadgen, JSON.stringify(job)], { cpu: LOAD_CPU, timeoutMs: seconds * 1000 + 20_000 });
   if (r.code !== 0) throw new Error(`open loop against ${s.name} failed: ${r.stderr}`);
   return JSON.parse(r.stdout.trim().split('\n').pop()!) as OpenResult;
