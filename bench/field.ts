@@ -189,9 +189,12 @@ export async function benchCommand(body: (up: Upstream, state: GatewayField, dir
  * tracking on unless the variant turns them off (scenario 6). IDLE_TIMEOUT is raised only so the
  * reaper cannot stop the benchmark's workspace during a long --full run; it is not on the request path.
  */
-/** `launcher`: a command the gateway runs under (bench/instructions.ts: valgrind). */
-export async function startGateway(state: GatewayField, name: string, env: Record<string, string> = {}, nodeArgs: string[] = [], launcher: string[] = []): Promise<System> {
-  const [cmd, ...args] = [...launcher, process.execPath, ...deployedNodeArgs(), ...nodeArgs, join(dist, 'gateway', 'main.js')];
+/**
+ * `launcher`: a command the gateway runs under (bench/instructions.ts: valgrind). `entry`: another
+ * checkout's build instead of this one's (bench/compare.ts).
+ */
+export async function startGateway(state: GatewayField, name: string, env: Record<string, string> = {}, nodeArgs: string[] = [], launcher: string[] = [], entry = join(dist, 'gateway', 'main.js')): Promise<System> {
+  const [cmd, ...args] = [...launcher, process.execPath, ...deployedNodeArgs(), ...nodeArgs, entry];
   const child = start(cmd, args, {
     cpu: PROXY_CPU,
     env: {

@@ -60,7 +60,7 @@ interface OpenResult { ok: number; errors: number; p50us: number; p99us: number;
 export function openLoopJob(s: System, seconds: number, rate: number) {
   return { mode: 'open', port: s.port, host: s.host, headers: s.headers, durationMs: (seconds + 1) * 1000, warmupMs: 1000, rate };
 }
-async function openLoop(s: System, seconds: number, rate: number): Promise<OpenResult> {
+export async function openLoop(s: System, seconds: number, rate: number): Promise<OpenResult> {
   const job = openLoopJob(s, seconds, rate);
   const r = await runToEnd(process.execPath, [loadgen, JSON.stringify(job)], { cpu: LOAD_CPU, timeoutMs: seconds * 1000 + 20_000 });
   if (r.code !== 0) throw new Error(`open loop against ${s.name} failed: ${r.stderr}`);
