@@ -39,7 +39,7 @@ export function comparePaired(mine: readonly RoundFigures[], theirs: readonly Ro
   return { rounds: mine.length, figures };
 }
 
-/** One round against one gateway: an S s closed loop at 50 connections (3 s), then S + 2 s of the open loop. */
+/** One round against one gateway: a closed loop of `seconds` at 50 connections, then the open loop for `seconds` + 2. */
 async function round(s: System, seconds: number): Promise<RoundFigures> {
   const closed = await wrk(s, seconds, 50);
   const open = await openLoop(s, seconds + 2, 1000);

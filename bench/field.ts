@@ -188,8 +188,6 @@ export async function benchCommand(body: (up: Upstream, state: GatewayField, dir
  * `node dist/gateway/main.js`, with the image's node flags (deployedNodeArgs), and the production settings that matter: Redis store, metrics and activity
  * tracking on unless the variant turns them off (scenario 6). IDLE_TIMEOUT is raised only so the
  * reaper cannot stop the benchmark's workspace during a long --full run; it is not on the request path.
- */
-/**
  * `launcher`: a command the gateway runs under (bench/instructions.ts: valgrind). `entry`: another
  * checkout's build instead of this one's (bench/compare.ts).
  */
