@@ -51,9 +51,13 @@ async function main(): Promise<void> {
   const other = args.find((a) => !a.startsWith('--'));
   const rounds = Number(args.find((a) => a.startsWith('--rounds='))?.slice(9) ?? 8);
   const seconds = Number(args.find((a) => a.startsWith('--seconds='))?.slice(10) ?? 3);
+  // Checked before anything is started: a wrong path costs no upstream, Redis or gateway.
+  const theirEntry = other === undefined ? undefined : entryOf(resolve(other));
+  if (theirEntry === undefined || !existsSync(theirEntry)) {
+    process.stderr.write(`usage: compare.js <checkout> [--rounds=N] [--seconds=S]; ${theirEntry ?? 'no checkout given'}: not built\n`);
+    process.exit(1);
+  }
   await benchCommand(async (_up, state) => {
-    const theirEntry = other && entryOf(resolve(other));
-    if (!theirEntry || !existsSync(theirEntry)) throw new Error(`usage: compare.js <checkout> [--rounds=N] [--seconds=S]; ${theirEntry ?? 'no checkout'}: not built`);
     const mine = await startGateway(state, 'this build');
     const theirs = await startGateway(state, `${other}`, {}, [], [], theirEntry);
     // Warm both (JIT, keep-alive pools, route cache) as the benchmark does.
