@@ -18,6 +18,7 @@ import { isDateField, isHopByHop, namedInConnection, scanRequest, type RequestSc
 import { METHODS, PARSE_ON, STOP_AFTER_HEAD, createParser, releaseParser, reportCompletion, restartParser, type Parser, type ParserEvents } from './llhttp.js';
 import { READ_BUFFER_BYTES, pushCopy, readIntoBuffer } from './socket-reads.js';
 import type { SimpleHead } from './response-head.js';
+import { Departure } from './departure.js';
 import { LAST_CHUNK, writeChunk, type BodyMode, type Exchange, type Framing, type ResponseSink, type UpstreamFailure, type UpstreamPool } from './upstream-pool.js';
 
 export interface LaneRequest {
@@ -55,11 +56,11 @@ export interface ForwardPlan {
 
 /**
  * The gateway's own answer to a request without a body, when it is ready (a long-poll): a whole
- * response message; `close` ends the connection after it. The signal aborts if the client leaves first.
+ * response message; `close` ends the connection after it. `departure` is told if the client leaves first.
  */
 export interface AnswerPlan {
   kind: 'answer';
-  answer(signal: AbortSignal): Promise<{ message: string; close: boolean }>;
+  answer(departure: Departure): Promise<{ message: string; close: boolean }>;
 }
 
 export interface Http1Options {
@@ -169,7 +170,7 @@ class Lane implements ResponseSink, ParserEvents, LaneMemo {
   plan: ForwardPlan | undefined;
   exchange: Exchange | undefined;
   /** An answer of our own being awaited (AnswerPlan). */
-  answering: AbortController | undefined;
+  answering: Departure | undefined;
   requestDone = true;
   responseDone = true;
   responseStarted = false;
@@ -291,9 +292,9 @@ class Lane implements ResponseSink, ParserEvents, LaneMemo {
   /** Our own answer, written when it is ready; the request has no body, so its end follows at once. */
   awaitAnswer(plan: AnswerPlan): void {
     this.phase = 'waiting';
-    const pending = new AbortController();
+    const pending = new Departure();
     this.answering = pending;
-    plan.answer(pending.signal).then(({ message, close }) => {
+    plan.answer(pending).then(({ message, close }) => {
       if (this.answering !== pending) return;
       this.answering = undefined;
       if (close) { this.leave(message); return; }
@@ -451,7 +452,7 @@ class Lane implements ResponseSink, ParserEvents, LaneMemo {
   stopAnswering(): void {
     const pending = this.answering;
     this.answering = undefined;
-    pending?.abort();
+    pending?.leave();
   }
 
   isIdle(): boolean { return this.phase === 'idle' && !this.stash; }

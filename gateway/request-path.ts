@@ -26,6 +26,7 @@ import { forwardedFields, upstreamRequestHead, type ForwardedFor, type RequestBo
 import type { BodyMode, UpstreamFailure } from './upstream-pool.js';
 import type { Forwarder, UpgradeResponse } from './proxy.js';
 import { createRequestIds } from './request-id.js';
+import { Departure } from './departure.js';
 import { isNavigation, siteAllowed, wantsHtml, type RequestSite } from './request-kind.js';
 import type { StateStore, WorkspaceRecord } from './store/contract.js';
 import { StoreUnavailable } from './store/contract.js';
@@ -332,7 +333,7 @@ export function createRequestPath(deps: RequestPathDeps) {
     const requestId = nextRequestId();
     return {
       kind: 'answer',
-      answer: (signal) => statusAnswer(workspaceId, requestId, params, signal).then(
+      answer: (departure) => statusAnswer(workspaceId, requestId, params, departure).then(
         (view) => ({ message: jsonMessage(view, requestId), close: false }),
         (err: unknown) => {
           const code = errorCode(err, workspaceId, requestId);
@@ -399,21 +400,21 @@ export function createRequestPath(deps: RequestPathDeps) {
   }
 
   async function status(req: IncomingMessage, res: ServerResponse, ctx: Ctx, url: URL) {
-    const closed = new AbortController();
-    res.once('close', () => closed.abort());
-    const view = await statusAnswer(ctx.workspaceId, ctx.requestId, url.searchParams, closed.signal);
+    const departure = new Departure();
+    res.once('close', () => departure.leave());
+    const view = await statusAnswer(ctx.workspaceId, ctx.requestId, url.searchParams, departure);
     if (res.destroyed) return;
     json(res, 200, view);
   }
 
   /** Long-poll: the view at once if the state differs from what the page knows, else at the next change. */
-  async function statusAnswer(workspaceId: string, requestId: string, query: URLSearchParams, signal: AbortSignal): Promise<StatusView> {
+  async function statusAnswer(workspaceId: string, requestId: string, query: URLSearchParams, departure: Departure): Promise<StatusView> {
     let record = await workspaces.read(workspaceId);
     const known = `${query.get('state')}/${query.get('generation')}/${query.get('stage')}`;
     const key = (r: WorkspaceRecord | undefined) => `${r?.state ?? 'stopped'}/${r?.generation ?? 0}/${r?.stage ?? ''}`;
     if (query.get('wait') === '1' && key(record) === known && (!record || record.state === 'starting' || record.state === 'stopping')) {
-      const changed = await workspaces.nextChange(workspaceId, 20_000, signal);
-      if (signal.aborted) return statusView(record); // the client left: nobody reads the answer
+      const changed = await workspaces.nextChange(workspaceId, 20_000, departure);
+      if (departure.left) return statusView(record); // the client left: nobody reads the answer
       record = changed ?? (await workspaces.read(workspaceId));
       // Nobody drives this start any more (its replica died): take it over and resume it (not while
       // this replica is leaving: a poll it lets go re-polls on one that stays).

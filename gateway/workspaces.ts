@@ -13,6 +13,7 @@ import { GatewayError } from './errors.js';
 import type { Metrics } from './metrics.js';
 import type { Logger } from './log.js';
 import type { Fence, StateStore, WorkspaceEvent, WorkspaceRecord } from './store/contract.js';
+import type { Departure } from './departure.js';
 
 export interface WorkspacesOptions {
   store: StateStore;
@@ -366,21 +367,20 @@ export function createWorkspaces(opts: WorkspacesOptions) {
   }
 
   /** Resolves on the next change to this workspace, or undefined after timeoutMs. */
-  function nextChange(id: string, timeoutMs: number, signal?: AbortSignal): Promise<WorkspaceRecord | undefined> {
+  function nextChange(id: string, timeoutMs: number, departure?: Departure): Promise<WorkspaceRecord | undefined> {
     return new Promise((resolve) => {
       let set = waiters.get(id);
       if (!set) waiters.set(id, (set = new Set()));
       const done = (r: WorkspaceRecord | undefined) => {
         clearTimeout(timer);
         set!.delete(done);
-        signal?.removeEventListener('abort', onAbort);
+        departure?.offLeave();
         resolve(r);
       };
-      const onAbort = () => done(undefined);
       const timer = setTimeout(() => done(undefined), timeoutMs);
       timer.unref();
       set.add(done);
-      signal?.addEventListener('abort', onAbort, { once: true });
+      departure?.onLeave(() => done(undefined));
     });
   }
 
