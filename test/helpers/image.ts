@@ -31,6 +31,9 @@ export function run(cmd: string, args: string[], opts: { input?: string; env?: N
     const timer = setTimeout(() => child.kill('SIGKILL'), opts.timeoutMs ?? 300_000);
     child.on('error', (err) => { clearTimeout(timer); resolve({ code: -1, stdout, stderr: String(err) }); });
     child.on('close', (code) => { clearTimeout(timer); resolve({ code, stdout, stderr }); });
+    // A command that exits without reading its input (most docker commands) closes the pipe first; the
+    // write's EPIPE then came as an uncaught exception and failed a test whose command had succeeded.
+    child.stdin.on('error', () => undefined);
     child.stdin.end(opts.input ?? '');
   });
 }
