@@ -50,6 +50,7 @@ ENTRYPOINT ["/usr/bin/tini", "-s", "--"]
 # one only inflated resident memory by up to 20 MB whenever a burst of WebSockets opened after an
 # idle spell, at no throughput gain. No memory reducer: after an idle spell V8 runs it as load comes
 # back, and its full collections stopped the gateway for 10-30 ms (a paced WebSocket p99 of 7 ms
-# instead of 0.5), to give back about 13 MB (README, "What was tried"). package.json's start and
-# the bench run the gateway with these same flags (test/dockerfile.test.ts).
+# instead of 0.3-1.4), to give back at most 14 MB of an idle gateway's 88 (README, "What was
+# tried"). package.json's start and the bench run the gateway with these same flags
+# (test/dockerfile.test.ts).
 CMD ["node","--max-semi-space-size=4","--no-memory-reducer","dist/gateway/main.js"]
