@@ -2,20 +2,13 @@
 // AWS endpoint (issue 8): 50 first page loads on each for one workspace, the replica driving the
 // start SIGKILLed in the middle of it, and one AWS response lost. Exactly one task; the survivor
 // takes the start over once the dead one's lease expires and resumes from the recorded task.
-import { spawn, type ChildProcess } from 'node:child_process';
-import http from 'node:http';
-import { fileURLToPath } from 'node:url';
 import t from 'tap';
 import { createRedisStore } from '../gateway/store/redis.js';
 import { startFakeAws } from './fake-aws/index.js';
 import { fakeAwsEnv } from './fake-aws/config.js';
-import { NAVIGATE, TEST_ADMIN_TOKEN, TEST_SECRET, request, sessionCookie, until, waitRunning } from './helpers/gateway.js';
-import { freePort, startRedis } from './helpers/redis.js';
-
-const main = fileURLToPath(new URL('../gateway/main.js', import.meta.url));
-const ready = (port: number) => new Promise<boolean>((resolve) => {
-  http.get({ host: '127.0.0.1', port, path: '/readyz', agent: false }, (r) => { r.resume(); resolve(r.statusCode === 200); }).on('error', () => resolve(false));
-});
+import { NAVIGATE, request, sessionCookie, until, waitRunning } from './helpers/gateway.js';
+import { spawnGateway, type GatewayProcess } from './helpers/process.js';
+import { startRedis } from './helpers/redis.js';
 
 t.test('two replicas, one killed mid-start, one AWS response lost: exactly one task', async (t) => {
   const redis = await startRedis();
@@ -24,21 +17,14 @@ t.test('two replicas, one killed mid-start, one AWS response lost: exactly one t
   const fake = await startFakeAws({ durations: { provisioningMs: 2000, pendingMs: 500 } });
   t.teardown(() => fake.close());
 
-  async function replica(): Promise<{ child: ChildProcess; port: number; exited: Promise<unknown> }> {
-    const [port, adminPort] = [await freePort(), await freePort()];
-    const child = spawn(process.execPath, [main], {
-      env: {
-        PATH: process.env.PATH, ...fakeAwsEnv(fake), GATEWAY_PORT: String(port), ADMIN_PORT: String(adminPort), REDIS_URL: redis.url,
-        GATEWAY_SECRET: TEST_SECRET, ADMIN_TOKEN: TEST_ADMIN_TOKEN, REAPER: 'off', LOG_LEVEL: 'warn', RECONCILE_INTERVAL: '10m',
-        // 50 simultaneous first loads each count against the per-workspace start limit (reported to the lead).
-        RATE_STARTS_PER_MINUTE: '1000',
-      },
-      stdio: 'ignore',
+  async function replica(): Promise<GatewayProcess> {
+    const gw = await spawnGateway({
+      ...fakeAwsEnv(fake), REDIS_URL: redis.url, REAPER: 'off', RECONCILE_INTERVAL: '10m',
+      // 50 simultaneous first loads each count against the per-workspace start limit (reported to the lead).
+      RATE_STARTS_PER_MINUTE: '1000',
     });
-    const exited = new Promise((resolve) => child.once('exit', resolve));
-    t.teardown(() => { if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL'); return exited; });
-    await until(() => ready(adminPort), 20_000);
-    return { child, port, exited };
+    t.teardown(() => gw.stop('SIGKILL'));
+    return gw;
   }
   const [a, b] = await Promise.all([replica(), replica()]);
   const store = await createRedisStore({ url: redis.url, prefix: 'wsgw:', commandTimeoutMs: 1000 });

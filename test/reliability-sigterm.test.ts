@@ -1,20 +1,18 @@
 // SIGTERM under load (issue 8), on the real entry point in its own process with a real Redis:
 // readiness false at once, new connections served during the drain, WebSockets closed with 1001,
 // activity flushed, leases released, exit 0 well before the ECS stop timeout.
-import { spawn } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import http from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import t from 'tap';
 import { loadConfig } from '../gateway/config.js';
 import { createRedisStore } from '../gateway/store/redis.js';
-import { NAVIGATE, TEST_ADMIN_TOKEN, TEST_SECRET, request, sessionCookie, until, waitRunning } from './helpers/gateway.js';
-import { freePort, startRedis } from './helpers/redis.js';
+import { NAVIGATE, request, sessionCookie, until, waitRunning } from './helpers/gateway.js';
+import { spawnGateway } from './helpers/process.js';
+import { startRedis } from './helpers/redis.js';
 import { closed, connected, nextMessage, openWs } from './helpers/ws.js';
 
-const main = fileURLToPath(new URL('../gateway/main.js', import.meta.url));
 const status = (port: number, path: string) => new Promise<number>((resolve) => {
   http.get({ host: '127.0.0.1', port, path, agent: false }, (r) => { r.resume(); resolve(r.statusCode ?? 0); }).on('error', () => resolve(0));
 });
@@ -28,20 +26,13 @@ t.test('SIGTERM: drain, 1001, flush, release, exit 0', async (t) => {
   t.teardown(() => redis.stop());
   const dataDir = mkdtempSync(join(tmpdir(), 'wsgw-sigterm-'));
   t.teardown(() => rmSync(dataDir, { recursive: true, force: true }));
-  const [port, adminPort] = [await freePort(), await freePort()];
-  const child = spawn(process.execPath, [main], {
-    env: {
-      PATH: process.env.PATH, GATEWAY_PORT: String(port), ADMIN_PORT: String(adminPort), REDIS_URL: redis.url,
-      GATEWAY_SECRET: TEST_SECRET, ADMIN_TOKEN: TEST_ADMIN_TOKEN, LOCAL_WORKSPACE: 'demo', LOCAL_DATA_DIR: dataDir,
-      DEMO_READY_DELAY: '0ms', REAP_INTERVAL: '100ms', ACTIVITY_FLUSH_INTERVAL: '10m', DRAIN_PERIOD: '2s', LOG_LEVEL: 'warn',
-    },
-    stdio: ['ignore', 'ignore', 'pipe'],
+  const gw = await spawnGateway({
+    REDIS_URL: redis.url, LOCAL_DATA_DIR: dataDir, REAP_INTERVAL: '100ms', ACTIVITY_FLUSH_INTERVAL: '10m', DRAIN_PERIOD: '2s',
   });
-  let stderr = '';
-  child.stderr!.on('data', (c) => { stderr += c; });
-  const exited = new Promise<{ code: number | null; signal: string | null }>((resolve) => child.once('exit', (code, signal) => resolve({ code, signal })));
-  t.teardown(() => { if (child.exitCode === null) child.kill('SIGKILL'); });
-  await until(async () => (await status(adminPort, '/readyz')) === 200);
+  t.teardown(() => gw.stop('SIGKILL'));
+  const { child, port, adminPort } = gw;
+  const exited = gw.exited.then(() => ({ code: child.exitCode, signal: child.signalCode }));
+  t.equal(await status(adminPort, '/readyz'), 200, 'ready once listening');
 
   const cookie = await sessionCookie('demo');
   await request(port, { headers: { ...NAVIGATE, cookie } });
@@ -65,7 +56,7 @@ t.test('SIGTERM: drain, 1001, flush, release, exit 0', async (t) => {
   t.equal((await got).data.toString(), 'still', 'open WebSockets flow until the drain period ends');
   t.equal((await closeCode).code, 1001, 'then closed with 1001 (going away)');
   const exit = await exited;
-  t.same(exit, { code: 0, signal: null }, `exit 0 ${stderr.trim() ? `(stderr: ${stderr.trim().slice(0, 500)})` : ''}`);
+  t.same(exit, { code: 0, signal: null }, `exit 0 ${gw.stderr().trim() ? `(stderr: ${gw.stderr().trim().slice(0, 500)})` : ''}`);
   t.ok((await store.getActivity('demo'))! >= lastTouch, 'activity flushed on the way out (the flush interval is 10 min)');
   t.equal(await store.leaseOwner('reaper-leader'), undefined, 'reaper leadership released');
   t.equal(await store.leaseOwner('lock:demo'), undefined, 'no workspace lock left');

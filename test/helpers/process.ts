@@ -18,6 +18,8 @@ export interface GatewayProcess {
   /** Resolves with the first log line matching. */
   waitFor(pred: (l: Record<string, unknown>) => boolean, timeoutMs?: number): Promise<Record<string, unknown>>;
   exited: Promise<number | null>;
+  /** The last 4,000 characters the process wrote to stderr. */
+  stderr(): string;
   stop(signal?: NodeJS.Signals): Promise<number | null>;
 }
 
@@ -28,8 +30,10 @@ export interface GatewayProcess {
  * --signal`), as `docker stop` and ECS do.
  */
 export async function spawnGateway(env: Record<string, string>, opts: { image?: string; dockerArgs?: string[] } = {}): Promise<GatewayProcess> {
-  const port = await freePort();
-  const adminPort = await freePort();
+  // A process binds port 0 and names its ports in its `listening` line: a port picked free beforehand
+  // can be taken by another test file's connection before the gateway binds it (one CI run's replica
+  // never came up). The image keeps fixed ports: its HEALTHCHECK reads ADMIN_PORT.
+  const [port, adminPort] = opts.image ? [await freePort(), await freePort()] : [0, 0];
   const settings: Record<string, string> = {
     GATEWAY_PORT: String(port), ADMIN_PORT: String(adminPort),
     GATEWAY_SECRET: TEST_SECRET, ADMIN_TOKEN: TEST_ADMIN_TOKEN, LOCAL_WORKSPACE: 'demo', DEMO_READY_DELAY: '0ms', LOG_LEVEL: 'info', ...env,
@@ -66,9 +70,10 @@ export async function spawnGateway(env: Record<string, string>, opts: { image?: 
     watchers.add(w);
     void exited.then(() => { if (watchers.has(w)) { clearTimeout(timer); watchers.delete(w); reject(new Error(`gateway exited; stderr: ${stderr}`)); } });
   });
-  await waitFor((l) => l.event === 'listening');
+  const listening = await waitFor((l) => l.event === 'listening');
   return {
-    child, container, port, adminPort, logs, waitFor, exited,
+    child, container, port: Number(listening.gatewayPort), adminPort: Number(listening.adminPort), logs, waitFor, exited,
+    stderr: () => stderr,
     async stop(signal: NodeJS.Signals = 'SIGTERM') {
       if (child.exitCode !== null || child.signalCode !== null) return exited;
       if (container) spawn('docker', ['kill', '--signal', signal, container], { stdio: 'ignore' });
