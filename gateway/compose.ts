@@ -8,11 +8,16 @@ import { ecsOptionsFromEnv } from '../provisioner/ecs-config.js';
 import { localTokens, sharedTokens } from '../provisioner/admission.js';
 import type { Clock } from './clock.js';
 import { ConfigError, loadConfig, type Config, type Env } from './config.js';
-import type { Logger } from './log.js';
+import { createLogger, type Logger } from './log.js';
 import type { Metrics } from './metrics.js';
 import type { StateStore } from './store/contract.js';
 import { createMemoryStore } from './store/memory.js';
 import { createRedisStore } from './store/redis.js';
+
+/** The entry points' logger: configured level, and the configured secrets scrubbed from every line. */
+export function loggerFromConfig(config: Config, destination?: NodeJS.WritableStream) {
+  return createLogger(config.logLevel, destination, { secrets: [config.gatewaySecret, config.adminToken, config.redisPassword] });
+}
 
 export async function storeFromConfig(config: Config, clock: Clock, metrics: Metrics, log: Logger): Promise<StateStore> {
   if (!config.redisUrl) return createMemoryStore(clock);

@@ -57,3 +57,22 @@ export function createLogger(level: string, destination?: NodeJS.WritableStream,
     hooks: { streamWrite: scrub },
   }, destination as never);
 }
+
+/**
+ * Node prints a process warning (a deprecation; the AWS SDK's notice, on Node 20, that its releases
+ * after early January 2027 need Node 22) as several plain-text lines on stderr, and a log pipeline such
+ * as CloudWatch Logs takes each line as an event of its own. From this call on, each warning is one JSON
+ * line at warn level instead, scrubbed like every other. Returns what puts Node's printer back.
+ */
+export function logProcessWarnings(log: Logger): () => void {
+  const printers = process.listeners('warning');
+  for (const print of printers) process.off('warning', print);
+  const onWarning = (w: Error & { code?: string }) => {
+    log.warn({ event: 'process.warning', name: w.name, code: w.code, message: w.message }, 'process warning');
+  };
+  process.on('warning', onWarning);
+  return () => {
+    process.off('warning', onWarning);
+    for (const print of printers) process.on('warning', print);
+  };
+}

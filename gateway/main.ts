@@ -4,13 +4,14 @@
 import { randomUUID } from 'node:crypto';
 import { createGateway } from './app.js';
 import { systemClock } from './clock.js';
-import { configOrExit, provisionerFromConfig, storeFromConfig } from './compose.js';
-import { createLogger } from './log.js';
+import { configOrExit, loggerFromConfig, provisionerFromConfig, storeFromConfig } from './compose.js';
+import { logProcessWarnings } from './log.js';
 import { createMetrics } from './metrics.js';
 
 async function main() {
   const config = configOrExit(process.env);
-  const logger = createLogger(config.logLevel, undefined, { secrets: [config.gatewaySecret, config.adminToken, config.redisPassword] });
+  const logger = loggerFromConfig(config);
+  logProcessWarnings(logger);
   const metrics = createMetrics({ enabled: config.metricsEnabled, defaultMetrics: true });
   const store = await storeFromConfig(config, systemClock, metrics, logger);
   let provisioner;

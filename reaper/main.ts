@@ -3,9 +3,8 @@
 // so it never races them. `--once` runs one pass and exits; otherwise it loops every REAP_INTERVAL.
 import { randomUUID } from 'node:crypto';
 import { systemClock } from '../gateway/clock.js';
-import { configOrExit, provisionerFromConfig, storeFromConfig } from '../gateway/compose.js';
-
-import { createLogger } from '../gateway/log.js';
+import { configOrExit, loggerFromConfig, provisionerFromConfig, storeFromConfig } from '../gateway/compose.js';
+import { logProcessWarnings } from '../gateway/log.js';
 import { createMetrics } from '../gateway/metrics.js';
 import { createWorkspaces } from '../gateway/workspaces.js';
 import { createReaper } from './reaper.js';
@@ -17,7 +16,9 @@ async function main() {
     process.exit(2);
   }
   const once = process.argv.includes('--once');
-  const log = createLogger(config.logLevel);
+  // The same logger as the gateway's: the configured secrets were not scrubbed from the reaper's lines.
+  const log = loggerFromConfig(config);
+  logProcessWarnings(log);
   const metrics = createMetrics({ enabled: false, defaultMetrics: false });
   const store = await storeFromConfig(config, systemClock, metrics, log);
   const provisioner = await provisionerFromConfig(config, systemClock, metrics, log, store);

@@ -94,6 +94,7 @@ t.test('the gateway image serves a cold start, a page and a WebSocket, reports h
     ...dockerEnv({ ...env, IDLE_TIMEOUT: '1s', GATEWAY_SECRET: TEST_SECRET, ADMIN_TOKEN: TEST_ADMIN_TOKEN }),
     image, 'node', 'dist/reaper/main.js', '--once'], { timeoutMs: 60_000 });
   t.equal(reaper.code, 0, `the reaper exits 0${reaper.code === 0 ? '' : `: ${reaper.stderr.slice(-500)}`}`);
+  t.notMatch(reaper.stderr, /Warning/, 'a process warning (the AWS SDK on Node 20) is a log line, not stderr text');
   const pass = reaper.stdout.split('\n').filter(Boolean).map((l) => JSON.parse(l) as Record<string, unknown>).find((l) => l.event === 'reaper.pass');
   t.same((pass?.stopped as Array<{ id: string }> | undefined)?.map((s) => s.id), ['alice'], 'the idle workspace stopped');
   t.ok(fake.count('StopTask') >= 1, 'through StopTask');

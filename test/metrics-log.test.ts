@@ -3,7 +3,9 @@
 import { Writable } from 'node:stream';
 import { Histogram, Registry } from 'prom-client';
 import t from 'tap';
-import { CENSOR, createLogger, createScrubber } from '../gateway/log.js';
+import { loggerFromConfig } from '../gateway/compose.js';
+import { loadConfig } from '../gateway/config.js';
+import { CENSOR, createLogger, createScrubber, logProcessWarnings } from '../gateway/log.js';
 import { createMetrics, statusClass } from '../gateway/metrics.js';
 import { createRedisStore } from '../gateway/store/redis.js';
 import { until } from './helpers/gateway.js';
@@ -136,3 +138,29 @@ t.test('logger: redacted fields and scrubbed lines', async (t) => {
   t.notOk(text.includes('the-admin-token-value'));
   t.match(second.err.message, /upstream said/);
 });
+
+t.test("the entry points' logger scrubs the configured secrets (the reaper's did not)", async (t) => {
+  let text = '';
+  const sink = new Writable({ write(c, _e, cb) { text += c.toString(); cb(); } });
+  const secrets = { GATEWAY_SECRET: 'gateway-secret-0123456789abcdef0123456789', ADMIN_TOKEN: 'admin-token-0123456789', REDIS_PASSWORD: 'redis-password-0123' };
+  const log = loggerFromConfig(loadConfig(secrets), sink);
+  log.error({ err: new Error(`echoed back: ${secrets.GATEWAY_SECRET} ${secrets.ADMIN_TOKEN} redis-password-0123`) }, 'an upstream quoted us');
+  for (const secret of [secrets.GATEWAY_SECRET, secrets.ADMIN_TOKEN, 'redis-password-0123']) t.notOk(text.includes(secret), secret);
+  t.ok(text.includes(CENSOR));
+});
+
+t.test("process warnings: one JSON line each instead of Node's lines on stderr, until undone", async (t) => {
+  let text = '';
+  const sink = new Writable({ write(c, _e, cb) { text += c.toString(); cb(); } });
+  const before = process.listeners('warning');
+  const undo = logProcessWarnings(createLogger('info', sink));
+  t.equal(process.listeners('warning').length, 1, "Node's printer is off: only ours listens");
+  process.emitWarning('first line\nsecond line', { code: 'WSGW_TEST_WARNING' });
+  await new Promise((r) => setImmediate(r));
+  undo();
+  t.same(process.listeners('warning'), before, 'undone: the listeners there before are back');
+  const lines = text.trim().split('\n').map((l) => JSON.parse(l) as Record<string, unknown>);
+  t.equal(lines.length, 1, 'a multi-line warning is one line');
+  t.match(lines[0], { level: 40, event: 'process.warning', name: 'Warning', code: 'WSGW_TEST_WARNING', message: 'first line\nsecond line' });
+});
+
