@@ -101,7 +101,7 @@ t.test('two gateway processes on one Redis, 200 page loads: one RunTask; then Re
   t.equal(fake.count('RunTask'), 1, 'nothing started');
 
   // On Node 20 the AWS SDK warns that its releases after early January 2027 need Node 22: one JSON log
-  // line, not Node's eight lines of stderr, each an event of its own in CloudWatch Logs.
+  // line, not Node's nine lines of stderr, each an event of its own in CloudWatch Logs.
   for (const gw of [a, b, c]) t.notMatch(gw.stderr(), /Warning/, 'no warning printed on stderr');
   if (Number(process.versions.node.split('.')[0]) < 22) {
     t.ok([a, b, c].every((gw) => gw.logs.some((l) => l.event === 'process.warning' && /NodeVersionSupportWarning/.test(String(l.message)))), "the SDK's notice, logged");
