@@ -16,7 +16,7 @@ async function main() {
     process.exit(2);
   }
   const once = process.argv.includes('--once');
-  // The same logger as the gateway's: the configured secrets were not scrubbed from the reaper's lines.
+  // The gateway's logger: the configured secrets are scrubbed from the reaper's lines as well.
   const log = loggerFromConfig(config);
   logProcessWarnings(log);
   const metrics = createMetrics({ enabled: false, defaultMetrics: false });
