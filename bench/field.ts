@@ -9,7 +9,7 @@ import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { ChildProcess } from 'node:child_process';
 import { spawnSync } from 'node:child_process';
-import { createAuth } from '../gateway/auth.js';
+import { createAuth, sessionCookieName } from '../gateway/auth.js';
 import { systemClock } from '../gateway/clock.js';
 import { createRedisStore } from '../gateway/store/redis.js';
 import type { TestRedis } from '../test/helpers/redis.js';
@@ -160,7 +160,7 @@ export async function startGatewayState(up: Upstream, dir: string): Promise<Gate
   writeFileSync(join(dataDir, WORKSPACE, 'run.json'), JSON.stringify({ workspaceId: WORKSPACE, generation: 1, endpoint: { host: '127.0.0.1', port: up.port }, handle: String(up.pid), startedAt: now }));
   const auth = createAuth({ secret: SECRET, sessionTtlMs: 12 * 3_600_000, loginTokenMaxTtlMs: 300_000, clock: systemClock });
   const session = await auth.createSession(WORKSPACE);
-  return { redis, cookie: `__Host-wsgw-session=${session.value}`, dataDir, close: () => redis.kill() };
+  return { redis, cookie: `${sessionCookieName('http')}=${session.value}`, dataDir, close: () => redis.kill() };
 }
 
 /**

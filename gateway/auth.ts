@@ -9,6 +9,18 @@ import type { ErrorCode } from './errors.js';
 
 /** `__Host-` (RFC 6265bis 4.1.3.2): Secure, Path=/, no Domain, so ws-a's cookie never reaches ws-b. */
 export const SESSION_COOKIE = '__Host-wsgw-session';
+/**
+ * The same cookie where browsers reach the gateway over plain http (development on *.localhost):
+ * host-only still (no Domain), but not Secure, so no `__Host-` prefix. WebKit (Safari) stores no
+ * Secure cookie from an http page, even on localhost, where Chromium and Firefox do
+ * (test/webkit.test.ts).
+ */
+export const PLAIN_SESSION_COOKIE = 'wsgw-session';
+
+/** The session cookie's name for the scheme browsers use: Secure and `__Host-` wherever that is https. */
+export function sessionCookieName(publicScheme: 'http' | 'https'): string {
+  return publicScheme === 'https' ? SESSION_COOKIE : PLAIN_SESSION_COOKIE;
+}
 
 export interface AuthOptions {
   secret: string;
@@ -130,10 +142,12 @@ export type Auth = ReturnType<typeof createAuth>;
 /**
  * One cookie name's values in a Cookie header (RFC 6265 5.4: several may share a name) and the header
  * without them, read in one pass: the gateway's session is checked on the values, and the workspace
- * gets the rest, never the session. A header that does not mention the name comes back as it is.
+ * gets the rest, never a session under either of the gateway's names. A header that mentions
+ * neither comes back as it is.
  */
 export function sessionCookieParts(header: string | undefined, name: string): { values: string[]; rest: string | undefined } {
-  if (!header || !header.includes(name)) return { values: [], rest: header };
+  // PLAIN_SESSION_COOKIE is the tail of SESSION_COOKIE: one search finds either.
+  if (!header || !header.includes(PLAIN_SESSION_COOKIE)) return { values: [], rest: header };
   const values: string[] = [];
   let rest = '';
   for (let start = 0; start <= header.length;) {
@@ -143,21 +157,24 @@ export function sessionCookieParts(header: string | undefined, name: string): { 
     start = end + 1;
     if (!part) continue;
     const eq = part.indexOf('=');
-    if ((eq === -1 ? part : part.slice(0, eq).trimEnd()) === name) {
+    const partName = eq === -1 ? part : part.slice(0, eq).trimEnd();
+    if (partName === name) {
       if (eq !== -1) values.push(part.slice(eq + 1).trimStart().replace(/^"(.*)"$/, '$1'));
       continue;
     }
+    if (partName === SESSION_COOKIE || partName === PLAIN_SESSION_COOKIE) continue;
     rest = rest ? `${rest}; ${part}` : part;
   }
   return { values, rest: rest || undefined };
 }
 
-export function sessionCookie(value: string, maxAgeMs: number, secure: boolean): string {
-  return `${SESSION_COOKIE}=${value}; Path=/; Max-Age=${Math.floor(maxAgeMs / 1000)}; HttpOnly; SameSite=Lax${secure ? '; Secure' : ''}`;
+/** Set-Cookie for a session under `name` (sessionCookieName): Secure exactly when `__Host-` requires it. */
+export function sessionCookie(name: string, value: string, maxAgeMs: number): string {
+  return `${name}=${value}; Path=/; Max-Age=${Math.floor(maxAgeMs / 1000)}; HttpOnly; SameSite=Lax${name === SESSION_COOKIE ? '; Secure' : ''}`;
 }
 
-export function clearedSessionCookie(secure: boolean): string {
-  return `${SESSION_COOKIE}=; Path=/; Max-Age=0; HttpOnly; SameSite=Lax${secure ? '; Secure' : ''}`;
+export function clearedSessionCookie(name: string): string {
+  return `${name}=; Path=/; Max-Age=0; HttpOnly; SameSite=Lax${name === SESSION_COOKIE ? '; Secure' : ''}`;
 }
 
 /** `next` must be a path on this same host: no scheme, no `//host`, no backslash tricks, no controls. */

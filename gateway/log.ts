@@ -37,7 +37,8 @@ export function createScrubber(secrets: ReadonlyArray<string | undefined> = []):
   const patterns: Array<[RegExp, string]> = [
     [/eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]+/g, CENSOR],
     [/([?&](?:token|access_token|password|secret)=)[^&"\s\\]+/gi, `$1${CENSOR}`],
-    [/(__Host-wsgw-session=)[^;"\s\\]+/g, `$1${CENSOR}`],
+    // Either session cookie name (auth.ts): the plain one is the tail of the `__Host-` one.
+    [/(wsgw-session=)[^;"\s\\]+/g, `$1${CENSOR}`],
     [/((?:authorization|bearer)["':= ]+(?:Bearer )?)[A-Za-z0-9._~+/=-]{8,}/gi, `$1${CENSOR}`],
   ];
   if (literal.length) patterns.push([new RegExp(literal.join('|'), 'g'), CENSOR]);

@@ -11,7 +11,7 @@ import type { Duplex } from 'node:stream';
 import type { Endpoint } from '../provisioner/contract.js';
 import type { ActivityRecorder } from './activity-recorder.js';
 import {
-  SESSION_COOKIE, clearedSessionCookie, clientAddress, safeNext, sameOrigin, sessionCookie, sessionCookieParts,
+  clearedSessionCookie, clientAddress, safeNext, sameOrigin, sessionCookie, sessionCookieName, sessionCookieParts,
   type Auth, type Session,
 } from './auth.js';
 import type { Clock } from './clock.js';
@@ -102,8 +102,7 @@ function destroyOnError(this: Duplex) { this.destroy(); }
 
 export function createRequestPath(deps: RequestPathDeps) {
   const { config, auth, workspaces, metrics, log, activity, forwarder } = deps;
-  // Always Secure: `__Host-` requires it, and browsers treat http://*.localhost as a secure context.
-  const secureCookie = true;
+  const cookieName = sessionCookieName(config.publicScheme);
   const nextRequestId = createRequestIds();
 
   // ---------------------------------------------------------------- responses
@@ -146,7 +145,7 @@ export function createRequestPath(deps: RequestPathDeps) {
 
   /** Step 2: only the workspace's owner, proven by a session cookie for exactly this host. */
   async function authorize(req: IncomingMessage, workspaceId: string): Promise<boolean> {
-    const session = await auth.sessionFor(sessionCookieParts(req.headers.cookie, SESSION_COOKIE).values, workspaceId);
+    const session = await auth.sessionFor(sessionCookieParts(req.headers.cookie, cookieName).values, workspaceId);
     if (!session) metrics.signInFailure('no_session');
     return session !== undefined;
   }
@@ -211,7 +210,7 @@ export function createRequestPath(deps: RequestPathDeps) {
   /** Step 5 (web): forward, record activity, map upstream failures. */
   function forwardWeb(req: IncomingMessage, res: ServerResponse, ctx: Ctx, endpoint: Endpoint, warm: boolean) {
     res.setHeader('x-request-id', ctx.requestId);
-    forwarder.web(req, res, endpoint, forwardedForRequest(req), sessionCookieParts(req.headers.cookie, SESSION_COOKIE).rest, {
+    forwarder.web(req, res, endpoint, forwardedForRequest(req), sessionCookieParts(req.headers.cookie, cookieName).rest, {
       onResponse: (status) => webResponded(status, ctx.started, warm),
       onFailure: ({ code, error }) => { webFailed(ctx.workspaceId, ctx.requestId, code, error); fail(res, ctx, code); },
     });
@@ -304,7 +303,7 @@ export function createRequestPath(deps: RequestPathDeps) {
     if (notes.session && notes.cookie === cookie && notes.cookieWorkspace === workspaceId && auth.isCurrent(notes.session)) {
       return { authorized: true, cookieRest: notes.cookieRest };
     }
-    const parts = sessionCookieParts(cookie, SESSION_COOKIE);
+    const parts = sessionCookieParts(cookie, cookieName);
     const session = auth.verifiedSessionFor(parts.values, workspaceId);
     // Only a verified session is noted: a cookie not verified yet may be by the next request.
     notes.session = session;
@@ -358,7 +357,7 @@ export function createRequestPath(deps: RequestPathDeps) {
     res.setHeader('x-request-id', ctx.requestId);
     if (path === 'login' && req.method === 'GET') return login(req, res, ctx, url);
     if (path === 'logout' && req.method === 'POST') {
-      res.writeHead(303, { location: '/__gateway/signed-out', 'set-cookie': clearedSessionCookie(secureCookie), 'cache-control': 'no-store' });
+      res.writeHead(303, { location: '/__gateway/signed-out', 'set-cookie': clearedSessionCookie(cookieName), 'cache-control': 'no-store' });
       res.end();
       return;
     }
@@ -392,7 +391,7 @@ export function createRequestPath(deps: RequestPathDeps) {
     const session = await auth.createSession(ctx.workspaceId);
     // 303 to a same-host path: the token leaves the address bar and never reaches the workspace.
     res.writeHead(303, {
-      location: safeNext(url.searchParams.get('next')), 'set-cookie': sessionCookie(session.value, config.sessionTtlMs, secureCookie),
+      location: safeNext(url.searchParams.get('next')), 'set-cookie': sessionCookie(cookieName, session.value, config.sessionTtlMs),
       'cache-control': 'no-store', 'referrer-policy': 'no-referrer',
     });
     res.end();
@@ -511,7 +510,7 @@ export function createRequestPath(deps: RequestPathDeps) {
   /** Step 5 (ws): forward the upgrade, then hand the socket pair to the app for tracking and taps. */
   function forwardWs(req: IncomingMessage, socket: Duplex, head: Buffer, workspaceId: string, requestId: string, endpoint: Endpoint) {
     let upgraded = false;
-    forwarder.ws(req, socket, head, endpoint, forwardedForRequest(req), sessionCookieParts(req.headers.cookie, SESSION_COOKIE).rest, {
+    forwarder.ws(req, socket, head, endpoint, forwardedForRequest(req), sessionCookieParts(req.headers.cookie, cookieName).rest, {
       onUpgrade: (upstream, response) => {
         upgraded = true;
         metrics.proxied('ws', 101);

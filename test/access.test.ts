@@ -4,7 +4,7 @@ import { createHmac } from 'node:crypto';
 import http from 'node:http';
 import t from 'tap';
 import { SignJWT } from 'jose';
-import { SESSION_COOKIE, createAuth, sessionCookieParts } from '../gateway/auth.js';
+import { PLAIN_SESSION_COOKIE, SESSION_COOKIE, createAuth, sessionCookieName, sessionCookieParts } from '../gateway/auth.js';
 import { createManualClock } from '../gateway/clock.js';
 import { NAVIGATE, TEST_SECRET, XHR, request, startTestGateway, waitRunning, type RawResponse, type TestGateway } from './helpers/gateway.js';
 import { gatewayWithRecordedWorkspaces, registerRunning, startRecordingUpstream } from './helpers/upstream.js';
@@ -32,21 +32,22 @@ const code = (r: RawResponse) => r.headers['x-gateway-error'];
 
 /** Session cookies that must not open ws-demo, and ones that must. */
 async function cookieSet(gw: TestGateway) {
+  const name = sessionCookieName(gw.config.publicScheme);
   const valid = await gw.cookie('demo');
   // Signed with the right key but expired an hour ago.
   const past = createAuth({ secret: TEST_SECRET, sessionTtlMs: 12 * HOUR, loginTokenMaxTtlMs: 300_000, clock: createManualClock(Date.now() - 13 * HOUR) });
-  const expired = `__Host-wsgw-session=${(await past.createSession('demo')).value}`;
+  const expired = `${name}=${(await past.createSession('demo')).value}`;
   // One signature character changed (the middle one: the last may only carry padding bits).
-  const [h, p, s] = valid.slice('__Host-wsgw-session='.length).split('.');
+  const [h, p, s] = valid.slice(`${name}=`.length).split('.');
   const mid = Math.floor(s.length / 2);
-  const tampered = `__Host-wsgw-session=${h}.${p}.${s.slice(0, mid)}${s[mid] === 'A' ? 'B' : 'A'}${s.slice(mid + 1)}`;
+  const tampered = `${name}=${h}.${p}.${s.slice(0, mid)}${s[mid] === 'A' ? 'B' : 'A'}${s.slice(mid + 1)}`;
   // The payload of another workspace's cookie with this one's signature.
-  const otherValue = (await gw.cookie('other')).slice('__Host-wsgw-session='.length);
-  const swapped = `__Host-wsgw-session=${h}.${otherValue.split('.')[1]}.${s}`;
+  const otherValue = (await gw.cookie('other')).slice(`${name}=`.length);
+  const swapped = `${name}=${h}.${otherValue.split('.')[1]}.${s}`;
   const other = await gw.cookie('other');
   // A sign-in token is not a session (separate keys per purpose).
-  const loginToken = `__Host-wsgw-session=${await gw.gateway.auth.createLoginToken('demo', 'j-as-cookie')}`;
-  const bare = (c: string) => c.slice('__Host-wsgw-session='.length);
+  const loginToken = `${name}=${await gw.gateway.auth.createLoginToken('demo', 'j-as-cookie')}`;
+  const bare = (c: string) => c.slice(`${name}=`.length);
   const rejected: Array<[string, string | undefined]> = [
     ['no cookie', undefined],
     ['expired', expired],
@@ -55,13 +56,14 @@ async function cookieSet(gw: TestGateway) {
     ["other workspace's cookie", other],
     ['a sign-in token as cookie', loginToken],
     ['duplicates, none valid', `${other}; ${expired}; ${tampered}`],
-    ['valid value under another name', `wsgw-session=${bare(valid)}; __Secure-wsgw-session=${bare(valid)}`],
+    // The other scheme's name too: one gateway reads one name (auth.ts sessionCookieName).
+    ['valid value under another name', `${name === SESSION_COOKIE ? PLAIN_SESSION_COOKIE : SESSION_COOKIE}=${bare(valid)}; __Secure-wsgw-session=${bare(valid)}`],
   ];
   const accepted: Array<[string, string]> = [
     ['valid', valid],
     ['duplicates, valid first', `${valid}; ${other}; ${expired}`],
     ['duplicates, valid last', `${other}; ${tampered}; ${valid}`],
-    ['quoted value', `__Host-wsgw-session="${bare(valid)}"`],
+    ['quoted value', `${name}="${bare(valid)}"`],
   ];
   return { valid, rejected, accepted };
 }
@@ -79,8 +81,20 @@ t.test("the session cookie's values, and the Cookie header the workspace gets wi
     [`x${N}=other; a=1`, [], `x${N}=other; a=1`],
     [`${N}; a=1;;`, [], 'a=1'],
     [`a=1;${N}=s1;`, ['s1'], 'a=1'],
+    // The gateway's other name is read by no one here, and still never reaches the workspace.
+    [`a=1; ${PLAIN_SESSION_COOKIE}=s2; b=2`, [], 'a=1; b=2'],
+    [`${PLAIN_SESSION_COOKIE}=s2`, [], undefined],
+    [`x${PLAIN_SESSION_COOKIE}=s2; a=1`, [], `x${PLAIN_SESSION_COOKIE}=s2; a=1`],
   ];
   for (const [header, values, rest] of rows) t.same(sessionCookieParts(header, N), { values, rest }, JSON.stringify(header));
+  // Read under the plain name (http, development), the `__Host-` one is dropped the same way.
+  const P = PLAIN_SESSION_COOKIE;
+  const plainRows: Array<[header: string, values: string[], rest: string | undefined]> = [
+    [`a=1; ${P}=s1; ${N}=s2; b=2`, ['s1'], 'a=1; b=2'],
+    [`${N}=s2`, [], undefined],
+    [`__Secure-${P}=s3; a=1`, [], `__Secure-${P}=s3; a=1`],
+  ];
+  for (const [header, values, rest] of plainRows) t.same(sessionCookieParts(header, P), { values, rest }, JSON.stringify(header));
 });
 
 t.test('access matrix: page load, XHR and WebSocket x cookies, no platform login URL', async (t) => {
@@ -251,7 +265,7 @@ t.test('sign-in handoff', async (t) => {
   });
   const sessionOf = (r: RawResponse) => (Array.isArray(r.headers['set-cookie']) ? r.headers['set-cookie'][0] : '').split(';')[0];
 
-  t.test('a valid token: 303 to next, host-only __Host- cookie, token gone', async (t) => {
+  t.test('a valid token: 303 to next, a host-only cookie (not Secure over http), token gone', async (t) => {
     const token = await auth.createLoginToken('rec', 'jti-ok');
     const r = await login(token, '/lab/?file=a.py#L3');
     t.equal(r.status, 303);
@@ -263,9 +277,10 @@ t.test('sign-in handoff', async (t) => {
     const setCookie = r.headers['set-cookie'] ?? [];
     t.equal(setCookie.length, 1);
     const [pair, ...attrs] = setCookie[0].split(';').map((s) => s.trim());
-    t.match(pair, /^__Host-wsgw-session=[\w-]+\.[\w-]+\.[\w-]+$/);
+    t.match(pair, /^wsgw-session=[\w-]+\.[\w-]+\.[\w-]+$/);
     const lower = attrs.map((a) => a.toLowerCase());
-    t.ok(lower.includes('secure'), 'Secure');
+    // WebKit keeps no Secure cookie from an http page (test/webkit.test.ts); https is tested below.
+    t.notOk(lower.includes('secure'), 'not Secure: this gateway is reached over http');
     t.ok(lower.includes('httponly'), 'HttpOnly');
     t.ok(lower.includes('samesite=lax'), 'SameSite=Lax');
     t.ok(lower.includes('path=/'), 'Path=/');
@@ -357,10 +372,9 @@ t.test('sign-in handoff', async (t) => {
     const r = await request(gw.port, { host, method: 'POST', path: '/__gateway/logout', headers: { cookie: await gw.cookie('rec') } });
     t.equal(r.status, 303);
     const c = (r.headers['set-cookie'] ?? [])[0] ?? '';
-    t.match(c, /^__Host-wsgw-session=;/);
+    t.match(c, /^wsgw-session=;/);
     t.match(c, /Max-Age=0/i);
     t.match(c, /Path=\//);
-    t.match(c, /Secure/);
     t.notMatch(c, /Domain/i);
     // A page on a sibling workspace (same site, so SameSite=Lax lets its form post through) cannot sign us out.
     for (const origin of [`http://ws-other.localhost:${gw.port}`, 'https://evil.example', 'null']) {
@@ -376,10 +390,32 @@ t.test('sign-in handoff', async (t) => {
     t.ok(up.requests.length > 0);
     for (const req of up.requests) {
       t.notMatch(req.url, /__gateway|token=/, `upstream saw ${req.url}`);
-      t.notMatch(JSON.stringify(req.rawHeaders), /__Host-wsgw-session|eyJ/, 'no gateway cookie or JWT in any header');
+      t.notMatch(JSON.stringify(req.rawHeaders), /wsgw-session|eyJ/, 'no gateway cookie or JWT in any header');
     }
   });
   t.equal(gw.provisioner.starts.length, 0);
+});
+
+t.test('over https the session cookie is `__Host-` and Secure, set and cleared so (RFC 6265bis 4.1.3.2)', async (t) => {
+  const gw = await startTestGateway({ env: { BASE_DOMAIN: 'ws.example.test', PUBLIC_SCHEME: 'https' } });
+  t.teardown(() => gw.close());
+  const host = 'ws-demo.ws.example.test';
+  const token = await gw.gateway.auth.createLoginToken('demo', 'jti-https');
+  const r = await request(gw.port, { host, path: `/__gateway/login?token=${encodeURIComponent(token)}`, headers: NAVIGATE });
+  t.equal(r.status, 303);
+  const [pair, ...attrs] = (r.headers['set-cookie'] ?? [''])[0].split(';').map((a) => a.trim().toLowerCase());
+  t.match(pair, /^__host-wsgw-session=[\w-]+\.[\w-]+\.[\w-]+$/);
+  t.ok(attrs.includes('secure'), 'Secure');
+  t.ok(attrs.includes('path=/'), 'Path=/');
+  t.notOk(attrs.some((a) => a.startsWith('domain')), 'no Domain');
+  const session = (r.headers['set-cookie'] ?? [''])[0].split(';')[0];
+  const status = await request(gw.port, { host, path: '/__gateway/status', headers: { ...XHR, cookie: session } });
+  t.equal(status.status, 200, 'the cookie opens the workspace');
+  const plain = await request(gw.port, { host, path: '/__gateway/status', headers: { ...XHR, cookie: `${PLAIN_SESSION_COOKIE}=${session.split('=')[1]}` } });
+  t.equal(plain.headers['x-gateway-error'], 'NOT_SIGNED_IN', 'the same session under the plain name does not');
+  const out = await request(gw.port, { host, method: 'POST', path: '/__gateway/logout', headers: { cookie: session, origin: `https://${host}` } });
+  t.equal(out.status, 303);
+  t.match((out.headers['set-cookie'] ?? [''])[0], /^__Host-wsgw-session=; Path=\/; Max-Age=0; HttpOnly; SameSite=Lax; Secure$/);
 });
 
 t.test("code-server's proxy routes cannot reach other hosts", async (t) => {

@@ -298,7 +298,7 @@ t.test('rate limits in the store', async (t) => {
       for (let i = 0; i < PER_SOCKET; i++) {
         const last = i === PER_SOCKET - 1;
         // Every third one presents someone's (here: a made-up) session cookie.
-        const cookie = i % 3 === 0 ? `Cookie: __Host-wsgw-session=${rand()}.${rand()}.${rand()}\r\n` : '';
+        const cookie = i % 3 === 0 ? `Cookie: wsgw-session=${rand()}.${rand()}.${rand()}\r\n` : '';
         payload += `GET /${s}/${i} HTTP/1.1\r\nHost: ws-${rand()}.localhost\r\n${cookie}Accept: application/json\r\n${last ? 'Connection: close\r\n' : ''}\r\n`;
       }
       return exchange(gw.port, payload, 30_000);

@@ -54,7 +54,7 @@ t.test('the gateway image serves a cold start, a page and a WebSocket, reports h
   t.ok(processes.includes('node --max-semi-space-size=4 --no-memory-reducer dist/gateway/main.js'), 'node runs the Dockerfile CMD');
   for (const dev of ['typescript', 'tap', 'playwright-core']) t.not((await exec('test', '-e', `/app/node_modules/${dev}`)).code, 0, `${dev} (a dev dependency) is not shipped`);
 
-  const cookie = await sessionCookie('alice');
+  const cookie = await sessionCookie('alice', 'https');
   const host = `ws-alice.${DOMAIN}`;
   const first = await request(gw.port, { host, headers: { ...NAVIGATE, ...ALB, cookie } });
   t.equal(first.status, 200, 'the starting page');

@@ -112,6 +112,7 @@ t.test('scrubber', async (t) => {
     [`{"msg":"bad token ${jwt}"}`, jwt],
     ['{"url":"/__gateway/login?next=/&token=abc.def.ghi"}', 'abc.def.ghi'],
     ['{"cookie":"__Host-wsgw-session=opaque-value-1234; other=1"}', 'opaque-value-1234'],
+    ['{"cookie":"a=1; wsgw-session=plain-value-5678"}', 'plain-value-5678'],
     ['{"h":"authorization: Bearer admintoken-abcdef"}', 'admintoken-abcdef'],
     ['{"err":"config my-gateway-secret-value leaked"}', 'my-gateway-secret-value'],
     ['{"err":"quo\\"te-secret-value"}', 'te-secret-value'],

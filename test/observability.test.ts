@@ -10,6 +10,7 @@ import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import t from 'tap';
 import { createGateway } from '../gateway/app.js';
+import { sessionCookieName, type Auth } from '../gateway/auth.js';
 import { systemClock } from '../gateway/clock.js';
 import { loadConfig, type Env } from '../gateway/config.js';
 import { createLogger } from '../gateway/log.js';
@@ -21,6 +22,11 @@ import { promtoolCheckMetrics, startPrometheus, type Sample } from './helpers/pr
 import { closed, connected, nextMessage, openWs } from './helpers/ws.js';
 
 /** A gateway as main.ts builds one (default process metrics, secrets given to the logger), logs captured. */
+/** A session for `id` on one of these gateways (reached over http on *.localhost, so the plain name). */
+async function cookieFor(g: { gateway: { auth: Auth } }, id: string): Promise<string> {
+  return `${sessionCookieName('http')}=${(await g.gateway.auth.createSession(id)).value}`;
+}
+
 async function startObservedGateway(env: Env) {
   const dataDir = mkdtempSync(join(tmpdir(), 'wsgw-obs-'));
   const config = loadConfig({
@@ -78,8 +84,8 @@ t.test('metrics through a real Prometheus, promtool, cardinality and logs', asyn
   const loginToken = loginUrl.searchParams.get('token')!;
   const signin = await request(a.port, { path: `${loginUrl.pathname}${loginUrl.search}`, headers: NAVIGATE });
   t.equal(signin.status, 303);
-  const sessionValue = /__Host-wsgw-session=([^;]+)/.exec(String(signin.headers['set-cookie']))![1];
-  const cookie = `__Host-wsgw-session=${sessionValue}`;
+  const cookie = String(signin.headers['set-cookie']).split(';')[0];
+  const sessionValue = cookie.slice(cookie.indexOf('=') + 1);
   // The same link again is a replay; a garbage token is malformed: two sign-in failures.
   t.equal((await request(a.port, { path: `${loginUrl.pathname}${loginUrl.search}`, headers: NAVIGATE })).status, 401);
   t.equal((await request(a.port, { path: '/__gateway/login?token=not-a-jwt', headers: NAVIGATE })).status, 401);
@@ -99,7 +105,7 @@ t.test('metrics through a real Prometheus, promtool, cardinality and logs', asyn
   t.equal((await nextMessage(ws)).data.toString(), 'hello');
 
   // A start that really fails: code-server is /bin/false on gateway b.
-  const failCookie = `__Host-wsgw-session=${(await b.gateway.auth.createSession('broken')).value}`;
+  const failCookie = await cookieFor(b, 'broken');
   t.equal((await request(b.port, { host: 'ws-broken.localhost', headers: { ...NAVIGATE, cookie: failCookie } })).headers['x-gateway-cold-start'], '1');
   t.equal((await waitRunning(b.port, failCookie, 'ws-broken.localhost')).state, 'failed');
 
@@ -150,10 +156,10 @@ t.test('metrics through a real Prometheus, promtool, cardinality and logs', asyn
       const now = Date.now();
       await a.store.putWorkspace({ id, state: 'running', generation: 1, since: now, endpoint, startedAt: now });
       const host = `ws-${id}.localhost`;
-      const c = `__Host-wsgw-session=${(await a.gateway.auth.createSession(id)).value}`;
+      const c = await cookieFor(a, id);
       const warm = await request(a.port, { host, path: `/x/${id}?q=${id}`, headers: { ...XHR, cookie: c }, agent });
       if (warm.status !== 404 && warm.status !== 200) throw new Error(`${id}: ${warm.status}`);
-      const sc = `__Host-wsgw-session=${(await a.gateway.auth.createSession(stoppedId)).value}`;
+      const sc = await cookieFor(a, stoppedId);
       await request(a.port, { host: `ws-${stoppedId}.localhost`, headers: { ...XHR, cookie: sc }, agent });
     };
     for (let i = 0; i < 3; i++) await traffic(`warmup${i}`, `warmupstopped${i}`);

@@ -6,7 +6,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
-import { createAuth } from '../../gateway/auth.js';
+import { createAuth, sessionCookieName } from '../../gateway/auth.js';
 import { systemClock } from '../../gateway/clock.js';
 import { adopt, deployedNodeArgs } from '../lib.js';
 
@@ -116,10 +116,10 @@ export async function startGatewayChild(env: Record<string, string>, timeoutMs =
   }
 }
 
-/** Mints session cookies the way the gateway does (same secret), one per simulated browser. */
+/** Mints session cookies the way the gateway does (same secret, its http name: the bench reaches it on *.localhost), one per simulated browser. */
 export function cookieMinter(secret = BENCH_SECRET) {
   const auth = createAuth({ secret, sessionTtlMs: 12 * 3_600_000, loginTokenMaxTtlMs: 300_000, clock: systemClock });
-  return async (workspaceId: string) => `__Host-wsgw-session=${(await auth.createSession(workspaceId)).value}`;
+  return async (workspaceId: string) => `${sessionCookieName('http')}=${(await auth.createSession(workspaceId)).value}`;
 }
 
 /** A forced full GC, for heap deltas (V8 flag set at run time, so no node flag is needed). */

@@ -6,7 +6,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import { createGateway, type Gateway } from '../../gateway/app.js';
-import { createAuth } from '../../gateway/auth.js';
+import { createAuth, sessionCookieName } from '../../gateway/auth.js';
 import type { Clock } from '../../gateway/clock.js';
 import { systemClock } from '../../gateway/clock.js';
 import { loadConfig, type Config, type Env } from '../../gateway/config.js';
@@ -88,7 +88,7 @@ export async function startTestGateway(opts: TestGatewayOptions = {}): Promise<T
     gateway, config, store, provisioner, metrics, port: gatewayPort, adminPort, logs, dataDir,
     async cookie(id: string) {
       const s = await gateway.auth.createSession(id);
-      return `__Host-wsgw-session=${s.value}`;
+      return `${sessionCookieName(config.publicScheme)}=${s.value}`;
     },
     async close() {
       await gateway.close();
@@ -119,10 +119,10 @@ export function request(port: number, opts: { host?: string; path?: string; meth
   });
 }
 
-/** A session cookie for `id` that a gateway keyed with TEST_SECRET (spawnGateway's) accepts. */
-export async function sessionCookie(id: string): Promise<string> {
+/** A session cookie for `id` that a gateway keyed with TEST_SECRET (spawnGateway's) reached over `publicScheme` accepts. */
+export async function sessionCookie(id: string, publicScheme: 'http' | 'https' = 'http'): Promise<string> {
   const auth = createAuth({ secret: TEST_SECRET, sessionTtlMs: 3_600_000, loginTokenMaxTtlMs: 300_000, clock: systemClock });
-  return `__Host-wsgw-session=${(await auth.createSession(id)).value}`;
+  return `${sessionCookieName(publicScheme)}=${(await auth.createSession(id)).value}`;
 }
 
 export const NAVIGATE = { 'sec-fetch-mode': 'navigate', 'sec-fetch-dest': 'document', accept: 'text/html,application/xhtml+xml,*/*;q=0.8' };
