@@ -55,6 +55,10 @@ async function tlsTerminator(creds: { key: Buffer; cert: Buffer }, target: () =>
       const f = find(requestLine);
       return f && sent[f.i].slice(f.at, sent[f.i].indexOf('\r\n\r\n', f.at));
     },
+    /** The heads of every answer the browser got, connection by connection. */
+    answers(): string[] {
+      return received.flatMap((text) => [...text.matchAll(STATUS_LINE)].map((m) => text.slice(m.index, text.indexOf('\r\n\r\n', m.index))));
+    },
     /** The head of the answer to that request, as the browser got it. */
     answer(requestLine: string): string | undefined {
       const f = find(requestLine);
@@ -66,13 +70,22 @@ async function tlsTerminator(creds: { key: Buffer; cert: Buffer }, target: () =>
 }
 
 /**
+ * HTTPS for *.`base` on a free port, in front of the plain-HTTP port `target()` names (the gateway,
+ * as the ALB is in production), keeping every byte both ways.
+ */
+export async function startHttpsFront(base: string, target: () => number) {
+  const dir = mkdtempSync(join(tmpdir(), 'wsgw-front-'));
+  const front = await tlsTerminator(certificate(dir, base), target);
+  return { ...front, close: async () => { await front.close(); rmSync(dir, { recursive: true, force: true }); } };
+}
+
+/**
  * Two students' running workspaces, `ws-victim` and `ws-classmate` under `base`, behind a gateway
  * behind HTTPS; `loginUrl` mints a one-time sign-in link as the platform would.
  */
 export async function startSiblings(base: string) {
-  const dir = mkdtempSync(join(tmpdir(), 'wsgw-sibling-'));
   let gatewayPort = 0;
-  const front = await tlsTerminator(certificate(dir, base), () => gatewayPort);
+  const front = await startHttpsFront(base, () => gatewayPort);
   const gw = await startTestGateway({ env: { BASE_DOMAIN: base, PUBLIC_SCHEME: 'https', PUBLIC_PORT: String(front.port) } });
   gatewayPort = gw.port;
   const victim = await startRecordingUpstream();
@@ -90,7 +103,6 @@ export async function startSiblings(base: string) {
     },
     async close(): Promise<void> {
       await gw.close(); await front.close(); await victim.close(); await classmate.close();
-      rmSync(dir, { recursive: true, force: true });
     },
   };
 }

@@ -9,6 +9,9 @@ export const MINIBROWSER = '/usr/lib/x86_64-linux-gnu/webkit2gtk-4.1/MiniBrowser
 
 export interface WebKitCookie { name: string; value: string; secure?: boolean; httpOnly?: boolean; sameSite?: string }
 
+/** WebDriver's code points for the keys a test needs (W3C WebDriver 17.4.2). */
+export const KEYS = { enter: '\uE007', escape: '\uE00C', f1: '\uE031', control: '\uE009', shift: '\uE008' } as const;
+
 export interface WebKit {
   /** Loads `url` in the one window and waits for its load event. */
   goto(url: string): Promise<void>;
@@ -16,6 +19,11 @@ export interface WebKit {
   evaluate(expression: string): Promise<unknown>;
   /** The window's address now. */
   url(): Promise<string>;
+  /**
+   * Types `text` into whatever has the focus, key by key as a person would (W3C WebDriver key
+   * actions); WebDriver's code points stand for special keys (`KEYS`).
+   */
+  type(text: string): Promise<void>;
   /** The cookies the browser holds for the page's address, HttpOnly ones too. */
   cookies(): Promise<WebKitCookie[]>;
   close(): Promise<void>;
@@ -110,6 +118,10 @@ export async function launchWebKit(): Promise<WebKit> {
         return r.value;
       },
       url: () => call<string>('GET', `${s}/url`),
+      type: async (text) => {
+        const actions = [...text].flatMap((value) => [{ type: 'keyDown', value }, { type: 'keyUp', value }]);
+        await call('POST', `${s}/actions`, { actions: [{ type: 'key', id: 'keyboard', actions }] });
+      },
       cookies: () => call<WebKitCookie[]>('GET', `${s}/cookie`),
       close: async () => {
         await call('DELETE', s).catch(() => undefined);
