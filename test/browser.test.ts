@@ -3,14 +3,7 @@
 // the same with the real code-server's VS Code workbench (issue 2, issue 3).
 import t from 'tap';
 import { launchChromium, watchWebSockets } from './helpers/browser.js';
-import { TEST_ADMIN_TOKEN, startTestGateway } from './helpers/gateway.js';
-
-async function loginUrl(adminPort: number, id: string): Promise<string> {
-  const r = await fetch(`http://127.0.0.1:${adminPort}/api/workspaces/${id}/login-url`, {
-    method: 'POST', headers: { authorization: `Bearer ${TEST_ADMIN_TOKEN}`, 'content-type': 'application/json' }, body: '{}',
-  });
-  return ((await r.json()) as { url: string }).url;
-}
+import { loginUrl, startTestGateway } from './helpers/gateway.js';
 
 t.test('demo workspace in Chromium: sign in, starting page, workspace, WebSocket round trip', async (t) => {
   const gw = await startTestGateway({ env: { DEMO_READY_DELAY: '1500ms' } });

@@ -7,15 +7,10 @@ import { join } from 'node:path';
 import t from 'tap';
 import type { Page } from 'playwright-core';
 import { launchChromium } from './helpers/browser.js';
-import { TEST_ADMIN_TOKEN, startTestGateway } from './helpers/gateway.js';
+import { loginUrl, startTestGateway } from './helpers/gateway.js';
 import type { WorkspaceRecord } from '../gateway/store/contract.js';
 
 const IDLE_MS = 120_000;
-
-async function loginUrl(adminPort: number, id: string): Promise<string> {
-  const r = await fetch(`http://127.0.0.1:${adminPort}/api/workspaces/${id}/login-url`, { method: 'POST', headers: { authorization: `Bearer ${TEST_ADMIN_TOKEN}` } });
-  return ((await r.json()) as { url: string }).url;
-}
 
 async function openTerminal(page: Page) {
   // The workbench takes keys only once it has restored its parts; on a loaded machine (CI runs the

@@ -125,6 +125,14 @@ export async function sessionCookie(id: string, publicScheme: 'http' | 'https' =
   return `${sessionCookieName(publicScheme)}=${(await auth.createSession(id)).value}`;
 }
 
+/** A one-time sign-in link for `id`, asked of the admin API as the platform asks it. */
+export async function loginUrl(adminPort: number, id: string, next?: string): Promise<string> {
+  const r = await fetch(`http://127.0.0.1:${adminPort}/api/workspaces/${id}/login-url`, {
+    method: 'POST', headers: { authorization: `Bearer ${TEST_ADMIN_TOKEN}`, 'content-type': 'application/json' }, body: JSON.stringify(next === undefined ? {} : { next }),
+  });
+  return ((await r.json()) as { url: string }).url;
+}
+
 export const NAVIGATE = { 'sec-fetch-mode': 'navigate', 'sec-fetch-dest': 'document', accept: 'text/html,application/xhtml+xml,*/*;q=0.8' };
 export const XHR = { 'sec-fetch-mode': 'cors', 'sec-fetch-dest': 'empty', accept: 'application/json' };
 

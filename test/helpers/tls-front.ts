@@ -8,7 +8,7 @@ import net, { type AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import tls from 'node:tls';
-import { TEST_ADMIN_TOKEN, startTestGateway } from './gateway.js';
+import { loginUrl, startTestGateway } from './gateway.js';
 import { registerRunning, startRecordingUpstream } from './upstream.js';
 
 /** A self-signed certificate for *.`base`, written to `dir` (the browsers are told to accept it). */
@@ -95,12 +95,7 @@ export async function startSiblings(base: string) {
   return {
     front, gw, victim, classmate,
     victimOrigin: `https://ws-victim.${base}:${front.port}`,
-    async loginUrl(id: string, next: string): Promise<string> {
-      const r = await fetch(`http://127.0.0.1:${gw.adminPort}/api/workspaces/${id}/login-url`, {
-        method: 'POST', headers: { authorization: `Bearer ${TEST_ADMIN_TOKEN}`, 'content-type': 'application/json' }, body: JSON.stringify({ next }),
-      });
-      return ((await r.json()) as { url: string }).url;
-    },
+    loginUrl: (id: string, next: string) => loginUrl(gw.adminPort, id, next),
     async close(): Promise<void> {
       await gw.close(); await front.close(); await victim.close(); await classmate.close();
     },
