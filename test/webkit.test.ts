@@ -79,9 +79,16 @@ t.test('the real code-server in WebKit over https: the workbench, its WebSockets
   for (const head of upgrades) t.match(head, /\r\nsec-websocket-extensions: permessage-deflate; client_max_window_bits=12(\r\n|$)/i);
 
   await openTerminal(webkit);
-  // Nobody types: VS Code's keep-alives, acks and latency pings go on, and are not a person.
-  await sleep(3_000);
-  const before = await gw.store.getActivity('safari');
+  // Nobody types. The workbench may still fetch what the terminal needs (a request for content is
+  // activity), so first wait for 10 s without any; VS Code's keep-alives (every 5 s on each socket),
+  // acks and latency pings go on all the while, and must not count, or no such quiet comes.
+  let quietSince = Date.now();
+  let before = await gw.store.getActivity('safari');
+  await until(async () => {
+    const at = await gw.store.getActivity('safari');
+    if (at !== before) { before = at; quietSince = Date.now(); }
+    return Date.now() - quietSince >= 10_000;
+  }, 60_000, 500);
   await sleep(20_000);
   t.equal(await gw.store.getActivity('safari'), before, 'an open, untouched workbench is not activity');
   // The student types a command, key by key.
