@@ -10,7 +10,7 @@ export const MINIBROWSER = '/usr/lib/x86_64-linux-gnu/webkit2gtk-4.1/MiniBrowser
 export interface WebKitCookie { name: string; value: string; secure?: boolean; httpOnly?: boolean; sameSite?: string }
 
 /** WebDriver's code points for the keys a test needs (W3C WebDriver 17.4.2). */
-export const KEYS = { enter: '\uE007', escape: '\uE00C', f1: '\uE031', control: '\uE009', shift: '\uE008' } as const;
+export const KEYS = { enter: '\uE007', escape: '\uE00C', f1: '\uE031' } as const;
 
 export interface WebKit {
   /** Loads `url` in the one window and waits for its load event. */
@@ -75,7 +75,8 @@ async function startDriver(display: string): Promise<{ base: string; child: Chil
     const base = `http://127.0.0.1:${port}`;
     for (const deadline = Date.now() + 10_000; Date.now() < deadline && child.exitCode === null;) {
       const ready = await fetch(`${base}/status`).then((r) => r.ok, () => false);
-      if (ready) return { base, child };
+      // Ours only if it is still running: another process on that port could answer too.
+      if (ready && child.exitCode === null) return { base, child };
       await new Promise((resolve) => setTimeout(resolve, 100));
     }
     last = `WebKitWebDriver on ${port} did not answer (exit ${child.exitCode}): ${said}`;
