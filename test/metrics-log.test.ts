@@ -164,4 +164,3 @@ t.test("process warnings: one JSON line each instead of Node's lines on stderr, 
   t.equal(lines.length, 1, 'a multi-line warning is one line');
   t.match(lines[0], { level: 40, event: 'process.warning', name: 'Warning', code: 'WSGW_TEST_WARNING', message: 'first line\nsecond line' });
 });
-

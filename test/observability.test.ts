@@ -10,10 +10,10 @@ import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import t from 'tap';
 import { createGateway } from '../gateway/app.js';
-import { sessionCookieName, type Auth } from '../gateway/auth.js';
+import { sessionCookieName } from '../gateway/auth.js';
 import { systemClock } from '../gateway/clock.js';
+import { loggerFromConfig } from '../gateway/compose.js';
 import { loadConfig, type Env } from '../gateway/config.js';
-import { createLogger } from '../gateway/log.js';
 import { createMetrics } from '../gateway/metrics.js';
 import { createMemoryStore } from '../gateway/store/memory.js';
 import { createLocalProvisioner } from '../provisioner/local.js';
@@ -22,11 +22,6 @@ import { promtoolCheckMetrics, startPrometheus, type Sample } from './helpers/pr
 import { closed, connected, nextMessage, openWs } from './helpers/ws.js';
 
 /** A gateway as main.ts builds one (default process metrics, secrets given to the logger), logs captured. */
-/** A session for `id` on one of these gateways (reached over http on *.localhost, so the plain name). */
-async function cookieFor(g: { gateway: { auth: Auth } }, id: string): Promise<string> {
-  return `${sessionCookieName('http')}=${(await g.gateway.auth.createSession(id)).value}`;
-}
-
 async function startObservedGateway(env: Env) {
   const dataDir = mkdtempSync(join(tmpdir(), 'wsgw-obs-'));
   const config = loadConfig({
@@ -35,7 +30,7 @@ async function startObservedGateway(env: Env) {
   });
   let text = '';
   const sink = new Writable({ write(chunk, _enc, cb) { text += chunk.toString(); cb(); } });
-  const logger = createLogger(config.logLevel, sink, { secrets: [config.gatewaySecret, config.adminToken] });
+  const logger = loggerFromConfig(config, sink);
   const metrics = createMetrics({ enabled: true, defaultMetrics: true });
   const store = createMemoryStore(systemClock);
   const provisioner = createLocalProvisioner({
@@ -46,6 +41,8 @@ async function startObservedGateway(env: Env) {
   const { gatewayPort, adminPort } = await gateway.listen();
   return {
     gateway, store, metrics, port: gatewayPort, adminPort,
+    /** A session cookie for `id`, under the name this gateway reads. */
+    cookie: async (id: string) => `${sessionCookieName(config.publicScheme)}=${(await gateway.auth.createSession(id)).value}`,
     logText: () => text,
     logLines: () => text.split('\n').filter(Boolean).map((l) => JSON.parse(l) as Record<string, unknown>),
     exposition: async () => (await request(adminPort, { host: '127.0.0.1', path: '/metrics' })).body,
@@ -105,7 +102,7 @@ t.test('metrics through a real Prometheus, promtool, cardinality and logs', asyn
   t.equal((await nextMessage(ws)).data.toString(), 'hello');
 
   // A start that really fails: code-server is /bin/false on gateway b.
-  const failCookie = await cookieFor(b, 'broken');
+  const failCookie = await b.cookie('broken');
   t.equal((await request(b.port, { host: 'ws-broken.localhost', headers: { ...NAVIGATE, cookie: failCookie } })).headers['x-gateway-cold-start'], '1');
   t.equal((await waitRunning(b.port, failCookie, 'ws-broken.localhost')).state, 'failed');
 
@@ -156,10 +153,10 @@ t.test('metrics through a real Prometheus, promtool, cardinality and logs', asyn
       const now = Date.now();
       await a.store.putWorkspace({ id, state: 'running', generation: 1, since: now, endpoint, startedAt: now });
       const host = `ws-${id}.localhost`;
-      const c = await cookieFor(a, id);
+      const c = await a.cookie(id);
       const warm = await request(a.port, { host, path: `/x/${id}?q=${id}`, headers: { ...XHR, cookie: c }, agent });
       if (warm.status !== 404 && warm.status !== 200) throw new Error(`${id}: ${warm.status}`);
-      const sc = await cookieFor(a, stoppedId);
+      const sc = await a.cookie(stoppedId);
       await request(a.port, { host: `ws-${stoppedId}.localhost`, headers: { ...XHR, cookie: sc }, agent });
     };
     for (let i = 0; i < 3; i++) await traffic(`warmup${i}`, `warmupstopped${i}`);

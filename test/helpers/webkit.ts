@@ -2,7 +2,7 @@
 // WebKitWebDriver. Its browser, MiniBrowser, has no headless mode, so each launch gets an X server
 // of its own (Xvfb). `*.localhost` resolves to loopback here without any setting.
 import { spawn, type ChildProcess } from 'node:child_process';
-import net, { type AddressInfo } from 'node:net';
+import { freePort } from './redis.js';
 
 export const WEBKIT_DRIVER = '/usr/bin/WebKitWebDriver';
 export const MINIBROWSER = '/usr/lib/x86_64-linux-gnu/webkit2gtk-4.1/MiniBrowser';
@@ -54,14 +54,6 @@ async function startXvfb(): Promise<{ display: string; child: ChildProcess }> {
     await stopped(child);
     throw err;
   }
-}
-
-async function freePort(): Promise<number> {
-  const server = net.createServer();
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const { port } = server.address() as AddressInfo;
-  await new Promise<void>((resolve) => server.close(() => resolve()));
-  return port;
 }
 
 /** The driver on a free port, answering `/status`. Another process can take that port first: then it exits, and we try again. */
