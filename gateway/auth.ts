@@ -174,7 +174,7 @@ export function sessionCookie(name: string, value: string, maxAgeMs: number): st
 }
 
 export function clearedSessionCookie(name: string): string {
-  return `${name}=; Path=/; Max-Age=0; HttpOnly; SameSite=Lax${name === SESSION_COOKIE ? '; Secure' : ''}`;
+  return sessionCookie(name, '', 0);
 }
 
 /** `next` must be a path on this same host: no scheme, no `//host`, no backslash tricks, no controls. */

@@ -37,17 +37,16 @@ async function cookieSet(gw: TestGateway) {
   // Signed with the right key but expired an hour ago.
   const past = createAuth({ secret: TEST_SECRET, sessionTtlMs: 12 * HOUR, loginTokenMaxTtlMs: 300_000, clock: createManualClock(Date.now() - 13 * HOUR) });
   const expired = `${name}=${(await past.createSession('demo')).value}`;
+  const bare = (c: string) => c.slice(`${name}=`.length);
   // One signature character changed (the middle one: the last may only carry padding bits).
-  const [h, p, s] = valid.slice(`${name}=`.length).split('.');
+  const [h, p, s] = bare(valid).split('.');
   const mid = Math.floor(s.length / 2);
   const tampered = `${name}=${h}.${p}.${s.slice(0, mid)}${s[mid] === 'A' ? 'B' : 'A'}${s.slice(mid + 1)}`;
   // The payload of another workspace's cookie with this one's signature.
-  const otherValue = (await gw.cookie('other')).slice(`${name}=`.length);
-  const swapped = `${name}=${h}.${otherValue.split('.')[1]}.${s}`;
   const other = await gw.cookie('other');
+  const swapped = `${name}=${h}.${bare(other).split('.')[1]}.${s}`;
   // A sign-in token is not a session (separate keys per purpose).
   const loginToken = `${name}=${await gw.gateway.auth.createLoginToken('demo', 'j-as-cookie')}`;
-  const bare = (c: string) => c.slice(`${name}=`.length);
   const rejected: Array<[string, string | undefined]> = [
     ['no cookie', undefined],
     ['expired', expired],
