@@ -1,7 +1,9 @@
 // The benchmark's verdicts (issue 7): a target is met or missed by its raw figures, shown rounded,
 // and one whose figures are missing (a system did not run) is a note, never a verdict.
+// A cost the rounds cannot resolve is a note too.
 import t from 'tap';
 import { addTarget, targetLine, type Target } from '../bench/result.js';
+import { spreadNote } from '../bench/scenarios/http.js';
 
 t.test('addTarget table', async (t) => {
   const round1 = (x: number) => Math.round(x * 10) / 10;
@@ -30,4 +32,21 @@ t.test('addTarget table', async (t) => {
 t.test('targetLine', async (t) => {
   t.equal(targetLine({ name: 'n', value: 1, limit: 2, unit: 'ms', op: '<=', met: true }), '  met    n: 1 ms (<= 2)');
   t.equal(targetLine({ name: 'n', value: 3, limit: 2, unit: 'ms', op: '<=', met: false }), '  MISSED n: 3 ms (<= 2)');
+});
+
+t.test('spreadNote: a cost inside the rounds\' spread is reported, and only a quick run is sent to --full', async (t) => {
+  const rows: Array<[string, number, boolean, 'none' | 'quiet' | 'quiet or --full']> = [
+    ['steady rounds', 0.05, true, 'none'],
+    ['at the limit', 0.1, false, 'none'],
+    ['no rounds (a variant did not run)', NaN, true, 'none'],
+    ['unsteady quick run', 0.47, true, 'quiet or --full'],
+    ['unsteady full run (6358919 told it to rerun with --full)', 0.47, false, 'quiet'],
+  ];
+  for (const [name, widest, quick, expected] of rows) {
+    const note = spreadNote(widest, '1.07 1.17 1.10', quick);
+    if (expected === 'none') { t.equal(note, undefined, name); continue; }
+    t.match(note, /varied by up to \d+% between rounds \(load average 1\.07 1\.17 1\.10\)/, name);
+    t.equal(note!.endsWith('rerun on a quiet machine or with --full'), expected === 'quiet or --full', name);
+    t.ok(note!.endsWith('rerun on a quiet machine') || expected === 'quiet or --full', name);
+  }
 });
