@@ -38,7 +38,7 @@ export async function provisionerFromConfig(config: Config, clock: Clock, metric
   if (config.provisioner === 'local') {
     return createLocalProvisioner({
       workspace: config.local.workspace, dataDir: config.local.dataDir, codeServerBin: config.local.codeServerBin,
-      demoReadyDelayMs: config.local.demoReadyDelayMs, log: (obj, msg) => log.info(obj, msg),
+      demoReadyDelayMs: config.local.demoReadyDelayMs, log: (obj, msg) => log.info(obj, msg), parentEnv: config.env,
     });
   }
   const options = ecsOptionsFromEnv(config.env);

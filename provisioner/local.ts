@@ -21,6 +21,23 @@ export interface LocalProvisionerOptions {
   demoReadyDelayMs: number;
   probeIntervalMs?: number;
   log?: (obj: Record<string, unknown>, msg: string) => void;
+  /** The environment the gateway was started with; a workspace inherits only `workspaceEnv` of it. */
+  parentEnv: Readonly<Record<string, string | undefined>>;
+}
+
+/**
+ * What a workspace may inherit from the gateway's environment: what a shell, git and code-server need
+ * (search path, locale, time zone, terminal, user, the proxies and CA files its extension gallery goes
+ * through), never the gateway's own settings. The student types into a terminal of this process tree,
+ * and GATEWAY_SECRET signs every workspace's sessions (ADMIN_TOKEN, REDIS_URL, REDIS_PASSWORD and AWS
+ * credentials likewise open more than this workspace). A Fargate task gets only its task definition's.
+ */
+const INHERITED = /^(PATH|LANG|LANGUAGE|LC_[A-Z]+|TZ|TERM|COLORTERM|SHELL|USER|LOGNAME|TMPDIR|(HTTPS?|NO|ALL)_PROXY|(https?|no|all)_proxy|NODE_EXTRA_CA_CERTS|SSL_CERT_(FILE|DIR))$/;
+
+export function workspaceEnv(parent: Readonly<Record<string, string | undefined>>): Record<string, string> {
+  const env: Record<string, string> = {};
+  for (const [name, value] of Object.entries(parent)) if (value !== undefined && INHERITED.test(name)) env[name] = value;
+  return env;
 }
 
 interface Running { child: ChildProcess; endpoint: Endpoint; generation: number; startedAt: number; exited: Promise<void> }
@@ -70,10 +87,11 @@ export function createLocalProvisioner(opts: LocalProvisionerOptions): Provision
   const demoScript = fileURLToPath(new URL('./demo-workspace.js', import.meta.url));
   const probeEvery = opts.probeIntervalMs ?? 100;
   const log = opts.log ?? (() => undefined);
+  const inherited = workspaceEnv(opts.parentEnv);
 
-  function command(id: string, port: number, dir: string): { cmd: string; args: string[]; env: NodeJS.ProcessEnv } {
+  function command(id: string, port: number, dir: string): { cmd: string; args: string[]; env: Record<string, string> } {
     if (mode === 'demo') {
-      return { cmd: process.execPath, args: [demoScript, '--port', String(port), '--data', join(dir, 'project'), '--id', id, '--ready-delay-ms', String(opts.demoReadyDelayMs)], env: process.env };
+      return { cmd: process.execPath, args: [demoScript, '--port', String(port), '--data', join(dir, 'project'), '--id', id, '--ready-delay-ms', String(opts.demoReadyDelayMs)], env: inherited };
     }
     const home = join(dir, 'home');
     const userData = join(dir, 'user-data');
@@ -85,7 +103,7 @@ export function createLocalProvisioner(opts: LocalProvisionerOptions): Provision
       args: ['--auth', 'none', '--bind-addr', `127.0.0.1:${port}`, '--user-data-dir', userData, '--extensions-dir', join(dir, 'extensions'),
         '--disable-telemetry', '--disable-update-check', '--disable-workspace-trust', join(dir, 'project')],
       // Its own HOME: code-server writes ~/.config/code-server/config.yaml at every start.
-      env: { ...process.env, HOME: home, PASSWORD: undefined, HASHED_PASSWORD: undefined },
+      env: { ...inherited, HOME: home },
     };
   }
 

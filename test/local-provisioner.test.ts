@@ -1,11 +1,12 @@
 // The local provisioner stops a workspace's whole process tree, as stopping a Fargate task does:
 // code-server forks an extension host and a pty host, and one of those was seen outliving its server.
 // A stand-in for code-server (same command line) forks a helper that ignores SIGTERM.
-import { chmodSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+// And no process of that tree, where the student's terminal runs, inherits the gateway's secrets.
+import { chmodSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import t from 'tap';
-import { createLocalProvisioner } from '../provisioner/local.js';
+import { createLocalProvisioner, findOnPath, workspaceEnv } from '../provisioner/local.js';
 
 const STAND_IN = `#!/usr/bin/env node
 const http = require('node:http');
@@ -29,7 +30,7 @@ t.test('stopping a workspace ends every process it started, even one ignoring SI
   const bin = join(dir, 'code-server-stand-in.cjs');
   writeFileSync(bin, STAND_IN);
   chmodSync(bin, 0o755);
-  const provisioner = createLocalProvisioner({ workspace: 'code-server', dataDir: join(dir, 'data'), codeServerBin: bin, demoReadyDelayMs: 0 });
+  const provisioner = createLocalProvisioner({ workspace: 'code-server', dataDir: join(dir, 'data'), codeServerBin: bin, demoReadyDelayMs: 0, parentEnv: process.env });
   t.teardown(() => provisioner.close());
   for (const how of ['stop', 'close'] as const) {
     const id = `tree-${how}`;
@@ -41,4 +42,100 @@ t.test('stopping a workspace ends every process it started, even one ignoring SI
     t.notOk(alive(helper), `${how}: the helper is gone too`);
     t.notOk(alive(Number(started.handle)), `${how}: the server is gone`);
   }
+});
+
+/** The gateway's own settings that must never reach a workspace, each with a value to look for. */
+const GATEWAY_SECRETS = {
+  GATEWAY_SECRET: 'gateway-secret-that-signs-every-session-0123456789',
+  ADMIN_TOKEN: 'admin-token-0123456789-0123456789',
+  REDIS_URL: 'redis://:hunter2@127.0.0.1:6379/0',
+  REDIS_PASSWORD: 'hunter2',
+  AWS_SECRET_ACCESS_KEY: 'aws-secret-0123456789',
+  PASSWORD: 'code-server-password',
+};
+
+/** A process's environment, from /proc; undefined once it is gone. */
+function environOf(pid: number): Record<string, string> | undefined {
+  try {
+    const env: Record<string, string> = {};
+    for (const entry of readFileSync(`/proc/${pid}/environ`, 'latin1').split('\0')) {
+      const eq = entry.indexOf('=');
+      if (eq > 0) env[entry.slice(0, eq)] = entry.slice(eq + 1);
+    }
+    return env;
+  } catch { return undefined; }
+}
+
+/** Every process in process group `pgid` (the local provisioner starts each workspace as its own group). */
+function groupMembers(pgid: number): number[] {
+  const pids: number[] = [];
+  for (const name of readdirSync('/proc')) {
+    if (!/^\d+$/.test(name)) continue;
+    try {
+      const stat = readFileSync(`/proc/${name}/stat`, 'utf8');
+      // pid (comm) state ppid pgrp …: comm may hold spaces and parentheses, so read after the last ')'.
+      const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+      if (Number(fields[2]) === pgid) pids.push(Number(name));
+    } catch { /* gone meanwhile */ }
+  }
+  return pids;
+}
+
+t.test('workspaceEnv table: a workspace inherits what a shell and code-server need, nothing of the gateway\'s', async (t) => {
+  const rows: Array<[name: string, kept: boolean]> = [
+    ['PATH', true], ['LANG', true], ['LC_ALL', true], ['LC_CTYPE', true], ['TZ', true], ['TERM', true], ['SHELL', true],
+    ['USER', true], ['TMPDIR', true], ['HTTPS_PROXY', true], ['no_proxy', true], ['NODE_EXTRA_CA_CERTS', true], ['SSL_CERT_FILE', true],
+    ['GATEWAY_SECRET', false], ['ADMIN_TOKEN', false], ['REDIS_URL', false], ['REDIS_PASSWORD', false], ['AWS_ACCESS_KEY_ID', false],
+    ['AWS_SECRET_ACCESS_KEY', false], ['AWS_SESSION_TOKEN', false], ['PASSWORD', false], ['HASHED_PASSWORD', false],
+    ['HOME', false], ['NODE_OPTIONS', false], ['PATHS', false], ['XPATH', false], ['LC_', false], ['BASE_DOMAIN', false],
+  ];
+  for (const [name, kept] of rows) {
+    t.equal(name in workspaceEnv({ [name]: 'v' }), kept, `${name} ${kept ? 'kept' : 'dropped'}`);
+  }
+  t.same(workspaceEnv({ PATH: undefined }), {}, 'an unset name is not passed on');
+});
+
+t.test('no process of a workspace, down to the shell it forks, sees the gateway\'s secrets', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'wsgw-local-env-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const bin = join(dir, 'code-server-stand-in.cjs');
+  writeFileSync(bin, STAND_IN);
+  chmodSync(bin, 0o755);
+  const parentEnv = { ...process.env, ...GATEWAY_SECRETS, LANG: 'C.UTF-8' };
+  for (const workspace of ['code-server', 'demo'] as const) {
+    const provisioner = createLocalProvisioner({ workspace, dataDir: join(dir, workspace), codeServerBin: bin, demoReadyDelayMs: 0, parentEnv });
+    t.teardown(() => provisioner.close());
+    const started = await provisioner.start({ workspaceId: 'env', generation: 1, signal: new AbortController().signal, onStage: () => undefined });
+    const pids = workspace === 'demo' ? [Number(started.handle)] : [Number(started.handle), Number(readFileSync(join(dir, workspace, 'env', 'home', 'helper.pid'), 'utf8'))];
+    for (const pid of pids) {
+      const env = environOf(pid);
+      t.ok(env, `${workspace}: process ${pid} runs`);
+      for (const name of Object.keys(GATEWAY_SECRETS)) t.notOk(name in env!, `${workspace}: ${name} not inherited`);
+      t.notOk(Object.values(env!).some((v) => Object.values(GATEWAY_SECRETS).some((secret) => v.includes(secret))), `${workspace}: no value carries a secret`);
+      t.equal(env!.PATH, process.env.PATH, `${workspace}: PATH inherited`);
+      t.equal(env!.LANG, 'C.UTF-8', `${workspace}: LANG inherited`);
+    }
+    await provisioner.close();
+  }
+});
+
+// A terminal's shell in the real code-server, opened in a browser, is checked by reaper-browser.test.
+t.test('the real code-server: no process it starts sees the gateway\'s secrets', async (t) => {
+  const bin = findOnPath('code-server');
+  t.ok(bin, 'code-server is installed (.ci/run installs it)');
+  if (!bin) return;
+  const dir = mkdtempSync(join(tmpdir(), 'wsgw-local-cs-env-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const provisioner = createLocalProvisioner({ workspace: 'code-server', dataDir: dir, codeServerBin: bin, demoReadyDelayMs: 0, parentEnv: { ...process.env, ...GATEWAY_SECRETS } });
+  t.teardown(() => provisioner.close());
+  const started = await provisioner.start({ workspaceId: 'cs-env', generation: 1, signal: new AbortController().signal, onStage: () => undefined });
+  const members = groupMembers(Number(started.handle));
+  t.ok(members.length >= 1, `the workspace's process group has ${members.length} processes`);
+  for (const pid of members) {
+    const env = environOf(pid);
+    if (!env) continue;
+    for (const name of Object.keys(GATEWAY_SECRETS)) t.notOk(name in env, `process ${pid}: ${name} not inherited`);
+    t.notOk(Object.values(env).some((v) => Object.values(GATEWAY_SECRETS).some((secret) => v.includes(secret))), `process ${pid}: no value carries a secret`);
+  }
+  t.equal(environOf(Number(started.handle))?.HOME, join(dir, 'cs-env', 'home'), 'HOME is the workspace\'s own');
 });

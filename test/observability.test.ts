@@ -35,7 +35,7 @@ async function startObservedGateway(env: Env) {
   const store = createMemoryStore(systemClock);
   const provisioner = createLocalProvisioner({
     workspace: config.local.workspace, dataDir, codeServerBin: config.local.codeServerBin, demoReadyDelayMs: config.local.demoReadyDelayMs,
-    log: (obj, msg) => logger.info(obj, msg),
+    log: (obj, msg) => logger.info(obj, msg), parentEnv: { ...process.env, ...config.env },
   });
   const gateway = await createGateway({ config, store, provisioner, metrics, logger });
   const { gatewayPort, adminPort } = await gateway.listen();

@@ -1,13 +1,15 @@
 // The real code-server behind the gateway in headless Chromium, with IDLE_TIMEOUT scaled down to two
 // minutes (issue 5): an untouched tab (visible, then hidden) is reaped; a tab where someone types a
 // few keys every 30 s is not; a terminal printing output with nobody typing is reaped; after reaping,
-// the open tab does not restart the workspace until a page load.
+// the open tab does not restart the workspace until a page load. And the terminal's shell inherits none
+// of the gateway's settings.
+import { existsSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import t from 'tap';
 import type { Page } from 'playwright-core';
 import { launchChromium } from './helpers/browser.js';
-import { loginUrl, startTestGateway } from './helpers/gateway.js';
+import { loginUrl, startTestGateway, TEST_SECRET } from './helpers/gateway.js';
 import type { WorkspaceRecord } from '../gateway/store/contract.js';
 
 const IDLE_MS = 120_000;
@@ -71,8 +73,16 @@ t.test('reaping decided by what a person does in the real code-server', { timeou
   // A terminal that prints every 2 s, then nobody touches the tab.
   await openTerminal(pages.terminal);
   await pages.terminal.keyboard.type('while true; do date; sleep 2; done\n');
-  // The student who works: opens a terminal and types a few keys every 30 s.
+  // The student who works: opens a terminal and types a few keys every 30 s. The first command also
+  // shows what that shell inherited: none of the gateway's settings (its secret signs every session).
   await openTerminal(pages.typing);
+  await pages.typing.keyboard.type('env > "$HOME/terminal-env.txt"\n');
+  const envFile = join(gw.dataDir, 'typing', 'home', 'terminal-env.txt');
+  for (let i = 0; i < 100 && !existsSync(envFile); i++) await new Promise((r) => setTimeout(r, 100));
+  const terminalEnv = existsSync(envFile) ? readFileSync(envFile, 'utf8') : '';
+  t.match(terminalEnv, /^PATH=/m, 'the terminal\'s shell has a PATH');
+  t.notOk(terminalEnv.includes(TEST_SECRET), 'the terminal\'s shell does not see GATEWAY_SECRET\'s value');
+  t.notMatch(terminalEnv, /^(GATEWAY_SECRET|ADMIN_TOKEN|REDIS_URL)=/m, 'nor any of the gateway\'s settings');
   // The untouched tab goes to the background after a while (as a browser reports it to the page).
   setTimeout(() => {
     void pages.untouched.evaluate(() => {

@@ -81,7 +81,9 @@ export async function startTestGateway(opts: TestGatewayOptions = {}): Promise<T
   const logger = createLogger(config.logLevel, sink);
   const metrics = createMetrics({ enabled: true, defaultMetrics: false });
   const store = opts.store ?? (config.redisUrl ? await createRedisStore({ url: config.redisUrl, prefix: config.redisPrefix, commandTimeoutMs: config.redisCommandTimeoutMs }) : createMemoryStore(clock));
-  const provisioner = counting(opts.provisioner ?? createLocalProvisioner({ workspace: config.local.workspace, dataDir, codeServerBin: config.local.codeServerBin, demoReadyDelayMs: config.local.demoReadyDelayMs }));
+  // Its workspaces' parent environment is what main.ts would have been started with: this process's,
+  // plus the gateway's settings, GATEWAY_SECRET among them (which no workspace may inherit).
+  const provisioner = counting(opts.provisioner ?? createLocalProvisioner({ workspace: config.local.workspace, dataDir, codeServerBin: config.local.codeServerBin, demoReadyDelayMs: config.local.demoReadyDelayMs, parentEnv: { ...process.env, ...config.env } }));
   const gateway = await createGateway({ config, store, provisioner, metrics, logger, clock });
   const { gatewayPort, adminPort } = await gateway.listen();
   return {
