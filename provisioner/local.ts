@@ -2,8 +2,8 @@
 // workspace that survives stops (as EFS does in production). It runs the real code-server when one
 // is installed, otherwise the built-in demo workspace. Readiness is a probe of the workspace's
 // /healthz, never a sleep.
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { mkdirSync, writeFileSync, existsSync, readFileSync, rmSync } from 'node:fs';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { accessSync, constants, mkdirSync, writeFileSync, existsSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { request } from 'node:http';
 import { createServer } from 'node:net';
 import { join, resolve } from 'node:path';
@@ -42,11 +42,22 @@ export function workspaceEnv(parent: Readonly<Record<string, string | undefined>
 
 interface Running { child: ChildProcess; endpoint: Endpoint; generation: number; startedAt: number; exited: Promise<void> }
 
-export function findOnPath(bin: string): string | undefined {
+/**
+ * `bin` itself when it names a path, else the first executable file called `bin` in `searchPath`'s
+ * folders, as a shell's `command -v` finds it, but with no shell: CODE_SERVER_BIN was once put into
+ * `sh -c`, where a `$(…)` in it ran. An empty entry (the current folder, to POSIX) is skipped.
+ */
+export function findOnPath(bin: string, searchPath: string | undefined): string | undefined {
   if (bin.includes('/')) return existsSync(bin) ? resolve(bin) : undefined;
-  const r = spawnSync('sh', ['-c', `command -v "${bin.replace(/"/g, '')}"`], { encoding: 'utf8' });
-  const found = r.stdout.trim();
-  return r.status === 0 && found ? found : undefined;
+  for (const dir of (searchPath ?? '').split(':')) {
+    if (!dir) continue;
+    const candidate = join(dir, bin);
+    try {
+      accessSync(candidate, constants.X_OK);
+      if (statSync(candidate).isFile()) return candidate;
+    } catch { /* not here */ }
+  }
+  return undefined;
 }
 
 async function freePort(): Promise<number> {
@@ -81,7 +92,7 @@ export const CODE_SERVER_SETTINGS = {
 
 export function createLocalProvisioner(opts: LocalProvisionerOptions): Provisioner & { mode: 'demo' | 'code-server' } {
   const running = new Map<string, Running>();
-  const codeServer = opts.workspace === 'demo' ? undefined : findOnPath(opts.codeServerBin);
+  const codeServer = opts.workspace === 'demo' ? undefined : findOnPath(opts.codeServerBin, opts.parentEnv.PATH);
   if (opts.workspace === 'code-server' && !codeServer) throw new Error(`CODE_SERVER_BIN: "${opts.codeServerBin}" not found (LOCAL_WORKSPACE=code-server)`);
   const mode = codeServer ? 'code-server' : 'demo';
   const demoScript = fileURLToPath(new URL('./demo-workspace.js', import.meta.url));

@@ -2,7 +2,7 @@
 // code-server forks an extension host and a pty host, and one of those was seen outliving its server.
 // A stand-in for code-server (same command line) forks a helper that ignores SIGTERM.
 // And no process of that tree, where the student's terminal runs, inherits the gateway's secrets.
-import { chmodSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import t from 'tap';
@@ -121,7 +121,7 @@ t.test('no process of a workspace, down to the shell it forks, sees the gateway\
 
 // A terminal's shell in the real code-server, opened in a browser, is checked by reaper-browser.test.
 t.test('the real code-server: no process it starts sees the gateway\'s secrets', async (t) => {
-  const bin = findOnPath('code-server');
+  const bin = findOnPath('code-server', process.env.PATH);
   t.ok(bin, 'code-server is installed (.ci/run installs it)');
   if (!bin) return;
   const dir = mkdtempSync(join(tmpdir(), 'wsgw-local-cs-env-'));
@@ -138,4 +138,40 @@ t.test('the real code-server: no process it starts sees the gateway\'s secrets',
     t.notOk(Object.values(env).some((v) => Object.values(GATEWAY_SECRETS).some((secret) => v.includes(secret))), `process ${pid}: no value carries a secret`);
   }
   t.equal(environOf(Number(started.handle))?.HOME, join(dir, 'cs-env', 'home'), 'HOME is the workspace\'s own');
+});
+
+t.test('findOnPath table: the first executable file of that name on the search path, and no shell', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'wsgw-path-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const [first, second] = [join(dir, 'first'), join(dir, 'second')];
+  mkdirSync(first);
+  mkdirSync(second);
+  writeFileSync(join(first, 'plain'), 'not executable');
+  writeFileSync(join(second, 'plain'), '#!/bin/sh\n');
+  chmodSync(join(second, 'plain'), 0o755);
+  writeFileSync(join(second, 'cs'), '#!/bin/sh\n');
+  chmodSync(join(second, 'cs'), 0o755);
+  writeFileSync(join(first, 'cs'), '#!/bin/sh\n');
+  chmodSync(join(first, 'cs'), 0o755);
+  mkdirSync(join(first, 'a-folder'));
+  const marker = join(dir, 'ran');
+  const searchPath = `${first}::${second}`;
+  const rows: Array<[bin: string, path: string | undefined, expected: string | undefined]> = [
+    ['cs', searchPath, join(first, 'cs')],
+    ['plain', searchPath, join(second, 'plain')],
+    ['a-folder', searchPath, undefined],
+    ['missing', searchPath, undefined],
+    ['cs', undefined, undefined],
+    ['cs', '', undefined],
+    [join(second, 'cs'), undefined, join(second, 'cs')],
+    // No slash in these (a name with one is taken as a path): the marker's path comes from the environment,
+    // which a shell would have expanded.
+    ['$(touch "$WSGW_TEST_MARKER")', searchPath, undefined],
+    ['`touch "$WSGW_TEST_MARKER"`', searchPath, undefined],
+    ['cs"; touch "$WSGW_TEST_MARKER"; "', searchPath, undefined],
+  ];
+  process.env.WSGW_TEST_MARKER = marker;
+  t.teardown(() => { delete process.env.WSGW_TEST_MARKER; });
+  for (const [bin, path, expected] of rows) t.equal(findOnPath(bin, path), expected, `${bin} on ${path === undefined ? 'no PATH' : JSON.stringify(path)}`);
+  t.notOk(existsSync(marker), 'nothing in a name was run');
 });
