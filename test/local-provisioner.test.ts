@@ -5,7 +5,7 @@
 import { chmodSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import t from 'tap';
+import t, { type Test } from 'tap';
 import { createLocalProvisioner, findOnPath, workspaceEnv } from '../provisioner/local.js';
 
 const STAND_IN = `#!/usr/bin/env node
@@ -24,12 +24,18 @@ const alive = (pid: number) => {
   try { return !/^\d+ \(.*\) Z/.test(readFileSync(`/proc/${pid}/stat`, 'utf8')); } catch { return false; }
 };
 
-t.test('stopping a workspace ends every process it started, even one ignoring SIGTERM', async (t) => {
+/** A folder, removed after the test, holding the stand-in as an executable file. */
+function standIn(t: Test): { dir: string; bin: string } {
   const dir = mkdtempSync(join(tmpdir(), 'wsgw-local-'));
   t.teardown(() => rmSync(dir, { recursive: true, force: true }));
   const bin = join(dir, 'code-server-stand-in.cjs');
   writeFileSync(bin, STAND_IN);
   chmodSync(bin, 0o755);
+  return { dir, bin };
+}
+
+t.test('stopping a workspace ends every process it started, even one ignoring SIGTERM', async (t) => {
+  const { dir, bin } = standIn(t);
   const provisioner = createLocalProvisioner({ workspace: 'code-server', dataDir: join(dir, 'data'), codeServerBin: bin, demoReadyDelayMs: 0, parentEnv: process.env });
   t.teardown(() => provisioner.close());
   for (const how of ['stop', 'close'] as const) {
@@ -96,11 +102,7 @@ t.test('workspaceEnv table: a workspace inherits what a shell and code-server ne
 });
 
 t.test('no process of a workspace, down to the shell it forks, sees the gateway\'s secrets', async (t) => {
-  const dir = mkdtempSync(join(tmpdir(), 'wsgw-local-env-'));
-  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
-  const bin = join(dir, 'code-server-stand-in.cjs');
-  writeFileSync(bin, STAND_IN);
-  chmodSync(bin, 0o755);
+  const { dir, bin } = standIn(t);
   const parentEnv = { ...process.env, ...GATEWAY_SECRETS, LANG: 'C.UTF-8' };
   for (const workspace of ['code-server', 'demo'] as const) {
     const provisioner = createLocalProvisioner({ workspace, dataDir: join(dir, workspace), codeServerBin: bin, demoReadyDelayMs: 0, parentEnv });
