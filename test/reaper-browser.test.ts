@@ -78,8 +78,10 @@ t.test('reaping decided by what a person does in the real code-server', { timeou
   await openTerminal(pages.typing);
   await pages.typing.keyboard.type('env > "$HOME/terminal-env.txt"\n');
   const envFile = join(gw.dataDir, 'typing', 'home', 'terminal-env.txt');
-  for (let i = 0; i < 100 && !existsSync(envFile); i++) await new Promise((r) => setTimeout(r, 100));
-  const terminalEnv = existsSync(envFile) ? readFileSync(envFile, 'utf8') : '';
+  // The shell creates the file before env writes into it: wait for what env writes, not for the file.
+  const written = () => (existsSync(envFile) ? readFileSync(envFile, 'utf8') : '');
+  for (let i = 0; i < 100 && !/^PATH=/m.test(written()); i++) await new Promise((r) => setTimeout(r, 100));
+  const terminalEnv = written();
   t.match(terminalEnv, /^PATH=/m, 'the terminal\'s shell has a PATH');
   t.notOk(terminalEnv.includes(TEST_SECRET), 'the terminal\'s shell does not see GATEWAY_SECRET\'s value');
   t.notMatch(terminalEnv, /^(GATEWAY_SECRET|ADMIN_TOKEN|REDIS_URL)=/m, 'nor any of the gateway\'s settings');
