@@ -72,6 +72,12 @@ function environOf(pid: number): Record<string, string> | undefined {
   } catch { return undefined; }
 }
 
+/** Neither a name nor a value of GATEWAY_SECRETS in `env`, a process's environment. */
+function checkNoSecrets(t: Test, env: Record<string, string>, who: string): void {
+  for (const name of Object.keys(GATEWAY_SECRETS)) t.notOk(name in env, `${who}: ${name} not inherited`);
+  t.notOk(Object.values(env).some((v) => Object.values(GATEWAY_SECRETS).some((secret) => v.includes(secret))), `${who}: no value carries a secret`);
+}
+
 /** Every process in process group `pgid` (the local provisioner starts each workspace as its own group). */
 function groupMembers(pgid: number): number[] {
   const pids: number[] = [];
@@ -112,8 +118,7 @@ t.test('no process of a workspace, down to the shell it forks, sees the gateway\
     for (const pid of pids) {
       const env = environOf(pid);
       t.ok(env, `${workspace}: process ${pid} runs`);
-      for (const name of Object.keys(GATEWAY_SECRETS)) t.notOk(name in env!, `${workspace}: ${name} not inherited`);
-      t.notOk(Object.values(env!).some((v) => Object.values(GATEWAY_SECRETS).some((secret) => v.includes(secret))), `${workspace}: no value carries a secret`);
+      checkNoSecrets(t, env!, workspace);
       t.equal(env!.PATH, process.env.PATH, `${workspace}: PATH inherited`);
       t.equal(env!.LANG, 'C.UTF-8', `${workspace}: LANG inherited`);
     }
@@ -136,8 +141,7 @@ t.test('the real code-server: no process it starts sees the gateway\'s secrets',
   for (const pid of members) {
     const env = environOf(pid);
     if (!env) continue;
-    for (const name of Object.keys(GATEWAY_SECRETS)) t.notOk(name in env, `process ${pid}: ${name} not inherited`);
-    t.notOk(Object.values(env).some((v) => Object.values(GATEWAY_SECRETS).some((secret) => v.includes(secret))), `process ${pid}: no value carries a secret`);
+    checkNoSecrets(t, env, `process ${pid}`);
   }
   t.equal(environOf(Number(started.handle))?.HOME, join(dir, 'cs-env', 'home'), 'HOME is the workspace\'s own');
 });
