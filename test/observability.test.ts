@@ -10,14 +10,13 @@ import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import t from 'tap';
 import { createGateway } from '../gateway/app.js';
-import { sessionCookieName } from '../gateway/auth.js';
 import { systemClock } from '../gateway/clock.js';
 import { loggerFromConfig } from '../gateway/compose.js';
 import { loadConfig, type Env } from '../gateway/config.js';
 import { createMetrics } from '../gateway/metrics.js';
 import { createMemoryStore } from '../gateway/store/memory.js';
 import { createLocalProvisioner } from '../provisioner/local.js';
-import { NAVIGATE, TEST_ADMIN_TOKEN, TEST_SECRET, XHR, request, waitRunning } from './helpers/gateway.js';
+import { NAVIGATE, TEST_ADMIN_TOKEN, TEST_SECRET, XHR, gatewayCookie, request, waitRunning } from './helpers/gateway.js';
 import { promtoolCheckMetrics, startPrometheus, type Sample } from './helpers/prometheus.js';
 import { closed, connected, nextMessage, openWs } from './helpers/ws.js';
 
@@ -42,7 +41,7 @@ async function startObservedGateway(env: Env) {
   return {
     gateway, store, metrics, port: gatewayPort, adminPort,
     /** A session cookie for `id`, under the name this gateway reads. */
-    cookie: async (id: string) => `${sessionCookieName(config.publicScheme)}=${(await gateway.auth.createSession(id)).value}`,
+    cookie: (id: string) => gatewayCookie(gateway, config, id),
     logText: () => text,
     logLines: () => text.split('\n').filter(Boolean).map((l) => JSON.parse(l) as Record<string, unknown>),
     exposition: async () => (await request(adminPort, { host: '127.0.0.1', path: '/metrics' })).body,

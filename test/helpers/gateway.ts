@@ -68,6 +68,11 @@ export interface TestGatewayOptions {
   keepLogs?: boolean;
 }
 
+/** A session cookie for `id` minted by `gateway` itself, under the name its config reads. */
+export async function gatewayCookie(gateway: Gateway, config: Config, id: string): Promise<string> {
+  return `${sessionCookieName(config.publicScheme)}=${(await gateway.auth.createSession(id)).value}`;
+}
+
 export async function startTestGateway(opts: TestGatewayOptions = {}): Promise<TestGateway> {
   const dataDir = opts.dataDir ?? mkdtempSync(join(tmpdir(), 'wsgw-data-'));
   const config = loadConfig({
@@ -88,10 +93,7 @@ export async function startTestGateway(opts: TestGatewayOptions = {}): Promise<T
   const { gatewayPort, adminPort } = await gateway.listen();
   return {
     gateway, config, store, provisioner, metrics, port: gatewayPort, adminPort, logs, dataDir,
-    async cookie(id: string) {
-      const s = await gateway.auth.createSession(id);
-      return `${sessionCookieName(config.publicScheme)}=${s.value}`;
-    },
+    cookie: (id: string) => gatewayCookie(gateway, config, id),
     async close() {
       await gateway.close();
       await provisioner.close();
