@@ -67,17 +67,19 @@ const PROXY_ROUTE = /^\/(?:abs)?proxy\/([^/?#]*)/i;
 /**
  * code-server's /proxy/<port> and /absproxy/<port> may reach only the workspace's own loopback
  * ports (issue 3): `/proxy/80@evil/` would make it fetch another host. The port segment must be
- * plain digits in the raw path and in every percent-decoding of it (up to three layers), after
- * dot segments, doubled slashes and backslashes are resolved: the path is forwarded as it came, and the
- * workspace's own router (or a WHATWG URL parser anywhere on the way) may read `/x/../proxy/80@evil/` or
- * `/proxy\80@evil/` as `/proxy/80@evil/`.
+ * plain digits in the raw path and in every percent-decoding of it (up to three layers), each read
+ * both as code-server's Express router reads it (as sent: it resolves no dot segment and no
+ * backslash, so `/proxy/80@evil/../80/` has the port `80@evil`) and with dot segments, doubled
+ * slashes and backslashes resolved (a WHATWG URL parser anywhere on the way may read
+ * `/x/../proxy/80@evil/` or `/proxy\80@evil/` as `/proxy/80@evil/`). The path is forwarded as it came.
  */
 export function proxyRouteAllowed(url: string): boolean {
   // Nothing to decode, resolve or collapse (most requests): the route is read off the target as it is.
   if (!UNPLAIN.test(url)) return portSegmentAllowed(PROXY_ROUTE.exec(url));
   let path = url;
   for (let layer = 0; layer < 4; layer++) {
-    if (!portSegmentAllowed(PROXY_ROUTE.exec(normalizePath(path)))) return false;
+    // Resolved only, `/proxy/80@evil/../80/` read as `/proxy/80/`, and code-server fetched `evil`.
+    if (!portSegmentAllowed(PROXY_ROUTE.exec(path)) || !portSegmentAllowed(PROXY_ROUTE.exec(normalizePath(path)))) return false;
     let decoded: string;
     // A percent that is not an escape (a file named `100%`, sent as `100%25`, decoded once) stops
     // decodeURIComponent; only ASCII can spell a route, so its ASCII escapes are decoded instead.

@@ -428,6 +428,8 @@ t.test("code-server's proxy routes cannot reach other hosts", async (t) => {
     '/./proxy/8080@evil.example/', '//proxy/8080@evil.example/', '/x/../proxy/8080@evil.example/', '/proxy/./8080@evil.example/',
     // Spellings a WHATWG URL parser on the way would turn into the above (dot segments resolved, a backslash read as `/`).
     '/proxy\\8080@evil.example/', '/x/..\\proxy/8080@evil.example/', '/%2e%2e/proxy/8080@evil.example/', '/x/%2E%2E/absproxy/8080@evil.example/',
+    // Resolved, these read `/proxy/8080/`; code-server's router reads them as sent, port `8080@evil.example`.
+    '/proxy/8080@evil.example/../8080/', '/absproxy/8080@evil.example/../8080/', '/proxy/8080@evil.example\\..\\8080/',
   ];
   for (const path of blocked) {
     const r = await request(gw.port, { host, path, headers: { ...XHR, cookie } });

@@ -91,6 +91,11 @@ t.test('proxyRouteAllowed table: plain targets read as they are, anything else d
     // A literal percent (a file named `100%`) decodes once, then is no escape: it used to be refused.
     ['/100%25/x', true], ['/files/50%25off.txt', true],
     ['/%2570roxy/8080@evil.example/%zz', false], ['/%25%37%30roxy/1@evil/%', false],
+    // code-server's Express router reads the port as sent, before any dot segment is resolved: these
+    // resolve to `/proxy/8080/`, yet code-server fetched `evil.example` for each.
+    ['/proxy/8080@evil.example/../8080/', false], ['/absproxy/8080@evil.example/../8080/x', false],
+    ['/proxy/8080@evil.example\\..\\8080/', false],
+    ['/proxy/8080/a/../b', true],
   ];
   for (const [url, allowed] of rows) t.equal(proxyRouteAllowed(url), allowed, url);
 });
