@@ -199,8 +199,9 @@ export function sameOrigin(origin: string | undefined, host: string | undefined,
   try { u = new URL(origin); } catch { return false; }
   if (u.protocol !== `${scheme}:` || u.pathname !== '/' || u.username || u.password) return false;
   const norm = (h: string) => h.toLowerCase().replace(/\.(?=:|$)/, '');
-  const defaultPort = scheme === 'https' ? '443' : '80';
-  const hostPort = (h: string) => { const n = norm(h); return /:\d+$/.test(n) ? n.replace(`:${defaultPort}`, '') : n; };
+  // Only a trailing default port goes: a bare replace made `a.localhost:8080` and `a.localhost80` equal.
+  const defaultPort = scheme === 'https' ? ':443' : ':80';
+  const hostPort = (h: string) => { const n = norm(h); return n.endsWith(defaultPort) ? n.slice(0, -defaultPort.length) : n; };
   return hostPort(u.host) === hostPort(host);
 }
 

@@ -4,7 +4,7 @@ import { createHmac } from 'node:crypto';
 import http from 'node:http';
 import t from 'tap';
 import { SignJWT } from 'jose';
-import { PLAIN_SESSION_COOKIE, SESSION_COOKIE, createAuth, sessionCookieName, sessionCookieParts } from '../gateway/auth.js';
+import { PLAIN_SESSION_COOKIE, SESSION_COOKIE, createAuth, sameOrigin, sessionCookieName, sessionCookieParts } from '../gateway/auth.js';
 import { createManualClock } from '../gateway/clock.js';
 import { NAVIGATE, TEST_SECRET, XHR, request, startTestGateway, waitRunning, type RawResponse, type TestGateway } from './helpers/gateway.js';
 import { gatewayWithRecordedWorkspaces, registerRunning, startRecordingUpstream } from './helpers/upstream.js';
@@ -157,6 +157,28 @@ t.test('with a platform login URL, a page load without a session is sent there',
     t.same(await wsAttempt(gw.port, '/echo', { cookie }), { status: 401, code: 'NOT_SIGNED_IN' });
   }
   t.equal(gw.provisioner.starts.length, 0);
+});
+
+t.test('sameOrigin table: an Origin against the Host it was sent to', async (t) => {
+  const rows: Array<[string, string | undefined, string | undefined, 'http' | 'https', boolean]> = [
+    ['own origin, port in both', 'http://ws-a.localhost:8080', 'ws-a.localhost:8080', 'http', true],
+    ['default port only in the Host', 'https://ws-a.example.com', 'ws-a.example.com:443', 'https', true],
+    ['default port only in the Origin', 'http://ws-a.example.com:80', 'ws-a.example.com', 'http', true],
+    ['trailing dot and case', 'HTTPS://WS-A.Example.COM.', 'ws-a.example.com', 'https', true],
+    ['other port', 'http://ws-a.localhost:8081', 'ws-a.localhost:8080', 'http', false],
+    ['other scheme', 'http://ws-a.example.com', 'ws-a.example.com', 'https', false],
+    // The default port was once removed wherever it stood, so ":8080" and "80" compared equal.
+    ['http default port inside another port', 'http://ws-a.localhost80', 'ws-a.localhost:8080', 'http', false],
+    ['https default port inside another port', 'https://ws-a.example.com0', 'ws-a.example.com:4430', 'https', false],
+    ['a path', 'https://ws-a.example.com/x', 'ws-a.example.com', 'https', false],
+    ['userinfo', 'https://u@ws-a.example.com', 'ws-a.example.com', 'https', false],
+    ['null', 'null', 'ws-a.example.com', 'https', false],
+    ['no Origin', undefined, 'ws-a.example.com', 'https', false],
+    ['no Host', 'https://ws-a.example.com', undefined, 'https', false],
+    ['not a URL', 'ws-a.example.com', 'ws-a.example.com', 'https', false],
+  ];
+  for (const [name, origin, host, scheme, want] of rows) t.equal(sameOrigin(origin, host, scheme), want, name);
+  t.end();
 });
 
 t.test('WebSocket Origin must be the workspace itself', async (t) => {
