@@ -124,7 +124,7 @@ export function createMetrics(opts: MetricsOptions = { enabled: true, defaultMet
   });
   const latency = createRequestHistogram(`${p}proxy_request_duration_seconds`, 'Warm proxied HTTP requests: time from request to response headers, gateway and workspace together.', LATENCY_BUCKETS, registry);
   const wsOpen = new Gauge({ name: `${p}websockets_open`, help: 'WebSockets this instance is proxying now.', registers: r });
-  const coldStarts = new Counter({ name: `${p}cold_starts_total`, help: 'Workspace starts driven by this instance, by outcome (ready, failed, aborted by shutdown).', labelNames: ['outcome'] as const, registers: r });
+  const coldStarts = new Counter({ name: `${p}cold_starts_total`, help: 'Workspace starts driven by this instance, by outcome (ready, failed, aborted: shutdown or a lost lock, left to another replica).', labelNames: ['outcome'] as const, registers: r });
   const startFailures = new Counter({ name: `${p}start_failures_total`, help: 'Failed workspace starts, by failure code and the stage the start had reached.', labelNames: ['code', 'stage'] as const, registers: r });
   const coldStartDuration = new Histogram({ name: `${p}cold_start_duration_seconds`, help: 'Successful cold starts: from the first page load (start requested) to ready.', buckets: START_BUCKETS, registers: r });
   const stageDuration = new Histogram({ name: `${p}start_stage_duration_seconds`, help: 'Time a start spent in each stage (queued, provisioning, pending, running, probing).', labelNames: ['stage'] as const, buckets: START_BUCKETS, registers: r });

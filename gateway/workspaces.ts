@@ -244,9 +244,12 @@ export function createWorkspaces(opts: WorkspacesOptions) {
       } catch (err) {
         const failure = controller.signal.aborted && controller.signal.reason instanceof StartFailure ? controller.signal.reason
           : err instanceof StartFailure ? err : new StartFailure('BACKEND_UNAVAILABLE', (err as Error).message ?? String(err), { cause: err });
-        if (failure.code === 'ABORTED' && closed) {
-          // Shutting down: leave the record as starting; the lease lapses and another replica resumes it.
+        if (failure.code === 'ABORTED') {
+          // Shutting down, or the lock was lost (this replica stalled past its lease): leave the record
+          // as starting and the task running. Another replica resumes it from the recorded handle; a
+          // stop here killed the task it was following (provisioner/README.md, "Deadline").
           metrics.coldStart('aborted');
+          if (!closed) log.warn({ event: 'start.abandoned', workspaceId: id, generation: initial.generation, requestId, reason: failure.message }, 'start left to the lock holder');
           return;
         }
         if (current.handle) await provisioner.stop(id, current.handle, `start failed: ${failure.code}`).catch(() => undefined);

@@ -1,0 +1,59 @@
+// The workspace lifecycle (gateway/workspaces.ts) in one process against the fake AWS endpoint:
+// replicas are two createWorkspaces on one store, each with its own ECS provisioner, and the store's
+// leases run on a manual clock, so a holder "paused" past its lease is one clock step.
+import t from 'tap';
+import { createManualClock, systemClock } from '../gateway/clock.js';
+import { createLogger } from '../gateway/log.js';
+import { createMetrics } from '../gateway/metrics.js';
+import { createMemoryStore } from '../gateway/store/memory.js';
+import { createWorkspaces } from '../gateway/workspaces.js';
+import { createEcsProvisioner } from '../provisioner/ecs.js';
+import { startFakeAws, type FakeAwsOptions } from './fake-aws/index.js';
+import { fakeEcsOptions } from './fake-aws/config.js';
+import { until } from './fake-aws/harness.js';
+
+const LEASE_MS = 300;
+
+async function setup(t: { teardown(fn: () => unknown): void }, fakeOpts: FakeAwsOptions = {}) {
+  const fake = await startFakeAws(fakeOpts);
+  const clock = createManualClock(Date.now());
+  const store = createMemoryStore(clock);
+  const log = createLogger('silent');
+  const replica = (name: string) => {
+    const provisioner = createEcsProvisioner(
+      fakeEcsOptions(fake, { describePollMs: 30, awsCallTimeoutMs: 1000, startDeadlineMs: 20_000, retry: { baseMs: 10, capMs: 50, throttledBaseMs: 20 } }),
+      { clock: systemClock },
+    );
+    const workspaces = createWorkspaces({
+      store, provisioner, clock, metrics: createMetrics({ enabled: false, defaultMetrics: false }), log,
+      instanceId: name, startDeadlineMs: 20_000, routeCacheTtlMs: 1000, leaseTtlMs: LEASE_MS,
+    });
+    return { provisioner, workspaces };
+  };
+  const a = replica('a');
+  const b = replica('b');
+  t.teardown(async () => {
+    for (const r of [a, b]) { await r.workspaces.close(); await r.provisioner.close(); }
+    await fake.close();
+  });
+  return { fake, clock, store, a, b };
+}
+
+t.test('a holder that lost its lease mid-start leaves the task to the replica that took the start over', async (t) => {
+  const { fake, clock, store, a, b } = await setup(t, { durations: { provisioningMs: 1500, pendingMs: 100, stoppingMs: 10 } });
+  await a.workspaces.requestStart('paused', { retryFailed: false });
+  await until(async () => (await store.getWorkspace('paused'))?.handle !== undefined, 10_000, 'the task recorded');
+  const handle = (await store.getWorkspace('paused'))!.handle;
+  // Replica a stalls past its lease (a long GC, a starved event loop); b's status poll takes over.
+  clock.advance(LEASE_MS + 1);
+  const resumed = await b.workspaces.requestStart('paused', { retryFailed: false });
+  t.equal(resumed?.state, 'starting');
+  t.equal(resumed?.handle, handle, 'b resumes the recorded task');
+  await until(async () => !a.workspaces.isStarting('paused'), 5000, 'a noticing its lease is gone');
+  await until(async () => !b.workspaces.isStarting('paused'), 15_000, 'b finishing the start');
+  const r = await store.getWorkspace('paused');
+  t.equal(r?.state, 'running', `the start b resumed finishes (${r?.reasonCode ?? ''} ${r?.reason ?? ''})`);
+  t.equal(r?.handle, handle);
+  t.equal(fake.count('RunTask'), 1, 'one task');
+  t.equal(fake.count('StopTask'), 0, 'nobody stopped it');
+});
