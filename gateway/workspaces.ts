@@ -286,7 +286,16 @@ export function createWorkspaces(opts: WorkspacesOptions) {
       const why = await decide(record);
       if (!why) return 'kept';
       await write({ ...record, state: 'stopping', since: clock.now() }, fence);
-      await provisioner.stop(id, record.handle, why.reason);
+      try {
+        await provisioner.stop(id, record.handle, why.reason);
+      } catch (err) {
+        // The provider refused (StopTask throttled or failing past its retries): put the record back as
+        // it was. Left 'stopping', no page load started it again and the reaper's verdict never
+        // retried it; as it was, the reaper's next pass tries again, and a task that did stop is
+        // found gone by the next failed request (recheck).
+        await write(record, fence).catch(() => metrics.storeError());
+        throw err;
+      }
       const now = clock.now();
       await write({ ...record, state: 'stopped', since: now, endpoint: undefined, handle: undefined, stage: undefined, queuePosition: undefined, ...why }, fence);
       await store.clearActivity(id).catch(() => metrics.storeError());

@@ -7,6 +7,7 @@ import { createLogger } from '../gateway/log.js';
 import { createMetrics } from '../gateway/metrics.js';
 import { createMemoryStore } from '../gateway/store/memory.js';
 import { createWorkspaces } from '../gateway/workspaces.js';
+import { createReaper } from '../reaper/reaper.js';
 import { createEcsProvisioner } from '../provisioner/ecs.js';
 import { startFakeAws, type FakeAwsOptions } from './fake-aws/index.js';
 import { fakeEcsOptions } from './fake-aws/config.js';
@@ -56,4 +57,25 @@ t.test('a holder that lost its lease mid-start leaves the task to the replica th
   t.equal(r?.handle, handle);
   t.equal(fake.count('RunTask'), 1, 'one task');
   t.equal(fake.count('StopTask'), 0, 'nobody stopped it');
+});
+
+t.test('a stop that AWS refused leaves the workspace as it was, and the next reaper pass stops it', async (t) => {
+  const { fake, clock, store, a } = await setup(t, { durations: { provisioningMs: 30, pendingMs: 30, stoppingMs: 10 } });
+  await a.workspaces.requestStart('refused', { retryFailed: false });
+  await until(async () => (await store.getWorkspace('refused'))?.state === 'running', 15_000, 'running');
+  const idle = 15 * 60_000;
+  const reaper = createReaper({
+    store, workspaces: a.workspaces, clock, metrics: createMetrics({ enabled: false, defaultMetrics: false }), log: createLogger('silent'),
+    instanceId: 'reaper', idleTimeoutMs: idle, maxSessionMs: 12 * 3_600_000, intervalMs: 1000, autoStart: false, leaderLeaseTtlMs: 60_000,
+  });
+  t.teardown(() => reaper.close());
+  clock.advance(idle + 1);
+  fake.fault('StopTask', 500, 3); // every attempt of one call (5xx: 3 attempts)
+  const first = await reaper.pass();
+  t.same(first.stopped, [], 'StopTask failed');
+  t.equal((await store.getWorkspace('refused'))?.state, 'running', 'not stuck in stopping: page loads still reach it');
+  const second = await reaper.pass();
+  t.same(second.stopped.map((s) => s.id), ['refused'], 'the next pass stops it');
+  t.equal((await store.getWorkspace('refused'))?.state, 'stopped');
+  t.equal(fake.count('StopTask'), 1, 'one StopTask answered');
 });
