@@ -43,6 +43,16 @@ export function nextGeneration(previous: number | undefined, nowMs: number): num
   return Math.max((previous ?? 0) + 1, Math.floor(nowMs / 1000));
 }
 
+/**
+ * Whether the store still names this generation as live (starting, running or stopping): a start that
+ * lost its lock then leaves its task to the lock holder. Otherwise (the store emptied, a newer
+ * generation, failed) nobody will resume or claim the task. Stop only on this evidence: an unreadable
+ * store leaves the task to reconcile.
+ */
+export function startClaimed(record: WorkspaceRecord | undefined, generation: number): boolean {
+  return record !== undefined && record.generation === generation && (record.state === 'starting' || record.state === 'running' || record.state === 'stopping');
+}
+
 /** An unreachable workspace is rechecked at most this often, and asked again this many times. */
 const RECHECK_EVERY_MS = 2000;
 const RECHECK_FOLLOW_UPS = 3;
@@ -245,11 +255,16 @@ export function createWorkspaces(opts: WorkspacesOptions) {
         const failure = controller.signal.aborted && controller.signal.reason instanceof StartFailure ? controller.signal.reason
           : err instanceof StartFailure ? err : new StartFailure('BACKEND_UNAVAILABLE', (err as Error).message ?? String(err), { cause: err });
         if (failure.code === 'ABORTED') {
-          // Shutting down, or the lock was lost (this replica stalled past its lease): leave the record
-          // as starting and the task running. Another replica resumes it from the recorded handle; a
-          // stop here killed the task it was following (provisioner/README.md, "Deadline").
           metrics.coldStart('aborted');
-          if (!closed) log.warn({ event: 'start.abandoned', workspaceId: id, generation: initial.generation, requestId, reason: failure.message }, 'start left to the lock holder');
+          // Shutting down: leave the record as starting; the lease lapses and another replica resumes it.
+          if (closed) return;
+          // The lock was lost (this replica stalled past its lease, or the store was emptied). A replica
+          // that took the start over resumes this very task: stopping it failed their start
+          // (provisioner/README.md, "Deadline"). Stopped only when the store no longer names it.
+          const fresh = await store.getWorkspace(id).then((r) => ({ r }), () => undefined);
+          const leave = !fresh || startClaimed(fresh.r, initial.generation);
+          log.warn({ event: 'start.abandoned', workspaceId: id, generation: initial.generation, requestId, reason: failure.message, taskStopped: !leave }, 'the workspace lock was lost mid-start');
+          if (!leave && current.handle) await provisioner.stop(id, current.handle, 'start abandoned: the workspace lock was lost').catch(() => undefined);
           return;
         }
         if (current.handle) await provisioner.stop(id, current.handle, `start failed: ${failure.code}`).catch(() => undefined);

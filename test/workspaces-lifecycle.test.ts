@@ -5,20 +5,23 @@ import t from 'tap';
 import { createManualClock, systemClock } from '../gateway/clock.js';
 import { createLogger } from '../gateway/log.js';
 import { createMetrics } from '../gateway/metrics.js';
+import type { StateStore, WorkspaceRecord } from '../gateway/store/contract.js';
 import { createMemoryStore } from '../gateway/store/memory.js';
-import { createWorkspaces } from '../gateway/workspaces.js';
+import { createRedisStore } from '../gateway/store/redis.js';
+import { createWorkspaces, startClaimed } from '../gateway/workspaces.js';
 import { createReaper } from '../reaper/reaper.js';
 import { createEcsProvisioner } from '../provisioner/ecs.js';
 import { startFakeAws, type FakeAwsOptions } from './fake-aws/index.js';
 import { fakeEcsOptions } from './fake-aws/config.js';
 import { until } from './fake-aws/harness.js';
+import { startRedis } from './helpers/redis.js';
 
 const LEASE_MS = 300;
 
-async function setup(t: { teardown(fn: () => unknown): void }, fakeOpts: FakeAwsOptions = {}) {
+async function setup(t: { teardown(fn: () => unknown): void }, fakeOpts: FakeAwsOptions = {}, shared?: StateStore) {
   const fake = await startFakeAws(fakeOpts);
   const clock = createManualClock(Date.now());
-  const store = createMemoryStore(clock);
+  const store = shared ?? createMemoryStore(clock);
   const log = createLogger('silent');
   const replica = (name: string) => {
     const provisioner = createEcsProvisioner(
@@ -39,6 +42,20 @@ async function setup(t: { teardown(fn: () => unknown): void }, fakeOpts: FakeAws
   });
   return { fake, clock, store, a, b };
 }
+
+t.test('whether a start that lost its lock leaves its task to the store', async (t) => {
+  const rec = (state: WorkspaceRecord['state'], generation: number): WorkspaceRecord => ({ id: 'w', state, generation, since: 0 });
+  const rows: Array<[string, WorkspaceRecord | undefined, boolean]> = [
+    ['taken over: starting, same generation', rec('starting', 7), true],
+    ['the taker finished: running, same generation', rec('running', 7), true],
+    ['being stopped, same generation', rec('stopping', 7), true],
+    ['the store was emptied', undefined, false],
+    ['a newer generation started', rec('starting', 8), false],
+    ['the taker failed it', rec('failed', 7), false],
+    ['stopped', rec('stopped', 7), false],
+  ];
+  for (const [name, record, leave] of rows) t.equal(startClaimed(record, 7), leave, name);
+});
 
 t.test('a holder that lost its lease mid-start leaves the task to the replica that took the start over', async (t) => {
   const { fake, clock, store, a, b } = await setup(t, { durations: { provisioningMs: 1500, pendingMs: 100, stoppingMs: 10 } });
@@ -78,4 +95,17 @@ t.test('a stop that AWS refused leaves the workspace as it was, and the next rea
   t.same(second.stopped.map((s) => s.id), ['refused'], 'the next pass stops it');
   t.equal((await store.getWorkspace('refused'))?.state, 'stopped');
   t.equal(fake.count('StopTask'), 1, 'one StopTask answered');
+});
+
+t.test('Redis restarted empty mid-start: the task nobody can claim any more is stopped', async (t) => {
+  const redis = await startRedis();
+  const store = await createRedisStore({ url: redis.url, prefix: 'wl:', commandTimeoutMs: 500 });
+  t.teardown(async () => { await store.close(); await redis.stop(); });
+  const { fake, a } = await setup(t, { durations: { provisioningMs: 10_000, pendingMs: 100, stoppingMs: 10 } }, store);
+  await a.workspaces.requestStart('emptied', { retryFailed: false });
+  await until(async () => (await store.getWorkspace('emptied'))?.handle !== undefined, 10_000, 'the task recorded');
+  await redis.restart();
+  await until(() => !a.workspaces.isStarting('emptied'), 10_000, 'the start giving up its lost lock');
+  await until(() => fake.count('StopTask') === 1, 5000, 'the unclaimed task stopped');
+  t.equal(fake.count('RunTask'), 1);
 });
