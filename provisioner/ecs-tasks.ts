@@ -48,7 +48,8 @@ interface Watch {
   onUpdate(task: Task): void;
   resolve(task: Task): void;
   reject(err: unknown): void;
-  missing: number;
+  /** Clock time of the first of the polls in a row that reported the task MISSING. */
+  missingSince: number | undefined;
   /** Polls in a row that failed after their retries. */
   failed: number;
 }
@@ -59,6 +60,19 @@ interface Watch {
  * of up to 100 students whose tasks are booting fine (and stop those tasks).
  */
 export const FAILED_POLLS_TOLERATED = 5;
+
+/**
+ * How long DescribeTasks may report a task MISSING before it is given up. The ECS API is eventually
+ * consistent: a task RunTask just returned may stay unknown to DescribeTasks for seconds (RunTask API
+ * reference: describe "starting with a couple of seconds of wait time and increasing gradually up to
+ * five minutes"). Five polls (1.25 s) failed healthy starts, and the gateway then stopped their tasks.
+ */
+export const MISSING_TOLERATED_MS = 60_000;
+
+/** Whether a task MISSING since `since` (clock ms) is given up at `now`. */
+export function missingForTooLong(since: number, now: number): boolean {
+  return now - since >= MISSING_TOLERATED_MS;
+}
 
 /**
  * Follows many tasks with one DescribeTasks per poll for up to 100 of them at once, instead of a
@@ -75,6 +89,7 @@ export class TaskWatcher {
     private readonly cluster: string,
     private readonly timers: Timers,
     private readonly pollMs: number,
+    private readonly clock: Clock,
   ) {}
 
   /** Resolves with the task once `until(task)` holds; lastStatus is what counts, never desiredStatus. */
@@ -90,7 +105,7 @@ export class TaskWatcher {
       const w: Watch = {
         until,
         onUpdate,
-        missing: 0,
+        missingSince: undefined,
         failed: 0,
         resolve: (t) => {
           signal.removeEventListener('abort', onAbort);
@@ -155,7 +170,7 @@ export class TaskWatcher {
           const set = this.watches.get(t.taskArn!);
           if (!set) continue;
           for (const w of [...set]) {
-            w.missing = 0;
+            w.missingSince = undefined;
             w.failed = 0;
             w.onUpdate(t);
             if (w.until(t)) {
@@ -168,9 +183,11 @@ export class TaskWatcher {
         for (const f of out.failures ?? []) {
           const set = this.watches.get(f.arn ?? '');
           if (!set) continue;
-          // DescribeTasks is eventually consistent right after RunTask; give it a few polls.
+          // DescribeTasks is eventually consistent right after RunTask: wait it out (MISSING_TOLERATED_MS).
+          const now = this.clock.now();
           for (const w of [...set]) {
-            if (++w.missing >= 5) {
+            w.missingSince ??= now;
+            if (missingForTooLong(w.missingSince, now)) {
               set.delete(w);
               w.reject(new StartFailure('TASK_STOPPED', `task ${f.arn} is unknown to ECS (${f.reason ?? 'MISSING'})`));
             }

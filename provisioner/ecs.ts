@@ -184,7 +184,7 @@ export function createEcsProvisioner(options: EcsProvisionerOptions, deps: EcsPr
     timers,
     (n) => observer?.queueDepth(n),
   );
-  const watcher = new TaskWatcher(call, ecs, o.cluster, timers, o.describePollMs);
+  const watcher = new TaskWatcher(call, ecs, o.cluster, timers, o.describePollMs, clock);
   const lifetime = new AbortController();
   // Every start in flight listens on it (hundreds during a class start): not a leak.
   setMaxListeners(0, lifetime.signal);

@@ -4,7 +4,7 @@
 import t from 'tap';
 import { systemClock } from '../gateway/clock.js';
 import { createEcsProvisioner } from '../provisioner/ecs.js';
-import { FAILED_POLLS_TOLERATED } from '../provisioner/ecs-tasks.js';
+import { FAILED_POLLS_TOLERATED, MISSING_TOLERATED_MS, missingForTooLong } from '../provisioner/ecs-tasks.js';
 import type { AwsCallOutcome, EcsProvisionerOptions } from '../provisioner/ecs-types.js';
 import { startFakeAws, type FakeAwsOptions } from './fake-aws/index.js';
 import { fakeEcsOptions } from './fake-aws/config.js';
@@ -115,6 +115,25 @@ t.test('a DescribeTasks poll that fails after its retries leaves the start waiti
   t.equal(err.code, 'BACKEND_UNAVAILABLE');
   t.match(err.message, 'AWS DescribeTasks failed after 3 attempts');
   t.equal(fake.count('DescribeTasks', 'fault'), 3 + 3 * FAILED_POLLS_TOLERATED, `given up after ${FAILED_POLLS_TOLERATED} polls in a row`);
+});
+
+t.test('a task DescribeTasks does not know yet (eventual consistency) is waited for, not failed', async (t) => {
+  // Polls every 30 ms: two seconds of MISSING are about 60 polls.
+  const { fake, p } = await setup(t, { describeLagMs: 2000 });
+  const r = await p.start(startRequest('not-yet-visible', 1).req);
+  t.ok(r.handle, 'started once DescribeTasks showed the task');
+  t.equal(fake.count('StopTask'), 0);
+  t.equal(fake.count('RunTask'), 1);
+});
+
+t.test('how long a MISSING task is waited for', async (t) => {
+  const rows: Array<[string, number, boolean]> = [
+    ['just now', 0, false],
+    ['a couple of seconds (five polls gave up here)', 2000, false],
+    ['one ms short', MISSING_TOLERATED_MS - 1, false],
+    ['the whole window', MISSING_TOLERATED_MS, true],
+  ];
+  for (const [name, elapsed, giveUp] of rows) t.equal(missingForTooLong(1_000_000, 1_000_000 + elapsed), giveUp, name);
 });
 
 t.test('throttling is retried with backoff and never surfaces', async (t) => {

@@ -97,6 +97,12 @@ export interface FakeAwsOptions {
   maxInstancesPerService?: number;
   /** EFS access points per file system (AWS: 10,000). */
   maxAccessPointsPerFileSystem?: number;
+  /**
+   * Clock ms after RunTask during which DescribeTasks still reports a new task MISSING: the ECS API is
+   * eventually consistent (RunTask API reference: describe "starting with a couple of seconds of wait
+   * time and increasing gradually up to five minutes"). Default 0.
+   */
+  describeLagMs?: number;
 }
 
 export const SPOT_CAPACITY_REASON = 'Capacity is unavailable at this time. Please try again later or in a different availability zone';
@@ -469,7 +475,7 @@ export async function startFakeAws(opts: FakeAwsOptions = {}) {
       const failures: any[] = [];
       for (const arn of arns) {
         const t = tasks.get(arn) ?? [...tasks.values()].find((x) => x.taskArn.endsWith(`/${arn}`));
-        if (t) out.push(taskView(t, withTags));
+        if (t && clock.now() - t.createdAt >= (opts.describeLagMs ?? 0)) out.push(taskView(t, withTags));
         else failures.push({ arn, reason: 'MISSING' });
       }
       return { tasks: out, failures };
