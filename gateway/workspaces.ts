@@ -78,7 +78,7 @@ export function createWorkspaces(opts: WorkspacesOptions) {
     const set = waiters.get(record.id);
     if (set) { waiters.delete(record.id); for (const w of set) w(record); }
   }
-  const unsubscribe = store.subscribe((e: WorkspaceEvent) => applyEvent(e.record));
+  const unsubscribe = store.subscribe((e: WorkspaceEvent) => { if ('record' in e) applyEvent(e.record); });
 
   async function write(record: WorkspaceRecord, fence: Fence): Promise<boolean> {
     const ok = await store.putWorkspace(record, fence);

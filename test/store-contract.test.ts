@@ -60,7 +60,22 @@ async function contract(t: Test, make: () => Promise<StateStore>, advance: (ms: 
   t.test('events reach subscribers', async (t) => {
     const got = new Promise<WorkspaceEvent>((resolve) => { const off = store.subscribe((e) => { off(); resolve(e); }); });
     await store.publish({ record: rec('e', 'running') });
-    t.equal((await got).record.id, 'e');
+    t.same(await got, { record: rec('e', 'running') });
+    const revoked = new Promise<WorkspaceEvent>((resolve) => { const off = store.subscribe((e) => { off(); resolve(e); }); });
+    await store.publish({ sessionsRevoked: { id: 'e', beforeMs: 1_764_316_800_000 } });
+    t.same(await revoked, { sessionsRevoked: { id: 'e', beforeMs: 1_764_316_800_000 } });
+  });
+
+  t.test('revoked sessions: the cutoff only moves forward, per workspace, kept for its ttl', async (t) => {
+    const at = 1_764_316_800_000; // epoch ms: more than a 32-bit integer holds
+    t.equal(await store.sessionsRevokedBefore('r'), undefined);
+    t.equal(await store.revokeSessions('r', at, 200), at);
+    t.equal(await store.revokeSessions('r', at - 1000, 200), at, 'an older cutoff arriving late never moves it back');
+    t.equal(await store.sessionsRevokedBefore('r'), at);
+    t.equal(await store.sessionsRevokedBefore('other'), undefined);
+    t.equal(await store.revokeSessions('r', at + 1000, 200), at + 1000);
+    await advance(250);
+    t.equal(await store.sessionsRevokedBefore('r'), undefined, 'forgotten once nothing it voids can be current');
   });
 
   t.test('activity only moves forward; range query oldest first', async (t) => {

@@ -28,10 +28,11 @@ export interface WorkspaceRecord {
   reason?: string;
 }
 
-/** Published on every record change so other replicas learn of it at once. */
-export interface WorkspaceEvent {
-  record: WorkspaceRecord;
-}
+/**
+ * Published so other replicas learn of it at once: every record change, and every revocation of a
+ * workspace's sessions (the cutoff in force, gateway/revocations.ts).
+ */
+export type WorkspaceEvent = { record: WorkspaceRecord } | { sessionsRevoked: { id: string; beforeMs: number } };
 
 /** A lease that a write must still hold to be applied (fencing against a paused holder). */
 export interface Fence {
@@ -89,6 +90,15 @@ export interface StateStore {
   reportConnections(instanceId: string, counts: ReadonlyMap<string, number>, ttlMs: number): Promise<void>;
   /** Sum over live instances. */
   getConnections(id: string): Promise<number>;
+
+  /**
+   * Sessions and sign-in links of this workspace issued before `beforeMs` are void (the admin API's
+   * revoke-sessions). The cutoff only moves forward and is kept `ttlMs`, past which nothing it voids
+   * could still be current. Returns the cutoff in force.
+   */
+  revokeSessions(id: string, beforeMs: number, ttlMs: number): Promise<number>;
+  /** The cutoff revokeSessions set for this workspace, while it is kept. */
+  sessionsRevokedBefore(id: string): Promise<number | undefined>;
 
   /** True the first time a key is seen within ttl (one-time token ids). */
   consumeOnce(key: string, ttlMs: number): Promise<boolean>;

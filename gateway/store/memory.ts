@@ -17,6 +17,7 @@ export function createMemoryStore(clock: Clock): StateStore {
   const once = new Map<string, number>();
   const hits = new Map<string, Expiring<number>>();
   const buckets = new Map<string, BucketState>();
+  const revoked = new Map<string, Expiring<number>>();
   const handlers = new Set<(e: WorkspaceEvent) => void>();
 
   const live = <T>(m: Map<string, Expiring<T>>, key: string): T | undefined => {
@@ -84,7 +85,7 @@ export function createMemoryStore(clock: Clock): StateStore {
       return live(leases, key);
     },
     async publish(event) {
-      const e = { record: copy(event.record) };
+      const e = structuredClone(event);
       // Asynchronous like Redis pub/sub, so publishers never re-enter their own handlers.
       queueMicrotask(() => { for (const h of handlers) h(e); });
     },
@@ -120,6 +121,14 @@ export function createMemoryStore(clock: Clock): StateStore {
       let total = 0;
       for (const instance of [...connections.keys()]) total += live(connections, instance)?.get(id) ?? 0;
       return total;
+    },
+    async revokeSessions(id, beforeMs, ttlMs) {
+      const inForce = Math.max(live(revoked, id) ?? 0, beforeMs);
+      revoked.set(id, { value: inForce, expiresAt: clock.now() + ttlMs });
+      return inForce;
+    },
+    async sessionsRevokedBefore(id) {
+      return live(revoked, id);
     },
     async consumeOnce(key, ttlMs) {
       const now = clock.now();

@@ -44,6 +44,13 @@ local n = redis.call('INCR', KEYS[1])
 if n == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
 return n`;
 
+// A revocation cutoff only moves forward (two admins, or a retry arriving late); %d keeps epoch ms
+// an integer string, where tostring could print a float.
+const REVOKE_SCRIPT = `
+local v = math.max(tonumber(redis.call('GET', KEYS[1]) or '0'), tonumber(ARGV[1]))
+redis.call('SET', KEYS[1], string.format('%d', v), 'PX', ARGV[2])
+return string.format('%d', v)`;
+
 // A token bucket on Redis's own clock (TIME), so replicas with skewed clocks share one rate; the
 // same arithmetic as provisioner/admission.ts takeToken.
 const TOKEN_SCRIPT = `
@@ -72,6 +79,7 @@ export async function createRedisStore(opts: RedisStoreOptions): Promise<StateSt
     once: (key: string) => `${p}once:${key}`,
     hit: (key: string) => `${p}rl:${key}`,
     bucket: (key: string) => `${p}bucket:${key}`,
+    revoked: (id: string) => `${p}revoked:${id}`,
     channel: `${p}events`,
   };
   const base: RedisOptions = {
@@ -198,6 +206,11 @@ export async function createRedisStore(opts: RedisStoreOptions): Promise<StateSt
       for (const i of instances) pipe.hget(k.conn(i), id);
       const results = (await pipe.exec()) ?? [];
       return results.reduce((sum, [, v]) => sum + (v ? Number(v) : 0), 0);
+    }),
+    revokeSessions: (id, beforeMs, ttlMs) => run(async () => Number(await client.eval(REVOKE_SCRIPT, 1, k.revoked(id), beforeMs, ttlMs))),
+    sessionsRevokedBefore: (id) => run(async () => {
+      const v = await client.get(k.revoked(id));
+      return v === null ? undefined : Number(v);
     }),
     consumeOnce: (key, ttlMs) => run(async () => (await client.set(k.once(key), '1', 'PX', ttlMs, 'NX')) === 'OK'),
     countHit: (key, windowMs) => run(async () => Number(await client.eval(HIT_SCRIPT, 1, k.hit(key), windowMs))),
