@@ -29,15 +29,28 @@ export interface AuthOptions {
   clock: Clock;
 }
 
-export interface Session { workspaceId: string; expiresAt: number }
+/** A verified session: issuedAt (epoch ms, issuedAtMs) is what a revocation's cutoff compares. */
+export interface Session { workspaceId: string; issuedAt: number; expiresAt: number }
 
-export type LoginCheck = { ok: true; workspaceId: string; jti: string; expiresAt: number } | { ok: false; code: ErrorCode; reason: string };
+export type LoginCheck = { ok: true; workspaceId: string; jti: string; issuedAt: number; expiresAt: number } | { ok: false; code: ErrorCode; reason: string };
 
 /**
  * Separate keys per purpose, so a session cookie can never be replayed as a sign-in token. Imported
  * once: jose imports raw key bytes into WebCrypto on every call (a third of a verification's CPU, and
  * a class of 500 signing in at 09:00 verifies 500 cookies at once; issue 7, class surge).
  */
+/**
+ * When a token or session was issued, to the millisecond: JWT's `iat` holds whole seconds (RFC 7519
+ * 4.1.6), and a revocation must void a session signed earlier in the same second as it while one
+ * signed after it (the new owner's sign-in) holds. Tokens signed before the claim existed count
+ * from the start of their second.
+ */
+const ISSUED_MS = 'iat_ms';
+function issuedAtMs(payload: { iat?: number; [claim: string]: unknown }): number {
+  const ms = payload[ISSUED_MS];
+  return typeof ms === 'number' && Number.isSafeInteger(ms) ? ms : (payload.iat as number) * 1000;
+}
+
 function deriveKey(secret: string, purpose: string): Promise<CryptoKey> {
   const raw = createHmac('sha256', secret).update(`workspace-gateway/${purpose}`).digest();
   return webcrypto.subtle.importKey('raw', raw, { name: 'HMAC', hash: 'SHA-256' }, false, ['sign', 'verify']);
@@ -62,9 +75,9 @@ export function createAuth(opts: AuthOptions) {
     if (verified.has(value)) return cachedSession(value);
     try {
       const { payload } = await jwtVerify(value, await sessionKey, {
-        algorithms: ['HS256'], currentDate: new Date(now()), typ: 'wsgw-session', requiredClaims: ['sub', 'exp'],
+        algorithms: ['HS256'], currentDate: new Date(now()), typ: 'wsgw-session', requiredClaims: ['sub', 'iat', 'exp'],
       });
-      const session = { workspaceId: String(payload.sub), expiresAt: (payload.exp as number) * 1000 };
+      const session = { workspaceId: String(payload.sub), issuedAt: issuedAtMs(payload), expiresAt: (payload.exp as number) * 1000 };
       if (verified.size >= 50_000) verified.delete(verified.keys().next().value!);
       verified.set(value, session);
       return session;
@@ -76,7 +89,7 @@ export function createAuth(opts: AuthOptions) {
   return {
     async createLoginToken(workspaceId: string, jti: string, ttlMs = opts.loginTokenMaxTtlMs): Promise<string> {
       const t = now();
-      return new SignJWT({})
+      return new SignJWT({ [ISSUED_MS]: t })
         .setProtectedHeader({ alg: 'HS256', typ: 'JWT' })
         .setSubject(workspaceId).setJti(jti).setIssuedAt(seconds(t)).setExpirationTime(seconds(t + Math.min(ttlMs, opts.loginTokenMaxTtlMs)))
         .sign(await loginKey);
@@ -86,12 +99,12 @@ export function createAuth(opts: AuthOptions) {
     async checkLoginToken(token: string, workspaceId: string): Promise<LoginCheck> {
       try {
         const { payload } = await jwtVerify(token, await loginKey, {
-          algorithms: ['HS256'], currentDate: new Date(now()), requiredClaims: ['sub', 'exp', 'jti'],
+          algorithms: ['HS256'], currentDate: new Date(now()), requiredClaims: ['sub', 'iat', 'exp', 'jti'],
         });
         const expiresAt = (payload.exp as number) * 1000;
         if (expiresAt - now() > opts.loginTokenMaxTtlMs + 1000) return { ok: false, code: 'LOGIN_TOKEN_INVALID', reason: 'lifetime' };
         if (payload.sub !== workspaceId) return { ok: false, code: 'LOGIN_TOKEN_INVALID', reason: 'wrong_workspace' };
-        return { ok: true, workspaceId, jti: String(payload.jti), expiresAt };
+        return { ok: true, workspaceId, jti: String(payload.jti), issuedAt: issuedAtMs(payload), expiresAt };
       } catch (err) {
         if (err instanceof joseErrors.JWTExpired) return { ok: false, code: 'LOGIN_TOKEN_EXPIRED', reason: 'expired' };
         if (err instanceof joseErrors.JOSEAlgNotAllowed || err instanceof joseErrors.JOSENotSupported) return { ok: false, code: 'LOGIN_TOKEN_INVALID', reason: 'algorithm' };
@@ -101,15 +114,16 @@ export function createAuth(opts: AuthOptions) {
     },
 
     async createSession(workspaceId: string): Promise<{ value: string; expiresAt: number }> {
-      const expiresAt = now() + opts.sessionTtlMs;
-      const value = await new SignJWT({})
+      const t = now();
+      const expiresAt = t + opts.sessionTtlMs;
+      const value = await new SignJWT({ [ISSUED_MS]: t })
         .setProtectedHeader({ alg: 'HS256', typ: 'wsgw-session' })
-        .setSubject(workspaceId).setIssuedAt(seconds(now())).setExpirationTime(seconds(expiresAt))
+        .setSubject(workspaceId).setIssuedAt(seconds(t)).setExpirationTime(seconds(expiresAt))
         .sign(await sessionKey);
       return { value, expiresAt };
     },
 
-    /** Whether a session found before still holds (its expiry; sessions are not revoked otherwise). */
+    /** Whether a session found before has not expired (revocations are gateway/revocations.ts's). */
     isCurrent(session: Session): boolean {
       return session.expiresAt > now();
     },
