@@ -9,6 +9,7 @@ import type { Config } from './config.js';
 import { renderError, type ErrorCode } from './errors.js';
 import { WORKSPACE_ID } from './host.js';
 import type { Metrics } from './metrics.js';
+import type { Revocations } from './revocations.js';
 import { WORKSPACE_STATES, type StateStore, type WorkspaceRecord } from './store/contract.js';
 import { StoreUnavailable } from './store/contract.js';
 import { StartFailure } from '../provisioner/contract.js';
@@ -21,6 +22,7 @@ export interface AdminDeps {
   store: StateStore;
   workspaces: Workspaces;
   auth: Auth;
+  revocations: Revocations;
   metrics: Metrics;
   logger: PinoLogger;
   isReady(): boolean;
@@ -185,6 +187,14 @@ export async function createAdminServer(deps: AdminDeps): Promise<FastifyInstanc
       if (result === 'busy') return send(reply, 'WORKSPACE_BUSY');
       return view(req.params.id, await store.getWorkspace(req.params.id));
     });
+
+    api.post<{ Params: { id: string } }>('/api/workspaces/:id/revoke-sessions', {
+      schema: {
+        summary: "Void every session and sign-in link of the workspace issued before now (a workspace handed to another student, a cookie left on a shared machine); its open WebSockets are closed",
+        params: idParam,
+        response: { 200: { type: 'object', properties: { id: { type: 'string' }, revokedBefore: { type: 'integer' } }, required: ['id', 'revokedBefore'] }, 400: errorSchema, 401: errorSchema, 503: errorSchema },
+      },
+    }, async (req) => ({ id: req.params.id, revokedBefore: await deps.revocations.revoke(req.params.id) }));
 
     api.get<{ Params: { id: string } }>('/api/workspaces/:id', {
       schema: { summary: 'One workspace', params: idParam, response: { 200: workspaceSchema, 400: errorSchema, 401: errorSchema } },

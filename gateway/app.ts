@@ -20,6 +20,7 @@ import { createHttp1Front } from './http1.js';
 import { createForwarder } from './proxy.js';
 import { canReconcile, createReconciler, reconcileFromList } from './reconcile.js';
 import { createRequestPath } from './request-path.js';
+import { createRevocations } from './revocations.js';
 import type { StateStore } from './store/contract.js';
 import { createUpstreamPool } from './upstream-pool.js';
 import { createWorkspaces } from './workspaces.js';
@@ -118,9 +119,21 @@ export async function createGateway(deps: GatewayDeps) {
   });
   closers.push(() => wsPairs.close());
 
+  // Revoked sessions (admin API): refused from the cutoff on, and their open WebSockets closed.
+  const revocations = createRevocations({
+    store, clock, metrics, refreshMs: config.routeCacheTtlMs,
+    // A voided session lasts at most SESSION_TTL past the cutoff; a sign-in link less.
+    keepMs: Math.max(config.sessionTtlMs, config.loginTokenMaxTtlMs) + 60_000,
+    onRevoked: (id, cutoffMs) => {
+      const closed = wsPairs.closeIssuedBefore(id, cutoffMs);
+      log.info({ event: 'sessions.revoked', workspaceId: id, cutoff: cutoffMs, websocketsClosed: closed }, 'sessions revoked');
+    },
+  });
+  closers.push(() => revocations.close());
+
   // ---------------------------------------------------------------- public listener
   const path = createRequestPath({
-    config, clock, store, workspaces, forwarder, auth, activity, metrics, log,
+    config, clock, store, workspaces, forwarder, auth, revocations, activity, metrics, log,
     onWebSocket: wsPairs.track, isDraining: () => draining,
   });
   const publicServer = http.createServer({
@@ -162,7 +175,7 @@ export async function createGateway(deps: GatewayDeps) {
     return `${config.publicScheme}://ws-${id}.${config.baseDomain}${port && port !== standard ? `:${port}` : ''}`;
   }
   const admin = await createAdminServer({
-    config, clock, store, workspaces, auth, metrics, logger: log as PinoLogger,
+    config, clock, store, workspaces, auth, revocations, metrics, logger: log as PinoLogger,
     isReady: () => ready && !draining, workspaceOrigin, openConnections: (id) => activity.openConnections(id),
     prepare: provisioner.prepare ? (id, signal) => provisioner.prepare!(id, signal) : undefined,
   });
@@ -238,6 +251,7 @@ export async function createGateway(deps: GatewayDeps) {
     workspaces,
     activity,
     auth,
+    revocations,
     reaper,
     forwarder,
     /** Upstream connections held open to workspaces (for leak checks). */

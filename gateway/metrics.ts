@@ -77,7 +77,7 @@ const STAGES: ReadonlySet<string> = new Set(START_STAGES);
 const ERROR_CODES: ReadonlySet<string> = new Set(Object.keys(ERROR_CATALOGUE));
 const WORKSPACE_STATE_SET: ReadonlySet<string> = new Set(WORKSPACE_STATES);
 const REAPER_REASONS: ReadonlySet<string> = new Set(['idle', 'max_session', 'orphan']);
-const SIGNIN_REASONS: ReadonlySet<string> = new Set(['no_session', 'expired', 'signature', 'algorithm', 'malformed', 'wrong_workspace', 'lifetime', 'replayed', 'rate_limited', 'origin']);
+const SIGNIN_REASONS: ReadonlySet<string> = new Set(['no_session', 'expired', 'signature', 'algorithm', 'malformed', 'wrong_workspace', 'lifetime', 'replayed', 'rate_limited', 'origin', 'revoked']);
 const UPSTREAM_CODES: ReadonlySet<string> = new Set(['UPSTREAM_UNREACHABLE', 'UPSTREAM_TIMEOUT']);
 const bounded = (v: string | undefined, allowed: ReadonlySet<string>) => (v !== undefined && allowed.has(v) ? v : 'other');
 

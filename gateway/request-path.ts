@@ -26,6 +26,7 @@ import { forwardedFields, upstreamRequestHead, type ForwardedFor, type RequestBo
 import type { BodyMode, UpstreamFailure } from './upstream-pool.js';
 import type { Forwarder, UpgradeResponse } from './proxy.js';
 import { createRequestIds } from './request-id.js';
+import type { Revocations } from './revocations.js';
 import { Departure } from './departure.js';
 import { isNavigation, siteAllowed, wantsHtml, type RequestSite } from './request-kind.js';
 import type { StateStore, WorkspaceRecord } from './store/contract.js';
@@ -54,11 +55,12 @@ export interface RequestPathDeps {
   workspaces: Workspaces;
   forwarder: Forwarder;
   auth: Auth;
+  revocations: Revocations;
   activity: ActivityRecorder;
   metrics: Metrics;
   log: Logger;
   /** Called for each proxied WebSocket pair, so the app can track, tap and drain them. */
-  onWebSocket(ws: { workspaceId: string; client: Duplex; upstream: Duplex; req: IncomingMessage; response: UpgradeResponse }): void;
+  onWebSocket(ws: { workspaceId: string; sessionIssuedAt: number; client: Duplex; upstream: Duplex; req: IncomingMessage; response: UpgradeResponse }): void;
   isDraining(): boolean;
 }
 
@@ -101,7 +103,7 @@ function newNotes(peer: string | undefined): WarmNotes {
 function destroyOnError(this: Duplex) { this.destroy(); }
 
 export function createRequestPath(deps: RequestPathDeps) {
-  const { config, auth, workspaces, metrics, log, activity, forwarder } = deps;
+  const { config, auth, revocations, workspaces, metrics, log, activity, forwarder } = deps;
   const cookieName = sessionCookieName(config.publicScheme);
   const nextRequestId = createRequestIds();
 
@@ -143,11 +145,15 @@ export function createRequestPath(deps: RequestPathDeps) {
   }
   const isOwnOrigin = (origin: string, host: string | undefined) => sameOrigin(origin, host, config.publicScheme);
 
-  /** Step 2: only the workspace's owner, proven by a session cookie for exactly this host. */
-  async function authorize(req: IncomingMessage, workspaceId: string): Promise<boolean> {
+  /**
+   * Step 2: only the workspace's owner, proven by a session cookie for exactly this host, issued
+   * after any revocation of the workspace's sessions (gateway/revocations.ts).
+   */
+  async function authorize(req: IncomingMessage, workspaceId: string): Promise<Session | undefined> {
     const session = await auth.sessionFor(sessionCookieParts(req.headers.cookie, cookieName).values, workspaceId);
-    if (!session) metrics.signInFailure('no_session');
-    return session !== undefined;
+    if (!session) { metrics.signInFailure('no_session'); return undefined; }
+    if (await revocations.voids(workspaceId, session.issuedAt)) { metrics.signInFailure('revoked'); return undefined; }
+    return session;
   }
 
   /** code-server's /proxy/<port> must not reach other hosts (`/proxy/80@evil/`, encoded variants). */
@@ -298,10 +304,13 @@ export function createRequestPath(deps: RequestPathDeps) {
     return hostStepOf(notes.verdict!, originForm(url));
   }
 
-  /** Step 2 on the warm lane: a cookie verified before (node:http's path verifies the others). */
+  /**
+   * Step 2 on the warm lane: a cookie verified before, of a workspace whose revocation cutoff this
+   * replica knows (node:http's path verifies the others, and asks the store).
+   */
   function warmCaller(notes: WarmNotes, cookie: string | undefined, workspaceId: string): { authorized: boolean; cookieRest: string | undefined } {
     if (notes.session && notes.cookie === cookie && notes.cookieWorkspace === workspaceId && auth.isCurrent(notes.session)) {
-      return { authorized: true, cookieRest: notes.cookieRest };
+      return { authorized: revocations.voidsNow(workspaceId, notes.session.issuedAt) === false, cookieRest: notes.cookieRest };
     }
     const parts = sessionCookieParts(cookie, cookieName);
     const session = auth.verifiedSessionFor(parts.values, workspaceId);
@@ -310,7 +319,7 @@ export function createRequestPath(deps: RequestPathDeps) {
     notes.cookie = cookie;
     notes.cookieWorkspace = workspaceId;
     notes.cookieRest = parts.rest;
-    return { authorized: session !== undefined, cookieRest: parts.rest };
+    return { authorized: session !== undefined && revocations.voidsNow(workspaceId, session.issuedAt) === false, cookieRest: parts.rest };
   }
 
   function warmForwardedFor(notes: WarmNotes, xff: string | undefined, host: string | undefined): ForwardedFor {
@@ -384,6 +393,8 @@ export function createRequestPath(deps: RequestPathDeps) {
     const token = url.searchParams.get('token') ?? '';
     const check = await auth.checkLoginToken(token, ctx.workspaceId);
     if (!check.ok) { metrics.signInFailure(check.reason); return fail(res, ctx, check.code); }
+    // A link handed out before a revocation would otherwise mint a fresh session after it.
+    if (await revocations.voids(ctx.workspaceId, check.issuedAt)) { metrics.signInFailure('revoked'); return fail(res, ctx, 'LOGIN_TOKEN_INVALID'); }
     if (!(await deps.store.consumeOnce(`jti:${check.jti}`, Math.max(1000, check.expiresAt - deps.clock.now() + 60_000)))) {
       metrics.signInFailure('replayed');
       return fail(res, ctx, 'LOGIN_TOKEN_USED');
@@ -489,7 +500,8 @@ export function createRequestPath(deps: RequestPathDeps) {
     if (req.method !== 'GET' || (req.headers.upgrade ?? '').toLowerCase() !== 'websocket'
       || !req.headers['sec-websocket-key'] || req.headers['sec-websocket-version'] !== '13') return failSocket(socket, requestId, 'BAD_REQUEST');
     try {
-      if (!(await authorize(req, workspaceId))) return failSocket(socket, requestId, 'NOT_SIGNED_IN');
+      const session = await authorize(req, workspaceId);
+      if (!session) return failSocket(socket, requestId, 'NOT_SIGNED_IN');
       // Cross-site WebSocket hijacking: only the workspace's own origin may open its sockets.
       if (!sameOrigin(req.headers.origin, req.headers.host, config.publicScheme)) { metrics.signInFailure('origin'); return failSocket(socket, requestId, 'ORIGIN_FORBIDDEN'); }
       if (req.url!.startsWith(PREFIX) || !guardWorkspacePath(req.url!)) return failSocket(socket, requestId, 'PROXY_TARGET_FORBIDDEN');
@@ -499,7 +511,7 @@ export function createRequestPath(deps: RequestPathDeps) {
         const state = route.record?.state;
         return failSocket(socket, requestId, state === 'starting' ? 'WORKSPACE_STARTING' : state === 'failed' ? 'WORKSPACE_START_FAILED' : 'WORKSPACE_STOPPED');
       }
-      forwardWs(req, socket, head, workspaceId, requestId, route.endpoint);
+      forwardWs(req, socket, head, workspaceId, session.issuedAt, requestId, route.endpoint);
     } catch (err) {
       if (err instanceof StoreUnavailable) return failSocket(socket, requestId, 'STORE_UNAVAILABLE');
       log.error({ event: 'upgrade.error', workspaceId, requestId, err }, 'upgrade failed');
@@ -508,14 +520,14 @@ export function createRequestPath(deps: RequestPathDeps) {
   }
 
   /** Step 5 (ws): forward the upgrade, then hand the socket pair to the app for tracking and taps. */
-  function forwardWs(req: IncomingMessage, socket: Duplex, head: Buffer, workspaceId: string, requestId: string, endpoint: Endpoint) {
+  function forwardWs(req: IncomingMessage, socket: Duplex, head: Buffer, workspaceId: string, sessionIssuedAt: number, requestId: string, endpoint: Endpoint) {
     let upgraded = false;
     forwarder.ws(req, socket, head, endpoint, forwardedForRequest(req), sessionCookieParts(req.headers.cookie, cookieName).rest, {
       onUpgrade: (upstream, response) => {
         upgraded = true;
         metrics.proxied('ws', 101);
         // Opening (or re-opening) a socket is not evidence of a person; its messages may be (issue 5).
-        deps.onWebSocket({ workspaceId, client: socket, upstream, req, response });
+        deps.onWebSocket({ workspaceId, sessionIssuedAt, client: socket, upstream, req, response });
       },
       onFailure: ({ code, error }) => {
         // After the 101 an error is the end of an established pair, most often the browser going away

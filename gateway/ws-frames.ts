@@ -94,3 +94,5 @@ export const PING = OP_PING;
 export const CLOSE = OP_CLOSE;
 /** RFC 6455 7.4.1: the endpoint is going away (server shutdown); VS Code reconnects. */
 export const GOING_AWAY = 1001;
+/** RFC 6455 7.4.1: policy violation; here, the session that opened the socket was revoked. */
+export const POLICY_VIOLATION = 1008;

@@ -10,13 +10,15 @@ import type { Duplex } from 'node:stream';
 import { READ_BUFFER_BYTES, copyOut, readIntoBuffer } from './socket-reads.js';
 import type { Clock } from './clock.js';
 import type { UpgradeResponse } from './proxy.js';
-import { CLOSE, FrameTracker, GOING_AWAY, PING, clientFrame, closePayload, serverFrame } from './ws-frames.js';
+import { CLOSE, FrameTracker, GOING_AWAY, PING, POLICY_VIOLATION, clientFrame, closePayload, serverFrame } from './ws-frames.js';
 
 /** Sees every chunk from the browser, control frames included (the activity tap parses the stream itself). */
 export interface ClientObserver { write(chunk: Buffer): void }
 
 export interface WsPair<O extends ClientObserver = ClientObserver> {
   workspaceId: string;
+  /** When the session that opened it was issued: a revocation closes the pairs it voids. */
+  sessionIssuedAt: number;
   client: Duplex;
   upstream: Duplex;
   /** Last time any byte came from that side (pongs included: liveness, not activity). */
@@ -110,7 +112,7 @@ class Pair implements WsPair {
   lost = false;
   grace: NodeJS.Timeout | undefined;
 
-  constructor(readonly owner: Owner, readonly workspaceId: string, readonly client: Duplex, readonly upstream: Duplex) {
+  constructor(readonly owner: Owner, readonly workspaceId: string, readonly sessionIssuedAt: number, readonly client: Duplex, readonly upstream: Duplex) {
     this.lastUpstream = this.lastClient = owner.clock.now();
     this.down = new Direction(upstream, client);
     this.up = new Direction(client, upstream);
@@ -165,12 +167,12 @@ class Pair implements WsPair {
   }
 
   /** Both sides get a close frame at their next frame boundary, then FIN; destroyed after the grace. */
-  finish() {
+  finish(code = GOING_AWAY) {
     if (this.closing || this.done) return;
     this.closing = true;
     const { client, upstream, down, up } = this;
-    down.atNextBoundary(() => { down.relaying = false; write(client, serverFrame(CLOSE, closePayload(GOING_AWAY))); client.end(); });
-    up.atNextBoundary(() => { up.relaying = false; write(upstream, clientFrame(CLOSE, closePayload(GOING_AWAY))); upstream.end(); });
+    down.atNextBoundary(() => { down.relaying = false; write(client, serverFrame(CLOSE, closePayload(code))); client.end(); });
+    up.atNextBoundary(() => { up.relaying = false; write(upstream, clientFrame(CLOSE, closePayload(code))); upstream.end(); });
     this.grace = setTimeout(() => { client.destroy(); upstream.destroy(); this.close(); }, this.owner.closeGraceMs);
     this.grace.unref();
   }
@@ -224,12 +226,12 @@ export function createWsPairs<O extends ClientObserver = ClientObserver>(opts: W
     emptied() { const w = emptyWaiters; emptyWaiters = []; for (const f of w) f(); },
   };
 
-  function track(p: { workspaceId: string; client: Duplex; upstream: Duplex; req: IncomingMessage; response: UpgradeResponse }) {
+  function track(p: { workspaceId: string; sessionIssuedAt: number; client: Duplex; upstream: Duplex; req: IncomingMessage; response: UpgradeResponse }) {
     // Only the two sockets are kept: the upgrade's request and response objects are free once
     // opened() has read them (bench/: idle memory per WebSocket).
     const client = p.client as Relayed;
     const upstream = p.upstream as Relayed;
-    const pair = new Pair(owner, p.workspaceId, client, upstream);
+    const pair = new Pair(owner, p.workspaceId, p.sessionIssuedAt, client, upstream);
     pairs.add(pair);
     client[kPair] = pair;
     upstream[kPair] = pair;
@@ -286,6 +288,15 @@ export function createWsPairs<O extends ClientObserver = ClientObserver>(opts: W
     closeAll(): Promise<void> {
       for (const pair of pairs) pair.finish();
       return whenEmpty();
+    },
+    /**
+     * Closes, with 1008, the workspace's pairs opened under sessions issued before the cutoff (a
+     * revocation): the browser's reconnect then meets the refusal. Pairs of newer sessions stay.
+     */
+    closeIssuedBefore(workspaceId: string, cutoffMs: number): number {
+      let n = 0;
+      for (const pair of pairs) if (pair.workspaceId === workspaceId && pair.sessionIssuedAt < cutoffMs && !pair.closing) { pair.finish(POLICY_VIOLATION); n++; }
+      return n;
     },
     close() {
       clearInterval(sweep);

@@ -27,6 +27,7 @@ t.test('admin API', async (t) => {
     ['POST', '/api/workspaces/demo/start'],
     ['POST', '/api/workspaces/demo/prepare'],
     ['POST', '/api/workspaces/demo/stop'],
+    ['POST', '/api/workspaces/demo/revoke-sessions'],
     ['GET', '/api/workspaces/demo'],
     ['GET', '/api/workspaces'],
   ];
@@ -114,6 +115,7 @@ t.test('admin API', async (t) => {
       ['/api/workspaces/{id}/start', 'post', '202'],
       ['/api/workspaces/{id}/prepare', 'post', '200'],
       ['/api/workspaces/{id}/stop', 'post', '200'],
+      ['/api/workspaces/{id}/revoke-sessions', 'post', '200'],
       ['/api/workspaces/{id}', 'get', '200'],
       ['/api/workspaces', 'get', '200'],
     ];

@@ -1,0 +1,99 @@
+// Revoked sessions (admin API `POST /api/workspaces/<id>/revoke-sessions`). A session cookie is a
+// signed, stateless claim that holds until it expires (SESSION_TTL, 12 h by default), so a
+// workspace handed to another student, or a cookie left on a shared machine, needs a cutoff:
+// sessions and sign-in links of that workspace issued before it are refused on every replica.
+// The cutoff lives in the store, kept as long as anything it voids could last. Each replica keeps
+// the cutoffs it has learnt: told at once by the store's events, and read again in the background
+// once older than the route cache's TTL, so a missed event (Redis reconnecting) costs at most that
+// long, as a stale route does. The warm lane only reads what is kept here; a workspace this replica
+// has not learnt yet takes node:http's path, which asks the store.
+import type { Clock } from './clock.js';
+import type { Metrics } from './metrics.js';
+import type { StateStore, WorkspaceEvent } from './store/contract.js';
+
+/** Whether a session or sign-in link issued at `issuedAtMs` is void under `cutoffMs`. */
+export function revokedBy(issuedAtMs: number, cutoffMs: number | undefined): boolean {
+  return cutoffMs !== undefined && issuedAtMs < cutoffMs;
+}
+
+export interface RevocationsOptions {
+  store: StateStore;
+  clock: Clock;
+  metrics: Metrics;
+  /** A cutoff learnt longer ago than this is read again (ROUTE_CACHE_TTL). */
+  refreshMs: number;
+  /** How long the store keeps a cutoff: no session or sign-in link it voids outlives it. */
+  keepMs: number;
+  /** Every cutoff learnt, from any replica: the WebSockets opened under voided sessions are closed. */
+  onRevoked?(workspaceId: string, cutoffMs: number): void;
+}
+
+interface Known { cutoffMs: number | undefined; checkedAt: number }
+
+/** Workspaces whose cutoff a replica keeps; past this the oldest learnt is read again when next needed. */
+const MAX_KNOWN = 100_000;
+
+export function createRevocations(opts: RevocationsOptions) {
+  const { store, clock, metrics } = opts;
+  const known = new Map<string, Known>();
+  const reading = new Map<string, Promise<void>>();
+
+  function learn(id: string, cutoffMs: number | undefined) {
+    const before = known.get(id)?.cutoffMs;
+    const cutoff = before === undefined ? cutoffMs : cutoffMs === undefined ? before : Math.max(before, cutoffMs);
+    if (known.size >= MAX_KNOWN && !known.has(id)) known.delete(known.keys().next().value!);
+    known.set(id, { cutoffMs: cutoff, checkedAt: clock.now() });
+    if (cutoff !== undefined && cutoff !== before) opts.onRevoked?.(id, cutoff);
+  }
+
+  /** One store read per workspace at a time, however many requests wait on it. */
+  function read(id: string): Promise<void> {
+    let p = reading.get(id);
+    if (!p) {
+      p = store.sessionsRevokedBefore(id).then((cutoff) => learn(id, cutoff)).finally(() => reading.delete(id));
+      reading.set(id, p);
+    }
+    return p;
+  }
+
+  const unsubscribe = store.subscribe((e: WorkspaceEvent) => {
+    if ('sessionsRevoked' in e) learn(e.sessionsRevoked.id, e.sessionsRevoked.beforeMs);
+  });
+
+  /**
+   * Without waiting (the warm lane): whether this session is void, or undefined when this replica has
+   * not learnt the workspace's cutoff yet. A cutoff past its refresh is still used while it is read again.
+   */
+  function voidsNow(workspaceId: string, issuedAt: number): boolean | undefined {
+    const k = known.get(workspaceId);
+    if (!k) return undefined;
+    if (clock.now() - k.checkedAt > opts.refreshMs) read(workspaceId).catch(() => metrics.storeError());
+    return revokedBy(issuedAt, k.cutoffMs);
+  }
+
+  return {
+    voidsNow,
+
+    /** Whether this session (or sign-in link) is void; asks the store when this replica has not learnt the workspace yet. */
+    async voids(workspaceId: string, issuedAt: number): Promise<boolean> {
+      const now = voidsNow(workspaceId, issuedAt);
+      if (now !== undefined) return now;
+      await read(workspaceId);
+      return revokedBy(issuedAt, known.get(workspaceId)?.cutoffMs);
+    },
+
+    /** Voids every session and sign-in link of the workspace issued before now, on every replica. */
+    async revoke(workspaceId: string): Promise<number> {
+      const cutoff = await store.revokeSessions(workspaceId, clock.now(), opts.keepMs);
+      learn(workspaceId, cutoff);
+      await store.publish({ sessionsRevoked: { id: workspaceId, beforeMs: cutoff } }).catch(() => metrics.storeError());
+      return cutoff;
+    },
+
+    close() {
+      unsubscribe();
+    },
+  };
+}
+
+export type Revocations = ReturnType<typeof createRevocations>;

@@ -1,0 +1,153 @@
+// Revoking a workspace's sessions (admin API revoke-sessions): a workspace handed to another
+// student, or a cookie left on a shared machine. Sessions and sign-in links issued before the
+// cutoff are refused on both lanes and on every replica, its open WebSockets are closed, and the
+// next owner's sign-in works at once.
+import http from 'node:http';
+import t from 'tap';
+import { createManualClock } from '../gateway/clock.js';
+import { createMetrics } from '../gateway/metrics.js';
+import { createRevocations, revokedBy } from '../gateway/revocations.js';
+import { createMemoryStore } from '../gateway/store/memory.js';
+import { NAVIGATE, TEST_ADMIN_TOKEN, XHR, loginUrl, request, startTestGateway, type TestGateway } from './helpers/gateway.js';
+import { startRedis } from './helpers/redis.js';
+import { registerRunning, startRecordingUpstream, type RecordingUpstream } from './helpers/upstream.js';
+import { closed, connected, openWs } from './helpers/ws.js';
+
+async function revoke(gw: TestGateway, id: string): Promise<{ status: number; body: { id?: string; revokedBefore?: number; error?: { code: string } } }> {
+  const r = await fetch(`http://127.0.0.1:${gw.adminPort}/api/workspaces/${id}/revoke-sessions`, { method: 'POST', headers: { authorization: `Bearer ${TEST_ADMIN_TOKEN}` } });
+  return { status: r.status, body: await r.json() as never };
+}
+
+/** Follows a sign-in link as a browser's address bar would: the cookie it sets, or the error code. */
+async function signIn(port: number, link: string): Promise<{ status: number; cookie?: string; code?: string }> {
+  const u = new URL(link);
+  const r = await request(port, { host: u.hostname, path: u.pathname + u.search, headers: { ...NAVIGATE, 'sec-fetch-site': 'none' } });
+  const set = ([] as string[]).concat(r.headers['set-cookie'] ?? [])[0];
+  return { status: r.status, cookie: set?.split(';')[0], code: r.headers['x-gateway-error'] as string | undefined };
+}
+
+t.test('revokedBy table: a session issued before the cutoff is void, one issued at or after it holds', async (t) => {
+  const rows: Array<[string, number, number | undefined, boolean]> = [
+    ['no cutoff', 1_000, undefined, false],
+    ['issued a millisecond before', 1_999, 2_000, true],
+    ['issued at the cutoff (the next owner signing in at once)', 2_000, 2_000, false],
+    ['issued after', 2_001, 2_000, false],
+    ['issued long before', 0, 2_000, true],
+  ];
+  for (const [name, issued, cutoff, want] of rows) t.equal(revokedBy(issued, cutoff), want, name);
+});
+
+t.test('a replica learns cutoffs from events at once, and from the store after a missed one', async (t) => {
+  const clock = createManualClock(1_764_316_800_000);
+  const store = createMemoryStore(clock);
+  const seen: Array<[string, number]> = [];
+  const make = () => createRevocations({ store, clock, metrics: createMetrics({ enabled: false, defaultMetrics: false }), refreshMs: 30_000, keepMs: 60_000, onRevoked: (id, c) => seen.push([id, c]) });
+  const a = make();
+  const b = make();
+  t.teardown(() => { a.close(); b.close(); });
+  const issued = clock.now() - 1;
+  t.equal(b.voidsNow('w', issued), undefined, 'a workspace not learnt yet: the lane cannot decide');
+  t.equal(await b.voids('w', issued), false, 'asked of the store: nothing revoked');
+  t.equal(b.voidsNow('w', issued), false, 'now known without waiting');
+
+  const cutoff = await a.revoke('w');
+  t.equal(cutoff, clock.now());
+  await new Promise((r) => setImmediate(r)); // the store's events are asynchronous, as Redis pub/sub is
+  t.equal(b.voidsNow('w', issued), true, 'the other replica was told by the event');
+  t.equal(b.voidsNow('w', cutoff), false, 'a session issued at the cutoff holds');
+  t.same(seen, [['w', cutoff], ['w', cutoff]], 'both replicas heard it once (their WebSockets are closed)');
+
+  // A revocation whose event b missed (Redis reconnecting): b still uses what it knows until the
+  // refresh period has passed, then reads the store again in the background.
+  clock.advance(5_000);
+  await store.revokeSessions('w', clock.now(), 60_000);
+  const later = clock.now() - 1;
+  t.equal(b.voidsNow('w', later), false, 'within the refresh period: the known cutoff');
+  clock.advance(30_001);
+  t.equal(b.voidsNow('w', later), false, 'stale: still the known cutoff while the store is read');
+  await new Promise((r) => setImmediate(r));
+  t.equal(b.voidsNow('w', later), true, 'the missed cutoff, learnt from the store');
+  t.equal(await a.revoke('w') >= clock.now(), true);
+});
+
+t.test("revoke-sessions: the old session is refused on both lanes, its WebSocket closed, its unused sign-in link void; the next sign-in works", async (t) => {
+  const gw = await startTestGateway();
+  const up = await startRecordingUpstream();
+  const other = await startRecordingUpstream();
+  t.teardown(async () => { await gw.close(); await up.close(); await other.close(); });
+  await registerRunning(gw.store, 'rec', up.port);
+  await registerRunning(gw.store, 'other', other.port);
+  const host = 'ws-rec.localhost';
+  const cookie = await gw.cookie('rec');
+  const otherCookie = await gw.cookie('other');
+  const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
+  t.teardown(() => agent.destroy());
+  const get = (c: string, o: { agent?: http.Agent | false; headers?: Record<string, string>; path?: string; h?: string } = {}) =>
+    request(gw.port, { host: o.h ?? host, path: o.path ?? '/page', headers: { ...(o.headers ?? XHR), cookie: c }, agent: o.agent ?? false });
+
+  t.equal((await get(cookie)).status, 200, 'node:http verifies the cookie');
+  const warm = await get(cookie, { agent });
+  t.equal(warm.status, 200);
+  t.not(warm.headers.connection, 'close', 'the warm lane took it (node:http would have closed the connection)');
+  t.equal((await get(cookie, { agent })).status, 200, 'and the next on the same connection');
+  const ws = await connected(openWs(gw.port, '/socket', { cookie, host: 'ws-rec.localhost' }));
+  const wsClosed = closed(ws);
+  const unusedLink = await loginUrl(gw.adminPort, 'rec');
+  const reached = up.requests.length;
+
+  const r = await revoke(gw, 'rec');
+  t.equal(r.status, 200);
+  t.equal(r.body.id, 'rec');
+  t.ok(Number.isSafeInteger(r.body.revokedBefore) && Math.abs(r.body.revokedBefore! - Date.now()) < 5_000, 'the cutoff is now, in epoch ms');
+
+  t.equal((await wsClosed).code, 1008, 'its open WebSocket is closed with 1008 (policy violation)');
+  const onLane = await get(cookie, { agent });
+  t.equal(onLane.status, 401, 'the kept-alive warm connection: refused');
+  t.equal(onLane.headers['x-gateway-error'], 'NOT_SIGNED_IN');
+  t.equal((await get(cookie)).headers['x-gateway-error'], 'NOT_SIGNED_IN', 'a new connection: refused');
+  const page = await get(cookie, { headers: { ...NAVIGATE, 'sec-fetch-site': 'none' } });
+  t.equal(page.headers['x-gateway-error'], 'NOT_SIGNED_IN', 'a page load: refused');
+  t.equal((await get(cookie, { path: '/__gateway/status' })).headers['x-gateway-error'], 'NOT_SIGNED_IN', 'the status poll: refused');
+  t.equal(await connected(openWs(gw.port, '/socket', { cookie, host })).then(() => 101, (e: { status?: number }) => e.status), 401, 'a WebSocket reconnect: refused');
+  t.equal(up.requests.length, reached, 'nothing of the revoked session reached the workspace');
+  t.same(await signIn(gw.port, unusedLink), { status: 401, cookie: undefined, code: 'LOGIN_TOKEN_INVALID' }, 'a sign-in link handed out before: void');
+
+  t.equal((await get(otherCookie, { h: 'ws-other.localhost' })).status, 200, "another workspace's session is untouched");
+
+  const fresh = await signIn(gw.port, await loginUrl(gw.adminPort, 'rec'));
+  t.equal(fresh.status, 303, 'a link handed out after the revocation signs in at once');
+  t.equal((await get(fresh.cookie!)).status, 200, 'and its session is let in');
+  t.equal((await get(fresh.cookie!, { agent })).status, 200, 'on the warm lane too');
+  const again = await connected(openWs(gw.port, '/socket', { cookie: fresh.cookie, host }));
+  again.close();
+  t.equal(up.requests.length, reached + 3, 'exactly the new session\'s requests reached the workspace');
+  t.ok(gw.logs.some((l) => l.event === 'sessions.revoked' && l.workspaceId === 'rec' && l.websocketsClosed === 1), 'logged, with the WebSockets it closed');
+  t.match(await gw.metrics.registry.metrics(), /wsgw_signin_failures_total\{reason="revoked"\} [1-9]/, 'counted as a sign-in failure of its own reason');
+});
+
+t.test('replicas sharing Redis: one revocation holds on all of them, including one started after it', async (t) => {
+  const redis = await startRedis();
+  t.teardown(() => redis.stop());
+  const up: RecordingUpstream = await startRecordingUpstream();
+  t.teardown(() => up.close());
+  const a = await startTestGateway({ redisUrl: redis.url });
+  const b = await startTestGateway({ redisUrl: redis.url });
+  t.teardown(async () => { await a.close(); await b.close(); });
+  await registerRunning(a.store, 'rec', up.port);
+  const host = 'ws-rec.localhost';
+  const cookie = await a.cookie('rec');
+  const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
+  t.teardown(() => agent.destroy());
+  const get = (gw: TestGateway, withAgent = false) => request(gw.port, { host, path: '/page', headers: { ...XHR, cookie }, agent: withAgent ? agent : false });
+  t.equal((await get(b)).status, 200);
+  t.equal((await get(b, true)).status, 200, 'warm on replica b');
+  const onB = await connected(openWs(b.port, '/socket', { cookie, host }));
+  const onBClosed = closed(onB);
+
+  t.equal((await revoke(a, 'rec')).status, 200, 'revoked through replica a');
+  t.equal((await onBClosed).code, 1008, "replica b closed the WebSocket it held");
+  t.equal((await get(b, true)).status, 401, "replica b's warm connection: refused");
+  const c = await startTestGateway({ redisUrl: redis.url });
+  t.teardown(() => c.close());
+  t.equal((await get(c)).headers['x-gateway-error'], 'NOT_SIGNED_IN', 'a replica started after it reads the cutoff from the store');
+});
