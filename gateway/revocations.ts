@@ -46,11 +46,18 @@ export function createRevocations(opts: RevocationsOptions) {
     if (cutoff !== undefined && cutoff !== before) opts.onRevoked?.(id, cutoff);
   }
 
-  /** One store read per workspace at a time, however many requests wait on it. */
+  /**
+   * One store read per workspace at a time, however many requests wait on it. A store that cannot
+   * answer lets the workspace's sessions in on what this replica knows, as cached routes are still
+   * served while Redis is down (README, "What happens when…"), and is asked again after refreshMs.
+   */
   function read(id: string): Promise<void> {
     let p = reading.get(id);
     if (!p) {
-      p = store.sessionsRevokedBefore(id).then((cutoff) => learn(id, cutoff)).finally(() => reading.delete(id));
+      p = store.sessionsRevokedBefore(id).then(
+        (cutoff) => learn(id, cutoff),
+        () => { metrics.storeError(); learn(id, undefined); },
+      ).finally(() => reading.delete(id));
       reading.set(id, p);
     }
     return p;
@@ -67,7 +74,7 @@ export function createRevocations(opts: RevocationsOptions) {
   function voidsNow(workspaceId: string, issuedAt: number): boolean | undefined {
     const k = known.get(workspaceId);
     if (!k) return undefined;
-    if (clock.now() - k.checkedAt > opts.refreshMs) read(workspaceId).catch(() => metrics.storeError());
+    if (clock.now() - k.checkedAt > opts.refreshMs) void read(workspaceId);
     return revokedBy(issuedAt, k.cutoffMs);
   }
 

@@ -7,6 +7,7 @@ import t from 'tap';
 import { createManualClock } from '../gateway/clock.js';
 import { createMetrics } from '../gateway/metrics.js';
 import { createRevocations, revokedBy } from '../gateway/revocations.js';
+import { StoreUnavailable, type StateStore } from '../gateway/store/contract.js';
 import { createMemoryStore } from '../gateway/store/memory.js';
 import { NAVIGATE, TEST_ADMIN_TOKEN, XHR, loginUrl, request, startTestGateway, type TestGateway } from './helpers/gateway.js';
 import { startRedis } from './helpers/redis.js';
@@ -68,6 +69,26 @@ t.test('a replica learns cutoffs from events at once, and from the store after a
   await new Promise((r) => setImmediate(r));
   t.equal(b.voidsNow('w', later), true, 'the missed cutoff, learnt from the store');
   t.equal(await a.revoke('w') >= clock.now(), true);
+});
+
+t.test('a store that cannot answer: sessions are let in on what the replica knows (as cached routes are served), and it is asked again', async (t) => {
+  const clock = createManualClock(1_764_316_800_000);
+  const store = createMemoryStore(clock);
+  let down = true;
+  const flaky: StateStore = { ...store, sessionsRevokedBefore: (id) => (down ? Promise.reject(new StoreUnavailable('redis: down')) : store.sessionsRevokedBefore(id)) };
+  const metrics = createMetrics({ enabled: true, defaultMetrics: false });
+  const r = createRevocations({ store: flaky, clock, metrics, refreshMs: 30_000, keepMs: 60_000 });
+  t.teardown(() => r.close());
+  await store.revokeSessions('w', clock.now(), 60_000); // made elsewhere; its event never reached this replica
+  const issued = clock.now() - 1;
+  t.equal(await r.voids('w', issued), false, 'the store cannot answer: let in');
+  t.equal(r.voidsNow('w', issued), false, 'and the warm lane takes it until the refresh');
+  t.match(await metrics.registry.metrics(), /wsgw_store_errors_total 1\b/, 'counted as a store error');
+  down = false;
+  clock.advance(30_001);
+  r.voidsNow('w', issued);
+  await new Promise((resolve) => setImmediate(resolve));
+  t.equal(r.voidsNow('w', issued), true, 'read again once the store answers: void');
 });
 
 t.test("revoke-sessions: the old session is refused on both lanes, its WebSocket closed, its unused sign-in link void; the next sign-in works", async (t) => {
