@@ -77,7 +77,14 @@ function onHeadersComplete(this: Owned, major: number, minor: number, last: stri
 }
 function forgetParts(p: Owned) { p[kFields] = undefined; p[kUrl] = undefined; }
 function onBody(this: Owned, chunk: Buffer) { this[kOwner]?.onBody(chunk); }
-function onMessageComplete(this: Owned) { this[kOwner]?.onMessageComplete(); }
+/**
+ * A chunked message's trailer fields (RFC 9112 7.1.2) come through onHeaders just before its end:
+ * dropped here, as neither side forwards trailers, or the next head would start with them.
+ */
+function onMessageComplete(this: Owned) {
+  if (this[kFields] !== undefined) forgetParts(this);
+  this[kOwner]?.onMessageComplete();
+}
 
 /** Back to the start of a message: after a stop (STOP_AFTER_HEAD) llhttp may hold the connection as closed. */
 export function restartParser(p: Parser, kind: 'request' | 'response', maxHeaderSize: number): void {

@@ -45,6 +45,7 @@ async function rawUpstream() {
       case '/hop': socket.write('HTTP/1.1 200 OK\r\nConnection:  Keep-Alive\r\nkeep-alive: timeout=5\r\nUpgrade: h2c\r\nx-kept:  spaced  \r\nContent-Length: 3\r\n\r\nhop'); return;
       case '/hop-named': socket.write('HTTP/1.1 200 OK\r\nConnection: keep-alive, x-private\r\nx-private: 1\r\nx-public: 2\r\nContent-Length: 2\r\n\r\nok'); return;
       case '/chunked': socket.write('HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ndate: Mon, 01 Jan 2024 00:00:00 GMT\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n'); return;
+      case '/trailers': socket.write('HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ntrailer: x-trailer\r\n\r\n3\r\nabc\r\n0\r\nx-trailer: 1\r\n\r\n'); return;
       case '/empty': socket.write('HTTP/1.1 204 No Content\r\n\r\n'); return;
       case '/head': socket.write(`HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\n${method === 'HEAD' ? '' : 'x'.repeat(1000)}`); return;
       case '/die': socket.write('HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\npartial'); setTimeout(() => socket.destroy(), 20); return;
@@ -395,6 +396,31 @@ t.test('warm lane', async (t) => {
     });
     await until(() => up.openNow() <= before, 5000);
     t.pass('the upstream connection serving the download was closed');
+  });
+
+  t.test("trailer fields end with their message: never fields of the next one, either way (RFC 9112 7.1.2)", async (t) => {
+    const trailed = await get('/trailers');
+    t.same([trailed.body, trailed.headers['x-trailer']], ['abc', undefined], 'the body passes; its trailer is not a field of the head');
+    // One llhttp parses (a simple head is read from its bytes, response-head.ts).
+    const next = await get('/chunked');
+    t.same([next.body, next.headers['x-trailer']], ['abcde', undefined], "the next response on the workspace's connection has no field of the trailer");
+
+    const echo = http.createServer((req, res) => { req.resume(); req.on('end', () => res.end(JSON.stringify(req.headers['x-trailer'] ?? null))); });
+    await new Promise<void>((r) => echo.listen(0, '127.0.0.1', r));
+    t.teardown(() => new Promise<void>((r) => { echo.closeAllConnections(); echo.close(() => r()); }));
+    await registerRunning(gw.store, 'trailer', (echo.address() as AddressInfo).port);
+    const c2 = await gw.cookie('trailer');
+    const th = 'ws-trailer.localhost';
+    await request(gw.port, { host: th, headers: { cookie: c2 } });
+    // One connection: a chunked upload with a trailer field, then a request without one.
+    const client = await openClient(t, gw.port);
+    const head = `host: ${th}\r\ncookie: ${c2}\r\nsec-fetch-mode: cors\r\nsec-fetch-dest: empty\r\n`;
+    client.socket.write(`POST /up HTTP/1.1\r\n${head}transfer-encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\nx-trailer: smuggled\r\n\r\n`);
+    const answers = () => client.text.match(/\r\n\r\n(null|"smuggled")/g) ?? [];
+    await until(() => answers().length === 1, 2000);
+    client.socket.write(`GET /next HTTP/1.1\r\n${head}\r\n`);
+    await until(() => answers().length === 2, 2000);
+    t.same(answers(), ['\r\n\r\nnull', '\r\n\r\nnull'], "the workspace never saw the upload's trailer as a field of the request after it");
   });
 
   t.test('a body: Content-Length and chunked both arrive whole', async (t) => {
