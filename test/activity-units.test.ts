@@ -6,7 +6,7 @@ import { RawInflater } from '../gateway/activity/inflate.js';
 import { negotiateExtensions } from '../gateway/activity/negotiate.js';
 import { judge, DEFAULT_ACTIVITY_CONFIG, type Evidence } from '../gateway/activity/verdict.js';
 import { ProtocolReader, classifyRegular, CALLS, connectionIdentity } from '../gateway/activity/vscode.js';
-import { createWsActivityTap } from '../gateway/activity/tap.js';
+import { INFLATE_RATIO, INFLATE_SLACK_BYTES, createWsActivityTap } from '../gateway/activity/tap.js';
 import { frame, vsMsg, callBody, createDeflater, rng, splitRandom } from './fixtures/activity/build.js';
 
 type Ev = string;
@@ -318,6 +318,21 @@ t.test('tap: corrupt input falls back or stops, never throws', async (t) => {
   const thrower = createWsActivityTap({ inflate: null, config: cfg, now: () => 0, onActivity() { throw new Error('boom'); } });
   t.doesNotThrow(() => thrower.write(frame(2, vsMsg(1, callBody('$input')))));
   t.equal(thrower.status().mode, 'stopped');
+});
+
+t.test('tap: a deflate bomb is not inflated past its budget (RFC 1951: up to 1032:1)', async (t) => {
+  // 64 MB of zeros in ~64 KB: VS Code messages of type 0, length 0, so only the budget can stop it.
+  const bomb = await compressedStream(10, [Buffer.alloc(64 * 1024 * 1024)]);
+  t.ok(bomb.length * INFLATE_RATIO + INFLATE_SLACK_BYTES < 64 * 1024 * 1024, `${bomb.length} bytes on the wire`);
+  const tap = createWsActivityTap({ inflate: { windowBits: 10 }, config: DEFAULT_ACTIVITY_CONFIG, now: () => 0, onActivity() {} });
+  tap.write(bomb);
+  t.equal(tap.status().mode, 'fallback', 'judged by the decode-free rule from there');
+  t.match(tap.status().reason, /inflate: more than 32x/);
+  // Compressible, but as real traffic is: decoded to the end.
+  const text = await compressedStream(10, Array.from({ length: 200 }, (_, i) => vsMsg(1, callBody('$input', `"${'line of text '.repeat(i % 40)}"`))));
+  const fine = createWsActivityTap({ inflate: { windowBits: 10 }, config: DEFAULT_ACTIVITY_CONFIG, now: () => 0, onActivity() {} });
+  fine.write(text);
+  t.equal(fine.status().mode, 'decode');
 });
 
 t.test('reconnection: the window-active flag is carried over', async (t) => {

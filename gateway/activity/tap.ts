@@ -40,6 +40,14 @@ const TAIL = new Uint8Array([0x00, 0x00, 0xff, 0xff]);
 /** JS object, closure and typed-array header overhead of one tap beyond its buffers' bytes, measured with
  *  bench/activity-memory.ts (V8 heap + ArrayBuffer growth per tap minus the buffers' byte lengths). */
 export const TAP_OBJECT_OVERHEAD_BYTES = 3_150;
+/**
+ * What a socket's compressed bytes may inflate to: DEFLATE expands up to 1032:1 (RFC 1951 3.2.5: 258 bytes
+ * from two bits), so a megabyte of zeros held the event loop for 4 s, every socket's relay with it. Recorded
+ * code-server traffic inflates 4-8x over a socket's life (39x for one short message): a socket past 32x, after
+ * a first megabyte, is judged by the decode-free rule.
+ */
+export const INFLATE_RATIO = 32;
+export const INFLATE_SLACK_BYTES = 1024 * 1024;
 
 export function createWsActivityTap(opts: WsActivityTapOptions): WsActivityTap {
   return new ActivityTap(opts);
@@ -56,6 +64,8 @@ class ActivityTap implements WsActivityTap, FrameSink, MessageSink {
   private focus: boolean | null;
   private lastReport = -Infinity;
   private compressedMsg = false;
+  /** Bytes the inflater may still produce: grows by INFLATE_RATIO per compressed byte, shrinks by each decoded one. */
+  private inflateBudget = INFLATE_SLACK_BYTES;
   // Decode-free rule state: the times of the last N qualifying frames (a ring), N = fallbackMinFrames.
   private ring: Float64Array | null = null;
   private ringNext = 0;
@@ -83,7 +93,7 @@ class ActivityTap implements WsActivityTap, FrameSink, MessageSink {
     else if (opts.inflate) {
       const bits = opts.inflate.windowBits;
       if (bits > config.maxDecodeWindowBits) this.fallback(`client window 2^${bits} above the decode budget 2^${config.maxDecodeWindowBits}`);
-      else this.inflater = new RawInflater(bits, (bytes) => this.feed(bytes));
+      else this.inflater = new RawInflater(bits, (bytes) => this.inflated(bytes));
     }
   }
 
@@ -102,6 +112,18 @@ class ActivityTap implements WsActivityTap, FrameSink, MessageSink {
     if (t - this.lastReport < this.config.reportEveryMs) return; // nothing new to say yet; skip the verdict
     const at = judge({ focus: this.focus, items: [{ t, ...c }] }, t, this.config);
     if (at !== null) this.report(at);
+  }
+
+  private inflated(bytes: Uint8Array): void {
+    this.inflateBudget -= bytes.length;
+    this.feed(bytes);
+  }
+
+  /** Compressed bytes to the inflater, within its budget (INFLATE_RATIO). */
+  private inflate(bytes: Uint8Array): void {
+    this.inflateBudget += INFLATE_RATIO * bytes.length;
+    if (!this.inflater!.push(bytes)) this.fallback(`inflate: ${this.inflater!.error}`);
+    else if (this.inflateBudget < 0) this.fallback(`inflate: more than ${INFLATE_RATIO}x the compressed bytes`);
   }
 
   /** Decoded payload bytes, while decoding: to the protocol reader, made at the first of them. */
@@ -132,15 +154,15 @@ class ActivityTap implements WsActivityTap, FrameSink, MessageSink {
   onPayload(bytes: Uint8Array): void {
     if (this.mode !== 'decode') return;
     if (!this.compressedMsg) { this.feed(bytes); return; }
-    if (!this.inflater!.push(bytes)) this.fallback(`inflate: ${this.inflater!.error}`);
+    this.inflate(bytes);
   }
 
   onFrameEnd(fin: boolean, length: number): void {
     const { config } = this;
     if (this.mode === 'decode') {
       if (fin && this.compressedMsg && this.inflater) {
-        if (!this.inflater.push(TAIL)) this.fallback(`inflate: ${this.inflater.error}`);
-        else if (this.noContextTakeover) this.inflater.reset();
+        this.inflate(TAIL);
+        if (this.noContextTakeover) this.inflater?.reset();
       }
       return;
     }
