@@ -360,6 +360,9 @@ class Lane implements ResponseSink, ParserEvents, LaneMemo {
     if (last) this.socket.write(last, 'latin1');
     if (held !== undefined) this.headSent();
     this.responseDone = true;
+    // Answered before its body was all read (RFC 9110 10.1.1): the connection stays, so the rest is
+    // read and dropped, whatever the workspace's backpressure had paused.
+    if (!this.requestDone) this.socket.resume();
     this.settle();
   }
 

@@ -108,7 +108,11 @@ class ResponseWriter implements ResponseSink {
     this.res.once('drain', () => this.exchange?.resume());
     return false;
   }
-  end(): void { this.res.end(); }
+  /**
+   * An answer before the body was all read (RFC 9110 10.1.1) leaves node:http keeping the connection:
+   * the rest is read and dropped (Exchange.body takes no more), whatever backpressure had paused.
+   */
+  end(): void { this.res.end(); this.req.resume(); }
   /** node:http sends the head with the first body bytes itself. */
   flush(): void { /* nothing held here */ }
   fail(code: UpstreamFailure, error: Error): void {

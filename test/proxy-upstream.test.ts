@@ -2,10 +2,10 @@
 // connection-specific response fields, Expect: 100-continue, a response that never comes, a client
 // that leaves mid-download, a client that asks to close. Plus the forwarder's pure helpers as tables.
 import http from 'node:http';
-import type { AddressInfo } from 'node:net';
+import net, { type AddressInfo } from 'node:net';
 import t from 'tap';
 import { hasRequestBody, responseFields } from '../gateway/proxy.js';
-import { request, startTestGateway } from './helpers/gateway.js';
+import { request, startTestGateway, until } from './helpers/gateway.js';
 import { registerRunning } from './helpers/upstream.js';
 
 t.test('hasRequestBody table (RFC 9112 6.3)', async (t) => {
@@ -111,4 +111,43 @@ t.test('through the gateway', async (t) => {
     t.equal(r.headers.connection, 'close');
     t.equal(r.body, 'hello');
   });
+});
+
+t.test('a workspace answering an upload before reading it: the rest is read and dropped, the connection goes on (RFC 9110 10.1.1)', async (t) => {
+  // Stops reading at a POST's head and answers once the gateway's writes to it have backed up.
+  const sockets = new Set<net.Socket>();
+  const early = net.createServer((socket) => {
+    sockets.add(socket);
+    socket.on('error', () => undefined);
+    let buffered = '';
+    socket.on('data', (d) => {
+      buffered += d.toString('latin1');
+      if (!buffered.includes('\r\n\r\n')) return;
+      const post = buffered.startsWith('POST');
+      buffered = '';
+      if (!post) { socket.write('HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nnext'); return; }
+      socket.pause();
+      setTimeout(() => socket.write('HTTP/1.1 413 Content Too Large\r\ncontent-length: 3\r\n\r\nbig'), 300);
+    });
+  });
+  await new Promise<void>((r) => early.listen(0, '127.0.0.1', r));
+  const gw = await startTestGateway();
+  t.teardown(async () => { await gw.close(); for (const s of sockets) s.destroy(); await new Promise<void>((r) => early.close(() => r())); });
+  await registerRunning(gw.store, 'early', (early.address() as AddressInfo).port);
+  const cookie = await gw.cookie('early');
+  const client = net.connect(gw.port, '127.0.0.1');
+  t.teardown(() => client.destroy());
+  client.on('error', () => undefined);
+  let text = '';
+  client.on('data', (d) => { text += d.toString('latin1'); });
+  const head = `host: ws-early.localhost\r\ncookie: ${cookie}\r\n`;
+  // Expect keeps the upload on node:http's path; more than the socket buffers on the way hold.
+  const size = 8 * 1024 * 1024;
+  client.write(`POST /upload HTTP/1.1\r\n${head}expect: 100-continue\r\ncontent-length: ${size}\r\n\r\n`);
+  client.write(Buffer.alloc(size, 'a'));
+  await until(() => /\r\n\r\nbig$/.test(text), 3000);
+  t.match(text, /^HTTP\/1\.1 100 Continue\r\n\r\nHTTP\/1\.1 413 [^]*connection: keep-alive/i, "the workspace's answer, the connection kept");
+  client.write(`GET /after HTTP/1.1\r\n${head}\r\n`);
+  await until(() => text.endsWith('\r\n\r\nnext'), 3000);
+  t.pass('the rest of the upload was read, and the next request answered on the same connection');
 });

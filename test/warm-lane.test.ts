@@ -423,6 +423,42 @@ t.test('warm lane', async (t) => {
     t.same(answers(), ['\r\n\r\nnull', '\r\n\r\nnull'], "the workspace never saw the upload's trailer as a field of the request after it");
   });
 
+  t.test('a workspace answering an upload before reading it: the rest is read and dropped, the connection goes on (RFC 9110 10.1.1)', async (t) => {
+    // Stops reading at a POST's head and answers once the gateway's writes to it have backed up.
+    const sockets = new Set<net.Socket>();
+    const early = net.createServer((socket) => {
+      sockets.add(socket);
+      socket.on('error', () => undefined);
+      let buffered = '';
+      socket.on('data', (d) => {
+        buffered += d.toString('latin1');
+        if (!buffered.includes('\r\n\r\n')) return;
+        const post = buffered.startsWith('POST');
+        buffered = '';
+        if (!post) { socket.write('HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nnext'); return; }
+        socket.pause();
+        setTimeout(() => socket.write('HTTP/1.1 413 Content Too Large\r\ncontent-length: 3\r\n\r\nbig'), 300);
+      });
+    });
+    await new Promise<void>((r) => early.listen(0, '127.0.0.1', r));
+    t.teardown(() => new Promise<void>((r) => { for (const s of sockets) s.destroy(); early.close(() => r()); }));
+    await registerRunning(gw.store, 'early', (early.address() as AddressInfo).port);
+    const c2 = await gw.cookie('early');
+    const eh = 'ws-early.localhost';
+    await request(gw.port, { host: eh, headers: { cookie: c2 } });
+    const client = await openClient(t, gw.port);
+    const head = `host: ${eh}\r\ncookie: ${c2}\r\nsec-fetch-mode: cors\r\nsec-fetch-dest: empty\r\n`;
+    // More than the socket buffers on the way hold, so the gateway has stopped reading when the answer comes.
+    const size = 8 * 1024 * 1024;
+    client.socket.write(`POST /upload HTTP/1.1\r\n${head}content-length: ${size}\r\n\r\n`);
+    client.socket.write(Buffer.alloc(size, 'a'));
+    await until(() => /\r\n\r\nbig$/.test(client.text), 3000);
+    t.match(client.text, /^HTTP\/1\.1 413 /, "the workspace's answer");
+    client.socket.write(`GET /after HTTP/1.1\r\n${head}\r\n`);
+    await until(() => client.text.endsWith('\r\n\r\nnext'), 3000);
+    t.pass('the rest of the upload was read, and the next request answered on the same connection');
+  });
+
   t.test('a body: Content-Length and chunked both arrive whole', async (t) => {
     const echo = http.createServer((req, res) => {
       const chunks: Buffer[] = [];
