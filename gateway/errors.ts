@@ -28,6 +28,9 @@ export const ERROR_CATALOGUE = {
   STORE_UNAVAILABLE: { status: 503, title: 'Workspace state is unavailable', retryAfterS: 5 },
   SHUTTING_DOWN: { status: 503, title: 'Gateway is restarting', retryAfterS: 1 },
   UPSTREAM_UNREACHABLE: { status: 502, title: 'Workspace did not answer' },
+  // The workspace answered, but not in HTTP the gateway can pass on (a student's app behind /proxy/<port>
+  // may send anything): its fault, like a 500 of its own, so no re-check of the route and no SLO burn.
+  UPSTREAM_BAD_RESPONSE: { status: 502, title: 'Workspace sent a response that cannot be passed on' },
   UPSTREAM_TIMEOUT: { status: 504, title: 'Workspace took too long to answer' },
   INTERNAL: { status: 500, title: 'Internal gateway error' },
 } as const satisfies Record<string, { status: number; title: string; retryAfterS?: number }>;

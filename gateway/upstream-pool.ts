@@ -13,7 +13,7 @@ import { READ_BUFFER_BYTES } from './socket-reads.js';
 export type BodyMode = RequestBody;
 /** How the response's body is delimited on the upstream connection (RFC 9112 6.3). */
 export type Framing = 'none' | 'length' | 'chunked' | 'close';
-export type UpstreamFailure = 'UPSTREAM_UNREACHABLE' | 'UPSTREAM_TIMEOUT';
+export type UpstreamFailure = 'UPSTREAM_UNREACHABLE' | 'UPSTREAM_TIMEOUT' | 'UPSTREAM_BAD_RESPONSE';
 
 export interface UpstreamRequest {
   method: string;
@@ -153,6 +153,8 @@ class Conn implements ParserEvents {
   /** The parser stopped after a head (stopForBody) and must be restarted for the next response. */
   stopped = false;
   timedOut = false;
+  /** Closed for what the workspace sent (llhttp refused it, or a transfer coding we cannot undo). */
+  unreadable = false;
   /** When the pool's sweep closes this connection (Date.now() ms; 0: never): connecting, awaiting a head, or idle. */
   deadline = 0;
 
@@ -188,7 +190,7 @@ class Conn implements ParserEvents {
     }
     this.fresh = false;
     const r = this.parser.execute(d);
-    if (typeof r !== 'number') this.socket.destroy(r);
+    if (typeof r !== 'number') { this.unreadable = true; this.socket.destroy(r); }
     else if (this.bodyLeft !== undefined) { this.countBody(ex, r < d.length ? d.subarray(r) : undefined); return; }
     ex.sink.flush();
   }
@@ -246,6 +248,9 @@ class Conn implements ParserEvents {
     this.keepAlive = keepAlive;
     const head = ex.request.method === 'HEAD';
     const body = head || status === 204 || status === 304 ? { framing: 'none' as const } : framingOf(fields);
+    // Before any of it reaches the client: the request fails as one the workspace answered unreadably does.
+    // The parser stops here, so none of its body is passed on either.
+    if (body.framing === 'unsupported') { this.unreadable = true; this.socket.destroy(new Error('upstream used a transfer coding other than chunked')); return stopForBody(this.parser); }
     this.framing = body.framing;
     ex.headSeen = true;
     ex.sink.head(status, statusText, fields, this.framing);
@@ -261,13 +266,19 @@ class Conn implements ParserEvents {
  * RFC 9112 6.3 for a response that may have a body: chunked, a length, or until the connection closes;
  * with a length, its value (llhttp checked the field: digits, one value).
  */
-export function framingOf(fields: readonly string[]): { framing: Framing; length?: number } {
+export function framingOf(fields: readonly string[]): { framing: Framing | 'unsupported'; length?: number } {
   let length: string | undefined;
+  let coding: string | undefined;
+  let codings = 0;
   for (let i = 0; i < fields.length; i += 2) {
     const n = fields[i];
-    if (n.length === 17 && n.toLowerCase() === 'transfer-encoding') return { framing: 'chunked' };
+    if (n.length === 17 && n.toLowerCase() === 'transfer-encoding') { coding = fields[i + 1]; codings++; }
     if (n.length === 14 && n.toLowerCase() === 'content-length') length = fields[i + 1];
   }
+  // Chunked alone is the only transfer coding undone here. Another one (gzip) would have to be decoded
+  // before the body goes on re-framed, and without chunked last the body runs to the close (RFC 9112
+  // 6.3), which was taken for chunks and never ended: refused instead.
+  if (codings > 0) return codings === 1 && coding!.trim().toLowerCase() === 'chunked' ? { framing: 'chunked' } : { framing: 'unsupported' };
   return length !== undefined ? { framing: 'length', length: Number(length) } : { framing: 'close' };
 }
 
@@ -409,8 +420,8 @@ export class UpstreamPool {
         this.start(this.connect(pool), ex);
       } else {
         ex.done = true;
-        const code: UpstreamFailure = conn.timedOut && !ex.headSeen ? 'UPSTREAM_TIMEOUT' : 'UPSTREAM_UNREACHABLE';
-        ex.sink.fail(code, new Error(conn.timedOut ? 'upstream timed out' : conn.connected ? 'upstream connection closed' : 'upstream connection failed'));
+        const code: UpstreamFailure = conn.unreadable ? 'UPSTREAM_BAD_RESPONSE' : conn.timedOut && !ex.headSeen ? 'UPSTREAM_TIMEOUT' : 'UPSTREAM_UNREACHABLE';
+        ex.sink.fail(code, new Error(conn.unreadable ? 'upstream response not passed on' : conn.timedOut ? 'upstream timed out' : conn.connected ? 'upstream connection closed' : 'upstream connection failed'));
       }
     }
     const next = pool.queue.shift();

@@ -85,8 +85,14 @@ t.test('responseHead: what the client gets back', async (t) => {
 });
 
 t.test('framingOf: how a response body is delimited (RFC 9112 6.3), and a length\'s value', async (t) => {
-  const rows: Array<[string[], Framing, number?]> = [
+  const rows: Array<[string[], Framing | 'unsupported', number?]> = [
     [['Transfer-Encoding', 'chunked'], 'chunked'],
+    [['Transfer-Encoding', ' Chunked '], 'chunked'],
+    // Any other transfer coding would have to be decoded before the body is re-framed (refused, 502).
+    [['Transfer-Encoding', 'gzip'], 'unsupported'],
+    [['Transfer-Encoding', 'gzip, chunked'], 'unsupported'],
+    [['Transfer-Encoding', 'gzip', 'Transfer-Encoding', 'chunked'], 'unsupported'],
+    [['Transfer-Encoding', 'chunked', 'Transfer-Encoding', 'chunked'], 'unsupported'],
     [['transfer-encoding', 'chunked', 'Content-Length', '5'], 'chunked'],
     [['Content-Length', '5'], 'length', 5],
     [['content-length', '0'], 'length', 0],

@@ -46,6 +46,9 @@ async function rawUpstream() {
       case '/hop-named': socket.write('HTTP/1.1 200 OK\r\nConnection: keep-alive, x-private\r\nx-private: 1\r\nx-public: 2\r\nContent-Length: 2\r\n\r\nok'); return;
       case '/chunked': socket.write('HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ndate: Mon, 01 Jan 2024 00:00:00 GMT\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n'); return;
       case '/trailers': socket.write('HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ntrailer: x-trailer\r\n\r\n3\r\nabc\r\n0\r\nx-trailer: 1\r\n\r\n'); return;
+      // A transfer coding the gateway cannot undo: a body until the close, and one gzipped under chunks.
+      case '/te-gzip': socket.end('HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\nnot really gzip'); return;
+      case '/te-gzip-chunked': socket.write('HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n'); return;
       case '/empty': socket.write('HTTP/1.1 204 No Content\r\n\r\n'); return;
       case '/head': socket.write(`HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\n${method === 'HEAD' ? '' : 'x'.repeat(1000)}`); return;
       case '/die': socket.write('HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\npartial'); setTimeout(() => socket.destroy(), 20); return;
@@ -136,6 +139,11 @@ t.test('warm lane', async (t) => {
 
     const close = await get('/close');
     t.same([close.status, close.body, close.headers['transfer-encoding']], [200, 'body until the close', 'chunked'], 'a close-delimited body goes on chunked');
+
+    for (const path of ['/te-gzip', '/te-gzip-chunked']) {
+      const refused = await get(path);
+      t.same([refused.status, refused.headers['x-gateway-error']], [502, 'UPSTREAM_BAD_RESPONSE'], `${path}: refused, not passed on unreadable or left hanging`);
+    }
 
     const hints = await get('/hints');
     t.same([hints.status, hints.body], [200, 'final'], '103 is interim: the final response follows');
