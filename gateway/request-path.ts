@@ -186,11 +186,12 @@ export function createRequestPath(deps: RequestPathDeps) {
       return;
     }
     let current = record;
-    if (!record || record.state === 'stopped') {
+    // 'stopping' too: a stop whose replica died midway is finished, then started (a live stop is left).
+    if (!record || record.state === 'stopped' || record.state === 'stopping') {
       current = await workspaces.requestStart(ctx.workspaceId, { retryFailed: false, requestId: ctx.requestId, admit: () => admitStart(ctx.workspaceId) });
       // Rediscovered running (the store had lost it): serve it now, nothing was started.
       if (current?.state === 'running' && current.endpoint) return forwardWeb(req, res, ctx, current.endpoint, false);
-      res.setHeader('x-gateway-cold-start', '1');
+      if (record?.state !== 'stopping') res.setHeader('x-gateway-cold-start', '1');
     }
     activity.touch(ctx.workspaceId);
     sendStartingPage(res, ctx, current);
@@ -426,10 +427,11 @@ export function createRequestPath(deps: RequestPathDeps) {
       const changed = await workspaces.nextChange(workspaceId, 20_000, departure);
       if (departure.left) return statusView(record); // the client left: nobody reads the answer
       record = changed ?? (await workspaces.read(workspaceId));
-      // Nobody drives this start any more (its replica died): take it over and resume it (not while
+      // Nobody drives this start or stop any more (its replica died): take it over, resuming the start
+      // or finishing the stop and then starting; a live one holds its lock and is left alone (not while
       // this replica is leaving: a poll it lets go re-polls on one that stays).
-      if (record?.state === 'starting' && !workspaces.isStarting(workspaceId) && !deps.isDraining()) {
-        record = (await workspaces.requestStart(workspaceId, { retryFailed: false, requestId })) ?? record;
+      if ((record?.state === 'starting' || record?.state === 'stopping') && !workspaces.isStarting(workspaceId) && !deps.isDraining()) {
+        record = (await workspaces.requestStart(workspaceId, { retryFailed: false, requestId, admit: () => admitStart(workspaceId) })) ?? record;
       }
     }
     return statusView(record);

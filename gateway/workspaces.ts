@@ -34,6 +34,13 @@ export type Route =
 
 export interface StopReason { reasonCode: string; reason: string }
 
+export interface StartHow { retryFailed: boolean; requestId?: string; admit?: () => Promise<boolean> }
+
+/** Why a stop its replica did not finish was begun: recorded with 'stopping' (older records lack it). */
+export function interruptedStopReason(record: WorkspaceRecord): StopReason {
+  return { reasonCode: record.reasonCode ?? 'stop_resumed', reason: record.reason ?? 'a stop interrupted by a gateway failure' };
+}
+
 interface CacheEntry { endpoint: Endpoint; generation: number; checkedAt: number }
 
 export const lockKey = (id: string) => `lock:${id}`;
@@ -163,48 +170,92 @@ export function createWorkspaces(opts: WorkspacesOptions) {
    * Asks for a start and answers at once with the record: the start itself runs in the background.
    * `retryFailed` is true only for an explicit "try again" (a failed start never loops by itself).
    */
-  async function requestStart(id: string, how: { retryFailed: boolean; requestId?: string; admit?: () => Promise<boolean> }): Promise<WorkspaceRecord | undefined> {
+  async function requestStart(id: string, how: StartHow): Promise<WorkspaceRecord | undefined> {
     if (closed) return store.getWorkspace(id);
     if (inFlight.has(id)) return store.getWorkspace(id);
     let record = await store.getWorkspace(id);
-    if (record?.state === 'running' || record?.state === 'stopping') return record;
+    if (record?.state === 'running') return record;
     if (record?.state === 'failed' && !how.retryFailed) return record;
+    // A live stop holds the lock (renewed every third of its lease) and is left to finish: 'stopping'.
     const fence = { key: lockKey(id), owner: owner() };
     if (!(await store.acquireLease(fence.key, fence.owner, leaseTtlMs))) return record ?? store.getWorkspace(id);
     if (inFlight.has(id)) { await store.releaseLease(fence.key, fence.owner); return store.getWorkspace(id); }
     let handedOff = false;
     try {
       record = await store.getWorkspace(id);
-      if (record?.state === 'running' || record?.state === 'stopping' || (record?.state === 'failed' && !how.retryFailed)) return record;
-      const now = clock.now();
+      if (record?.state === 'running' || (record?.state === 'failed' && !how.retryFailed)) return record;
+      if (record?.state === 'stopping') {
+        // We hold its lock, so the replica that wrote 'stopping' died before 'stopped': left so, no page
+        // load ever started it again. Finish that stop, then start, in the background (a stop waits up
+        // to 30 s for the task to end).
+        handedOff = true;
+        finishThenStart(record, fence, how);
+        return record;
+      }
       if (!record) {
         // Unknown to the store: it may be running after all (the store was emptied). Never start twice.
         const found = await provisioner.describe(id).catch(() => undefined);
-        if (found) return await adopt(found, fence, now);
+        if (found) return await adopt(found, fence, clock.now());
       }
-      let next: WorkspaceRecord;
-      if (record?.state === 'starting') {
-        // The previous holder died mid-start: resume the same generation from its recorded stage.
-        next = { ...record, since: now };
-        log.info({ event: 'start.resumed', workspaceId: id, generation: record.generation, handle: record.handle, requestId: how.requestId }, 'resuming a start whose holder is gone');
-      } else {
-        // Rate limits count real starts only, not the page loads that share one (issue 3).
-        if (how.admit && !(await how.admit())) throw new GatewayError('RATE_LIMITED', 'too many starts of this workspace; wait a minute');
-        next = {
-          id, state: 'starting', generation: nextGeneration(record?.generation, now), since: now, stage: 'queued', requestedAt: now,
-          // Kept so the starting page can say why it stopped last time ("stopped after being idle").
-          reasonCode: record?.state === 'stopped' ? record.reasonCode : undefined,
-          reason: record?.state === 'stopped' ? record.reason : undefined,
-        };
-        log.info({ event: 'start.requested', workspaceId: id, generation: next.generation, requestId: how.requestId }, 'start requested');
-      }
-      if (!(await write(next, fence))) return store.getWorkspace(id);
+      const next = await begin(id, record, fence, how);
+      if (!next) return store.getWorkspace(id);
       handedOff = true;
-      run(next, fence, how.requestId);
       return next;
     } finally {
       if (!handedOff) await store.releaseLease(fence.key, fence.owner).catch(() => metrics.storeError());
     }
+  }
+
+  /** Under the lock: writes the start (resumed or a new generation) and runs it; undefined if fenced out. */
+  async function begin(id: string, record: WorkspaceRecord | undefined, fence: Fence, how: StartHow): Promise<WorkspaceRecord | undefined> {
+    const now = clock.now();
+    let next: WorkspaceRecord;
+    if (record?.state === 'starting') {
+      // The previous holder died mid-start: resume the same generation from its recorded stage.
+      next = { ...record, since: now };
+      log.info({ event: 'start.resumed', workspaceId: id, generation: record.generation, handle: record.handle, requestId: how.requestId }, 'resuming a start whose holder is gone');
+    } else {
+      // Rate limits count real starts only, not the page loads that share one (issue 3).
+      if (how.admit && !(await how.admit())) throw new GatewayError('RATE_LIMITED', 'too many starts of this workspace; wait a minute');
+      next = {
+        id, state: 'starting', generation: nextGeneration(record?.generation, now), since: now, stage: 'queued', requestedAt: now,
+        // Kept so the starting page can say why it stopped last time ("stopped after being idle").
+        reasonCode: record?.state === 'stopped' ? record.reasonCode : undefined,
+        reason: record?.state === 'stopped' ? record.reason : undefined,
+      };
+      log.info({ event: 'start.requested', workspaceId: id, generation: next.generation, requestId: how.requestId }, 'start requested');
+    }
+    if (!(await write(next, fence))) return undefined;
+    run(next, fence, how.requestId);
+    return next;
+  }
+
+  /**
+   * A stop its replica did not finish (we hold its lock): stop the recorded task, write 'stopped',
+   * then start as the page load asked. Shares the in-flight slot, so this process asks only once.
+   */
+  function finishThenStart(stopping: WorkspaceRecord, fence: Fence, how: StartHow) {
+    const id = stopping.id;
+    const controller = new AbortController();
+    const stopRenewing = holdLease(fence.key, fence.owner, () => controller.abort());
+    const entry = { controller, done: Promise.resolve() };
+    inFlight.set(id, entry);
+    entry.done = (async () => {
+      let handedOff = false;
+      try {
+        const stopped = await finishStop(stopping, fence);
+        if (!stopped || closed || controller.signal.aborted) return;
+        stopRenewing();
+        inFlight.delete(id);
+        handedOff = (await begin(id, stopped, fence, how)) !== undefined;
+      } catch (err) {
+        log.warn({ event: 'stop.finish_failed', workspaceId: id, generation: stopping.generation, requestId: how.requestId, err: (err as Error).message }, 'could not finish an interrupted stop');
+      } finally {
+        stopRenewing();
+        if (inFlight.get(id) === entry) inFlight.delete(id);
+        if (!handedOff) await store.releaseLease(fence.key, fence.owner).catch(() => metrics.storeError());
+      }
+    })();
   }
 
   function run(initial: WorkspaceRecord, fence: Fence, requestId?: string) {
@@ -291,16 +342,19 @@ export function createWorkspaces(opts: WorkspacesOptions) {
    * returns the reason to stop or null to leave it running: a workspace that became active in
    * between is left alone (issue 5).
    */
-  async function stop(id: string, decide: (record: WorkspaceRecord) => Promise<StopReason | null>): Promise<'stopped' | 'busy' | 'not-running' | 'kept'> {
+  async function stop(id: string, decide: (record: WorkspaceRecord) => Promise<StopReason | null>): Promise<'stopped' | 'finished' | 'busy' | 'not-running' | 'kept'> {
     const fence = { key: lockKey(id), owner: owner() };
     if (!(await store.acquireLease(fence.key, fence.owner, leaseTtlMs))) return 'busy';
     const stopRenewing = holdLease(fence.key, fence.owner, () => undefined);
     try {
       const record = await store.getWorkspace(id);
       if (!record || (record.state !== 'running' && record.state !== 'failed' && record.state !== 'stopping')) return 'not-running';
+      // We hold its lock, so the replica that wrote 'stopping' died before 'stopped': finish its stop.
+      if (record.state === 'stopping') return (await finishStop(record, fence)) ? 'finished' : 'busy';
       const why = await decide(record);
       if (!why) return 'kept';
-      await write({ ...record, state: 'stopping', since: clock.now() }, fence);
+      // The reason goes with 'stopping' so that whoever finishes a stop this replica cannot knows it.
+      await write({ ...record, state: 'stopping', since: clock.now(), ...why }, fence);
       try {
         await provisioner.stop(id, record.handle, why.reason);
       } catch (err) {
@@ -321,6 +375,20 @@ export function createWorkspaces(opts: WorkspacesOptions) {
       stopRenewing();
       await store.releaseLease(fence.key, fence.owner).catch(() => metrics.storeError());
     }
+  }
+
+  /**
+   * Finishes a stop whose replica died between 'stopping' and 'stopped', under the caller's lock:
+   * the recorded task is stopped (idempotent), then 'stopped'. Undefined when the lock was lost.
+   */
+  async function finishStop(stopping: WorkspaceRecord, fence: Fence): Promise<WorkspaceRecord | undefined> {
+    const why = interruptedStopReason(stopping);
+    log.warn({ event: 'stop.resumed', workspaceId: stopping.id, generation: stopping.generation, handle: stopping.handle, reason: why.reasonCode }, 'finishing a stop whose holder is gone');
+    await provisioner.stop(stopping.id, stopping.handle, why.reason);
+    const stopped: WorkspaceRecord = { ...stopping, state: 'stopped', since: clock.now(), endpoint: undefined, handle: undefined, stage: undefined, queuePosition: undefined, ...why };
+    if (!(await write(stopped, fence))) return undefined;
+    await store.clearActivity(stopping.id).catch(() => metrics.storeError());
+    return stopped;
   }
 
   /** Marks a running workspace of this generation stopped because its task is gone (under its lock). */

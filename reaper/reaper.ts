@@ -29,7 +29,8 @@ export interface ReaperOptions {
 
 export const LEADER_KEY = 'reaper-leader';
 
-export interface PassSummary { leader: boolean; candidates: number; stopped: Array<{ id: string; reason: string }>; skipped: number }
+/** `finished`: stops a dead replica began and this pass carried through (they keep the reason it recorded). */
+export interface PassSummary { leader: boolean; candidates: number; stopped: Array<{ id: string; reason: string }>; finished: string[]; skipped: number }
 
 export function createReaper(opts: ReaperOptions) {
   const { store, workspaces, clock, metrics, log } = opts;
@@ -50,7 +51,7 @@ export function createReaper(opts: ReaperOptions) {
   }
 
   async function passOnce(): Promise<PassSummary> {
-    const summary: PassSummary = { leader: false, candidates: 0, stopped: [], skipped: 0 };
+    const summary: PassSummary = { leader: false, candidates: 0, stopped: [], finished: [], skipped: 0 };
     try {
       if (!(await holdLeadership())) return summary;
     } catch {
@@ -88,6 +89,8 @@ export function createReaper(opts: ReaperOptions) {
         if (result === 'stopped') {
           metrics.reaperStop(reason);
           summary.stopped.push({ id, reason });
+        } else if (result === 'finished') {
+          summary.finished.push(id);
         } else {
           summary.skipped++;
           if (result === 'not-running') await store.clearActivity(id);

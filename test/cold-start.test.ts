@@ -4,7 +4,9 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import t from 'tap';
-import { NAVIGATE, XHR, request, sessionCookie, startTestGateway, waitRunning } from './helpers/gateway.js';
+import type { WorkspaceRecord } from '../gateway/store/contract.js';
+import { lockKey } from '../gateway/workspaces.js';
+import { NAVIGATE, XHR, request, sessionCookie, startTestGateway, until, waitRunning, type TestGateway } from './helpers/gateway.js';
 import { spawnGateway } from './helpers/process.js';
 import { startRedis } from './helpers/redis.js';
 import { connected, openWs } from './helpers/ws.js';
@@ -95,4 +97,52 @@ t.test('two gateway processes sharing Redis: 100 page loads over both, exactly o
     const page = await request(gw.port, { host, headers: { ...NAVIGATE, cookie } });
     t.match(page.body, /Demo workspace <code>shared<\/code>/);
   }
+});
+
+/** What a replica SIGKILLed between writing 'stopping' and 'stopped' leaves: the record, published. */
+async function dieMidStop(gw: TestGateway, id: string): Promise<WorkspaceRecord> {
+  const running = (await gw.store.getWorkspace(id))!;
+  const stopping: WorkspaceRecord = { ...running, state: 'stopping', since: Date.now(), reasonCode: 'idle', reason: 'stopped after being idle' };
+  await gw.store.putWorkspace(stopping);
+  await gw.store.publish({ record: stopping });
+  return running;
+}
+
+t.test('a stop whose replica died midway: the next page load finishes it and starts the workspace', async (t) => {
+  const gw = await startTestGateway();
+  t.teardown(() => gw.close());
+  const cookie = await gw.cookie('lost');
+  const host = 'ws-lost.localhost';
+  await request(gw.port, { host, headers: { ...NAVIGATE, cookie } });
+  t.equal((await waitRunning(gw.port, cookie, host)).state, 'running');
+  const running = await dieMidStop(gw, 'lost');
+  const page = await request(gw.port, { host, headers: { ...NAVIGATE, cookie } });
+  t.equal(page.status, 200, 'the starting page');
+  // No status poll yet: the page load itself took the stop over (a poll would wait 20 s first).
+  await until(() => gw.provisioner.stops.length === 1, 5000);
+  const s = await waitRunning(gw.port, cookie, host);
+  t.equal(s.state, 'running');
+  t.ok(Number(s.generation) > running.generation, 'a new generation');
+  t.same(gw.provisioner.stops, ['lost'], 'the old one stopped once');
+  t.equal(gw.provisioner.starts.length, 2);
+});
+
+t.test('a stop whose replica died midway, loaded while its lock lasts: the starting page\'s status poll takes it over', async (t) => {
+  const gw = await startTestGateway();
+  t.teardown(() => gw.close());
+  const cookie = await gw.cookie('lost2');
+  const host = 'ws-lost2.localhost';
+  await request(gw.port, { host, headers: { ...NAVIGATE, cookie } });
+  t.equal((await waitRunning(gw.port, cookie, host)).state, 'running');
+  const running = await dieMidStop(gw, 'lost2');
+  t.ok(await gw.store.acquireLease(lockKey('lost2'), 'dead-replica', 1000), 'the dead replica\'s lock, for one more second');
+  const page = await request(gw.port, { host, headers: { ...NAVIGATE, cookie } });
+  t.equal(page.headers['x-gateway-state'], 'stopping', 'the page waits while the lock lasts');
+  t.same(gw.provisioner.stops, [], 'nothing stopped over a held lock');
+  // The status long-poll (20 s without a change) finds the lock lapsed and takes the stop over.
+  const s = await waitRunning(gw.port, cookie, host, 45_000);
+  t.equal(s.state, 'running');
+  t.ok(Number(s.generation) > running.generation, 'a new generation');
+  t.same(gw.provisioner.stops, ['lost2']);
+  t.equal(gw.provisioner.starts.length, 2);
 });

@@ -8,7 +8,7 @@ import { createMetrics } from '../gateway/metrics.js';
 import type { StateStore, WorkspaceRecord } from '../gateway/store/contract.js';
 import { createMemoryStore } from '../gateway/store/memory.js';
 import { createRedisStore } from '../gateway/store/redis.js';
-import { createWorkspaces, startClaimed } from '../gateway/workspaces.js';
+import { createWorkspaces, interruptedStopReason, lockKey, startClaimed } from '../gateway/workspaces.js';
 import { createReaper } from '../reaper/reaper.js';
 import { createEcsProvisioner } from '../provisioner/ecs.js';
 import { startFakeAws, type FakeAwsOptions } from './fake-aws/index.js';
@@ -108,4 +108,86 @@ t.test('Redis restarted empty mid-start: the task nobody can claim any more is s
   await until(() => !a.workspaces.isStarting('emptied'), 10_000, 'the start giving up its lost lock');
   await until(() => fake.count('StopTask') === 1, 5000, 'the unclaimed task stopped');
   t.equal(fake.count('RunTask'), 1);
+});
+
+// A replica that dies (SIGKILL, OOM) between writing 'stopping' and 'stopped' leaves this record,
+// its lock lapsing 15 s later. A live stop holds and renews its lock, so a free lock means nobody
+// is carrying the stop through.
+async function orphanedStop(store: StateStore, clock: { now(): number }, running: WorkspaceRecord): Promise<WorkspaceRecord> {
+  const stopping: WorkspaceRecord = { ...running, state: 'stopping', since: clock.now(), reasonCode: 'idle', reason: 'stopped after being idle' };
+  await store.putWorkspace(stopping);
+  return stopping;
+}
+
+t.test('a stop whose replica died midway is carried through by the next start request, which then starts', async (t) => {
+  const { fake, clock, store, a, b } = await setup(t, { durations: { provisioningMs: 30, pendingMs: 30, stoppingMs: 10 } });
+  await a.workspaces.requestStart('orphan', { retryFailed: false });
+  await until(async () => (await store.getWorkspace('orphan'))?.state === 'running', 15_000, 'running');
+  const running = (await store.getWorkspace('orphan'))!;
+  await orphanedStop(store, clock, running);
+
+  // While its replica is alive the stop holds the lock: a page load leaves it alone.
+  t.ok(await store.acquireLease(lockKey('orphan'), 'a:live-stop', LEASE_MS), 'a live stop holds the lock');
+  t.equal((await b.workspaces.requestStart('orphan', { retryFailed: false }))?.state, 'stopping', 'a live stop is left to its replica');
+  t.equal(fake.count('StopTask'), 0, 'nothing stopped over its head');
+
+  // The replica died: its lease lapses, and the next page load (or status poll) finishes the stop.
+  clock.advance(LEASE_MS + 1);
+  await b.workspaces.requestStart('orphan', { retryFailed: false });
+  await until(async () => {
+    const r = await store.getWorkspace('orphan');
+    return r?.state === 'running' && r.generation > running.generation;
+  }, 15_000, 'a new generation running');
+  const after = (await store.getWorkspace('orphan'))!;
+  t.same(fake.callsOf('StopTask').map((c) => c.input.task), [running.handle], 'the recorded task stopped, once');
+  t.equal(fake.count('RunTask'), 2, 'then one new task');
+  t.not(after.handle, running.handle);
+});
+
+t.test('a stop whose replica died midway is carried through by the reaper\'s next pass', async (t) => {
+  const { fake, clock, store, a } = await setup(t, { durations: { provisioningMs: 30, pendingMs: 30, stoppingMs: 10 } });
+  await a.workspaces.requestStart('orphan2', { retryFailed: false });
+  await until(async () => (await store.getWorkspace('orphan2'))?.state === 'running', 15_000, 'running');
+  const running = (await store.getWorkspace('orphan2'))!;
+  const idle = 15 * 60_000;
+  const reaper = createReaper({
+    store, workspaces: a.workspaces, clock, metrics: createMetrics({ enabled: false, defaultMetrics: false }), log: createLogger('silent'),
+    instanceId: 'reaper', idleTimeoutMs: idle, maxSessionMs: 12 * 3_600_000, intervalMs: 1000, autoStart: false, leaderLeaseTtlMs: 60 * 60_000,
+  });
+  t.teardown(() => reaper.close());
+  clock.advance(idle + 1);
+  await orphanedStop(store, clock, running);
+  t.ok(await store.acquireLease(lockKey('orphan2'), 'a:live-stop', LEASE_MS), 'a live stop holds the lock');
+  await reaper.pass();
+  t.equal((await store.getWorkspace('orphan2'))?.state, 'stopping', 'a live stop is left to its replica');
+  t.equal(fake.count('StopTask'), 0);
+
+  clock.advance(LEASE_MS + 1);
+  t.same((await reaper.pass()).finished, ['orphan2'], 'the pass finishes the stop its replica left');
+  const r = await store.getWorkspace('orphan2');
+  t.equal(r?.state, 'stopped', 'no longer stuck in stopping');
+  t.equal(r?.reasonCode, 'idle', 'with the reason the dead replica recorded');
+  t.same(fake.callsOf('StopTask').map((c) => c.input.task), [running.handle], 'the recorded task stopped');
+  t.equal(await store.getActivity('orphan2'), undefined, 'its activity cleared, as after any stop');
+});
+
+t.test('a stop records its reason with \'stopping\', so a replica finishing it for a dead one knows why', async (t) => {
+  const { store, a } = await setup(t, { durations: { provisioningMs: 30, pendingMs: 30, stoppingMs: 10 } });
+  await a.workspaces.requestStart('why', { retryFailed: false });
+  await until(async () => (await store.getWorkspace('why'))?.state === 'running', 15_000, 'running');
+  const seen: WorkspaceRecord[] = [];
+  const off = store.subscribe((e) => { if ('record' in e && e.record.id === 'why') seen.push(e.record); });
+  t.equal(await a.workspaces.stop('why', async () => ({ reasonCode: 'admin', reason: 'stopped by the platform' })), 'stopped');
+  await new Promise((r) => setImmediate(r));
+  off();
+  const stopping = seen.find((r) => r.state === 'stopping');
+  t.same([stopping?.reasonCode, stopping?.reason], ['admin', 'stopped by the platform']);
+
+  const rec = (extra: Partial<WorkspaceRecord>): WorkspaceRecord => ({ id: 'w', state: 'stopping', generation: 7, since: 0, ...extra });
+  const rows: Array<[string, WorkspaceRecord, string]> = [
+    ['reaped for idleness', rec({ reasonCode: 'idle', reason: 'stopped after being idle' }), 'idle'],
+    ['stopped by an admin', rec({ reasonCode: 'admin', reason: 'x' }), 'admin'],
+    ['written before reasons went with stopping', rec({}), 'stop_resumed'],
+  ];
+  for (const [name, record, code] of rows) t.equal(interruptedStopReason(record).reasonCode, code, name);
 });
