@@ -6,7 +6,7 @@ import swagger from '@fastify/swagger';
 import type { Auth } from './auth.js';
 import type { Clock } from './clock.js';
 import type { Config } from './config.js';
-import { renderError, type ErrorCode } from './errors.js';
+import { GatewayError, renderError, type ErrorCode } from './errors.js';
 import { WORKSPACE_ID } from './host.js';
 import type { Metrics } from './metrics.js';
 import type { Revocations } from './revocations.js';
@@ -84,6 +84,7 @@ export async function createAdminServer(deps: AdminDeps): Promise<FastifyInstanc
   app.setErrorHandler((err: Error & { validation?: unknown; statusCode?: number }, _req, reply) => {
     if (err.validation) return send(reply, 'BAD_REQUEST', err.message);
     if (err instanceof StoreUnavailable) return send(reply, 'STORE_UNAVAILABLE');
+    if (err instanceof GatewayError) return send(reply, err.code, err.detail);
     if (err.statusCode && err.statusCode >= 400 && err.statusCode < 500) return send(reply, 'BAD_REQUEST', err.message);
     reply.log.error({ err }, 'admin request failed');
     return send(reply, 'INTERNAL');

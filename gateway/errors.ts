@@ -26,6 +26,7 @@ export const ERROR_CATALOGUE = {
   WORKSPACE_START_FAILED: { status: 503, title: 'Workspace failed to start', retryAfterS: 30 },
   PREPARE_FAILED: { status: 503, title: 'Could not prepare the workspace\'s first start', retryAfterS: 10 },
   STORE_UNAVAILABLE: { status: 503, title: 'Workspace state is unavailable', retryAfterS: 5 },
+  BACKEND_UNAVAILABLE: { status: 503, title: 'Workspace backend is unavailable', retryAfterS: 5 },
   SHUTTING_DOWN: { status: 503, title: 'Gateway is restarting', retryAfterS: 1 },
   UPSTREAM_UNREACHABLE: { status: 502, title: 'Workspace did not answer' },
   // The workspace answered, but not in HTTP the gateway can pass on (a student's app behind /proxy/<port>

@@ -193,8 +193,12 @@ export function createWorkspaces(opts: WorkspacesOptions) {
         return record;
       }
       if (!record) {
-        // Unknown to the store: it may be running after all (the store was emptied). Never start twice.
-        const found = await provisioner.describe(id).catch(() => undefined);
+        // Unknown to the store: it may be running after all (the store was emptied). Never start twice:
+        // a provider that cannot say (Cloud Map or ECS failing) fails this page load with a retryable
+        // error; starting anyway ran a second task on the same home until reconcile stopped one.
+        const found = await provisioner.describe(id).catch((err: unknown) => {
+          throw new GatewayError('BACKEND_UNAVAILABLE', 'cannot tell whether the workspace is already running; try again', { cause: err });
+        });
         if (found) return await adopt(found, fence, clock.now());
       }
       const next = await begin(id, record, fence, how);

@@ -42,6 +42,32 @@ t.test('cold start through the gateway with the ECS provisioner', async (t) => {
   t.equal(fake.count('RunTask'), 2);
 });
 
+t.test('Cloud Map failing, no record: the page load gets 503 BACKEND_UNAVAILABLE and retries, never a blind second start', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'wsgw-ecs-'));
+  const fake = await startFakeAws({ workspace: demoTasks(dir), durations: { provisioningMs: 50, pendingMs: 50 } });
+  const provisioner = createEcsProvisioner(fakeEcsOptions(fake, { retry: { baseMs: 10, capMs: 50, throttledBaseMs: 20 } }), { clock: systemClock });
+  const gw = await startTestGateway({ provisioner });
+  t.teardown(async () => { await gw.close(); await fake.close(); rmSync(dir, { recursive: true, force: true }); });
+  const cookie = await gw.cookie('erin');
+  const host = 'ws-erin.localhost';
+  // The store knows nothing of erin (emptied, or a first start) and describe cannot answer.
+  fake.fault('GetInstance', 500);
+  const page = await request(gw.port, { host, headers: { ...NAVIGATE, cookie } });
+  t.equal(page.status, 503);
+  t.equal(page.headers['x-gateway-error'], 'BACKEND_UNAVAILABLE');
+  t.ok(Number(page.headers['retry-after']) > 0, 'Retry-After');
+  const admin = await fetch(`http://127.0.0.1:${gw.adminPort}/api/workspaces/erin/start`, { method: 'POST', headers: { authorization: `Bearer ${TEST_ADMIN_TOKEN}` } });
+  t.equal(admin.status, 503);
+  t.equal(((await admin.json()) as { error: { code: string } }).error.code, 'BACKEND_UNAVAILABLE', 'the admin API answers the same code');
+  t.equal(fake.count('RunTask'), 0, 'nothing started blind');
+  // Cloud Map answers again: the retried page load is an ordinary first start.
+  fake.clearFaults();
+  const again = await request(gw.port, { host, headers: { ...NAVIGATE, cookie } });
+  t.equal(again.headers['x-gateway-cold-start'], '1');
+  t.equal((await waitRunning(gw.port, cookie, host)).state, 'running');
+  t.equal(fake.count('RunTask'), 1);
+});
+
 t.test('POST /api/workspaces/<id>/prepare registers the access point and task definition ahead of the first start', async (t) => {
   const fake = await startFakeAws({ durations: { provisioningMs: 50, pendingMs: 50 } });
   const provisioner = createEcsProvisioner(fakeEcsOptions(fake), { clock: systemClock });

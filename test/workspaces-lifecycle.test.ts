@@ -8,6 +8,7 @@ import { createMetrics } from '../gateway/metrics.js';
 import type { StateStore, WorkspaceRecord } from '../gateway/store/contract.js';
 import { createMemoryStore } from '../gateway/store/memory.js';
 import { createRedisStore } from '../gateway/store/redis.js';
+import { GatewayError } from '../gateway/errors.js';
 import { createWorkspaces, interruptedStopReason, lockKey, startClaimed } from '../gateway/workspaces.js';
 import { createReaper } from '../reaper/reaper.js';
 import { createEcsProvisioner } from '../provisioner/ecs.js';
@@ -190,4 +191,31 @@ t.test('a stop records its reason with \'stopping\', so a replica finishing it f
     ['written before reasons went with stopping', rec({}), 'stop_resumed'],
   ];
   for (const [name, record, code] of rows) t.equal(interruptedStopReason(record).reasonCode, code, name);
+});
+
+t.test('the store came back empty and the provider cannot say what runs: no second task beside the live one', async (t) => {
+  const { fake, clock, a } = await setup(t, { durations: { provisioningMs: 30, pendingMs: 30, stoppingMs: 10 } });
+  const first = await a.workspaces.requestStart('dup', { retryFailed: false });
+  await until(async () => !a.workspaces.isStarting('dup'), 15_000, 'running');
+  // A replica on the emptied store (Redis restarted empty) while Cloud Map fails.
+  const emptied = createMemoryStore(clock);
+  const provisioner = createEcsProvisioner(fakeEcsOptions(fake, { describePollMs: 30, awsCallTimeoutMs: 1000, retry: { baseMs: 10, capMs: 50, throttledBaseMs: 20 } }), { clock: systemClock });
+  const c = createWorkspaces({
+    store: emptied, provisioner, clock, metrics: createMetrics({ enabled: false, defaultMetrics: false }), log: createLogger('silent'),
+    instanceId: 'c', startDeadlineMs: 20_000, routeCacheTtlMs: 1000, leaseTtlMs: LEASE_MS,
+  });
+  t.teardown(async () => { await c.close(); await provisioner.close(); });
+  fake.fault('GetInstance', 500);
+  const err = await c.requestStart('dup', { retryFailed: false }).then(() => undefined, (e: unknown) => e);
+  t.equal(err instanceof GatewayError ? err.code : String(err), 'BACKEND_UNAVAILABLE', 'a retryable error, not a start');
+  t.equal(await emptied.getWorkspace('dup'), undefined, 'nothing recorded');
+  t.equal(await emptied.leaseOwner(lockKey('dup')), undefined, 'the lock released');
+  await new Promise((r) => setTimeout(r, 300));
+  t.equal(fake.count('RunTask'), 1, 'no second task');
+
+  // Once the provider answers, the page's retry finds the live task, and a new student starts as usual.
+  fake.clearFaults();
+  const adopted = await c.requestStart('dup', { retryFailed: false });
+  t.same([adopted?.state, adopted?.handle], ['running', (await a.workspaces.read('dup'))?.handle ?? first?.handle], 'the live task adopted');
+  t.equal((await c.requestStart('fresh', { retryFailed: false }))?.state, 'starting', 'a first start goes ahead when describe answers');
 });
