@@ -42,6 +42,9 @@ const STAGE_TEXT: Record<string, string> = {
  * The starting page. It answers at once (the load balancer's idle timeout is far shorter than a
  * Fargate start), long-polls /__gateway/status on this host, and reloads the address the student
  * asked for once the workspace is ready. A failed start waits for a click; it never loops by itself.
+ * A workspace that is stopped (a stop under way when the page was loaded has ended) is reloaded a
+ * second later, as the page load that starts it: the status poll never starts anything, and it
+ * answers a stopped workspace at once, so polling again was a loop with no end.
  */
 export function startingPage(view: StatusView, nonce: string): { html: string; csp: string } {
   const initial = JSON.stringify(view).replace(/</g, '\\u003c');
@@ -58,7 +61,7 @@ $('f').hidden=!f;$('f').textContent=f?(v.reason||'The start failed.')+(v.reasonC
 if(typeof v.elapsedMs==='number')t0=Date.now()-v.elapsedMs}
 function tick(){if(st.state!=='failed')$('e').textContent=Math.round((Date.now()-t0)/1000)+' s'}
 function poll(){fetch('/__gateway/status?wait=1&generation='+st.generation+'&stage='+(st.stage||'')+'&state='+st.state,{cache:'no-store',credentials:'same-origin'})
-.then(function(r){if(r.status===401){location.reload();throw 0}return r.json()}).then(function(v){show(v);if(v.state==='running'){location.reload();return}if(v.state!=='failed')poll()})
+.then(function(r){if(r.status===401){location.reload();throw 0}return r.json()}).then(function(v){show(v);if(v.state==='running'){location.reload();return}if(v.state==='stopped'){setTimeout(function(){location.reload()},1000);return}if(v.state!=='failed')poll()})
 .catch(function(e){if(e!==0)setTimeout(poll,2000)})}
 $('r').onclick=function(){if(busy)return;busy=true;fetch('/__gateway/start',{method:'POST',credentials:'same-origin',headers:{'x-requested-with':'gateway'}}).then(function(r){return r.json()}).then(function(v){busy=false;show(v);poll()}).catch(function(){busy=false})};
 show(st);setInterval(tick,1000);tick();if(st.state==='running')location.reload();else if(st.state!=='failed')poll()})()`;
