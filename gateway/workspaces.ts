@@ -358,7 +358,8 @@ export function createWorkspaces(opts: WorkspacesOptions) {
       const why = await decide(record);
       if (!why) return 'kept';
       // The reason goes with 'stopping' so that whoever finishes a stop this replica cannot knows it.
-      await write({ ...record, state: 'stopping', since: clock.now(), ...why }, fence);
+      // Fenced out: the lock was lost (paused past its lease) and the holder decides, not this stop.
+      if (!(await write({ ...record, state: 'stopping', since: clock.now(), ...why }, fence))) return 'busy';
       try {
         await provisioner.stop(id, record.handle, why.reason);
       } catch (err) {
@@ -370,8 +371,9 @@ export function createWorkspaces(opts: WorkspacesOptions) {
         throw err;
       }
       const now = clock.now();
-      await write({ ...record, state: 'stopped', since: now, endpoint: undefined, handle: undefined, stage: undefined, queuePosition: undefined, ...why }, fence);
-      await store.clearActivity(id).catch(() => metrics.storeError());
+      // Lost mid-stop: the task is stopped, but the record and its activity are the new holder's.
+      const written = await write({ ...record, state: 'stopped', since: now, endpoint: undefined, handle: undefined, stage: undefined, queuePosition: undefined, ...why }, fence);
+      if (written) await store.clearActivity(id).catch(() => metrics.storeError());
       const reaped = why.reasonCode === 'idle' || why.reasonCode === 'max_session';
       log.info({ event: reaped ? 'workspace.reaped' : 'workspace.stopped', workspaceId: id, generation: record.generation, reason: why.reasonCode }, 'workspace stopped');
       return 'stopped';

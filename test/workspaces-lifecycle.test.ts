@@ -219,3 +219,25 @@ t.test('the store came back empty and the provider cannot say what runs: no seco
   t.same([adopted?.state, adopted?.handle], ['running', (await a.workspaces.read('dup'))?.handle ?? first?.handle], 'the live task adopted');
   t.equal((await c.requestStart('fresh', { retryFailed: false }))?.state, 'starting', 'a first start goes ahead when describe answers');
 });
+
+t.test('a stop that loses its lock: before it writes stopping it stops nothing, and mid-stop it leaves the holder the activity', async (t) => {
+  const { store, clock, fake, a } = await setup(t, { durations: { provisioningMs: 30, pendingMs: 30, stoppingMs: 200 } });
+  const steal = async (id: string) => { clock.advance(LEASE_MS + 1); t.ok(await store.acquireLease(lockKey(id), 'thief', 60_000), 'another holder took the lock'); };
+  await a.workspaces.requestStart('early', { retryFailed: false });
+  await until(async () => (await store.getWorkspace('early'))?.state === 'running', 15_000, 'running');
+  // Paused past its lease between reading the record and writing 'stopping' (the verdict's re-read).
+  const early = await a.workspaces.stop('early', async () => { await steal('early'); return { reasonCode: 'admin', reason: 'stopped by the platform' }; });
+  t.equal(early, 'busy', 'fenced out: the stop is not carried on');
+  t.equal((await store.getWorkspace('early'))?.state, 'running');
+  t.equal(fake.count('StopTask'), 0, 'no task stopped under a lock it no longer held');
+
+  await a.workspaces.requestStart('late', { retryFailed: false });
+  await until(async () => (await store.getWorkspace('late'))?.state === 'running', 15_000, 'running');
+  await store.recordActivity([['late', clock.now()]]);
+  const stopping = a.workspaces.stop('late', async () => ({ reasonCode: 'admin', reason: 'stopped by the platform' }));
+  await until(async () => (await store.getWorkspace('late'))?.state === 'stopping', 5000, 'stopping');
+  await steal('late');
+  await stopping;
+  t.equal((await store.getWorkspace('late'))?.state, 'stopping', "its 'stopped' was fenced out: the record is the holder's");
+  t.not(await store.getActivity('late'), undefined, "and so is the activity: not cleared under another holder's lock");
+});
