@@ -54,7 +54,9 @@ export function siteAllowed(method: string, from: RequestSite, host: string | un
   const { site } = from;
   if (site === 'same-origin' || site === 'none') return true;
   if (site === undefined) return method === 'GET' || method === 'HEAD' || from.origin === undefined || isOwnOrigin(from.origin, host);
-  // same-site, cross-site, or anything else (two fields joined): only a page load, and never into an
-  // <object> or <embed> (Fetch Metadata's resource isolation policy).
-  return from.mode === 'navigate' && (method === 'GET' || method === 'HEAD') && from.dest !== 'object' && from.dest !== 'embed';
+  // same-site, cross-site, or anything else (two fields joined): only a top-level page load (Fetch
+  // Metadata's resource isolation and navigation isolation policies). Not into an <object> or <embed>,
+  // nor a frame: a classmate's page framing this workspace out of sight gets the owner's clicks and
+  // keys in their own IDE (clickjacking), and SameSite=Lax sends the cookie along into a same-site frame.
+  return from.mode === 'navigate' && (method === 'GET' || method === 'HEAD') && (from.dest === undefined || from.dest === 'document');
 }

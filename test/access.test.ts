@@ -262,7 +262,7 @@ t.test('a sibling\'s page cannot start a stopped workspace; a link from elsewher
   const gw = await startTestGateway();
   t.teardown(() => gw.close());
   const cookie = await gw.cookie('demo');
-  const fromSibling = { 'sec-fetch-site': 'same-site', 'sec-fetch-mode': 'no-cors', 'sec-fetch-dest': 'iframe' };
+  const fromSibling = { 'sec-fetch-site': 'same-site', 'sec-fetch-mode': 'navigate', 'sec-fetch-dest': 'iframe' };
   const r = await request(gw.port, { headers: { cookie, ...NAVIGATE, ...fromSibling } });
   t.equal(r.status, 403);
   t.match(r.headers['content-type'], /text\/html/, 'a page for a person');

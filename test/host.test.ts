@@ -131,7 +131,13 @@ t.test('siteAllowed: where a request on a workspace host may come from (Fetch Me
     ['a link from the platform (another site)', 'GET', nav('cross-site'), true],
     ['a link from the platform on the same site', 'GET', nav('same-site'), true],
     ['a HEAD page load from elsewhere', 'HEAD', nav('cross-site'), true],
-    ['the platform framing the workspace', 'GET', nav('same-site', 'iframe'), true],
+    // A page on the same site framing it (a classmate's, and the platform's cannot be told apart): the
+    // owner's clicks and keys would land in their own IDE out of sight (clickjacking).
+    ['a page on the same site framing the workspace', 'GET', nav('same-site', 'iframe'), false],
+    ['a <frame> on the same site', 'GET', nav('same-site', 'frame'), false],
+    ['another site framing it', 'GET', nav('cross-site', 'iframe'), false],
+    ['a fenced frame', 'GET', nav('same-site', 'fencedframe'), false],
+    ['its own page framing it (a VS Code webview)', 'GET', nav('same-origin', 'iframe'), true],
     ['a sibling workspace posting a form', 'POST', { ...nav('same-site'), origin: 'https://ws-b.example.com' }, false],
     ['a sibling\'s fetch with credentials', 'GET', { site: 'same-site', mode: 'cors', dest: 'empty', origin: 'https://ws-b.example.com' }, false],
     ['a sibling\'s <img> or <script>', 'GET', { site: 'same-site', mode: 'no-cors', dest: 'image' }, false],

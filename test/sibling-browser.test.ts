@@ -23,11 +23,13 @@ t.test("a classmate's page cannot use a workspace's cookie; a link from it still
   t.equal(theirs?.status(), 200, "on the classmate's page");
   t.ok(victim.requests.some((r) => r.url === '/mine'));
 
-  // The classmate's script: a credentialed POST, a GET it cannot read, an image, then a form post.
+  // The classmate's script: a credentialed POST, a GET it cannot read, an image, the workspace in an
+  // invisible frame (clickjacking: the victim's clicks and keys land in their own IDE), then a form post.
   await page.evaluate(async (origin) => {
     await fetch(`${origin}/steal`, { method: 'POST', credentials: 'include', mode: 'no-cors', body: 'x' });
     await fetch(`${origin}/read`, { credentials: 'include' }).catch(() => undefined);
     await new Promise((resolve) => { const img = new Image(); img.onload = img.onerror = resolve; img.src = `${origin}/pixel`; });
+    await new Promise((resolve) => { const f = document.createElement('iframe'); f.style.opacity = '0'; f.onload = resolve; f.src = `${origin}/framed`; document.body.append(f); });
   }, victimOrigin);
   const posted = page.waitForNavigation();
   await page.evaluate((origin) => {
@@ -43,7 +45,7 @@ t.test("a classmate's page cannot use a workspace's cookie; a link from it still
   t.match(await refusedPage?.headerValue('content-type'), /text\/html/, 'with a page the person can read');
 
   // Chromium sent the victim's cookie with each of them: the threat is real, and the gateway refused it.
-  for (const line of ['POST /steal', 'GET /read', 'GET /pixel', 'POST /form']) {
+  for (const line of ['POST /steal', 'GET /read', 'GET /pixel', 'GET /framed', 'POST /form']) {
     const head = front.head(line);
     t.match(head, /sec-fetch-site: same-site/i, `${line}: the browser calls it same-site`);
     t.match(head, /__Host-wsgw-session=/, `${line}: and sends the victim's session cookie`);

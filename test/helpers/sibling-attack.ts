@@ -1,7 +1,8 @@
 // The sibling-workspace attack, for browsers driven by a test's own WebDriver client (Firefox over
 // BiDi, WebKit over classic): the victim signs in, follows a classmate's sign-in link, and the
-// classmate's page then tries a credentialed POST, a GET it cannot read, an image and a form post on
-// the victim's workspace; each must be refused (W3C Fetch Metadata), and a link must still open it.
+// classmate's page then tries a credentialed POST, a GET it cannot read, an image, an invisible frame
+// (clickjacking) and a form post on the victim's workspace; each must be refused (W3C Fetch Metadata),
+// and a link must still open it.
 import type { Test } from 'tap';
 import { until } from './gateway.js';
 import type { startSiblings } from './tls-front.js';
@@ -28,6 +29,7 @@ export async function checkSiblingAttackRefused(t: Test, page: DrivenPage, sibli
     await fetch(origin + '/steal', { method: 'POST', credentials: 'include', mode: 'no-cors', body: 'x' });
     await fetch(origin + '/read', { credentials: 'include' }).catch(() => undefined);
     await new Promise((resolve) => { const img = new Image(); img.onload = img.onerror = resolve; img.src = origin + '/pixel'; });
+    await new Promise((resolve) => { const f = document.createElement('iframe'); f.style.opacity = '0'; f.onload = resolve; f.src = origin + '/framed'; document.body.append(f); });
     const form = document.createElement('form');
     form.method = 'POST';
     form.action = origin + '/form';
@@ -41,7 +43,7 @@ export async function checkSiblingAttackRefused(t: Test, page: DrivenPage, sibli
   t.match(refused, /\r\ncontent-type: text\/html/i, 'with a page the person can read');
 
   // The browser sent the victim's cookie with each of them: the threat is real here too, and refused.
-  for (const line of ['POST /steal', 'GET /read', 'GET /pixel', 'POST /form']) {
+  for (const line of ['POST /steal', 'GET /read', 'GET /pixel', 'GET /framed', 'POST /form']) {
     const head = front.head(line);
     t.match(head, /sec-fetch-site: same-site/i, `${line}: the browser calls it same-site`);
     t.match(head, /__Host-wsgw-session=/, `${line}: and sends the victim's session cookie`);
