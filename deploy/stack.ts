@@ -290,6 +290,7 @@ export class WorkspaceGatewayStack extends Stack {
       gatewayTaskRole.addToPolicy(statement);
     }
 
+    const keepAliveSeconds = cfg.albIdleTimeoutSeconds + 10;
     const gatewayLogs = new logs.LogGroup(this, 'GatewayLogs', { retention: cfg.logRetentionDays, removalPolicy: RemovalPolicy.DESTROY });
     const gatewayTaskDef = new ecs.FargateTaskDefinition(this, 'GatewayTaskDef', {
       cpu: cfg.gateway.cpu,
@@ -316,7 +317,12 @@ export class WorkspaceGatewayStack extends Stack {
         TRUSTED_PROXIES: vpcCidr,
         // Longer than the ALB idle timeout, so the ALB, not the gateway, closes idle keep-alive
         // connections and never sends a request on a socket the gateway just closed (502).
-        KEEPALIVE_TIMEOUT: `${cfg.albIdleTimeoutSeconds + 10}s`,
+        KEEPALIVE_TIMEOUT: `${keepAliveSeconds}s`,
+        // node:http refuses a headersTimeout above requestTimeout (ERR_OUT_OF_RANGE from
+        // http.createServer): the gateway's defaults, keep-alive + 1 s and 300 s, crashed it at start
+        // whenever the ALB idle timeout is 290 s or more, the 300 s default included.
+        HEADERS_TIMEOUT: `${keepAliveSeconds + 1}s`,
+        REQUEST_TIMEOUT: `${Math.max(300, keepAliveSeconds + 1)}s`,
         DRAIN_PERIOD: `${cfg.drainSeconds}s`,
         IDLE_TIMEOUT: cfg.idleTimeout,
         MAX_SESSION: cfg.maxSession,

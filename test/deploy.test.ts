@@ -1,11 +1,14 @@
 // The CDK app synthesised in-process (no credentials, no network): one listener rule and one target
 // group whatever the number of students, nothing per workspace, every ECS / Cloud Map / EFS
 // permission scoped, the security-group matrix, and the settings the gateway's drain depends on.
+import http from 'node:http';
 import t from 'tap';
 import { App } from 'aws-cdk-lib';
 import { Match, Template } from 'aws-cdk-lib/assertions';
 import { cloudMapShards, parseDeployConfig } from '../deploy/config.js';
 import { WorkspaceGatewayStack } from '../deploy/stack.js';
+import { loadConfig } from '../gateway/config.js';
+import { ecsOptionsFromEnv } from '../provisioner/ecs-config.js';
 
 type Json = Record<string, any>;
 
@@ -297,4 +300,86 @@ t.test('configuration is validated before anything is synthesised', async (t) =>
     'defaults',
   );
   t.same([1, 1000, 1001, 10_000].map(cloudMapShards), [1, 1, 2, 10]);
+});
+
+// ---------------------------------------------------------------- the template as the gateway meets it
+// CloudFormation references resolved to values of the shape AWS returns, so the gateway's own config
+// parsers and an IAM evaluation can run on the synthesized template.
+const ACCOUNT = '111122223333';
+const REGION = 'eu-west-1';
+
+function resolver(tpl: Template) {
+  const res = tpl.toJSON().Resources as Record<string, Json>;
+  const arn = (service: string, rest: string) => (service === 'iam' ? `arn:aws:iam::${ACCOUNT}:${rest}` : `arn:aws:${service}:${REGION}:${ACCOUNT}:${rest}`);
+  const slug = (id: string) => id.toLowerCase().replace(/[^a-z0-9]/g, '');
+  const ref = (id: string): string => {
+    const pseudo: Record<string, string> = { 'AWS::Region': REGION, 'AWS::Partition': 'aws', 'AWS::AccountId': ACCOUNT, 'AWS::URLSuffix': 'amazonaws.com', 'AWS::StackName': 'Test' };
+    if (id in pseudo) return pseudo[id];
+    if (id === 'PlatformLoginUrl') return 'https://example.edu/login';
+    const type = res[id]?.Type;
+    switch (type) {
+      case 'AWS::ECS::Cluster': return `cluster-${slug(id)}`;
+      case 'AWS::EFS::FileSystem': return 'fs-0123456789abcdef0';
+      case 'AWS::EC2::Subnet': return `subnet-${slug(id).slice(0, 17)}`;
+      case 'AWS::ECS::TaskDefinition': return arn('ecs', `task-definition/${res[id].Properties.Family}:1`);
+      default: throw new Error(`no value for Ref ${id} (${type})`);
+    }
+  };
+  const getAtt = (id: string, attr: string): string => {
+    const type = res[id]?.Type;
+    const key = `${type} ${attr}`;
+    switch (key) {
+      case 'AWS::ECS::Cluster Arn': return arn('ecs', `cluster/${ref(id)}`);
+      case 'AWS::EFS::FileSystem Arn': return arn('elasticfilesystem', `file-system/${ref(id)}`);
+      case 'AWS::IAM::Role Arn': return arn('iam', `role/${id}`);
+      case 'AWS::ServiceDiscovery::Service Id': return `srv-${slug(id)}`;
+      case 'AWS::ServiceDiscovery::Service Arn': return arn('servicediscovery', `service/srv-${slug(id)}`);
+      case 'AWS::EC2::SecurityGroup GroupId': return `sg-${slug(id).slice(0, 17)}`;
+      case 'AWS::EC2::VPC CidrBlock': return '10.40.0.0/16';
+      case 'AWS::ElastiCache::ReplicationGroup PrimaryEndPoint.Address': return 'master.wsgw.abcdef.euw1.cache.amazonaws.com';
+      case 'AWS::ElastiCache::ReplicationGroup PrimaryEndPoint.Port': return '6379';
+      default: throw new Error(`no value for GetAtt ${id}.${attr} (${type})`);
+    }
+  };
+  const value = (v: unknown): string => {
+    if (typeof v === 'string') return v;
+    const o = v as Json;
+    if (o.Ref) return ref(o.Ref);
+    if (o['Fn::GetAtt']) return getAtt(o['Fn::GetAtt'][0], o['Fn::GetAtt'][1]);
+    if (o['Fn::Join']) return (o['Fn::Join'][1] as unknown[]).map(value).join(o['Fn::Join'][0]);
+    throw new Error(`cannot resolve ${JSON.stringify(v)}`);
+  };
+  return value;
+}
+
+/** The gateway container's environment as the task gets it: variables, and secrets with stand-in values. */
+function deployedEnv(tpl: Template): { env: Record<string, string>; names: string[] } {
+  const value = resolver(tpl);
+  const c = gatewayContainer(tpl);
+  const env: Record<string, string> = {};
+  for (const e of c.Environment as Json[]) env[e.Name] = value(e.Value);
+  for (const s of c.Secrets as Json[]) env[s.Name] = 'x'.repeat(64);
+  return { env, names: Object.keys(env) };
+}
+
+t.test('the gateway accepts the environment the stack gives it, and reads every variable', async (t) => {
+  for (const albIdleTimeoutSeconds of [60, 289, 300, 4000]) {
+    const tpl = synth({ students: 1, albIdleTimeoutSeconds });
+    const { env, names } = deployedEnv(tpl);
+    const read = new Set<string>();
+    const tracked = new Proxy(env, { get: (o, k: string) => { read.add(k); return o[k]; } });
+    // What gateway/main.ts does: loadConfig, then (PROVISIONER=ecs) the provisioner's parser on config.env.
+    const config = loadConfig(tracked);
+    t.equal(config.provisioner, 'ecs');
+    t.equal(config.publicScheme, 'https');
+    t.same(config.trustedProxies.map((c) => `${c.address}/${c.prefix}`), ['10.40.0.0/16'], 'X-Forwarded-For believed from the VPC (the ALB)');
+    const ecs = ecsOptionsFromEnv(config.env);
+    t.equal(ecs.cloudMapServiceIds.length, 1);
+    t.same(names.filter((n) => !read.has(n)), [], `idle ${albIdleTimeoutSeconds}s: every variable the stack sets is one the gateway reads (no typo)`);
+    t.ok(config.keepAliveTimeoutMs > albIdleTimeoutSeconds * 1000, 'the gateway outlasts the ALB on idle keep-alive connections');
+    // The options gateway/app.ts hands http.createServer; node refuses headersTimeout > requestTimeout.
+    t.doesNotThrow(() => http.createServer({
+      keepAliveTimeout: config.keepAliveTimeoutMs, headersTimeout: config.headersTimeoutMs, requestTimeout: config.requestTimeoutMs,
+    }), `idle ${albIdleTimeoutSeconds}s: the public listener can be created with these timeouts`);
+  }
 });
