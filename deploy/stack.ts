@@ -283,7 +283,6 @@ export class WorkspaceGatewayStack extends Stack {
       cluster,
       fileSystem,
       taskFamilyPrefix: cfg.workspace.taskFamilyPrefix,
-      baseFamily: cfg.workspace.baseFamily,
       passRoles: [workspaceTaskRole, workspaceExecutionRole],
       cloudMapServices,
     })) {
@@ -497,7 +496,6 @@ export interface GatewayPolicyScope {
   cluster: ecs.ICluster;
   fileSystem: efs.IFileSystem;
   taskFamilyPrefix: string;
-  baseFamily: string;
   passRoles: iam.IRole[];
   cloudMapServices: servicediscovery.IService[];
 }
@@ -512,7 +510,6 @@ export function gatewayPolicy(stack: Stack, s: GatewayPolicyScope): iam.PolicySt
   const arn = (service: string, resource: string, resourceName: string) =>
     stack.formatArn({ service, resource, resourceName });
   const workspaceFamilies = arn('ecs', 'task-definition', `${s.taskFamilyPrefix}-*:*`);
-  const baseFamily = arn('ecs', 'task-definition', `${s.baseFamily}:*`);
   const clusterTasks = arn('ecs', 'task', `${s.cluster.clusterName}/*`);
   const clusterInstances = arn('ecs', 'container-instance', `${s.cluster.clusterName}/*`);
   const accessPoints = arn('elasticfilesystem', 'access-point', '*');
@@ -543,7 +540,10 @@ export function gatewayPolicy(stack: Stack, s: GatewayPolicyScope): iam.PolicySt
     new iam.PolicyStatement({
       sid: 'DescribeTaskDefinitions',
       actions: ['ecs:DescribeTaskDefinition'],
-      resources: [baseFamily, workspaceFamilies],
+      // DescribeTaskDefinition has no resource type in the Service Authorization Reference for ECS
+      // ("specify all resources"): a statement scoped to family ARNs never matches it, and every
+      // start, which reads the base first, was denied. Read-only, and no condition key exists.
+      resources: ['*'],
     }),
     new iam.PolicyStatement({
       sid: 'RunWorkspacesInThisCluster',
@@ -577,7 +577,10 @@ export function gatewayPolicy(stack: Stack, s: GatewayPolicyScope): iam.PolicySt
     }),
     new iam.PolicyStatement({
       sid: 'RegisterWorkspaceInstances',
-      actions: ['servicediscovery:RegisterInstance', 'servicediscovery:DeregisterInstance', 'servicediscovery:ListInstances', 'servicediscovery:GetOperation'],
+      // GetInstance, not GetOperation: describe and stop find a workspace's registration with
+      // GetInstance (provisioner/ecs.ts findInstance); GetOperation is never called, and authorizes
+      // on a namespace, not a service (Service Authorization Reference for Cloud Map).
+      actions: ['servicediscovery:RegisterInstance', 'servicediscovery:DeregisterInstance', 'servicediscovery:GetInstance', 'servicediscovery:ListInstances'],
       resources: s.cloudMapServices.map((svc) => svc.serviceArn),
     }),
   ];

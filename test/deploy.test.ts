@@ -1,7 +1,9 @@
 // The CDK app synthesised in-process (no credentials, no network): one listener rule and one target
 // group whatever the number of students, nothing per workspace, every ECS / Cloud Map / EFS
 // permission scoped, the security-group matrix, and the settings the gateway's drain depends on.
+import { readdirSync, readFileSync } from 'node:fs';
 import http from 'node:http';
+import { join, resolve } from 'node:path';
 import t from 'tap';
 import { App } from 'aws-cdk-lib';
 import { Match, Template } from 'aws-cdk-lib/assertions';
@@ -184,6 +186,9 @@ function identityStatements(tpl: Template): Array<{ where: string; s: Json }> {
   return out;
 }
 
+/** Actions with no resource type in the Service Authorization Reference: only `"Resource": "*"` grants them. */
+const UNSCOPABLE = new Set(['ecs:DescribeTaskDefinition']);
+
 t.test('every ECS, Cloud Map and EFS permission is scoped', async (t) => {
   const statements = identityStatements(synth({ students: 2500 }));
   const scoped = /^(ecs|servicediscovery|elasticfilesystem):/;
@@ -194,6 +199,12 @@ t.test('every ECS, Cloud Map and EFS permission is scoped', async (t) => {
     if (!actions.some((a) => scoped.test(a))) continue;
     checked++;
     t.equal(s.Effect, 'Allow');
+    // The one exception: an action without a resource type takes only "*" (checked against the
+    // provisioner's calls in 'the gateway role allows every AWS call the provisioner makes').
+    if (actions.length === 1 && UNSCOPABLE.has(actions[0])) {
+      t.same(s.Resource, '*', `${actions[0]} authorizes on "*" only`);
+      continue;
+    }
     for (const r of asList<unknown>(s.Resource)) {
       t.not(r, '*', `${where} ${s.Sid}: no "*" resource for ${actions.join(',')}`);
       t.notMatch(JSON.stringify(r), /^"arn:[^"]*:\*"$/, `${where} ${s.Sid}: not a whole-service wildcard`);
@@ -382,4 +393,106 @@ t.test('the gateway accepts the environment the stack gives it, and reads every 
       keepAliveTimeout: config.keepAliveTimeoutMs, headersTimeout: config.headersTimeoutMs, requestTimeout: config.requestTimeoutMs,
     }), `idle ${albIdleTimeoutSeconds}s: the public listener can be created with these timeouts`);
   }
+});
+
+// ---------------------------------------------------------------- IAM against the provisioner's calls
+interface Request { action: string; resource: string; context?: Record<string, string> }
+
+/** Allow/Deny evaluation of identity statements for one request (the operators these policies use). */
+function allowed(statements: Json[], req: Request, value: (v: unknown) => string): boolean {
+  const glob = (pattern: string, s: string) => new RegExp(`^${pattern.split('*').map((p) => p.replace(/[.+?^${}()|[\]\\]/g, '\\$&')).join('.*')}$`).test(s);
+  const matches = (st: Json) => {
+    if (!asList<string>(st.Action).some((a) => glob(a, req.action))) return false;
+    if (!asList<unknown>(st.Resource).map(value).some((r) => glob(r, req.resource))) return false;
+    for (const [op, block] of Object.entries((st.Condition ?? {}) as Record<string, Json>)) {
+      for (const [key, want] of Object.entries(block)) {
+        const got = req.context?.[key];
+        const wants = asList<unknown>(want).map(value);
+        if (got === undefined) return false;
+        if (op === 'StringEquals' || op === 'ArnEquals') { if (!wants.includes(got)) return false; }
+        else if (op === 'StringLike' || op === 'ArnLike') { if (!wants.some((w) => glob(w, got))) return false; }
+        else throw new Error(`condition operator ${op} not evaluated here`);
+      }
+    }
+    return true;
+  };
+  const hits = statements.filter(matches);
+  return hits.some((s) => s.Effect === 'Allow') && !hits.some((s) => s.Effect === 'Deny');
+}
+
+t.test('the gateway role allows every AWS call the provisioner makes', async (t) => {
+  const tpl = synth({ students: 2500 });
+  const value = resolver(tpl);
+  const { env } = deployedEnv(tpl);
+  const o = ecsOptionsFromEnv(env);
+  const role = Object.keys(tpl.toJSON().Resources).find((id) => id.startsWith('GatewayTaskRole') && !id.includes('Policy'))!;
+  const statements = identityStatements(tpl).filter(({ where }) => where.startsWith(`${role.replace(/[0-9A-F]{8}$/, '')}DefaultPolicy`)).map(({ s }) => s);
+  t.ok(statements.length > 0, 'the gateway task role has a policy');
+
+  const ecsArn = (rest: string) => `arn:aws:ecs:${REGION}:${ACCOUNT}:${rest}`;
+  const cluster = ecsArn(`cluster/${o.cluster}`);
+  const inCluster = { 'ecs:cluster': cluster };
+  const family = `${o.taskFamilyPrefix}-alice`;
+  const taskDef = ecsArn(`task-definition/${family}:3`);
+  const task = ecsArn(`task/${o.cluster}/0123456789abcdef0123456789abcdef`);
+  const fsArn = `arn:aws:elasticfilesystem:${REGION}:${ACCOUNT}:file-system/${o.efsFileSystemIds[0]}`;
+  const apArn = `arn:aws:elasticfilesystem:${REGION}:${ACCOUNT}:access-point/fsap-0123456789abcdef0`;
+  const roles = ['WorkspaceTaskRole', 'WorkspaceExecutionRole'].map((r) => value({ 'Fn::GetAtt': [Object.keys(tpl.toJSON().Resources).find((id) => id.startsWith(r))!, 'Arn'] }));
+  const passRoles = roles.map((resource) => ({ action: 'iam:PassRole', resource, context: { 'iam:PassedToService': 'ecs-tasks.amazonaws.com' } }));
+  const services = o.cloudMapServiceIds.map((id) => `arn:aws:servicediscovery:${REGION}:${ACCOUNT}:service/${id}`);
+  t.equal(services.length, 3);
+
+  // Each command the provisioner sends, as IAM authorizes it: the resource type and condition keys
+  // of the Service Authorization Reference for ECS, EFS and Cloud Map ("*" where an action has no
+  // resource type), and the dependent actions (tag on create, iam:PassRole).
+  const calls: Record<string, Request[]> = {
+    DescribeTaskDefinition: [{ action: 'ecs:DescribeTaskDefinition', resource: '*' }],
+    RegisterTaskDefinition: [
+      { action: 'ecs:RegisterTaskDefinition', resource: taskDef },
+      { action: 'ecs:TagResource', resource: taskDef, context: { 'ecs:CreateAction': 'RegisterTaskDefinition' } },
+      ...passRoles,
+    ],
+    RunTask: [
+      { action: 'ecs:RunTask', resource: taskDef, context: inCluster },
+      { action: 'ecs:TagResource', resource: task, context: { 'ecs:CreateAction': 'RunTask' } },
+      ...passRoles,
+    ],
+    DescribeTasks: [{ action: 'ecs:DescribeTasks', resource: task, context: inCluster }],
+    StopTask: [{ action: 'ecs:StopTask', resource: task, context: inCluster }],
+    ListTasks: [{ action: 'ecs:ListTasks', resource: ecsArn(`container-instance/${o.cluster}/*`), context: inCluster }],
+    CreateAccessPoint: [
+      { action: 'elasticfilesystem:CreateAccessPoint', resource: fsArn, context: { 'aws:RequestTag/ManagedBy': o.startedBy } },
+      { action: 'elasticfilesystem:TagResource', resource: apArn, context: { 'elasticfilesystem:CreateAction': 'CreateAccessPoint' } },
+    ],
+    DescribeAccessPoints: [{ action: 'elasticfilesystem:DescribeAccessPoints', resource: fsArn }],
+    RegisterInstance: services.map((resource) => ({ action: 'servicediscovery:RegisterInstance', resource })),
+    DeregisterInstance: services.map((resource) => ({ action: 'servicediscovery:DeregisterInstance', resource })),
+    GetInstance: services.map((resource) => ({ action: 'servicediscovery:GetInstance', resource })),
+    ListInstances: services.map((resource) => ({ action: 'servicediscovery:ListInstances', resource })),
+  };
+
+  // Every command class the provisioner uses has a row above: a new AWS call cannot go unchecked.
+  const dir = resolve(import.meta.dirname, '..', '..', 'provisioner');
+  const used = new Set<string>();
+  for (const f of readdirSync(dir).filter((f) => f.endsWith('.ts'))) {
+    for (const m of readFileSync(join(dir, f), 'utf8').matchAll(/new (\w+)Command\(/g)) used.add(m[1]);
+  }
+  t.same([...used].filter((c) => !(c in calls)).sort(), [], 'every provisioner command is in the table');
+  t.ok(used.size >= 12, `${used.size} commands found`);
+
+  for (const [command, requests] of Object.entries(calls)) {
+    for (const req of requests) t.ok(allowed(statements, req, value), `${command}: ${req.action} on ${req.resource}`);
+  }
+  // And what it must not do.
+  const denied: Request[] = [
+    { action: 'ecs:RunTask', resource: ecsArn('task-definition/wsbase-code-server:1'), context: inCluster },
+    { action: 'ecs:RunTask', resource: taskDef, context: { 'ecs:cluster': ecsArn('cluster/other') } },
+    { action: 'ecs:StopTask', resource: ecsArn('task/other/0123'), context: { 'ecs:cluster': ecsArn('cluster/other') } },
+    { action: 'ecs:RegisterTaskDefinition', resource: ecsArn('task-definition/other:1') },
+    { action: 'elasticfilesystem:CreateAccessPoint', resource: fsArn, context: { 'aws:RequestTag/ManagedBy': 'someone-else' } },
+    { action: 'elasticfilesystem:CreateAccessPoint', resource: fsArn },
+    { action: 'iam:PassRole', resource: `arn:aws:iam::${ACCOUNT}:role/Admin`, context: { 'iam:PassedToService': 'ecs-tasks.amazonaws.com' } },
+    { action: 'servicediscovery:RegisterInstance', resource: `arn:aws:servicediscovery:${REGION}:${ACCOUNT}:service/srv-other` },
+  ];
+  for (const req of denied) t.notOk(allowed(statements, req, value), `denied: ${req.action} on ${req.resource}`);
 });
