@@ -198,7 +198,7 @@ export async function createGateway(deps: GatewayDeps) {
   // ---------------------------------------------------------------- reaper
   let reaper: Reaper | undefined;
   if (config.reaperEnabled) {
-    reaper = createReaper({ store, workspaces, clock, metrics, log, instanceId, idleTimeoutMs: config.idleTimeoutMs, maxSessionMs: config.maxSessionMs, intervalMs: config.reapIntervalMs });
+    reaper = createReaper({ store, workspaces, clock, metrics, log, instanceId, idleTimeoutMs: config.idleTimeoutMs, maxSessionMs: config.maxSessionMs, intervalMs: config.reapIntervalMs, activityFlushIntervalMs: config.activityFlushIntervalMs });
     closers.push(() => reaper!.close());
   }
 

@@ -27,6 +27,7 @@ async function main() {
   const reaper = createReaper({
     store, workspaces, clock: systemClock, metrics, log, instanceId,
     idleTimeoutMs: config.idleTimeoutMs, maxSessionMs: config.maxSessionMs, intervalMs: config.reapIntervalMs, autoStart: !once,
+    activityFlushIntervalMs: config.activityFlushIntervalMs,
   });
   const finish = async (code: number) => {
     await reaper.close();

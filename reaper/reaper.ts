@@ -5,7 +5,7 @@ import type { Logger } from '../gateway/log.js';
 import type { Metrics } from '../gateway/metrics.js';
 import type { StateStore } from '../gateway/store/contract.js';
 import type { Workspaces } from '../gateway/workspaces.js';
-import { reapVerdict } from './verdict.js';
+import { reapVerdict, storeSettled } from './verdict.js';
 
 export interface ReaperOptions {
   store: StateStore;
@@ -25,18 +25,26 @@ export interface ReaperOptions {
   concurrency?: number;
   /** Leader lease; default three intervals (at least 3 s), so a dead leader is replaced after it. */
   leaderLeaseTtlMs?: number;
+  /** The gateways' ACTIVITY_FLUSH_INTERVAL (default 5 s): after an outage, reaping waits for their buffered activity. */
+  activityFlushIntervalMs?: number;
 }
 
 export const LEADER_KEY = 'reaper-leader';
 
 /** `finished`: stops a dead replica began and this pass carried through (they keep the reason it recorded). */
-export interface PassSummary { leader: boolean; candidates: number; stopped: Array<{ id: string; reason: string }>; finished: string[]; skipped: number }
+/** `settling`: the store has just come back from an outage; the gateways' buffered activity is awaited (storeSettled). */
+export interface PassSummary { leader: boolean; candidates: number; stopped: Array<{ id: string; reason: string }>; finished: string[]; skipped: number; settling: boolean }
 
 export function createReaper(opts: ReaperOptions) {
   const { store, workspaces, clock, metrics, log } = opts;
   const leaseTtl = opts.leaderLeaseTtlMs ?? Math.max(opts.intervalMs * 3, 3000);
   const batch = opts.batch ?? 1000;
+  // Three flush intervals: the next flush of every gateway, and one more after a first attempt that
+  // met the connection still coming back (the same margin as the open-connection counts' TTL).
+  const settleMs = 3 * (opts.activityFlushIntervalMs ?? 5000);
   let leader = false;
+  let outage = false;
+  let backSince: number | undefined;
   let running: Promise<PassSummary> | undefined;
   let timer: NodeJS.Timeout | undefined;
 
@@ -51,11 +59,12 @@ export function createReaper(opts: ReaperOptions) {
   }
 
   async function passOnce(): Promise<PassSummary> {
-    const summary: PassSummary = { leader: false, candidates: 0, stopped: [], finished: [], skipped: 0 };
+    const summary: PassSummary = { leader: false, candidates: 0, stopped: [], finished: [], skipped: 0, settling: false };
     try {
       if (!(await holdLeadership())) return summary;
     } catch {
       leader = false;
+      outage = true;
       return summary; // the store is unreachable: reap nothing (never blind)
     }
     summary.leader = true;
@@ -66,8 +75,11 @@ export function createReaper(opts: ReaperOptions) {
       idle = await store.activityBefore(now - opts.idleTimeoutMs, batch);
       capped = await store.runningStartedBefore(now - opts.maxSessionMs, batch);
     } catch {
+      outage = true;
       return summary;
     }
+    if (outage) { outage = false; backSince = now; }
+    if (!storeSettled({ now, backSince, settleMs })) { summary.settling = true; return summary; }
     const ids = new Set([...idle.map(([id]) => id), ...capped]);
     summary.candidates = ids.size;
     // Candidates are handled a few at a time: each stop is several store round trips and a provider

@@ -22,3 +22,14 @@ export function reapVerdict(v: VerdictInput): Verdict {
   if (v.now - v.lastActivity >= v.idleTimeoutMs) return { stop: true, reason: 'idle' };
   return { stop: false, why: 'active' };
 }
+
+/**
+ * Whether a pass may reap, given when this reaper first found the store answering again after finding
+ * it unreachable (`backSince`; undefined: no outage seen). During an outage every gateway holds its
+ * activity in memory and writes it at its next flush once the store answers; until then the store
+ * still holds the times from before the outage, and a student typing all through it looks idle.
+ * So after an outage nothing is reaped until every gateway has had `settleMs` to flush.
+ */
+export function storeSettled(v: { now: number; backSince: number | undefined; settleMs: number }): boolean {
+  return v.backSince === undefined || v.now - v.backSince >= v.settleMs;
+}
