@@ -94,7 +94,13 @@ export function createReaper(opts: ReaperOptions) {
             now: clock.now(), state: record.state, lastActivity: await store.getActivity(id), startedAt: record.startedAt,
             idleTimeoutMs: opts.idleTimeoutMs, maxSessionMs: opts.maxSessionMs,
           });
-          if (!verdict.stop) return null;
+          if (!verdict.stop) {
+            // Not running (a start that failed): nothing to reap. Left in the activity set it came back
+            // first on every pass (oldest first), and enough of them filled the batch: no idle
+            // workspace was reached. A new start sets its activity afresh.
+            if (verdict.why === 'not_running') await store.clearActivity(id).catch(() => metrics.storeError());
+            return null;
+          }
           reason = verdict.reason;
           return { reasonCode: verdict.reason, reason: verdict.reason === 'idle' ? 'stopped after being idle' : 'stopped after its maximum session length' };
         });

@@ -96,3 +96,22 @@ t.test('a pass right after the store comes back waits for the activity buffered 
   s.clock.advance(IDLE);
   t.same((await s.reaper.pass()).stopped.map((x) => x.id), ['typing'], 'idle after that: reaped');
 });
+
+t.test('workspaces whose start failed do not hold the candidate batch for ever', async (t) => {
+  const s = setup(t, { batch: 2 });
+  // Two students whose starts failed long ago (their starting page counted as activity) and never came back.
+  for (const id of ['failed1', 'failed2']) {
+    await s.store.putWorkspace({ id, state: 'failed', generation: 1, since: s.clock.now(), reasonCode: 'NO_CAPACITY', reason: 'no capacity' });
+    s.activity.touch(id);
+  }
+  await s.activity.flush();
+  s.clock.advance(60_000);
+  await running(s, 'idle');
+  s.clock.advance(IDLE + 1);
+  const first = await s.reaper.pass();
+  t.same(first.stopped, [], 'the batch held the two failed ones');
+  const second = await s.reaper.pass();
+  t.same(second.stopped.map((x) => x.id), ['idle'], 'the next pass reaches the idle running workspace');
+  t.equal((await s.store.getWorkspace('failed1'))?.state, 'failed', 'a failed workspace stays failed (its page shows why)');
+  t.equal(await s.store.getActivity('failed1'), undefined, 'its activity is no longer a candidate');
+});
