@@ -12,7 +12,7 @@ export interface ActivityRecorderOptions {
   metrics: Metrics;
   instanceId: string;
   flushIntervalMs: number;
-  /** Most workspaces held while the store is away; beyond it the oldest entries are dropped. */
+  /** Most workspaces held while the store is away; beyond it the oldest times are dropped. */
   maxBuffered?: number;
   /** False only in the bookkeeping-overhead benchmark. */
   enabled?: boolean;
@@ -29,8 +29,23 @@ export function createActivityRecorder(opts: ActivityRecorderOptions) {
     if (!enabled) return;
     const prev = pending.get(id);
     if (prev !== undefined && prev >= at) return;
-    if (prev === undefined && pending.size >= max) pending.delete(pending.keys().next().value!);
+    if (prev === undefined && pending.size >= max && !dropOldest(at)) return;
     pending.set(id, at);
+  }
+
+  /**
+   * The buffer is full (the store away for long): the oldest time goes, or the new one if it is older
+   * still. By time, not insertion order: a busy workspace's entry is updated in place and stays first
+   * in the Map, so dropping the first entry dropped the student typing all along. A scan only when
+   * full, so the warm path's touch stays one lookup and one set.
+   */
+  function dropOldest(at: number): boolean {
+    let oldestId: string | undefined;
+    let oldest = at;
+    for (const [id, t] of pending) if (t < oldest) { oldest = t; oldestId = id; }
+    if (oldestId === undefined) return false;
+    pending.delete(oldestId);
+    return true;
   }
 
   async function flushOnce(): Promise<void> {
