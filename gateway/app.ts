@@ -81,6 +81,11 @@ export async function createGateway(deps: GatewayDeps) {
   // browser, so the permessage-deflate answer can still ask for a small window (RFC 7692 7.1.2.2).
   // VS Code sends its window-focus flag only on change: a reconnected socket inherits the last one.
   const focusByConnection = new Map<string, boolean | null>();
+  // The newest open socket of each VS Code connection. A dropped network's browser reconnects while
+  // the old socket is still open here (until the ping timeout or the load balancer cuts it), so its
+  // flag was not in focusByConnection yet: the new socket started "active", and an inactive window's
+  // file rewritten on disk counted as typing again, keeping an idle tab's workspace up.
+  const liveByConnection = new Map<string, WsActivityTap>();
   // One function for every tap: a closure per WebSocket was part of its idle memory (bench/).
   const touchFromSocket = (at: number, workspaceId: string) => activity.touch(workspaceId, at);
   const wsPairs = createWsPairs<WsActivityTap>({
@@ -94,11 +99,13 @@ export async function createGateway(deps: GatewayDeps) {
         if (negotiated.responseHeader === undefined) delete response.headers['sec-websocket-extensions'];
         else response.headers['sec-websocket-extensions'] = negotiated.responseHeader;
         const identity = connectionIdentity(req.url);
-        pair.observer = createWsActivityTap({
+        const live = identity ? liveByConnection.get(identity.token) : undefined;
+        const tap = pair.observer = createWsActivityTap({
           inflate: negotiated.inflate, config: config.activity, now: clock.now,
-          initialFocus: identity?.reconnection ? focusByConnection.get(identity.token) ?? null : null,
+          initialFocus: identity?.reconnection ? (live ? live.status().focus : focusByConnection.get(identity.token) ?? null) : null,
           workspaceId: pair.workspaceId, connection: identity?.token, onActivity: touchFromSocket,
         });
+        if (identity) liveByConnection.set(identity.token, tap);
       },
       closed: (pair) => {
         metrics.wsClosed();
@@ -106,7 +113,9 @@ export async function createGateway(deps: GatewayDeps) {
         const tap = pair.observer;
         if (!tap) return;
         const { connection, focus } = tap.status();
-        if (connection) {
+        // Only the connection's newest socket speaks for it: an older one cut late has a stale flag.
+        if (connection && liveByConnection.get(connection) === tap) {
+          liveByConnection.delete(connection);
           if (focusByConnection.size >= 10_000) focusByConnection.delete(focusByConnection.keys().next().value!);
           focusByConnection.set(connection, focus);
         }
