@@ -6,7 +6,7 @@ import net, { type AddressInfo } from 'node:net';
 import t from 'tap';
 import { hasRequestBody, responseFields } from '../gateway/proxy.js';
 import { request, startTestGateway, until } from './helpers/gateway.js';
-import { registerRunning } from './helpers/upstream.js';
+import { registerRunning, startEarlyAnsweringUpstream } from './helpers/upstream.js';
 
 t.test('hasRequestBody table (RFC 9112 6.3)', async (t) => {
   const rows: Array<[http.IncomingHttpHeaders, boolean]> = [
@@ -114,26 +114,10 @@ t.test('through the gateway', async (t) => {
 });
 
 t.test('a workspace answering an upload before reading it: the rest is read and dropped, the connection goes on (RFC 9110 10.1.1)', async (t) => {
-  // Stops reading at a POST's head and answers once the gateway's writes to it have backed up.
-  const sockets = new Set<net.Socket>();
-  const early = net.createServer((socket) => {
-    sockets.add(socket);
-    socket.on('error', () => undefined);
-    let buffered = '';
-    socket.on('data', (d) => {
-      buffered += d.toString('latin1');
-      if (!buffered.includes('\r\n\r\n')) return;
-      const post = buffered.startsWith('POST');
-      buffered = '';
-      if (!post) { socket.write('HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nnext'); return; }
-      socket.pause();
-      setTimeout(() => socket.write('HTTP/1.1 413 Content Too Large\r\ncontent-length: 3\r\n\r\nbig'), 300);
-    });
-  });
-  await new Promise<void>((r) => early.listen(0, '127.0.0.1', r));
+  const early = await startEarlyAnsweringUpstream();
   const gw = await startTestGateway();
-  t.teardown(async () => { await gw.close(); for (const s of sockets) s.destroy(); await new Promise<void>((r) => early.close(() => r())); });
-  await registerRunning(gw.store, 'early', (early.address() as AddressInfo).port);
+  t.teardown(async () => { await gw.close(); await early.close(); });
+  await registerRunning(gw.store, 'early', early.port);
   const cookie = await gw.cookie('early');
   const client = net.connect(gw.port, '127.0.0.1');
   t.teardown(() => client.destroy());

@@ -7,7 +7,7 @@ import http from 'node:http';
 import net, { type AddressInfo } from 'node:net';
 import t from 'tap';
 import { NAVIGATE, XHR, request, startTestGateway, until } from './helpers/gateway.js';
-import { registerRunning } from './helpers/upstream.js';
+import { registerRunning, startEarlyAnsweringUpstream } from './helpers/upstream.js';
 import { StoreUnavailable } from '../gateway/store/contract.js';
 import { createManualClock } from '../gateway/clock.js';
 
@@ -432,25 +432,9 @@ t.test('warm lane', async (t) => {
   });
 
   t.test('a workspace answering an upload before reading it: the rest is read and dropped, the connection goes on (RFC 9110 10.1.1)', async (t) => {
-    // Stops reading at a POST's head and answers once the gateway's writes to it have backed up.
-    const sockets = new Set<net.Socket>();
-    const early = net.createServer((socket) => {
-      sockets.add(socket);
-      socket.on('error', () => undefined);
-      let buffered = '';
-      socket.on('data', (d) => {
-        buffered += d.toString('latin1');
-        if (!buffered.includes('\r\n\r\n')) return;
-        const post = buffered.startsWith('POST');
-        buffered = '';
-        if (!post) { socket.write('HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nnext'); return; }
-        socket.pause();
-        setTimeout(() => socket.write('HTTP/1.1 413 Content Too Large\r\ncontent-length: 3\r\n\r\nbig'), 300);
-      });
-    });
-    await new Promise<void>((r) => early.listen(0, '127.0.0.1', r));
-    t.teardown(() => new Promise<void>((r) => { for (const s of sockets) s.destroy(); early.close(() => r()); }));
-    await registerRunning(gw.store, 'early', (early.address() as AddressInfo).port);
+    const early = await startEarlyAnsweringUpstream();
+    t.teardown(() => early.close());
+    await registerRunning(gw.store, 'early', early.port);
     const c2 = await gw.cookie('early');
     const eh = 'ws-early.localhost';
     await request(gw.port, { host: eh, headers: { cookie: c2 } });

@@ -4,7 +4,7 @@
 // gateway's cookie, the sign-in token or a smuggled second request.
 import { createHash } from 'node:crypto';
 import http, { type IncomingHttpHeaders } from 'node:http';
-import type { AddressInfo } from 'node:net';
+import net, { type AddressInfo } from 'node:net';
 import type { Duplex } from 'node:stream';
 import type { StateStore } from '../../gateway/store/contract.js';
 import { startTestGateway } from './gateway.js';
@@ -80,4 +80,32 @@ export async function gatewayWithRecordedWorkspaces(t: { teardown(fn: () => unkn
   }
   t.teardown(async () => { await gw.close(); for (const up of Object.values(ups)) await up.close(); });
   return { gw, ups, cookies };
+}
+
+/**
+ * A workspace that answers an upload before reading it (RFC 9110 10.1.1): it stops reading at a
+ * POST's head and answers 413 once the gateway's writes to it have backed up; anything else gets
+ * 200 "next".
+ */
+export async function startEarlyAnsweringUpstream(): Promise<{ port: number; close(): Promise<void> }> {
+  const sockets = new Set<net.Socket>();
+  const server = net.createServer((socket) => {
+    sockets.add(socket);
+    socket.on('error', () => undefined);
+    let buffered = '';
+    socket.on('data', (d) => {
+      buffered += d.toString('latin1');
+      if (!buffered.includes('\r\n\r\n')) return;
+      const post = buffered.startsWith('POST');
+      buffered = '';
+      if (!post) { socket.write('HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nnext'); return; }
+      socket.pause();
+      setTimeout(() => socket.write('HTTP/1.1 413 Content Too Large\r\ncontent-length: 3\r\n\r\nbig'), 300);
+    });
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  return {
+    port: (server.address() as AddressInfo).port,
+    close: () => new Promise<void>((r) => { for (const s of sockets) s.destroy(); server.close(() => r()); }),
+  };
 }
