@@ -13,7 +13,7 @@ import { createActivityRecorder } from './activity-recorder.js';
 import { createAdminServer } from './admin.js';
 import { createAuth } from './auth.js';
 import { systemClock, type Clock } from './clock.js';
-import type { Config } from './config.js';
+import { REQUEST_GRACE_MS, type Config } from './config.js';
 import { renderErrorOnSocket } from './errors.js';
 import type { Metrics } from './metrics.js';
 import { createHttp1Front } from './http1.js';
@@ -26,9 +26,6 @@ import { createUpstreamPool } from './upstream-pool.js';
 import { createWorkspaces } from './workspaces.js';
 import { createWsPairs } from './ws-pairs.js';
 import { connectionIdentity, createWsActivityTap, negotiateExtensions, type WsActivityTap } from './activity/index.js';
-
-/** In-flight requests get this long after the WebSockets are closed before connections are cut. */
-const REQUEST_GRACE_MS = 5000;
 
 /** Resolves when p does or after ms, whichever is first (the timer never outlives it). */
 async function within(ms: number, p: Promise<unknown>): Promise<void> {

@@ -75,6 +75,11 @@ export interface Config {
 
 export interface Cidr { address: string; prefix: number; family: 4 | 6 }
 
+/** Node's timers take at most this; a longer delay fires after 1 ms instead (TimeoutOverflowWarning). */
+export const MAX_TIMER_MS = 2 ** 31 - 1;
+/** After SIGTERM, in-flight requests get this long once the WebSockets are closed (app.ts close()). */
+export const REQUEST_GRACE_MS = 5000;
+
 /** `250ms`, `30s`, `15m`, `12h`, or plain seconds (gateway/duration.ts); anything else names the variable. */
 export function parseDuration(variable: string, value: string): number {
   const ms = durationMs(value);
@@ -105,7 +110,18 @@ export function loadConfig(env: Env): Config {
     return n;
   };
   const port = (name: string, fallback: number) => int(name, fallback, 0, 65535);
-  const dur = (name: string, fallback: string) => parseDuration(name, str(name, fallback)!);
+  // A duration of 0 does not mean "off" anywhere below: a 0 command timeout fails every Redis command
+  // not answered within the same millisecond, IDLE_TIMEOUT=0 reaps every running workspace,
+  // WS_IDLE_TIMEOUT=0 cuts every WebSocket at its first silence, SHUTDOWN_TIMEOUT=0 exits 1 at once.
+  // So only the few where 0 has a meaning (`zero`) take it. Those that arm a timer (`timer`) are
+  // bounded by what a timer can wait: beyond it Node fires after 1 ms.
+  const dur = (name: string, fallback: string, o: { zero?: boolean; timer?: boolean } = {}) => {
+    const ms = parseDuration(name, str(name, fallback)!);
+    if (ms === 0 && !o.zero) throw new ConfigError(name, 'must be above 0 (0 does not turn it off)');
+    if (o.timer && ms > MAX_TIMER_MS) throw new ConfigError(name, `must be at most ${Math.floor(MAX_TIMER_MS / 3_600_000)}h`);
+    return ms;
+  };
+  const timer = { timer: true };
   const oneOf = <T extends string>(name: string, allowed: readonly T[], fallback: T): T => {
     const v = str(name, fallback)!;
     if (!(allowed as readonly string[]).includes(v)) throw new ConfigError(name, `expected one of ${allowed.join(', ')}, got "${v}"`);
@@ -149,7 +165,14 @@ export function loadConfig(env: Env): Config {
   const platformLoginUrl = str('PLATFORM_LOGIN_URL');
   if (platformLoginUrl !== undefined && !/^https?:\/\//.test(platformLoginUrl)) throw new ConfigError('PLATFORM_LOGIN_URL', 'expected an absolute http(s) URL');
 
-  const keepAliveTimeoutMs = dur('KEEPALIVE_TIMEOUT', '65s');
+  const keepAliveTimeoutMs = dur('KEEPALIVE_TIMEOUT', '65s', timer);
+  // The hard exit must come after the drain and the requests' grace (app.ts close()): else every
+  // SIGTERM ends in exit 1 with WebSockets cut (1006, not 1001), activity unflushed, leases held.
+  const drainPeriodMs = dur('DRAIN_PERIOD', development ? '0s' : '90s', { zero: true, timer: true });
+  const shutdownTimeoutMs = dur('SHUTDOWN_TIMEOUT', '110s', timer);
+  if (shutdownTimeoutMs <= drainPeriodMs + REQUEST_GRACE_MS) {
+    throw new ConfigError('SHUTDOWN_TIMEOUT', `must be above DRAIN_PERIOD plus ${REQUEST_GRACE_MS / 1000} s for in-flight requests (${(drainPeriodMs + REQUEST_GRACE_MS) / 1000} s), got ${shutdownTimeoutMs / 1000} s`);
+  }
   return {
     gatewayPort,
     adminPort: port('ADMIN_PORT', 9090),
@@ -161,7 +184,7 @@ export function loadConfig(env: Env): Config {
     redisUrl,
     redisPassword: str('REDIS_PASSWORD'),
     redisPrefix: str('REDIS_PREFIX', 'wsgw:')!,
-    redisCommandTimeoutMs: dur('REDIS_COMMAND_TIMEOUT', '500ms'),
+    redisCommandTimeoutMs: dur('REDIS_COMMAND_TIMEOUT', '500ms', timer),
     provisioner: oneOf('PROVISIONER', ['local', 'ecs'] as const, 'local'),
     logLevel: oneOf('LOG_LEVEL', ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const, 'info'),
     gatewaySecret,
@@ -175,18 +198,18 @@ export function loadConfig(env: Env): Config {
     keepAliveTimeoutMs,
     // Above keep-alive (issue 3; Node's http docs): a reused idle connection must reach its keep-alive
     // end before a headers timeout can fire on it.
-    headersTimeoutMs: dur('HEADERS_TIMEOUT', `${keepAliveTimeoutMs + 1000}ms`),
-    requestTimeoutMs: dur('REQUEST_TIMEOUT', '300s'),
+    headersTimeoutMs: dur('HEADERS_TIMEOUT', `${keepAliveTimeoutMs + 1000}ms`, timer),
+    requestTimeoutMs: dur('REQUEST_TIMEOUT', '300s', timer),
     maxHeaderSize: int('MAX_HEADER_SIZE', 16_384, 1024, 1_048_576),
-    upstreamConnectTimeoutMs: dur('UPSTREAM_CONNECT_TIMEOUT', '5s'),
-    upstreamTimeoutMs: dur('UPSTREAM_TIMEOUT', '120s'),
+    upstreamConnectTimeoutMs: dur('UPSTREAM_CONNECT_TIMEOUT', '5s', timer),
+    upstreamTimeoutMs: dur('UPSTREAM_TIMEOUT', '120s', timer),
     upstreamMaxSockets: int('UPSTREAM_MAX_SOCKETS', 64, 1, 10_000),
-    wsIdleTimeoutMs: dur('WS_IDLE_TIMEOUT', '30s'),
-    startDeadlineMs: dur('START_DEADLINE', '5m'),
-    routeCacheTtlMs: dur('ROUTE_CACHE_TTL', '30s'),
+    wsIdleTimeoutMs: dur('WS_IDLE_TIMEOUT', '30s', timer),
+    startDeadlineMs: dur('START_DEADLINE', '5m', timer),
+    routeCacheTtlMs: dur('ROUTE_CACHE_TTL', '30s', { zero: true }),
     idleTimeoutMs: dur('IDLE_TIMEOUT', '15m'),
     maxSessionMs: dur('MAX_SESSION', '12h'),
-    reapIntervalMs: dur('REAP_INTERVAL', '30s'),
+    reapIntervalMs: dur('REAP_INTERVAL', '30s', timer),
     reaperEnabled: bool('REAPER', true),
     metricsEnabled: bool('METRICS', true),
     activityTracking: bool('ACTIVITY_TRACKING', true),
@@ -199,11 +222,11 @@ export function loadConfig(env: Env): Config {
       fallbackMinFrames: int('ACTIVITY_FALLBACK_MIN_FRAMES', DEFAULT_ACTIVITY_CONFIG.fallbackMinFrames, 1),
       fallbackMinPayloadBytes: int('ACTIVITY_FALLBACK_MIN_PAYLOAD_BYTES', DEFAULT_ACTIVITY_CONFIG.fallbackMinPayloadBytes, 0),
       fallbackWindowMs: dur('ACTIVITY_FALLBACK_WINDOW', `${DEFAULT_ACTIVITY_CONFIG.fallbackWindowMs}ms`),
-      reportEveryMs: dur('ACTIVITY_REPORT_EVERY', `${DEFAULT_ACTIVITY_CONFIG.reportEveryMs}ms`),
+      reportEveryMs: dur('ACTIVITY_REPORT_EVERY', `${DEFAULT_ACTIVITY_CONFIG.reportEveryMs}ms`, { zero: true }),
     },
-    activityFlushIntervalMs: dur('ACTIVITY_FLUSH_INTERVAL', '5s'),
-    drainPeriodMs: dur('DRAIN_PERIOD', development ? '0s' : '90s'),
-    shutdownTimeoutMs: dur('SHUTDOWN_TIMEOUT', '110s'),
+    activityFlushIntervalMs: dur('ACTIVITY_FLUSH_INTERVAL', '5s', timer),
+    drainPeriodMs,
+    shutdownTimeoutMs,
     rateLimits: {
       signInPerMinute: int('RATE_SIGNIN_PER_MINUTE', 30, 1),
       startsPerMinute: int('RATE_STARTS_PER_MINUTE', 6, 1),
@@ -212,7 +235,7 @@ export function loadConfig(env: Env): Config {
       workspace: oneOf('LOCAL_WORKSPACE', ['auto', 'demo', 'code-server'] as const, 'auto'),
       dataDir: str('LOCAL_DATA_DIR', '.data/workspaces')!,
       codeServerBin: str('CODE_SERVER_BIN', 'code-server')!,
-      demoReadyDelayMs: dur('DEMO_READY_DELAY', '1500ms'),
+      demoReadyDelayMs: dur('DEMO_READY_DELAY', '1500ms', { zero: true, timer: true }),
     },
     env,
   };

@@ -45,3 +45,67 @@ t.test('durations', async (t) => {
   for (const [s, ms] of rows) t.equal(parseDuration('X', s), ms, s);
   t.throws(() => parseDuration('X', '5 minutes'));
 });
+
+t.test('durations: 0 only where it means something, timers within what Node can wait', async (t) => {
+  // 0 turned nothing off: REDIS_COMMAND_TIMEOUT=0 failed most commands (a 1 ms deadline),
+  // IDLE_TIMEOUT=0 reaped every running workspace, WS_IDLE_TIMEOUT=0 cut every WebSocket at its first
+  // silence, SHUTDOWN_TIMEOUT=0 exited 1 at SIGTERM. Past 2^31-1 ms a Node timer fires after 1 ms.
+  const refused: Array<[Record<string, string>, string]> = [
+    ...['REDIS_COMMAND_TIMEOUT', 'SESSION_TTL', 'LOGIN_TOKEN_MAX_TTL', 'KEEPALIVE_TIMEOUT', 'HEADERS_TIMEOUT', 'REQUEST_TIMEOUT',
+      'UPSTREAM_CONNECT_TIMEOUT', 'UPSTREAM_TIMEOUT', 'WS_IDLE_TIMEOUT', 'START_DEADLINE', 'IDLE_TIMEOUT', 'MAX_SESSION',
+      'REAP_INTERVAL', 'ACTIVITY_FLUSH_INTERVAL', 'ACTIVITY_FALLBACK_WINDOW', 'SHUTDOWN_TIMEOUT']
+      .flatMap((v): Array<[Record<string, string>, string]> => [[{ [v]: '0' }, v], [{ [v]: '0ms' }, v], [{ [v]: '0.0001s' }, v]]),
+    [{ SHUTDOWN_TIMEOUT: '600h' }, 'SHUTDOWN_TIMEOUT'],
+    [{ REAP_INTERVAL: '597h' }, 'REAP_INTERVAL'],
+    [{ START_DEADLINE: '2147484s' }, 'START_DEADLINE'],
+    [{ DRAIN_PERIOD: '600h', SHUTDOWN_TIMEOUT: '601h' }, 'DRAIN_PERIOD'],
+  ];
+  for (const [env, variable] of refused) {
+    try {
+      loadConfig(env);
+      t.fail(`${JSON.stringify(env)} accepted`);
+    } catch (err) {
+      t.ok(err instanceof ConfigError, JSON.stringify(env));
+      t.equal((err as ConfigError).variable, variable, JSON.stringify(env));
+    }
+  }
+  const accepted: Array<[Record<string, string>, keyof ReturnType<typeof loadConfig>, number]> = [
+    [{ DRAIN_PERIOD: '0s' }, 'drainPeriodMs', 0],
+    [{ ROUTE_CACHE_TTL: '0' }, 'routeCacheTtlMs', 0],
+    [{ DEMO_READY_DELAY: '0ms' }, 'demoReadyDelayMs' as never, 0],
+    [{ REDIS_COMMAND_TIMEOUT: '1ms' }, 'redisCommandTimeoutMs', 1],
+    [{ MAX_SESSION: '720h' }, 'maxSessionMs', 720 * 3_600_000],
+    [{ SESSION_TTL: '720h' }, 'sessionTtlMs', 720 * 3_600_000],
+    [{ SHUTDOWN_TIMEOUT: '596h', DRAIN_PERIOD: '1h' }, 'shutdownTimeoutMs', 596 * 3_600_000],
+  ];
+  for (const [env, key, ms] of accepted) {
+    const c = loadConfig(env);
+    t.equal(key === ('demoReadyDelayMs' as never) ? c.local.demoReadyDelayMs : c[key], ms, JSON.stringify(env));
+  }
+});
+
+t.test('SHUTDOWN_TIMEOUT comes after DRAIN_PERIOD and the requests\' grace', async (t) => {
+  // A hard exit inside the drain exits 1 with WebSockets cut (1006, not 1001), activity unflushed and
+  // leases held (the deploy allows drainSeconds up to 110 beside the default SHUTDOWN_TIMEOUT of 110 s).
+  const rows: Array<[Record<string, string>, boolean]> = [
+    [{}, true],
+    [{ BASE_DOMAIN: 'example.com', GATEWAY_SECRET: 'x'.repeat(32), ADMIN_TOKEN: 'y'.repeat(16) }, true], // 90 s + 5 s < 110 s
+    [{ DRAIN_PERIOD: '110s' }, false],
+    [{ DRAIN_PERIOD: '105s' }, false],
+    [{ DRAIN_PERIOD: '104s' }, true],
+    [{ DRAIN_PERIOD: '3s', SHUTDOWN_TIMEOUT: '3s' }, false],
+    [{ DRAIN_PERIOD: '300s', SHUTDOWN_TIMEOUT: '330s' }, true],
+    [{ SHUTDOWN_TIMEOUT: '5s' }, false],
+    [{ SHUTDOWN_TIMEOUT: '6s' }, true],
+  ];
+  for (const [env, ok] of rows) {
+    if (ok) { t.doesNotThrow(() => loadConfig(env), JSON.stringify(env)); continue; }
+    try {
+      loadConfig(env);
+      t.fail(`${JSON.stringify(env)} accepted`);
+    } catch (err) {
+      t.equal((err as ConfigError).variable, 'SHUTDOWN_TIMEOUT', JSON.stringify(env));
+      t.match((err as Error).message, /DRAIN_PERIOD/, 'the message names the other variable too');
+    }
+  }
+});
