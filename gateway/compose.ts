@@ -19,13 +19,22 @@ export function loggerFromConfig(config: Config, destination?: NodeJS.WritableSt
   return createLogger(config.logLevel, destination, { secrets: [config.gatewaySecret, config.adminToken, config.redisPassword] });
 }
 
+/**
+ * REDIS_URL with REDIS_PASSWORD (which wins over a password in the URL) as its password. ioredis
+ * percent-decodes the URL's userinfo, and the URL setter leaves `%` as it is: a password holding `%`
+ * was sent altered (WRONGPASS) or stopped the gateway with "URI malformed". So it is encoded whole.
+ */
+export function redisConnectionUrl(redisUrl: string, password?: string): string {
+  const url = new URL(redisUrl);
+  if (password) url.password = encodeURIComponent(password);
+  return url.toString();
+}
+
 export async function storeFromConfig(config: Config, clock: Clock, metrics: Metrics, log: Logger): Promise<StateStore> {
   if (!config.redisUrl) return createMemoryStore(clock);
-  const url = new URL(config.redisUrl);
-  if (config.redisPassword) url.password = config.redisPassword;
   let lastLogged = 0;
   return createRedisStore({
-    url: url.toString(), prefix: config.redisPrefix, commandTimeoutMs: config.redisCommandTimeoutMs,
+    url: redisConnectionUrl(config.redisUrl, config.redisPassword), prefix: config.redisPrefix, commandTimeoutMs: config.redisCommandTimeoutMs,
     onError: (err) => {
       metrics.storeError();
       // One line per 10 s at most while Redis is away, not one per reconnect attempt.

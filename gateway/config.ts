@@ -97,6 +97,19 @@ export function parseCidr(variable: string, value: string): Cidr {
   return { address, prefix, family: family as 4 | 6 };
 }
 
+/**
+ * REDIS_URL as ioredis will read it. A URL with no host (`redis://`, a template whose host came out
+ * empty) would connect to localhost:6379 without a word, and one `new URL()` refuses (a port out of
+ * range) stopped the gateway with a bare "Invalid URL". The value is not quoted: it may hold a password.
+ */
+export function checkRedisUrl(value: string): void {
+  const expected = 'expected redis://host:port or rediss://host:port';
+  let url: URL;
+  try { url = new URL(value); } catch { throw new ConfigError('REDIS_URL', `not a URL; ${expected}`); }
+  if (url.protocol !== 'redis:' && url.protocol !== 'rediss:') throw new ConfigError('REDIS_URL', expected);
+  if (!url.hostname) throw new ConfigError('REDIS_URL', `names no host; ${expected}`);
+}
+
 export function loadConfig(env: Env): Config {
   const str = (name: string, fallback?: string) => {
     const v = env[name];
@@ -143,7 +156,7 @@ export function loadConfig(env: Env): Config {
   const publicScheme = oneOf('PUBLIC_SCHEME', ['http', 'https'] as const, development ? 'http' : 'https');
   const gatewayPort = port('GATEWAY_PORT', 8080);
   const redisUrl = str('REDIS_URL');
-  if (redisUrl !== undefined && !/^rediss?:\/\//.test(redisUrl)) throw new ConfigError('REDIS_URL', 'expected redis://host:port or rediss://host:port');
+  if (redisUrl !== undefined) checkRedisUrl(redisUrl);
 
   // Several replicas must share the secret; a generated one is only for a single development replica.
   let gatewaySecret = str('GATEWAY_SECRET');

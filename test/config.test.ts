@@ -1,5 +1,11 @@
+import { Redis } from 'ioredis';
 import t from 'tap';
+import { systemClock } from '../gateway/clock.js';
+import { redisConnectionUrl, storeFromConfig } from '../gateway/compose.js';
 import { ConfigError, loadConfig, parseDuration } from '../gateway/config.js';
+import { createLogger } from '../gateway/log.js';
+import { createMetrics } from '../gateway/metrics.js';
+import { startRedis } from './helpers/redis.js';
 
 t.test('embedded defaults need no configuration', async (t) => {
   const c = loadConfig({});
@@ -106,6 +112,60 @@ t.test('SHUTDOWN_TIMEOUT comes after DRAIN_PERIOD and the requests\' grace', asy
     } catch (err) {
       t.equal((err as ConfigError).variable, 'SHUTDOWN_TIMEOUT', JSON.stringify(env));
       t.match((err as Error).message, /DRAIN_PERIOD/, 'the message names the other variable too');
+    }
+  }
+});
+
+t.test('REDIS_URL: a URL naming a host, or an error naming the variable (never quoting it)', async (t) => {
+  const secret = 's3cret-redis-pass';
+  const rows: Array<[string, boolean]> = [
+    ['redis://10.0.0.5:6379', true],
+    ['rediss://master.cache.amazonaws.com:6379', true],
+    [`redis://:${secret}@10.0.0.5:6379/2`, true],
+    ['redis://[::1]:6379', true],
+    // Connected to localhost:6379 without a word.
+    ['redis://', false],
+    ['redis:///0', false],
+    // Stopped the gateway with a bare "fatal: TypeError: Invalid URL".
+    [`redis://:${secret}@10.0.0.5:99999`, false],
+    ['redis://cache.internal:port', false],
+    [`rediss://user:${secret}@`, false],
+    ['localhost:6379', false],
+    ['http://10.0.0.5:6379', false],
+  ];
+  for (const [url, ok] of rows) {
+    const env = { REDIS_URL: url, GATEWAY_SECRET: 'x'.repeat(32) };
+    if (ok) { t.equal(loadConfig(env).redisUrl, url); continue; }
+    try {
+      loadConfig(env);
+      t.fail(`${url} accepted`);
+    } catch (err) {
+      t.ok(err instanceof ConfigError, url);
+      t.equal((err as ConfigError).variable, 'REDIS_URL', url);
+      t.notOk((err as Error).message.includes(secret), 'the password is not quoted');
+    }
+  }
+});
+
+t.test('REDIS_PASSWORD reaches Redis as written, whatever its characters', async (t) => {
+  // ioredis percent-decodes the URL's password; `%41` was sent as `A` (WRONGPASS, "Connection is
+  // closed") and `%zz` stopped the gateway with "URI malformed".
+  t.equal(redisConnectionUrl('redis://10.0.0.5:6379/2'), 'redis://10.0.0.5:6379/2', 'no password: the URL as it is');
+  const redis = await startRedis();
+  t.teardown(() => redis.stop());
+  const admin = new Redis(redis.url, { lazyConnect: true });
+  await admin.connect();
+  t.teardown(() => admin.disconnect());
+  const passwords = ['plain-password-0123', 'elasti!cache&#$^<>-token', 'per%41cent-password', 'bad%zz-escape-password', 'at@colon:slash/query?hash#', 'spa ce+plus'];
+  for (const password of passwords) {
+    await admin.config('SET', 'requirepass', password);
+    for (const url of [redis.url, redis.url.replace('redis://', 'redis://:stale-url-password@'), redis.url.replace('redis://', 'redis://default@')]) {
+      const config = loadConfig({ REDIS_URL: url, REDIS_PASSWORD: password, GATEWAY_SECRET: 'x'.repeat(32) });
+      const store = await storeFromConfig(config, systemClock, createMetrics({ enabled: false, defaultMetrics: false }), createLogger('silent'))
+        .catch((err: Error) => err);
+      if (store instanceof Error) { t.fail(`${JSON.stringify(password)} with ${url}: ${store.message}`); continue; }
+      t.equal(await store.ping(), true, `${JSON.stringify(password)} with ${url}`);
+      await store.close();
     }
   }
 });
