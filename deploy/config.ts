@@ -41,6 +41,8 @@ export interface DeployConfig {
 
 /** Fargate's maximum stopTimeout (seconds between SIGTERM and SIGKILL), used for the gateway. */
 export const FARGATE_MAX_STOP_TIMEOUT_SECONDS = 120;
+/** The gateway's SHUTDOWN_TIMEOUT: its hard exit, 10 s before ECS's SIGKILL. */
+export const SHUTDOWN_TIMEOUT_SECONDS = FARGATE_MAX_STOP_TIMEOUT_SECONDS - 10;
 /** Cloud Map's default quota of instances per service: more students means more services. */
 export const CLOUDMAP_INSTANCES_PER_SERVICE = 1000;
 /** EFS access points per file system (one per student, created by the gateway). */
@@ -153,7 +155,9 @@ export function parseDeployConfig(ctx: Context): DeployConfig {
   if (capacity !== 'spot-first' && capacity !== 'fargate') throw new Error('context "workspaceCapacity" must be spot-first or fargate');
 
   const albIdleTimeoutSeconds = int('albIdleTimeoutSeconds', 300, 60, 4000);
-  const drainSeconds = int('drainSeconds', 90, 1, FARGATE_MAX_STOP_TIMEOUT_SECONDS - 10);
+  // The gateway's hard exit (SHUTDOWN_TIMEOUT, stopTimeout - 10 s) must come after the drain and its
+  // 5 s grace for in-flight requests, or the gateway refuses to start (gateway/config.ts).
+  const drainSeconds = int('drainSeconds', 90, 1, SHUTDOWN_TIMEOUT_SECONDS - 6);
   const deregistrationDelaySeconds = int('deregistrationDelaySeconds', 60, 0, FARGATE_MAX_STOP_TIMEOUT_SECONDS - 1);
 
   return {

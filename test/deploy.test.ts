@@ -393,6 +393,13 @@ t.test('the gateway accepts the environment the stack gives it, and reads every 
       keepAliveTimeout: config.keepAliveTimeoutMs, headersTimeout: config.headersTimeoutMs, requestTimeout: config.requestTimeoutMs,
     }), `idle ${albIdleTimeoutSeconds}s: the public listener can be created with these timeouts`);
   }
+  // The longest drain the deploy settings take: the hard exit still comes after it and its grace.
+  for (const drainSeconds of [1, 90, 104]) {
+    const config = loadConfig(deployedEnv(synth({ students: 1, drainSeconds })).env);
+    t.equal(config.drainPeriodMs, drainSeconds * 1000);
+    t.ok(config.shutdownTimeoutMs < 120_000, `drain ${drainSeconds}s: the gateway starts, and exits before ECS's SIGKILL`);
+  }
+  t.throws(() => synth({ students: 1, drainSeconds: 105 }), /drainSeconds/, 'a drain the hard exit would cut is refused at synth');
 });
 
 // ---------------------------------------------------------------- IAM against the provisioner's calls
