@@ -14,9 +14,19 @@ import type { StateStore } from './store/contract.js';
 import { createMemoryStore } from './store/memory.js';
 import { createRedisStore } from './store/redis.js';
 
-/** The entry points' logger: configured level, and the configured secrets scrubbed from every line. */
+/**
+ * The entry points' logger: configured level, and the configured secrets scrubbed from every line,
+ * a password written into REDIS_URL among them (ioredis errors can quote its options).
+ */
 export function loggerFromConfig(config: Config, destination?: NodeJS.WritableStream) {
-  return createLogger(config.logLevel, destination, { secrets: [config.gatewaySecret, config.adminToken, config.redisPassword] });
+  const urlPassword = config.redisUrl ? new URL(config.redisUrl).password : '';
+  return createLogger(config.logLevel, destination, {
+    secrets: [config.gatewaySecret, config.adminToken, config.redisPassword, urlPassword, decodeURIComponentSafe(urlPassword)],
+  });
+}
+
+function decodeURIComponentSafe(s: string): string {
+  try { return decodeURIComponent(s); } catch { return s; }
 }
 
 /**

@@ -148,6 +148,12 @@ t.test("the entry points' logger scrubs the configured secrets (the reaper's did
   log.error({ err: new Error(`echoed back: ${secrets.GATEWAY_SECRET} ${secrets.ADMIN_TOKEN} redis-password-0123`) }, 'an upstream quoted us');
   for (const secret of [secrets.GATEWAY_SECRET, secrets.ADMIN_TOKEN, 'redis-password-0123']) t.notOk(text.includes(secret), secret);
   t.ok(text.includes(CENSOR));
+
+  // A password written into REDIS_URL instead of REDIS_PASSWORD: the same.
+  text = '';
+  const inUrl = loggerFromConfig(loadConfig({ ...secrets, REDIS_PASSWORD: undefined, REDIS_URL: 'redis://:url-password%2F0123@redis.internal:6379' }), sink);
+  inUrl.error({ err: new Error('connect failed: url-password/0123 and url-password%2F0123') }, 'ioredis quoted its options');
+  t.notOk(text.includes('url-password'), "REDIS_URL's password, as written and decoded");
 });
 
 t.test("process warnings: one JSON line each instead of Node's lines on stderr, until undone", async (t) => {
