@@ -370,10 +370,8 @@ export function createWorkspaces(opts: WorkspacesOptions) {
         await write(record, fence).catch(() => metrics.storeError());
         throw err;
       }
-      const now = clock.now();
       // Lost mid-stop: the task is stopped, but the record and its activity are the new holder's.
-      const written = await write({ ...record, state: 'stopped', since: now, endpoint: undefined, handle: undefined, stage: undefined, queuePosition: undefined, ...why }, fence);
-      if (written) await store.clearActivity(id).catch(() => metrics.storeError());
+      await writeStopped(record, why, fence);
       const reaped = why.reasonCode === 'idle' || why.reasonCode === 'max_session';
       log.info({ event: reaped ? 'workspace.reaped' : 'workspace.stopped', workspaceId: id, generation: record.generation, reason: why.reasonCode }, 'workspace stopped');
       return 'stopped';
@@ -391,9 +389,17 @@ export function createWorkspaces(opts: WorkspacesOptions) {
     const why = interruptedStopReason(stopping);
     log.warn({ event: 'stop.resumed', workspaceId: stopping.id, generation: stopping.generation, handle: stopping.handle, reason: why.reasonCode }, 'finishing a stop whose holder is gone');
     await provisioner.stop(stopping.id, stopping.handle, why.reason);
-    const stopped: WorkspaceRecord = { ...stopping, state: 'stopped', since: clock.now(), endpoint: undefined, handle: undefined, stage: undefined, queuePosition: undefined, ...why };
+    return writeStopped(stopping, why, fence);
+  }
+
+  /**
+   * Under the lock, once its task is stopped: the record as stopped for this reason, and its activity
+   * cleared. Undefined, and the activity left alone, when fenced out: both are the new holder's then.
+   */
+  async function writeStopped(record: WorkspaceRecord, why: StopReason, fence: Fence): Promise<WorkspaceRecord | undefined> {
+    const stopped: WorkspaceRecord = { ...record, state: 'stopped', since: clock.now(), endpoint: undefined, handle: undefined, stage: undefined, queuePosition: undefined, ...why };
     if (!(await write(stopped, fence))) return undefined;
-    await store.clearActivity(stopping.id).catch(() => metrics.storeError());
+    await store.clearActivity(record.id).catch(() => metrics.storeError());
     return stopped;
   }
 
