@@ -35,11 +35,6 @@ export interface Session { workspaceId: string; issuedAt: number; expiresAt: num
 export type LoginCheck = { ok: true; workspaceId: string; jti: string; issuedAt: number; expiresAt: number } | { ok: false; code: ErrorCode; reason: string };
 
 /**
- * Separate keys per purpose, so a session cookie can never be replayed as a sign-in token. Imported
- * once: jose imports raw key bytes into WebCrypto on every call (a third of a verification's CPU, and
- * a class of 500 signing in at 09:00 verifies 500 cookies at once; issue 7, class surge).
- */
-/**
  * When a token or session was issued, to the millisecond: JWT's `iat` holds whole seconds (RFC 7519
  * 4.1.6), and a revocation must void a session signed earlier in the same second as it while one
  * signed after it (the new owner's sign-in) holds. Tokens signed before the claim existed count
@@ -51,6 +46,11 @@ function issuedAtMs(payload: { iat?: number; [claim: string]: unknown }): number
   return typeof ms === 'number' && Number.isSafeInteger(ms) ? ms : (payload.iat as number) * 1000;
 }
 
+/**
+ * Separate keys per purpose, so a session cookie can never be replayed as a sign-in token. Imported
+ * once: jose imports raw key bytes into WebCrypto on every call (a third of a verification's CPU, and
+ * a class of 500 signing in at 09:00 verifies 500 cookies at once; issue 7, class surge).
+ */
 function deriveKey(secret: string, purpose: string): Promise<CryptoKey> {
   const raw = createHmac('sha256', secret).update(`workspace-gateway/${purpose}`).digest();
   return webcrypto.subtle.importKey('raw', raw, { name: 'HMAC', hash: 'SHA-256' }, false, ['sign', 'verify']);
