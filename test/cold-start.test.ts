@@ -3,10 +3,10 @@
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import t from 'tap';
+import t, { type Test } from 'tap';
 import type { WorkspaceRecord } from '../gateway/store/contract.js';
 import { lockKey } from '../gateway/workspaces.js';
-import { NAVIGATE, XHR, request, sessionCookie, startTestGateway, until, waitRunning, type TestGateway } from './helpers/gateway.js';
+import { NAVIGATE, XHR, request, sessionCookie, startTestGateway, until, waitRunning } from './helpers/gateway.js';
 import { spawnGateway } from './helpers/process.js';
 import { startRedis } from './helpers/redis.js';
 import { connected, openWs } from './helpers/ws.js';
@@ -99,23 +99,26 @@ t.test('two gateway processes sharing Redis: 100 page loads over both, exactly o
   }
 });
 
-/** What a replica SIGKILLed between writing 'stopping' and 'stopped' leaves: the record, published. */
-async function dieMidStop(gw: TestGateway, id: string): Promise<WorkspaceRecord> {
+/**
+ * A gateway whose workspace `id` was started by a page load, then left as a replica SIGKILLed between
+ * writing 'stopping' and 'stopped' leaves it: the record, published. Returns the running record it had.
+ */
+async function diedMidStop(t: Test, id: string) {
+  const gw = await startTestGateway();
+  t.teardown(() => gw.close());
+  const cookie = await gw.cookie(id);
+  const host = `ws-${id}.localhost`;
+  await request(gw.port, { host, headers: { ...NAVIGATE, cookie } });
+  t.equal((await waitRunning(gw.port, cookie, host)).state, 'running');
   const running = (await gw.store.getWorkspace(id))!;
   const stopping: WorkspaceRecord = { ...running, state: 'stopping', since: Date.now(), reasonCode: 'idle', reason: 'stopped after being idle' };
   await gw.store.putWorkspace(stopping);
   await gw.store.publish({ record: stopping });
-  return running;
+  return { gw, cookie, host, running };
 }
 
 t.test('a stop whose replica died midway: the next page load finishes it and starts the workspace', async (t) => {
-  const gw = await startTestGateway();
-  t.teardown(() => gw.close());
-  const cookie = await gw.cookie('lost');
-  const host = 'ws-lost.localhost';
-  await request(gw.port, { host, headers: { ...NAVIGATE, cookie } });
-  t.equal((await waitRunning(gw.port, cookie, host)).state, 'running');
-  const running = await dieMidStop(gw, 'lost');
+  const { gw, cookie, host, running } = await diedMidStop(t, 'lost');
   const page = await request(gw.port, { host, headers: { ...NAVIGATE, cookie } });
   t.equal(page.status, 200, 'the starting page');
   // No status poll yet: the page load itself took the stop over (a poll would wait 20 s first).
@@ -128,13 +131,7 @@ t.test('a stop whose replica died midway: the next page load finishes it and sta
 });
 
 t.test('a stop whose replica died midway, loaded while its lock lasts: the starting page\'s status poll takes it over', async (t) => {
-  const gw = await startTestGateway();
-  t.teardown(() => gw.close());
-  const cookie = await gw.cookie('lost2');
-  const host = 'ws-lost2.localhost';
-  await request(gw.port, { host, headers: { ...NAVIGATE, cookie } });
-  t.equal((await waitRunning(gw.port, cookie, host)).state, 'running');
-  const running = await dieMidStop(gw, 'lost2');
+  const { gw, cookie, host, running } = await diedMidStop(t, 'lost2');
   t.ok(await gw.store.acquireLease(lockKey('lost2'), 'dead-replica', 1000), 'the dead replica\'s lock, for one more second');
   const page = await request(gw.port, { host, headers: { ...NAVIGATE, cookie } });
   t.equal(page.headers['x-gateway-state'], 'stopping', 'the page waits while the lock lasts');
