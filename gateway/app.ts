@@ -20,7 +20,7 @@ import { createHttp1Front } from './http1.js';
 import { createForwarder } from './proxy.js';
 import { canReconcile, createReconciler, reconcileFromList } from './reconcile.js';
 import { createRequestPath } from './request-path.js';
-import { createRevocations } from './revocations.js';
+import { createRevocations, type RevocationSource } from './revocations.js';
 import type { StateStore } from './store/contract.js';
 import { createUpstreamPool } from './upstream-pool.js';
 import { createWorkspaces } from './workspaces.js';
@@ -33,6 +33,13 @@ async function within(ms: number, p: Promise<unknown>): Promise<void> {
   await Promise.race([p, new Promise((r) => { timer = setTimeout(r, ms); })]);
   clearTimeout(timer);
 }
+
+/** The log event for each way a replica learns a revocation cutoff (gateway/revocations.ts). */
+const REVOCATION_EVENTS: Record<RevocationSource, [event: string, message: string]> = {
+  made: ['sessions.revoked', 'sessions revoked'],
+  announced: ['sessions.revoked_elsewhere', 'sessions revoked on another replica'],
+  read: ['sessions.cutoff_learned', 'revocation cutoff read from the store'],
+};
 
 /** Idle upstream connections close after this, below code-server's own keep-alive (5 s). */
 const UPSTREAM_IDLE_MS = 4000;
@@ -130,9 +137,12 @@ export async function createGateway(deps: GatewayDeps) {
     store, clock, metrics, refreshMs: config.routeCacheTtlMs,
     // A voided session lasts at most SESSION_TTL past the cutoff; a sign-in link less.
     keepMs: Math.max(config.sessionTtlMs, config.loginTokenMaxTtlMs) + 60_000,
-    onRevoked: (id, cutoffMs) => {
+    // One `sessions.revoked` per revocation, on the replica it was made on; the others say how they
+    // learnt the cutoff, at debug unless it closed something (a read finds old cutoffs, often).
+    onRevoked: (id, cutoffMs, source) => {
       const closed = wsPairs.closeIssuedBefore(id, cutoffMs);
-      log.info({ event: 'sessions.revoked', workspaceId: id, cutoff: cutoffMs, websocketsClosed: closed }, 'sessions revoked');
+      const [event, message] = REVOCATION_EVENTS[source];
+      log[source === 'made' || closed > 0 ? 'info' : 'debug']({ event, workspaceId: id, cutoff: cutoffMs, websocketsClosed: closed }, message);
     },
   });
   closers.push(() => revocations.close());

@@ -24,9 +24,15 @@ export interface RevocationsOptions {
   refreshMs: number;
   /** How long the store keeps a cutoff: no session or sign-in link it voids outlives it. */
   keepMs: number;
-  /** Every cutoff learnt, from any replica: the WebSockets opened under voided sessions are closed. */
-  onRevoked?(workspaceId: string, cutoffMs: number): void;
+  /**
+   * Every cutoff learnt, and how: the WebSockets opened under voided sessions are closed. A read
+   * finds cutoffs made earlier (a replica started later, a refresh), not a revocation made now.
+   */
+  onRevoked?(workspaceId: string, cutoffMs: number, source: RevocationSource): void;
 }
+
+/** `made`: by revoke() on this replica; `announced`: another replica's event; `read`: found in the store. */
+export type RevocationSource = 'made' | 'announced' | 'read';
 
 interface Known { cutoffMs: number | undefined; checkedAt: number }
 
@@ -38,12 +44,13 @@ export function createRevocations(opts: RevocationsOptions) {
   const known = new Map<string, Known>();
   const reading = new Map<string, Promise<void>>();
 
-  function learn(id: string, cutoffMs: number | undefined) {
+  function learn(id: string, cutoffMs: number | undefined, source: RevocationSource) {
     const before = known.get(id)?.cutoffMs;
     const cutoff = before === undefined ? cutoffMs : cutoffMs === undefined ? before : Math.max(before, cutoffMs);
     if (known.size >= MAX_KNOWN && !known.has(id)) known.delete(known.keys().next().value!);
     known.set(id, { cutoffMs: cutoff, checkedAt: clock.now() });
-    if (cutoff !== undefined && cutoff !== before) opts.onRevoked?.(id, cutoff);
+    // A revocation made here is reported even when the store kept an equal or later cutoff.
+    if (cutoff !== undefined && (cutoff !== before || source === 'made')) opts.onRevoked?.(id, cutoff, source);
   }
 
   /**
@@ -55,8 +62,8 @@ export function createRevocations(opts: RevocationsOptions) {
     let p = reading.get(id);
     if (!p) {
       p = store.sessionsRevokedBefore(id).then(
-        (cutoff) => learn(id, cutoff),
-        () => { metrics.storeError(); learn(id, undefined); },
+        (cutoff) => learn(id, cutoff, 'read'),
+        () => { metrics.storeError(); learn(id, undefined, 'read'); },
       ).finally(() => reading.delete(id));
       reading.set(id, p);
     }
@@ -64,7 +71,7 @@ export function createRevocations(opts: RevocationsOptions) {
   }
 
   const unsubscribe = store.subscribe((e: WorkspaceEvent) => {
-    if ('sessionsRevoked' in e) learn(e.sessionsRevoked.id, e.sessionsRevoked.beforeMs);
+    if ('sessionsRevoked' in e) learn(e.sessionsRevoked.id, e.sessionsRevoked.beforeMs, 'announced');
   });
 
   /**
@@ -92,7 +99,7 @@ export function createRevocations(opts: RevocationsOptions) {
     /** Voids every session and sign-in link of the workspace issued before now, on every replica. */
     async revoke(workspaceId: string): Promise<number> {
       const cutoff = await store.revokeSessions(workspaceId, clock.now(), opts.keepMs);
-      learn(workspaceId, cutoff);
+      learn(workspaceId, cutoff, 'made');
       await store.publish({ sessionsRevoked: { id: workspaceId, beforeMs: cutoff } }).catch(() => metrics.storeError());
       return cutoff;
     },

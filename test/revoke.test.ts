@@ -6,7 +6,7 @@ import http from 'node:http';
 import t from 'tap';
 import { createManualClock } from '../gateway/clock.js';
 import { createMetrics } from '../gateway/metrics.js';
-import { createRevocations, revokedBy } from '../gateway/revocations.js';
+import { createRevocations, revokedBy, type RevocationSource } from '../gateway/revocations.js';
 import { StoreUnavailable, type StateStore } from '../gateway/store/contract.js';
 import { createMemoryStore } from '../gateway/store/memory.js';
 import { NAVIGATE, TEST_ADMIN_TOKEN, XHR, loginUrl, request, startTestGateway, type TestGateway } from './helpers/gateway.js';
@@ -41,10 +41,10 @@ t.test('revokedBy table: a session issued before the cutoff is void, one issued 
 t.test('a replica learns cutoffs from events at once, and from the store after a missed one', async (t) => {
   const clock = createManualClock(1_764_316_800_000);
   const store = createMemoryStore(clock);
-  const seen: Array<[string, number]> = [];
-  const make = () => createRevocations({ store, clock, metrics: createMetrics({ enabled: false, defaultMetrics: false }), refreshMs: 30_000, keepMs: 60_000, onRevoked: (id, c) => seen.push([id, c]) });
-  const a = make();
-  const b = make();
+  const seen: Array<[string, string, number, RevocationSource]> = [];
+  const make = (name: string) => createRevocations({ store, clock, metrics: createMetrics({ enabled: false, defaultMetrics: false }), refreshMs: 30_000, keepMs: 60_000, onRevoked: (id, c, how) => seen.push([name, id, c, how]) });
+  const a = make('a');
+  const b = make('b');
   t.teardown(() => { a.close(); b.close(); });
   const issued = clock.now() - 1;
   t.equal(b.voidsNow('w', issued), undefined, 'a workspace not learnt yet: the lane cannot decide');
@@ -56,7 +56,7 @@ t.test('a replica learns cutoffs from events at once, and from the store after a
   await new Promise((r) => setImmediate(r)); // the store's events are asynchronous, as Redis pub/sub is
   t.equal(b.voidsNow('w', issued), true, 'the other replica was told by the event');
   t.equal(b.voidsNow('w', cutoff), false, 'a session issued at the cutoff holds');
-  t.same(seen, [['w', cutoff], ['w', cutoff]], 'both replicas heard it once (their WebSockets are closed)');
+  t.same(seen, [['a', 'w', cutoff, 'made'], ['b', 'w', cutoff, 'announced']], 'both replicas heard it once (their WebSockets are closed), each knowing how');
 
   // A revocation whose event b missed (Redis reconnecting): b still uses what it knows until the
   // refresh period has passed, then reads the store again in the background.
@@ -68,7 +68,23 @@ t.test('a replica learns cutoffs from events at once, and from the store after a
   t.equal(b.voidsNow('w', later), false, 'stale: still the known cutoff while the store is read');
   await new Promise((r) => setImmediate(r));
   t.equal(b.voidsNow('w', later), true, 'the missed cutoff, learnt from the store');
-  t.equal(await a.revoke('w') >= clock.now(), true);
+  t.same(seen.slice(2), [['b', 'w', clock.now() - 30_001, 'read']], 'learnt by a read, not a revocation made now');
+  seen.length = 0;
+  const c = make('c');
+  t.teardown(() => c.close());
+  t.equal(await c.voids('w', later), true, 'a replica started after it reads the cutoff');
+  t.same(seen, [['c', 'w', clock.now() - 30_001, 'read']], 'and says it read it');
+  seen.length = 0;
+  const again = await a.revoke('w');
+  t.equal(again >= clock.now(), true);
+  await new Promise((r) => setImmediate(r));
+  t.same(seen.filter(([, , , how]) => how === 'made'), [['a', 'w', again, 'made']], 'a revocation made is reported where it was made');
+  t.same(seen.filter(([, , , how]) => how !== 'made').map(([name, , , how]) => [name, how]), [['b', 'announced'], ['c', 'announced']], 'and announced to the others');
+  // Made again in the same millisecond: the store keeps the same cutoff, and the revocation is still reported.
+  seen.length = 0;
+  t.equal(await a.revoke('w'), again);
+  await new Promise((r) => setImmediate(r));
+  t.same(seen, [['a', 'w', again, 'made']], 'the second one is reported too; nobody else learns anything new');
 });
 
 t.test('a store that cannot answer: sessions are let in on what the replica knows (as cached routes are served), and it is asked again', async (t) => {
@@ -171,4 +187,47 @@ t.test('replicas sharing Redis: one revocation holds on all of them, including o
   const c = await startTestGateway({ redisUrl: redis.url });
   t.teardown(() => c.close());
   t.equal((await get(c)).headers['x-gateway-error'], 'NOT_SIGNED_IN', 'a replica started after it reads the cutoff from the store');
+});
+
+t.test('log lines say what happened: one `sessions.revoked` for the revocation made, other replicas say they heard it, a replica reading an old cutoff says it learnt it', async (t) => {
+  const redis = await startRedis();
+  t.teardown(() => redis.stop());
+  const up: RecordingUpstream = await startRecordingUpstream();
+  t.teardown(() => up.close());
+  // debug: the lines a replica keeps at debug must still be there, under their own names.
+  const env = { LOG_LEVEL: 'debug' };
+  const a = await startTestGateway({ redisUrl: redis.url, env });
+  const b = await startTestGateway({ redisUrl: redis.url, env });
+  t.teardown(async () => { await a.close(); await b.close(); });
+  await registerRunning(a.store, 'rec', up.port);
+  const host = 'ws-rec.localhost';
+  const cookie = await a.cookie('rec');
+  const get = (gw: TestGateway) => request(gw.port, { host, path: '/page', headers: { ...XHR, cookie }, agent: false });
+  const events = (gw: TestGateway, name: string) => gw.logs.filter((l) => l.event === name && l.workspaceId === 'rec');
+  t.equal((await get(b)).status, 200, 'b has read the workspace (no cutoff yet)');
+  const onB = await connected(openWs(b.port, '/socket', { cookie, host }));
+  const onBClosed = closed(onB);
+
+  t.equal((await revoke(a, 'rec')).status, 200);
+  t.equal((await onBClosed).code, 1008);
+  t.equal(events(a, 'sessions.revoked').length, 1, 'the replica the revocation was made on logs it once');
+  t.equal(events(a, 'sessions.revoked')[0]?.level, 30, 'at info');
+  t.equal(events(a, 'sessions.revoked_elsewhere').length + events(a, 'sessions.cutoff_learned').length, 0, 'its own event back from Redis is not news');
+  t.equal(events(b, 'sessions.revoked').length, 0, 'the replica that was told does not log a revocation of its own');
+  const heard = events(b, 'sessions.revoked_elsewhere');
+  t.equal(heard.length, 1, 'it logs that it was told');
+  t.equal(heard[0]?.websocketsClosed, 1, 'with the WebSocket it closed');
+
+  // A second revocation in a row: made again, logged again, even where the cutoff did not move.
+  t.equal((await revoke(a, 'rec')).status, 200);
+  t.equal(events(a, 'sessions.revoked').length, 2, 'each revocation made is logged where it was made');
+
+  const c = await startTestGateway({ redisUrl: redis.url, env });
+  t.teardown(() => c.close());
+  t.equal((await get(c)).headers['x-gateway-error'], 'NOT_SIGNED_IN');
+  t.equal(events(c, 'sessions.revoked').length, 0, 'a replica started later made no revocation');
+  t.equal(events(c, 'sessions.revoked_elsewhere').length, 0, 'and was told of none');
+  const learnt = events(c, 'sessions.cutoff_learned');
+  t.equal(learnt.length, 1, 'it learnt an old cutoff from the store');
+  t.equal(learnt[0]?.level, 20, 'at debug: nothing happened but a read');
 });
