@@ -1,0 +1,154 @@
+// Access control at its edges (issue 3): a sign-in link raced on two replicas, expiry to the
+// millisecond on the injected clock, a changed GATEWAY_SECRET, malformed and crowded cookies, the
+// revocation cutoff's lifetime in Redis.
+import http from 'node:http';
+import { Redis } from 'ioredis';
+import t from 'tap';
+import { createManualClock } from '../gateway/clock.js';
+import { NAVIGATE, TEST_ADMIN_TOKEN, XHR, request, startTestGateway, type RawResponse, type TestGateway } from './helpers/gateway.js';
+import { startRedis } from './helpers/redis.js';
+import { registerRunning, startRecordingUpstream } from './helpers/upstream.js';
+import { connected, openWs } from './helpers/ws.js';
+
+const code = (r: RawResponse) => r.headers['x-gateway-error'];
+const HOST = 'ws-rec.localhost';
+
+function login(gw: TestGateway, token: string, host = HOST): Promise<RawResponse> {
+  return request(gw.port, { host, path: `/__gateway/login?token=${encodeURIComponent(token)}`, headers: { ...NAVIGATE, 'sec-fetch-site': 'none' } });
+}
+
+/** Sends the same sign-in link to every gateway at once, `times` each; the statuses and codes that came back. */
+async function race(gws: TestGateway[], token: string, times: number): Promise<Array<[number, string | undefined]>> {
+  const all = await Promise.all(gws.flatMap((gw) => Array.from({ length: times }, () => login(gw, token))));
+  return all.map((r) => [r.status, code(r) as string | undefined]);
+}
+
+t.test('a sign-in link used at once on two replicas sharing Redis, and many times on one memory-store replica: exactly one session', async (t) => {
+  const redis = await startRedis();
+  t.teardown(() => redis.stop());
+  const env = { RATE_SIGNIN_PER_MINUTE: '1000' };
+  const a = await startTestGateway({ redisUrl: redis.url, env });
+  const b = await startTestGateway({ redisUrl: redis.url, env });
+  const mem = await startTestGateway({ env });
+  t.teardown(async () => { await a.close(); await b.close(); await mem.close(); });
+  for (let i = 0; i < 3; i++) {
+    const shared = await race([a, b], await a.gateway.auth.createLoginToken('rec', `jti-race-${i}`), 5);
+    t.equal(shared.filter(([s]) => s === 303).length, 1, `redis, round ${i}: one sign-in`);
+    t.same(shared.filter(([s]) => s !== 303), Array(9).fill([401, 'LOGIN_TOKEN_USED']), 'the rest: used');
+    const one = await race([mem], await mem.gateway.auth.createLoginToken('rec', `jti-race-${i}`), 10);
+    t.equal(one.filter(([s]) => s === 303).length, 1, `memory, round ${i}: one sign-in`);
+    t.same(one.filter(([s]) => s !== 303), Array(9).fill([401, 'LOGIN_TOKEN_USED']), 'the rest: used');
+  }
+});
+
+t.test('expiry to the millisecond on the injected clock: sessions (both lanes) and sign-in links', async (t) => {
+  const start = Date.UTC(2026, 2, 2, 9, 0, 0, 250);
+  const clock = createManualClock(start);
+  const gw = await startTestGateway({ clock, env: { SESSION_TTL: '1h', LOGIN_TOKEN_MAX_TTL: '2m', RATE_SIGNIN_PER_MINUTE: '1000' } });
+  const up = await startRecordingUpstream();
+  t.teardown(async () => { await gw.close(); await up.close(); });
+  await registerRunning(gw.store, 'rec', up.port);
+  const auth = gw.gateway.auth;
+  const session = await auth.createSession('rec');
+  const cookie = `wsgw-session=${session.value}`;
+  // exp is whole seconds (RFC 7519 4.1.4): the session ends at the second its lifetime reaches, never later.
+  t.ok(session.expiresAt <= start + 3_600_000 && session.expiresAt > start + 3_600_000 - 1000, 'ends within its lifetime');
+  const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
+  t.teardown(() => agent.destroy());
+  const get = (keep: boolean) => request(gw.port, { host: HOST, path: '/p', headers: { ...XHR, cookie }, agent: keep ? agent : false });
+  t.equal((await get(false)).status, 200, 'node:http verifies it');
+  t.equal((await get(true)).status, 200);
+  t.equal((await get(true)).status, 200, 'the warm lane keeps it');
+  const ends = auth.sessionFor([session.value], 'rec').then((s) => s!.expiresAt);
+  clock.set((await ends) - 1);
+  t.equal((await get(true)).status, 200, 'a millisecond before its end: warm lane');
+  t.equal((await get(false)).status, 200, 'a millisecond before its end: node:http');
+  clock.set(await ends);
+  const warmEnd = await get(true);
+  t.same([warmEnd.status, code(warmEnd)], [401, 'NOT_SIGNED_IN'], 'at its end: warm lane refuses');
+  const end = await get(false);
+  t.same([end.status, code(end)], [401, 'NOT_SIGNED_IN'], 'at its end: node:http refuses');
+
+  clock.set(start);
+  const token = await auth.createLoginToken('rec', 'jti-edge-1');
+  const exp = Math.floor((start + 120_000) / 1000) * 1000;
+  clock.set(exp - 1);
+  t.equal((await login(gw, token)).status, 303, 'a sign-in link a millisecond before its end');
+  clock.set(start);
+  const late = await auth.createLoginToken('rec', 'jti-edge-2');
+  clock.set(exp);
+  const r = await login(gw, late);
+  t.same([r.status, code(r)], [401, 'LOGIN_TOKEN_EXPIRED'], 'at its end: expired');
+});
+
+t.test('a changed GATEWAY_SECRET: sessions and links of the old key are refused with their codes, not a 500', async (t) => {
+  const old = await startTestGateway();
+  const oldCookie = await old.cookie('rec');
+  const oldLink = await old.gateway.auth.createLoginToken('rec', 'jti-rotated');
+  await old.close();
+  const gw = await startTestGateway({ env: { GATEWAY_SECRET: 'a-new-secret-after-rotation-0123456789abcdef', PLATFORM_LOGIN_URL: 'https://platform.example/login' } });
+  const up = await startRecordingUpstream();
+  t.teardown(async () => { await gw.close(); await up.close(); });
+  await registerRunning(gw.store, 'rec', up.port);
+  const xhr = await request(gw.port, { host: HOST, path: '/p', headers: { ...XHR, cookie: oldCookie } });
+  t.same([xhr.status, code(xhr)], [401, 'NOT_SIGNED_IN'], 'a program: 401 NOT_SIGNED_IN');
+  const page = await request(gw.port, { host: HOST, path: '/p', headers: { ...NAVIGATE, 'sec-fetch-site': 'none', cookie: oldCookie } });
+  t.equal(page.status, 303, 'a page load: to the platform to sign in again');
+  t.match(page.headers.location, /^https:\/\/platform\.example\/login\?return_to=/);
+  const status = await request(gw.port, { host: HOST, path: '/__gateway/status', headers: { ...XHR, cookie: oldCookie } });
+  t.same([status.status, code(status)], [401, 'NOT_SIGNED_IN'], 'the status poll');
+  const ws = await connected(openWs(gw.port, '/s', { cookie: oldCookie, host: HOST })).then(() => 101, (e: { status?: number }) => e.status);
+  t.equal(ws, 401, 'a WebSocket');
+  const link = await login(gw, oldLink);
+  t.same([link.status, code(link)], [401, 'LOGIN_TOKEN_INVALID'], 'an old sign-in link');
+  t.equal(up.requests.length, 0);
+  t.notOk(gw.logs.some((l) => l.event === 'request.error' || l.event === 'upgrade.error'), 'nothing logged as a fault of ours');
+});
+
+t.test('malformed, crowded and oversized cookies: 401 or 431 with a code, never a crash', async (t) => {
+  const gw = await startTestGateway({ env: { MAX_HEADER_SIZE: '16384' } });
+  const up = await startRecordingUpstream();
+  t.teardown(async () => { await gw.close(); await up.close(); });
+  await registerRunning(gw.store, 'rec', up.port);
+  const valid = await gw.cookie('rec');
+  const b64 = (s: string) => Buffer.from(s).toString('base64url');
+  const rows: Array<[string, string, number, string]> = [
+    ['not base64', 'wsgw-session=%%%!!', 401, 'NOT_SIGNED_IN'],
+    ['three bad parts', 'wsgw-session=a.b.c', 401, 'NOT_SIGNED_IN'],
+    ['header not JSON', `wsgw-session=${b64('{')}.${b64('{}')}.x`, 401, 'NOT_SIGNED_IN'],
+    ['payload not JSON', `wsgw-session=${b64('{"alg":"HS256","typ":"wsgw-session"}')}.${b64('[')}.x`, 401, 'NOT_SIGNED_IN'],
+    ['empty value', 'wsgw-session=', 401, 'NOT_SIGNED_IN'],
+    ['a lone quote', 'wsgw-session="', 401, 'NOT_SIGNED_IN'],
+    ['unicode', 'wsgw-session=\u00e9\u00e9', 401, 'NOT_SIGNED_IN'],
+    ['200 copies of a bad one', Array(200).fill('wsgw-session=a.b.c').join('; '), 401, 'NOT_SIGNED_IN'],
+    ['500 other cookies and the valid one last', `${Array.from({ length: 500 }, (_, i) => `c${i}=v`).join('; ')}; ${valid}`, 200, ''],
+    ['one value of 15,000 characters', `wsgw-session=${'A'.repeat(15_000)}`, 401, 'NOT_SIGNED_IN'],
+    ['over the header limit', `wsgw-session=${'A'.repeat(20_000)}`, 431, 'HEADERS_TOO_LARGE'],
+  ];
+  for (const [name, cookie, status, want] of rows) {
+    for (const keep of [false, true]) {
+      const agent = keep ? new http.Agent({ keepAlive: true, maxSockets: 1 }) : false;
+      const r = await request(gw.port, { host: HOST, path: '/p', headers: { ...XHR, cookie }, agent }).catch((e: Error) => ({ status: 0, headers: {}, body: e.message }) as RawResponse);
+      if (agent) agent.destroy();
+      t.equal(r.status, status, `${name}${keep ? ' (kept-alive)' : ''}: ${status}`);
+      if (want) t.equal(code(r), want, `${name}: ${want}`);
+    }
+  }
+  t.equal((await request(gw.port, { host: HOST, path: '/p', headers: { ...XHR, cookie: valid } })).status, 200, 'still up');
+  t.notOk(gw.logs.some((l) => l.event === 'request.error'), 'nothing logged as a fault of ours');
+});
+
+t.test("the revocation cutoff's key in Redis lasts past the longest session and no longer", async (t) => {
+  const redis = await startRedis();
+  t.teardown(() => redis.stop());
+  const gw = await startTestGateway({ redisUrl: redis.url, env: { SESSION_TTL: '12h', LOGIN_TOKEN_MAX_TTL: '5m' } });
+  t.teardown(() => gw.close());
+  const r = await fetch(`http://127.0.0.1:${gw.adminPort}/api/workspaces/rec/revoke-sessions`, { method: 'POST', headers: { authorization: `Bearer ${TEST_ADMIN_TOKEN}` } });
+  t.equal(r.status, 200);
+  const client = new Redis(redis.url);
+  t.teardown(() => client.disconnect());
+  const ttl = await client.pttl(`${gw.config.redisPrefix}revoked:rec`);
+  t.ok(ttl > 12 * 3_600_000, `kept past a session issued just before it (${ttl} ms)`);
+  t.ok(ttl <= 12 * 3_600_000 + 5 * 60_000, 'and not for ever');
+});
+
