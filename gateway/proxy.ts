@@ -142,7 +142,11 @@ export function createForwarder(opts: ProxyOptions) {
       req.on('data', (chunk: Buffer) => { if (!exchange.body(chunk)) req.pause(); });
       req.on('end', () => exchange.end());
     },
-    ws(req: IncomingMessage, socket: Duplex, head: Buffer, endpoint: Endpoint, fwd: ForwardedFor, cookie: string | undefined, hooks: { onFailure(f: ForwardFailure): void; /** Takes over both sockets and relays their bytes. */ onUpgrade(upstream: Duplex, response: UpgradeResponse): void }) {
+    ws(req: IncomingMessage, socket: Duplex, head: Buffer, endpoint: Endpoint, fwd: ForwardedFor, cookie: string | undefined, hooks: {
+      onFailure(f: ForwardFailure): void;
+      /** Takes over both sockets and relays their bytes; false: it refused the client and closed both, no 101 is sent. */
+      onUpgrade(upstream: Duplex, response: UpgradeResponse): boolean | void;
+    }) {
       prepareUpgradeHeaders(req, fwd, cookie);
       tune(socket);
       // Bytes the client sent right behind its upgrade request travel once the relay starts.
@@ -175,7 +179,7 @@ export function createForwarder(opts: ProxyOptions) {
         tune(upstream);
         const response: UpgradeResponse = { statusCode: 101, headers: res.headers };
         // Synchronous, and before the 101 is written: the app may still change the response's fields.
-        hooks.onUpgrade(upstream, response);
+        if (hooks.onUpgrade(upstream, response) === false) return;
         socket.write(`HTTP/1.1 101 Switching Protocols\r\n${headerBlock(response.headers)}\r\n`, 'latin1');
         // The hook's owner (ws-pairs) moves the bytes from the next tick on, after this 101.
         if (upstreamHead.length) upstream.unshift(upstreamHead);

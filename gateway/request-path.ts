@@ -526,6 +526,14 @@ export function createRequestPath(deps: RequestPathDeps) {
     let upgraded = false;
     forwarder.ws(req, socket, head, endpoint, forwardedForRequest(req), sessionCookieParts(req.headers.cookie, cookieName).rest, {
       onUpgrade: (upstream, response) => {
+        // Revoked while the workspace was answering: the pair would not be tracked yet when the
+        // revocation closed this session's WebSockets, so it is refused here instead.
+        if (revocations.voidsNow(workspaceId, sessionIssuedAt) === true) {
+          upstream.destroy();
+          metrics.signInFailure('revoked');
+          failSocket(socket, requestId, 'NOT_SIGNED_IN');
+          return false;
+        }
         upgraded = true;
         metrics.proxied('ws', 101);
         // Opening (or re-opening) a socket is not evidence of a person; its messages may be (issue 5).

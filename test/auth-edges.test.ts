@@ -1,14 +1,16 @@
 // Access control at its edges (issue 3): a sign-in link raced on two replicas, expiry to the
 // millisecond on the injected clock, a changed GATEWAY_SECRET, malformed and crowded cookies, the
-// revocation cutoff's lifetime in Redis.
+// revocation cutoff's lifetime in Redis, and an upgrade in flight while its session is revoked.
 import http from 'node:http';
+import type { AddressInfo } from 'node:net';
+import type { Duplex } from 'node:stream';
 import { Redis } from 'ioredis';
 import t from 'tap';
 import { createManualClock } from '../gateway/clock.js';
 import { NAVIGATE, TEST_ADMIN_TOKEN, XHR, request, startTestGateway, type RawResponse, type TestGateway } from './helpers/gateway.js';
 import { startRedis } from './helpers/redis.js';
-import { registerRunning, startRecordingUpstream } from './helpers/upstream.js';
-import { connected, openWs } from './helpers/ws.js';
+import { acceptWebSocket, registerRunning, startRecordingUpstream } from './helpers/upstream.js';
+import { closed, connected, openWs } from './helpers/ws.js';
 
 const code = (r: RawResponse) => r.headers['x-gateway-error'];
 const HOST = 'ws-rec.localhost';
@@ -152,3 +154,32 @@ t.test("the revocation cutoff's key in Redis lasts past the longest session and 
   t.ok(ttl <= 12 * 3_600_000 + 5 * 60_000, 'and not for ever');
 });
 
+t.test('an upgrade in flight when its session is revoked: the WebSocket does not outlive the revocation', async (t) => {
+  const gw = await startTestGateway();
+  const held: Array<() => void> = [];
+  const sockets = new Set<Duplex>();
+  const arrived: Array<() => void> = [];
+  const server = http.createServer((_req, res) => res.end('ok'));
+  server.on('upgrade', (req, socket: Duplex) => {
+    sockets.add(socket);
+    held.push(() => acceptWebSocket(req, socket));
+    for (const f of arrived.splice(0)) f();
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  t.teardown(async () => { await gw.close(); for (const s of sockets) s.destroy(); await new Promise((r) => server.close(r)); });
+  await registerRunning(gw.store, 'rec', (server.address() as AddressInfo).port);
+  const cookie = await gw.cookie('rec');
+  const ws = openWs(gw.port, '/s', { cookie, host: HOST });
+  const open = connected(ws).then(() => 'open', (e: { status?: number; headers?: Record<string, string> }) => `refused ${e.status} ${e.headers?.['x-gateway-error']}`);
+  const wsClosed = closed(ws);
+  await new Promise<void>((r) => arrived.push(r)); // authorized: the upgrade reached the workspace
+  const rev = await fetch(`http://127.0.0.1:${gw.adminPort}/api/workspaces/rec/revoke-sessions`, { method: 'POST', headers: { authorization: `Bearer ${TEST_ADMIN_TOKEN}` } });
+  t.equal(rev.status, 200, 'revoked while the workspace has not answered');
+  held.shift()!();
+  const how = await open;
+  if (how === 'open') {
+    const bound = new Promise<{ code: number }>((r) => setTimeout(() => r({ code: 0 }), 3000).unref());
+    t.equal((await Promise.race([wsClosed, bound])).code, 1008, 'opened, then closed with 1008 at once');
+  } else t.equal(how, 'refused 401 NOT_SIGNED_IN', 'or refused as a revoked session is');
+  t.equal(gw.gateway.openWebSockets(), 0, 'no pair of the revoked session is left');
+});
