@@ -124,6 +124,9 @@ t.test('malformed, crowded and oversized cookies: 401 or 431 with a code, never 
     ['unicode', 'wsgw-session=\u00e9\u00e9', 401, 'NOT_SIGNED_IN'],
     ['200 copies of a bad one', Array(200).fill('wsgw-session=a.b.c').join('; '), 401, 'NOT_SIGNED_IN'],
     ['500 other cookies and the valid one last', `${Array.from({ length: 500 }, (_, i) => `c${i}=v`).join('; ')}; ${valid}`, 200, ''],
+    // A session is looked for among the first four values only (auth.ts MAX_SESSION_VALUES).
+    ['three bad values, then the valid one', `${Array(3).fill('wsgw-session=a.b.c').join('; ')}; ${valid}`, 200, ''],
+    ['four bad values, then the valid one', `${Array(4).fill('wsgw-session=a.b.c').join('; ')}; ${valid}`, 401, 'NOT_SIGNED_IN'],
     ['one value of 15,000 characters', `wsgw-session=${'A'.repeat(15_000)}`, 401, 'NOT_SIGNED_IN'],
     ['over the header limit', `wsgw-session=${'A'.repeat(20_000)}`, 431, 'HEADERS_TOO_LARGE'],
   ];
