@@ -1,12 +1,14 @@
 // Entry point: reads the environment once, picks implementations, starts both listeners, and turns
-// SIGTERM into a graceful drain. `npm start` with no configuration runs a complete single-replica
-// gateway (in-memory state, local workspaces) and prints a sign-in link for the demo workspace.
+// SIGTERM into a graceful drain (shutdown.ts). `npm start` with no configuration runs a complete
+// single-replica gateway (in-memory state, local workspaces) and prints a sign-in link for the demo
+// workspace.
 import { randomUUID } from 'node:crypto';
 import { createGateway } from './app.js';
 import { systemClock } from './clock.js';
 import { configOrExit, loggerFromConfig, provisionerFromConfig, storeFromConfig } from './compose.js';
 import { logProcessWarnings } from './log.js';
 import { createMetrics } from './metrics.js';
+import { installShutdown } from './shutdown.js';
 
 async function main() {
   const config = configOrExit(process.env);
@@ -40,22 +42,15 @@ async function main() {
     process.stdout.write(`${lines.join('\n')}\n`);
   }
 
-  let stopping = false;
-  const shutdown = async (signal: string) => {
-    if (stopping) return;
-    stopping = true;
-    logger.info({ event: 'shutdown', signal, drainMs: config.drainPeriodMs }, 'draining');
-    const hard = setTimeout(() => { logger.error({ event: 'shutdown.timeout' }, 'drain took too long; exiting'); process.exit(1); }, config.shutdownTimeoutMs);
-    hard.unref();
-    await gateway.close(config.drainPeriodMs);
-    await provisioner.close();
-    await store.close();
-    metrics.close();
-    logger.info({ event: 'stopped' }, 'gateway stopped');
-    process.exit(0);
-  };
-  process.on('SIGTERM', () => { void shutdown('SIGTERM'); });
-  process.on('SIGINT', () => { void shutdown('SIGINT'); });
+  installShutdown({
+    log: logger, timeoutMs: config.shutdownTimeoutMs, fields: { drainMs: config.drainPeriodMs }, stoppedMessage: 'gateway stopped',
+    async close() {
+      await gateway.close(config.drainPeriodMs);
+      await provisioner.close();
+      await store.close();
+      metrics.close();
+    },
+  });
 }
 
 main().catch((err) => {

@@ -6,6 +6,7 @@ import { systemClock } from '../gateway/clock.js';
 import { configOrExit, loggerFromConfig, provisionerFromConfig, storeFromConfig } from '../gateway/compose.js';
 import { logProcessWarnings } from '../gateway/log.js';
 import { createMetrics } from '../gateway/metrics.js';
+import { installShutdown } from '../gateway/shutdown.js';
 import { createWorkspaces } from '../gateway/workspaces.js';
 import { createReaper } from './reaper.js';
 
@@ -29,21 +30,23 @@ async function main() {
     idleTimeoutMs: config.idleTimeoutMs, maxSessionMs: config.maxSessionMs, intervalMs: config.reapIntervalMs, autoStart: !once,
     activityFlushIntervalMs: config.activityFlushIntervalMs,
   });
-  const finish = async (code: number) => {
-    await reaper.close();
-    await workspaces.close();
-    await store.close();
-    process.exit(code);
-  };
+  // The same bounded close as the gateway's (SHUTDOWN_TIMEOUT): a pass stuck on AWS or Redis must
+  // not hold the task until ECS's SIGKILL.
+  const shutdown = installShutdown({
+    log, timeoutMs: config.shutdownTimeoutMs, stoppedMessage: 'reaper stopped',
+    async close() {
+      await reaper.close();
+      await workspaces.close();
+      await store.close();
+    },
+  });
   if (once) {
     const summary = await reaper.pass();
     log.info({ event: 'reaper.pass', ...summary }, 'reaper pass done');
-    await finish(0);
+    shutdown.begin({ reason: 'once' }, 0);
     return;
   }
   log.info({ event: 'reaper.started', intervalMs: config.reapIntervalMs }, 'reaper running');
-  process.on('SIGTERM', () => { void finish(0); });
-  process.on('SIGINT', () => { void finish(0); });
 }
 
 main().catch((err) => {

@@ -7,6 +7,7 @@ import { freePort } from './redis.js';
 import { TEST_ADMIN_TOKEN, TEST_SECRET } from './gateway.js';
 
 export const MAIN = fileURLToPath(new URL('../../gateway/main.js', import.meta.url));
+export const REAPER_MAIN = fileURLToPath(new URL('../../reaper/main.js', import.meta.url));
 
 export interface GatewayProcess {
   child: ChildProcess;
@@ -43,6 +44,39 @@ export async function spawnGateway(env: Record<string, string>, opts: { image?: 
     ? spawn('docker', ['run', '--rm', '--name', container!, '--network', 'host',
       ...(opts.dockerArgs ?? []), ...dockerEnv(settings), opts.image], { stdio: ['ignore', 'pipe', 'pipe'] })
     : spawn(process.execPath, [MAIN], { env: { PATH: process.env.PATH, HOME: process.env.HOME, ...settings }, stdio: ['ignore', 'pipe', 'pipe'] });
+  const { logs, waitFor, exited, stderr } = captureLogs(child);
+  const listening = await waitFor((l) => l.event === 'listening');
+  return {
+    child, container, port: Number(listening.gatewayPort), adminPort: Number(listening.adminPort), logs, waitFor, exited,
+    stderr,
+    async stop(signal: NodeJS.Signals = 'SIGTERM') {
+      if (child.exitCode !== null || child.signalCode !== null) return exited;
+      if (container) spawn('docker', ['kill', '--signal', signal, container], { stdio: 'ignore' });
+      else child.kill(signal);
+      return exited;
+    },
+  };
+}
+
+export interface ReaperProcess {
+  child: ChildProcess;
+  logs: Array<Record<string, unknown>>;
+  waitFor(pred: (l: Record<string, unknown>) => boolean, timeoutMs?: number): Promise<Record<string, unknown>>;
+  exited: Promise<number | null>;
+  stderr(): string;
+}
+
+/** The standalone reaper (`node dist/reaper/main.js`) in its loop, once it has logged `reaper.started`. */
+export async function spawnReaper(env: Record<string, string>): Promise<ReaperProcess> {
+  const settings: Record<string, string> = { GATEWAY_SECRET: TEST_SECRET, ADMIN_TOKEN: TEST_ADMIN_TOKEN, LOG_LEVEL: 'info', ...env };
+  const child = spawn(process.execPath, [REAPER_MAIN], { env: { PATH: process.env.PATH, HOME: process.env.HOME, ...settings }, stdio: ['ignore', 'pipe', 'pipe'] });
+  const captured = captureLogs(child);
+  await captured.waitFor((l) => l.event === 'reaper.started');
+  return { child, ...captured };
+}
+
+/** A child's JSON log lines (stdout), its stderr tail and its exit, for tests that wait on log events. */
+function captureLogs(child: ChildProcess) {
   const logs: Array<Record<string, unknown>> = [];
   const watchers = new Set<(l: Record<string, unknown>) => void>();
   let buf = '';
@@ -68,17 +102,7 @@ export async function spawnGateway(env: Record<string, string>, opts: { image?: 
     const timer = setTimeout(() => { watchers.delete(w); reject(new Error(`log line not seen; stderr: ${stderr}`)); }, timeoutMs);
     const w = (l: Record<string, unknown>) => { if (pred(l)) { clearTimeout(timer); watchers.delete(w); resolve(l); } };
     watchers.add(w);
-    void exited.then(() => { if (watchers.has(w)) { clearTimeout(timer); watchers.delete(w); reject(new Error(`gateway exited; stderr: ${stderr}`)); } });
+    void exited.then(() => { if (watchers.has(w)) { clearTimeout(timer); watchers.delete(w); reject(new Error(`process exited; stderr: ${stderr}`)); } });
   });
-  const listening = await waitFor((l) => l.event === 'listening');
-  return {
-    child, container, port: Number(listening.gatewayPort), adminPort: Number(listening.adminPort), logs, waitFor, exited,
-    stderr: () => stderr,
-    async stop(signal: NodeJS.Signals = 'SIGTERM') {
-      if (child.exitCode !== null || child.signalCode !== null) return exited;
-      if (container) spawn('docker', ['kill', '--signal', signal, container], { stdio: 'ignore' });
-      else child.kill(signal);
-      return exited;
-    },
-  };
+  return { logs, waitFor, exited, stderr: () => stderr };
 }
