@@ -1,6 +1,11 @@
 // The one shutdown path of both entry points (gateway/main.ts, reaper/main.ts): a signal starts the
 // close once, and SHUTDOWN_TIMEOUT bounds it. A close stuck on an unreachable Redis or AWS otherwise
 // held the standalone reaper until ECS's SIGKILL, with no line saying why.
+//
+// A fault nothing caught (an unhandled rejection, an uncaught exception) takes the same path with exit
+// code 1: Node's default printed a bare, unscrubbed stack on stderr (a secret in the message included)
+// and dropped every open connection at once. Now it is one JSON line at error level, then the drain;
+// the process state is suspect, so it does not carry on serving.
 import type { Logger } from './log.js';
 
 export interface ShutdownOptions {
@@ -45,5 +50,16 @@ export function installShutdown(opts: ShutdownOptions): Shutdown {
   };
   process.on('SIGTERM', () => begin({ signal: 'SIGTERM' }, 0));
   process.on('SIGINT', () => begin({ signal: 'SIGINT' }, 0));
+  const fault = (event: string) => (reason: unknown) => {
+    log.error({ event, err: asError(reason) }, 'fault not handled by the code; draining and exiting');
+    begin({ cause: event }, 1);
+  };
+  process.on('unhandledRejection', fault('process.unhandled_rejection'));
+  process.on('uncaughtException', fault('process.uncaught_exception'));
   return { begin };
+}
+
+/** pino's err serializer wants an Error; a rejection can carry anything. */
+function asError(reason: unknown): Error {
+  return reason instanceof Error ? reason : new Error(`non-error rejection: ${String(reason)}`);
 }

@@ -2,13 +2,21 @@
 // standalone reaper's shutdown is bounded by SHUTDOWN_TIMEOUT like the gateway's, and a fault the code
 // did not catch (an unhandled rejection, an uncaught exception) is one structured log line and a
 // graceful drain, not a bare stack on stderr with every connection dropped at once.
+import { mkdtempSync, rmSync } from 'node:fs';
+import http from 'node:http';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import t from 'tap';
 import { createRedisStore } from '../gateway/store/redis.js';
 import { startFakeAws } from './fake-aws/index.js';
 import { fakeAwsEnv } from './fake-aws/config.js';
-import { until } from './helpers/gateway.js';
-import { spawnReaper } from './helpers/process.js';
+import { NAVIGATE, TEST_SECRET, request, sessionCookie, until, waitRunning } from './helpers/gateway.js';
+import { spawnGateway, spawnReaper } from './helpers/process.js';
 import { startRedis } from './helpers/redis.js';
+import { closed, connected, openWs } from './helpers/ws.js';
+
+/** `node --import` of a fixture that provokes a fault on SIGUSR2: no hook in the product itself. */
+const PROVOKE = { NODE_OPTIONS: `--import=${new URL('./fixtures/process/provoke-fault.js', import.meta.url).href}` };
 
 /** The exit code, or 'still running' when the process has not exited within `ms` (a liveness bound, not a timing). */
 const exitWithin = (exited: Promise<number | null>, ms: number) => Promise.race([
@@ -45,4 +53,59 @@ t.test('standalone reaper: SIGTERM during a pass stuck on AWS exits non-zero aft
   t.not(code, 0, 'non-zero: the close did not finish');
   t.equal(reaper.logs.filter((l) => l.event === 'shutdown.timeout').length, 1, 'one structured line says why');
   t.equal(reaper.logs.filter((l) => l.event === 'shutdown').length, 1, 'the second SIGTERM started no second close');
+});
+
+for (const [fault, event] of [['rejection', 'process.unhandled_rejection'], ['exception', 'process.uncaught_exception']] as const) {
+  t.test(`gateway: an unhandled ${fault} is one structured line, then the SIGTERM drain, then exit 1`, async (t) => {
+    const dataDir = mkdtempSync(join(tmpdir(), 'wsgw-fault-'));
+    t.teardown(() => rmSync(dataDir, { recursive: true, force: true }));
+    const gw = await spawnGateway({ ...PROVOKE, PROVOKE_FAULT: fault, LOCAL_DATA_DIR: dataDir, DRAIN_PERIOD: '2s' });
+    t.teardown(() => gw.stop('SIGKILL'));
+    const cookie = await sessionCookie('demo');
+    await request(gw.port, { headers: { ...NAVIGATE, cookie } });
+    t.equal((await waitRunning(gw.port, cookie)).state, 'running');
+    const ws = await connected(openWs(gw.port, '/echo', { cookie }));
+    const wsClosed = closed(ws);
+
+    // A response in flight (100 server-sent events, 20 ms apart) when the fault happens.
+    const events = 100;
+    const streamed = new Promise<{ status: number; body: string; complete: boolean }>((resolve) => {
+      let provoked = false;
+      const req = http.get({ host: '127.0.0.1', port: gw.port, path: `/sse?count=${events}`, agent: false, headers: { host: 'ws-demo.localhost', cookie } }, (res) => {
+        let body = '';
+        res.on('data', (c: Buffer) => {
+          body += c.toString();
+          if (!provoked) { provoked = true; gw.child.kill('SIGUSR2'); }
+        });
+        res.on('end', () => resolve({ status: res.statusCode ?? 0, body, complete: res.complete }));
+        res.on('error', () => resolve({ status: res.statusCode ?? 0, body, complete: false }));
+      });
+      req.on('error', () => resolve({ status: 0, body: '', complete: false }));
+    });
+
+    const line = await gw.waitFor((l) => l.event === event);
+    t.equal(line.level, 50, 'at error level');
+    t.notOk(JSON.stringify(line).includes(TEST_SECRET), 'scrubbed by the configured logger');
+    t.match(line, { err: { message: /provoked fault/, stack: /provoke-fault/ } }, "the error's message and stack");
+    const sse = await streamed;
+    t.equal(sse.status, 200);
+    t.ok(sse.complete, 'the in-flight response completes');
+    t.equal(sse.body.match(/^data: /gm)?.length, events, 'every event delivered');
+    t.equal((await wsClosed).code, 1001, 'open WebSockets closed as going away, as on SIGTERM');
+    t.equal(await gw.exited, 1, `exit non-zero (stderr: ${gw.stderr().slice(-300)})`);
+    t.match(gw.logs.find((l) => l.event === 'shutdown'), { cause: event }, 'the drain says what started it');
+  });
+}
+
+t.test('standalone reaper: an unhandled rejection is one structured line and exit 1', async (t) => {
+  const redis = await startRedis();
+  t.teardown(() => redis.stop());
+  const reaper = await spawnReaper({ ...PROVOKE, PROVOKE_FAULT: 'rejection', REDIS_URL: redis.url, REAP_INTERVAL: '10m' });
+  t.teardown(() => { if (reaper.child.exitCode === null && reaper.child.signalCode === null) reaper.child.kill('SIGKILL'); });
+  reaper.child.kill('SIGUSR2');
+  const line = await reaper.waitFor((l) => l.event === 'process.unhandled_rejection');
+  t.equal(line.level, 50);
+  t.notOk(JSON.stringify(line).includes(TEST_SECRET), 'scrubbed');
+  t.equal(await reaper.exited, 1);
+  t.ok(reaper.logs.some((l) => l.event === 'stopped'), 'after a graceful close');
 });
