@@ -5,7 +5,7 @@ import type { Logger } from '../gateway/log.js';
 import type { Metrics } from '../gateway/metrics.js';
 import type { StateStore } from '../gateway/store/contract.js';
 import type { Workspaces } from '../gateway/workspaces.js';
-import { reapVerdict, storeSettled } from './verdict.js';
+import { leaseRenewalDue, reapVerdict, storeSettled } from './verdict.js';
 
 export interface ReaperOptions {
   store: StateStore;
@@ -33,7 +33,11 @@ export const LEADER_KEY = 'reaper-leader';
 
 /** `finished`: stops a dead replica began and this pass carried through (they keep the reason it recorded). */
 /** `settling`: the store has just come back from an outage; the gateways' buffered activity is awaited (storeSettled). */
-export interface PassSummary { leader: boolean; candidates: number; stopped: Array<{ id: string; reason: string }>; finished: string[]; skipped: number; settling: boolean }
+/** `leaseLost`: the leader lease could not be renewed during the pass; the candidates left were not handled. */
+export interface PassSummary {
+  leader: boolean; candidates: number; stopped: Array<{ id: string; reason: string }>; finished: string[]; skipped: number; settling: boolean;
+  leaseLost: boolean;
+}
 
 export function createReaper(opts: ReaperOptions) {
   const { store, workspaces, clock, metrics, log } = opts;
@@ -47,19 +51,45 @@ export function createReaper(opts: ReaperOptions) {
   let backSince: number | undefined;
   let running: Promise<PassSummary> | undefined;
   let timer: NodeJS.Timeout | undefined;
+  /** When the lease was last taken or renewed (the time the call was sent: the lease runs from later). */
+  let renewedAt = 0;
+  let renewing: Promise<boolean> | undefined;
 
   async function holdLeadership(): Promise<boolean> {
+    const sent = clock.now();
     // Not leader: take the lease, or find it ours already. An acquire that failed for this reaper (a
     // timeout while Redis reconnected) can still land once the connection is back; without taking it
     // up, this reaper waited out its own lease, reaping nothing for a whole TTL (CI saw it in reaper.test).
     leader = leader
       ? await store.renewLease(LEADER_KEY, opts.instanceId, leaseTtl)
       : (await store.acquireLease(LEADER_KEY, opts.instanceId, leaseTtl)) || (await store.renewLease(LEADER_KEY, opts.instanceId, leaseTtl));
+    if (leader) renewedAt = sent;
     return leader;
   }
 
+  /**
+   * During a pass, before each candidate and on a timer (a single stop can outlast the lease): renews
+   * the lease when due, one renewal at a time. False once it is lost, or unknown (the store failed):
+   * then no further candidate is handed out, so two reapers never work through the list at once.
+   */
+  function keepLease(): Promise<boolean> {
+    if (!leader) return Promise.resolve(false);
+    if (renewing) return renewing;
+    const sent = clock.now();
+    if (!leaseRenewalDue({ now: sent, renewedAt, ttlMs: leaseTtl })) return Promise.resolve(true);
+    renewing = store.renewLease(LEADER_KEY, opts.instanceId, leaseTtl)
+      .catch(() => { outage = true; return false; })
+      .then((held) => {
+        if (held) renewedAt = sent;
+        else if (leader) { leader = false; log.warn({ event: 'reaper.lease_lost', instanceId: opts.instanceId }, 'reaper lost its leader lease during a pass'); }
+        return held;
+      })
+      .finally(() => { renewing = undefined; });
+    return renewing;
+  }
+
   async function passOnce(): Promise<PassSummary> {
-    const summary: PassSummary = { leader: false, candidates: 0, stopped: [], finished: [], skipped: 0, settling: false };
+    const summary: PassSummary = { leader: false, candidates: 0, stopped: [], finished: [], skipped: 0, settling: false, leaseLost: false };
     try {
       if (!(await holdLeadership())) return summary;
     } catch {
@@ -118,9 +148,19 @@ export function createReaper(opts: ReaperOptions) {
         log.warn({ event: 'reaper.error', workspaceId: id, err: (err as Error).message }, 'reaper could not handle a candidate');
       }
     };
-    await Promise.all(Array.from({ length: Math.min(opts.concurrency ?? 16, queue.length) }, async () => {
-      for (let id = queue.shift(); id !== undefined; id = queue.shift()) await handle(id);
-    }));
+    const renewal = setInterval(() => { void keepLease(); }, Math.max(1, Math.floor(leaseTtl / 3)));
+    renewal.unref();
+    try {
+      await Promise.all(Array.from({ length: Math.min(opts.concurrency ?? 16, queue.length) }, async () => {
+        while (queue.length > 0) {
+          if (!(await keepLease())) { summary.leaseLost = true; return; }
+          const id = queue.shift();
+          if (id !== undefined) await handle(id);
+        }
+      }));
+    } finally {
+      clearInterval(renewal);
+    }
     return summary;
   }
 

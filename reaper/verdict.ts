@@ -33,3 +33,13 @@ export function reapVerdict(v: VerdictInput): Verdict {
 export function storeSettled(v: { now: number; backSince: number | undefined; settleMs: number }): boolean {
   return v.backSince === undefined || v.now - v.backSince >= v.settleMs;
 }
+
+/**
+ * Whether a reaper renews its leader lease during a pass: a third of the TTL after the last renewal,
+ * so a renewal that fails or is slow still leaves time for another before the lease lapses. A pass
+ * over a large class (stops waiting on throttled StopTask calls) outlasts the lease; renewed only at
+ * the start of each pass, the lease moved to another replica mid-pass and two reapers ran at once.
+ */
+export function leaseRenewalDue(v: { now: number; renewedAt: number; ttlMs: number }): boolean {
+  return v.now - v.renewedAt >= v.ttlMs / 3;
+}

@@ -9,7 +9,7 @@ import { StoreUnavailable, type StateStore } from '../gateway/store/contract.js'
 import { createMemoryStore } from '../gateway/store/memory.js';
 import { createWorkspaces } from '../gateway/workspaces.js';
 import type { Provisioner } from '../provisioner/contract.js';
-import { createReaper } from '../reaper/reaper.js';
+import { LEADER_KEY, createReaper } from '../reaper/reaper.js';
 import { storeSettled } from '../reaper/verdict.js';
 
 const IDLE = 15 * 60_000;
@@ -114,4 +114,90 @@ t.test('workspaces whose start failed do not hold the candidate batch for ever',
   t.same(second.stopped.map((x) => x.id), ['idle'], 'the next pass reaches the idle running workspace');
   t.equal((await s.store.getWorkspace('failed1'))?.state, 'failed', 'a failed workspace stays failed (its page shows why)');
   t.equal(await s.store.getActivity('failed1'), undefined, 'its activity is no longer a candidate');
+});
+
+/** The fake provisioner, its stops held until released one by one (a slow StopTask). */
+function heldProvisioner(): Provisioner & { stops: string[]; release(): void; open(): void } {
+  const inner = fakeProvisioner();
+  const waiting: Array<() => void> = [];
+  let held = true;
+  return {
+    ...inner,
+    async stop(id, handle, reason) {
+      if (held) await new Promise<void>((r) => waiting.push(r));
+      await inner.stop(id, handle, reason);
+    },
+    stops: inner.stops,
+    release() { waiting.shift()?.(); },
+    /** Stops no longer held: the one waiting and any later one go through. */
+    open() { held = false; for (const r of waiting.splice(0)) r(); },
+  };
+}
+
+/** A reaper whose pass outlasts its lease: three idle workspaces, one stop at a time, each held. */
+async function slowPass(t: { teardown(fn: () => unknown): void }) {
+  const LEASE = 3000;
+  const clock = createManualClock(Date.UTC(2026, 0, 1));
+  const store = createMemoryStore(clock);
+  const metrics = createMetrics({ enabled: false, defaultMetrics: false });
+  const log = createLogger('silent');
+  const provisioner = heldProvisioner();
+  const workspaces = createWorkspaces({ store, provisioner, clock, metrics, log, instanceId: 'gw-a', startDeadlineMs: 60_000, routeCacheTtlMs: 1000 });
+  const reaper = createReaper({
+    store, workspaces, clock, metrics, log, instanceId: 'reaper-a', idleTimeoutMs: IDLE, maxSessionMs: 12 * 3_600_000,
+    intervalMs: 1000, autoStart: false, leaderLeaseTtlMs: LEASE, concurrency: 1,
+  });
+  t.teardown(async () => { provisioner.open(); await reaper.close(); await workspaces.close(); });
+  for (const id of ['w1', 'w2', 'w3']) {
+    await workspaces.requestStart(id, { retryFailed: false });
+    for (let i = 0; i < 100 && (await store.getWorkspace(id))?.state !== 'running'; i++) await new Promise((r) => setTimeout(r, 5));
+    await store.resetActivity(id, clock.now());
+  }
+  clock.advance(IDLE + 1);
+  const stopsCalled = async (n: number) => {
+    for (let i = 0; i < 400 && (await store.getWorkspace(['w1', 'w2', 'w3'][n - 1]))?.state !== 'stopping'; i++) await new Promise((r) => setTimeout(r, 5));
+  };
+  return { LEASE, clock, store, metrics, log, provisioner, reaper, stopsCalled };
+}
+
+t.test('a pass longer than the leader lease keeps renewing it: no second reaper takes over mid-pass', async (t) => {
+  const { LEASE, clock, store, metrics, log, provisioner, reaper, stopsCalled } = await slowPass(t);
+  // Another replica, with its own workspaces coordinator and provider, on the same store.
+  const otherProvisioner = fakeProvisioner();
+  const otherWorkspaces = createWorkspaces({ store, provisioner: otherProvisioner, clock, metrics, log, instanceId: 'gw-b', startDeadlineMs: 60_000, routeCacheTtlMs: 1000 });
+  const other = createReaper({
+    store, workspaces: otherWorkspaces, clock, metrics, log, instanceId: 'reaper-b', idleTimeoutMs: IDLE, maxSessionMs: 12 * 3_600_000,
+    intervalMs: 1000, autoStart: false, leaderLeaseTtlMs: LEASE,
+  });
+  t.teardown(async () => { await other.close(); await otherWorkspaces.close(); });
+
+  const pass = reaper.pass();
+  await stopsCalled(1);
+  clock.advance(LEASE - 1000);
+  provisioner.release();
+  await stopsCalled(2);
+  clock.advance(LEASE - 1000); // past the lease taken at the start of the pass
+  t.equal(await store.leaseOwner(LEADER_KEY), 'reaper-a', 'the lease was renewed during the pass');
+  const second = await other.pass();
+  t.equal(second.leader, false, 'the other reaper does not lead while the pass runs');
+  t.same(otherProvisioner.stops, [], 'and stops nothing');
+  provisioner.release();
+  await stopsCalled(3);
+  provisioner.release();
+  t.same((await pass).stopped.map((x) => x.id), ['w1', 'w2', 'w3']);
+});
+
+t.test('a pass that lost the leader lease hands out no more candidates', async (t) => {
+  const { LEASE, clock, store, provisioner, reaper, stopsCalled } = await slowPass(t);
+  const pass = reaper.pass();
+  await stopsCalled(1);
+  // The first stop outlasts the lease (AWS throttling); another replica's reaper takes it.
+  clock.advance(LEASE + 1);
+  t.equal(await store.acquireLease(LEADER_KEY, 'reaper-b', 60_000), true);
+  provisioner.open();
+  const summary = await pass;
+  t.same(summary.stopped.map((x) => x.id), ['w1'], 'the stop in hand is finished');
+  t.same(provisioner.stops, ['w1'], 'no further candidate is stopped by the former leader');
+  t.equal(reaper.isLeader(), false);
+  t.equal(await store.leaseOwner(LEADER_KEY), 'reaper-b', 'the new leader keeps its lease');
 });

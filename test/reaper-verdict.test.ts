@@ -1,5 +1,5 @@
 import t from 'tap';
-import { reapVerdict } from '../reaper/verdict.js';
+import { leaseRenewalDue, reapVerdict } from '../reaper/verdict.js';
 
 t.test('idle verdict table', async (t) => {
   const idle = 15 * 60_000;
@@ -22,4 +22,16 @@ t.test('idle verdict table', async (t) => {
     const v = reapVerdict({ now, state, lastActivity, startedAt, idleTimeoutMs: idle, maxSessionMs: max });
     t.equal(v.stop ? v.reason : 'keep', expected, name);
   }
+});
+
+t.test('leader lease renewal during a pass', async (t) => {
+  const ttl = 90_000;
+  const at = 1_000_000;
+  const rows: Array<[string, number, boolean]> = [
+    ['just renewed', at, false],
+    ['one ms short of a third of the lease', at + 29_999, false],
+    ['a third of the lease', at + 30_000, true],
+    ['past the lease (a stop held the worker)', at + ttl + 1, true],
+  ];
+  for (const [name, now, due] of rows) t.equal(leaseRenewalDue({ now, renewedAt: at, ttlMs: ttl }), due, name);
 });
