@@ -37,6 +37,8 @@ async function main() {
     async close() {
       await reaper.close();
       await workspaces.close();
+      // Its timers and the AWS clients' sockets, as the gateway closes them.
+      await provisioner.close();
       await store.close();
     },
   });
