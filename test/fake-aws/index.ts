@@ -16,7 +16,8 @@ import { tinyWorkspace, type WorkspaceFactory, type WorkspaceInstance } from './
 export { demoTasks, tinyWorkspace } from './workspace.js';
 export type { WorkspaceFactory, WorkspaceInstance, WorkspaceTaskInfo } from './workspace.js';
 
-export type FaultMode = 'stall' | 'drop' | 500;
+/** `{ error }`: answers that AWS error type (status 400 unless given), e.g. Cloud Map's DuplicateRequest. */
+export type FaultMode = 'stall' | 'drop' | 500 | { error: string; status?: number };
 
 export interface FakeCall {
   service: 'ecs' | 'cloudmap' | 'efs';
@@ -200,6 +201,8 @@ export async function startFakeAws(opts: FakeAwsOptions = {}) {
   const faults = new Map<string, { mode: FaultMode; times: number }>();
   const plans: { match: (workspaceId: string | undefined) => boolean; plan: TaskPlan; times: number }[] = [];
   const stalled = new Set<ServerResponse>();
+  // Operations whose requests wait, unanswered and not yet handled, until the test lets them go.
+  const held = new Map<string, (() => void)[]>();
 
   const taskDefs = new Map<string, any[]>(); // family -> revisions (index = revision - 1)
   const taskDefTags = new Map<string, { key: string; value: string }[]>(); // arn -> tags
@@ -662,60 +665,71 @@ export async function startFakeAws(opts: FakeAwsOptions = {}) {
           op = `${req.method} ${url.pathname}`;
         }
       }
-      const call: FakeCall = { service, op, input, at: clock.now(), outcome: 'ok' };
-      calls.push(call);
-
-      const fault = faults.get(op) ?? faults.get('*');
-      if (fault && fault.times !== 0) {
-        fault.times--;
-        call.outcome = 'fault';
-        if (fault.mode === 'stall') {
-          stalled.add(res);
-          res.on('close', () => stalled.delete(res));
-          return;
-        }
-        if (fault.mode === 'drop') {
-          req.socket.destroy();
-          return;
-        }
-        const type = service === 'efs' ? 'InternalServerError' : service === 'ecs' ? 'ServerException' : 'InternalFailure';
-        call.error = type;
-        sendJson(res, 500, service === 'efs' ? { ErrorCode: type, Message: 'Internal error' } : { __type: type, message: 'Internal error' }, json, type);
+      const queue = held.get(op);
+      if (queue) {
+        queue.push(() => answer(service, op, input, handler, json, req, res));
         return;
       }
-      if (!handler) {
-        call.outcome = 'error';
-        call.error = 'UnknownOperationException';
-        sendJson(res, 400, { __type: 'UnknownOperationException', message: `Unknown operation ${op}` }, json, 'UnknownOperationException');
-        return;
-      }
-      if (!takeRate(op, service === 'ecs' ? ECS_CATEGORY_OF[op] : undefined)) {
-        call.outcome = 'throttled';
-        call.error = 'ThrottlingException';
-        const body = service === 'efs' ? { ErrorCode: 'ThrottlingException', Message: 'Rate exceeded' } : { __type: 'ThrottlingException', message: 'Rate exceeded' };
-        sendJson(res, service === 'efs' ? 429 : 400, body, json, 'ThrottlingException');
-        return;
-      }
-      try {
-        refreshAll();
-        const out = handler();
-        sendJson(res, 200, out, json);
-      } catch (err) {
-        if (err instanceof AwsError) {
-          call.outcome = err.type === 'ThrottlingException' ? 'throttled' : 'error';
-          call.error = err.type;
-          const body = service === 'efs'
-            ? { ErrorCode: err.type, Message: err.message, ...err.extra }
-            : { __type: err.type, message: err.message, ...err.extra };
-          sendJson(res, err.status, body, json, err.type);
-        } else {
-          call.outcome = 'error';
-          call.error = String(err);
-          sendJson(res, 500, { __type: 'ServerException', message: String(err) }, json, 'ServerException');
-        }
-      }
+      answer(service, op, input, handler, json, req, res);
     });
   });
+
+  function answer(service: FakeCall['service'], op: string, input: any, handler: (() => any) | undefined, json: string, req: IncomingMessage, res: ServerResponse) {
+    const call: FakeCall = { service, op, input, at: clock.now(), outcome: 'ok' };
+    calls.push(call);
+
+    const fault = faults.get(op) ?? faults.get('*');
+    if (fault && fault.times !== 0) {
+      fault.times--;
+      call.outcome = 'fault';
+      if (fault.mode === 'stall') {
+        stalled.add(res);
+        res.on('close', () => stalled.delete(res));
+        return;
+      }
+      if (fault.mode === 'drop') {
+        req.socket.destroy();
+        return;
+      }
+      const type = typeof fault.mode === 'object' ? fault.mode.error
+        : service === 'efs' ? 'InternalServerError' : service === 'ecs' ? 'ServerException' : 'InternalFailure';
+      const status = typeof fault.mode === 'object' ? fault.mode.status ?? 400 : 500;
+      call.error = type;
+      sendJson(res, status, service === 'efs' ? { ErrorCode: type, Message: 'Injected error' } : { __type: type, message: 'Injected error' }, json, type);
+      return;
+    }
+    if (!handler) {
+      call.outcome = 'error';
+      call.error = 'UnknownOperationException';
+      sendJson(res, 400, { __type: 'UnknownOperationException', message: `Unknown operation ${op}` }, json, 'UnknownOperationException');
+      return;
+    }
+    if (!takeRate(op, service === 'ecs' ? ECS_CATEGORY_OF[op] : undefined)) {
+      call.outcome = 'throttled';
+      call.error = 'ThrottlingException';
+      const body = service === 'efs' ? { ErrorCode: 'ThrottlingException', Message: 'Rate exceeded' } : { __type: 'ThrottlingException', message: 'Rate exceeded' };
+      sendJson(res, service === 'efs' ? 429 : 400, body, json, 'ThrottlingException');
+      return;
+    }
+    try {
+      refreshAll();
+      const out = handler();
+      sendJson(res, 200, out, json);
+    } catch (err) {
+      if (err instanceof AwsError) {
+        call.outcome = err.type === 'ThrottlingException' ? 'throttled' : 'error';
+        call.error = err.type;
+        const body = service === 'efs'
+          ? { ErrorCode: err.type, Message: err.message, ...err.extra }
+          : { __type: err.type, message: err.message, ...err.extra };
+        sendJson(res, err.status, body, json, err.type);
+      } else {
+        call.outcome = 'error';
+        call.error = String(err);
+        sendJson(res, 500, { __type: 'ServerException', message: String(err) }, json, 'ServerException');
+      }
+    }
+  }
   server.keepAliveTimeout = 5000;
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
   const port = (server.address() as { port: number }).port;
@@ -754,6 +768,18 @@ export async function startFakeAws(opts: FakeAwsOptions = {}) {
     },
     clearFaults() {
       faults.clear();
+    },
+    /**
+     * Holds every request to `op` unanswered, and not yet handled, until the returned function lets
+     * them through: a call that AWS handles later than the calls around it.
+     */
+    hold(op: string): () => void {
+      const queue: (() => void)[] = [];
+      held.set(op, queue);
+      return () => {
+        if (held.get(op) === queue) held.delete(op);
+        for (const go of queue.splice(0)) go();
+      };
     },
     /** The next task(s) for matching workspaces die instead of reaching `plan.dieAt`. */
     planTask(workspaceId: string | ((id: string | undefined) => boolean), plan: TaskPlan, times = 1) {
@@ -824,6 +850,8 @@ export async function startFakeAws(opts: FakeAwsOptions = {}) {
     baseFamily: (opts.baseTaskDefinition ?? DEFAULT_BASE_TASK_DEFINITION).family as string,
     async close() {
       for (const res of stalled) res.destroy();
+      for (const queue of held.values()) queue.splice(0);
+      held.clear();
       await new Promise<void>((resolve) => {
         server.close(() => resolve());
         server.closeAllConnections();
