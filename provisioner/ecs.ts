@@ -339,7 +339,8 @@ export function createEcsProvisioner(options: EcsProvisionerOptions, deps: EcsPr
   /** A start's admission slot, which it gives back while it waits in a line that is not RunTask's. */
   interface SlotHold {
     release(): void;
-    reacquire(signal: AbortSignal): Promise<void>;
+    /** Takes a slot again for the start, unless it is over by then (the preparation goes on without one). */
+    reacquire(): Promise<void>;
   }
 
   /**
@@ -408,7 +409,7 @@ export function createEcsProvisioner(options: EcsProvisionerOptions, deps: EcsPr
           try {
             await admission.register.take(s, onPosition);
           } finally {
-            if (slot) await slot.reacquire(s);
+            if (slot) await slot.reacquire();
           }
         });
       })().finally(() => preparing.delete(id));
@@ -684,6 +685,7 @@ export function createEcsProvisioner(options: EcsProvisionerOptions, deps: EcsPr
     setMaxListeners(0, signal);
     const stages = stageTracker(req, clock, observer);
     let release: (() => void) | undefined;
+    let finished = false;
     let task: Task | undefined;
     try {
       if (req.resumeHandle) {
@@ -700,7 +702,17 @@ export function createEcsProvisioner(options: EcsProvisionerOptions, deps: EcsPr
         release = await admission.acquireSlot(signal, onPosition);
         await prepare(id, signal, onPosition, {
           release: () => { release?.(); release = undefined; },
-          reacquire: async (s) => { release = await admission.acquireSlot(s, onPosition); },
+          // The preparation outlives a start that gives up (racing starts share it): a slot taken
+          // back for a start that is over would be held for good, one fewer for every later start.
+          reacquire: async () => {
+            if (finished) return;
+            const r = await admission.acquireSlot(signal, onPosition).catch((err) => {
+              if (!finished && !signal.aborted) throw err;
+              return undefined;
+            });
+            if (finished || signal.aborted) r?.();
+            else release = r;
+          },
         });
         task = await runTask(id, gen, signal, onPosition);
         try {
@@ -753,6 +765,7 @@ export function createEcsProvisioner(options: EcsProvisionerOptions, deps: EcsPr
       log({ msg: 'start failed', workspaceId: id, generation: gen, code: failure.code, reason: failure.message });
       throw failure;
     } finally {
+      finished = true;
       release?.();
       deadline.dispose();
       linked.dispose();

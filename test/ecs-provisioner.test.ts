@@ -182,6 +182,29 @@ t.test('new students waiting for their registrations hold no start slot: returni
   t.ok(fake.count('RegisterTaskDefinition', 'throttled') <= 2, 'next to none throttled (paced at AWS\'s rate)');
 });
 
+t.test('a new student who gives up while waiting for their registration leaves no start slot held', async (t) => {
+  // One slot, registrations 2 a second with a burst of one. The registration of a start that is
+  // cancelled goes on (racing starts share it); taking the slot back for a start that is gone held
+  // it for good, and every later start on this replica waited until its deadline.
+  const { fake } = await setup(t);
+  await enrol(fake, ['back-z']);
+  const depth: number[] = [];
+  const p = createEcsProvisioner(
+    fakeEcsOptions(fake, { describePollMs: 30, startMaxInFlight: 1, taskDefRate: 2, taskDefBurst: 1, startDeadlineMs: 8000 }),
+    { clock: systemClock, observer: { awsCall: () => {}, stage: () => {}, queueDepth: (n) => depth.push(n) } },
+  );
+  t.teardown(() => p.close());
+  await p.start(startRequest('new-x', 1).req); // spends the burst
+  const quitter = startRequest('new-y', 1);
+  const quit = p.start(quitter.req).catch((e) => e);
+  await until(() => depth.at(-1) === 1, 5000, 'new-y waiting in the registration line');
+  quitter.controller.abort(new Error('the student closed the tab'));
+  t.equal((await quit).code, 'ABORTED');
+  await until(() => fake.callsOf('RegisterTaskDefinition').some((c) => c.input.family === 'ws-new-y'), 5000, 'new-y registered anyway');
+  const r = await p.start(startRequest('back-z', 1).req).catch((e) => e);
+  t.notOk(r.code, `a returning student still starts (${r.code ?? 'started'})`);
+});
+
 t.test('after a base change, a re-registration AWS refuses costs the new image, not the start', async (t) => {
   const { fake, p } = await setup(t);
   await enrol(fake, ['erin']);
