@@ -915,7 +915,10 @@ export function createEcsProvisioner(options: EcsProvisionerOptions, deps: EcsPr
     for (const [id, i] of stale) {
       const arn = i.attributes[ATTR_TASK_ARN];
       const t = arn ? described.get(arn) : undefined;
-      // A task still RUNNING but desired STOPPED is on its way out: deregister it too.
+      // Its task still meant to run was registered after the task list was taken (a start that
+      // became ready meanwhile): not stale. A task still RUNNING but desired STOPPED is on its way
+      // out: deregistered too.
+      if (t && t.desiredStatus !== 'STOPPED' && t.lastStatus !== 'STOPPED') continue;
       try {
         await deregister(i.serviceId, id);
       } catch (err) {

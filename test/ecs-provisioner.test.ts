@@ -205,6 +205,26 @@ t.test('a new student who gives up while waiting for their registration leaves n
   t.notOk(r.code, `a returning student still starts (${r.code ?? 'started'})`);
 });
 
+t.test('reconcile leaves alone a registration made while it listed, whose task runs', async (t) => {
+  // Reconcile lists the tasks and Cloud Map side by side; a start that registers between the two
+  // lists has an instance whose task the task list missed. Deregistering it (and marking the
+  // workspace gone) cut a student who had just become ready.
+  const { fake, p } = await setup(t);
+  const release = fake.hold('ListInstances');
+  const rec = p.reconcile(() => ({ state: 'unknown' }));
+  await until(() => fake.count('ListTasks') === 1, 5000, 'ListTasks answered');
+  const r = await p.start(startRequest('olga', 1).req);
+  release();
+  const sum = await rec;
+  t.same(sum.deregistered, [], 'nothing deregistered');
+  t.same(fake.instances().map((i) => i.attributes.ECS_TASK_ARN), [r.handle], 'still registered');
+
+  // A registration whose task did stop is still removed.
+  fake.interrupt(r.handle);
+  const again = await p.reconcile(() => ({ state: 'running', generation: 1 }));
+  t.same(again.deregistered.map((d) => d.workspaceId), ['olga']);
+});
+
 t.test('after a base change, a re-registration AWS refuses costs the new image, not the start', async (t) => {
   const { fake, p } = await setup(t);
   await enrol(fake, ['erin']);
