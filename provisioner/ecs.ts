@@ -645,18 +645,21 @@ export function createEcsProvisioner(options: EcsProvisionerOptions, deps: EcsPr
   }
 
   // ---------- stop ----------
-  async function stopTask(arn: string, reason: string): Promise<void> {
-    await call('StopTask', (abortSignal) =>
+  /** Asks ECS to stop a task; false when ECS does not know it (nothing left to stop). */
+  async function stopTask(arn: string, reason: string): Promise<boolean> {
+    return call('StopTask', (abortSignal) =>
       ecs.send(new StopTaskCommand({ cluster: o.cluster, task: arn, reason: reason.slice(0, 255) }), { abortSignal }),
-    ).catch((err) => {
+    ).then(() => true, (err) => {
       // Already gone (stopped long ago and expired from ECS): nothing left to stop.
       if (awsName(err) !== 'InvalidParameterException') throw err;
+      return false;
     });
   }
 
   /** Stops a task and waits (bounded) until ECS reports it STOPPED. */
   async function stopAndWait(arn: string, reason: string): Promise<void> {
-    await stopTask(arn, reason);
+    // A task ECS does not know never shows STOPPED: waiting for it only held the stop for stopWaitMs.
+    if (!(await stopTask(arn, reason))) return;
     const bound = timeoutSignal(timers, o.stopWaitMs, new Error('stop wait over'));
     const linked = anySignal([bound.signal, lifetime.signal]);
     try {

@@ -225,6 +225,16 @@ t.test('reconcile leaves alone a registration made while it listed, whose task r
   t.same(again.deregistered.map((d) => d.workspaceId), ['olga']);
 });
 
+t.test('stopping a task ECS no longer knows does not wait for it to stop', async (t) => {
+  // StopTask answers InvalidParameterException for a task ECS has forgotten (stopped over an hour
+  // ago): there is nothing to wait for, and polling it held the stop for the whole bounded wait.
+  const { fake, p } = await setup(t, {}, { stopWaitMs: 3000 });
+  const gone = 'arn:aws:ecs:eu-west-1:123456789012:task/workspaces/0123456789abcdef0123456789abcdef';
+  await p.stop('pia', gone, 'idle for 30 minutes');
+  t.equal(fake.count('StopTask', 'any'), 1);
+  t.equal(fake.callsOf('DescribeTasks', 'any').filter((c) => c.input.tasks?.includes(gone)).length, 0, 'not polled');
+});
+
 t.test('after a base change, a re-registration AWS refuses costs the new image, not the start', async (t) => {
   const { fake, p } = await setup(t);
   await enrol(fake, ['erin']);
