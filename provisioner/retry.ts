@@ -53,6 +53,10 @@ export function classifyAwsError(err: unknown): ErrorClass {
   if (!e || typeof e !== 'object') return 'fatal';
   if (e.name && THROTTLING_NAMES.has(e.name)) return 'throttled';
   if (e.$retryable?.throttling) return 'throttled';
+  // Cloud Map: another operation on the instance is still in progress (a retried registration AWS
+  // still runs, a deregistration of the previous generation). It ends by itself: back off as if
+  // throttled, not fail the start (issue 4, "Register").
+  if (e.name === 'DuplicateRequest') return 'throttled';
   const status = e.$metadata?.httpStatusCode;
   if (status === 429) return 'throttled';
   if (status !== undefined && status >= 500) return 'transient';

@@ -8,7 +8,7 @@ import { FAILED_POLLS_TOLERATED, MISSING_TOLERATED_MS, missingForTooLong } from 
 import type { AwsCallOutcome, EcsProvisionerOptions } from '../provisioner/ecs-types.js';
 import { startFakeAws, type FakeAwsOptions } from './fake-aws/index.js';
 import { fakeEcsOptions } from './fake-aws/config.js';
-import { startRequest } from './fake-aws/harness.js';
+import { startRequest, until } from './fake-aws/harness.js';
 
 async function setup(t: { teardown(fn: () => unknown): void }, fakeOpts: FakeAwsOptions = {}, over: Partial<EcsProvisionerOptions> = {}) {
   const fake = await startFakeAws({ durations: { provisioningMs: 30, pendingMs: 30, stoppingMs: 10 }, ...fakeOpts });
@@ -157,4 +157,21 @@ t.test('a misconfigured base task definition is BAD_CONFIG', async (t) => {
   const err = await p.start(startRequest('cfg', 1).req).catch((e) => e);
   t.equal(err.code, 'BAD_CONFIG');
   t.match(err.message, 'ECS_BASE_TASK_DEFINITION no-such-family cannot be described');
+});
+
+t.test('Cloud Map answering DuplicateRequest (another operation on the instance in progress) is waited out', async (t) => {
+  // RegisterInstance retried after a timeout while AWS still runs the first attempt, or while the
+  // previous generation's deregistration runs, answers DuplicateRequest. Failing there stopped a
+  // task that had passed its probe.
+  const { fake, p } = await setup(t, {}, { awsCallTimeoutMs: 5000 });
+  fake.fault('RegisterInstance', { error: 'DuplicateRequest' }, 2);
+  const r = await p.start(startRequest('dup', 1).req).catch((e) => e);
+  t.notOk(r.code, `started (${r.code ?? 'ok'})`);
+  t.equal(fake.count('RegisterInstance'), 1, 'registered once it was let through');
+  t.equal(fake.count('StopTask'), 0, 'its task was not stopped');
+
+  fake.fault('DeregisterInstance', { error: 'DuplicateRequest' }, 1);
+  await p.stop('dup', r.handle, 'idle');
+  t.equal(fake.instances().length, 0, 'deregistered after waiting');
+  t.same(fake.liveTasks('dup'), [], 'and the task stopped');
 });

@@ -49,6 +49,9 @@ t.test('classifyAwsError', async (t) => {
     [err('ClientException', { $metadata: { httpStatusCode: 400 } }), 'fatal'],
     [err('AccessDeniedException', { $metadata: { httpStatusCode: 400 } }), 'fatal'],
     [err('ConflictException', { $metadata: { httpStatusCode: 400 } }), 'fatal'],
+    // Cloud Map: another operation on the instance is in progress; it ends by itself.
+    [err('DuplicateRequest', { $metadata: { httpStatusCode: 400 } }), 'throttled'],
+    [err('InvalidParameterException', { $metadata: { httpStatusCode: 400 } }), 'fatal'],
     [undefined, 'fatal'],
   ];
   for (const [e, want] of cases) t.equal(classifyAwsError(e), want, `${(e as Error)?.name ?? e}: ${want}`);
