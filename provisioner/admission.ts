@@ -157,6 +157,8 @@ export class TokenLine {
   take(signal: AbortSignal, onPosition: (pos: number) => void): Promise<void> {
     return new Promise((resolve, reject) => {
       if (signal.aborted) return reject(abortError(signal));
+      // Closed: no pump will ever serve this waiter.
+      if (this.closed) return reject(new Error('token line closed'));
       const report = (pos: number) => { if (pos > 1) onPosition(pos); };
       this.queue.enqueue(signal, report, resolve, reject);
       void this.pump();

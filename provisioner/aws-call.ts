@@ -37,6 +37,8 @@ export interface CallerDeps {
   observe(operation: string, outcome: AwsCallOutcome): void;
   /** Awaited before every attempt of every call, after the call's own `beforeAttempt`: AWS's bucket for the operation. */
   pace?: (operation: string, signal: AbortSignal) => Promise<void>;
+  /** The owner's lifetime: when it aborts, every call ends, its backoff timer with it. */
+  lifetime?: AbortSignal;
 }
 
 export interface CallOptions {
@@ -50,7 +52,17 @@ export type AwsCaller = <T>(operation: string, send: (abortSignal: AbortSignal) 
 
 export function createAwsCaller(deps: CallerDeps): AwsCaller {
   return async function call<T>(operation: string, send: (abortSignal: AbortSignal) => Promise<T>, opts: CallOptions = {}): Promise<T> {
-    const outer = opts.signal;
+    // Calls with no signal of their own (stop, describe, reconcile) end with the owner too: after
+    // close() one asleep in its backoff kept its timer, then waited for a token forever.
+    const bound = deps.lifetime ? anySignal([opts.signal, deps.lifetime]) : undefined;
+    try {
+      return await attempts(operation, send, opts, bound?.signal ?? opts.signal);
+    } finally {
+      bound?.dispose();
+    }
+  };
+
+  async function attempts<T>(operation: string, send: (abortSignal: AbortSignal) => Promise<T>, opts: CallOptions, outer: AbortSignal | undefined): Promise<T> {
     for (let attempt = 1; ; attempt++) {
       if (outer?.aborted) throw outer.reason;
       if (opts.beforeAttempt || deps.pace) {
@@ -80,5 +92,5 @@ export function createAwsCaller(deps: CallerDeps): AwsCaller {
       if (!d.retry) throw new AwsCallError(operation, cls, attempt, name, cls === 'timeout' ? deadline.signal.reason : error);
       await sleep(deps.timers, d.delayMs, outer);
     }
-  };
+  }
 }

@@ -164,7 +164,11 @@ export function createEcsProvisioner(options: EcsProvisionerOptions, deps: EcsPr
   for (const [bucket, r] of Object.entries(o.apiRates) as [EcsApiBucket, Rate][]) {
     apiLines.set(bucket, new TokenLine(tokens(`ecs-${bucket}`, r.rate, r.burst), timers));
   }
+  const lifetime = new AbortController();
+  // Every start in flight listens on it (hundreds during a class start): not a leak.
+  setMaxListeners(0, lifetime.signal);
   const call = createAwsCaller({
+    lifetime: lifetime.signal,
     timers,
     timeoutMs: o.awsCallTimeoutMs,
     policy: { ...DEFAULT_RETRY_POLICY, ...o.retry },
@@ -185,9 +189,6 @@ export function createEcsProvisioner(options: EcsProvisionerOptions, deps: EcsPr
     (n) => observer?.queueDepth(n),
   );
   const watcher = new TaskWatcher(call, ecs, o.cluster, timers, o.describePollMs, clock);
-  const lifetime = new AbortController();
-  // Every start in flight listens on it (hundreds during a class start): not a leak.
-  setMaxListeners(0, lifetime.signal);
 
   const familyOf = (id: string) => `${o.taskFamilyPrefix}-${id}`;
   const serviceOf = (id: string) => o.cloudMapServiceIds[serviceIndex(id, o.cloudMapServiceIds.length)];

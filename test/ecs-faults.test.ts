@@ -175,3 +175,30 @@ t.test('Cloud Map answering DuplicateRequest (another operation on the instance 
   t.equal(fake.instances().length, 0, 'deregistered after waiting');
   t.same(fake.liveTasks('dup'), [], 'and the task stopped');
 });
+
+t.test('close() ends calls waiting out a backoff, and leaves no timer behind', async (t) => {
+  const live = new Set<unknown>();
+  const timers = {
+    setTimeout(fn: () => void, ms: number) {
+      const h = setTimeout(() => { live.delete(h); fn(); }, ms);
+      live.add(h);
+      return h;
+    },
+    clearTimeout(h: unknown) {
+      live.delete(h);
+      clearTimeout(h as ReturnType<typeof setTimeout>);
+    },
+  };
+  const fake = await startFakeAws();
+  t.teardown(() => fake.close());
+  // A long backoff: the call is asleep between its attempts when the provisioner closes.
+  const p = createEcsProvisioner(fakeEcsOptions(fake, { retry: { baseMs: 60_000, capMs: 60_000 } }), { clock: systemClock, timers, random: () => 0.99 });
+  fake.fault('GetInstance', 500);
+  const described = p.describe('late').then(() => 'resolved', (e) => e);
+  await until(() => fake.count('GetInstance', 'fault') === 1, 5000, 'the first attempt failed');
+  await until(() => live.size > 0, 5000, 'the backoff asleep');
+  await p.close();
+  const settled = await Promise.race([described, new Promise((r) => setImmediate(() => r('still pending')))]);
+  t.equal((settled as { code?: string }).code, 'ABORTED', 'the call ended with the provisioner');
+  t.equal(live.size, 0, 'no timer left');
+});
