@@ -202,3 +202,15 @@ t.test('close() ends calls waiting out a backoff, and leaves no timer behind', a
   t.equal((settled as { code?: string }).code, 'ABORTED', 'the call ended with the provisioner');
   t.equal(live.size, 0, 'no timer left');
 });
+
+t.test('a refusal AWS will not change its mind about fails at once with BAD_CONFIG, one attempt', async (t) => {
+  const { fake, p } = await setup(t, {}, { awsCallTimeoutMs: 5000 });
+  const rows: [string, string][] = [['RunTask', 'AccessDeniedException'], ['RunTask', 'InvalidParameterException'], ['RegisterInstance', 'AccessDeniedException'], ['DescribeTasks', 'AccessDeniedException']];
+  for (const [i, [op, error]] of rows.entries()) {
+    fake.clearFaults();
+    fake.fault(op, { error });
+    const err = await p.start(startRequest(`refused-${i}`, 1).req).catch((e) => e);
+    t.equal(err.code, 'BAD_CONFIG', `${op} ${error}: BAD_CONFIG`);
+    t.equal(fake.count(op, 'fault'), i === 0 || rows[i - 1][0] !== op ? 1 : 2, `${op} ${error}: not retried`);
+  }
+});
