@@ -141,7 +141,13 @@ export function createLocalProvisioner(opts: LocalProvisionerOptions): Provision
     child.once('error', (err) => { exitInfo = err.message; });
     const entry: Running = { child, endpoint, generation: req.generation, startedAt: Date.now(), exited };
     running.set(id, entry);
-    exited.then(() => { if (running.get(id) === entry) running.delete(id); });
+    exited.then(() => {
+      if (running.get(id) === entry) running.delete(id);
+      // Exited by itself (a crash): what it forked (extension host, pty host and the student's
+      // shells) would run on unowned next to the next start's tree. Its group id stays reserved
+      // while any of them lives, so this reaches only them.
+      if (child.pid !== undefined) signalGroup(child.pid, 'SIGKILL');
+    });
     if (child.pid) req.onHandle?.(String(child.pid));
     log({ workspaceId: id, pid: child.pid, port, mode }, 'workspace process started');
     req.onStage({ stage: 'running' });

@@ -50,6 +50,27 @@ t.test('stopping a workspace ends every process it started, even one ignoring SI
   }
 });
 
+t.test('a workspace whose server exits by itself: reported stopped, nothing of it left running, started again', async (t) => {
+  // code-server crashing leaves its extension host and pty host (the student's shells) in its
+  // process group; the next start runs a new tree on the same folder next to them.
+  const { dir, bin } = standIn(t);
+  const provisioner = createLocalProvisioner({ workspace: 'code-server', dataDir: join(dir, 'data'), codeServerBin: bin, demoReadyDelayMs: 0, parentEnv: process.env });
+  t.teardown(() => provisioner.close());
+  const start = (generation: number) => provisioner.start({ workspaceId: 'crash', generation, signal: new AbortController().signal, onStage: () => undefined });
+  const first = await start(1);
+  const helper = Number(readFileSync(join(dir, 'data', 'crash', 'home', 'helper.pid'), 'utf8'));
+  t.teardown(() => { try { process.kill(helper, 'SIGKILL'); } catch { /* gone */ } });
+  process.kill(Number(first.handle), 'SIGKILL');
+  for (let i = 0; i < 80 && (await provisioner.describe('crash')); i++) await new Promise((r) => setTimeout(r, 25));
+  t.equal(await provisioner.describe('crash'), undefined, 'describe: not running');
+  t.same(await provisioner.list(), [], 'list: not running');
+  for (let i = 0; i < 40 && alive(helper); i++) await new Promise((r) => setTimeout(r, 25));
+  t.notOk(alive(helper), 'the helper it forked is gone too');
+  const second = await start(2);
+  t.not(second.handle, first.handle, 'the next start runs a new process');
+  t.equal((await provisioner.describe('crash'))?.generation, 2);
+});
+
 /** The gateway's own settings that must never reach a workspace, each with a value to look for. */
 const GATEWAY_SECRETS = {
   GATEWAY_SECRET: 'gateway-secret-that-signs-every-session-0123456789',
