@@ -45,7 +45,7 @@ const THROTTLING_NAMES = new Set([
   'ThrottlingException', 'Throttling', 'ThrottledException', 'RequestLimitExceeded',
   'TooManyRequestsException', 'RequestThrottled', 'RequestThrottledException', 'SlowDown',
 ]);
-const NETWORK_CODES = new Set(['ECONNRESET', 'ECONNREFUSED', 'EPIPE', 'ETIMEDOUT', 'ENOTFOUND', 'EAI_AGAIN', 'ECONNABORTED']);
+const NETWORK_CODES = new Set(['ECONNRESET', 'ECONNREFUSED', 'EPIPE', 'ETIMEDOUT', 'ENOTFOUND', 'EAI_AGAIN', 'ECONNABORTED', 'EHOSTUNREACH', 'ENETUNREACH']);
 
 /** Classifies an error thrown by an AWS SDK v3 client call (duck-typed: no SDK types here). */
 export function classifyAwsError(err: unknown): ErrorClass {
@@ -62,6 +62,10 @@ export function classifyAwsError(err: unknown): ErrorClass {
   if (status !== undefined && status >= 500) return 'transient';
   if (e.name === 'ServerException' || e.name === 'InternalServerError' || e.name === 'ServiceUnavailable') return 'transient';
   if (e.code && NETWORK_CODES.has(e.code)) return 'transient';
+  // The task role's credentials could not be fetched (the container credentials endpoint did not
+  // answer): in a task that has a role this passes, and failing it at once failed every start of a
+  // class start that met the hiccup. Unretried it was 'fatal'; retried, it still ends BACKEND_UNAVAILABLE.
+  if (e.name === 'CredentialsProviderError') return 'transient';
   if (e.name === 'TimeoutError' || e.name === 'RequestTimeout') return 'timeout';
   // The SDK rejects a response it cannot parse (a proxy's HTML error page, a cut body) with a
   // deserialization error carrying no status; treat it as transient.

@@ -45,6 +45,10 @@ t.test('classifyAwsError', async (t) => {
     [err('InternalServerError', { $metadata: { httpStatusCode: 500 } }), 'transient'],
     [err('Unknown', { $metadata: { httpStatusCode: 503 } }), 'transient'],
     [Object.assign(new Error('socket hang up'), { code: 'ECONNRESET' }), 'transient'],
+    // The route to AWS or to the task-role credentials endpoint (169.254.170.2) gone for a moment.
+    [Object.assign(new Error('connect EHOSTUNREACH'), { code: 'EHOSTUNREACH' }), 'transient'],
+    [Object.assign(new Error('connect ENETUNREACH'), { code: 'ENETUNREACH' }), 'transient'],
+    [err('CredentialsProviderError'), 'transient'],
     [err('TimeoutError'), 'timeout'],
     [err('ClientException', { $metadata: { httpStatusCode: 400 } }), 'fatal'],
     [err('AccessDeniedException', { $metadata: { httpStatusCode: 400 } }), 'fatal'],
