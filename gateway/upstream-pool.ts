@@ -424,9 +424,10 @@ export class UpstreamPool {
         ex.sink.fail(code, new Error(conn.unreadable ? 'upstream response not passed on' : conn.timedOut ? 'upstream timed out' : conn.connected ? 'upstream connection closed' : 'upstream connection failed'));
       }
     }
-    const next = pool.queue.shift();
-    if (next) this.start(this.connect(pool), next);
-    else if (pool.open === 0 && pool.queue.length === 0) this.pools.delete(pool.key);
+    // The closed connection's place goes to the next queued request, unless the retry above took it:
+    // open counts the retry's connection already, and maxSockets holds for both.
+    if (pool.queue.length > 0) { if (pool.open < this.opts.maxSockets) this.start(this.connect(pool), pool.queue.shift()!); }
+    else if (pool.open === 0) this.pools.delete(pool.key);
   }
 }
 

@@ -121,3 +121,39 @@ t.test("timeouts: no head in time, a body still flowing, an idle connection (the
   t.equal(pool.size(), 0);
   t.equal(connections, 2);
 });
+
+t.test('maxSockets holds when a retry on a new connection and a queued request meet', async (t) => {
+  // '/stale' the first time: the kept connection is closed as it is reused (keep-alive race), so the
+  // pool sends it again on a new connection; '/slow' holds the other connection while '/queued' waits.
+  let openNow = 0;
+  let peak = 0;
+  let staleSeen = false;
+  const server = net.createServer((socket) => {
+    peak = Math.max(peak, ++openNow);
+    socket.on('close', () => { openNow--; });
+    socket.on('error', () => undefined);
+    let buffered = '';
+    socket.on('data', (d) => {
+      buffered += d.toString('latin1');
+      for (let end = buffered.indexOf('\r\n\r\n'); end !== -1; end = buffered.indexOf('\r\n\r\n')) {
+        const path = buffered.slice(0, end).split(' ')[1];
+        buffered = buffered.slice(end + 4);
+        if (path === '/stale' && !staleSeen) { staleSeen = true; socket.destroy(); return; }
+        const answer = `HTTP/1.1 200 OK\r\ncontent-length: ${path.length}\r\n\r\n${path}`;
+        if (path === '/slow') setTimeout(() => socket.write(answer), 200); else socket.write(answer);
+      }
+    });
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  const port = (server.address() as AddressInfo).port;
+  const pool = createUpstreamPool({ connectTimeoutMs: 1000, responseTimeoutMs: 2000, maxSockets: 2, idleMs: 4000 });
+  t.teardown(async () => { pool.close(); await new Promise<void>((r) => { server.close(() => r()); }); });
+
+  await Promise.all([get(pool, port, '/a'), get(pool, port, '/b')]);
+  t.equal(peak, 2, 'two kept connections');
+  const answers = await Promise.all([get(pool, port, '/stale'), get(pool, port, '/slow'), get(pool, port, '/queued')]);
+  t.same(answers.map((a) => a.body), ['/stale', '/slow', '/queued']);
+  t.ok(staleSeen, 'the reused connection was closed under a request');
+  t.ok(peak <= 2, `never more than maxSockets connections at once (peak ${peak})`);
+  t.ok(pool.size() <= 2);
+});
