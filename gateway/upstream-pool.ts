@@ -415,7 +415,8 @@ export class UpstreamPool {
       ex.conn = undefined;
       // A kept-alive connection the upstream closed as we used it: one more try on a new one, for
       // requests without a body that are safe to repeat (issue 8).
-      if (conn.reused && !conn.gotBytes && ex.attempt === 0 && ex.request.body === 'none' && IDEMPOTENT.has(ex.request.method) && !this.closing) {
+      // Not one we timed out ourselves: the workspace has it and may still be at it.
+      if (conn.reused && !conn.gotBytes && !conn.timedOut && ex.attempt === 0 && ex.request.body === 'none' && IDEMPOTENT.has(ex.request.method) && !this.closing) {
         ex.attempt = 1;
         this.start(this.connect(pool), ex);
       } else {

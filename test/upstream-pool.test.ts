@@ -157,3 +157,73 @@ t.test('maxSockets holds when a retry on a new connection and a queued request m
   t.ok(peak <= 2, `never more than maxSockets connections at once (peak ${peak})`);
   t.ok(pool.size() <= 2);
 });
+
+/**
+ * A workspace speaking raw HTTP/1.1: `answers[path]` is written for that path (a function may write
+ * later, or not at all), anything else gets its path back. Counts requests by "METHOD path".
+ */
+async function scripted(answers: Record<string, string | ((socket: net.Socket) => void)>) {
+  const seen: string[] = [];
+  let connections = 0;
+  const sockets = new Set<net.Socket>();
+  const server = net.createServer((socket) => {
+    connections++;
+    sockets.add(socket);
+    socket.on('close', () => sockets.delete(socket));
+    socket.on('error', () => undefined);
+    let buffered = '';
+    socket.on('data', (d) => {
+      buffered += d.toString('latin1');
+      for (let end = buffered.indexOf('\r\n\r\n'); end !== -1; end = buffered.indexOf('\r\n\r\n')) {
+        const head = buffered.slice(0, end);
+        const length = Number(/\r\ncontent-length: *(\d+)/i.exec(head)?.[1] ?? 0);
+        if (buffered.length < end + 4 + length) return;
+        buffered = buffered.slice(end + 4 + length);
+        const [method, path] = head.split(' ');
+        seen.push(`${method} ${path}`);
+        const answer = answers[path];
+        if (typeof answer === 'function') answer(socket);
+        else socket.write(answer ?? `HTTP/1.1 200 OK\r\ncontent-length: ${path.length}\r\n\r\n${path}`);
+      }
+    });
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  return {
+    port: (server.address() as AddressInfo).port, seen, connections: () => connections,
+    close: () => new Promise<void>((r) => { for (const s of sockets) s.destroy(); server.close(() => r()); }),
+  };
+}
+
+interface Outcome { status: number; body: string; framing: Framing }
+/** One request through the pool: its outcome, or a rejection whose message is the pool's failure code. */
+function exchange(pool: UpstreamPool, port: number, method: string, path: string, body?: string) {
+  let resolve!: (o: Outcome) => void;
+  let reject!: (e: Error) => void;
+  const done = new Promise<Outcome>((res, rej) => { resolve = res; reject = rej; });
+  let status = 0;
+  let framing: Framing = 'none';
+  let text = '';
+  const sink: ResponseSink = {
+    head(s, _text, _fields, f) { status = s; framing = f; },
+    data(chunk) { text += chunk.toString('latin1'); return true; },
+    end() { resolve({ status, body: text, framing }); },
+    fail(code) { reject(new Error(code)); },
+    drain() { /* small bodies */ },
+    flush() { /* nothing held */ },
+  };
+  const head = `${method} ${path} HTTP/1.1\r\nhost: x\r\n${body !== undefined ? `content-length: ${body.length}\r\n` : ''}`;
+  const ex = pool.send({ host: '127.0.0.1', port }, { method, head, body: body !== undefined ? 'length' : 'none' }, sink);
+  if (body !== undefined) { ex.body(Buffer.from(body, 'latin1')); ex.end(); }
+  return { ex, done };
+}
+
+t.test('a GET that timed out on a reused connection is not sent again', async (t) => {
+  // The workspace got it and is still at it: sending it again doubles both its work and the client's wait.
+  const up = await scripted({ '/never': () => undefined });
+  const pool = createUpstreamPool({ connectTimeoutMs: 1000, responseTimeoutMs: 300, maxSockets: 1, idleMs: 4000 });
+  t.teardown(async () => { pool.close(); await up.close(); });
+  await exchange(pool, up.port, 'GET', '/warm').done;
+  await t.rejects(exchange(pool, up.port, 'GET', '/never').done, { message: 'UPSTREAM_TIMEOUT' });
+  t.same(up.seen, ['GET /warm', 'GET /never'], 'sent once');
+});
+
