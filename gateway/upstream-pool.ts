@@ -319,7 +319,10 @@ export class UpstreamPool {
     const ex = new Exchange(pool, request, sink);
     // Never synchronously: the caller may be inside its own parser's callback.
     if (this.closing) { process.nextTick(() => { ex.done = true; sink.fail('UPSTREAM_UNREACHABLE', new Error('gateway closing')); }); return ex; }
-    const idle = pool.idle.pop();
+    // One the sweep (or the workspace's FIN) has just closed stays listed until its 'close', a phase of
+    // the event loop later: a request read in between must not be written to it.
+    let idle = pool.idle.pop();
+    while (idle !== undefined && !idle.socket.writable) idle = pool.idle.pop();
     if (idle) this.start(idle, ex);
     else if (pool.open < this.opts.maxSockets) this.start(this.connect(pool), ex);
     else pool.queue.push(ex);

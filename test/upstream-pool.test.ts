@@ -227,3 +227,14 @@ t.test('a GET that timed out on a reused connection is not sent again', async (t
   t.same(up.seen, ['GET /warm', 'GET /never'], 'sent once');
 });
 
+t.test('an idle connection the sweep has just closed is not handed to the next request', async (t) => {
+  // The sweep closes it in the timers phase; its 'close' comes a phase later, and a request read in
+  // between took it from the idle list: a POST then failed with UPSTREAM_UNREACHABLE (a GET was retried).
+  const up = await scripted({});
+  const pool = createUpstreamPool({ connectTimeoutMs: 1000, responseTimeoutMs: 1000, maxSockets: 2, idleMs: 4000 });
+  t.teardown(async () => { pool.close(); await up.close(); });
+  await exchange(pool, up.port, 'GET', '/warm').done;
+  pool.expire(Date.now() + 60_000);
+  t.same(await exchange(pool, up.port, 'POST', '/save', 'data').done, { status: 200, body: '/save', framing: 'length' });
+});
+
