@@ -240,7 +240,8 @@ class Conn implements ParserEvents {
     if (!ex) { this.socket.destroy(); return PARSE_ON; }
     // 1xx (RFC 9110 15.2) are interim: the final response follows. A 101 was never asked for.
     if (status < 200) {
-      if (status === 101 || upgrade) { this.socket.destroy(new Error('unexpected 101 from upstream')); return PARSE_ON; }
+      // Stopped here: llhttp would report the 101 complete at once, and the request end with no response.
+      if (status === 101 || upgrade) { this.unreadable = true; this.socket.destroy(new Error('unexpected 101 from upstream')); return stopForBody(this.parser); }
       this.interim = true;
       return PARSE_ON;
     }

@@ -238,3 +238,10 @@ t.test('an idle connection the sweep has just closed is not handed to the next r
   t.same(await exchange(pool, up.port, 'POST', '/save', 'data').done, { status: 200, body: '/save', framing: 'length' });
 });
 
+t.test('a 101 to a plain request is a bad response, not an unreachable workspace', async (t) => {
+  const up = await scripted({ '/switch': 'HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n' });
+  const pool = createUpstreamPool({ connectTimeoutMs: 1000, responseTimeoutMs: 1000, maxSockets: 1, idleMs: 4000 });
+  t.teardown(async () => { pool.close(); await up.close(); });
+  await t.rejects(exchange(pool, up.port, 'GET', '/switch').done, { message: 'UPSTREAM_BAD_RESPONSE' });
+  t.same((await exchange(pool, up.port, 'GET', '/next').done).body, '/next', 'the next request goes on a new connection');
+});
