@@ -245,3 +245,73 @@ t.test('a 101 to a plain request is a bad response, not an unreachable workspace
   await t.rejects(exchange(pool, up.port, 'GET', '/switch').done, { message: 'UPSTREAM_BAD_RESPONSE' });
   t.same((await exchange(pool, up.port, 'GET', '/next').done).body, '/next', 'the next request goes on a new connection');
 });
+
+t.test('a queued request whose client left is never sent, and its turn goes to the next', async (t) => {
+  let release!: () => void;
+  const up = await scripted({ '/slow': (s) => { release = () => s.write('HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n/slow'); } });
+  const pool = createUpstreamPool({ connectTimeoutMs: 1000, responseTimeoutMs: 2000, maxSockets: 1, idleMs: 4000 });
+  t.teardown(async () => { pool.close(); await up.close(); });
+  const slow = exchange(pool, up.port, 'GET', '/slow');
+  const gone = exchange(pool, up.port, 'GET', '/gone');
+  const next = exchange(pool, up.port, 'GET', '/next');
+  gone.ex.abort();
+  await new Promise((r) => setTimeout(r, 50));
+  release();
+  t.same([(await slow.done).body, (await next.done).body], ['/slow', '/next']);
+  t.same(up.seen, ['GET /slow', 'GET /next'], 'the abandoned request never reached the workspace');
+  t.equal(up.connections(), 1);
+});
+
+t.test("the workspace's Connection: close with requests queued: they go on a new connection", async (t) => {
+  const up = await scripted({ '/closing': 'HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 2\r\n\r\nok' });
+  const pool = createUpstreamPool({ connectTimeoutMs: 1000, responseTimeoutMs: 2000, maxSockets: 1, idleMs: 4000 });
+  t.teardown(async () => { pool.close(); await up.close(); });
+  const all = await Promise.all(['/closing', '/a', '/closing', '/b'].map((p) => exchange(pool, up.port, 'GET', p).done));
+  t.same(all.map((a) => a.body), ['ok', '/a', 'ok', '/b']);
+  t.equal(up.connections(), 3, 'a new connection after each close');
+});
+
+t.test('no body where none can follow (HEAD, 204, 304) whatever Content-Length says; the connection goes on', async (t) => {
+  const up = await scripted({
+    '/head': 'HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\n',
+    '/204': 'HTTP/1.1 204 No Content\r\ncontent-length: 10\r\n\r\n',
+    '/304': 'HTTP/1.1 304 Not Modified\r\ncontent-length: 1000\r\netag: "x"\r\n\r\n',
+    '/continue': 'HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nsent',
+    '/hints': 'HTTP/1.1 103 Early Hints\r\nlink: </a.css>; rel=preload\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nfinal',
+  });
+  const pool = createUpstreamPool({ connectTimeoutMs: 1000, responseTimeoutMs: 1000, maxSockets: 1, idleMs: 4000 });
+  t.teardown(async () => { pool.close(); await up.close(); });
+  t.same(await exchange(pool, up.port, 'HEAD', '/head').done, { status: 200, body: '', framing: 'none' });
+  t.same(await exchange(pool, up.port, 'GET', '/204').done, { status: 204, body: '', framing: 'none' });
+  t.same(await exchange(pool, up.port, 'GET', '/304').done, { status: 304, body: '', framing: 'none' });
+  t.same(await exchange(pool, up.port, 'POST', '/continue', 'body').done, { status: 200, body: 'sent', framing: 'length' }, '100 is interim');
+  t.same(await exchange(pool, up.port, 'GET', '/hints').done, { status: 200, body: 'final', framing: 'length' }, '103 is interim');
+  t.same(await exchange(pool, up.port, 'GET', '/after').done, { status: 200, body: '/after', framing: 'length' });
+  t.equal(up.connections(), 1, 'all on one connection');
+});
+
+t.test('a connection lost after part of a response: the request fails, and is not sent again', async (t) => {
+  const cut = (s: net.Socket) => { s.write('HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\npartial'); setTimeout(() => s.destroy(), 20); };
+  const up = await scripted({ '/get-cut': cut, '/post-cut': cut, '/head-cut': (s) => { s.write('HTTP/1.1 200 OK\r\ncontent-le'); setTimeout(() => s.destroy(), 20); } });
+  const pool = createUpstreamPool({ connectTimeoutMs: 1000, responseTimeoutMs: 1000, maxSockets: 1, idleMs: 4000 });
+  t.teardown(async () => { pool.close(); await up.close(); });
+  await exchange(pool, up.port, 'GET', '/warm').done;
+  await t.rejects(exchange(pool, up.port, 'GET', '/get-cut').done, { message: 'UPSTREAM_UNREACHABLE' });
+  await exchange(pool, up.port, 'GET', '/warm').done;
+  await t.rejects(exchange(pool, up.port, 'POST', '/post-cut', 'x').done, { message: 'UPSTREAM_UNREACHABLE' });
+  await exchange(pool, up.port, 'GET', '/warm').done;
+  await t.rejects(exchange(pool, up.port, 'GET', '/head-cut').done, { message: 'UPSTREAM_UNREACHABLE' });
+  t.same(up.seen, ['GET /warm', 'GET /get-cut', 'GET /warm', 'POST /post-cut', 'GET /warm', 'GET /head-cut'], 'each sent once');
+});
+
+t.test('no entry left for a workspace once its connections are gone', async (t) => {
+  const up = await scripted({});
+  const pool = createUpstreamPool({ connectTimeoutMs: 1000, responseTimeoutMs: 1000, maxSockets: 2, idleMs: 100 });
+  t.teardown(async () => { pool.close(); await up.close(); });
+  const pools = (pool as unknown as { pools: Map<string, unknown> }).pools;
+  await Promise.all([exchange(pool, up.port, 'GET', '/a').done, exchange(pool, up.port, 'GET', '/b').done, exchange(pool, up.port, 'GET', '/c').done]);
+  await t.rejects(exchange(pool, 1, 'GET', '/nothing-there').done, { message: 'UPSTREAM_UNREACHABLE' });
+  t.ok(pools.size >= 1);
+  for (let i = 0; i < 100 && (pool.size() > 0 || pools.size > 0); i++) await new Promise((r) => setTimeout(r, 20));
+  t.same([pool.size(), pools.size], [0, 0]);
+});
