@@ -73,7 +73,9 @@ export class Exchange {
   pending: Buffer[] | undefined;
   pendingBytes = 0;
   waitingDrain = false;
-  constructor(readonly pool: Pool, readonly request: UpstreamRequest, readonly sink: ResponseSink) {
+  /** While queued: when it fails with UPSTREAM_TIMEOUT if no connection has come free (Date.now() ms). */
+  queuedUntil = 0;
+  constructor(readonly owner: UpstreamPool, readonly pool: Pool, readonly request: UpstreamRequest, readonly sink: ResponseSink) {
     this.bodyDone = request.body === 'none';
   }
 
@@ -111,8 +113,7 @@ export class Exchange {
     this.done = true;
     const conn = this.conn;
     if (conn) { conn.exchange = undefined; conn.socket.destroy(); return; }
-    const i = this.pool.queue.indexOf(this);
-    if (i !== -1) this.pool.queue.splice(i, 1);
+    this.owner.dequeue(this.pool, this);
   }
 }
 
@@ -288,6 +289,8 @@ export class UpstreamPool {
   private readonly keys = new WeakMap<Endpoint, string>();
   private readonly conns = new Set<Conn>();
   private closing = false;
+  /** Requests waiting in all pools' queues: the sweep looks at the queues only when there are some. */
+  private queued = 0;
   /** Every connection's reads land here (Conn): one read runs at a time, and what outlives it is copied. */
   readonly readBuffer = Buffer.allocUnsafe(READ_BUFFER_BYTES);
   /**
@@ -303,7 +306,11 @@ export class UpstreamPool {
     this.sweep.unref();
   }
 
-  /** Connections past their deadline close; one awaiting a response fails it with UPSTREAM_TIMEOUT. */
+  /**
+   * Connections past their deadline close; one awaiting a response fails it with UPSTREAM_TIMEOUT. So
+   * does a request queued that long: the connections it waits for may be held by downloads a client
+   * stopped reading, or bodies a workspace stopped sending, which have no deadline.
+   */
   expire(now: number): void {
     for (const conn of this.conns) {
       if (conn.deadline === 0 || conn.deadline > now) continue;
@@ -311,13 +318,41 @@ export class UpstreamPool {
       conn.timedOut = conn.exchange !== undefined;
       conn.socket.destroy();
     }
+    if (this.queued === 0) return;
+    for (const pool of this.pools.values()) {
+      // Queued in order, so their deadlines are too.
+      while (pool.queue.length > 0 && pool.queue[0].queuedUntil <= now) {
+        const ex = this.dequeue(pool)!;
+        ex.done = true;
+        ex.sink.fail('UPSTREAM_TIMEOUT', new Error('no upstream connection came free in time'));
+      }
+    }
+  }
+
+  private enqueue(pool: Pool, ex: Exchange): void {
+    ex.queuedUntil = Date.now() + this.opts.responseTimeoutMs;
+    pool.queue.push(ex);
+    this.queued++;
+  }
+
+  /** The next queued request, if any; also for one whose client left (Exchange.abort). */
+  dequeue(pool: Pool, ex?: Exchange): Exchange | undefined {
+    if (ex === undefined) {
+      const next = pool.queue.shift();
+      if (next !== undefined) this.queued--;
+      return next;
+    }
+    const i = pool.queue.indexOf(ex);
+    if (i === -1) return undefined;
+    this.queued--;
+    return pool.queue.splice(i, 1)[0];
   }
 
   send(endpoint: Endpoint, request: UpstreamRequest, sink: ResponseSink): Exchange {
     const key = this.keyOf(endpoint);
     let pool = this.pools.get(key);
     if (!pool) { pool = { host: endpoint.host, port: endpoint.port, key, idle: [], open: 0, queue: [] }; this.pools.set(key, pool); }
-    const ex = new Exchange(pool, request, sink);
+    const ex = new Exchange(this, pool, request, sink);
     // Never synchronously: the caller may be inside its own parser's callback.
     if (this.closing) { process.nextTick(() => { ex.done = true; sink.fail('UPSTREAM_UNREACHABLE', new Error('gateway closing')); }); return ex; }
     // One the sweep (or the workspace's FIN) has just closed stays listed until its 'close', a phase of
@@ -326,7 +361,7 @@ export class UpstreamPool {
     while (idle !== undefined && !idle.socket.writable) idle = pool.idle.pop();
     if (idle) this.start(idle, ex);
     else if (pool.open < this.opts.maxSockets) this.start(this.connect(pool), ex);
-    else pool.queue.push(ex);
+    else this.enqueue(pool, ex);
     return ex;
   }
 
@@ -347,6 +382,7 @@ export class UpstreamPool {
     this.closing = true;
     clearInterval(this.sweep);
     for (const pool of this.pools.values()) {
+      this.queued -= pool.queue.length;
       for (const ex of pool.queue.splice(0)) ex.sink.fail('UPSTREAM_UNREACHABLE', new Error('gateway closing'));
       for (const conn of pool.idle.splice(0)) conn.socket.destroy();
     }
@@ -400,7 +436,7 @@ export class UpstreamPool {
     conn.socket.resume();
     conn.reused = true;
     const pool = conn.pool;
-    const next = pool.queue.shift();
+    const next = this.dequeue(pool);
     if (next) { this.start(conn, next); return; }
     conn.deadline = Date.now() + this.opts.idleMs;
     pool.idle.push(conn);
@@ -431,7 +467,7 @@ export class UpstreamPool {
     }
     // The closed connection's place goes to the next queued request, unless the retry above took it:
     // open counts the retry's connection already, and maxSockets holds for both.
-    if (pool.queue.length > 0) { if (pool.open < this.opts.maxSockets) this.start(this.connect(pool), pool.queue.shift()!); }
+    if (pool.queue.length > 0) { if (pool.open < this.opts.maxSockets) this.start(this.connect(pool), this.dequeue(pool)!); }
     else if (pool.open === 0) this.pools.delete(pool.key);
   }
 }

@@ -315,3 +315,17 @@ t.test('no entry left for a workspace once its connections are gone', async (t) 
   for (let i = 0; i < 100 && (pool.size() > 0 || pools.size > 0); i++) await new Promise((r) => setTimeout(r, 20));
   t.same([pool.size(), pools.size], [0, 0]);
 });
+
+t.test('a queued request times out like a sent one: the connections it waits for may never come free', async (t) => {
+  // A download the client has stopped reading holds the only connection.
+  const up = await scripted({ '/stalled': (s) => { s.write(`HTTP/1.1 200 OK\r\ncontent-length: ${1 << 30}\r\n\r\n`); const c = Buffer.alloc(64 * 1024); const pump = () => { while (!s.destroyed && s.write(c)); }; s.on('drain', pump); pump(); } });
+  const pool = createUpstreamPool({ connectTimeoutMs: 1000, responseTimeoutMs: 300, maxSockets: 1, idleMs: 4000 });
+  t.teardown(async () => { pool.close(); await up.close(); });
+  const stalled = pool.send({ host: '127.0.0.1', port: up.port }, { method: 'GET', head: 'GET /stalled HTTP/1.1\r\nhost: x\r\n', body: 'none' }, {
+    head() { /* started */ }, data() { return false; }, end() { /* never */ }, fail() { /* cut at teardown */ }, drain() { /* none */ }, flush() { /* none */ },
+  });
+  t.teardown(() => stalled.abort());
+  const queued = exchange(pool, up.port, 'GET', '/queued').done;
+  const outcome = await Promise.race([queued.then(() => 'answered', (e: Error) => e.message), new Promise((r) => setTimeout(() => r('still waiting'), 3000))]);
+  t.equal(outcome, 'UPSTREAM_TIMEOUT');
+});
