@@ -158,6 +158,9 @@ class Conn implements ParserEvents {
   unreadable = false;
   /** When the pool's sweep closes this connection (Date.now() ms; 0: never): connecting, awaiting a head, or idle. */
   deadline = 0;
+  /** In read(): a response completed now waits for the read's end to free the connection (releasing). */
+  reading = false;
+  releasing = false;
 
   constructor(readonly pool: Pool, readonly owner: UpstreamPool, maxHeaderSize: number) {
     // Reads land in the pool's one buffer (net's `onread`), not in a new Buffer pushed through a
@@ -178,8 +181,20 @@ class Conn implements ParserEvents {
     socket.on('close', () => owner.closed(this));
   }
 
-  /** One read from the workspace: a view of the pool's read buffer. */
+  /**
+   * One read from the workspace: a view of the pool's read buffer. A response that ends inside it
+   * frees the connection only once all of it is read: bytes behind that response (a workspace
+   * answering twice, or past its body) spend the connection, and a queued request given it first
+   * was lost with it, or read that stray answer as its own.
+   */
   read(d: Buffer): void {
+    this.reading = true;
+    this.take(d);
+    this.reading = false;
+    if (this.releasing) { this.releasing = false; this.owner.release(this); }
+  }
+
+  take(d: Buffer): void {
     // Bytes on an idle connection answer nothing we asked: it cannot be trusted with the next request.
     const ex = this.exchange;
     if (!ex) { this.socket.destroy(); return; }
@@ -430,7 +445,13 @@ export class UpstreamPool {
     }
     conn.exchange = undefined;
     ex.conn = undefined;
-    if (!conn.keepAlive || conn.framing === 'close' || this.closing || conn.socket.destroyed) { conn.socket.destroy(); return; }
+    if (!conn.keepAlive || conn.framing === 'close') { conn.socket.destroy(); return; }
+    if (conn.reading) conn.releasing = true; else this.release(conn);
+  }
+
+  /** A kept-alive connection after its response: the next queued request's, or idle. */
+  release(conn: Conn): void {
+    if (this.closing || conn.socket.destroyed) { conn.socket.destroy(); return; }
     // Paused by the last response's backpressure: reading again is how an idle connection's close is
     // noticed, and the next response must be read at all (the workbench's second file hung on it).
     conn.socket.resume();

@@ -329,3 +329,20 @@ t.test('a queued request times out like a sent one: the connections it waits for
   const outcome = await Promise.race([queued.then(() => 'answered', (e: Error) => e.message), new Promise((r) => setTimeout(() => r('still waiting'), 3000))]);
   t.equal(outcome, 'UPSTREAM_TIMEOUT');
 });
+
+t.test('bytes behind a response, with a request queued: the queued one goes on a new connection, answered', async (t) => {
+  // The connection that sent them is spent; the request queued for it must not be written to it and lost with it.
+  const up = await scripted({
+    '/overrun': 'HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nokEXTRA BYTES NOBODY ASKED FOR',
+    '/chunked-overrun': 'HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\nEXTRA BYTES NOBODY ASKED FOR',
+    '/answered-twice': 'HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nWRONG',
+  });
+  const pool = createUpstreamPool({ connectTimeoutMs: 1000, responseTimeoutMs: 1000, maxSockets: 1, idleMs: 4000 });
+  t.teardown(async () => { pool.close(); await up.close(); });
+  for (const path of ['/overrun', '/chunked-overrun', '/answered-twice']) {
+    const first = exchange(pool, up.port, 'GET', path).done;
+    const queued = exchange(pool, up.port, 'POST', '/save', 'data').done;
+    const outcomes = await Promise.all([first, queued].map((p) => p.then((o) => o.body, (e: Error) => e.message)));
+    t.same(outcomes, ['ok', '/save'], path);
+  }
+});
