@@ -346,3 +346,14 @@ t.test('bytes behind a response, with a request queued: the queued one goes on a
     t.same(outcomes, ['ok', '/save'], path);
   }
 });
+
+t.test('any 1xx is interim (RFC 9110 15.2), not only the ones llhttp knows to have no content', async (t) => {
+  // llhttp ends 100, 102 and 103 at their head; another 1xx it reads as a body until the close.
+  const up = await scripted({ '/104': 'HTTP/1.1 104 Upload Resumption Supported\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok' });
+  const pool = createUpstreamPool({ connectTimeoutMs: 1000, responseTimeoutMs: 1000, maxSockets: 1, idleMs: 4000 });
+  t.teardown(async () => { pool.close(); await up.close(); });
+  const outcome = await exchange(pool, up.port, 'GET', '/104').done.then((o) => o, (e: Error) => e.message);
+  t.same(outcome, { status: 200, body: 'ok', framing: 'length' });
+  t.same(await exchange(pool, up.port, 'GET', '/after').done, { status: 200, body: '/after', framing: 'length' });
+  t.equal(up.connections(), 1);
+});
