@@ -83,8 +83,9 @@ export class Exchange {
   body(chunk: Buffer): boolean {
     if (this.done || chunk.length === 0) return true;
     if (this.conn) {
-      // A body on its way counts as activity: the response timeout runs from its last piece.
-      if (this.conn.connected) this.conn.awaitResponse();
+      // A body on its way counts as activity: the response timeout runs from its last piece. Not once
+      // the response has begun: its body has no deadline, and a new one would cut it.
+      if (this.conn.connected && !this.headSeen) this.conn.awaitResponse();
       const ok = writeBody(this.conn.socket, this.request.body, chunk);
       if (!ok) this.waitingDrain = true;
       return ok;
@@ -100,7 +101,7 @@ export class Exchange {
     if (this.bodyDone) return;
     this.bodyDone = true;
     if (this.done) return;
-    if (this.conn?.connected) this.conn.awaitResponse();
+    if (this.conn?.connected && !this.headSeen) this.conn.awaitResponse();
     if (this.conn && this.request.body === 'chunked') this.conn.socket.write(LAST_CHUNK);
   }
 

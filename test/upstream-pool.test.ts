@@ -357,3 +357,29 @@ t.test('any 1xx is interim (RFC 9110 15.2), not only the ones llhttp knows to ha
   t.same(await exchange(pool, up.port, 'GET', '/after').done, { status: 200, body: '/after', framing: 'length' });
   t.equal(up.connections(), 1);
 });
+
+t.test('a response that began before the request body ended is not cut by the response timeout', async (t) => {
+  // The workspace answers as soon as the head is in, and takes longer than the timeout to send its body.
+  const server = net.createServer((socket) => {
+    socket.on('error', () => undefined);
+    socket.once('data', () => {
+      socket.write('HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nfirst');
+      setTimeout(() => socket.write('-last'), 800);
+    });
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  const port = (server.address() as AddressInfo).port;
+  const pool = createUpstreamPool({ connectTimeoutMs: 1000, responseTimeoutMs: 300, maxSockets: 1, idleMs: 4000 });
+  t.teardown(async () => { pool.close(); await new Promise<void>((r) => { server.close(() => r()); }); });
+  let headAt: (() => void) | undefined;
+  const headSeen = new Promise<void>((r) => { headAt = r; });
+  const outcome = new Promise<string>((resolve) => {
+    let body = '';
+    const ex = pool.send({ host: '127.0.0.1', port }, { method: 'POST', head: 'POST /duplex HTTP/1.1\r\nhost: x\r\ncontent-length: 4\r\n', body: 'length' }, {
+      head() { headAt!(); }, passHead() { headAt!(); },
+      data(c) { body += c.toString(); return true; }, end() { resolve(body); }, fail(code) { resolve(code); }, drain() { /* small */ }, flush() { /* none */ },
+    });
+    void headSeen.then(() => { ex.body(Buffer.from('data')); ex.end(); });
+  });
+  t.equal(await outcome, 'first-last');
+});
