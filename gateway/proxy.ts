@@ -95,6 +95,8 @@ function tune(socket: Duplex) {
 /** node:http's response as the pool's sink: fields through writeHead, body with backpressure. */
 class ResponseWriter implements ResponseSink {
   exchange: Exchange | undefined;
+  /** A 'drain' listener is on the response. */
+  waiting = false;
   constructor(private readonly req: IncomingMessage, private readonly res: ServerResponse, private readonly hooks: WebHooks) {}
   head(status: number, statusText: string, fields: string[]): void {
     // Node decides per client whether this connection stays open (a client's `Connection: close`,
@@ -105,7 +107,8 @@ class ResponseWriter implements ResponseSink {
   /** `chunk` is valid for this call only unless `own` (ResponseSink): node:http may keep what it is given. */
   data(chunk: Buffer, own = false): boolean {
     if (this.res.write(own ? chunk : Buffer.from(chunk))) return true;
-    this.res.once('drain', () => this.exchange?.resume());
+    // One read of a chunked body gives a call per chunk: one listener for them all (Node warns at 11).
+    if (!this.waiting) { this.waiting = true; this.res.once('drain', () => { this.waiting = false; this.exchange?.resume(); }); }
     return false;
   }
   /**

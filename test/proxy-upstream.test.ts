@@ -135,3 +135,34 @@ t.test('a workspace answering an upload before reading it: the rest is read and 
   await until(() => text.endsWith('\r\n\r\nnext'), 3000);
   t.pass('the rest of the upload was read, and the next request answered on the same connection');
 });
+
+t.test("node:http's side: a client not reading a response of many chunks holds one drain listener, not one per chunk", async (t) => {
+  const { createForwarder } = await import('../gateway/proxy.js');
+  const { createUpstreamPool } = await import('../gateway/upstream-pool.js');
+  const { forwardedFields } = await import('../gateway/http-fields.js');
+  // 40 chunks of 4 KB in one write: one read, one body callback per chunk.
+  const chunk = `1000\r\n${'x'.repeat(4096)}\r\n`;
+  const upstream = net.createServer((s) => { s.on('error', () => undefined); s.once('data', () => s.write(`HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n${chunk.repeat(40)}0\r\n\r\n`)); });
+  await new Promise<void>((r) => upstream.listen(0, '127.0.0.1', r));
+  const pool = createUpstreamPool({ connectTimeoutMs: 1000, responseTimeoutMs: 1000, maxSockets: 1, idleMs: 4000 });
+  const forwarder = createForwarder({ connectTimeoutMs: 1000, pool });
+  let response: http.ServerResponse | undefined;
+  const front = http.createServer((req, res) => {
+    response = res;
+    forwarder.web(req, res, { host: '127.0.0.1', port: (upstream.address() as AddressInfo).port }, forwardedFields('127.0.0.1', 'http', 'x'), undefined, { onFailure() { res.destroy(); } });
+  });
+  await new Promise<void>((r) => front.listen(0, '127.0.0.1', r));
+  const client = net.connect((front.address() as AddressInfo).port, '127.0.0.1');
+  client.on('error', () => undefined);
+  client.write('GET /many HTTP/1.1\r\nhost: x\r\n\r\n');
+  client.pause();
+  t.teardown(async () => {
+    client.destroy(); pool.close(); forwarder.close();
+    front.closeAllConnections();
+    await Promise.all([new Promise<void>((r) => { front.close(() => r()); }), new Promise<void>((r) => { upstream.close(() => r()); })]);
+  });
+  await until(() => response !== undefined && response.listenerCount('drain') > 0, 2000);
+  await new Promise((r) => setTimeout(r, 100));
+  t.equal(response!.listenerCount('drain'), 1);
+  client.resume();
+});
