@@ -95,7 +95,24 @@ export async function createAdminServer(deps: AdminDeps): Promise<FastifyInstanc
     const probe = route === '/metrics' || route === '/healthz' || route === '/readyz';
     reply.log[probe ? 'debug' : 'info']({ event: 'admin.request', method: req.method, route, status: reply.statusCode, ms: Math.round(reply.elapsedTime * 10) / 10 }, 'admin request');
   });
-  app.setNotFoundHandler((_req, reply) => send(reply, 'NOT_FOUND'));
+  // A known path asked with another method is 405 with Allow (RFC 9110 15.5.6), not 404: a client
+  // sending PUT for POST was told the workspace does not exist.
+  const known: Array<{ path: RegExp; methods: Set<string> }> = [];
+  app.addHook('onRoute', (route) => {
+    const path = new RegExp(`^${route.url.split('/').map((seg) => (seg.startsWith(':') ? '[^/]+' : seg.replace(/[.*+?^${}()|[\]\\]/g, '\\$&'))).join('/')}$`);
+    const methods = [route.method].flat().map((m) => m.toUpperCase());
+    if (methods.includes('GET')) methods.push('HEAD');
+    const entry = known.find((k) => k.path.source === path.source);
+    if (entry) for (const m of methods) entry.methods.add(m);
+    else known.push({ path, methods: new Set(methods) });
+  });
+  app.setNotFoundHandler((req, reply) => {
+    const path = req.url.split('?')[0];
+    const allow = new Set(known.filter((k) => k.path.test(path)).flatMap((k) => [...k.methods]));
+    if (allow.size === 0) return send(reply, 'NOT_FOUND');
+    reply.header('allow', [...allow].sort().join(', '));
+    return send(reply, 'METHOD_NOT_ALLOWED');
+  });
 
   app.get('/healthz', { schema: { hide: true } }, async () => ({ status: 'ok' }));
   app.get('/readyz', { schema: { hide: true } }, async (_req, reply) => {

@@ -102,6 +102,28 @@ t.test('admin API', async (t) => {
     t.equal(gw.provisioner.stops.length, 0);
   });
 
+  t.test('a known route with the wrong method: 405 METHOD_NOT_ALLOWED naming the allowed ones (RFC 9110 15.5.6)', async (t) => {
+    const wrong: Array<[string, string, string[]]> = [
+      ['DELETE', '/api/workspaces/demo', ['GET', 'HEAD']],
+      ['PUT', '/api/workspaces/demo/start', ['POST']],
+      ['GET', '/api/workspaces/demo/stop', ['POST']],
+      ['PATCH', '/api/workspaces', ['GET', 'HEAD']],
+      ['POST', '/api/workspaces/demo/login-url/', []],
+      ['POST', '/metrics', ['GET', 'HEAD']],
+      ['POST', '/healthz', ['GET', 'HEAD']],
+    ];
+    for (const [method, path, allow] of wrong) {
+      const r = await call(method, path);
+      if (!allow.length) { t.equal(r.status, 404, `${method} ${path}: not a route at all`); continue; }
+      t.equal(r.status, 405, `${method} ${path}: 405`);
+      t.equal(r.body.error?.code, 'METHOD_NOT_ALLOWED');
+      t.equal(r.headers.get('x-gateway-error'), 'METHOD_NOT_ALLOWED');
+      t.same((r.headers.get('allow') ?? '').split(/, */).sort(), allow, `Allow: ${allow.join(', ')}`);
+    }
+    t.equal((await call('GET', '/api/nothing')).body.error?.code, 'NOT_FOUND', 'an unknown path is still 404');
+    t.equal(gw.provisioner.stops.length, 0);
+  });
+
   t.test('the OpenAPI document', async (t) => {
     const r = await call('GET', '/api/openapi.json', { auth: null });
     t.equal(r.status, 200);
