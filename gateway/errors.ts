@@ -73,11 +73,14 @@ export function renderError(code: ErrorCode, opts: { html: boolean; detail?: str
   return { status: entry.status, headers, body };
 }
 
-/** The raw bytes for an error on a socket that was never handed to an HTTP response (upgrades). */
-export function renderErrorOnSocket(code: ErrorCode, requestId?: string, html = false): string {
+/**
+ * The raw bytes for an error on a socket that was never handed to an HTTP response (upgrades, the
+ * warm lane). `head`: the answer to a HEAD request, its length and no content (RFC 9110 9.3.2).
+ */
+export function renderErrorOnSocket(code: ErrorCode, requestId?: string, html = false, head = false): string {
   const r = renderError(code, { html, requestId });
   const lines = [`HTTP/1.1 ${r.status} ${ERROR_CATALOGUE[code].title}`];
   for (const [k, v] of Object.entries(r.headers)) lines.push(`${k}: ${v}`);
   lines.push(`content-length: ${Buffer.byteLength(r.body)}`, 'connection: close');
-  return `${lines.join('\r\n')}\r\n\r\n${r.body}`;
+  return `${lines.join('\r\n')}\r\n\r\n${head ? '' : r.body}`;
 }

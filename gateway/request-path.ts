@@ -247,12 +247,13 @@ export function createRequestPath(deps: RequestPathDeps) {
     constructor(
       readonly endpoint: Endpoint, readonly upstreamHead: string, readonly body: BodyMode, readonly responseFields: string,
       readonly workspaceId: string, readonly requestId: string, readonly started: bigint, readonly fields: readonly string[],
+      readonly head: boolean,
     ) {}
     responded(status: number) { webResponded(status, this.started, true); }
     failed(code: UpstreamFailure, error: Error): string {
       webFailed(this.workspaceId, this.requestId, code, error);
       metrics.rejectedRequest(code);
-      return renderErrorOnSocket(code, this.requestId, laneWantsHtml(this.fields));
+      return renderErrorOnSocket(code, this.requestId, laneWantsHtml(this.fields), this.head);
     }
   }
 
@@ -289,7 +290,7 @@ export function createRequestPath(deps: RequestPathDeps) {
     recordActivity(host.workspaceId, host.url);
     return new WarmForward(
       route.endpoint, upstreamRequestHead(req.method, host.url, req.fields, warmForwardedFor(notes, scan.forwardedFor, scan.host), caller.cookieRest),
-      scan.body, `x-request-id: ${requestId}\r\n`, host.workspaceId, requestId, process.hrtime.bigint(), req.fields,
+      scan.body, `x-request-id: ${requestId}\r\n`, host.workspaceId, requestId, process.hrtime.bigint(), req.fields, req.method === 'HEAD',
     );
   }
 

@@ -217,6 +217,17 @@ t.test('warm lane', async (t) => {
     await registerRunning(gw.store, 'raw', up.port);
     await get('/warm-again');
     await t.rejects(get('/die'), 'dying mid-body: the client sees the response cut, not a clean end');
+    // RFC 9110 9.3.2: no content in an answer to HEAD, an error page the gateway writes itself included
+    // (node:http drops it for us; the warm lane writes its own bytes).
+    for (const accept of ['application/json', 'text/html']) {
+      await registerRunning(gw.store, 'raw', up.port);
+      await get('/warm-again');
+      const head = await rawExchange(gw.port, `HEAD /reset HTTP/1.1\r\nHost: ${host}\r\nCookie: ${cookie}\r\nAccept: ${accept}\r\n\r\n`);
+      const [fields, body] = head.text.split('\r\n\r\n');
+      t.match(fields, /^HTTP\/1\.1 502 [^]*\r\nx-gateway-error: UPSTREAM_UNREACHABLE\r\n/i, `HEAD (${accept}): 502 UPSTREAM_UNREACHABLE`);
+      t.match(fields, /\r\ncontent-length: [1-9]\d*(\r\n|$)/i, 'the length of the page not sent');
+      t.equal(body, '', 'and no body after the head');
+    }
   });
 
   t.test('a kept connection the workspace closes as it is reused: GET is tried again, once', async (t) => {
