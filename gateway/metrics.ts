@@ -173,6 +173,23 @@ export function createMetrics(opts: MetricsOptions = { enabled: true, defaultMet
   const rejected = new Counter({ name: `${p}rejected_requests_total`, help: 'Requests the gateway answered itself with an error, by error code (see gateway/errors.ts).', labelNames: ['code'] as const, registers: r });
   const activityBuffered = new Gauge({ name: `${p}activity_buffered`, help: 'Workspaces with activity not yet written to the store.', registers: r });
 
+  // Every known series of each counter exists at 0 from the start: increase() and rate() take a
+  // series' first sample as its start, so a series born at 1 hid the first BAD_CONFIG, NO_CAPACITY or
+  // INTERNAL of a replica from the alert rules (deploy/prometheus/, whose tests start at 0 too).
+  if (opts.enabled) {
+    const product = <A extends string, B extends string>(a: A, as: Iterable<string>, b: B, bs: Iterable<string>) =>
+      [...as].flatMap((x) => [...bs].map((y) => ({ [a]: x, [b]: y }) as Record<A | B, string>));
+    for (const labels of PROXIED_SERIES) proxied.inc(labels, 0);
+    for (const outcome of ['ready', 'failed', 'aborted']) coldStarts.inc({ outcome }, 0);
+    for (const labels of product('code', START_FAILURE_CODES, 'stage', STAGES)) startFailures.inc(labels, 0);
+    for (const result of ROUTE_RESULTS) routeCache.inc({ result }, 0);
+    for (const labels of product('operation', AWS_OPERATIONS, 'outcome', AWS_OUTCOMES)) awsCalls.inc(labels, 0);
+    for (const reason of REAPER_REASONS) reaperStops.inc({ reason }, 0);
+    for (const reason of SIGNIN_REASONS) signInFailures.inc({ reason }, 0);
+    for (const code of UPSTREAM_CODES) upstreamErrors.inc({ code }, 0);
+    for (const code of ERROR_CODES) rejected.inc({ code }, 0);
+  }
+
   const safe = (fn: () => void) => { if (!opts.enabled) return; try { fn(); } catch { /* a metric never breaks a request */ } };
 
   return {

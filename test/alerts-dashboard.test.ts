@@ -53,6 +53,26 @@ t.test('rules name only exported metrics', async (t) => {
   for (const n of used) t.ok(names.has(n), n);
 });
 
+t.test("every counter series a rule selects exists at 0 before its first event", async (t) => {
+  // increase() and rate() cannot see a series' first sample as an increase: a counter whose series
+  // appears only at its first event (1) hides that event, so "BAD_CONFIG pages at once" needed two
+  // failures on one replica, and a single NO_CAPACITY never fired. The rule tests start at 0 too.
+  const m = createMetrics({ enabled: true, defaultMetrics: false });
+  t.teardown(() => m.close());
+  const exposition = await m.registry.metrics();
+  const text = readFileSync(RULES, 'utf8');
+  let checked = 0;
+  for (const [, name, matchers] of text.matchAll(/\b(wsgw_[a-z0-9_]+_total)\{([^}]*)\}/g)) {
+    for (const [, label, op, values] of matchers.matchAll(/([a-z_]+)(=~|=)"([^"]*)"/g)) {
+      for (const value of op === '=~' ? values.split('|') : [values]) {
+        checked++;
+        t.match(exposition, new RegExp(`^${name}\\{[^}]*\\b${label}="${value}"[^}]*\\} 0$`, 'm'), `${name}{${label}="${value}"} is 0 from the start`);
+      }
+    }
+  }
+  t.ok(checked >= 10, `${checked} selected series`);
+});
+
 t.test('dashboard: valid JSON, unique panel ids, every query parses and names exported metrics', async (t) => {
   const dash = JSON.parse(readFileSync(DASHBOARD, 'utf8')) as { uid: string; panels: Array<{ id: number; type: string; title: string; targets?: Array<{ expr: string }> }> };
   t.equal(dash.uid, 'workspace-gateway');
