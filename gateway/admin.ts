@@ -45,7 +45,7 @@ const workspaceSchema = {
 } as const;
 const errorSchema = {
   type: 'object',
-  properties: { error: { type: 'object', properties: { code: { type: 'string' }, message: { type: 'string' }, detail: { type: 'string' } }, required: ['code', 'message'] } },
+  properties: { error: { type: 'object', properties: { code: { type: 'string' }, message: { type: 'string' }, detail: { type: 'string' }, requestId: { type: 'string' } }, required: ['code', 'message'] } },
 } as const;
 
 /** A path on the workspace host: `/`, not `//host` or `/\\host` (the gateway also sanitizes on redemption). */

@@ -124,6 +124,23 @@ t.test('admin API', async (t) => {
     t.equal(gw.provisioner.stops.length, 0);
   });
 
+  t.test('every error body carries the request id its x-request-id header names', async (t) => {
+    const errors: Array<[string, string, { auth?: string | null; body?: unknown }]> = [
+      ...routes.map(([method, path, body]): [string, string, { auth?: string | null; body?: unknown }] => [method, path, { auth: null, body }]),
+      ['POST', '/api/workspaces/demo/login-url', { body: { ttlSeconds: 1 } }],
+      ['POST', '/api/workspaces/demo/stop', { body: { reason: { a: 1 } } }],
+      ['GET', '/api/workspaces/UPPER', {}],
+      ['GET', '/api/workspaces?limit=0', {}],
+      ['GET', '/api/nothing', {}],
+    ];
+    for (const [method, path, o] of errors) {
+      const r = await call(method, path, o);
+      t.ok(r.status >= 400 && r.body.error?.code, `${method} ${path}: an error (${r.body.error?.code})`);
+      t.ok(r.headers.get('x-request-id'), 'x-request-id set');
+      t.equal(r.body.error?.requestId, r.headers.get('x-request-id'), 'the same id in the body');
+    }
+  });
+
   t.test('the OpenAPI document', async (t) => {
     const r = await call('GET', '/api/openapi.json', { auth: null });
     t.equal(r.status, 200);
