@@ -6,7 +6,7 @@ import swagger from '@fastify/swagger';
 import type { Auth } from './auth.js';
 import type { Clock } from './clock.js';
 import type { Config } from './config.js';
-import { GatewayError, renderError, type ErrorCode } from './errors.js';
+import { GatewayError, clientErrorCode, renderError, renderErrorOnSocket, type ErrorCode } from './errors.js';
 import { WORKSPACE_ID } from './host.js';
 import type { Metrics } from './metrics.js';
 import type { Revocations } from './revocations.js';
@@ -66,6 +66,11 @@ export async function createAdminServer(deps: AdminDeps): Promise<FastifyInstanc
     // One line per finished request (issue 6) instead of fastify's two; see the onResponse hook.
     logController: new LogController({ disableRequestLogging: true }),
     ajv: { customOptions: { removeAdditional: false, allErrors: false } },
+    // A request Node's parser refuses gets the catalogue's answer, not fastify's own JSON shape.
+    clientErrorHandler: (err: Error & { code?: string }, socket) => {
+      if (!socket.writable || err.code === 'ECONNRESET') { socket.destroy(); return; }
+      socket.end(renderErrorOnSocket(clientErrorCode(err.code)));
+    },
   });
   await app.register(swagger, {
     openapi: {

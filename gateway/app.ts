@@ -14,7 +14,7 @@ import { createAdminServer } from './admin.js';
 import { createAuth } from './auth.js';
 import { systemClock, type Clock } from './clock.js';
 import { REQUEST_GRACE_MS, type Config } from './config.js';
-import { renderErrorOnSocket } from './errors.js';
+import { clientErrorCode, renderErrorOnSocket } from './errors.js';
 import type { Metrics } from './metrics.js';
 import { createHttp1Front } from './http1.js';
 import { createForwarder } from './proxy.js';
@@ -171,7 +171,7 @@ export async function createGateway(deps: GatewayDeps) {
   publicServer.on('upgrade', (req, socket, head) => { void path.handleUpgrade(req, socket, head); });
   function clientError(err: Error & { code?: string }, socket: Duplex) {
     if (!socket.writable || (err.code === 'ECONNRESET')) { socket.destroy(); return; }
-    const code = err.code === 'HPE_HEADER_OVERFLOW' ? 'HEADERS_TOO_LARGE' : err.code === 'ERR_HTTP_REQUEST_TIMEOUT' ? 'REQUEST_TIMEOUT' : 'BAD_REQUEST';
+    const code = clientErrorCode(err.code);
     metrics.rejectedRequest(code);
     socket.end(renderErrorOnSocket(code));
   }

@@ -84,3 +84,8 @@ export function renderErrorOnSocket(code: ErrorCode, requestId?: string, html = 
   lines.push(`content-length: ${Buffer.byteLength(r.body)}`, 'connection: close');
   return `${lines.join('\r\n')}\r\n\r\n${head ? '' : r.body}`;
 }
+
+/** The code for a request Node's HTTP parser refused or timed out (a server's `clientError`), on either port. */
+export function clientErrorCode(nodeCode: string | undefined): ErrorCode {
+  return nodeCode === 'HPE_HEADER_OVERFLOW' ? 'HEADERS_TOO_LARGE' : nodeCode === 'ERR_HTTP_REQUEST_TIMEOUT' ? 'REQUEST_TIMEOUT' : 'BAD_REQUEST';
+}

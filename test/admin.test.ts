@@ -1,5 +1,6 @@
 // The admin API on ADMIN_PORT (issue 3): bearer token, validated JSON in and out, an OpenAPI
 // document, and the routes the platform's backend uses (sign-in link, start, stop, get, list).
+import net from 'node:net';
 import t from 'tap';
 import { NAVIGATE, TEST_ADMIN_TOKEN, XHR, request, startTestGateway, waitRunning } from './helpers/gateway.js';
 
@@ -138,6 +139,26 @@ t.test('admin API', async (t) => {
       t.ok(r.status >= 400 && r.body.error?.code, `${method} ${path}: an error (${r.body.error?.code})`);
       t.ok(r.headers.get('x-request-id'), 'x-request-id set');
       t.equal(r.body.error?.requestId, r.headers.get('x-request-id'), 'the same id in the body');
+    }
+  });
+
+  t.test("a request node's parser refuses: the catalogue's error, as on the public port", async (t) => {
+    const raw = (payload: string) => new Promise<string>((resolve) => {
+      const s = net.connect(gw.adminPort, '127.0.0.1', () => s.write(payload));
+      let text = '';
+      s.on('data', (d) => { text += d.toString('latin1'); });
+      s.on('close', () => resolve(text));
+      s.on('error', () => undefined);
+    });
+    const cases: Array<[string, string, string]> = [
+      ['an unknown method', 'FOO /api/workspaces HTTP/1.1\r\nHost: x\r\n\r\n', 'BAD_REQUEST'],
+      ['a malformed field', 'GET /healthz HTTP/1.1\r\nHost: x\r\nbad field\r\n\r\n', 'BAD_REQUEST'],
+      ['headers over the limit', `GET /healthz HTTP/1.1\r\nHost: x\r\nx-big: ${'a'.repeat(20_000)}\r\n\r\n`, 'HEADERS_TOO_LARGE'],
+    ];
+    for (const [name, payload, code] of cases) {
+      const text = await raw(payload);
+      t.match(text, new RegExp(`\\r\\nx-gateway-error: ${code}\\r\\n`), `${name}: ${code}`);
+      t.match(JSON.parse(text.slice(text.indexOf('\r\n\r\n') + 4)), { error: { code } }, 'with the JSON body of the catalogue');
     }
   });
 
