@@ -203,7 +203,7 @@ export async function createAdminServer(deps: AdminDeps): Promise<FastifyInstanc
       schema: {
         summary: 'Stop a workspace now (files are kept)', params: idParam,
         body: { type: ['object', 'null'], additionalProperties: false, properties: { reason: { type: 'string', maxLength: 200 } } },
-        response: { 200: workspaceSchema, 400: errorSchema, 401: errorSchema, 409: errorSchema },
+        response: { 200: workspaceSchema, 400: errorSchema, 401: errorSchema, 409: errorSchema, 503: errorSchema },
       },
     }, async (req, reply) => {
       const result = await workspaces.stop(req.params.id, async () => ({ reasonCode: 'admin', reason: req.body?.reason ?? 'stopped by the platform' }));
@@ -220,7 +220,7 @@ export async function createAdminServer(deps: AdminDeps): Promise<FastifyInstanc
     }, async (req) => ({ id: req.params.id, revokedBefore: await deps.revocations.revoke(req.params.id) }));
 
     api.get<{ Params: { id: string } }>('/api/workspaces/:id', {
-      schema: { summary: 'One workspace', params: idParam, response: { 200: workspaceSchema, 400: errorSchema, 401: errorSchema } },
+      schema: { summary: 'One workspace', params: idParam, response: { 200: workspaceSchema, 400: errorSchema, 401: errorSchema, 503: errorSchema } },
     }, async (req) => view(req.params.id, await store.getWorkspace(req.params.id)));
 
     api.get<{ Querystring: { state?: WorkspaceRecord['state']; cursor?: string; limit?: number } }>('/api/workspaces', {
@@ -230,7 +230,7 @@ export async function createAdminServer(deps: AdminDeps): Promise<FastifyInstanc
           type: 'object', additionalProperties: false,
           properties: { state: { type: 'string', enum: [...WORKSPACE_STATES] }, cursor: { type: 'string', pattern: WORKSPACE_ID.source }, limit: { type: 'integer', minimum: 1, maximum: 500, default: 100 } },
         },
-        response: { 200: { type: 'object', properties: { items: { type: 'array', items: workspaceSchema }, cursor: { type: 'string' } }, required: ['items'] }, 400: errorSchema, 401: errorSchema },
+        response: { 200: { type: 'object', properties: { items: { type: 'array', items: workspaceSchema }, cursor: { type: 'string' } }, required: ['items'] }, 400: errorSchema, 401: errorSchema, 503: errorSchema },
       },
     }, async (req) => {
       const page = await store.listWorkspaces({ state: req.query.state, cursor: req.query.cursor, limit: req.query.limit ?? 100 });
