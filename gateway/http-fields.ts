@@ -6,6 +6,14 @@ import type { RequestSite } from './request-kind.js';
 export const HOP_BY_HOP = new Set(['connection', 'keep-alive', 'proxy-connection', 'te', 'trailer', 'transfer-encoding', 'upgrade', 'proxy-authorization', 'proxy-authenticate']);
 /** Client-supplied forwarding claims are replaced, never trusted (issue 3). */
 export const FORWARDING = new Set(['forwarded', 'x-forwarded-for', 'x-forwarded-proto', 'x-forwarded-host', 'x-forwarded-port', 'x-real-ip', 'x-client-ip', 'true-client-ip']);
+/**
+ * The workspace a request is meant for, named by the gateway alone on every request it forwards: a
+ * workspace answering for another (a reused task IP or local port) refuses it with a marked 421
+ * (codeserver/workspace-identity.cjs). A client's own field of that name is dropped.
+ */
+export const WORKSPACE_FIELD = 'x-gateway-workspace';
+/** The refusal's marker field: only a 421 carrying it means "not this workspace" (RFC 9110 15.5.20). */
+export const MISDIRECTED_FIELD = 'x-gateway-misdirected';
 
 /**
  * Whether a field name is in `names` (lower-case), without hashing a name whose length none of them
@@ -25,8 +33,8 @@ function nameTest(names: ReadonlySet<string>): (name: string) => boolean {
 
 export const isHopByHop = nameTest(HOP_BY_HOP);
 export const isDateField = nameTest(new Set(['date']));
-/** Never passed on to a workspace by the warm lane: hop-by-hop, forwarding claims, our cookie's field (rebuilt), Expect. */
-const isDroppedRequestField = nameTest(new Set([...HOP_BY_HOP, ...FORWARDING, 'cookie', 'expect']));
+/** Never passed on to a workspace as the client sent it: hop-by-hop, forwarding claims, our cookie's field (rebuilt), Expect, the workspace's name (ours). */
+const isDroppedRequestField = nameTest(new Set([...HOP_BY_HOP, ...FORWARDING, 'cookie', 'expect', WORKSPACE_FIELD]));
 
 export function connectionTokens(value: string | string[] | undefined): string[] {
   if (!value) return [];
@@ -128,10 +136,11 @@ const joined = (was: string | undefined, value: string) => (was === undefined ? 
 
 /**
  * The upstream's request head from the client's fields, as gateway/proxy.ts prepares node:http's:
- * hop-by-hop fields and forwarding claims dropped, the cookie without the gateway's own, ours added.
- * Host is kept (code-server checks Origin against it); Content-Length is end-to-end and stays.
+ * hop-by-hop fields and forwarding claims dropped, the cookie without the gateway's own, ours added,
+ * and the workspace it is meant for (WORKSPACE_FIELD). Host is kept (code-server checks Origin
+ * against it); Content-Length is end-to-end and stays.
  */
-export function upstreamRequestHead(method: string, url: string, fields: readonly string[], fwd: ForwardedFor, cookie: string | undefined): string {
+export function upstreamRequestHead(method: string, url: string, fields: readonly string[], fwd: ForwardedFor, cookie: string | undefined, workspaceId: string): string {
   const named = namedInConnection(fields);
   let head = `${method} ${url} HTTP/1.1\r\n`;
   for (let i = 0; i < fields.length; i += 2) {
@@ -141,5 +150,5 @@ export function upstreamRequestHead(method: string, url: string, fields: readonl
     head += `${name}: ${fields[i + 1]}\r\n`;
   }
   if (cookie !== undefined) head += `cookie: ${cookie}\r\n`;
-  return head + fwd.lines;
+  return `${head}${fwd.lines}${WORKSPACE_FIELD}: ${workspaceId}\r\n`;
 }

@@ -12,7 +12,7 @@ import type { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import type { Endpoint } from '../provisioner/contract.js';
 import type { ErrorCode } from './errors.js';
-import { FORWARDING, HOP_BY_HOP, connectionTokens, namedInConnection, upstreamRequestHead, type ForwardedFor } from './http-fields.js';
+import { FORWARDING, HOP_BY_HOP, WORKSPACE_FIELD, connectionTokens, namedInConnection, upstreamRequestHead, type ForwardedFor } from './http-fields.js';
 import type { ResponseSink, UpstreamFailure, UpstreamPool, Exchange } from './upstream-pool.js';
 
 export type { ForwardedFor } from './http-fields.js';
@@ -32,9 +32,9 @@ export interface UpgradeResponse { statusCode: 101; headers: http.IncomingHttpHe
 /**
  * The upgrade request's fields for the upstream (RFC 9110 7.6.1: hop-by-hop fields and those named in
  * Connection go, but Connection: Upgrade and Upgrade themselves travel). Host is kept (code-server
- * checks Origin against it); forwarding claims are ours.
+ * checks Origin against it); forwarding claims and the workspace's name are ours.
  */
-function prepareUpgradeHeaders(req: IncomingMessage, fwd: ForwardedFor, cookie: string | undefined): void {
+function prepareUpgradeHeaders(req: IncomingMessage, fwd: ForwardedFor, cookie: string | undefined, workspaceId: string): void {
   const h = req.headers;
   for (const name of connectionTokens(h.connection)) if (name !== 'upgrade') delete h[name];
   for (const name of HOP_BY_HOP) if (name !== 'connection' && name !== 'upgrade') delete h[name];
@@ -43,6 +43,8 @@ function prepareUpgradeHeaders(req: IncomingMessage, fwd: ForwardedFor, cookie: 
   h['x-forwarded-for'] = fwd.clientAddress;
   h['x-forwarded-proto'] = fwd.proto === 'https' ? 'wss' : 'ws';
   h['x-forwarded-host'] = fwd.host;
+  // Replaces whatever the client sent under this name (node:http joined repeats into one value).
+  h[WORKSPACE_FIELD] = workspaceId;
 }
 
 /** RFC 9112 6.3: a request has content when it says so by Content-Length or Transfer-Encoding. */
@@ -134,23 +136,23 @@ export function createForwarder(opts: ProxyOptions) {
   const upgradeAgent = new http.Agent({ keepAlive: false });
 
   return {
-    web(req: IncomingMessage, res: ServerResponse, endpoint: Endpoint, fwd: ForwardedFor, cookie: string | undefined, hooks: WebHooks) {
+    web(req: IncomingMessage, res: ServerResponse, endpoint: Endpoint, workspaceId: string, fwd: ForwardedFor, cookie: string | undefined, hooks: WebHooks) {
       // node:http has decoded the body's chunks: the pool frames it again.
       const body = !hasRequestBody(req.headers) ? 'none' : req.headers['transfer-encoding'] !== undefined ? 'chunked' : 'length';
       const writer = new ResponseWriter(req, res, hooks);
-      const exchange = opts.pool.send(endpoint, { method: req.method!, head: upstreamRequestHead(req.method!, req.url!, req.rawHeaders, fwd, cookie), body }, writer);
+      const exchange = opts.pool.send(endpoint, { method: req.method!, head: upstreamRequestHead(req.method!, req.url!, req.rawHeaders, fwd, cookie, workspaceId), body }, writer);
       writer.exchange = exchange;
       res.once('close', () => { if (!res.writableFinished) exchange.abort(); });
       if (body === 'none') { req.resume(); return; }
       req.on('data', (chunk: Buffer) => { if (!exchange.body(chunk)) req.pause(); });
       req.on('end', () => exchange.end());
     },
-    ws(req: IncomingMessage, socket: Duplex, head: Buffer, endpoint: Endpoint, fwd: ForwardedFor, cookie: string | undefined, hooks: {
+    ws(req: IncomingMessage, socket: Duplex, head: Buffer, endpoint: Endpoint, workspaceId: string, fwd: ForwardedFor, cookie: string | undefined, hooks: {
       onFailure(f: ForwardFailure): void;
       /** Takes over both sockets and relays their bytes; false: it refused the client and closed both, no 101 is sent. */
       onUpgrade(upstream: Duplex, response: UpgradeResponse): boolean | void;
     }) {
-      prepareUpgradeHeaders(req, fwd, cookie);
+      prepareUpgradeHeaders(req, fwd, cookie, workspaceId);
       tune(socket);
       // Bytes the client sent right behind its upgrade request travel once the relay starts.
       if (head.length) socket.unshift(head);

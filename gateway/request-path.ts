@@ -217,7 +217,7 @@ export function createRequestPath(deps: RequestPathDeps) {
   /** Step 5 (web): forward, record activity, map upstream failures. */
   function forwardWeb(req: IncomingMessage, res: ServerResponse, ctx: Ctx, endpoint: Endpoint, warm: boolean) {
     res.setHeader('x-request-id', ctx.requestId);
-    forwarder.web(req, res, endpoint, forwardedForRequest(req), sessionCookieParts(req.headers.cookie, cookieName).rest, {
+    forwarder.web(req, res, endpoint, ctx.workspaceId, forwardedForRequest(req), sessionCookieParts(req.headers.cookie, cookieName).rest, {
       onResponse: (status) => webResponded(status, ctx.started, warm),
       onFailure: ({ code, error }) => { webFailed(ctx.workspaceId, ctx.requestId, code, error); fail(res, ctx, code); },
     });
@@ -289,7 +289,7 @@ export function createRequestPath(deps: RequestPathDeps) {
     const requestId = nextRequestId();
     recordActivity(host.workspaceId, host.url);
     return new WarmForward(
-      route.endpoint, upstreamRequestHead(req.method, host.url, req.fields, warmForwardedFor(notes, scan.forwardedFor, scan.host), caller.cookieRest),
+      route.endpoint, upstreamRequestHead(req.method, host.url, req.fields, warmForwardedFor(notes, scan.forwardedFor, scan.host), caller.cookieRest, host.workspaceId),
       scan.body, `x-request-id: ${requestId}\r\n`, host.workspaceId, requestId, process.hrtime.bigint(), req.fields, req.method === 'HEAD',
     );
   }
@@ -525,7 +525,7 @@ export function createRequestPath(deps: RequestPathDeps) {
   /** Step 5 (ws): forward the upgrade, then hand the socket pair to the app for tracking and taps. */
   function forwardWs(req: IncomingMessage, socket: Duplex, head: Buffer, workspaceId: string, sessionIssuedAt: number, requestId: string, endpoint: Endpoint) {
     let upgraded = false;
-    forwarder.ws(req, socket, head, endpoint, forwardedForRequest(req), sessionCookieParts(req.headers.cookie, cookieName).rest, {
+    forwarder.ws(req, socket, head, endpoint, workspaceId, forwardedForRequest(req), sessionCookieParts(req.headers.cookie, cookieName).rest, {
       onUpgrade: (upstream, response) => {
         // Revoked while the workspace was answering: the pair would not be tracked yet when the
         // revocation closed this session's WebSockets, so it is refused here instead.

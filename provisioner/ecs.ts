@@ -28,6 +28,7 @@ import {
 } from '@aws-sdk/client-servicediscovery';
 import { CreateAccessPointCommand, DescribeAccessPointsCommand, EFSClient } from '@aws-sdk/client-efs';
 import type { Clock } from '../gateway/clock.js';
+import { WORKSPACE_FIELD } from '../gateway/http-fields.js';
 import {
   StartFailure,
   type Provisioner,
@@ -528,7 +529,11 @@ export function createEcsProvisioner(options: EcsProvisionerOptions, deps: EcsPr
   }
 
   // ---------- probe ----------
-  function probeOnce(host: string, port: number, signal: AbortSignal): Promise<boolean> {
+  /**
+   * One GET /healthz naming the workspace it is for: a task that took over a dead one's IP answers
+   * another workspace's probe with 421 (codeserver/workspace-identity.cjs), which is not healthy.
+   */
+  function probeOnce(id: string, host: string, port: number, signal: AbortSignal): Promise<boolean> {
     return new Promise((resolve) => {
       const t = timeoutSignal(timers, o.probeTimeoutMs, new Error('probe timeout'));
       const s = anySignal([signal, t.signal]);
@@ -537,7 +542,7 @@ export function createEcsProvisioner(options: EcsProvisionerOptions, deps: EcsPr
         s.dispose();
         resolve(ok);
       };
-      const req = httpRequest({ host, port, path: '/healthz', method: 'GET', agent: false, signal: s.signal }, (res) => {
+      const req = httpRequest({ host, port, path: '/healthz', method: 'GET', agent: false, signal: s.signal, headers: { [WORKSPACE_FIELD]: id } }, (res) => {
         res.resume();
         done(res.statusCode !== undefined && res.statusCode >= 200 && res.statusCode < 400);
       });
@@ -547,7 +552,7 @@ export function createEcsProvisioner(options: EcsProvisionerOptions, deps: EcsPr
   }
 
   /** Probes until /healthz answers; fails early if the task stops meanwhile. */
-  async function probeUntilHealthy(arn: string, host: string, signal: AbortSignal): Promise<void> {
+  async function probeUntilHealthy(id: string, arn: string, host: string, signal: AbortSignal): Promise<void> {
     const stopWatch = new AbortController();
     const linked = anySignal([signal, stopWatch.signal]);
     const both = linked.signal;
@@ -556,7 +561,7 @@ export function createEcsProvisioner(options: EcsProvisionerOptions, deps: EcsPr
     });
     died.catch(() => {});
     const probing = (async () => {
-      while (!(await probeOnce(host, o.workspacePort, both))) {
+      while (!(await probeOnce(id, host, o.workspacePort, both))) {
         if (both.aborted) throw both.reason;
         await sleep(timers, o.probeIntervalMs, both);
       }
@@ -747,7 +752,7 @@ export function createEcsProvisioner(options: EcsProvisionerOptions, deps: EcsPr
       const host = privateIp(task);
       if (!host) throw new StartFailure('BACKEND_UNAVAILABLE', `task ${arn} is RUNNING without a private IP`);
       stages.to('probing');
-      await probeUntilHealthy(arn, host, signal);
+      await probeUntilHealthy(id, arn, host, signal);
       await registerInstance(id, gen, host, arn, signal);
       stages.to('ready');
       log({ msg: 'workspace ready', workspaceId: id, generation: gen, taskArn: arn, host });
@@ -875,7 +880,7 @@ export function createEcsProvisioner(options: EcsProvisionerOptions, deps: EcsPr
           // Started but never registered (its starter died after the probe or before it): adopt
           // it only if it answers, then make it discoverable. One that never answers is stopped
           // once it is older than any start could be.
-          if (!(await probeOnce(ws.endpoint.host, ws.endpoint.port, lifetime.signal))) {
+          if (!(await probeOnce(id, ws.endpoint.host, ws.endpoint.port, lifetime.signal))) {
             if (clock.now() - (t.createdAt?.getTime() ?? clock.now()) > o.startDeadlineMs) {
               await stopTask(t.taskArn!, 'reconcile: unclaimed task never became healthy');
               summary.stopped.push({ workspaceId: id, handle: t.taskArn!, generation: gen });

@@ -8,6 +8,7 @@ import { request } from 'node:http';
 import { createServer } from 'node:net';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { WORKSPACE_FIELD } from '../gateway/http-fields.js';
 import {
   StartFailure, type Endpoint, type Provisioner, type RunningWorkspace, type StartRequest, type StartResult,
 } from './contract.js';
@@ -68,10 +69,13 @@ async function freePort(): Promise<number> {
   });
 }
 
-/** One GET /healthz with a short timeout; true on 2xx. */
-function probe(endpoint: Endpoint, timeoutMs = 1000): Promise<boolean> {
+/**
+ * One GET /healthz with a short timeout, naming the workspace it is for; true on 2xx. Another
+ * workspace's process on a reused port answers 421 (codeserver/workspace-identity.cjs).
+ */
+function probe(id: string, endpoint: Endpoint, timeoutMs = 1000): Promise<boolean> {
   return new Promise((res) => {
-    const req = request({ host: endpoint.host, port: endpoint.port, path: '/healthz', timeout: timeoutMs, agent: false }, (r) => {
+    const req = request({ host: endpoint.host, port: endpoint.port, path: '/healthz', timeout: timeoutMs, agent: false, headers: { [WORKSPACE_FIELD]: id } }, (r) => {
       r.resume();
       res((r.statusCode ?? 500) < 300);
     });
@@ -159,7 +163,7 @@ export function createLocalProvisioner(opts: LocalProvisionerOptions): Provision
           const last = stderr.trim().split('\n').slice(-3).join(' | ');
           throw new StartFailure('TASK_STOPPED', `the workspace process exited (${exitInfo})${last ? `: ${last}` : ''}`);
         }
-        if (await probe(endpoint)) break;
+        if (await probe(id, endpoint)) break;
         await new Promise<void>((res) => {
           // Wake early on abort or exit; listeners are removed every round so long starts do not pile them up.
           const wake = () => { clearTimeout(t); signal.removeEventListener('abort', wake); child.off('exit', onExit); res(); };

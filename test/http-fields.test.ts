@@ -31,8 +31,8 @@ t.test('scanRequest: the body the warm lane takes, and the fields it reads', asy
 
 t.test('upstreamRequestHead: what the workspace is sent', async (t) => {
   const fwd = forwardedFields('10.0.0.9', 'https', 'ws-a.example');
-  const head = (fields: string[], cookie?: string) => upstreamRequestHead('GET', '/p', fields, fwd, cookie);
-  const ours = 'x-forwarded-for: 10.0.0.9\r\nx-forwarded-proto: https\r\nx-forwarded-host: ws-a.example\r\n';
+  const head = (fields: string[], cookie?: string) => upstreamRequestHead('GET', '/p', fields, fwd, cookie, 'a');
+  const ours = 'x-forwarded-for: 10.0.0.9\r\nx-forwarded-proto: https\r\nx-forwarded-host: ws-a.example\r\nx-gateway-workspace: a\r\n';
   const rows: Array<[string, string[], string | undefined, string]> = [
     ['end-to-end fields kept, in order and case', ['Host', 'ws-a.example', 'Accept', '*/*'], undefined, 'Host: ws-a.example\r\nAccept: */*\r\n'],
     ['hop-by-hop fields dropped', ['Connection', 'keep-alive', 'Keep-Alive', '5', 'TE', 'trailers', 'Transfer-Encoding', 'chunked', 'X', '1'], undefined, 'X: 1\r\n'],
@@ -45,6 +45,7 @@ t.test('upstreamRequestHead: what the workspace is sent', async (t) => {
     ['every hop-by-hop and forwarding name, in any case', [...HOP_BY_HOP, ...FORWARDING].flatMap((n) => [n.toUpperCase(), 'v']), undefined, ''],
     ['names of the same lengths as those kept', ['Accept-Language', 'en', 'User-Agent', 'ua', 'X-Forwarded-Bar', '1'], undefined, 'Accept-Language: en\r\nUser-Agent: ua\r\nX-Forwarded-Bar: 1\r\n'],
     ['Connection: close names a field "close"', ['Connection', 'close', 'Close', '1', 'X', '1'], undefined, 'X: 1\r\n'],
+    ["a client's workspace name, in any case, replaced by ours", ['X-Gateway-Workspace', 'b', 'x-gateway-workspace', 'c', 'X-GATEWAY-WORKSPACE', 'd'], undefined, ''],
   ];
   for (const [name, fields, cookie, expected] of rows) t.equal(head(fields, cookie), `GET /p HTTP/1.1\r\n${expected}${ours}`, name);
 });
