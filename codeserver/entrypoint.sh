@@ -10,6 +10,8 @@
 #   USER_DATA_DIR       [$HOME/.local/share/code-server] settings, state, logs (not on EFS)
 #   EXTENSIONS_DIR      [$USER_DATA_DIR/extensions]
 #   CODE_SERVER_BIN     [code-server] the binary to exec
+#   WORKSPACE_ID        the workspace this task serves (ECS sets it). Set: code-server refuses
+#                       requests the gateway meant for another workspace (workspace-identity.cjs)
 # Extra arguments are passed to code-server before the folder.
 set -eu
 
@@ -27,6 +29,19 @@ esac
 unset PORT
 
 mkdir -p "$WORKSPACE_DIR" "$USER_DATA_DIR/User" "$EXTENSIONS_DIR"
+
+# A task that got a dead task's IP (or a process on a reused port) must not serve that workspace's
+# student: the gateway names the workspace in x-gateway-workspace, and this preload answers 421 to a
+# request for another one. It guards only the server on WORKSPACE_PORT and takes itself out of
+# NODE_OPTIONS there, so what code-server starts after (extension host, terminals) never loads it.
+if [ -n "${WORKSPACE_ID:-}" ]; then
+  preload="$(cd "$(dirname "$0")" && pwd -P)/workspace-identity.cjs"
+  if [ ! -r "$preload" ]; then
+    echo "entrypoint: WORKSPACE_ID is set but $preload is missing" >&2; exit 66
+  fi
+  NODE_OPTIONS="${NODE_OPTIONS:+$NODE_OPTIONS }--require=\"$preload\""
+  export WORKSPACE_ID WORKSPACE_PORT NODE_OPTIONS
+fi
 
 # Platform defaults for a fresh user-data dir. A student's own settings.json (when USER_DATA_DIR
 # is kept across restarts) is left alone.

@@ -1,19 +1,19 @@
 // Which header fields cross the gateway (RFC 9110 7.6.1), shared by both forwarders: node:http's
 // (first requests of a connection, bodies with Expect, HTTP/1.0) and the warm lane's (gateway/http1.ts).
 import type { RequestSite } from './request-kind.js';
+import { WORKSPACE_FIELD } from '../codeserver/workspace-identity.cjs';
 
 /** RFC 9110 7.6.1: connection-specific fields, never forwarded. */
 export const HOP_BY_HOP = new Set(['connection', 'keep-alive', 'proxy-connection', 'te', 'trailer', 'transfer-encoding', 'upgrade', 'proxy-authorization', 'proxy-authenticate']);
 /** Client-supplied forwarding claims are replaced, never trusted (issue 3). */
 export const FORWARDING = new Set(['forwarded', 'x-forwarded-for', 'x-forwarded-proto', 'x-forwarded-host', 'x-forwarded-port', 'x-real-ip', 'x-client-ip', 'true-client-ip']);
 /**
- * The workspace a request is meant for, named by the gateway alone on every request it forwards: a
- * workspace answering for another (a reused task IP or local port) refuses it with a marked 421
- * (codeserver/workspace-identity.cjs). A client's own field of that name is dropped.
+ * WORKSPACE_FIELD: the workspace a request is meant for, named by the gateway alone on every request
+ * it forwards; a workspace answering for another (a reused task IP or local port) refuses it with a
+ * 421 carrying MISDIRECTED_FIELD (RFC 9110 15.5.20). A client's own field of that name is dropped.
+ * Defined once, with the workspace side of the contract.
  */
-export const WORKSPACE_FIELD = 'x-gateway-workspace';
-/** The refusal's marker field: only a 421 carrying it means "not this workspace" (RFC 9110 15.5.20). */
-export const MISDIRECTED_FIELD = 'x-gateway-misdirected';
+export { WORKSPACE_FIELD, MISDIRECTED_FIELD } from '../codeserver/workspace-identity.cjs';
 
 /**
  * Whether a field name is in `names` (lower-case), without hashing a name whose length none of them

@@ -7,6 +7,8 @@ import { appendFileSync, mkdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { WebSocketServer } from 'ws';
+// The workspace side of the gateway's x-gateway-workspace contract, shared with code-server's preload.
+import { WORKSPACE_FIELD, decide, refuse, refuseSocket } from '../codeserver/workspace-identity.cjs';
 
 export interface DemoWorkspaceOptions { port: number; host: string; dataDir: string; id: string; readyDelayMs: number }
 
@@ -32,6 +34,8 @@ export function startDemoWorkspace(opts: DemoWorkspaceOptions) {
   const visits = () => { try { return readFileSync(visitsFile, 'utf8').split('\n').filter(Boolean).length; } catch { return 0; } };
 
   const server = createServer((req: IncomingMessage, res: ServerResponse) => {
+    // A request the gateway meant for another workspace (a stale route to a reused port): 421.
+    if (decide(req.headers[WORKSPACE_FIELD], opts.id, req.url) !== 'allow') { refuse(res); return; }
     const url = new URL(req.url ?? '/', 'http://x');
     if (url.pathname === '/healthz') {
       const ready = Date.now() >= readyAt;
@@ -99,6 +103,7 @@ export function startDemoWorkspace(opts: DemoWorkspaceOptions) {
   // One KB-sized echo endpoint: text and binary both ways, close codes passed through (/close?code=).
   const wss = new WebSocketServer({ noServer: true });
   server.on('upgrade', (req, socket, head) => {
+    if (decide(req.headers[WORKSPACE_FIELD], opts.id, req.url) !== 'allow') { refuseSocket(socket); return; }
     const url = new URL(req.url ?? '/', 'http://x');
     if (url.pathname === '/refuse') { socket.end('HTTP/1.1 403 Forbidden\r\ncontent-length: 0\r\nconnection: close\r\n\r\n'); return; }
     if (url.pathname === '/plain') { socket.end('HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nno'); return; }

@@ -100,6 +100,10 @@ export function createLocalProvisioner(opts: LocalProvisionerOptions): Provision
   if (opts.workspace === 'code-server' && !codeServer) throw new Error(`CODE_SERVER_BIN: "${opts.codeServerBin}" not found (LOCAL_WORKSPACE=code-server)`);
   const mode = codeServer ? 'code-server' : 'demo';
   const demoScript = fileURLToPath(new URL('./demo-workspace.js', import.meta.url));
+  // code-server's preload that refuses requests meant for another workspace (as the image's
+  // entrypoint loads it): a port freed by one workspace and taken by another's process must not
+  // serve the first one's student. The demo workspace makes the same check itself.
+  const identityPreload = fileURLToPath(new URL('../codeserver/workspace-identity.cjs', import.meta.url));
   const probeEvery = opts.probeIntervalMs ?? 100;
   const log = opts.log ?? (() => undefined);
   const inherited = workspaceEnv(opts.parentEnv);
@@ -118,7 +122,7 @@ export function createLocalProvisioner(opts: LocalProvisionerOptions): Provision
       args: ['--auth', 'none', '--bind-addr', `127.0.0.1:${port}`, '--user-data-dir', userData, '--extensions-dir', join(dir, 'extensions'),
         '--disable-telemetry', '--disable-update-check', '--disable-workspace-trust', join(dir, 'project')],
       // Its own HOME: code-server writes ~/.config/code-server/config.yaml at every start.
-      env: { ...inherited, HOME: home },
+      env: { ...inherited, HOME: home, WORKSPACE_ID: id, WORKSPACE_PORT: String(port), NODE_OPTIONS: `--require="${identityPreload}"` },
     };
   }
 

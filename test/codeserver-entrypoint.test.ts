@@ -4,11 +4,13 @@
 import t from 'tap';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
-import { chmodSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { createServer } from 'node:net';
+import { chmodSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { connect, createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { MISDIRECTED_FIELD, WORKSPACE_FIELD } from '../gateway/http-fields.js';
+import { launchChromium, watchWebSockets } from './helpers/browser.js';
 
 const ENTRYPOINT = fileURLToPath(new URL('../../codeserver/entrypoint.sh', import.meta.url));
 const CODE_SERVER_BIN = process.env.CODE_SERVER_BIN ?? '/usr/local/bin/code-server';
@@ -157,3 +159,111 @@ t.test('the real code-server', async (t) => {
   const [code, signal] = (await exited) as [number | null, string | null];
   t.ok(code !== null || signal !== null, `code-server stopped on SIGTERM (code ${code}, signal ${signal})`);
 });
+
+t.test('the real code-server with WORKSPACE_ID: a request meant for another workspace gets 421, its own the workbench', async (t) => {
+  const d = dirs(t);
+  const port = await freePort();
+  mkdirSync(d.workspace, { recursive: true });
+  const child = run({
+    HOME: d.home, USER_DATA_DIR: d.userData, WORKSPACE_DIR: d.workspace, WORKSPACE_BIND_HOST: '127.0.0.1', WORKSPACE_PORT: String(port),
+    CODE_SERVER_BIN, WORKSPACE_ID: 'alice',
+  });
+  const exited = once(child, 'exit');
+  t.teardown(async () => {
+    if (child.exitCode === null && child.signalCode === null) {
+      process.kill(-child.pid!, 'SIGTERM');
+      const timer = setTimeout(() => process.kill(-child.pid!, 'SIGKILL'), 10_000);
+      await exited;
+      clearTimeout(timer);
+    }
+  });
+  let log = '';
+  await new Promise<void>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`code-server did not start within 45 s:\n${log}`)), 45_000);
+    const onData = (b: Buffer) => { log += b; if (log.includes('HTTP server listening on')) { clearTimeout(timer); resolve(); } };
+    child.stdout!.on('data', onData);
+    child.stderr!.on('data', onData);
+    void exited.then(() => reject(new Error(`code-server exited:\n${log}`)));
+  });
+
+  const base = `http://127.0.0.1:${port}`;
+  const folder = `/?folder=${encodeURIComponent(d.workspace)}`;
+  const own = await fetch(`${base}${folder}`, { headers: { [WORKSPACE_FIELD]: 'alice' } });
+  t.equal(own.status, 200, 'named for this workspace: served');
+  t.match(await own.text(), /vscode-workbench-web-configuration/, 'the workbench HTML');
+  for (const [name, headers] of [['meant for another workspace', { [WORKSPACE_FIELD]: 'bob' }], ['not named', {}]] as const) {
+    const r = await fetch(`${base}${folder}`, { headers });
+    t.same([r.status, r.headers.get(MISDIRECTED_FIELD)], [421, '1'], `${name}: 421 with the marker`);
+    t.notMatch(await r.text(), /alice|workbench/, `${name}: nothing of the workspace in the answer`);
+  }
+  const health = await fetch(`${base}/healthz`);
+  t.equal(health.status, 200, "/healthz without a name: the image's HEALTHCHECK");
+  t.equal((await fetch(`${base}/healthz`, { headers: { [WORKSPACE_FIELD]: 'bob' } })).status, 421, "another workspace's probe is not healthy");
+  const upgrade = await rawRequest(port, `GET /stable-x HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n`
+    + `Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n${WORKSPACE_FIELD}: bob\r\n\r\n`);
+  t.match(upgrade.text, /^HTTP\/1\.1 421 [^]*\r\nx-gateway-misdirected: 1\r\n/i, 'a WebSocket upgrade meant for another workspace: 421');
+  t.ok(upgrade.closed, 'and the socket closed');
+
+  // The workbench in Chromium, every request (WebSockets included) named for this workspace: the
+  // extension host, a process code-server forks with NODE_OPTIONS inherited, starts and talks.
+  const browser = await launchChromium();
+  t.teardown(() => browser.close());
+  const page = await browser.newPage();
+  await page.setExtraHTTPHeaders({ [WORKSPACE_FIELD]: 'alice' });
+  const sockets = watchWebSockets(page);
+  await page.goto(`${base}${folder}`);
+  await page.waitForSelector('.monaco-workbench', { timeout: 120_000 });
+  t.ok((await sockets.waitBusy(2)) >= 2, 'both WebSockets (management, extension host) carry traffic');
+  await until(() => /--type=extensionHost/.test(groupCommands(child.pid!)), 30_000);
+  t.pass('the extension host runs');
+  // Only the server on WORKSPACE_PORT loads the preload: what it forks afterwards has it no more.
+  const forked = groupProcesses(child.pid!).filter(([, cmd]) => /--type=(extensionHost|ptyHost)/.test(cmd));
+  t.ok(forked.length >= 1);
+  for (const [pid, cmd] of forked) t.notMatch(environOf(pid).NODE_OPTIONS ?? '', /workspace-identity/, `${/--type=\w+/.exec(cmd)![0]}: no preload`);
+});
+
+/** Sends bytes on one connection; what came back before the server closed it (or 2 s passed). */
+function rawRequest(port: number, payload: string): Promise<{ text: string; closed: boolean }> {
+  return new Promise((resolve) => {
+    const s = connect(port, '127.0.0.1', () => s.write(payload));
+    let text = '';
+    const timer = setTimeout(() => { s.destroy(); resolve({ text, closed: false }); }, 2000);
+    s.on('data', (b) => { text += b.toString('latin1'); });
+    s.on('close', () => { clearTimeout(timer); resolve({ text, closed: true }); });
+    s.on('error', () => undefined);
+  });
+}
+
+/** [pid, command line] of every process in a process group. */
+function groupProcesses(pgid: number): Array<[number, string]> {
+  const out: Array<[number, string]> = [];
+  for (const entry of readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    try {
+      const stat = readFileSync(`/proc/${entry}/stat`, 'utf8');
+      if (Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[2]) !== pgid) continue;
+      out.push([Number(entry), readFileSync(`/proc/${entry}/cmdline`, 'utf8').split('\0').join(' ')]);
+    } catch { /* gone */ }
+  }
+  return out;
+}
+const groupCommands = (pgid: number) => groupProcesses(pgid).map(([, c]) => c).join('\n');
+
+function environOf(pid: number): Record<string, string> {
+  const env: Record<string, string> = {};
+  try {
+    for (const entry of readFileSync(`/proc/${pid}/environ`, 'latin1').split('\0')) {
+      const eq = entry.indexOf('=');
+      if (eq > 0) env[entry.slice(0, eq)] = entry.slice(eq + 1);
+    }
+  } catch { /* gone */ }
+  return env;
+}
+
+async function until(cond: () => boolean, timeoutMs: number): Promise<void> {
+  const end = Date.now() + timeoutMs;
+  while (!cond()) {
+    if (Date.now() > end) throw new Error('condition not met in time');
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}

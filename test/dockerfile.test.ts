@@ -166,5 +166,10 @@ t.test('the workspace (code-server) Dockerfile', async (t) => {
   // A plain COPY keeps the file's mode: the entrypoint must be executable as checked out (git keeps 0755).
   t.notMatch(copy?.args ?? '', /--chmod/, 'no BuildKit-only COPY flag: the classic builder builds it too');
   t.equal(statSync(root('codeserver/entrypoint.sh')).mode & 0o755, 0o755, 'entrypoint.sh is executable, so the COPY needs no --chmod');
+  // The entrypoint preloads workspace-identity.cjs from its own folder when WORKSPACE_ID is set: an
+  // image without it would serve requests the gateway meant for another workspace.
+  const preload = find(s, 'COPY').find((c) => /workspace-identity\.cjs/.test(c.args));
+  t.equal(preload?.args, 'workspace-identity.cjs /usr/local/bin/workspace-identity.cjs', 'the identity preload, next to the entrypoint');
+  t.match(copy?.args ?? '', / \/usr\/local\/bin\/workspace-entrypoint$/, 'the entrypoint, in that same folder');
   t.equal(find(s, 'HEALTHCHECK').length, 1);
 });

@@ -8,6 +8,11 @@ import { startFakeAws, type FakeAws, type FakeAwsOptions } from './fake-aws/inde
 import { fakeEcsOptions } from './fake-aws/config.js';
 import { enrol, httpGet, startRequest, until } from './fake-aws/harness.js';
 import { createScaledTime } from '../provisioner/timers.js';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { WORKSPACE_FIELD } from '../gateway/http-fields.js';
+import { startDemoWorkspace } from '../provisioner/demo-workspace.js';
 
 async function setup(t: { teardown(fn: () => unknown): void }, fakeOpts: FakeAwsOptions = {}, over: Partial<EcsProvisionerOptions> = {}) {
   const fake = await startFakeAws({ durations: { provisioningMs: 40, pendingMs: 40, stoppingMs: 20 }, ...fakeOpts });
@@ -310,6 +315,26 @@ t.test('a start past its deadline is stopped and failed', async (t) => {
   t.match(err.message, 'last stage: provisioning');
   await until(() => fake.count('StopTask') === 1, 5000, 'StopTask');
   t.equal(fake.callsOf('StopTask')[0].input.task, s.handles[0]);
+});
+
+t.test("a task answering for another workspace (a dead task's reused IP) is never taken for healthy", async (t) => {
+  // The private IP this task got is one another student's task still answers on: that workspace's
+  // server (here the demo workspace of 'olga') refuses a probe that names 'ida2' with a 421.
+  const dir = mkdtempSync(join(tmpdir(), 'wsgw-ecs-identity-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const probes: Array<string | undefined> = [];
+  const { p } = await setup(t, {
+    workspace: async (info) => {
+      const demo = startDemoWorkspace({ host: info.host, port: info.port, dataDir: dir, id: 'olga', readyDelayMs: 0 });
+      demo.server.prependListener('request', (req) => { if (req.url === '/healthz') probes.push(req.headers[WORKSPACE_FIELD] as string | undefined); });
+      await demo.listen();
+      return { close: () => demo.close() };
+    },
+  }, { startDeadlineMs: 1500 });
+  const err = await p.start(startRequest('ida2', 1).req).catch((e) => e);
+  t.equal(err.code, 'START_DEADLINE', 'probed until the deadline, never ready');
+  t.match(err.message, 'last stage: probing');
+  t.ok(probes.length > 0 && probes.every((w) => w === 'ida2'), `every probe named the workspace it was for (${probes.length})`);
 });
 
 t.test('a start cancelled by its caller fails ABORTED and leaves the task for a takeover (resumeHandle)', async (t) => {

@@ -7,6 +7,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import t, { type Test } from 'tap';
 import { createLocalProvisioner, findOnPath, workspaceEnv } from '../provisioner/local.js';
+import { MISDIRECTED_FIELD, WORKSPACE_FIELD } from '../gateway/http-fields.js';
+import { request as httpRequest } from 'node:http';
 
 const STAND_IN = `#!/usr/bin/env node
 const http = require('node:http');
@@ -126,6 +128,27 @@ t.test('workspaceEnv table: a workspace inherits what a shell and code-server ne
     t.equal(name in workspaceEnv({ [name]: 'v' }), kept, `${name} ${kept ? 'kept' : 'dropped'}`);
   }
   t.same(workspaceEnv({ PATH: undefined }), {}, 'an unset name is not passed on');
+});
+
+t.test('a port another workspace\'s code-server took over refuses this one\'s requests (the preload, as the image loads it)', async (t) => {
+  // freePort() hands out a port a stopped workspace let go of; a stale route to it must not reach
+  // the workspace now listening there. The stand-in is a Node program, as code-server is.
+  const { dir, bin } = standIn(t);
+  const provisioner = createLocalProvisioner({ workspace: 'code-server', dataDir: join(dir, 'data'), codeServerBin: bin, demoReadyDelayMs: 0, parentEnv: process.env });
+  t.teardown(() => provisioner.close());
+  const started = await provisioner.start({ workspaceId: 'bravo', generation: 1, signal: new AbortController().signal, onStage: () => undefined });
+  const ask = (path: string, workspace?: string) => new Promise<{ status: number; marked: boolean }>((resolve, reject) => {
+    const req = httpRequest({ host: started.endpoint.host, port: started.endpoint.port, path, agent: false, headers: workspace === undefined ? {} : { [WORKSPACE_FIELD]: workspace } }, (res) => {
+      res.resume();
+      resolve({ status: res.statusCode ?? 0, marked: res.headers[MISDIRECTED_FIELD] === '1' });
+    });
+    req.on('error', reject);
+    req.end();
+  });
+  t.same(await ask('/', 'bravo'), { status: 200, marked: false }, 'its own requests are served');
+  t.same(await ask('/', 'alpha'), { status: 421, marked: true }, "another workspace's request: 421 with the marker");
+  t.same(await ask('/', undefined), { status: 421, marked: true }, 'an unnamed request: 421 with the marker');
+  t.same(await ask('/healthz', undefined), { status: 200, marked: false }, '/healthz without a name (a health check on the box itself)');
 });
 
 t.test('no process of a workspace, down to the shell it forks, sees the gateway\'s secrets', async (t) => {

@@ -12,6 +12,7 @@ import { join } from 'node:path';
 import { targetLine, type Figure, type ScenarioResult, type Target } from '../result.js';
 import { NAVIGATE, pageLoad, type PageLoadResult } from './b-browser.js';
 import { round, startBenchRedis } from '../lib.js';
+import { WORKSPACE_FIELD } from '../../gateway/http-fields.js';
 import { cookieMinter, quantile, startGatewayChild, type GatewayChild } from './b-util.js';
 
 export interface ColdHerdOptions {
@@ -26,10 +27,10 @@ export interface ColdHerdOptions {
 }
 
 /** n concurrent GET / on fresh connections (navigation headers), resolving with the ms until all answered 200. */
-async function burst(port: number, n: number, host: string, cookie?: string): Promise<{ ms: number; ok: number }> {
+async function burst(port: number, n: number, host: string, cookie?: string, workspace?: string): Promise<{ ms: number; ok: number }> {
   const t0 = Date.now();
   const codes = await Promise.all(Array.from({ length: n }, () => new Promise<number>((resolve) => {
-    const req = http.get({ host: '127.0.0.1', port, path: '/', agent: false, setHost: false, timeout: 30_000, headers: { host, ...NAVIGATE, ...(cookie ? { cookie } : {}) } }, (res) => {
+    const req = http.get({ host: '127.0.0.1', port, path: '/', agent: false, setHost: false, timeout: 30_000, headers: { host, ...NAVIGATE, ...(cookie ? { cookie } : {}), ...(workspace ? { [WORKSPACE_FIELD]: workspace } : {}) } }, (res) => {
       res.resume();
       res.on('end', () => resolve(res.statusCode === 200 && res.headers['x-gateway-state'] === undefined ? 200 : res.statusCode ?? 0));
     });
@@ -96,7 +97,7 @@ async function oneHerd(opts: ColdHerdOptions, g: GatewayChild, id: string, varia
   // The fastest of three: a burst that lost SYNs waits a second for the retry, and a reference
   // inflated that way once made the overhead come out negative (-558 ms).
   const directRuns: Array<{ ms: number; ok: number }> = [];
-  for (let i = 0; started && i < 3; i++) directRuns.push(await burst(Number(started.port), browsers, '127.0.0.1'));
+  for (let i = 0; started && i < 3; i++) directRuns.push(await burst(Number(started.port), browsers, '127.0.0.1', undefined, id));
   const direct = directRuns.length ? directRuns.reduce((a, b) => (b.ms < a.ms ? b : a)) : { ms: NaN, ok: 0 };
   const warm = await burst(g.port, browsers, host, cookies[0]);
 

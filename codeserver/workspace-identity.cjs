@@ -1,0 +1,139 @@
+'use strict';
+// A workspace refuses requests the gateway meant for another workspace (cross-tenant misrouting).
+// The gateway names the workspace in x-gateway-workspace on every request it forwards; a route gone
+// stale (a dead Fargate task whose private IP AWS gave to another student's task, a freed local port
+// taken by another workspace's process) then reaches a workspace that answers
+// 421 Misdirected Request (RFC 9110 15.5.20) with the marker field instead of its files and terminal.
+//
+// Loaded two ways, with nothing but Node's own modules:
+// - as a preload, `NODE_OPTIONS=--require=<this file>` with WORKSPACE_ID and WORKSPACE_PORT set
+//   (codeserver/entrypoint.sh, the local provisioner): it guards only the HTTP server that listens on
+//   WORKSPACE_PORT, so the processes code-server forks (extension host, pty host) are left as they are;
+// - as a module, by the demo workspace (provisioner/demo-workspace.ts), for `decide` and `refuse`.
+
+const WORKSPACE_FIELD = 'x-gateway-workspace';
+const MISDIRECTED_FIELD = 'x-gateway-misdirected';
+/** The one path answered without the field: the image's own HEALTHCHECK curls it (codeserver/Dockerfile). */
+const HEALTH_PATH = '/healthz';
+
+/**
+ * Whether a request may be served here.
+ * @param {string | string[] | undefined} claimed the request's x-gateway-workspace (node:http joins repeats with ", ")
+ * @param {string} own this workspace's id (WORKSPACE_ID)
+ * @param {string | undefined} url the request target
+ * @returns {'allow' | 'misdirected'}
+ */
+function decide(claimed, own, url) {
+  if (claimed === undefined) {
+    const target = url === undefined ? '' : url;
+    const query = target.indexOf('?');
+    return (query === -1 ? target : target.slice(0, query)) === HEALTH_PATH ? 'allow' : 'misdirected';
+  }
+  return typeof claimed === 'string' && own !== '' && claimed === own ? 'allow' : 'misdirected';
+}
+
+// Says nothing of which workspace this is: the caller was not meant to reach it.
+const BODY = 'Misdirected Request\n';
+const REFUSAL_FIELDS = {
+  [MISDIRECTED_FIELD]: '1',
+  'content-type': 'text/plain; charset=utf-8',
+  'content-length': String(Buffer.byteLength(BODY)),
+  'cache-control': 'no-store',
+  connection: 'close',
+};
+/** The same answer written on an upgrade's (or CONNECT's) socket, which is then closed. */
+const REFUSAL_ON_SOCKET = `HTTP/1.1 421 Misdirected Request\r\n${Object.entries(REFUSAL_FIELDS).map(([k, v]) => `${k}: ${v}\r\n`).join('')}\r\n${BODY}`;
+
+/** @param {import('node:http').ServerResponse} res */
+function refuse(res) {
+  res.writeHead(421, 'Misdirected Request', REFUSAL_FIELDS);
+  res.end(BODY);
+}
+
+/** @param {import('node:stream').Duplex} socket */
+function refuseSocket(socket) {
+  socket.on('error', () => socket.destroy());
+  socket.end(REFUSAL_ON_SOCKET, () => socket.destroy());
+}
+
+/**
+ * Guards `server`: every request and upgrade it receives is checked before its own listeners see it.
+ * @param {import('node:http').Server} server
+ * @param {string} own
+ */
+function guard(server, own) {
+  server[kOwn] = own;
+}
+
+const kOwn = Symbol('workspace-identity own id');
+
+/**
+ * The preload: wraps http.Server's emit once, so a server found listening on `port` is guarded from
+ * its first request. Other servers (and other processes that inherit NODE_OPTIONS) are untouched.
+ * @param {NodeJS.ProcessEnv} env
+ */
+function install(env) {
+  const own = env.WORKSPACE_ID;
+  const port = Number(env.WORKSPACE_PORT);
+  if (!own || !Number.isInteger(port) || port <= 0) return false;
+  const http = require('node:http');
+  const emit = http.Server.prototype.emit;
+  http.Server.prototype.emit = function guardedEmit(event, a, b) {
+    if (this[kOwn] !== undefined) {
+      if (event === 'request' || event === 'checkContinue' || event === 'checkExpectation') {
+        if (decide(a.headers[WORKSPACE_FIELD], this[kOwn], a.url) !== 'allow') { refuse(b); return true; }
+      } else if (event === 'upgrade' || event === 'connect') {
+        if (decide(a.headers[WORKSPACE_FIELD], this[kOwn], a.url) !== 'allow') { refuseSocket(b); return true; }
+      }
+    } else if (event === 'listening') {
+      const address = this.address();
+      if (address !== null && typeof address === 'object' && address.port === port) {
+        guard(this, own);
+        // What this process starts from now on (extension host, pty host, the student's shells and
+        // programs) does not need the preload: only this server is the workspace's front door.
+        forgetPreload(env);
+      }
+    }
+    return emit.apply(this, arguments);
+  };
+  return true;
+}
+
+/** Takes this file's --require out of NODE_OPTIONS, whichever way it was spelled or quoted. */
+function forgetPreload(env) {
+  const options = env.NODE_OPTIONS;
+  if (options === undefined) return;
+  const tokens = nodeOptionTokens(options);
+  const kept = [];
+  for (let i = 0; i < tokens.length; i++) {
+    const token = tokens[i];
+    if (token === `--require=${__filename}` || token === `-r=${__filename}`) continue;
+    if ((token === '--require' || token === '-r') && tokens[i + 1] === __filename) { i++; continue; }
+    kept.push(/[\s"\\]/.test(token) ? `"${token.replace(/["\\]/g, '\\$&')}"` : token);
+  }
+  if (kept.length === 0) delete env.NODE_OPTIONS; else env.NODE_OPTIONS = kept.join(' ');
+}
+
+/** NODE_OPTIONS split as Node splits it: on white space outside double quotes, backslash escapes inside. */
+function nodeOptionTokens(options) {
+  const tokens = [];
+  let token = '';
+  let started = false;
+  let quoted = false;
+  for (let i = 0; i < options.length; i++) {
+    const c = options[i];
+    if (quoted && c === '\\' && i + 1 < options.length) { token += options[++i]; continue; }
+    if (c === '"') { quoted = !quoted; started = true; continue; }
+    if (!quoted && /\s/.test(c)) { if (started) tokens.push(token); token = ''; started = false; continue; }
+    token += c;
+    started = true;
+  }
+  if (started) tokens.push(token);
+  return tokens;
+}
+
+module.exports = { WORKSPACE_FIELD, MISDIRECTED_FIELD, decide, refuse, refuseSocket, guard, install, forgetPreload };
+
+// Preloaded by --require (not imported by a module): guard this process's WORKSPACE_PORT server.
+// module.parent is deprecated in documentation only (DEP0144); Node names a preload's parent so.
+if (module.parent != null && module.parent.id === 'internal/preload') install(process.env);
