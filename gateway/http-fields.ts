@@ -1,7 +1,7 @@
 // Which header fields cross the gateway (RFC 9110 7.6.1), shared by both forwarders: node:http's
 // (first requests of a connection, bodies with Expect, HTTP/1.0) and the warm lane's (gateway/http1.ts).
 import type { RequestSite } from './request-kind.js';
-import { WORKSPACE_FIELD } from '../codeserver/workspace-identity.cjs';
+import { MISDIRECTED_FIELD, WORKSPACE_FIELD } from '../codeserver/workspace-identity.cjs';
 
 /** RFC 9110 7.6.1: connection-specific fields, never forwarded. */
 export const HOP_BY_HOP = new Set(['connection', 'keep-alive', 'proxy-connection', 'te', 'trailer', 'transfer-encoding', 'upgrade', 'proxy-authorization', 'proxy-authenticate']);
@@ -35,6 +35,16 @@ export const isHopByHop = nameTest(HOP_BY_HOP);
 export const isDateField = nameTest(new Set(['date']));
 /** Never passed on to a workspace as the client sent it: hop-by-hop, forwarding claims, our cookie's field (rebuilt), Expect, the workspace's name (ours). */
 const isDroppedRequestField = nameTest(new Set([...HOP_BY_HOP, ...FORWARDING, 'cookie', 'expect', WORKSPACE_FIELD]));
+
+/**
+ * Whether a 421's fields carry the workspace's marker: it refused a request the gateway meant for
+ * another workspace (a stale route). A 421 without it is a student's own app's, passed on as it is.
+ */
+export function isMisdirected(status: number, fields: readonly string[]): boolean {
+  if (status !== 421) return false;
+  for (let i = 0; i < fields.length; i += 2) if (fields[i].length === MISDIRECTED_FIELD.length && fields[i].toLowerCase() === MISDIRECTED_FIELD) return true;
+  return false;
+}
 
 export function connectionTokens(value: string | string[] | undefined): string[] {
   if (!value) return [];

@@ -12,7 +12,7 @@ import type { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import type { Endpoint } from '../provisioner/contract.js';
 import type { ErrorCode } from './errors.js';
-import { FORWARDING, HOP_BY_HOP, WORKSPACE_FIELD, connectionTokens, namedInConnection, upstreamRequestHead, type ForwardedFor } from './http-fields.js';
+import { FORWARDING, HOP_BY_HOP, WORKSPACE_FIELD, connectionTokens, isMisdirected, namedInConnection, upstreamRequestHead, type ForwardedFor } from './http-fields.js';
 import type { ResponseSink, UpstreamFailure, UpstreamPool, Exchange } from './upstream-pool.js';
 
 export type { ForwardedFor } from './http-fields.js';
@@ -172,6 +172,13 @@ export function createForwarder(opts: ProxyOptions) {
       // Refused (403) or answered with plain HTTP: that answer is the client's, then both close.
       out.once('response', (res) => {
         settle();
+        // The workspace at this address is another one (a stale route): as if nothing answered, so
+        // the route is re-checked, and its refusal is not the client's to see.
+        if (isMisdirected(res.statusCode ?? 0, res.rawHeaders)) {
+          res.destroy();
+          hooks.onFailure({ code: 'UPSTREAM_UNREACHABLE', error: new Error('another workspace answers at this address (421 misdirected)') });
+          return;
+        }
         const fields = responseFields(res.rawHeaders);
         // Parsed field values hold one byte per character (obs-text, RFC 9110 5.5): latin1 gives the same bytes back.
         socket.write(`HTTP/1.1 ${res.statusCode} ${res.statusMessage}\r\n${headerBlock(fields)}connection: close\r\n\r\n`, 'latin1');

@@ -5,7 +5,7 @@
 // `idleMs` (below code-server's own 5 s keep-alive), LIFO so the warmest is reused.
 import net from 'node:net';
 import type { Endpoint } from '../provisioner/contract.js';
-import type { RequestBody } from './http-fields.js';
+import { isMisdirected, type RequestBody } from './http-fields.js';
 import { PARSE_ON, SKIP_BODY, createParser, releaseParser, restartParser, stopForBody, type Parser, type ParserEvents } from './llhttp.js';
 import { scanSimpleHead, type SimpleHead } from './response-head.js';
 import { READ_BUFFER_BYTES } from './socket-reads.js';
@@ -157,6 +157,12 @@ class Conn implements ParserEvents {
   timedOut = false;
   /** Closed for what the workspace sent (llhttp refused it, or a transfer coding we cannot undo). */
   unreadable = false;
+  /**
+   * Closed because the workspace at this address refused the request as meant for another workspace
+   * (a marked 421: a stale route to a reused address): failed as UPSTREAM_UNREACHABLE, so the route is
+   * re-checked, and its answer never reaches the client.
+   */
+  misdirected = false;
   /** When the pool's sweep closes this connection (Date.now() ms; 0: never): connecting, awaiting a head, or idle. */
   deadline = 0;
   /** In read(): a response completed now waits for the read's end to free the connection (releasing). */
@@ -203,7 +209,8 @@ class Conn implements ParserEvents {
     if (this.bodyLeft !== undefined) { this.countBody(ex, d); return; }
     if (this.fresh && ex.sink.passHead && ex.request.method !== 'HEAD') {
       const simple = scanSimpleHead(d, this.owner.maxHeaderSize);
-      if (simple) { this.passHead(ex, d, simple); return; }
+      // A 421 goes to llhttp, whose fields say whether it is a workspace's refusal (onHeadersComplete).
+      if (simple && simple.status !== 421) { this.passHead(ex, d, simple); return; }
     }
     this.fresh = false;
     const r = this.parser.execute(d);
@@ -263,6 +270,7 @@ class Conn implements ParserEvents {
       return PARSE_ON;
     }
     this.deadline = 0;
+    if (isMisdirected(status, fields)) { this.misdirected = true; this.socket.destroy(); return stopForBody(this.parser); }
     this.keepAlive = keepAlive;
     const head = ex.request.method === 'HEAD';
     const body = head || status === 204 || status === 304 ? { framing: 'none' as const } : framingOf(fields);
@@ -484,7 +492,8 @@ export class UpstreamPool {
       } else {
         ex.done = true;
         const code: UpstreamFailure = conn.unreadable ? 'UPSTREAM_BAD_RESPONSE' : conn.timedOut && !ex.headSeen ? 'UPSTREAM_TIMEOUT' : 'UPSTREAM_UNREACHABLE';
-        ex.sink.fail(code, new Error(conn.unreadable ? 'upstream response not passed on' : conn.timedOut ? 'upstream timed out' : conn.connected ? 'upstream connection closed' : 'upstream connection failed'));
+        ex.sink.fail(code, new Error(conn.unreadable ? 'upstream response not passed on' : conn.misdirected ? 'another workspace answers at this address (421 misdirected)'
+          : conn.timedOut ? 'upstream timed out' : conn.connected ? 'upstream connection closed' : 'upstream connection failed'));
       }
     }
     // The closed connection's place goes to the next queued request, unless the retry above took it:

@@ -3,7 +3,7 @@
 // client gets back, and how a response's body is delimited.
 import t from 'tap';
 import { responseHead } from '../gateway/http1.js';
-import { FORWARDING, HOP_BY_HOP, forwardedFields, isHopByHop, namedInConnection, scanRequest, upstreamRequestHead, type RequestScan } from '../gateway/http-fields.js';
+import { FORWARDING, HOP_BY_HOP, forwardedFields, isHopByHop, isMisdirected, namedInConnection, scanRequest, upstreamRequestHead, type RequestScan } from '../gateway/http-fields.js';
 import { framingOf, type Framing } from '../gateway/upstream-pool.js';
 
 t.test('scanRequest: the body the warm lane takes, and the fields it reads', async (t) => {
@@ -48,6 +48,17 @@ t.test('upstreamRequestHead: what the workspace is sent', async (t) => {
     ["a client's workspace name, in any case, replaced by ours", ['X-Gateway-Workspace', 'b', 'x-gateway-workspace', 'c', 'X-GATEWAY-WORKSPACE', 'd'], undefined, ''],
   ];
   for (const [name, fields, cookie, expected] of rows) t.equal(head(fields, cookie), `GET /p HTTP/1.1\r\n${expected}${ours}`, name);
+});
+
+t.test("isMisdirected: only a 421 with the workspace's marker means another workspace answered", async (t) => {
+  const rows: Array<[string, number, string[], boolean]> = [
+    ['421 with the marker', 421, ['Content-Length', '0', 'x-gateway-misdirected', '1'], true],
+    ['the marker in any case', 421, ['X-Gateway-Misdirected', '1'], true],
+    ["421 without it (a student's own app)", 421, ['Content-Length', '0'], false],
+    ['the marker on another status', 200, ['x-gateway-misdirected', '1'], false],
+    ['a name of the same length', 421, ['x-gateway-misdirecteb', '1'], false],
+  ];
+  for (const [name, status, fields, expected] of rows) t.equal(isMisdirected(status, fields), expected, name);
 });
 
 t.test('isHopByHop and namedInConnection: the same answers as the sets they stand for', async (t) => {
