@@ -149,7 +149,7 @@ t.test("node:http's side: a client not reading a response of many chunks holds o
   let response: http.ServerResponse | undefined;
   const front = http.createServer((req, res) => {
     response = res;
-    forwarder.web(req, res, { host: '127.0.0.1', port: (upstream.address() as AddressInfo).port }, forwardedFields('127.0.0.1', 'http', 'x'), undefined, { onFailure() { res.destroy(); } });
+    forwarder.web(req, res, { host: '127.0.0.1', port: (upstream.address() as AddressInfo).port }, 'x', forwardedFields('127.0.0.1', 'http', 'x'), undefined, { onFailure() { res.destroy(); } });
   });
   await new Promise<void>((r) => front.listen(0, '127.0.0.1', r));
   const client = net.connect((front.address() as AddressInfo).port, '127.0.0.1');
