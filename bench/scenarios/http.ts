@@ -12,6 +12,7 @@ import { startField, startLibraryProxy, workDir, type System } from '../field.js
 
 const loadgen = join(dirname(fileURLToPath(import.meta.url)), '..', 'loadgen.js');
 
+/** `rps` and `requests` count successful responses only; `non2xx` the others (wrk: status 400 and up). */
 interface WrkResult { rps: number; requests: number; p50us: number; p99us: number; non2xx: number; errors: string }
 
 function micros(v: string, unit: string): number {
@@ -25,7 +26,12 @@ export function parseWrk(out: string): WrkResult {
   const req = /(\d+) requests in/.exec(out);
   const non = /Non-2xx or 3xx responses:\s+(\d+)/.exec(out);
   const sockErr = /Socket errors:.*$/m.exec(out);
-  return { rps: rps ? Number(rps[1]) : NaN, requests: req ? Number(req[1]) : 0, p50us: lat('50'), p99us: lat('99'), non2xx: non ? Number(non[1]) : 0, errors: sockErr ? sockErr[0] : '' };
+  const all = req ? Number(req[1]) : 0;
+  const non2xx = non ? Number(non[1]) : 0;
+  // wrk's Requests/sec counts error responses too: a proxy answering 502 at once must not gain by it.
+  const ok = Math.max(0, all - non2xx);
+  const rate = rps ? (all ? (Number(rps[1]) * ok) / all : Number(rps[1])) : NaN;
+  return { rps: rate, requests: ok, p50us: lat('50'), p99us: lat('99'), non2xx, errors: sockErr ? sockErr[0] : '' };
 }
 
 /**
