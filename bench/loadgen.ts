@@ -135,8 +135,8 @@ const pacedFrame = clientFrame(0x2, payload);
 /** `sentAt` and `counted` in step: a message's write time, and whether it was due after the warm-up. */
 interface RawWs { socket: net.Socket; sentAt: number[]; counted: boolean[]; pending: Buffer | undefined }
 
-/** A WebSocket on a raw socket: the handshake by hand, then frames read by `onMessage`. */
-function openRawWs(onMessage: (c: RawWs) => void): Promise<RawWs> {
+/** A WebSocket on a raw socket: the handshake by hand, then frames read by `onMessage` (with each data frame's payload). */
+function openRawWs(onMessage: (c: RawWs, data: Buffer) => void): Promise<RawWs> {
   return new Promise((resolve, reject) => {
     const socket = net.connect({ host: '127.0.0.1', port: job.port, noDelay: true });
     const c: RawWs = { socket, sentAt: [], counted: [], pending: undefined };
@@ -162,7 +162,7 @@ function openRawWs(onMessage: (c: RawWs) => void): Promise<RawWs> {
 }
 
 /** Server frames (unmasked): each data frame is one echo; a ping is answered. */
-function readFrames(c: RawWs, onMessage: (c: RawWs) => void) {
+function readFrames(c: RawWs, onMessage: (c: RawWs, data: Buffer) => void) {
   let b = c.pending!;
   for (;;) {
     if (b.length < 2) break;
@@ -172,7 +172,7 @@ function readFrames(c: RawWs, onMessage: (c: RawWs) => void) {
     if (b.length < at + length) break;
     const opcode = b[0] & 0x0f;
     if (opcode === 0x9) c.socket.write(clientFrame(0xa, b.subarray(at, at + length)));
-    else if (opcode < 0x8) onMessage(c);
+    else if (opcode < 0x8) onMessage(c, b.subarray(at, at + length));
     b = b.subarray(at + length);
   }
   c.pending = b.length ? b : undefined;
@@ -192,11 +192,14 @@ async function wsPaced() {
   const rtt: number[] = [];
   let t0 = 0;
   let outstanding = 0;
-  const echoed = (c: RawWs) => {
+  // An answer that is not the message sent is no echo (issue 7: a system must relay, not just answer).
+  let wrong = 0;
+  const echoed = (c: RawWs, data: Buffer) => {
     const at = c.sentAt.shift();
     const counted = c.counted.shift();
     if (at === undefined) return;
     outstanding--;
+    if (!data.equals(payload)) { wrong++; return; }
     if (counted) rtt.push(nowUs() - at);
   };
   const sockets: RawWs[] = [];
@@ -231,7 +234,7 @@ async function wsPaced() {
   }
   for (const c of sockets) c.socket.destroy();
   const s = sortedMicros(rtt);
-  done({ open: sockets.length, failed, firstError, messages: rtt.length, lost: outstanding, p50us: pct(s, 50), p99us: pct(s, 99) });
+  done({ open: sockets.length, failed, firstError, messages: rtt.length, lost: outstanding, wrong, p50us: pct(s, 50), p99us: pct(s, 99) });
 }
 
 /** Closed loop: each socket keeps one message in flight; messages echoed per second. */
@@ -239,9 +242,10 @@ async function wsClosed() {
   const n = job.connections ?? 50;
   const { sockets, failed, firstError } = await openSockets(n, 50);
   let count = 0;
+  let wrong = 0;
   let running = true;
   for (const ws of sockets) {
-    ws.on('message', () => { count++; if (running) ws.send(payload); });
+    ws.on('message', (data: Buffer) => { if (payload.equals(data)) count++; else wrong++; if (running) ws.send(payload); });
   }
   for (const ws of sockets) ws.send(payload);
   const warm = Math.min(1000, job.durationMs / 4);
@@ -254,7 +258,7 @@ async function wsClosed() {
   running = false;
   for (const ws of sockets) ws.terminate();
   // `echoed`: every message of the run, warm-up included, for CPU per message over the whole job.
-  done({ open: sockets.length, failed, firstError, messagesPerSecond: msgs / secs, echoed: count });
+  done({ open: sockets.length, failed, firstError, messagesPerSecond: msgs / secs, echoed: count, wrong });
 }
 
 /** Idle: open N sockets, report, hold them until told (stdin line) or the deadline, then close. */

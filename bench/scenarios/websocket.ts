@@ -96,8 +96,8 @@ export async function run(opts: { quick: boolean; log: (s: string) => void }): P
     // the floor under the gateway's CPU per message, as in scenario 1.
     try { field.push(await startLibraryProxy(up, state.cookie, 'tcp-relay')); } catch (err) { notes.push(`node-relay not run: ${(err as Error).message}`); }
 
-    type Paced = { open: number; failed: number; firstError?: string; messages: number; lost: number; p50us: number; p99us: number };
-    type Closed = { open: number; failed: number; firstError?: string; messagesPerSecond: number; echoed: number; cpuUsPerMsg: number };
+    type Paced = { open: number; failed: number; firstError?: string; messages: number; lost: number; wrong: number; p50us: number; p99us: number };
+    type Closed = { open: number; failed: number; firstError?: string; messagesPerSecond: number; echoed: number; wrong: number; cpuUsPerMsg: number };
     const paced = new Map<string, Paced[]>(field.map((s) => [s.name, []]));
     const closed = new Map<string, Closed[]>(field.map((s) => [s.name, []]));
     for (const s of field) await job<Closed>(s, 'ws-closed', { connections: 50 }, 1000); // warm-up
@@ -107,11 +107,13 @@ export async function run(opts: { quick: boolean; log: (s: string) => void }): P
         const p = await job<Paced>(s, 'ws-paced', { connections: 100, rate: 1000, warmupMs: 1000 }, secs * 1000 + 1000);
         if (p.failed) notes.push(`${s.name} paced round ${r + 1}: ${p.failed} sockets failed to open (${p.firstError})`);
         if (p.lost) notes.push(`${s.name} paced round ${r + 1}: ${p.lost} messages not echoed`);
+        if (p.wrong) notes.push(`${s.name} paced round ${r + 1}: ${p.wrong} answers were not the message sent (not counted)`);
         paced.get(s.name)!.push(p);
         const cpu0 = cpuMicros(s.pid);
         const c = await job<Closed>(s, 'ws-closed', { connections: 50 }, secs * 1000);
         c.cpuUsPerMsg = c.echoed ? (cpuMicros(s.pid) - cpu0) / c.echoed : NaN;
         if (c.failed) notes.push(`${s.name} closed round ${r + 1}: ${c.failed} sockets failed to open (${c.firstError})`);
+        if (c.wrong) notes.push(`${s.name} closed round ${r + 1}: ${c.wrong} answers were not the message sent (not counted)`);
         closed.get(s.name)!.push(c);
         log(`  ws round ${r + 1}/${rounds} ${s.name}: paced p50 ${(p.p50us / 1000).toFixed(2)} ms p99 ${(p.p99us / 1000).toFixed(2)} ms; closed ${Math.round(c.messagesPerSecond)} msg/s, ${c.cpuUsPerMsg.toFixed(1)} µs CPU/msg (load ${loadAverage()})`);
       }
