@@ -135,9 +135,9 @@ export async function run(opts: { quick: boolean; log: (s: string) => void }): P
     const cpuMsg = (n: string) => median((closed.get(n) ?? []).map((c) => c.cpuUsPerMsg));
     const systems = field.map((s) => {
       const figures: Figure[] = [
-        { name: 'echo p50', value: round(pmed(s.name, 'p50us') / 1000), unit: 'ms' },
-        { name: 'echo p99', value: round(pmed(s.name, 'p99us') / 1000), unit: 'ms' },
-        { name: 'msg/s', value: round(mps(s.name), 0), unit: 'msg/s' },
+        { name: 'echo p50', value: round(pmed(s.name, 'p50us') / 1000), unit: 'ms', rounds: (paced.get(s.name) ?? []).map((p) => round(p.p50us / 1000)) },
+        { name: 'echo p99', value: round(pmed(s.name, 'p99us') / 1000), unit: 'ms', rounds: (paced.get(s.name) ?? []).map((p) => round(p.p99us / 1000)) },
+        { name: 'msg/s', value: round(mps(s.name), 0), unit: 'msg/s', rounds: (closed.get(s.name) ?? []).map((c) => round(c.messagesPerSecond, 0)) },
         { name: 'msg/s / direct', value: round(mps(s.name) / mps('direct')), unit: 'x' },
         { name: 'CPU/msg', value: round(cpuMsg(s.name), 1), unit: 'µs', rounds: (closed.get(s.name) ?? []).map((c) => round(c.cpuUsPerMsg, 1)) },
       ];
