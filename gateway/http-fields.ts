@@ -33,6 +33,12 @@ function nameTest(names: ReadonlySet<string>): (name: string) => boolean {
 
 export const isHopByHop = nameTest(HOP_BY_HOP);
 export const isDateField = nameTest(new Set(['date']));
+/**
+ * Frames the body the workspace is sent (the pool writes it as it came), so it stays whatever a
+ * client's Connection names (RFC 9110 7.6.1 forbids naming an end-to-end field): dropped, the body was
+ * read upstream as a request of its own, past every check of ours.
+ */
+const isContentLength = nameTest(new Set(['content-length']));
 /** Never passed on to a workspace as the client sent it: hop-by-hop, forwarding claims, our cookie's field (rebuilt), Expect, the workspace's name (ours). */
 const isDroppedRequestField = nameTest(new Set([...HOP_BY_HOP, ...FORWARDING, 'cookie', 'expect', WORKSPACE_FIELD]));
 
@@ -156,7 +162,7 @@ export function upstreamRequestHead(method: string, url: string, fields: readonl
   for (let i = 0; i < fields.length; i += 2) {
     const name = fields[i];
     // Expect: node:http answered 100-continue already (RFC 9110 10.1.1); the warm lane never takes one.
-    if (isDroppedRequestField(name) || named?.has(name.toLowerCase())) continue;
+    if (isDroppedRequestField(name) || (named?.has(name.toLowerCase()) && !isContentLength(name))) continue;
     head += `${name}: ${fields[i + 1]}\r\n`;
   }
   if (cookie !== undefined) head += `cookie: ${cookie}\r\n`;

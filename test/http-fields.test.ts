@@ -41,6 +41,8 @@ t.test('upstreamRequestHead: what the workspace is sent', async (t) => {
     ['the cookie as given (the session cookie already taken out)', ['Cookie', 'a=1', 'Cookie', 'b=2'], 'a=1; b=2', 'cookie: a=1; b=2\r\n'],
     ['no cookie left: none sent', ['Cookie', '__Host-wsgw-session=x'], undefined, ''],
     ['Content-Length is end-to-end', ['Content-Length', '3'], undefined, 'Content-Length: 3\r\n'],
+    // The body is framed by it whatever Connection says: dropped, the body would be a request of its own upstream.
+    ['Content-Length kept when Connection names it', ['Connection', 'Content-Length', 'Content-Length', '3'], undefined, 'Content-Length: 3\r\n'],
     ['Expect never reaches the workspace', ['Expect', '100-continue'], undefined, ''],
     ['every hop-by-hop and forwarding name, in any case', [...HOP_BY_HOP, ...FORWARDING].flatMap((n) => [n.toUpperCase(), 'v']), undefined, ''],
     ['names of the same lengths as those kept', ['Accept-Language', 'en', 'User-Agent', 'ua', 'X-Forwarded-Bar', '1'], undefined, 'Accept-Language: en\r\nUser-Agent: ua\r\nX-Forwarded-Bar: 1\r\n'],
