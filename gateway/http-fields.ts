@@ -34,11 +34,11 @@ function nameTest(names: ReadonlySet<string>): (name: string) => boolean {
 export const isHopByHop = nameTest(HOP_BY_HOP);
 export const isDateField = nameTest(new Set(['date']));
 /**
- * Frames the body the workspace is sent (the pool writes it as it came), so it stays whatever a
- * client's Connection names (RFC 9110 7.6.1 forbids naming an end-to-end field): dropped, the body was
+ * Frames a body passed on as it came (the request to a workspace, a response to the client), so it
+ * stays whatever a Connection field names (RFC 9110 7.6.1 forbids naming an end-to-end field): dropped, the body was
  * read upstream as a request of its own, past every check of ours.
  */
-const isContentLength = nameTest(new Set(['content-length']));
+export const isContentLength = nameTest(new Set(['content-length']));
 /** Never passed on to a workspace as the client sent it: hop-by-hop, forwarding claims, our cookie's field (rebuilt), Expect, the workspace's name (ours). */
 const isDroppedRequestField = nameTest(new Set([...HOP_BY_HOP, ...FORWARDING, 'cookie', 'expect', WORKSPACE_FIELD]));
 

@@ -14,7 +14,7 @@
 import type http from 'node:http';
 import type { Socket } from 'node:net';
 import type { Endpoint } from '../provisioner/contract.js';
-import { isDateField, isHopByHop, namedInConnection, scanRequest, type RequestScan } from './http-fields.js';
+import { isContentLength, isDateField, isHopByHop, namedInConnection, scanRequest, type RequestScan } from './http-fields.js';
 import { METHODS, PARSE_ON, STOP_AFTER_HEAD, createParser, releaseParser, reportCompletion, restartParser, type Parser, type ParserEvents } from './llhttp.js';
 import { READ_BUFFER_BYTES, pushCopy, readIntoBuffer } from './socket-reads.js';
 import type { SimpleHead } from './response-head.js';
@@ -104,7 +104,8 @@ export function responseHead(status: number, statusText: string, fields: readonl
   let dated = false;
   for (let i = 0; i < fields.length; i += 2) {
     const name = fields[i];
-    if (isHopByHop(name) || named?.has(name.toLowerCase())) continue;
+    // A 'length' body passes as it is, so its Content-Length stays even if Connection names it.
+    if (isHopByHop(name) || (named?.has(name.toLowerCase()) && !isContentLength(name))) continue;
     if (isDateField(name)) dated = true;
     head += `${name}: ${fields[i + 1]}\r\n`;
   }

@@ -43,6 +43,8 @@ async function rawUpstream() {
       case '/nodate': socket.write('HTTP/1.1 200 OK\r\ncontent-length: 2\r\nx-up: 1\r\n\r\nok'); return;
       // Hop-by-hop fields in a head the lane passes on as its bytes (response-head.ts), and in one it leaves to llhttp.
       case '/hop': socket.write('HTTP/1.1 200 OK\r\nConnection:  Keep-Alive\r\nkeep-alive: timeout=5\r\nUpgrade: h2c\r\nx-kept:  spaced  \r\nContent-Length: 3\r\n\r\nhop'); return;
+      // A workspace naming its own framing field in Connection (RFC 9110 7.6.1 forbids it): the body still has that length.
+      case '/hop-names-length': socket.write('HTTP/1.1 200 OK\r\nConnection: keep-alive, Content-Length\r\nContent-Length: 2\r\n\r\nok'); return;
       case '/hop-named': socket.write('HTTP/1.1 200 OK\r\nConnection: keep-alive, x-private\r\nx-private: 1\r\nx-public: 2\r\nContent-Length: 2\r\n\r\nok'); return;
       case '/chunked': socket.write('HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ndate: Mon, 01 Jan 2024 00:00:00 GMT\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n'); return;
       case '/trailers': socket.write('HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ntrailer: x-trailer\r\n\r\n3\r\nabc\r\n0\r\nx-trailer: 1\r\n\r\n'); return;
@@ -238,6 +240,19 @@ t.test('warm lane', async (t) => {
     const retried = await get('/retried');
     t.same([retried.status, retried.body], [200, '/retried'], 'answered from a new connection');
     t.same(up.seen.slice(before), ['GET /retried', 'GET /retried'], 'sent twice: the first attempt met the close');
+  });
+
+  t.test("a workspace's Connection naming Content-Length: the client's response is still framed by it", async (t) => {
+    // Sent without its length on a kept connection, the body had no end the client could see: a
+    // load balancer reads such a response until the close, and then the next one's bytes as its body.
+    await registerRunning(gw.store, 'raw', up.port);
+    await get('/warm-again');
+    const c = `Host: ${host}\r\nCookie: ${cookie}\r\n`;
+    const r = await rawExchange(gw.port, `GET /hop-names-length HTTP/1.1\r\n${c}\r\nGET /p2 HTTP/1.1\r\n${c}Connection: close\r\n\r\n`);
+    const first = r.text.slice(0, r.text.indexOf('\r\n\r\n'));
+    t.ok(/\r\ncontent-length: 2(\r\n|$)/i.test(first) || /\r\ntransfer-encoding: chunked(\r\n|$)/i.test(first), 'the first head frames its body');
+    t.same([...r.text.matchAll(/HTTP\/1\.1 (\d{3}) /g)].map((m) => Number(m[1])), [200, 200], 'both answered');
+    t.ok(r.closed);
   });
 
   t.test('pipelined requests, one of them for node:http: answered in order', async (t) => {
