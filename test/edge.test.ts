@@ -163,17 +163,28 @@ t.test('bad input over raw sockets', async (t) => {
     ['request line over MAX_HEADER_SIZE', `GET /${'a'.repeat(20_000)} HTTP/1.1\r\n${H}${C}\r\n${PROBE}`, [431]],
   ];
 
-  for (const [name, send, expected, urls = []] of rows) {
-    const beforeA = upA.requests.length;
-    const beforeB = upB.requests.length;
-    const r = await exchange(gw.port, send);
-    t.ok(r.closed, `${name}: closed, or answered through the probe`);
-    if (expected === 'closed') t.same(r.statuses, [], `${name}: closed without an answer`);
-    else t.same(r.statuses, expected, `${name}: ${expected.join(', ')}`);
-    // Each exactly once; in which order they reach the workspace is not promised: node:http may work on
-    // pipelined requests at once (RFC 9112 9.3.2), only the responses must keep their order.
-    t.same(upA.requests.slice(beforeA).map((q) => q.url).sort(), [...urls].sort(), `${name}: upstream saw ${urls.length ? urls.join(', ') : 'nothing'}`);
-    t.equal(upB.requests.length, beforeB, `${name}: the sibling saw nothing`);
+  // Each row first on a connection of its own, then pipelined behind a request forwarded on the warm
+  // lane: there a head that parses is held back until that answer is out, re-written, then parsed again.
+  const WARM = `GET /warm HTTP/1.1\r\n${H}${C}\r\n`;
+  for (const behindWarm of [false, true]) {
+    for (const [rowName, send, expected, urls = []] of rows) {
+      const name = behindWarm ? `behind a warm request: ${rowName}` : rowName;
+      const beforeA = upA.requests.length;
+      const beforeB = upB.requests.length;
+      const r = await exchange(gw.port, behindWarm ? WARM + send : send);
+      t.ok(r.closed, `${name}: closed, or answered through the probe`);
+      // A head that does not parse ends the connection at once, the answer still owed before it with it,
+      // as node:http ends it (its clientError): the warm request's 200 is there, or that connection is gone.
+      const statuses = behindWarm && r.statuses[0] === 200 && (expected === 'closed' || r.statuses.length > expected.length) ? r.statuses.slice(1) : r.statuses;
+      if (expected === 'closed') t.same(statuses, [], `${name}: closed without an answer`);
+      else t.same(statuses, expected, `${name}: ${expected.join(', ')}`);
+      // Each exactly once; in which order they reach the workspace is not promised: node:http may work on
+      // pipelined requests at once (RFC 9112 9.3.2), only the responses must keep their order.
+      const seen = upA.requests.slice(beforeA).map((q) => q.url);
+      t.same(seen.filter((u) => !behindWarm || u !== '/warm').sort(), [...urls].sort(), `${name}: upstream saw ${urls.length ? urls.join(', ') : 'nothing'}`);
+      t.ok(seen.filter((u) => u === '/warm').length <= 1, `${name}: the warm request at most once`);
+      t.equal(upB.requests.length, beforeB, `${name}: the sibling saw nothing`);
+    }
   }
 
   t.test('pipelined requests naming different workspaces are each authorized and routed', async (t) => {
