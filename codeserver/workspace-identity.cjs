@@ -68,7 +68,7 @@ function guard(server, own) {
 const kOwn = Symbol('workspace-identity own id');
 
 /**
- * The preload: wraps http.Server's emit once, so a server found listening on `port` is guarded from
+ * The preload: wraps net.Server's emit once, so a server found listening on `port` is guarded from
  * its first request. Other servers (and other processes that inherit NODE_OPTIONS) are untouched.
  * @param {NodeJS.ProcessEnv} env
  */
@@ -76,9 +76,11 @@ function install(env) {
   const own = env.WORKSPACE_ID;
   const port = Number(env.WORKSPACE_PORT);
   if (!own || !Number.isInteger(port) || port <= 0) return false;
-  const http = require('node:http');
-  const emit = http.Server.prototype.emit;
-  http.Server.prototype.emit = function guardedEmit(event, a, b) {
+  // net.Server's, not http.Server's: with --cert code-server's server is httpolyglot's, an
+  // https.Server (a tls.Server) that answers plain HTTP too, and it must be guarded all the same.
+  const net = require('node:net');
+  const emit = net.Server.prototype.emit;
+  net.Server.prototype.emit = function guardedEmit(event, a, b) {
     if (this[kOwn] !== undefined) {
       if (event === 'request' || event === 'checkContinue' || event === 'checkExpectation') {
         if (decide(a.headers[WORKSPACE_FIELD], this[kOwn], a.url) !== 'allow') { refuse(b); return true; }

@@ -4,8 +4,10 @@
 import t from 'tap';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
-import { chmodSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, copyFileSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { connect, createServer } from 'node:net';
+import { request as httpsRequest } from 'node:https';
+import { execFileSync } from 'node:child_process';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -30,9 +32,9 @@ async function freePort(): Promise<number> {
   return port;
 }
 
-function run(env: Record<string, string>): ChildProcess {
+function run(env: Record<string, string>, args: readonly string[] = [], entrypoint = ENTRYPOINT): ChildProcess {
   // Its own process group, so the test can end code-server and everything it spawned.
-  return spawn('sh', [ENTRYPOINT], { env: { PATH: process.env.PATH ?? '/usr/bin:/bin', ...env }, stdio: ['ignore', 'pipe', 'pipe'], detached: true });
+  return spawn('sh', [entrypoint, ...args], { env: { PATH: process.env.PATH ?? '/usr/bin:/bin', ...env }, stdio: ['ignore', 'pipe', 'pipe'], detached: true });
 }
 
 async function output(child: ChildProcess): Promise<{ code: number | null; stdout: string; stderr: string }> {
@@ -220,6 +222,61 @@ t.test('the real code-server with WORKSPACE_ID: a request meant for another work
   const forked = groupProcesses(child.pid!).filter(([, cmd]) => /--type=(extensionHost|ptyHost)/.test(cmd));
   t.ok(forked.length >= 1);
   for (const [pid, cmd] of forked) t.notMatch(environOf(pid).NODE_OPTIONS ?? '', /workspace-identity/, `${/--type=\w+/.exec(cmd)![0]}: no preload`);
+});
+
+/** Started with `args` after the entrypoint's own; ended (its whole process group) at teardown once `ready` was printed. */
+async function started(t: { teardown(fn: () => unknown): void }, env: Record<string, string>, args: readonly string[], ready: RegExp, entrypoint = ENTRYPOINT): Promise<string> {
+  const child = run(env, args, entrypoint);
+  const exited = once(child, 'exit');
+  t.teardown(async () => {
+    if (child.exitCode === null && child.signalCode === null) {
+      process.kill(-child.pid!, 'SIGTERM');
+      const timer = setTimeout(() => process.kill(-child.pid!, 'SIGKILL'), 10_000);
+      await exited;
+      clearTimeout(timer);
+    }
+  });
+  let log = '';
+  await new Promise<void>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`not started within 45 s:\n${log}`)), 45_000);
+    const onData = (b: Buffer) => { log += b; if (ready.test(log)) { clearTimeout(timer); resolve(); } };
+    child.stdout!.on('data', onData);
+    child.stderr!.on('data', onData);
+    void exited.then(() => reject(new Error(`exited before it listened:\n${log}`)));
+  });
+  return log;
+}
+
+t.test('code-server serving HTTPS (--cert passed through the entrypoint) refuses requests meant for another workspace too', async (t) => {
+  // code-server's --cert server is httpolyglot's (an https.Server answering plain HTTP as well), not an
+  // http.Server: the gateway still reaches it in plain HTTP, so the check must hold there.
+  const d = dirs(t);
+  const port = await freePort();
+  mkdirSync(d.workspace, { recursive: true });
+  execFileSync('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-days', '1', '-subj', '/CN=127.0.0.1',
+    '-keyout', join(d.base, 'key.pem'), '-out', join(d.base, 'cert.pem')], { stdio: 'ignore' });
+  await started(t, {
+    HOME: d.home, USER_DATA_DIR: d.userData, WORKSPACE_DIR: d.workspace, WORKSPACE_BIND_HOST: '127.0.0.1', WORKSPACE_PORT: String(port),
+    CODE_SERVER_BIN, WORKSPACE_ID: 'alice',
+  }, ['--cert', join(d.base, 'cert.pem'), '--cert-key', join(d.base, 'key.pem')], /HTTPS server listening on/);
+  const folder = `/?folder=${encodeURIComponent(d.workspace)}`;
+  const get = (headers: Record<string, string>) => new Promise<{ status: number; marked: boolean; body: string }>((resolve, reject) => {
+    const req = httpsRequest({ host: '127.0.0.1', port, path: folder, headers, rejectUnauthorized: false, agent: false }, (res) => {
+      let body = '';
+      res.setEncoding('utf8').on('data', (c: string) => (body += c)).on('end', () => resolve({ status: res.statusCode ?? 0, marked: res.headers[MISDIRECTED_FIELD] === '1', body }));
+    });
+    req.on('error', reject);
+    req.end();
+  });
+  const own = await get({ [WORKSPACE_FIELD]: 'alice' });
+  t.equal(own.status, 200, 'its own: the workbench');
+  t.match(own.body, /vscode-workbench-web-configuration/);
+  for (const [name, headers] of [['meant for another workspace', { [WORKSPACE_FIELD]: 'bob' }], ['not named', {}]] as const) {
+    const r = await get(headers);
+    t.same([r.status, r.marked], [421, true], `${name} (TLS): 421 with the marker`);
+  }
+  const plain = await rawRequest(port, `GET ${folder} HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\n${WORKSPACE_FIELD}: bob\r\n\r\n`);
+  t.match(plain.text, /^HTTP\/1\.1 421 [^]*\r\nx-gateway-misdirected: 1\r\n/i, 'meant for another workspace (plain HTTP, as the gateway speaks): 421');
 });
 
 /** Sends bytes on one connection; what came back before the server closed it (or 2 s passed). */
