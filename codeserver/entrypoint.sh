@@ -39,7 +39,9 @@ if [ -n "${WORKSPACE_ID:-}" ]; then
   if [ ! -r "$preload" ]; then
     echo "entrypoint: WORKSPACE_ID is set but $preload is missing" >&2; exit 66
   fi
-  NODE_OPTIONS="${NODE_OPTIONS:+$NODE_OPTIONS }--require=\"$preload\""
+  # Node reads NODE_OPTIONS' double quotes with backslash escapes: a " or \ in the path is escaped.
+  quoted=$(printf '%s' "$preload" | sed 's/["\\]/\\&/g')
+  NODE_OPTIONS="${NODE_OPTIONS:+$NODE_OPTIONS }--require=\"$quoted\""
   export WORKSPACE_ID WORKSPACE_PORT NODE_OPTIONS
 fi
 

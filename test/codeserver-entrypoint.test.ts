@@ -279,6 +279,44 @@ t.test('code-server serving HTTPS (--cert passed through the entrypoint) refuses
   t.match(plain.text, /^HTTP\/1\.1 421 [^]*\r\nx-gateway-misdirected: 1\r\n/i, 'meant for another workspace (plain HTTP, as the gateway speaks): 421');
 });
 
+t.test('the preload from a folder whose name has spaces, quotes and a backslash, beside the image\'s own NODE_OPTIONS', async (t) => {
+  // A stand-in code-server (a Node program, as code-server is) that reports the NODE_OPTIONS it runs
+  // with and those a program it starts gets, and whether the image's own preload ran in each.
+  const d = dirs(t);
+  const odd = join(d.base, 'a b "c" d\\e');
+  mkdirSync(odd, { recursive: true });
+  const entrypoint = join(odd, 'entrypoint.sh');
+  copyFileSync(ENTRYPOINT, entrypoint);
+  copyFileSync(fileURLToPath(new URL('../../codeserver/workspace-identity.cjs', import.meta.url)), join(odd, 'workspace-identity.cjs'));
+  const imagePreload = join(d.base, 'image preload.cjs');
+  writeFileSync(imagePreload, 'globalThis.imagePreloaded = true;\n');
+  const fake = join(d.base, 'fake-code-server');
+  writeFileSync(fake, `#!/usr/bin/env node
+const http = require('node:http');
+const { execFileSync } = require('node:child_process');
+const bind = process.argv[process.argv.indexOf('--bind-addr') + 1];
+const report = 'process.stdout.write(JSON.stringify({ options: process.env.NODE_OPTIONS ?? null, image: globalThis.imagePreloaded === true }))';
+http.createServer((req, res) => {
+  const child = JSON.parse(execFileSync(process.execPath, ['-e', report]).toString());
+  res.end(JSON.stringify({ image: globalThis.imagePreloaded === true, child }));
+}).listen(Number(bind.slice(bind.lastIndexOf(':') + 1)), bind.slice(0, bind.lastIndexOf(':')), () => console.log('HTTP server listening on'));
+`);
+  chmodSync(fake, 0o755);
+  const port = await freePort();
+  await started(t, {
+    HOME: d.home, USER_DATA_DIR: d.userData, WORKSPACE_DIR: d.workspace, WORKSPACE_BIND_HOST: '127.0.0.1', WORKSPACE_PORT: String(port),
+    CODE_SERVER_BIN: fake, WORKSPACE_ID: 'alice', NODE_OPTIONS: `--require "${imagePreload}"`,
+  }, [], /HTTP server listening on/, entrypoint);
+  const ask = (headers: Record<string, string>) => fetch(`http://127.0.0.1:${port}/`, { headers });
+  t.same([(await ask({})).status, (await ask({ [WORKSPACE_FIELD]: 'bob' })).status], [421, 421], 'others refused');
+  const own = await ask({ [WORKSPACE_FIELD]: 'alice' });
+  t.equal(own.status, 200, 'its own served');
+  const seen = (await own.json()) as { image: boolean; child: { options: string | null; image: boolean } };
+  t.ok(seen.image, "the image's own preload ran in code-server");
+  t.ok(seen.child.image, "and in what code-server starts");
+  t.notMatch(seen.child.options ?? '', /workspace-identity/, 'which does not load the workspace preload');
+});
+
 /** Sends bytes on one connection; what came back before the server closed it (or 2 s passed). */
 function rawRequest(port: number, payload: string): Promise<{ text: string; closed: boolean }> {
   return new Promise((resolve) => {
