@@ -24,6 +24,8 @@ export interface LocalProvisionerOptions {
   log?: (obj: Record<string, unknown>, msg: string) => void;
   /** The environment the gateway was started with; a workspace inherits only `workspaceEnv` of it. */
   parentEnv: Readonly<Record<string, string | undefined>>;
+  /** code-server's workspace-identity preload; default: the one this build ships (dist/codeserver/). */
+  identityPreload?: string;
 }
 
 /**
@@ -103,7 +105,10 @@ export function createLocalProvisioner(opts: LocalProvisionerOptions): Provision
   // code-server's preload that refuses requests meant for another workspace (as the image's
   // entrypoint loads it): a port freed by one workspace and taken by another's process must not
   // serve the first one's student. The demo workspace makes the same check itself.
-  const identityPreload = fileURLToPath(new URL('../codeserver/workspace-identity.cjs', import.meta.url));
+  const identityPreload = opts.identityPreload ?? fileURLToPath(new URL('../codeserver/workspace-identity.cjs', import.meta.url));
+  // Node reads NODE_OPTIONS' double quotes with backslash escapes: a checkout under a path with a "
+  // or \ must not stop code-server from starting.
+  const preloadOption = `--require="${identityPreload.replace(/["\\]/g, '\\$&')}"`;
   const probeEvery = opts.probeIntervalMs ?? 100;
   const log = opts.log ?? (() => undefined);
   const inherited = workspaceEnv(opts.parentEnv);
@@ -122,7 +127,7 @@ export function createLocalProvisioner(opts: LocalProvisionerOptions): Provision
       args: ['--auth', 'none', '--bind-addr', `127.0.0.1:${port}`, '--user-data-dir', userData, '--extensions-dir', join(dir, 'extensions'),
         '--disable-telemetry', '--disable-update-check', '--disable-workspace-trust', join(dir, 'project')],
       // Its own HOME: code-server writes ~/.config/code-server/config.yaml at every start.
-      env: { ...inherited, HOME: home, WORKSPACE_ID: id, WORKSPACE_PORT: String(port), NODE_OPTIONS: `--require="${identityPreload}"` },
+      env: { ...inherited, HOME: home, WORKSPACE_ID: id, WORKSPACE_PORT: String(port), NODE_OPTIONS: preloadOption },
     };
   }
 

@@ -2,13 +2,14 @@
 // code-server forks an extension host and a pty host, and one of those was seen outliving its server.
 // A stand-in for code-server (same command line) forks a helper that ignores SIGTERM.
 // And no process of that tree, where the student's terminal runs, inherits the gateway's secrets.
-import { chmodSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import t, { type Test } from 'tap';
 import { createLocalProvisioner, findOnPath, workspaceEnv } from '../provisioner/local.js';
 import { MISDIRECTED_FIELD, WORKSPACE_FIELD } from '../gateway/http-fields.js';
 import { request as httpRequest } from 'node:http';
+import { fileURLToPath } from 'node:url';
 
 const STAND_IN = `#!/usr/bin/env node
 const http = require('node:http');
@@ -149,6 +150,27 @@ t.test('a port another workspace\'s code-server took over refuses this one\'s re
   t.same(await ask('/', 'alpha'), { status: 421, marked: true }, "another workspace's request: 421 with the marker");
   t.same(await ask('/', undefined), { status: 421, marked: true }, 'an unnamed request: 421 with the marker');
   t.same(await ask('/healthz', undefined), { status: 200, marked: false }, '/healthz without a name (a health check on the box itself)');
+});
+
+t.test('a checkout whose path holds spaces, a quote and a backslash still starts code-server with the preload', async (t) => {
+  // Node reads NODE_OPTIONS' double quotes with backslash escapes: the path must be escaped in it.
+  const { dir, bin } = standIn(t);
+  const odd = join(dir, 'a b "c" d\\e');
+  mkdirSync(odd);
+  const identityPreload = join(odd, 'workspace-identity.cjs');
+  copyFileSync(fileURLToPath(new URL('../codeserver/workspace-identity.cjs', import.meta.url)), identityPreload);
+  const provisioner = createLocalProvisioner({ workspace: 'code-server', dataDir: join(dir, 'data'), codeServerBin: bin, demoReadyDelayMs: 0, parentEnv: process.env, identityPreload });
+  t.teardown(() => provisioner.close());
+  const started = await provisioner.start({ workspaceId: 'bravo', generation: 1, signal: new AbortController().signal, onStage: () => undefined });
+  const ask = (workspace: string) => new Promise<number>((resolve, reject) => {
+    const req = httpRequest({ host: started.endpoint.host, port: started.endpoint.port, path: '/', agent: false, headers: { [WORKSPACE_FIELD]: workspace } }, (res) => {
+      res.resume();
+      resolve(res.statusCode ?? 0);
+    });
+    req.on('error', reject);
+    req.end();
+  });
+  t.same([await ask('bravo'), await ask('alpha')], [200, 421], 'its own served, another refused');
 });
 
 t.test('no process of a workspace, down to the shell it forks, sees the gateway\'s secrets', async (t) => {
