@@ -7,7 +7,9 @@
 import http from 'node:http';
 import net from 'node:net';
 import t from 'tap';
-import type { Endpoint } from '../provisioner/contract.js';
+import type { Endpoint, Provisioner } from '../provisioner/contract.js';
+import { decide, refuse } from '../codeserver/workspace-identity.cjs';
+import { createManualClock } from '../gateway/clock.js';
 import { NAVIGATE, XHR, request, startTestGateway, until, waitRunning, type TestGateway } from './helpers/gateway.js';
 import { gatewayWithRecordedWorkspaces } from './helpers/upstream.js';
 import { connected, openWs } from './helpers/ws.js';
@@ -119,3 +121,41 @@ async function lane(t: { teardown(fn: () => unknown): void }, port: number) {
   await new Promise<void>((r) => socket.once('connect', () => r()));
   return c;
 }
+
+t.test("a burst of requests on a stale route: each asks B once, the route is re-checked once", async (t) => {
+  // B: another workspace at the address A's route names, refusing what is meant for A, counting.
+  const seen: string[] = [];
+  const b = http.createServer((req, res) => {
+    seen.push(String(req.headers['x-gateway-workspace']));
+    if (decide(req.headers['x-gateway-workspace'], 'bravo', req.url) !== 'allow') { refuse(res); return; }
+    res.end('bravo');
+  });
+  await new Promise<void>((r) => b.listen(0, '127.0.0.1', r));
+  t.teardown(() => new Promise<void>((r) => { b.closeAllConnections(); b.close(() => r()); }));
+  // The provisioner no longer knows A (its task is gone); it counts how often it is asked. The clock
+  // stands still, so a re-check is never due again during the test (RECHECK_EVERY_MS).
+  const describes: string[] = [];
+  const provisioner: Provisioner = {
+    kind: 'fake', start: () => Promise.reject(new Error('not in this test')), stop: async () => undefined,
+    describe: async (id) => { describes.push(id); return undefined; }, list: async () => [], close: async () => undefined,
+  };
+  const gw = await startTestGateway({ provisioner, clock: createManualClock(Date.now()) });
+  t.teardown(() => gw.close());
+  await routedTo(gw, 'alpha', { host: '127.0.0.1', port: (b.address() as net.AddressInfo).port });
+  const cookie = await gw.cookie('alpha');
+  const agent = new http.Agent({ keepAlive: true, maxSockets: 4 });
+  t.teardown(() => agent.destroy());
+  const burst = () => Promise.all(Array.from({ length: 4 }, (_, i) =>
+    request(gw.port, { host: 'ws-alpha.localhost', path: `/r${i}`, agent, headers: { ...XHR, cookie } })));
+  const answers = [...await burst(), ...await burst()];
+  const refused = answers.filter((a) => a.headers['x-gateway-error'] === 'UPSTREAM_UNREACHABLE');
+  t.ok(refused.length >= 1, 'at least the first is refused as unreachable');
+  for (const a of answers) t.ok(a.status === 502 || a.status === 503, `a coded error (${a.headers['x-gateway-error']}), never B's answer`);
+  t.equal(seen.length, refused.length, 'B asked once per refused request: no retry');
+  t.ok(seen.every((w) => w === 'alpha'), 'each named for A');
+  await until(async () => (await stateOf(gw, 'alpha')) === 'stopped', 10_000);
+  t.same(describes, ['alpha'], 'one re-check');
+  const errors = gw.logs.filter((l) => l.event === 'upstream.error');
+  t.equal(errors.length, refused.length, 'one log line per refused request');
+  t.match(await gw.metrics.registry.metrics(), new RegExp(`upstream_errors_total\\{code="UPSTREAM_UNREACHABLE"\\} ${refused.length}\\n`), 'counted as unreachable');
+});
