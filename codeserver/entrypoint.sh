@@ -12,7 +12,7 @@
 #   CODE_SERVER_BIN     [code-server] the binary to exec
 #   WORKSPACE_ID        the workspace this task serves (ECS sets it). Set: code-server refuses
 #                       requests the gateway meant for another workspace (workspace-identity.cjs)
-# Extra arguments are passed to code-server before the folder.
+# Extra arguments are passed to code-server before the folder (none that moves its listener).
 set -eu
 
 WORKSPACE_PORT=${WORKSPACE_PORT:-8080}
@@ -27,6 +27,14 @@ case $WORKSPACE_PORT in
 esac
 # code-server lets $PORT override --bind-addr's port; WORKSPACE_PORT is the one contract.
 unset PORT
+# So are extra arguments that move the listener (code-server takes the last --bind-addr): off
+# WORKSPACE_PORT, workspace-identity.cjs would guard nothing and code-server would serve anyone.
+for arg in "$@"; do
+  case $arg in
+    --bind-addr|--bind-addr=*|--host|--host=*|--port|--port=*|--socket|--socket=*)
+      echo "entrypoint: $arg is not accepted: code-server listens on WORKSPACE_BIND_HOST:WORKSPACE_PORT" >&2; exit 64 ;;
+  esac
+done
 
 mkdir -p "$WORKSPACE_DIR" "$USER_DATA_DIR/User" "$EXTENSIONS_DIR"
 

@@ -86,6 +86,13 @@ t.test('the command line, with a stand-in for code-server', async (t) => {
   const bad = await output(run({ ...env, WORKSPACE_PORT: '80; rm -rf /' }));
   t.equal(bad.code, 64, 'a non-numeric port is refused');
   t.match(bad.stderr, /WORKSPACE_PORT/);
+
+  // Extra arguments that would move code-server off WORKSPACE_PORT (the last --bind-addr wins):
+  // there the workspace-identity preload guards nothing, and it would serve any request.
+  for (const args of [['--bind-addr', '0.0.0.0:9000'], ['--bind-addr=0.0.0.0:9000'], ['--port', '9000'], ['--host=::'], ['--socket', '/tmp/cs.sock']]) {
+    const moved = await output(run({ ...env, WORKSPACE_ID: 'alice' }, args));
+    t.equal(moved.code, 64, `${args.join(' ')}: refused`);
+  }
 });
 
 t.test('the real code-server', async (t) => {
