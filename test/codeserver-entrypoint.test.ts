@@ -213,6 +213,27 @@ t.test('the real code-server with WORKSPACE_ID: a request meant for another work
   t.match(upgrade.text, /^HTTP\/1\.1 421 [^]*\r\nx-gateway-misdirected: 1\r\n/i, 'a WebSocket upgrade meant for another workspace: 421');
   t.ok(upgrade.closed, 'and the socket closed');
 
+  // Ways around the check that node:http or code-server could open: each still answered 421 (or by
+  // node itself, with nothing of code-server's), whatever code-server serves at that path.
+  const host = `Host: 127.0.0.1:${port}\r\n`;
+  const ws = 'Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n';
+  const refusedRows: Array<[string, string]> = [
+    ...['/healthz/', '//healthz', '/./healthz', '/%68ealthz', '/proxy/22/', '/absproxy/22/'].map((p): [string, string] => [`unnamed ${p}`, `GET ${p} HTTP/1.1\r\n${host}\r\n`]),
+    ['VS Code\'s socket, upgrade spelled in upper case', `GET /?reconnectionToken=x&reconnection=false&skipWebSocketFrames=false HTTP/1.1\r\n${host}UPGRADE: WebSocket\r\n${ws}${WORKSPACE_FIELD}: bob\r\n\r\n`],
+    ['upgrade field repeated', `GET /?reconnectionToken=x HTTP/1.1\r\n${host}Upgrade: websocket\r\nUpgrade: websocket\r\n${ws}\r\n`],
+    ['Expect: 100-continue', `POST /vscode-remote-resource HTTP/1.1\r\n${host}Expect: 100-continue\r\nContent-Length: 2\r\n${WORKSPACE_FIELD}: bob\r\n\r\n`],
+    ['pipelined behind an allowed /healthz', `GET /healthz HTTP/1.1\r\n${host}\r\nGET ${folder} HTTP/1.1\r\n${host}${WORKSPACE_FIELD}: bob\r\n\r\n`],
+  ];
+  for (const [name, payload] of refusedRows) {
+    const r = await rawRequest(port, payload);
+    t.match(r.text, /HTTP\/1\.1 421 [^]*\r\nx-gateway-misdirected: 1\r\n/i, `${name}: 421`);
+    t.notMatch(r.text, /workbench|HTTP\/1\.1 101/, `${name}: nothing of code-server's`);
+  }
+  const connect = await rawRequest(port, `CONNECT 127.0.0.1:22 HTTP/1.1\r\n${host}\r\n`);
+  t.same([connect.text, connect.closed], ['', true], 'CONNECT: closed unanswered (code-server has no connect listener)');
+  const expectation = await rawRequest(port, `POST / HTTP/1.1\r\n${host}Expect: other\r\nContent-Length: 0\r\n\r\n`);
+  t.match(expectation.text, /^HTTP\/1\.1 417 /, 'another expectation: node answers 417 itself');
+
   // The workbench in Chromium, every request (WebSockets included) named for this workspace: the
   // extension host, a process code-server forks with NODE_OPTIONS inherited, starts and talks.
   const browser = await launchChromium();
