@@ -109,11 +109,18 @@ function forgetPreload(env) {
   const kept = [];
   for (let i = 0; i < tokens.length; i++) {
     const token = tokens[i];
-    if (token === `--require=${__filename}` || token === `-r=${__filename}`) continue;
-    if ((token === '--require' || token === '-r') && tokens[i + 1] === __filename) { i++; continue; }
+    const joined = /^(?:--require|-r)=/.exec(token);
+    if (joined !== null && isThisFile(token.slice(joined[0].length))) continue;
+    if ((token === '--require' || token === '-r') && i + 1 < tokens.length && isThisFile(tokens[i + 1])) { i++; continue; }
     kept.push(/[\s"\\]/.test(token) ? `"${token.replace(/["\\]/g, '\\$&')}"` : token);
   }
   if (kept.length === 0) delete env.NODE_OPTIONS; else env.NODE_OPTIONS = kept.join(' ');
+}
+
+/** Whether `path` names this file, as Node loaded it: by its real path (an image may link it in). */
+function isThisFile(path) {
+  if (path === __filename) return true;
+  try { return require('node:fs').realpathSync(path) === __filename; } catch { return false; }
 }
 
 /** NODE_OPTIONS split as Node splits it: on white space outside double quotes, backslash escapes inside. */

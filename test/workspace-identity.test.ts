@@ -1,7 +1,7 @@
 // Which workspace a request is for (cross-tenant misrouting): the gateway names it in
 // x-gateway-workspace on every request it forwards, on both lanes and on WebSocket upgrades, and a
 // client can never set that field itself. The workspace side refuses a request meant for another.
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync, symlinkSync } from 'node:fs';
 import http from 'node:http';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
@@ -117,6 +117,13 @@ t.test("forgetPreload: the preload leaves NODE_OPTIONS once its server listens, 
     ['another preload kept, quoted again when it needs it', `--require="/a b/other.cjs" --require=${me}`, '"--require=/a b/other.cjs"'],
     ['another file of the same name elsewhere kept', '--require=/elsewhere/workspace-identity.cjs', '--require=/elsewhere/workspace-identity.cjs'],
   ];
+  // An image that links the preload in from elsewhere: Node loads (and names) it by its real path.
+  const linkDir = mkdtempSync(join(tmpdir(), 'wsgw-preload-link-'));
+  t.teardown(() => rmSync(linkDir, { recursive: true, force: true }));
+  const link = join(linkDir, 'identity.cjs');
+  symlinkSync(me, link);
+  rows.push(['by a symbolic link to it', `--max-old-space-size=512 --require="${link}"`, '--max-old-space-size=512']);
+  rows.push(['a path that does not exist kept', '--require=/nowhere/x.cjs', '--require=/nowhere/x.cjs']);
   for (const [name, options, expected] of rows) {
     const env: Record<string, string> = { NODE_OPTIONS: options };
     forgetPreload(env);
