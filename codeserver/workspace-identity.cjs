@@ -84,8 +84,11 @@ function install(env) {
     if (this[kOwn] !== undefined) {
       if (event === 'request' || event === 'checkContinue' || event === 'checkExpectation') {
         if (decide(a.headers[WORKSPACE_FIELD], this[kOwn], a.url) !== 'allow') { refuse(b); return true; }
+        b.writeHead = writeHeadUnmarked;
       } else if (event === 'upgrade' || event === 'connect') {
         if (decide(a.headers[WORKSPACE_FIELD], this[kOwn], a.url) !== 'allow') { refuseSocket(b); return true; }
+        b[kWrite] = b.write;
+        b.write = firstWriteUnmarked;
       }
     } else if (event === 'listening') {
       const address = this.address();
@@ -99,6 +102,50 @@ function install(env) {
     return emit.apply(this, arguments);
   };
   return true;
+}
+
+// Only this preload's refusal may carry the marker. An answer the guarded server lets through can
+// come from a student's own app (code-server's /proxy/<port> passes its fields on): a marked 421
+// there would make the gateway re-check the student's own workspace, asking the provisioner (AWS)
+// each time, so the marker is dropped from it.
+const baseWriteHead = require('node:http').ServerResponse.prototype.writeHead;
+
+/** @param {[string, unknown][] | unknown[] | Record<string, unknown>} fields writeHead's fields, in any form it takes */
+function withoutMarker(fields) {
+  const other = (name) => String(name).toLowerCase() !== MISDIRECTED_FIELD;
+  if (!Array.isArray(fields)) return Object.fromEntries(Object.entries(fields).filter(([name]) => other(name)));
+  if (fields.length > 0 && Array.isArray(fields[0])) return fields.filter((pair) => other(pair[0]));
+  const kept = [];
+  for (let i = 0; i + 1 < fields.length; i += 2) if (other(fields[i])) kept.push(fields[i], fields[i + 1]);
+  return kept;
+}
+
+/** ServerResponse#writeHead for an allowed request; node calls it for implicit heads too. */
+function writeHeadUnmarked(statusCode, reason, fields) {
+  const writeHead = baseWriteHead;
+  if ((statusCode | 0) !== 421) return writeHead.apply(this, arguments);
+  this.removeHeader(MISDIRECTED_FIELD);
+  if (typeof reason === 'string' || reason === undefined) {
+    return fields !== null && typeof fields === 'object' ? writeHead.call(this, statusCode, reason, withoutMarker(fields)) : writeHead.call(this, statusCode, reason);
+  }
+  return reason !== null && typeof reason === 'object' ? writeHead.call(this, statusCode, withoutMarker(reason)) : writeHead.apply(this, arguments);
+}
+
+const kWrite = Symbol('workspace-identity write');
+const MARKER_LINE = new RegExp(`\\r\\n${MISDIRECTED_FIELD}:[^\\r\\n]*`, 'gi');
+/**
+ * An allowed upgrade's socket, first write only: code-server's proxy writes the head of an app's
+ * answer to a refused upgrade in one piece. The socket's own write is back after it.
+ */
+function firstWriteUnmarked(chunk, ...rest) {
+  this.write = this[kWrite];
+  const start = typeof chunk === 'string' ? chunk.slice(0, 13) : Buffer.isBuffer(chunk) ? chunk.toString('latin1', 0, 13) : '';
+  if (!/^HTTP\/1\.[01] 421 $/.test(start)) return this.write(chunk, ...rest);
+  const text = typeof chunk === 'string' ? chunk : chunk.toString('latin1');
+  const end = text.indexOf('\r\n\r\n');
+  const head = end === -1 ? text : text.slice(0, end);
+  const kept = head.replace(MARKER_LINE, '') + text.slice(head.length);
+  return this.write(typeof chunk === 'string' ? kept : Buffer.from(kept, 'latin1'), ...rest);
 }
 
 /** Takes this file's --require out of NODE_OPTIONS, whichever way it was spelled or quoted. */

@@ -7,6 +7,7 @@ import { once } from 'node:events';
 import { chmodSync, copyFileSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { connect, createServer } from 'node:net';
 import { request as httpsRequest } from 'node:https';
+import { createServer as createHttpServer } from 'node:http';
 import { execFileSync } from 'node:child_process';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -229,6 +230,27 @@ t.test('the real code-server with WORKSPACE_ID: a request meant for another work
     t.match(r.text, /HTTP\/1\.1 421 [^]*\r\nx-gateway-misdirected: 1\r\n/i, `${name}: 421`);
     t.notMatch(r.text, /workbench|HTTP\/1\.1 101/, `${name}: nothing of code-server's`);
   }
+  // A student's app behind code-server's /proxy/<port> answering a marked 421: passed on without the
+  // marker, or the gateway would take it for a stale route and re-check the student's own workspace
+  // on every such answer (a lever on the provisioner's AWS calls).
+  const forger = createHttpServer((req, res) => { res.writeHead(421, { 'X-Gateway-Misdirected': '1' }); res.end('forged'); });
+  forger.listen(0, '127.0.0.1');
+  await once(forger, 'listening');
+  t.teardown(() => { forger.close(); });
+  const appPort = (forger.address() as { port: number }).port;
+  const viaProxy = await fetch(`${base}/proxy/${appPort}/`, { headers: { [WORKSPACE_FIELD]: 'alice' } });
+  t.same([viaProxy.status, viaProxy.headers.get(MISDIRECTED_FIELD), await viaProxy.text()], [421, null, 'forged'], "the app's 421, without the marker");
+  forger.on('upgrade', (req, socket: import('node:stream').Duplex) => socket.end('HTTP/1.1 421 Misdirected Request\r\nX-Gateway-Misdirected: 1\r\nContent-Length: 0\r\n\r\n'));
+  const forgedUpgrade = await rawRequest(port, `GET /proxy/${appPort}/ HTTP/1.1\r\n${host}Upgrade: websocket\r\n${ws}${WORKSPACE_FIELD}: alice\r\n\r\n`);
+  t.match(forgedUpgrade.text, /^HTTP\/1\.1 421 /, "an upgrade: the app's 421");
+  t.notMatch(forgedUpgrade.text, /x-gateway-misdirected/i, 'without the marker');
+  const implicit = createHttpServer((req, res) => { res.statusCode = 421; res.setHeader(MISDIRECTED_FIELD, '1'); res.end('forged'); });
+  implicit.listen(0, '127.0.0.1');
+  await once(implicit, 'listening');
+  t.teardown(() => { implicit.close(); });
+  const viaProxy2 = await fetch(`${base}/proxy/${(implicit.address() as { port: number }).port}/`, { headers: { [WORKSPACE_FIELD]: 'alice' } });
+  t.same([viaProxy2.status, viaProxy2.headers.get(MISDIRECTED_FIELD)], [421, null], 'the same with the status and field set before the body');
+
   const connect = await rawRequest(port, `CONNECT 127.0.0.1:22 HTTP/1.1\r\n${host}\r\n`);
   t.same([connect.text, connect.closed], ['', true], 'CONNECT: closed unanswered (code-server has no connect listener)');
   const expectation = await rawRequest(port, `POST / HTTP/1.1\r\n${host}Expect: other\r\nContent-Length: 0\r\n\r\n`);

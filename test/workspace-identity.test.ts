@@ -2,6 +2,7 @@
 // x-gateway-workspace on every request it forwards, on both lanes and on WebSocket upgrades, and a
 // client can never set that field itself. The workspace side refuses a request meant for another.
 import { mkdtempSync, rmSync, symlinkSync } from 'node:fs';
+import { spawn } from 'node:child_process';
 import http from 'node:http';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
@@ -129,4 +130,37 @@ t.test("forgetPreload: the preload leaves NODE_OPTIONS once its server listens, 
     forgetPreload(env);
     t.equal(env.NODE_OPTIONS, expected, name);
   }
+});
+
+t.test("the preload drops the marker from answers it lets through, in every form node:http writes them", async (t) => {
+  // A program under the preload, as code-server is: its own answers (a student's app behind
+  // code-server's /proxy) are 421s with the marker; only the preload's refusal may keep it.
+  const me = fileURLToPath(new URL('../codeserver/workspace-identity.cjs', import.meta.url));
+  const port = await new Promise<number>((resolve) => { const s = net.createServer().listen(0, '127.0.0.1', () => { const p = (s.address() as net.AddressInfo).port; s.close(() => resolve(p)); }); });
+  const program = `
+const http = require('node:http');
+const M = 'X-Gateway-Misdirected';
+const forms = {
+  '/object': (res) => res.writeHead(421, { [M]: '1', 'content-length': 0 }),
+  '/reason': (res) => res.writeHead(421, 'Nope', { [M]: '1', 'content-length': 0 }),
+  '/flat': (res) => res.writeHead(421, [M, '1', 'content-length', '0']),
+  '/set': (res) => { res.setHeader(M, '1'); res.writeHead(421, { 'content-length': 0 }); },
+  '/implicit': (res) => { res.statusCode = 421; res.setHeader(M, '1'); },
+  '/ok': (res) => res.writeHead(200, { [M]: '1', 'content-length': 0 }),
+};
+http.createServer((req, res) => { forms[req.url](res); res.end(); }).listen(${port}, '127.0.0.1', () => console.log('listening'));
+`;
+  const child = spawn(process.execPath, ['-e', program], {
+    env: { PATH: process.env.PATH, WORKSPACE_ID: 'alpha', WORKSPACE_PORT: String(port), NODE_OPTIONS: `--require="${me}"` }, stdio: ['ignore', 'pipe', 'inherit'],
+  });
+  t.teardown(() => { child.kill(); });
+  await new Promise<void>((resolve) => child.stdout!.once('data', () => resolve()));
+  for (const path of ['/object', '/reason', '/flat', '/set', '/implicit']) {
+    const r = await request(port, { host: 'x', path, headers: { [WORKSPACE_FIELD]: 'alpha' } });
+    t.same([r.status, r.headers[MISDIRECTED_FIELD]], [421, undefined], `${path}: the 421, without the marker`);
+  }
+  const other = await request(port, { host: 'x', path: '/ok', headers: { [WORKSPACE_FIELD]: 'alpha' } });
+  t.same([other.status, other.headers[MISDIRECTED_FIELD]], [200, '1'], 'another status is left as it is (the gateway reads the marker on a 421 only)');
+  const refused = await request(port, { host: 'x', path: '/ok', headers: { [WORKSPACE_FIELD]: 'beta' } });
+  t.same([refused.status, refused.headers[MISDIRECTED_FIELD]], [421, '1'], "the preload's own refusal keeps it");
 });
