@@ -101,38 +101,10 @@ t.test('the real code-server', async (t) => {
   const port = await freePort();
   mkdirSync(d.workspace, { recursive: true });
   writeFileSync(join(d.workspace, 'before.txt'), 'written before the start\n');
-  const child = run({
-    HOME: d.home,
-    USER_DATA_DIR: d.userData,
-    WORKSPACE_DIR: d.workspace,
-    WORKSPACE_BIND_HOST: '127.0.0.1',
-    WORKSPACE_PORT: String(port),
-    CODE_SERVER_BIN,
-  });
-  const exited = once(child, 'exit');
-  t.teardown(async () => {
-    if (child.exitCode === null && child.signalCode === null) {
-      process.kill(-child.pid!, 'SIGTERM');
-      const timer = setTimeout(() => process.kill(-child.pid!, 'SIGKILL'), 10_000);
-      await exited;
-      clearTimeout(timer);
-    }
-  });
-
   // Up when it says so on stdout (no polling); bounded so a broken install fails, not hangs.
-  let log = '';
-  await new Promise<void>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`code-server did not start within 45 s:\n${log}`)), 45_000);
-    const onData = (d: Buffer) => {
-      log += d;
-      if (log.includes('HTTP server listening on')) {
-        clearTimeout(timer);
-        resolve();
-      }
-    };
-    child.stdout!.on('data', onData);
-    child.stderr!.on('data', onData);
-    void exited.then(() => reject(new Error(`code-server exited:\n${log}`)));
+  const { child, exited, log } = await started(t, {
+    HOME: d.home, USER_DATA_DIR: d.userData, WORKSPACE_DIR: d.workspace, WORKSPACE_BIND_HOST: '127.0.0.1', WORKSPACE_PORT: String(port),
+    CODE_SERVER_BIN,
   });
   t.match(log, new RegExp(`listening on http://127\\.0\\.0\\.1:${port}/`));
 
@@ -174,26 +146,9 @@ t.test('the real code-server with WORKSPACE_ID: a request meant for another work
   const d = dirs(t);
   const port = await freePort();
   mkdirSync(d.workspace, { recursive: true });
-  const child = run({
+  const { child } = await started(t, {
     HOME: d.home, USER_DATA_DIR: d.userData, WORKSPACE_DIR: d.workspace, WORKSPACE_BIND_HOST: '127.0.0.1', WORKSPACE_PORT: String(port),
     CODE_SERVER_BIN, WORKSPACE_ID: 'alice',
-  });
-  const exited = once(child, 'exit');
-  t.teardown(async () => {
-    if (child.exitCode === null && child.signalCode === null) {
-      process.kill(-child.pid!, 'SIGTERM');
-      const timer = setTimeout(() => process.kill(-child.pid!, 'SIGKILL'), 10_000);
-      await exited;
-      clearTimeout(timer);
-    }
-  });
-  let log = '';
-  await new Promise<void>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`code-server did not start within 45 s:\n${log}`)), 45_000);
-    const onData = (b: Buffer) => { log += b; if (log.includes('HTTP server listening on')) { clearTimeout(timer); resolve(); } };
-    child.stdout!.on('data', onData);
-    child.stderr!.on('data', onData);
-    void exited.then(() => reject(new Error(`code-server exited:\n${log}`)));
   });
 
   const base = `http://127.0.0.1:${port}`;
@@ -275,7 +230,7 @@ t.test('the real code-server with WORKSPACE_ID: a request meant for another work
 });
 
 /** Started with `args` after the entrypoint's own; ended (its whole process group) at teardown once `ready` was printed. */
-async function started(t: { teardown(fn: () => unknown): void }, env: Record<string, string>, args: readonly string[], ready: RegExp, entrypoint = ENTRYPOINT): Promise<string> {
+async function started(t: { teardown(fn: () => unknown): void }, env: Record<string, string>, args: readonly string[] = [], ready = /HTTP server listening on/, entrypoint = ENTRYPOINT): Promise<{ child: ChildProcess; exited: Promise<unknown[]>; log: string }> {
   const child = run(env, args, entrypoint);
   const exited = once(child, 'exit');
   t.teardown(async () => {
@@ -294,7 +249,7 @@ async function started(t: { teardown(fn: () => unknown): void }, env: Record<str
     child.stderr!.on('data', onData);
     void exited.then(() => reject(new Error(`exited before it listened:\n${log}`)));
   });
-  return log;
+  return { child, exited, log };
 }
 
 t.test('code-server serving HTTPS (--cert passed through the entrypoint) refuses requests meant for another workspace too', async (t) => {
