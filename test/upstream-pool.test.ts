@@ -3,21 +3,14 @@
 import net, { type AddressInfo } from 'node:net';
 import t from 'tap';
 import { createUpstreamPool, type Framing, type ResponseSink, type UpstreamPool } from '../gateway/upstream-pool.js';
+import { onRequests } from './helpers/upstream.js';
 
 /** Answers every request with its path as the body; counts connections. */
 async function pathEcho() {
   let connections = 0;
   const server = net.createServer((socket) => {
     connections++;
-    let buffered = '';
-    socket.on('data', (d) => {
-      buffered += d.toString('latin1');
-      for (let end = buffered.indexOf('\r\n\r\n'); end !== -1; end = buffered.indexOf('\r\n\r\n')) {
-        const path = buffered.slice(0, end).split(' ')[1];
-        buffered = buffered.slice(end + 4);
-        socket.write(`HTTP/1.1 200 OK\r\ncontent-length: ${path.length}\r\n\r\n${path}`);
-      }
-    });
+    onRequests(socket, (_method, path) => { socket.write(`HTTP/1.1 200 OK\r\ncontent-length: ${path.length}\r\n\r\n${path}`); });
     socket.on('error', () => undefined);
   });
   await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
@@ -132,16 +125,10 @@ t.test('maxSockets holds when a retry on a new connection and a queued request m
     peak = Math.max(peak, ++openNow);
     socket.on('close', () => { openNow--; });
     socket.on('error', () => undefined);
-    let buffered = '';
-    socket.on('data', (d) => {
-      buffered += d.toString('latin1');
-      for (let end = buffered.indexOf('\r\n\r\n'); end !== -1; end = buffered.indexOf('\r\n\r\n')) {
-        const path = buffered.slice(0, end).split(' ')[1];
-        buffered = buffered.slice(end + 4);
-        if (path === '/stale' && !staleSeen) { staleSeen = true; socket.destroy(); return; }
-        const answer = `HTTP/1.1 200 OK\r\ncontent-length: ${path.length}\r\n\r\n${path}`;
-        if (path === '/slow') setTimeout(() => socket.write(answer), 200); else socket.write(answer);
-      }
+    onRequests(socket, (_method, path) => {
+      if (path === '/stale' && !staleSeen) { staleSeen = true; socket.destroy(); return false; }
+      const answer = `HTTP/1.1 200 OK\r\ncontent-length: ${path.length}\r\n\r\n${path}`;
+      if (path === '/slow') setTimeout(() => socket.write(answer), 200); else socket.write(answer);
     });
   });
   await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
@@ -171,20 +158,11 @@ async function scripted(answers: Record<string, string | ((socket: net.Socket) =
     sockets.add(socket);
     socket.on('close', () => sockets.delete(socket));
     socket.on('error', () => undefined);
-    let buffered = '';
-    socket.on('data', (d) => {
-      buffered += d.toString('latin1');
-      for (let end = buffered.indexOf('\r\n\r\n'); end !== -1; end = buffered.indexOf('\r\n\r\n')) {
-        const head = buffered.slice(0, end);
-        const length = Number(/\r\ncontent-length: *(\d+)/i.exec(head)?.[1] ?? 0);
-        if (buffered.length < end + 4 + length) return;
-        buffered = buffered.slice(end + 4 + length);
-        const [method, path] = head.split(' ');
-        seen.push(`${method} ${path}`);
-        const answer = answers[path];
-        if (typeof answer === 'function') answer(socket);
-        else socket.write(answer ?? `HTTP/1.1 200 OK\r\ncontent-length: ${path.length}\r\n\r\n${path}`);
-      }
+    onRequests(socket, (method, path) => {
+      seen.push(`${method} ${path}`);
+      const answer = answers[path];
+      if (typeof answer === 'function') answer(socket);
+      else socket.write(answer ?? `HTTP/1.1 200 OK\r\ncontent-length: ${path.length}\r\n\r\n${path}`);
     });
   });
   await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));

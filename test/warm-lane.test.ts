@@ -7,7 +7,7 @@ import http from 'node:http';
 import net, { type AddressInfo } from 'node:net';
 import t from 'tap';
 import { NAVIGATE, XHR, request, startTestGateway, until } from './helpers/gateway.js';
-import { registerRunning, startEarlyAnsweringUpstream } from './helpers/upstream.js';
+import { onRequests, registerRunning, startEarlyAnsweringUpstream } from './helpers/upstream.js';
 import { StoreUnavailable } from '../gateway/store/contract.js';
 import { createManualClock } from '../gateway/clock.js';
 
@@ -20,18 +20,9 @@ async function rawUpstream() {
     openNow++;
     socket.on('close', () => { openNow--; });
     socket.on('error', () => undefined);
-    let buffered = '';
-    socket.on('data', (d) => {
-      buffered += d.toString('latin1');
-      for (let end = buffered.indexOf('\r\n\r\n'); end !== -1; end = buffered.indexOf('\r\n\r\n')) {
-        const head = buffered.slice(0, end);
-        const length = Number(/\r\ncontent-length: *(\d+)/i.exec(head)?.[1] ?? 0);
-        if (buffered.length < end + 4 + length) return;
-        buffered = buffered.slice(end + 4 + length);
-        const [method, path] = head.split(' ');
-        seen.push(`${method} ${path}`);
-        answer(socket, method, path, head);
-      }
+    onRequests(socket, (method, path, head) => {
+      seen.push(`${method} ${path}`);
+      answer(socket, method, path, head);
     });
   });
   function answer(socket: net.Socket, method: string, path: string, head: string) {

@@ -9,6 +9,26 @@ import type { Duplex } from 'node:stream';
 import type { StateStore } from '../../gateway/store/contract.js';
 import { startTestGateway } from './gateway.js';
 
+/**
+ * Reads raw HTTP/1.1 requests off a workspace-side socket (each head, and a Content-Length body
+ * skipped) and calls `each` for every one, in order: tests that need to write the exact bytes of an
+ * answer. `each` returning false stops reading that socket (it destroyed it, say).
+ */
+export function onRequests(socket: net.Socket, each: (method: string, path: string, head: string) => boolean | void): void {
+  let buffered = '';
+  socket.on('data', (d) => {
+    buffered += d.toString('latin1');
+    for (let end = buffered.indexOf('\r\n\r\n'); end !== -1; end = buffered.indexOf('\r\n\r\n')) {
+      const head = buffered.slice(0, end);
+      const length = Number(/\r\ncontent-length: *(\d+)/i.exec(head)?.[1] ?? 0);
+      if (buffered.length < end + 4 + length) return;
+      buffered = buffered.slice(end + 4 + length);
+      const [method, path] = head.split(' ');
+      if (each(method, path, head) === false) return;
+    }
+  });
+}
+
 /** Ends the body of the answer to `GET /__probe`. */
 export const PROBE_END = 'PROBE-END';
 
