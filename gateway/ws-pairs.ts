@@ -243,6 +243,14 @@ export function createWsPairs<O extends ClientObserver = ClientObserver>(opts: W
     client.on('close', onClientDown);
     upstream.on('error', onUpstreamDown);
     client.on('error', onClientDown);
+    // A tab closed while the workspace was answering the upgrade: its FIN (or its close) came
+    // before these listeners and is not emitted again, so the pair held a workspace connection
+    // until the ping sweep (issue 8). Act on what already happened.
+    if (upstream.destroyed) onUpstreamDown.call(upstream);
+    if (client.destroyed) onClientDown.call(client);
+    if (pair.done) return;
+    if (upstream.readableEnded) onUpstreamEnd.call(upstream);
+    if (client.readableEnded) onClientEnd.call(client);
   }
 
   // A frozen peer (SIGSTOP'd workspace, vanished laptop) is pinged once it has been silent for the
