@@ -132,8 +132,10 @@ class Pair implements WsPair {
     this.lastClient = this.owner.clock.now();
     d.feed(chunk);
     // Every byte, control frames included: the activity tap parses the stream itself (and never
-    // counts pings, pongs or closes); skipping a chunk would break its framing.
-    this.observer?.write(chunk);
+    // counts pings, pongs or closes); skipping a chunk would break its framing. Once our close frame
+    // is queued (revocation, drain) the bytes are dropped, and what the workspace never got is not
+    // activity (issue 5).
+    if (d.relaying) this.observer?.write(chunk);
     if (d.pending?.length) d.drainPending();
   }
 

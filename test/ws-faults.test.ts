@@ -4,7 +4,9 @@
 import { createHash, randomBytes } from 'node:crypto';
 import net, { type AddressInfo } from 'node:net';
 import t from 'tap';
+import { CALLS } from '../gateway/activity/vscode.js';
 import { clientFrame } from '../gateway/ws-frames.js';
+import { callBody, frame, vsMsg } from './fixtures/activity/build.js';
 import { startTestGateway, until, type TestGateway } from './helpers/gateway.js';
 import { registerRunning } from './helpers/upstream.js';
 
@@ -110,4 +112,25 @@ t.test('1,000 open/close cycles with faults on either side leave no pair and no 
   await until(() => gw.gateway.openWebSockets() === 0, 5_000).catch(() => undefined);
   t.equal(gw.gateway.openWebSockets(), 0, 'no pair left in the registry');
   t.equal(gw.gateway.activity.openConnections('faults'), 0, 'no connection counted for the workspace');
+});
+
+t.test('a revoked session\'s socket: what the browser sends after the close frame is not activity', async (t) => {
+  // The workspace keeps its half open (no FIN back), so the pair lives out its close grace.
+  const gw = await startTestGateway({ env: { ACTIVITY_FLUSH_INTERVAL: '1h' } });
+  const up = await rawUpstream(true);
+  t.teardown(async () => { await gw.close(); await up.close(); });
+  await registerRunning(gw.store, 'revoked', up.port);
+  const cookie = await gw.cookie('revoked');
+  const { socket, upgraded } = await rawClient(gw, cookie, 'revoked', '/hold');
+  t.ok(upgraded, 'upgraded');
+  await new Promise((r) => setTimeout(r, 5)); // the cutoff after the session's issue time
+  const closeFrame = new Promise<void>((resolve) => socket.on('data', (d: Buffer) => { if (d.includes(0x88)) resolve(); }));
+  await gw.gateway.revocations.revoke('revoked');
+  await closeFrame;
+  // A client that keeps typing after the gateway's 1008: the workspace never gets these bytes.
+  socket.write(frame(2, vsMsg(1, callBody(CALLS.input[0]!, '["x"]'))));
+  socket.end();
+  await new Promise((r) => socket.once('close', r));
+  await gw.gateway.activity.flush();
+  t.equal(await gw.store.getActivity('revoked'), undefined, 'no activity from a socket being closed for a revocation');
 });
