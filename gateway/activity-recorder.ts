@@ -83,6 +83,9 @@ export function createActivityRecorder(opts: ActivityRecorderOptions) {
     flush,
     async close() {
       clearInterval(timer);
+      // A flush in flight took its batch before the latest touches: wait for it, then write those
+      // too, else the last seconds of the drain never reach the store (issue 8).
+      await flushing;
       await flush();
     },
   };
