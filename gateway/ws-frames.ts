@@ -23,9 +23,24 @@ export class FrameTracker {
   /** A close frame went this way: the peer was told already. */
   closeSeen = false;
 
+  /** Where the last feedToBoundary() stopped. */
+  private stoppedAt = 0;
+
   /** Consumes one chunk; returns whether it carried any data-frame bytes (control frames do not count). */
-  feed(chunk: Buffer): boolean {
-    let i = 0;
+  feed(chunk: Buffer): boolean { return this.scan(chunk, 0, false); }
+
+  /**
+   * Consumes chunk[from..] up to the end of the first frame that ends in it and returns the offset
+   * after that frame (chunk.length if none does): where a frame of ours may go inside a chunk.
+   */
+  feedToBoundary(chunk: Buffer, from: number): number {
+    this.stoppedAt = chunk.length;
+    this.scan(chunk, from, true);
+    return this.stoppedAt;
+  }
+
+  private scan(chunk: Buffer, from: number, stop: boolean): boolean {
+    let i = from;
     let data = false;
     const n = chunk.length;
     while (i < n) {
@@ -34,6 +49,7 @@ export class FrameTracker {
         this.payloadLeft -= take;
         i += take;
         if (this.inData) data = true;
+        if (stop && this.atBoundary()) { this.stoppedAt = i; return data; }
         continue;
       }
       const byte = chunk[i++];
@@ -56,6 +72,7 @@ export class FrameTracker {
       if (this.inData) data = true;
       this.headerLen = 0;
       this.need = 2;
+      if (stop && this.atBoundary()) { this.stoppedAt = i; return data; }
     }
     return data;
   }

@@ -120,22 +120,37 @@ class Pair implements WsPair {
 
   // Each chunk is written onward first, so a frame injected while observing it follows it on the wire.
   fromUpstream(chunk: Buffer) {
-    const d = this.down;
-    d.relay(chunk);
     this.lastUpstream = this.owner.clock.now();
-    d.feed(chunk);
-    if (d.pending?.length) d.drainPending();
+    this.forward(this.down, chunk, undefined);
   }
   fromClient(chunk: Buffer) {
-    const d = this.up;
-    d.relay(chunk);
     this.lastClient = this.owner.clock.now();
-    d.feed(chunk);
     // Every byte, control frames included: the activity tap parses the stream itself (and never
-    // counts pings, pongs or closes); skipping a chunk would break its framing. Once our close frame
-    // is queued (revocation, drain) the bytes are dropped, and what the workspace never got is not
-    // activity (issue 5).
-    if (d.relaying) this.observer?.write(chunk);
+    // counts pings, pongs or closes); skipping a chunk would break its framing.
+    this.forward(this.up, chunk, this.observer);
+  }
+
+  /**
+   * Relays a chunk. Frames of ours waiting for a boundary go at the first frame end inside it: with
+   * frames back to back a read seldom ends between two, and a ping or close frame that waited for
+   * one could wait for ever (issue 8). What is no longer relayed (after our close frame) is not
+   * observed either: the workspace never got it, so it is not activity (issue 5).
+   */
+  private forward(d: Direction, chunk: Buffer, observer: ClientObserver | undefined) {
+    let at = 0;
+    while (d.pending?.length && at < chunk.length) {
+      const end = d.feedToBoundary(chunk, at);
+      const piece = at === 0 && end === chunk.length ? chunk : chunk.subarray(at, end);
+      if (d.relaying) { d.relay(piece); observer?.write(piece); }
+      at = end;
+      d.drainPending();
+    }
+    if (at === chunk.length) return;
+    const rest = at === 0 ? chunk : chunk.subarray(at);
+    if (!d.relaying) { d.feed(rest); return; }
+    d.relay(rest);
+    d.feed(rest);
+    observer?.write(rest);
     if (d.pending?.length) d.drainPending();
   }
 

@@ -52,8 +52,19 @@ t.test('frame tracker: boundaries across any split, control frames are not data'
       t.equal(a || b, f.data, `data=${f.data}`);
     }
   }
+  const all = Buffer.concat(frames.map((f) => f.bytes));
+  const ends: number[] = [];
+  for (let i = 0, sum = 0; i < frames.length; i++) ends.push(sum += frames[i]!.bytes.length);
+  for (const first of [0, 1, 3, 12]) {
+    // Our own frames may go at any frame end inside a chunk (a read seldom ends at one).
+    const tb = new FrameTracker();
+    tb.feed(all.subarray(0, first));
+    const got: number[] = [];
+    for (let at = first; at < all.length;) { at = tb.feedToBoundary(all, at); got.push(at); }
+    t.same(got, ends.filter((e) => e > first), `every frame end found from offset ${first}`);
+  }
   const tr = new FrameTracker();
-  tr.feed(Buffer.concat(frames.map((f) => f.bytes)));
+  tr.feed(all);
   t.ok(tr.atBoundary(), 'all frames in one chunk');
   tr.feed(Buffer.from([0x83, 0])); // reserved opcode
   t.notOk(tr.atBoundary(), 'a reserved opcode makes injection unsafe for good');

@@ -4,11 +4,13 @@
 import { createHash, randomBytes } from 'node:crypto';
 import net, { type AddressInfo } from 'node:net';
 import t from 'tap';
+import WebSocket, { WebSocketServer } from 'ws';
 import { CALLS } from '../gateway/activity/vscode.js';
 import { clientFrame } from '../gateway/ws-frames.js';
 import { callBody, frame, vsMsg } from './fixtures/activity/build.js';
 import { startTestGateway, until, type TestGateway } from './helpers/gateway.js';
 import { registerRunning } from './helpers/upstream.js';
+import { connected, openWs } from './helpers/ws.js';
 
 type UpstreamMode = 'hold' | 'destroy' | 'fin' | 'close-frame' | 'slow-101' | 'flood';
 
@@ -133,4 +135,30 @@ t.test('a revoked session\'s socket: what the browser sends after the close fram
   await new Promise((r) => socket.once('close', r));
   await gw.gateway.activity.flush();
   t.equal(await gw.store.getActivity('revoked'), undefined, 'no activity from a socket being closed for a revocation');
+});
+
+t.test('a sustained download: the browser is pinged between frames, answers, and is not cut', async (t) => {
+  // Frames back to back: a read rarely ends exactly between two of them, and the gateway's ping
+  // waited for one that did, so a browser answering only pings was cut as silent (issue 8).
+  const gw = await startTestGateway({ env: { WS_IDLE_TIMEOUT: '200ms' } });
+  const wss = new WebSocketServer({ port: 0, host: '127.0.0.1', perMessageDeflate: false });
+  await new Promise((r) => wss.once('listening', r));
+  t.teardown(async () => { await gw.close(); await new Promise((r) => wss.close(r)); });
+  wss.on('connection', (s) => {
+    const end = Date.now() + 1500;
+    const more = () => {
+      if (s.readyState !== WebSocket.OPEN) return;
+      while (s.bufferedAmount < 256 * 1024) s.send(Buffer.alloc(10_000 + Math.floor(Math.random() * 10_000), 1));
+      if (Date.now() < end) setTimeout(more, 1); else s.send('done');
+    };
+    more();
+  });
+  await registerRunning(gw.store, 'download', (wss.address() as AddressInfo).port);
+  const ws = await connected(openWs(gw.port, '/', { cookie: await gw.cookie('download'), host: 'ws-download.localhost' }));
+  const outcome = await new Promise<string>((resolve) => {
+    ws.on('message', (d, binary) => { if (!binary && d.toString() === 'done') resolve('done'); });
+    ws.once('close', (code) => resolve(`closed ${code}`));
+  });
+  t.equal(outcome, 'done', 'the whole download arrived on an open socket');
+  ws.terminate();
 });
