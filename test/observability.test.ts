@@ -18,6 +18,7 @@ import { createMemoryStore } from '../gateway/store/memory.js';
 import { createLocalProvisioner } from '../provisioner/local.js';
 import { NAVIGATE, TEST_ADMIN_TOKEN, TEST_SECRET, XHR, gatewayCookie, request, waitRunning } from './helpers/gateway.js';
 import { promtoolCheckMetrics, startPrometheus, type Sample } from './helpers/prometheus.js';
+import { startRecordingUpstream } from './helpers/upstream.js';
 import { closed, connected, nextMessage, openWs } from './helpers/ws.js';
 
 /** A gateway as main.ts builds one (default process metrics, secrets given to the logger), logs captured. */
@@ -143,10 +144,13 @@ t.test('metrics through a real Prometheus, promtool, cardinality and logs', asyn
   });
 
   t.test('series count unchanged by traffic to 1,000 workspaces', async (t) => {
-    const endpoint = (await a.store.getWorkspace('demo'))!.endpoint!;
+    // One workspace server for every id, answering whichever workspace is named: the demo workspace
+    // refuses requests named for another one (x-gateway-workspace, 421).
+    const up = await startRecordingUpstream();
+    const endpoint = { host: '127.0.0.1', port: up.port };
     const agent = new http.Agent({ keepAlive: true, maxSockets: 32 });
-    t.teardown(() => agent.destroy());
-    // Each id: running (pointing at the demo process) with one warm request on its own path, and a
+    t.teardown(async () => { agent.destroy(); await up.close(); });
+    // Each id: running (pointing at that server) with one warm request on its own path, and a
     // program request (its session's id) to a stopped workspace, which the gateway refuses itself.
     const traffic = async (id: string, stoppedId: string) => {
       const now = Date.now();
