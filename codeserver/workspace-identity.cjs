@@ -159,9 +159,18 @@ function forgetPreload(env) {
     const joined = /^(?:--require|-r)=/.exec(token);
     if (joined !== null && isThisFile(token.slice(joined[0].length))) continue;
     if ((token === '--require' || token === '-r') && i + 1 < tokens.length && isThisFile(tokens[i + 1])) { i++; continue; }
-    kept.push(/[\s"\\]/.test(token) ? `"${token.replace(/["\\]/g, '\\$&')}"` : token);
+    kept.push(nodeOption(token));
   }
   if (kept.length === 0) delete env.NODE_OPTIONS; else env.NODE_OPTIONS = kept.join(' ');
+}
+
+/**
+ * One NODE_OPTIONS word as Node reads it back: in double quotes, with `"` and `\` escaped, when it
+ * holds white space, a quote or a backslash (a folder named `a b "c"`), else as it is.
+ * @param {string} token
+ */
+function nodeOption(token) {
+  return /[\s"\\]/.test(token) ? `"${token.replace(/["\\]/g, '\\$&')}"` : token;
 }
 
 /** Whether `path` names this file, as Node loaded it: by its real path (an image may link it in). */
@@ -188,7 +197,7 @@ function nodeOptionTokens(options) {
   return tokens;
 }
 
-module.exports = { WORKSPACE_FIELD, MISDIRECTED_FIELD, decide, refuse, refuseSocket, guard, install, forgetPreload };
+module.exports = { WORKSPACE_FIELD, MISDIRECTED_FIELD, decide, refuse, refuseSocket, guard, install, forgetPreload, nodeOption };
 
 // Preloaded by --require (not imported by a module): guard this process's WORKSPACE_PORT server.
 // module.parent is deprecated in documentation only (DEP0144); Node names a preload's parent so.

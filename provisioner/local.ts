@@ -9,6 +9,7 @@ import { createServer } from 'node:net';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { WORKSPACE_FIELD } from '../gateway/http-fields.js';
+import { nodeOption } from '../codeserver/workspace-identity.cjs';
 import {
   StartFailure, type Endpoint, type Provisioner, type RunningWorkspace, type StartRequest, type StartResult,
 } from './contract.js';
@@ -106,9 +107,9 @@ export function createLocalProvisioner(opts: LocalProvisionerOptions): Provision
   // entrypoint loads it): a port freed by one workspace and taken by another's process must not
   // serve the first one's student. The demo workspace makes the same check itself.
   const identityPreload = opts.identityPreload ?? fileURLToPath(new URL('../codeserver/workspace-identity.cjs', import.meta.url));
-  // Node reads NODE_OPTIONS' double quotes with backslash escapes: a checkout under a path with a "
-  // or \ must not stop code-server from starting.
-  const preloadOption = `--require="${identityPreload.replace(/["\\]/g, '\\$&')}"`;
+  // Quoted as Node reads NODE_OPTIONS (the preload's own rule): a checkout under a path with a space,
+  // a " or a \ must not stop code-server from starting.
+  const preloadOption = nodeOption(`--require=${identityPreload}`);
   const probeEvery = opts.probeIntervalMs ?? 100;
   const log = opts.log ?? (() => undefined);
   const inherited = workspaceEnv(opts.parentEnv);
