@@ -42,6 +42,9 @@ export const isContentLength = nameTest(new Set(['content-length']));
 /** Never passed on to a workspace as the client sent it: hop-by-hop, forwarding claims, our cookie's field (rebuilt), Expect, the workspace's name (ours). */
 const isDroppedRequestField = nameTest(new Set([...HOP_BY_HOP, ...FORWARDING, 'cookie', 'expect', WORKSPACE_FIELD]));
 
+/** The failure logged for a marked 421, on either lane (upstream-pool.ts, proxy.ts's upgrades). */
+export const MISDIRECTED_ERROR = 'another workspace answers at this address (421 misdirected)';
+
 /**
  * Whether a 421's fields carry the workspace's marker: it refused a request the gateway meant for
  * another workspace (a stale route). A 421 without it is a student's own app's, passed on as it is.

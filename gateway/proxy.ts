@@ -12,7 +12,7 @@ import type { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import type { Endpoint } from '../provisioner/contract.js';
 import type { ErrorCode } from './errors.js';
-import { FORWARDING, HOP_BY_HOP, WORKSPACE_FIELD, connectionTokens, isMisdirected, namedInConnection, upstreamRequestHead, type ForwardedFor } from './http-fields.js';
+import { FORWARDING, HOP_BY_HOP, MISDIRECTED_ERROR, WORKSPACE_FIELD, connectionTokens, isMisdirected, namedInConnection, upstreamRequestHead, type ForwardedFor } from './http-fields.js';
 import type { ResponseSink, UpstreamFailure, UpstreamPool, Exchange } from './upstream-pool.js';
 
 export type { ForwardedFor } from './http-fields.js';
@@ -176,7 +176,7 @@ export function createForwarder(opts: ProxyOptions) {
         // the route is re-checked, and its refusal is not the client's to see.
         if (isMisdirected(res.statusCode ?? 0, res.rawHeaders)) {
           res.destroy();
-          hooks.onFailure({ code: 'UPSTREAM_UNREACHABLE', error: new Error('another workspace answers at this address (421 misdirected)') });
+          hooks.onFailure({ code: 'UPSTREAM_UNREACHABLE', error: new Error(MISDIRECTED_ERROR) });
           return;
         }
         const fields = responseFields(res.rawHeaders);

@@ -5,7 +5,7 @@
 // `idleMs` (below code-server's own 5 s keep-alive), LIFO so the warmest is reused.
 import net from 'node:net';
 import type { Endpoint } from '../provisioner/contract.js';
-import { isMisdirected, type RequestBody } from './http-fields.js';
+import { MISDIRECTED_ERROR, isMisdirected, type RequestBody } from './http-fields.js';
 import { PARSE_ON, SKIP_BODY, createParser, releaseParser, restartParser, stopForBody, type Parser, type ParserEvents } from './llhttp.js';
 import { scanSimpleHead, type SimpleHead } from './response-head.js';
 import { READ_BUFFER_BYTES } from './socket-reads.js';
@@ -492,7 +492,7 @@ export class UpstreamPool {
       } else {
         ex.done = true;
         const code: UpstreamFailure = conn.unreadable ? 'UPSTREAM_BAD_RESPONSE' : conn.timedOut && !ex.headSeen ? 'UPSTREAM_TIMEOUT' : 'UPSTREAM_UNREACHABLE';
-        ex.sink.fail(code, new Error(conn.unreadable ? 'upstream response not passed on' : conn.misdirected ? 'another workspace answers at this address (421 misdirected)'
+        ex.sink.fail(code, new Error(conn.unreadable ? 'upstream response not passed on' : conn.misdirected ? MISDIRECTED_ERROR
           : conn.timedOut ? 'upstream timed out' : conn.connected ? 'upstream connection closed' : 'upstream connection failed'));
       }
     }
