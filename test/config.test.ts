@@ -1,11 +1,24 @@
 import { Redis } from 'ioredis';
-import t from 'tap';
+import t, { type Test } from 'tap';
 import { systemClock } from '../gateway/clock.js';
 import { redisConnectionUrl, storeFromConfig } from '../gateway/compose.js';
 import { ConfigError, loadConfig, parseDuration } from '../gateway/config.js';
 import { createLogger } from '../gateway/log.js';
 import { createMetrics } from '../gateway/metrics.js';
 import { startRedis } from './helpers/redis.js';
+
+/** loadConfig refuses `env` with a ConfigError naming `variable`: that error, for further checks. */
+function refuses(t: Test, env: Record<string, string>, variable: string): Error | undefined {
+  try {
+    loadConfig(env);
+    t.fail(`${JSON.stringify(env)} accepted`);
+    return undefined;
+  } catch (err) {
+    t.ok(err instanceof ConfigError, JSON.stringify(env));
+    t.equal((err as ConfigError).variable, variable, JSON.stringify(env));
+    return err as Error;
+  }
+}
 
 t.test('embedded defaults need no configuration', async (t) => {
   const c = loadConfig({});
@@ -35,15 +48,7 @@ t.test('bad values name the variable', async (t) => {
     [{ REAPER: 'maybe' }, 'REAPER'],
     [{ PLATFORM_LOGIN_URL: 'not-a-url' }, 'PLATFORM_LOGIN_URL'],
   ];
-  for (const [env, variable] of rows) {
-    try {
-      loadConfig(env);
-      t.fail(`${JSON.stringify(env)} accepted`);
-    } catch (err) {
-      t.ok(err instanceof ConfigError, JSON.stringify(env));
-      t.equal((err as ConfigError).variable, variable);
-    }
-  }
+  for (const [env, variable] of rows) refuses(t, env, variable);
 });
 
 t.test('durations', async (t) => {
@@ -66,15 +71,7 @@ t.test('durations: 0 only where it means something, timers within what Node can 
     [{ START_DEADLINE: '2147484s' }, 'START_DEADLINE'],
     [{ DRAIN_PERIOD: '600h', SHUTDOWN_TIMEOUT: '601h' }, 'DRAIN_PERIOD'],
   ];
-  for (const [env, variable] of refused) {
-    try {
-      loadConfig(env);
-      t.fail(`${JSON.stringify(env)} accepted`);
-    } catch (err) {
-      t.ok(err instanceof ConfigError, JSON.stringify(env));
-      t.equal((err as ConfigError).variable, variable, JSON.stringify(env));
-    }
-  }
+  for (const [env, variable] of refused) refuses(t, env, variable);
   const accepted: Array<[Record<string, string>, keyof ReturnType<typeof loadConfig>, number]> = [
     [{ DRAIN_PERIOD: '0s' }, 'drainPeriodMs', 0],
     [{ ROUTE_CACHE_TTL: '0' }, 'routeCacheTtlMs', 0],
@@ -106,13 +103,8 @@ t.test('SHUTDOWN_TIMEOUT comes after DRAIN_PERIOD and the requests\' grace', asy
   ];
   for (const [env, ok] of rows) {
     if (ok) { t.doesNotThrow(() => loadConfig(env), JSON.stringify(env)); continue; }
-    try {
-      loadConfig(env);
-      t.fail(`${JSON.stringify(env)} accepted`);
-    } catch (err) {
-      t.equal((err as ConfigError).variable, 'SHUTDOWN_TIMEOUT', JSON.stringify(env));
-      t.match((err as Error).message, /DRAIN_PERIOD/, 'the message names the other variable too');
-    }
+    const err = refuses(t, env, 'SHUTDOWN_TIMEOUT');
+    if (err) t.match(err.message, /DRAIN_PERIOD/, 'the message names the other variable too');
   }
 });
 
@@ -136,14 +128,8 @@ t.test('REDIS_URL: a URL naming a host, or an error naming the variable (never q
   for (const [url, ok] of rows) {
     const env = { REDIS_URL: url, GATEWAY_SECRET: 'x'.repeat(32) };
     if (ok) { t.equal(loadConfig(env).redisUrl, url); continue; }
-    try {
-      loadConfig(env);
-      t.fail(`${url} accepted`);
-    } catch (err) {
-      t.ok(err instanceof ConfigError, url);
-      t.equal((err as ConfigError).variable, 'REDIS_URL', url);
-      t.notOk((err as Error).message.includes(secret), 'the password is not quoted');
-    }
+    const err = refuses(t, env, 'REDIS_URL');
+    if (err) t.notOk(err.message.includes(secret), 'the password is not quoted');
   }
 });
 
