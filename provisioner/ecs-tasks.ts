@@ -20,6 +20,15 @@ export function privateIp(task: Task): string | undefined {
   return task.containers?.[0]?.networkInterfaces?.[0]?.privateIpv4Address;
 }
 
+/**
+ * Stopped, or on its way there: after StopTask, a Spot reclaim or a deployment ECS sets desiredStatus
+ * STOPPED at once, while lastStatus stays RUNNING through the container's stop timeout (a Spot task
+ * gets two minutes) and its workspace still answers. Such a task is never a route to send students to.
+ */
+export function stoppingOrStopped(task: Task): boolean {
+  return task.lastStatus === 'STOPPED' || task.desiredStatus === 'STOPPED';
+}
+
 export function stopDescription(task: Task): string {
   const parts = [task.stopCode, task.stoppedReason].filter(Boolean).join(': ');
   const c = task.containers?.find((x) => x.reason || x.exitCode !== undefined);
@@ -92,7 +101,7 @@ export class TaskWatcher {
     private readonly clock: Clock,
   ) {}
 
-  /** Resolves with the task once `until(task)` holds; lastStatus is what counts, never desiredStatus. */
+  /** Resolves with the task once `until(task)` holds (see stoppingOrStopped for what desiredStatus says). */
   watch(taskArn: string, until: (t: Task) => boolean, signal: AbortSignal, onUpdate: (t: Task) => void = () => {}): Promise<Task> {
     return new Promise((resolve, reject) => {
       if (signal.aborted) return reject(signal.reason);

@@ -40,7 +40,7 @@ import { Admission, localTokens, TokenLine, type TokenSource } from './admission
 import { ecsApiBucket, type EcsApiBucket, type Rate } from './ecs-rates.js';
 import { AwsCallError, createAwsCaller } from './aws-call.js';
 import { DEFAULT_RETRY_POLICY } from './retry.js';
-import { chunks, privateIp, stageTracker, stopDescription, tag, TaskWatcher } from './ecs-tasks.js';
+import { chunks, privateIp, stageTracker, stopDescription, stoppingOrStopped, tag, TaskWatcher } from './ecs-tasks.js';
 import { anySignal, realTimers, sleep, timeoutSignal, untilAborted, type Timers } from './timers.js';
 import type { EcsObserver, EcsProvisionerOptions, ReconcileSummary, WorkspaceClaim } from './ecs-types.js';
 
@@ -556,7 +556,8 @@ export function createEcsProvisioner(options: EcsProvisionerOptions, deps: EcsPr
     const stopWatch = new AbortController();
     const linked = anySignal([signal, stopWatch.signal]);
     const both = linked.signal;
-    const died = watcher.watch(arn, (t) => t.lastStatus === 'STOPPED', both).then((t) => {
+    // A task told to stop mid-probe still answers it: it must fail the start, not be registered.
+    const died = watcher.watch(arn, stoppingOrStopped, both).then((t) => {
       throw new StartFailure('TASK_STOPPED', `task stopped while starting: ${stopDescription(t)}`);
     });
     died.catch(() => {});
@@ -700,7 +701,9 @@ export function createEcsProvisioner(options: EcsProvisionerOptions, deps: EcsPr
       if (req.resumeHandle) {
         // A replica that died recorded this task: follow it instead of launching another.
         task = await describeTask(req.resumeHandle, signal);
-        if (task?.lastStatus === 'STOPPED') {
+        // Told to stop but still RUNNING is as good as stopped: the start fails TASK_STOPPED and the
+        // next one launches a new task.
+        if (task && stoppingOrStopped(task)) {
           throw new StartFailure('TASK_STOPPED', `task stopped while starting: ${stopDescription(task)}`);
         }
         if (task) log({ msg: 'resuming start', workspaceId: id, generation: gen, taskArn: task.taskArn });
@@ -743,9 +746,9 @@ export function createEcsProvisioner(options: EcsProvisionerOptions, deps: EcsPr
       onStatus(task);
       if (stages.current === 'queued' || stages.current === undefined) stages.to('provisioning');
       if (task.lastStatus !== 'RUNNING') {
-        task = await watcher.watch(arn, (t) => t.lastStatus === 'RUNNING' || t.lastStatus === 'STOPPED' || t.desiredStatus === 'STOPPED', signal, onStatus);
+        task = await watcher.watch(arn, (t) => t.lastStatus === 'RUNNING' || stoppingOrStopped(t), signal, onStatus);
       }
-      if (task.lastStatus !== 'RUNNING') {
+      if (task.lastStatus !== 'RUNNING' || stoppingOrStopped(task)) {
         throw new StartFailure('TASK_STOPPED', `task stopped while starting: ${stopDescription(task)}`);
       }
       stages.to('running');
@@ -800,7 +803,7 @@ export function createEcsProvisioner(options: EcsProvisionerOptions, deps: EcsPr
   function runningFrom(task: Task, attrs?: Record<string, string>): RunningWorkspace | undefined {
     const workspaceId = tag(task.tags, TAG_WORKSPACE);
     const host = privateIp(task);
-    if (!workspaceId || !host || task.lastStatus !== 'RUNNING') return undefined;
+    if (!workspaceId || !host || task.lastStatus !== 'RUNNING' || stoppingOrStopped(task)) return undefined;
     return {
       workspaceId,
       generation: Number(tag(task.tags, TAG_GENERATION) ?? attrs?.[ATTR_GENERATION] ?? 0),
@@ -815,7 +818,7 @@ export function createEcsProvisioner(options: EcsProvisionerOptions, deps: EcsPr
     const arn = attrs?.[ATTR_TASK_ARN];
     if (!arn) return undefined;
     const task = await describeTask(arn);
-    return task && task.desiredStatus !== 'STOPPED' ? runningFrom(task, attrs) : undefined;
+    return task ? runningFrom(task, attrs) : undefined;
   }
 
   /** Tasks this system started that should run (ListTasks by startedBy, described 100 at a time). */
@@ -858,7 +861,10 @@ export function createEcsProvisioner(options: EcsProvisionerOptions, deps: EcsPr
   async function reconcile(claim: (workspaceId: string) => WorkspaceClaim | Promise<WorkspaceClaim>): Promise<ReconcileSummary> {
     const summary: ReconcileSummary = { adopted: [], stopped: [], deregistered: [], kept: 0, errors: [] };
     const [tasks, instances] = await Promise.all([listOurTasks(), listInstances()]);
-    const liveArns = new Set(tasks.map((t) => t.taskArn!));
+    // ListTasks(desiredStatus RUNNING) then DescribeTasks: a task told to stop in between comes back
+    // RUNNING, desired STOPPED. It is neither adopted, kept nor re-registered, and its registration
+    // counts as stale below.
+    const liveArns = new Set(tasks.filter((t) => !stoppingOrStopped(t)).map((t) => t.taskArn!));
     async function reconcileTask(t: Task, id: string, c: WorkspaceClaim): Promise<void> {
       const gen = Number(tag(t.tags, TAG_GENERATION) ?? 0);
       const inst = instances.get(id);
@@ -909,7 +915,7 @@ export function createEcsProvisioner(options: EcsProvisionerOptions, deps: EcsPr
     }
     for (const t of tasks) {
       const id = tag(t.tags, TAG_WORKSPACE);
-      if (!id) continue;
+      if (!id || !liveArns.has(t.taskArn!)) continue;
       try {
         await reconcileTask(t, id, await claim(id));
       } catch (err) {

@@ -474,3 +474,95 @@ t.test('after CLOUDMAP_SERVICE_IDS grows, describe and stop still find a registr
   await grown.stop(id, r.handle, 'idle');
   t.equal(fake.instances().length, 0);
 });
+
+// A task ECS was told to stop (StopTask from elsewhere, a Spot reclaim, a deployment) keeps
+// lastStatus RUNNING, its workspace still answering, until its container ends: desiredStatus STOPPED
+// is what says it is on its way out. It must never become, or stay, a workspace's route.
+t.test('a task told to stop while still RUNNING: a resumed start fails TASK_STOPPED instead of registering it', async (t) => {
+  const { fake, p, make } = await setup(t);
+  const s = startRequest('rex', 1);
+  s.req.onHandle = (h) => {
+    s.handles.push(h);
+    s.controller.abort(new Error('lease lost'));
+  };
+  t.equal((await p.start(s.req).catch((e) => e)).code, 'ABORTED');
+  await until(() => taskOf(fake, s.handles[0]).lastStatus === 'RUNNING', 5000, 'task RUNNING');
+  fake.beginStop(s.handles[0]);
+  t.equal(taskOf(fake, s.handles[0]).lastStatus, 'RUNNING', 'the fake reports it RUNNING, desired STOPPED');
+  const err = await make().start(startRequest('rex', 1, { resumeHandle: s.handles[0] }).req).catch((e) => e);
+  t.equal(err.code, 'TASK_STOPPED', `the resumed start failed (${err.code ?? 'it became ready'})`);
+  t.equal(fake.count('RegisterInstance'), 0, 'never registered');
+});
+
+t.test('a task told to stop between two polls, as it reached RUNNING, fails the start', async (t) => {
+  const { fake, p } = await setup(t);
+  const s = startRequest('sid', 1);
+  const started = p.start(s.req).then((r) => r, (e) => e);
+  await s.reached('provisioning');
+  const release = fake.hold('DescribeTasks');
+  await until(() => s.handles.length === 1 && taskOf(fake, s.handles[0]).lastStatus === 'RUNNING', 5000, 'task RUNNING');
+  fake.beginStop(s.handles[0], 'UserInitiated', 'stopped by a deployment');
+  release();
+  const r = await started;
+  t.equal(r.code, 'TASK_STOPPED', `the start failed (${r.code ?? 'it became ready'})`);
+  t.match(r.message ?? '', 'stopped by a deployment');
+  t.equal(fake.count('RegisterInstance'), 0, 'never registered');
+});
+
+t.test('a Spot reclaim while the workspace is being probed fails the start, though it still answers', async (t) => {
+  let healthy = false;
+  const { fake, p } = await setup(t, {
+    workspace: async (info) => {
+      const server = (await import('node:http')).createServer((req, res) => {
+        res.writeHead(healthy ? 200 : 503);
+        res.end();
+      });
+      await new Promise<void>((resolve) => server.listen(info.port, info.host, resolve));
+      return { close: () => new Promise<void>((resolve) => { server.close(() => resolve()); server.closeAllConnections(); }) };
+    },
+  });
+  const s = startRequest('tia', 1);
+  const started = p.start(s.req).then((r) => r, (e) => e);
+  await s.reached('probing');
+  fake.beginStop(s.handles[0]);
+  const polls = fake.count('DescribeTasks');
+  let settled = false;
+  void started.then(() => (settled = true));
+  await until(() => settled || fake.count('DescribeTasks') >= polls + 2, 5000, 'two polls after the reclaim');
+  healthy = true;
+  const r = await started;
+  t.equal(r.code, 'TASK_STOPPED', `the start failed (${r.code ?? 'it became ready'})`);
+  t.equal(fake.count('RegisterInstance'), 0, 'never registered');
+});
+
+t.test('describe, list and reconcile never report a task told to stop as running, nor adopt or keep its registration', async (t) => {
+  const { fake, p } = await setup(t);
+  const kept = await p.start(startRequest('uli', 1).req);
+  const orphan = fake.launchTask({ family: fake.baseFamily, workspaceId: 'vic', generation: 2, startedBy: 'workspace-gateway', cluster: 'workspaces' });
+  await until(() => taskOf(fake, orphan).lastStatus === 'RUNNING', 5000, 'orphan RUNNING');
+  const ip = taskOf(fake, orphan).ip;
+  await until(() => httpGet(ip, fake.workspacePort, '/healthz').then((r) => r.status === 200, () => false), 5000, 'orphan healthy');
+
+  fake.beginStop(kept.handle);
+  t.equal(await p.describe('uli'), undefined, 'describe: not running');
+
+  // ListTasks then DescribeTasks: a stop between the two shows the task RUNNING, desired STOPPED.
+  const racing = async <T>(run: () => Promise<T>, ...refs: string[]) => {
+    const release = fake.hold('DescribeTasks');
+    const listed = fake.count('ListTasks');
+    const out = run();
+    await until(() => fake.count('ListTasks') > listed && fake.heldCount('DescribeTasks') > 0, 5000, 'ListTasks answered, DescribeTasks held');
+    for (const ref of refs) fake.beginStop(ref);
+    release();
+    return out;
+  };
+  const again = await p.start(startRequest('uli', 2).req);
+  t.same((await racing(() => p.list(), again.handle)).map((w) => w.workspaceId), [], 'list: not running');
+
+  const third = await p.start(startRequest('uli', 3).req);
+  const sum = await racing(() => p.reconcile((id) => (id === 'uli' ? { state: 'running', generation: 3 } : { state: 'unknown' })), third.handle, orphan);
+  t.equal(sum.kept, 0, 'not kept');
+  t.same(sum.adopted, [], 'the orphan told to stop is not adopted');
+  t.same(sum.deregistered.map((d) => [d.workspaceId, d.stopCode]), [['uli', 'SpotInterruption']], 'its registration removed, so the gateway marks it gone');
+  t.same(fake.instances(), [], 'nothing left registered');
+});

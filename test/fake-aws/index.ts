@@ -124,6 +124,11 @@ interface FakeTask {
   createdAt: number;
   startedAt?: number;
   stoppingAt?: number;
+  /**
+   * Told to stop (desiredStatus STOPPED) while its container still runs: ECS keeps lastStatus
+   * RUNNING through the container's stop timeout (SIGTERM, up to 2 minutes for a Spot reclaim).
+   */
+  draining?: boolean;
   stoppedAt?: number;
   lastStatus: string;
   desiredStatus: string;
@@ -304,6 +309,7 @@ export async function startFakeAws(opts: FakeAwsOptions = {}) {
     if (t.lastStatus === 'STOPPED') return;
     const now = clock.now();
     if (t.stoppingAt !== undefined) {
+      if (t.draining) return;
       if (now >= t.stoppingAt + dur.stoppingMs) stopNow(t, t.stoppingAt + dur.stoppingMs);
       else t.lastStatus = 'DEPROVISIONING';
       return;
@@ -797,6 +803,33 @@ export async function startFakeAws(opts: FakeAwsOptions = {}) {
       t.stoppedReason = reason;
       t.exitCode = 143;
       stopNow(t, clock.now());
+    },
+    /**
+     * Starts stopping a task (by ARN or workspace id) as StopTask from elsewhere, a Spot reclaim or a
+     * deployment does: desiredStatus STOPPED at once, while lastStatus stays where it is (RUNNING) and
+     * its workspace keeps answering, until finishStop().
+     */
+    beginStop(ref: string, stopCode = 'SpotInterruption', reason = 'Your Spot Task was interrupted.') {
+      const t = findTask(ref);
+      refresh(t);
+      t.desiredStatus = 'STOPPED';
+      t.stopCode = stopCode;
+      t.stoppedReason = reason;
+      t.stoppingAt = clock.now();
+      t.draining = true;
+      return t.taskArn;
+    },
+    /** Lets a task told to stop by beginStop() go on to STOPPED (after durations.stoppingMs). */
+    finishStop(ref: string) {
+      const t = tasks.get(ref) ?? findTask(ref);
+      if (!t.draining) return;
+      t.draining = false;
+      t.stoppingAt = clock.now();
+      refresh(t);
+    },
+    /** How many requests to `op` hold() is keeping unanswered. */
+    heldCount(op: string): number {
+      return held.get(op)?.length ?? 0;
     },
     /**
      * Launches a task directly, as another (dead) gateway replica would have: same tags and
