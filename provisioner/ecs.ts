@@ -666,7 +666,11 @@ export function createEcsProvisioner(options: EcsProvisionerOptions, deps: EcsPr
   /** Stops a task and waits (bounded) until ECS reports it STOPPED. */
   async function stopAndWait(arn: string, reason: string): Promise<void> {
     // A task ECS does not know never shows STOPPED: waiting for it only held the stop for stopWaitMs.
-    if (!(await stopTask(arn, reason))) return;
+    if (await stopTask(arn, reason)) await untilStopped(arn);
+  }
+
+  /** Waits (bounded by stopWaitMs) until ECS reports a task it was asked to stop STOPPED. */
+  async function untilStopped(arn: string): Promise<void> {
     const bound = timeoutSignal(timers, o.stopWaitMs, new Error('stop wait over'));
     const linked = anySignal([bound.signal, lifetime.signal]);
     try {
@@ -786,9 +790,6 @@ export function createEcsProvisioner(options: EcsProvisionerOptions, deps: EcsPr
 
   // ---------- stop / describe / list ----------
   async function stop(workspaceId: string, handle: string | undefined, reason: string): Promise<void> {
-    const inst = await findInstance(workspaceId);
-    // Only remove the registration of the task being stopped, not a newer generation's.
-    if (inst && (!handle || inst.attributes[ATTR_TASK_ARN] === handle)) await deregister(inst.serviceId, workspaceId);
     const arns = new Set<string>(handle ? [handle] : []);
     if (!handle) {
       const listed = await call('ListTasks', (abortSignal) =>
@@ -796,8 +797,23 @@ export function createEcsProvisioner(options: EcsProvisionerOptions, deps: EcsPr
       );
       for (const a of listed.taskArns ?? []) arns.add(a);
     }
-    await Promise.all([...arns].map((arn) => stopAndWait(arn, reason)));
+    // StopTask before anything in Cloud Map: a failed deregistration (throttled past its retries,
+    // refused) used to end the stop there, leaving the task running, and billed, until the next
+    // reaper pass. Stopping first routes no one to it: the gateway wrote the record 'stopping'
+    // before calling stop, and describe, list and reconcile ignore a task desired STOPPED.
+    const asked = await Promise.all([...arns].map(async (arn) => ((await stopTask(arn, reason)) ? arn : undefined)));
+    await deregisterStopped(workspaceId, handle).catch((err) => {
+      // Left for reconcile, which removes a registration whose task is stopped or stopping.
+      log({ msg: 'could not deregister a stopped workspace: the next reconcile removes it', workspaceId, error: String(err) });
+    });
+    await Promise.all(asked.filter((a): a is string => a !== undefined).map(untilStopped));
     log({ msg: 'workspace stopped', workspaceId, tasks: [...arns], reason });
+  }
+
+  /** Removes the workspace's Cloud Map registration if it names the task stopped (not a newer generation's). */
+  async function deregisterStopped(workspaceId: string, handle: string | undefined): Promise<void> {
+    const inst = await findInstance(workspaceId);
+    if (inst && (!handle || inst.attributes[ATTR_TASK_ARN] === handle)) await deregister(inst.serviceId, workspaceId);
   }
 
   function runningFrom(task: Task, attrs?: Record<string, string>): RunningWorkspace | undefined {
@@ -899,10 +915,14 @@ export function createEcsProvisioner(options: EcsProvisionerOptions, deps: EcsPr
         return;
       }
       if (c.state === 'stopped' || c.generation !== gen) {
-        if (registered) await deregister(inst!.serviceId, id);
+        // StopTask first, as in stop(): a failed deregistration must not keep the task running. One
+        // that fails is reported in errors and found stale (its task stopping) by the next pass.
         await stopTask(t.taskArn!, c.state === 'stopped' ? 'reconcile: workspace is stopped' : `reconcile: generation ${gen} superseded by ${c.generation}`);
         summary.stopped.push({ workspaceId: id, handle: t.taskArn!, generation: gen });
-        if (registered) instances.delete(id);
+        if (registered) {
+          instances.delete(id);
+          await deregister(inst!.serviceId, id);
+        }
         return;
       }
       if (c.state === 'running' && !registered && t.lastStatus === 'RUNNING') {

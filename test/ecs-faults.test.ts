@@ -214,3 +214,37 @@ t.test('a refusal AWS will not change its mind about fails at once with BAD_CONF
     t.equal(fake.count(op, 'fault'), i === 0 || rows[i - 1][0] !== op ? 1 : 2, `${op} ${error}: not retried`);
   }
 });
+
+t.test('a Cloud Map deregistration that fails (throttled past its retries, or refused) never keeps the task running', async (t) => {
+  // stop() deregistered first and gave up on its error: StopTask was never sent and the task ran on,
+  // billed, until a reaper pass tried again. Reconcile stopping an unclaimed task did the same.
+  const { fake, p } = await setup(t, {}, { retry: { baseMs: 10, capMs: 20, throttledBaseMs: 10 } });
+  const modes: [string, { error: string; status?: number }][] = [
+    ['throttled', { error: 'ThrottlingException' }],
+    ['refused', { error: 'AccessDeniedException' }],
+    ['failing', { error: 'InternalFailure', status: 500 }],
+  ];
+  for (const [i, [name, mode]] of modes.entries()) {
+    const id = `dereg-${i}`;
+    const r = await p.start(startRequest(id, 1).req);
+    fake.clearFaults();
+    fake.fault('DeregisterInstance', mode);
+    const err = await p.stop(id, r.handle, 'idle').then(() => undefined, (e) => e);
+    t.equal(err, undefined, `${name}: stop resolved (${err?.message ?? 'ok'})`);
+    t.ok(fake.count('DeregisterInstance', 'fault') >= 1, `${name}: deregistration was tried`);
+    const task = fake.tasks().find((x) => x.taskArn === r.handle)!;
+    t.equal(task.lastStatus, 'STOPPED', `${name}: the task stopped`);
+    t.equal(await p.describe(id), undefined, `${name}: its leftover registration is no route`);
+  }
+  fake.clearFaults();
+  const sum = await p.reconcile(() => ({ state: 'stopped' }));
+  t.same(sum.deregistered.map((d) => d.workspaceId).sort(), modes.map((_, i) => `dereg-${i}`), 'the next reconcile removes the leftovers');
+  t.same(fake.instances(), []);
+
+  // Reconcile stopping a task whose workspace the store says is stopped.
+  const r = await p.start(startRequest('dereg-rec', 1).req);
+  fake.fault('DeregisterInstance', { error: 'AccessDeniedException' });
+  await p.reconcile(() => ({ state: 'stopped' }));
+  await until(() => fake.tasks().find((x) => x.taskArn === r.handle)!.desiredStatus === 'STOPPED', 5000, 'reconcile stopped the task');
+  t.pass('reconcile stopped the unclaimed task though its deregistration failed');
+});
