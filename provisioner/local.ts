@@ -11,7 +11,7 @@ import { fileURLToPath } from 'node:url';
 import { WORKSPACE_FIELD } from '../gateway/http-fields.js';
 import { nodeOption } from '../codeserver/workspace-identity.cjs';
 import {
-  StartFailure, type Endpoint, type Provisioner, type RunningWorkspace, type StartRequest, type StartResult,
+  START_STAGES, StartFailure, type Endpoint, type Provisioner, type RunningWorkspace, type StartRequest, type StartResult,
 } from './contract.js';
 
 export interface LocalProvisionerOptions {
@@ -27,6 +27,8 @@ export interface LocalProvisionerOptions {
   parentEnv: Readonly<Record<string, string | undefined>>;
   /** code-server's workspace-identity preload; default: the one this build ships (dist/codeserver/). */
   identityPreload?: string;
+  /** Picks the port a workspace is started on; default: one the kernel has free now (tests inject a taken one). */
+  choosePort?: () => Promise<number>;
 }
 
 /**
@@ -64,7 +66,7 @@ export function findOnPath(bin: string, searchPath: string | undefined): string 
   return undefined;
 }
 
-async function freePort(): Promise<number> {
+async function anyFreePort(): Promise<number> {
   return new Promise((res, rej) => {
     const s = createServer();
     s.once('error', rej);
@@ -86,6 +88,32 @@ function probe(id: string, endpoint: Endpoint, timeoutMs = 1000): Promise<boolea
     req.on('error', () => res(false));
     req.end();
   });
+}
+
+/**
+ * Ports one start tries. freePort() lets its port go before the child binds it, so another process
+ * (another workspace's start, anything on the machine) can take it meanwhile: the child then exits
+ * with EADDRINUSE, which is no fault of the workspace. Bounded: a port chooser that keeps handing
+ * out taken ports must still end the start.
+ */
+export const PORT_TRIES = 3;
+
+/** The child could not bind its port (EADDRINUSE): the start is tried again on another one. */
+class PortTaken extends Error {
+  constructor(readonly port: number, readonly failure: unknown) {
+    super(`port ${port} was taken before the workspace bound it`);
+  }
+}
+
+/** Passes each stage on once, never backwards: a start tried again on another port goes through them again. */
+function forwardOnly(onStage: StartRequest['onStage']): StartRequest['onStage'] {
+  let last = -1;
+  return (report) => {
+    const i = START_STAGES.indexOf(report.stage);
+    if (i < last || (i === last && report.stage !== 'queued')) return;
+    last = i;
+    onStage(report);
+  };
 }
 
 /** code-server's user settings as the platform's image has them: auto-save after 1 s. */
@@ -113,6 +141,7 @@ export function createLocalProvisioner(opts: LocalProvisionerOptions): Provision
   const probeEvery = opts.probeIntervalMs ?? 100;
   const log = opts.log ?? (() => undefined);
   const inherited = workspaceEnv(opts.parentEnv);
+  const freePort = opts.choosePort ?? anyFreePort;
 
   function command(id: string, port: number, dir: string): { cmd: string; args: string[]; env: Record<string, string> } {
     if (mode === 'demo') {
@@ -133,6 +162,22 @@ export function createLocalProvisioner(opts: LocalProvisionerOptions): Provision
   }
 
   async function start(req: StartRequest): Promise<StartResult> {
+    const once = { ...req, onStage: forwardOnly(req.onStage) };
+    for (let tries = 1; ; tries++) {
+      try {
+        return await startOnce(once);
+      } catch (err) {
+        if (!(err instanceof PortTaken)) throw err;
+        if (tries >= PORT_TRIES) {
+          throw new StartFailure('TASK_STOPPED', `the workspace process could not bind its port (EADDRINUSE), ${tries} ports tried`, { cause: err.failure });
+        }
+        log({ workspaceId: req.workspaceId, port: err.port, tries }, 'workspace port taken before it was bound: trying another');
+      }
+    }
+  }
+
+  /** One try of a start, on one port. */
+  async function startOnce(req: StartRequest): Promise<StartResult> {
     const { workspaceId: id, signal } = req;
     const existing = running.get(id);
     if (existing && existing.generation === req.generation) {
@@ -185,6 +230,7 @@ export function createLocalProvisioner(opts: LocalProvisionerOptions): Provision
       }
     } catch (err) {
       await stopProcess(entry);
+      if (exitInfo && /EADDRINUSE/.test(stderr) && !signal.aborted) throw new PortTaken(port, err);
       throw err;
     }
     req.onStage({ stage: 'ready' });

@@ -10,6 +10,7 @@ import { createLocalProvisioner, findOnPath, workspaceEnv } from '../provisioner
 import { MISDIRECTED_FIELD, WORKSPACE_FIELD } from '../gateway/http-fields.js';
 import { request as httpRequest } from 'node:http';
 import { fileURLToPath } from 'node:url';
+import { createServer as createNetServer } from 'node:net';
 
 const STAND_IN = `#!/usr/bin/env node
 const http = require('node:http');
@@ -246,4 +247,45 @@ t.test('findOnPath table: the first executable file of that name on the search p
   t.teardown(() => { delete process.env.WSGW_TEST_MARKER; });
   for (const [bin, path, expected] of rows) t.equal(findOnPath(bin, path), expected, `${bin} on ${path === undefined ? 'no PATH' : JSON.stringify(path)}`);
   t.notOk(existsSync(marker), 'nothing in a name was run');
+});
+
+t.test('a port taken between choosing it and the workspace binding it: the start goes on on another port, a bounded number of times', async (t) => {
+  // freePort() lets the port go before the child binds it: anything may take it meanwhile (another
+  // workspace's start, any process on the machine), and the child then exits with EADDRINUSE.
+  const dir = mkdtempSync(join(tmpdir(), 'wsgw-local-port-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  // Holds the port; a probe that reaches it is cut off.
+  const taken = createNetServer((socket) => socket.destroy());
+  await new Promise<void>((resolve) => taken.listen(0, '127.0.0.1', resolve));
+  t.teardown(() => new Promise<void>((resolve) => taken.close(() => resolve())));
+  const takenPort = (taken.address() as { port: number }).port;
+  const anyFree = () => new Promise<number>((resolve) => {
+    const s = createNetServer();
+    s.listen(0, '127.0.0.1', () => { const { port } = s.address() as { port: number }; s.close(() => resolve(port)); });
+  });
+
+  const chosen: number[] = [];
+  const once = createLocalProvisioner({
+    workspace: 'demo', dataDir: join(dir, 'once'), codeServerBin: 'none', demoReadyDelayMs: 0, parentEnv: process.env,
+    choosePort: async () => { const p = chosen.length === 0 ? takenPort : await anyFree(); chosen.push(p); return p; },
+  });
+  t.teardown(() => once.close());
+  const stages: string[] = [];
+  const r = await once.start({ workspaceId: 'porty', generation: 1, signal: new AbortController().signal, onStage: (s) => stages.push(s.stage) }).catch((e) => e);
+  t.notOk(r.code, `started (${r.code ?? 'ok'}: ${r.message ?? ''})`);
+  t.equal(chosen[0], takenPort, 'the first port chosen was the taken one');
+  t.equal(chosen.length, 2, 'one more port chosen');
+  t.ok(chosen[1] !== undefined && r.endpoint?.port === chosen[1], 'running on the second');
+  t.same(stages, ['provisioning', 'pending', 'running', 'probing', 'ready'], 'stages reported once each, in order');
+
+  let tries = 0;
+  const always = createLocalProvisioner({
+    workspace: 'demo', dataDir: join(dir, 'always'), codeServerBin: 'none', demoReadyDelayMs: 0, parentEnv: process.env,
+    choosePort: async () => { tries++; return takenPort; },
+  });
+  t.teardown(() => always.close());
+  const err = await always.start({ workspaceId: 'porty', generation: 1, signal: new AbortController().signal, onStage: () => undefined }).catch((e) => e);
+  t.equal(err.code, 'TASK_STOPPED', 'a port that is always taken fails the start');
+  t.match(err.message, 'EADDRINUSE');
+  t.ok(tries > 1 && tries <= 5, `bounded: ${tries} ports tried`);
 });
