@@ -3,7 +3,7 @@
 // is installed, otherwise the built-in demo workspace. Readiness is a probe of the workspace's
 // /healthz, never a sleep.
 import { spawn, type ChildProcess } from 'node:child_process';
-import { accessSync, constants, mkdirSync, writeFileSync, existsSync, readFileSync, rmSync, statSync } from 'node:fs';
+import { accessSync, constants, mkdirSync, writeFileSync, existsSync, readFileSync, readdirSync, rmSync, statSync } from 'node:fs';
 import { request } from 'node:http';
 import { createServer } from 'node:net';
 import { join, resolve } from 'node:path';
@@ -207,6 +207,12 @@ export function createLocalProvisioner(opts: LocalProvisionerOptions): Provision
       // while any of them lives, so this reaches only them.
       if (child.pid !== undefined) signalGroup(child.pid, 'SIGKILL');
     });
+    // Recorded at once, not only when ready: it runs detached, so a gateway killed mid-start (SIGKILL,
+    // a crash) left it running where nothing knew of it. The next provisioner finds it (sweepLeftovers).
+    if (child.pid) {
+      writeRun(id, entry, true);
+      exited.then(() => { const r = readRecord(id); if (!r || r.handle === String(child.pid)) rmSync(runFile(id), { force: true }); });
+    }
     if (child.pid) req.onHandle?.(String(child.pid));
     log({ workspaceId: id, pid: child.pid, port, mode }, 'workspace process started');
     req.onStage({ stage: 'running' });
@@ -234,8 +240,7 @@ export function createLocalProvisioner(opts: LocalProvisionerOptions): Provision
       throw err;
     }
     req.onStage({ stage: 'ready' });
-    writeFileSync(runFile(id), JSON.stringify(view(id, entry)));
-    exited.then(() => { const r = readRun(id); if (!r || r.handle === String(child.pid)) rmSync(runFile(id), { force: true }); });
+    writeRun(id, entry, false);
     return { endpoint, handle: String(child.pid) };
   }
 
@@ -261,12 +266,59 @@ export function createLocalProvisioner(opts: LocalProvisionerOptions): Provision
   // this machine (two replicas in development and tests) can find and stop a workspace through it.
   const runFile = (id: string) => join(resolve(opts.dataDir, id), 'run.json');
   const alive = (pid: number) => { try { process.kill(pid, 0); return true; } catch { return false; } };
-  function readRun(id: string): RunningWorkspace | undefined {
+  /** `owner`: the gateway process that started (or adopted) it; `starting`: not ready yet, so no route. */
+  const writeRun = (id: string, r: Running, starting: boolean) =>
+    writeFileSync(runFile(id), JSON.stringify({ ...view(id, r), owner: process.pid, starting }));
+  /** run.json as written, if its process is alive; undefined if none or unreadable. */
+  function readRecord(id: string): (RunningWorkspace & { owner?: number; starting?: boolean }) | undefined {
     try {
-      const r = JSON.parse(readFileSync(runFile(id), 'utf8')) as RunningWorkspace;
+      const r = JSON.parse(readFileSync(runFile(id), 'utf8')) as RunningWorkspace & { owner?: number; starting?: boolean };
       return alive(Number(r.handle)) ? r : undefined;
     } catch { return undefined; }
   }
+  /** A ready workspace recorded in run.json, as the contract reports it. */
+  function readRun(id: string): RunningWorkspace | undefined {
+    const r = readRecord(id);
+    if (!r || r.starting) return undefined;
+    return { workspaceId: r.workspaceId, generation: r.generation, endpoint: r.endpoint, handle: r.handle, startedAt: r.startedAt };
+  }
+
+  /** Stops a workspace this process did not spawn by its recorded pid's group, waiting (bounded) until it is gone. */
+  async function stopRecorded(id: string, pid: number): Promise<void> {
+    signalGroup(pid, 'SIGTERM');
+    for (let i = 0; i < 100 && alive(pid); i++) await new Promise((r) => setTimeout(r, 50));
+    signalGroup(pid, 'SIGKILL');
+    if (!readRecord(id) || readRecord(id)?.handle === String(pid)) rmSync(runFile(id), { force: true });
+  }
+
+  /**
+   * Workspaces whose gateway process died without closing (SIGKILL, a crash, the machine's OOM
+   * killer): each runs detached, in its own process group, so it outlived that gateway. One still
+   * starting is killed: nobody finishes its start, and the next page load starts it anew. A ready
+   * one is adopted: list() reports it, so the gateway records it (reconcile) and reaps it when idle,
+   * and close() stops it. Those of a live gateway (replicas sharing LOCAL_DATA_DIR) are left alone.
+   */
+  const adopted = new Map<string, RunningWorkspace>();
+  function sweepLeftovers(): void {
+    let names: string[];
+    try { names = readdirSync(resolve(opts.dataDir)); } catch { return; }
+    for (const id of names) {
+      const r = readRecord(id);
+      if (!r || (r.owner !== undefined && alive(r.owner))) continue;
+      const pid = Number(r.handle);
+      if (r.starting) {
+        signalGroup(pid, 'SIGKILL');
+        rmSync(runFile(id), { force: true });
+        log({ workspaceId: id, pid, owner: r.owner }, 'killed a workspace left starting by a gateway that died');
+        continue;
+      }
+      const ws = readRun(id)!;
+      adopted.set(id, ws);
+      writeFileSync(runFile(id), JSON.stringify({ ...ws, owner: process.pid, starting: false }));
+      log({ workspaceId: id, pid, owner: r.owner }, 'adopted a workspace left running by a gateway that died');
+    }
+  }
+  sweepLeftovers();
 
   return {
     kind: 'local',
@@ -275,26 +327,25 @@ export function createLocalProvisioner(opts: LocalProvisionerOptions): Provision
     async stop(id) {
       const entry = running.get(id);
       if (entry) { await stopProcess(entry); running.delete(id); return; }
-      // Started by another gateway process: stop it by pid, and wait until it is gone (bounded).
-      // Only a pid recorded in run.json and still alive: never a bare, possibly reused, pid.
-      const other = readRun(id);
-      if (!other) return;
-      const pid = Number(other.handle);
-      signalGroup(pid, 'SIGTERM');
-      for (let i = 0; i < 100 && alive(pid); i++) await new Promise((r) => setTimeout(r, 50));
-      signalGroup(pid, 'SIGKILL');
-      rmSync(runFile(id), { force: true });
+      // Started by another gateway process (or adopted): stop it by pid, and wait until it is gone
+      // (bounded). Only a pid recorded in run.json and still alive: never a bare, possibly reused, pid.
+      adopted.delete(id);
+      const other = readRecord(id);
+      if (other) await stopRecorded(id, Number(other.handle));
     },
     async describe(id) {
       const r = running.get(id);
       return r ? view(id, r) : readRun(id);
     },
     async list() {
-      return [...running.entries()].map(([id, r]) => view(id, r));
+      for (const [id, ws] of adopted) if (!alive(Number(ws.handle))) adopted.delete(id);
+      return [...running.entries()].map(([id, r]) => view(id, r)).concat([...adopted.values()].filter((ws) => !running.has(ws.workspaceId)));
     },
     async close() {
       await Promise.all([...running.values()].map(stopProcess));
       running.clear();
+      await Promise.all([...adopted.values()].map((ws) => stopRecorded(ws.workspaceId, Number(ws.handle))));
+      adopted.clear();
     },
   };
 }

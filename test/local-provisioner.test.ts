@@ -11,6 +11,8 @@ import { MISDIRECTED_FIELD, WORKSPACE_FIELD } from '../gateway/http-fields.js';
 import { request as httpRequest } from 'node:http';
 import { fileURLToPath } from 'node:url';
 import { createServer as createNetServer } from 'node:net';
+import { spawnGateway, type GatewayProcess } from './helpers/process.js';
+import { TEST_ADMIN_TOKEN } from './helpers/gateway.js';
 
 const STAND_IN = `#!/usr/bin/env node
 const http = require('node:http');
@@ -288,4 +290,57 @@ t.test('a port taken between choosing it and the workspace binding it: the start
   t.equal(err.code, 'TASK_STOPPED', 'a port that is always taken fails the start');
   t.match(err.message, 'EADDRINUSE');
   t.ok(tries > 1 && tries <= 5, `bounded: ${tries} ports tried`);
+});
+
+/** POST to a gateway's admin API with the test token; the status code. */
+function adminPost(port: number, path: string): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const req = httpRequest({ host: '127.0.0.1', port, path, method: 'POST', agent: false, headers: { authorization: `Bearer ${TEST_ADMIN_TOKEN}` } }, (res) => {
+      res.resume();
+      resolve(res.statusCode ?? 0);
+    });
+    req.on('error', reject);
+    req.end();
+  });
+}
+
+t.test('workspaces a SIGKILLed gateway left behind: one still starting is killed, a ready one adopted, by the next gateway\'s provisioner', async (t) => {
+  // Each workspace runs detached (its own process group), so it outlives a gateway killed with
+  // SIGKILL; only a ready one was recorded in run.json, so one still starting ran on, unrecorded.
+  const dataDir = mkdtempSync(join(tmpdir(), 'wsgw-local-sigkill-'));
+  t.teardown(() => rmSync(dataDir, { recursive: true, force: true }));
+  const leftovers: number[] = [];
+  t.teardown(() => { for (const pid of leftovers) { try { process.kill(-pid, 'SIGKILL'); } catch { /* gone */ } } });
+  const started = async (gw: GatewayProcess, id: string) => {
+    t.equal(await adminPost(gw.adminPort, `/api/workspaces/${id}/start`), 202, `${id}: start requested`);
+    const line = await gw.waitFor((l) => l.msg === 'workspace process started' && l.workspaceId === id);
+    leftovers.push(Number(line.pid));
+    return Number(line.pid);
+  };
+
+  // A gateway whose demo workspaces answer their probe only after a minute: killed mid-start.
+  const slow = await spawnGateway({ LOCAL_DATA_DIR: dataDir, DEMO_READY_DELAY: '60s' });
+  t.teardown(() => slow.stop('SIGKILL'));
+  const starting = await started(slow, 'half');
+  await slow.stop('SIGKILL');
+  t.ok(alive(starting), 'the workspace still starting outlived the gateway');
+
+  // One that became ready before its gateway was killed.
+  const quick = await spawnGateway({ LOCAL_DATA_DIR: dataDir, DEMO_READY_DELAY: '0ms' });
+  t.teardown(() => quick.stop('SIGKILL'));
+  const ready = await started(quick, 'whole');
+  await quick.waitFor((l) => l.event === 'start.ready' && l.workspaceId === 'whole');
+  await quick.stop('SIGKILL');
+  t.ok(alive(ready), 'the ready workspace outlived the gateway');
+
+  const next = createLocalProvisioner({ workspace: 'demo', dataDir, codeServerBin: 'none', demoReadyDelayMs: 0, parentEnv: process.env });
+  t.teardown(() => next.close());
+  for (let i = 0; i < 80 && alive(starting); i++) await new Promise((r) => setTimeout(r, 25));
+  t.notOk(alive(starting), 'the one left starting is killed');
+  t.equal(await next.describe('half'), undefined, 'and not reported');
+  t.same((await next.list()).map((w) => [w.workspaceId, w.handle]), [['whole', String(ready)]], 'the ready one is listed, so the gateway adopts it');
+  t.equal((await next.describe('whole'))?.handle, String(ready));
+  await next.close();
+  for (let i = 0; i < 80 && alive(ready); i++) await new Promise((r) => setTimeout(r, 25));
+  t.notOk(alive(ready), 'and, adopted, it is stopped with the provisioner that adopted it');
 });
