@@ -304,7 +304,9 @@ export function createLocalProvisioner(opts: LocalProvisionerOptions): Provision
     try { names = readdirSync(resolve(opts.dataDir)); } catch { return; }
     for (const id of names) {
       const r = readRecord(id);
-      if (!r || (r.owner !== undefined && alive(r.owner))) continue;
+      // No owner recorded: written by something other than a provisioner of this build (an older
+      // gateway, the bench's stand-in for a workspace): not ours to kill or stop, as before.
+      if (!r || r.owner === undefined || alive(r.owner)) continue;
       const pid = Number(r.handle);
       if (r.starting) {
         signalGroup(pid, 'SIGKILL');

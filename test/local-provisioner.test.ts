@@ -2,6 +2,7 @@
 // code-server forks an extension host and a pty host, and one of those was seen outliving its server.
 // A stand-in for code-server (same command line) forks a helper that ignores SIGTERM.
 // And no process of that tree, where the student's terminal runs, inherits the gateway's secrets.
+import { spawn } from 'node:child_process';
 import { chmodSync, copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -343,4 +344,21 @@ t.test('workspaces a SIGKILLed gateway left behind: one still starting is killed
   await next.close();
   for (let i = 0; i < 80 && alive(ready); i++) await new Promise((r) => setTimeout(r, 25));
   t.notOk(alive(ready), 'and, adopted, it is stopped with the provisioner that adopted it');
+});
+
+t.test('a run.json that names no owner (an older gateway, the bench\'s stand-in) is neither adopted nor stopped', async (t) => {
+  // The bench points run.json at its own upstream process; adopting it made the bench's gateway
+  // stop that upstream on close.
+  const dataDir = mkdtempSync(join(tmpdir(), 'wsgw-local-noowner-'));
+  t.teardown(() => rmSync(dataDir, { recursive: true, force: true }));
+  const child = spawn(process.execPath, ['-e', 'setInterval(() => {}, 1000)'], { detached: true, stdio: 'ignore' });
+  t.teardown(() => { try { process.kill(-child.pid!, 'SIGKILL'); } catch { /* gone */ } });
+  mkdirSync(join(dataDir, 'bench'), { recursive: true });
+  writeFileSync(join(dataDir, 'bench', 'run.json'), JSON.stringify({ workspaceId: 'bench', generation: 1, endpoint: { host: '127.0.0.1', port: 1 }, handle: String(child.pid), startedAt: Date.now() }));
+  const p = createLocalProvisioner({ workspace: 'demo', dataDir, codeServerBin: 'none', demoReadyDelayMs: 0, parentEnv: process.env });
+  t.same(await p.list(), [], 'not listed as adopted');
+  t.equal((await p.describe('bench'))?.handle, String(child.pid), 'still described, as before');
+  await p.close();
+  await new Promise((r) => setTimeout(r, 200));
+  t.ok(alive(child.pid!), 'closing the provisioner leaves it running');
 });
