@@ -48,6 +48,15 @@ const errorSchema = {
   properties: { error: { type: 'object', properties: { code: { type: 'string' }, message: { type: 'string' }, detail: { type: 'string' }, requestId: { type: 'string' } }, required: ['code', 'message'] } },
 } as const;
 
+/** What every POST route may also answer, whatever its own body: fastify reads any body sent. */
+const bodyErrors = { 413: errorSchema, 415: errorSchema } as const;
+
+/** fastify's refusals of a request body, by its error code, as the catalogue's codes. */
+const BODY_REFUSALS: Readonly<Record<string, ErrorCode>> = {
+  FST_ERR_CTP_BODY_TOO_LARGE: 'BODY_TOO_LARGE',
+  FST_ERR_CTP_INVALID_MEDIA_TYPE: 'UNSUPPORTED_MEDIA_TYPE',
+};
+
 /** A path on the workspace host: `/`, not `//host` or `/\\host` (the gateway also sanitizes on redemption). */
 const NEXT_PATH = '^/(?![/\\\\])';
 
@@ -81,13 +90,19 @@ export async function createAdminServer(deps: AdminDeps): Promise<FastifyInstanc
     },
   });
 
+  // JSON in, nothing else: fastify also reads text/plain by default, which only reached the schema's 400.
+  app.removeContentTypeParser('text/plain');
+
   const send = (reply: import('fastify').FastifyReply, code: ErrorCode, detail?: string) => {
     const r = renderError(code, { html: false, detail, requestId: String(reply.request.id) });
     return reply.code(r.status).headers(r.headers).send(JSON.parse(r.body));
   };
 
-  app.setErrorHandler((err: Error & { validation?: unknown; statusCode?: number }, _req, reply) => {
+  app.setErrorHandler((err: Error & { validation?: unknown; statusCode?: number; code?: string }, _req, reply) => {
     if (err.validation) return send(reply, 'BAD_REQUEST', err.message);
+    const refusal = err.code === undefined ? undefined : BODY_REFUSALS[err.code];
+    if (refusal === 'UNSUPPORTED_MEDIA_TYPE') reply.header('accept', 'application/json'); // RFC 9110 15.5.16
+    if (refusal) return send(reply, refusal, err.message);
     if (err instanceof StoreUnavailable) return send(reply, 'STORE_UNAVAILABLE');
     if (err instanceof GatewayError) return send(reply, err.code, err.detail);
     if (err.statusCode && err.statusCode >= 400 && err.statusCode < 500) return send(reply, 'BAD_REQUEST', err.message);
@@ -157,7 +172,7 @@ export async function createAdminServer(deps: AdminDeps): Promise<FastifyInstanc
         summary: 'A one-time sign-in link for the workspace owner',
         params: idParam,
         body: { type: ['object', 'null'], additionalProperties: false, properties: { next: { type: 'string', pattern: NEXT_PATH, maxLength: 2048 }, ttlSeconds: { type: 'integer', minimum: 10, maximum: 600 } } },
-        response: { 200: { type: 'object', properties: { url: { type: 'string' }, expiresAt: { type: 'integer' } }, required: ['url', 'expiresAt'] }, 400: errorSchema, 401: errorSchema },
+        response: { 200: { type: 'object', properties: { url: { type: 'string' }, expiresAt: { type: 'integer' } }, required: ['url', 'expiresAt'] }, 400: errorSchema, 401: errorSchema, ...bodyErrors },
       },
     }, async (req) => {
       const ttl = Math.min((req.body?.ttlSeconds ?? config.loginTokenMaxTtlMs / 1000) * 1000, config.loginTokenMaxTtlMs);
@@ -169,7 +184,7 @@ export async function createAdminServer(deps: AdminDeps): Promise<FastifyInstanc
     });
 
     api.post<{ Params: { id: string } }>('/api/workspaces/:id/start', {
-      schema: { summary: 'Start a workspace ahead of the student (answers at once)', params: idParam, response: { 202: workspaceSchema, 400: errorSchema, 401: errorSchema, 503: errorSchema } },
+      schema: { summary: 'Start a workspace ahead of the student (answers at once)', params: idParam, response: { 202: workspaceSchema, 400: errorSchema, 401: errorSchema, ...bodyErrors, 503: errorSchema } },
     }, async (req, reply) => {
       const record = await workspaces.requestStart(req.params.id, { retryFailed: true, requestId: String(req.id) });
       return reply.code(202).send(await view(req.params.id, record));
@@ -179,7 +194,7 @@ export async function createAdminServer(deps: AdminDeps): Promise<FastifyInstanc
       schema: {
         summary: 'Register what the first start needs (ECS: access point, task definition) ahead of it; answers when done',
         params: idParam,
-        response: { 200: { type: 'object', properties: { id: { type: 'string' }, prepared: { type: 'boolean' } }, required: ['id', 'prepared'] }, 400: errorSchema, 401: errorSchema, 503: errorSchema },
+        response: { 200: { type: 'object', properties: { id: { type: 'string' }, prepared: { type: 'boolean' } }, required: ['id', 'prepared'] }, 400: errorSchema, 401: errorSchema, ...bodyErrors, 503: errorSchema },
       },
     }, async (req, reply) => {
       if (!deps.prepare) return { id: req.params.id, prepared: false };
@@ -203,7 +218,7 @@ export async function createAdminServer(deps: AdminDeps): Promise<FastifyInstanc
       schema: {
         summary: 'Stop a workspace now (files are kept)', params: idParam,
         body: { type: ['object', 'null'], additionalProperties: false, properties: { reason: { type: 'string', maxLength: 200 } } },
-        response: { 200: workspaceSchema, 400: errorSchema, 401: errorSchema, 409: errorSchema, 503: errorSchema },
+        response: { 200: workspaceSchema, 400: errorSchema, 401: errorSchema, 409: errorSchema, ...bodyErrors, 503: errorSchema },
       },
     }, async (req, reply) => {
       const result = await workspaces.stop(req.params.id, async () => ({ reasonCode: 'admin', reason: req.body?.reason ?? 'stopped by the platform' }));
@@ -215,7 +230,7 @@ export async function createAdminServer(deps: AdminDeps): Promise<FastifyInstanc
       schema: {
         summary: "Void every session and sign-in link of the workspace issued before now (a workspace handed to another student, a cookie left on a shared machine); its open WebSockets are closed",
         params: idParam,
-        response: { 200: { type: 'object', properties: { id: { type: 'string' }, revokedBefore: { type: 'integer' } }, required: ['id', 'revokedBefore'] }, 400: errorSchema, 401: errorSchema, 503: errorSchema },
+        response: { 200: { type: 'object', properties: { id: { type: 'string' }, revokedBefore: { type: 'integer' } }, required: ['id', 'revokedBefore'] }, 400: errorSchema, 401: errorSchema, ...bodyErrors, 503: errorSchema },
       },
     }, async (req) => ({ id: req.params.id, revokedBefore: await deps.revocations.revoke(req.params.id) }));
 

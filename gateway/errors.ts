@@ -8,6 +8,10 @@ export const ERROR_CATALOGUE = {
   HOST_MALFORMED: { status: 400, title: 'Malformed host' },
   BAD_REQUEST: { status: 400, title: 'Bad request' },
   METHOD_NOT_ALLOWED: { status: 405, title: 'Method not allowed' },
+  // Admin API bodies (RFC 9110 15.5.14, 15.5.16): their own codes, so a client can tell "send less" and
+  // "send JSON" from a field that failed validation (all three were BAD_REQUEST).
+  BODY_TOO_LARGE: { status: 413, title: 'Request body too large' },
+  UNSUPPORTED_MEDIA_TYPE: { status: 415, title: 'Request body must be application/json' },
   PROXY_TARGET_FORBIDDEN: { status: 400, title: 'Proxying to other hosts is not allowed' },
   NOT_FOUND: { status: 404, title: 'Not found' },
   NOT_SIGNED_IN: { status: 401, title: 'Sign in to open this workspace' },

@@ -83,7 +83,6 @@ t.test('admin API', async (t) => {
       ['POST', '/api/workspaces/demo/login-url', { body: { admin: true } }, /additional/],
       ['POST', '/api/workspaces/demo/login-url', { body: [] }, /body/],
       ['POST', '/api/workspaces/demo/login-url', { raw: '{"next":' }, /JSON/i],
-      ['POST', '/api/workspaces/demo/login-url', { raw: 'next=/', type: 'application/x-www-form-urlencoded' }, /content-type|media type/i],
       ['POST', '/api/workspaces/demo/stop', { body: { reason: 'x'.repeat(201) } }, /reason/],
       ['POST', '/api/workspaces/demo/stop', { body: { reason: { a: 1 } } }, /reason/],
       ['GET', '/api/workspaces?state=sleeping', {}, /state/],
@@ -101,6 +100,27 @@ t.test('admin API', async (t) => {
       t.match(r.body.error?.detail, detail, `detail says what is wrong: ${r.body.error?.detail}`);
     }
     t.equal(gw.provisioner.stops.length, 0);
+  });
+
+  t.test('a body over the limit: 413 BODY_TOO_LARGE; a body of another type: 415 UNSUPPORTED_MEDIA_TYPE', async (t) => {
+    // Both were 400 BAD_REQUEST: a client could not tell "shorten it" or "send JSON" from a bad field.
+    const over = JSON.stringify({ reason: 'x'.repeat(1024 * 1024) });
+    const cases: Array<[string, string, { raw: string; type?: string }, number, string]> = [
+      ['POST', '/api/workspaces/demo/stop', { raw: over }, 413, 'BODY_TOO_LARGE'],
+      ['POST', '/api/workspaces/demo/login-url', { raw: over }, 413, 'BODY_TOO_LARGE'],
+      ['POST', '/api/workspaces/demo/login-url', { raw: 'next=/', type: 'application/x-www-form-urlencoded' }, 415, 'UNSUPPORTED_MEDIA_TYPE'],
+      ['POST', '/api/workspaces/demo/stop', { raw: 'reason', type: 'text/plain' }, 415, 'UNSUPPORTED_MEDIA_TYPE'],
+      ['POST', '/api/workspaces/demo/stop', { raw: '{}', type: 'application/xml' }, 415, 'UNSUPPORTED_MEDIA_TYPE'],
+    ];
+    for (const [method, path, o, status, code] of cases) {
+      const r = await call(method, path, o);
+      t.equal(r.status, status, `${method} ${path} (${o.type ?? 'application/json'}, ${o.raw.length} bytes): ${status}`);
+      t.equal(r.body.error?.code, code);
+      t.equal(r.headers.get('x-gateway-error'), code);
+      t.equal(r.body.error?.requestId, r.headers.get('x-request-id'), 'with the request id');
+      if (status === 415) t.equal(r.headers.get('accept'), 'application/json', 'Accept names what would do (RFC 9110 15.5.16)');
+    }
+    t.equal(gw.provisioner.stops.length, 0, 'nothing was stopped');
   });
 
   t.test('a known route with the wrong method: 405 METHOD_NOT_ALLOWED naming the allowed ones (RFC 9110 15.5.6)', async (t) => {
@@ -194,6 +214,7 @@ t.test('admin API', async (t) => {
         t.equal(id?.schema?.type, 'string');
         t.ok(id?.schema?.pattern, 'with its pattern');
       }
+      if (method === 'post') t.ok(op.responses?.['413'] && op.responses?.['415'], `${method} ${path}: 413 and 415 documented`);
       if (method === 'post' && path.endsWith('login-url')) t.ok(op.requestBody?.content?.['application/json']?.schema?.properties?.next, 'login-url body documented');
     }
     const list = doc.paths['/api/workspaces'].get;
