@@ -145,6 +145,13 @@ export async function createAdminServer(deps: AdminDeps): Promise<FastifyInstanc
   });
 
   await app.register(async (api) => {
+    // `/api/workspaces/` and `/api/workspaces//stop` match `:id` with an empty id, which was a 400 about the
+    // id's pattern. No workspace has an empty id, so no resource is named: 404, as for any unknown path
+    // (before the token check, as those are). Not the list: a client that built `/api/workspaces/${id}`
+    // with no id would read a list as one workspace, and the list keeps its one spelling.
+    api.addHook('onRequest', async (req, reply) => {
+      if ((req.params as { id?: string }).id === '') return send(reply, 'NOT_FOUND');
+    });
     api.addHook('onRequest', async (req, reply) => {
       if (req.url === '/api/openapi.json') return;
       // RFC 9110 11.1: the auth scheme is case-insensitive.

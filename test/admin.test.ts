@@ -123,6 +123,30 @@ t.test('admin API', async (t) => {
     t.equal(gw.provisioner.stops.length, 0, 'nothing was stopped');
   });
 
+  t.test('an empty id segment: 404 NOT_FOUND, as any path naming no resource, not 400', async (t) => {
+    // `/api/workspaces/` came from `${base}/api/workspaces/${id}` with no id far more often than from
+    // someone wanting the list: the list's 200 would be read as one workspace, so it is a 404.
+    const empty: Array<[string, string]> = [
+      ['GET', '/api/workspaces/'],
+      ['HEAD', '/api/workspaces/'],
+      ['POST', '/api/workspaces//login-url'],
+      ['POST', '/api/workspaces//start'],
+      ['POST', '/api/workspaces//prepare'],
+      ['POST', '/api/workspaces//stop'],
+      ['POST', '/api/workspaces//revoke-sessions'],
+    ];
+    for (const [method, path] of empty) {
+      for (const auth of [undefined, null]) {
+        const r = await call(method, path, { auth });
+        t.equal(r.status, 404, `${method} ${path}${auth === null ? ' without the token' : ''}: 404`);
+        t.equal(r.headers.get('x-gateway-error'), 'NOT_FOUND');
+        if (method !== 'HEAD') t.equal(r.body.error?.code, 'NOT_FOUND');
+      }
+    }
+    t.equal((await call('GET', '/api/workspaces')).status, 200, 'the list keeps its one spelling');
+    t.equal(gw.provisioner.starts.length + gw.provisioner.stops.length, 0, 'nothing started or stopped');
+  });
+
   t.test('a known route with the wrong method: 405 METHOD_NOT_ALLOWED naming the allowed ones (RFC 9110 15.5.6)', async (t) => {
     const wrong: Array<[string, string, string[]]> = [
       ['DELETE', '/api/workspaces/demo', ['GET', 'HEAD']],
