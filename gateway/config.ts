@@ -4,6 +4,7 @@ import { randomBytes } from 'node:crypto';
 import { isIP } from 'node:net';
 import { DEFAULT_ACTIVITY_CONFIG, type ActivityConfig } from './activity/verdict.js';
 import { durationMs } from './duration.js';
+import { SCRUBBED_SECRET_MIN_LENGTH } from './log.js';
 
 export type Env = Record<string, string | undefined>;
 
@@ -98,6 +99,13 @@ export function parseCidr(variable: string, value: string): Cidr {
 }
 
 /**
+ * A secret the logs must hide has to be long enough to be scrubbed without mangling ordinary text
+ * (log.ts); GATEWAY_SECRET and ADMIN_TOKEN are longer anyway. A Redis password this short would also
+ * be guessed in a few thousand AUTH tries (ElastiCache asks for 16 characters).
+ */
+const tooShort = (what: string) => `${what} must be at least ${SCRUBBED_SECRET_MIN_LENGTH} characters (a shorter one cannot be kept out of the logs)`;
+
+/**
  * REDIS_URL as ioredis will read it. A URL with no host (`redis://`, a template whose host came out
  * empty) would connect to localhost:6379 without a word, and one `new URL()` refuses (a port out of
  * range) stopped the gateway with a bare "Invalid URL". The value is not quoted: it may hold a password.
@@ -108,6 +116,10 @@ export function checkRedisUrl(value: string): void {
   try { url = new URL(value); } catch { throw new ConfigError('REDIS_URL', `not a URL; ${expected}`); }
   if (url.protocol !== 'redis:' && url.protocol !== 'rediss:') throw new ConfigError('REDIS_URL', expected);
   if (!url.hostname) throw new ConfigError('REDIS_URL', `names no host; ${expected}`);
+  // As ioredis sends it: percent-decoded.
+  let password = url.password;
+  try { password = decodeURIComponent(password); } catch { /* sent as written */ }
+  if (password !== '' && password.length < SCRUBBED_SECRET_MIN_LENGTH) throw new ConfigError('REDIS_URL', tooShort('its password'));
 }
 
 export function loadConfig(env: Env): Config {
@@ -175,6 +187,8 @@ export function loadConfig(env: Env): Config {
   } else if (adminToken.length < 16) {
     throw new ConfigError('ADMIN_TOKEN', 'must be at least 16 characters');
   }
+  const redisPassword = str('REDIS_PASSWORD');
+  if (redisPassword !== undefined && redisPassword.length < SCRUBBED_SECRET_MIN_LENGTH) throw new ConfigError('REDIS_PASSWORD', tooShort('it'));
   const platformLoginUrl = str('PLATFORM_LOGIN_URL');
   if (platformLoginUrl !== undefined && !/^https?:\/\//.test(platformLoginUrl)) throw new ConfigError('PLATFORM_LOGIN_URL', 'expected an absolute http(s) URL');
 
@@ -195,7 +209,7 @@ export function loadConfig(env: Env): Config {
     publicPort: str('PUBLIC_PORT') !== undefined ? port('PUBLIC_PORT', gatewayPort) : undefined,
     development,
     redisUrl,
-    redisPassword: str('REDIS_PASSWORD'),
+    redisPassword,
     redisPrefix: str('REDIS_PREFIX', 'wsgw:')!,
     redisCommandTimeoutMs: dur('REDIS_COMMAND_TIMEOUT', '500ms', timer),
     provisioner: oneOf('PROVISIONER', ['local', 'ecs'] as const, 'local'),

@@ -21,6 +21,14 @@ export interface LoggerOptions {
   secrets?: ReadonlyArray<string | undefined>;
 }
 
+/**
+ * The shortest configured secret the last pass scrubs wherever it appears. A shorter string cannot be
+ * told from ordinary text: a 1-2 character password is inside most words, and censoring each of its
+ * occurrences would turn every line into noise (and spell the password out by where the gaps are).
+ * So config refuses shorter secrets rather than have one the logs cannot hide (gateway/config.ts).
+ */
+export const SCRUBBED_SECRET_MIN_LENGTH = 8;
+
 const escapeRe = (s: string) => s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
 
 /**
@@ -29,7 +37,7 @@ const escapeRe = (s: string) => s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
  */
 export function createScrubber(secrets: ReadonlyArray<string | undefined> = []): (line: string) => string {
   const literal = secrets
-    .filter((s): s is string => typeof s === 'string' && s.length >= 8)
+    .filter((s): s is string => typeof s === 'string' && s.length >= SCRUBBED_SECRET_MIN_LENGTH)
     // As it appears inside a JSON string (escaped) and raw.
     .flatMap((s) => [JSON.stringify(s).slice(1, -1), s])
     .sort((a, b) => b.length - a.length)

@@ -133,6 +133,26 @@ t.test('REDIS_URL: a URL naming a host, or an error naming the variable (never q
   }
 });
 
+t.test('REDIS_PASSWORD, or a password in REDIS_URL: at least 8 characters, or the logs could not hide it', async (t) => {
+  const base = { REDIS_URL: 'redis://10.0.0.5:6379', GATEWAY_SECRET: 'x'.repeat(32) };
+  const rows: Array<[Record<string, string>, string | true]> = [
+    [{ REDIS_PASSWORD: 'a' }, 'REDIS_PASSWORD'],
+    [{ REDIS_PASSWORD: 'hunter2' }, 'REDIS_PASSWORD'],
+    [{ REDIS_PASSWORD: 'hunter22' }, true],
+    [{ REDIS_URL: 'redis://:a@10.0.0.5:6379' }, 'REDIS_URL'],
+    [{ REDIS_URL: 'redis://user:hunter2@10.0.0.5:6379' }, 'REDIS_URL'],
+    // Seven characters as ioredis sends it (percent-decoded).
+    [{ REDIS_URL: 'redis://:%68%75%6E%74%65%72%32@10.0.0.5:6379' }, 'REDIS_URL'],
+    [{ REDIS_URL: 'redis://:hunter22@10.0.0.5:6379' }, true],
+    [{ REDIS_URL: 'redis://default@10.0.0.5:6379' }, true],
+  ];
+  for (const [env, outcome] of rows) {
+    if (outcome === true) { t.doesNotThrow(() => loadConfig({ ...base, ...env }), JSON.stringify(env)); continue; }
+    const err = refuses(t, { ...base, ...env }, outcome);
+    if (err) t.notOk(/hunter|:a@/.test(err.message), 'the password is not quoted');
+  }
+});
+
 t.test('REDIS_PASSWORD reaches Redis as written, whatever its characters', async (t) => {
   // ioredis percent-decodes the URL's password; `%41` was sent as `A` (WRONGPASS, "Connection is
   // closed") and `%zz` stopped the gateway with "URI malformed".

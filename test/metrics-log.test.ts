@@ -4,7 +4,7 @@ import { Writable } from 'node:stream';
 import { Histogram, Registry } from 'prom-client';
 import t from 'tap';
 import { loggerFromConfig } from '../gateway/compose.js';
-import { loadConfig } from '../gateway/config.js';
+import { ConfigError, loadConfig } from '../gateway/config.js';
 import { CENSOR, createLogger, createScrubber, logProcessWarnings } from '../gateway/log.js';
 import { createMetrics, statusClass } from '../gateway/metrics.js';
 import { createRedisStore } from '../gateway/store/redis.js';
@@ -154,6 +154,45 @@ t.test("the entry points' logger scrubs the configured secrets (the reaper's did
   const inUrl = loggerFromConfig(loadConfig({ ...secrets, REDIS_PASSWORD: undefined, REDIS_URL: 'redis://:url-password%2F0123@redis.internal:6379' }), sink);
   inUrl.error({ err: new Error('connect failed: url-password/0123 and url-password%2F0123') }, 'ioredis quoted its options');
   t.notOk(text.includes('url-password'), "REDIS_URL's password, as written and decoded");
+});
+
+t.test('no secret a configuration accepts reaches a log line, however short; ordinary text is left alone', async (t) => {
+  // The scrubber leaves strings under 8 characters alone (a 1-2 character one is in every line), so a
+  // shorter REDIS_PASSWORD, or password in REDIS_URL, was accepted and then printed wherever quoted.
+  let text = '';
+  const sink = new Writable({ write(c, _e, cb) { text += c.toString(); cb(); } });
+  const base = { GATEWAY_SECRET: 'gateway-secret-0123456789abcdef0123456789', ADMIN_TOKEN: 'admin-token-0123456789' };
+  const rows: Array<[env: Record<string, string>, secret: string, accepted: boolean]> = [
+    [{ REDIS_PASSWORD: 'Q' }, 'Q', false],
+    [{ REDIS_PASSWORD: 'Qz' }, 'Qz', false],
+    [{ REDIS_PASSWORD: 'Qz7#xy!' }, 'Qz7#xy!', false],
+    [{ REDIS_PASSWORD: 'Qz7#xy!w' }, 'Qz7#xy!w', true],
+    [{ REDIS_URL: 'redis://:Qz@redis.internal:6379' }, 'Qz', false],
+    // Seven characters once decoded, as ioredis sends it, though 21 as written.
+    [{ REDIS_URL: 'redis://:%51%7A%37%23%78%79%21@redis.internal:6379' }, 'Qz7#xy!', false],
+    [{ REDIS_URL: 'redis://:Qz7-xy.w@redis.internal:6379' }, 'Qz7-xy.w', true],
+    [{ REDIS_URL: 'redis://default@redis.internal:6379' }, 'default', true],
+  ];
+  for (const [env, secret, accepted] of rows) {
+    let config;
+    try {
+      config = loadConfig({ ...base, ...env });
+    } catch (err) {
+      t.notOk(accepted, `${JSON.stringify(env)} refused`);
+      t.equal((err as ConfigError).variable, Object.keys(env)[0], 'naming the variable');
+      t.notOk((err as Error).message.includes(secret), 'not quoting it');
+      continue;
+    }
+    t.ok(accepted, `${JSON.stringify(env)} accepted`);
+    text = '';
+    const log = loggerFromConfig(config, sink);
+    log.info({ event: 'store.error', workspaceId: 'demo' }, 'a Quiet workspace is starting');
+    if (secret !== 'default') {
+      log.error({ err: new Error(`WRONGPASS ${secret}`) }, 'redis quoted its AUTH');
+      t.notOk(text.includes(secret), `${JSON.stringify(env)}: the secret is not in the lines`);
+    }
+    t.equal(JSON.parse(text.split('\n')[0]).msg, 'a Quiet workspace is starting', 'ordinary text is intact');
+  }
 });
 
 t.test("process warnings: one JSON line each instead of Node's lines on stderr, until undone", async (t) => {
