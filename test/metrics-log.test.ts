@@ -125,6 +125,31 @@ t.test('scrubber', async (t) => {
   t.equal(scrub('{"msg":"short and sweet","workspaceId":"demo"}'), '{"msg":"short and sweet","workspaceId":"demo"}', 'short secrets and ordinary text are left alone');
 });
 
+t.test('scrubber: a token= inside another URL, percent-encoded once or twice', async (t) => {
+  // A platform link quoted in `return_to` or `next` carries its own `token=`, encoded; only a JWT was
+  // caught there, so an opaque token passed through.
+  const scrub = createScrubber();
+  const cases: Array<[input: string, mustNotContain: string, keeps: string]> = [
+    ['{"url":"/?return_to=https%3A%2F%2Flms.example%2Fcb%3Ftoken%3Dopaque-abc123%26next%3D%2Fhome"}', 'opaque-abc123', '%26next%3D%2Fhome'],
+    ['{"url":"/?next=%2Fcb%3Fx%3D1%26token%3Dopaque-abc123"}', 'opaque-abc123', 'x%3D1'],
+    ['{"url":"/?next=%2fcb%3ftoken%3dopaque-abc123%26y%3d2"}', 'opaque-abc123', '%26y%3d2'],
+    ['{"url":"/?next=%2Fcb%3Faccess_token%3Dopaque-abc123"}', 'opaque-abc123', '%2Fcb%3Faccess_token%3D'],
+    ['{"url":"/?next=%2Fcb%3Fpassword%3Dopaque-abc123"}', 'opaque-abc123', 'next='],
+    // Encoded twice: a return_to inside a return_to.
+    ['{"url":"/?r=https%3A%2F%2Fa%2F%3Fr%3Dhttps%253A%252F%252Fb%252F%253Ftoken%253Dopaque-abc123%2526z%253D1"}', 'opaque-abc123', '%2526z%253D1'],
+    ['{"url":"/?return_to=https%3A%2F%2Flms.example%2Fcb%3Ftoken%3Dopaque%2Babc%2F123"}', 'opaque%2Babc%2F123', 'lms.example'],
+    ['{"url":"/__gateway/login?token=plain-opaque&next=/"}', 'plain-opaque', '&next=/'],
+  ];
+  for (const [input, secret, keeps] of cases) {
+    const out = scrub(input);
+    t.notOk(out.includes(secret), `${input}: the token is gone`);
+    t.ok(out.includes(CENSOR), 'marked');
+    t.ok(out.includes(keeps), `the rest of the URL is kept: ${out}`);
+  }
+  const ordinary = ['{"url":"/?next=%2Fdocs%2Ftokens%3Dlist"}', '{"msg":"mytoken%3Dvalue is a name"}', '{"url":"/?q=token%3D"}'];
+  for (const line of ordinary) t.equal(scrub(line), line, `left alone: ${line}`);
+});
+
 t.test('logger: redacted fields and scrubbed lines', async (t) => {
   let text = '';
   const sink = new Writable({ write(c, _e, cb) { text += c.toString(); cb(); } });
