@@ -7,7 +7,9 @@ import { createEcsProvisioner } from '../provisioner/ecs.js';
 import { ecsOptionsFromEnv } from '../provisioner/ecs-config.js';
 import { localTokens, sharedTokens } from '../provisioner/admission.js';
 import type { Clock } from './clock.js';
-import { ConfigError, loadConfig, type Config, type Env } from './config.js';
+import { StartFailure } from '../provisioner/contract.js';
+import { ConfigError, type Config, type Env } from './config.js';
+import { GatewayError } from './errors.js';
 import { createLogger, type Logger } from './log.js';
 import type { Metrics } from './metrics.js';
 import type { StateStore } from './store/contract.js';
@@ -19,10 +21,24 @@ import { createRedisStore } from './store/redis.js';
  * a password written into REDIS_URL among them (ioredis errors can quote its options).
  */
 export function loggerFromConfig(config: Config, destination?: NodeJS.WritableStream) {
-  const urlPassword = config.redisUrl ? new URL(config.redisUrl).password : '';
-  return createLogger(config.logLevel, destination, {
-    secrets: [config.gatewaySecret, config.adminToken, config.redisPassword, urlPassword, decodeURIComponentSafe(urlPassword)],
+  return createLogger(config.logLevel, destination, { secrets: secretsOf(config) });
+}
+
+/**
+ * The entry points' logger until the config is read, since reading it may be what fails: level info,
+ * the same line shape, and the secrets scrubbed as the environment spells them.
+ */
+export function startupLogger(env: Env, destination?: NodeJS.WritableStream) {
+  return createLogger('info', destination, {
+    secrets: secretsOf({ gatewaySecret: env.GATEWAY_SECRET, adminToken: env.ADMIN_TOKEN, redisPassword: env.REDIS_PASSWORD, redisUrl: env.REDIS_URL }),
   });
+}
+
+function secretsOf(s: { gatewaySecret?: string; adminToken?: string; redisPassword?: string; redisUrl?: string }): string[] {
+  let urlPassword = '';
+  // A REDIS_URL config refuses (no host, a bad port) may still carry a password: read it by hand.
+  try { urlPassword = s.redisUrl ? new URL(s.redisUrl).password : ''; } catch { urlPassword = /^[^:/?#]+:\/\/[^:@/?#]*:([^@/?#]*)@/.exec(s.redisUrl!)?.[1] ?? ''; }
+  return [s.gatewaySecret, s.adminToken, s.redisPassword, urlPassword, decodeURIComponentSafe(urlPassword)].filter((v): v is string => !!v);
 }
 
 function decodeURIComponentSafe(s: string): string {
@@ -87,12 +103,21 @@ export async function provisionerFromConfig(config: Config, clock: Clock, metric
   });
 }
 
-/** For entry points: the validated config, or a one-line error naming the variable and exit code 2. */
-export function configOrExit(env: Env): Config {
-  try {
-    return loadConfig(env);
-  } catch (err) {
-    if (err instanceof ConfigError) { process.stderr.write(`configuration error: ${err.message}\n`); process.exit(2); }
-    throw err;
-  }
+/** The fields of a failed start's line: its code where the error has one, and the variable for a bad setting. */
+export function startupFailureFields(err: unknown): Record<string, unknown> {
+  const fields = { event: 'startup.failed', err: err instanceof Error ? err : new Error(String(err)) };
+  if (err instanceof ConfigError) return { ...fields, code: err.code, variable: err.variable };
+  if (err instanceof GatewayError || err instanceof StartFailure) return { ...fields, code: err.code };
+  return fields;
+}
+
+/**
+ * For entry points: a start that failed is one JSON line like every other, not plain text on stderr
+ * that a log pipeline (CloudWatch Logs) takes line by line as separate events; then exit 2 for a bad
+ * setting (fix the configuration; restarting will not help), 1 for anything else.
+ */
+export function exitOnStartupFailure(log: Logger, err: unknown): never {
+  const config = err instanceof ConfigError;
+  log.error(startupFailureFields(err), config ? 'configuration error; not starting' : 'start failed; exiting');
+  process.exit(config ? 2 : 1);
 }

@@ -9,6 +9,8 @@ import { SCRUBBED_SECRET_MIN_LENGTH } from './log.js';
 export type Env = Record<string, string | undefined>;
 
 export class ConfigError extends Error {
+  /** The code a failed start logs (compose.ts exitOnStartupFailure), beside the variable at fault. */
+  readonly code = 'CONFIG_INVALID';
   constructor(readonly variable: string, message: string) {
     super(`${variable}: ${message}`);
     this.name = 'ConfigError';

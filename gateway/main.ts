@@ -5,25 +5,24 @@
 import { randomUUID } from 'node:crypto';
 import { createGateway } from './app.js';
 import { systemClock } from './clock.js';
-import { configOrExit, loggerFromConfig, provisionerFromConfig, storeFromConfig } from './compose.js';
-import { logProcessWarnings } from './log.js';
+import { exitOnStartupFailure, loggerFromConfig, provisionerFromConfig, startupLogger, storeFromConfig } from './compose.js';
+import { loadConfig } from './config.js';
+import { logProcessWarnings, type Logger } from './log.js';
 import { createMetrics } from './metrics.js';
 import { installShutdown } from './shutdown.js';
 
+// What a failed start is logged with: the configured logger once there is one.
+let log: Logger = startupLogger(process.env);
+
 async function main() {
-  const config = configOrExit(process.env);
+  const config = loadConfig(process.env);
   const logger = loggerFromConfig(config);
+  log = logger;
   logProcessWarnings(logger);
   const metrics = createMetrics({ enabled: config.metricsEnabled, defaultMetrics: true });
   const store = await storeFromConfig(config, systemClock, metrics, logger);
-  let provisioner;
-  try {
-    provisioner = await provisionerFromConfig(config, systemClock, metrics, logger, store);
-  } catch (err) {
-    // The provisioner's own settings (ECS_*, EFS_*, ...) are validated by its config parser.
-    process.stderr.write(`configuration error: ${(err as Error).message}\n`);
-    process.exit(2);
-  }
+  // The provisioner's own settings (ECS_*, EFS_*, ...) are validated by its config parser (a ConfigError).
+  const provisioner = await provisionerFromConfig(config, systemClock, metrics, logger, store);
   const gateway = await createGateway({ config, store, provisioner, metrics, logger });
   const { gatewayPort, adminPort } = await gateway.listen();
   logger.info({ event: 'listening', gatewayPort, adminPort, store: store.kind, provisioner: provisioner.kind }, 'gateway listening');
@@ -53,7 +52,4 @@ async function main() {
   });
 }
 
-main().catch((err) => {
-  process.stderr.write(`fatal: ${err instanceof Error ? err.stack : String(err)}\n`);
-  process.exit(1);
-});
+main().catch((err) => exitOnStartupFailure(log, err));

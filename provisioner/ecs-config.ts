@@ -1,6 +1,7 @@
 // Parses the ECS provisioner's settings from an environment map, once, at the entry point.
 // The variable names are the operators' contract (provisioner/README.md); every error names the
 // variable at fault so a misconfigured deployment says what to fix.
+import { ConfigError } from '../gateway/config.js';
 import { durationMs } from '../gateway/duration.js';
 import type { EcsCapacity, EcsProvisionerOptions } from './ecs-types.js';
 import { parseEcsApiRates } from './ecs-rates.js';
@@ -8,7 +9,7 @@ import { parseEcsApiRates } from './ecs-rates.js';
 type Env = Record<string, string | undefined>;
 
 function fail(name: string, why: string): never {
-  throw new Error(`${name}: ${why}`);
+  throw new ConfigError(name, why);
 }
 
 function raw(env: Env, name: string): string | undefined {

@@ -3,22 +3,24 @@
 // so it never races them. `--once` runs one pass and exits; otherwise it loops every REAP_INTERVAL.
 import { randomUUID } from 'node:crypto';
 import { systemClock } from '../gateway/clock.js';
-import { configOrExit, loggerFromConfig, provisionerFromConfig, storeFromConfig } from '../gateway/compose.js';
-import { logProcessWarnings } from '../gateway/log.js';
+import { exitOnStartupFailure, loggerFromConfig, provisionerFromConfig, startupLogger, storeFromConfig } from '../gateway/compose.js';
+import { ConfigError, loadConfig } from '../gateway/config.js';
+import { logProcessWarnings, type Logger } from '../gateway/log.js';
 import { createMetrics } from '../gateway/metrics.js';
 import { installShutdown } from '../gateway/shutdown.js';
 import { createWorkspaces } from '../gateway/workspaces.js';
 import { createReaper } from './reaper.js';
 
+// What a failed start is logged with: the configured logger once there is one.
+let startLog: Logger = startupLogger(process.env);
+
 async function main() {
-  const config = configOrExit(process.env);
-  if (!config.redisUrl) {
-    process.stderr.write('configuration error: REDIS_URL: the standalone reaper needs the shared store (the in-memory store lives inside one gateway)\n');
-    process.exit(2);
-  }
-  const once = process.argv.includes('--once');
+  const config = loadConfig(process.env);
   // The gateway's logger: the configured secrets are scrubbed from the reaper's lines as well.
   const log = loggerFromConfig(config);
+  startLog = log;
+  if (!config.redisUrl) throw new ConfigError('REDIS_URL', 'the standalone reaper needs the shared store (the in-memory store lives inside one gateway)');
+  const once = process.argv.includes('--once');
   logProcessWarnings(log);
   const metrics = createMetrics({ enabled: false, defaultMetrics: false });
   const store = await storeFromConfig(config, systemClock, metrics, log);
@@ -51,7 +53,4 @@ async function main() {
   log.info({ event: 'reaper.started', intervalMs: config.reapIntervalMs }, 'reaper running');
 }
 
-main().catch((err) => {
-  process.stderr.write(`fatal: ${err instanceof Error ? err.stack : String(err)}\n`);
-  process.exit(1);
-});
+main().catch((err) => exitOnStartupFailure(startLog, err));

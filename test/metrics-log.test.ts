@@ -3,7 +3,9 @@
 import { Writable } from 'node:stream';
 import { Histogram, Registry } from 'prom-client';
 import t from 'tap';
-import { loggerFromConfig } from '../gateway/compose.js';
+import { loggerFromConfig, startupFailureFields, startupLogger } from '../gateway/compose.js';
+import { GatewayError } from '../gateway/errors.js';
+import { StartFailure } from '../provisioner/contract.js';
 import { ConfigError, loadConfig } from '../gateway/config.js';
 import { CENSOR, createLogger, createScrubber, logProcessWarnings } from '../gateway/log.js';
 import { createMetrics, statusClass } from '../gateway/metrics.js';
@@ -218,6 +220,30 @@ t.test('no secret a configuration accepts reaches a log line, however short; ord
     }
     t.equal(JSON.parse(text.split('\n')[0]).msg, 'a Quiet workspace is starting', 'ordinary text is intact');
   }
+});
+
+t.test('a failed start: its code in the line, and the environment\'s secrets scrubbed before any config exists', async (t) => {
+  const rows: Array<[err: unknown, fields: Record<string, unknown>]> = [
+    [new ConfigError('REDIS_URL', 'names no host'), { code: 'CONFIG_INVALID', variable: 'REDIS_URL' }],
+    [new GatewayError('STORE_UNAVAILABLE'), { code: 'STORE_UNAVAILABLE' }],
+    [new StartFailure('NO_CAPACITY', 'no Fargate capacity'), { code: 'NO_CAPACITY' }],
+    [new Error('listen EADDRINUSE'), {}],
+    ['a thrown string', {}],
+  ];
+  for (const [err, fields] of rows) {
+    const line = startupFailureFields(err);
+    t.match(line, { event: 'startup.failed', ...fields }, String(err));
+    t.ok(line.err instanceof Error, 'the error, for pino to serialize');
+    if (!('code' in fields)) t.notOk('code' in line, 'no code where the error has none');
+  }
+  let text = '';
+  const sink = new Writable({ write(c, _e, cb) { text += c.toString(); cb(); } });
+  // The values a bad config holds, too short or malformed for loadConfig, are still the operator's secrets.
+  const env = { GATEWAY_SECRET: 'gateway-secret-too-short', ADMIN_TOKEN: 'admin-token-x1', REDIS_URL: 'redis://:url-pass%2F99@:port' };
+  startupLogger(env, sink).error(startupFailureFields(new Error(`echoed gateway-secret-too-short admin-token-x1 url-pass/99 url-pass%2F99`)), 'start failed');
+  const line = JSON.parse(text) as Record<string, any>;
+  t.match(line, { level: 50, service: 'workspace-gateway', event: 'startup.failed' });
+  for (const secret of ['gateway-secret-too-short', 'admin-token-x1', 'url-pass']) t.notOk(text.includes(secret), secret);
 });
 
 t.test("process warnings: one JSON line each instead of Node's lines on stderr, until undone", async (t) => {
