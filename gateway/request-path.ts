@@ -24,7 +24,7 @@ import { startingPage, type StatusView } from './pages.js';
 import { httpDate, type AnswerPlan, type ForwardPlan, type LaneRequest, type WarmPlan } from './http1.js';
 import { forwardedFields, upstreamRequestHead, type ForwardedFor, type RequestBody } from './http-fields.js';
 import type { BodyMode, UpstreamFailure } from './upstream-pool.js';
-import type { Forwarder, UpgradeResponse } from './proxy.js';
+import { hasRequestBody, type Forwarder, type UpgradeResponse } from './proxy.js';
 import { createRequestIds } from './request-id.js';
 import type { Revocations } from './revocations.js';
 import { Departure } from './departure.js';
@@ -502,6 +502,10 @@ export function createRequestPath(deps: RequestPathDeps) {
     // RFC 6455 4.1: GET, Upgrade: websocket, a key and version 13. h2c and others are not ours.
     if (req.method !== 'GET' || (req.headers.upgrade ?? '').toLowerCase() !== 'websocket'
       || !req.headers['sec-websocket-key'] || req.headers['sec-websocket-version'] !== '13') return failSocket(socket, requestId, 'BAD_REQUEST');
+    // A handshake with content (RFC 9112 6.3): node:http upgrades at its head, so the body would be
+    // relayed to the workspace as WebSocket bytes, or a workspace waiting for it would hold the
+    // upgrade until its timeout. Parsers disagree on where such a request ends: refused at once.
+    if (hasRequestBody(req.headers)) return failSocket(socket, requestId, 'BAD_REQUEST');
     try {
       const session = await authorize(req, workspaceId);
       if (!session) return failSocket(socket, requestId, 'NOT_SIGNED_IN');

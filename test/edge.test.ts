@@ -16,6 +16,7 @@ import { systemClock } from '../gateway/clock.js';
 import { createMemoryStore } from '../gateway/store/memory.js';
 import { request, startTestGateway, waitRunning, XHR } from './helpers/gateway.js';
 import { PROBE_END, gatewayWithRecordedWorkspaces } from './helpers/upstream.js';
+import { connected, openWs } from './helpers/ws.js';
 
 interface Exchange { text: string; statuses: number[]; closed: boolean }
 
@@ -74,8 +75,9 @@ t.test('bad input over raw sockets', async (t) => {
   const WS = `Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nOrigin: http://ws-a.localhost\r\n`;
   const chunkedSmuggle = `0\r\n\r\n${SMUGGLED}`;
 
-  // [name, bytes, expected statuses ('closed' = no answer), urls upstream A must see (default none)]
-  type Row = [string, string, number[] | 'closed', string[]?];
+  // [name, bytes, expected statuses ('closed' = no answer), urls upstream A must see (default none),
+  //  the catalogue code of the last answer (unchecked when absent)]
+  type Row = [string, string, number[] | 'closed', string[]?, string?];
   const rows: Row[] = [
     // --- smuggling: CL.TE, TE.CL (both framings at once are refused outright, RFC 9112 6.3)
     ['CL.TE', `POST /x HTTP/1.1\r\n${H}${C}Content-Length: ${chunkedSmuggle.length}\r\nTransfer-Encoding: chunked\r\n\r\n${chunkedSmuggle}`, [400]],
@@ -154,6 +156,13 @@ t.test('bad input over raw sockets', async (t) => {
     ['WebSocket upgrade without Sec-WebSocket-Version', `GET /ws HTTP/1.1\r\n${H}${C}${WS.replace(/Sec-WebSocket-Version[^\r]*\r\n/, '')}\r\n`, [400]],
     ['WebSocket upgrade, version 8', `GET /ws HTTP/1.1\r\n${H}${C}${WS.replace('Version: 13', 'Version: 8')}\r\n`, [400]],
     ['WebSocket upgrade with two Host headers', `GET /ws HTTP/1.1\r\n${H}Host: ws-b.localhost\r\n${C}${WS}\r\n`, [400]],
+    // A handshake with content: parsers differ on whether the bytes after its head are a body or the
+    // new protocol, so it is refused at once, and neither the upgrade nor those bytes reach the workspace.
+    ['WebSocket upgrade with a Content-Length body', `GET /ws HTTP/1.1\r\n${H}${C}${WS}Content-Length: ${SMUGGLED.length}\r\n\r\n${SMUGGLED}`, [400], [], 'BAD_REQUEST'],
+    ['WebSocket upgrade with a Content-Length body still to come', `GET /ws HTTP/1.1\r\n${H}${C}${WS}Content-Length: 1000\r\n\r\nabc`, [400], [], 'BAD_REQUEST'],
+    ['WebSocket upgrade with a chunked body', `GET /ws HTTP/1.1\r\n${H}${C}${WS}Transfer-Encoding: chunked\r\n\r\n${chunkedSmuggle}`, [400], [], 'BAD_REQUEST'],
+    ['WebSocket upgrade with a chunked body still to come', `GET /ws HTTP/1.1\r\n${H}${C}${WS}Transfer-Encoding: chunked\r\n\r\n5\r\nab`, [400], [], 'BAD_REQUEST'],
+    ['WebSocket upgrade with a body and no session', `GET /ws HTTP/1.1\r\n${H}${WS}Content-Length: 5\r\n\r\nhello`, [400], [], 'BAD_REQUEST'],
     // CVE-2024-37890: more headers than maxHeadersCount (2000), the handshake fields past the cut.
     ['upgrade with 2100 headers (ws advisory)', `GET /ws HTTP/1.1\r\n${H}${C}${'a: b\r\n'.repeat(2100)}${WS}\r\n`, [400]],
     ['upgrade with 2100 headers, Host past the cut', `GET /ws HTTP/1.1\r\n${'a: b\r\n'.repeat(2100)}${H}${C}${WS}\r\n`, [400]],
@@ -167,7 +176,7 @@ t.test('bad input over raw sockets', async (t) => {
   // lane: there a head that parses is held back until that answer is out, re-written, then parsed again.
   const WARM = `GET /warm HTTP/1.1\r\n${H}${C}\r\n`;
   for (const behindWarm of [false, true]) {
-    for (const [rowName, send, expected, urls = []] of rows) {
+    for (const [rowName, send, expected, urls = [], code] of rows) {
       const name = behindWarm ? `behind a warm request: ${rowName}` : rowName;
       const beforeA = upA.requests.length;
       const beforeB = upB.requests.length;
@@ -178,6 +187,7 @@ t.test('bad input over raw sockets', async (t) => {
       const statuses = behindWarm && r.statuses[0] === 200 && (expected === 'closed' || r.statuses.length > expected.length) ? r.statuses.slice(1) : r.statuses;
       if (expected === 'closed') t.same(statuses, [], `${name}: closed without an answer`);
       else t.same(statuses, expected, `${name}: ${expected.join(', ')}`);
+      if (code) t.match(r.text.slice(r.text.lastIndexOf('HTTP/1.1 ')), new RegExp(`\r\nx-gateway-error: ${code}\r\n`), `${name}: ${code}`);
       // Each exactly once; in which order they reach the workspace is not promised: node:http may work on
       // pipelined requests at once (RFC 9112 9.3.2), only the responses must keep their order.
       const seen = upA.requests.slice(beforeA).map((q) => q.url);
@@ -201,6 +211,14 @@ t.test('bad input over raw sockets', async (t) => {
     t.same(r.statuses, [200, 401, 200, 401, 200, 200]);
     t.same(upA.requests.slice(beforeA).map((q) => q.url).sort(), ['/__probe', '/p1']);
     t.same(upB.requests.slice(beforeB).map((q) => `${q.method} ${q.url} ${q.body}`).sort(), ['GET /p3 ', 'POST /p5 ok']);
+  });
+
+  t.test('a handshake saying Content-Length: 0 has no content, and opens', async (t) => {
+    const before = upA.requests.length;
+    const ws = openWs(gw.port, '/ws-empty', { cookie: ca, host: 'ws-a.localhost', headers: { 'content-length': '0' } });
+    t.teardown(() => ws.terminate());
+    await connected(ws);
+    t.same(upA.requests.slice(before).map((q) => `${q.url} ${q.upgrade}`), ['/ws-empty true']);
   });
 
   t.test('nothing smuggled ever arrived, and the gateway is still up', async (t) => {
