@@ -179,11 +179,13 @@ export async function createAdminServer(deps: AdminDeps): Promise<FastifyInstanc
         summary: 'A one-time sign-in link for the workspace owner',
         params: idParam,
         body: { type: ['object', 'null'], additionalProperties: false, properties: { next: { type: 'string', pattern: NEXT_PATH, maxLength: 2048 }, ttlSeconds: { type: 'integer', minimum: 10, maximum: 600 } } },
-        response: { 200: { type: 'object', properties: { url: { type: 'string' }, expiresAt: { type: 'integer' } }, required: ['url', 'expiresAt'] }, 400: errorSchema, 401: errorSchema, ...bodyErrors },
+        response: { 200: { type: 'object', properties: { url: { type: 'string' }, expiresAt: { type: 'integer' } }, required: ['url', 'expiresAt'] }, 400: errorSchema, 401: errorSchema, ...bodyErrors, 503: errorSchema },
       },
     }, async (req) => {
       const ttl = Math.min((req.body?.ttlSeconds ?? config.loginTokenMaxTtlMs / 1000) * 1000, config.loginTokenMaxTtlMs);
-      const token = await deps.auth.createLoginToken(req.params.id, randomUUID(), ttl);
+      // Signed under the store's revocation epoch: a link asked for after a revocation works at once.
+      const { signAs } = await deps.revocations.forSigning(req.params.id);
+      const token = await deps.auth.createLoginToken(req.params.id, randomUUID(), ttl, signAs);
       const url = new URL(`${link(req.params.id)}/__gateway/login`);
       url.searchParams.set('token', token);
       url.searchParams.set('next', req.body?.next ?? '/');

@@ -34,7 +34,7 @@ async function within(ms: number, p: Promise<unknown>): Promise<void> {
   clearTimeout(timer);
 }
 
-/** The log event for each way a replica learns a revocation cutoff (gateway/revocations.ts). */
+/** The log event for each way a replica learns a revocation epoch (gateway/revocations.ts). */
 const REVOCATION_EVENTS: Record<RevocationSource, [event: string, message: string]> = {
   made: ['sessions.revoked', 'sessions revoked'],
   announced: ['sessions.revoked_elsewhere', 'sessions revoked on another replica'],
@@ -132,17 +132,17 @@ export async function createGateway(deps: GatewayDeps) {
   });
   closers.push(() => wsPairs.close());
 
-  // Revoked sessions (admin API): refused from the cutoff on, and their open WebSockets closed.
+  // Revoked sessions (admin API): refused from the revocation on, and their open WebSockets closed.
   const revocations = createRevocations({
     store, clock, metrics, refreshMs: config.routeCacheTtlMs,
-    // A voided session lasts at most SESSION_TTL past the cutoff; a sign-in link less.
+    // A voided session lasts at most SESSION_TTL past the revocation; a sign-in link less.
     keepMs: Math.max(config.sessionTtlMs, config.loginTokenMaxTtlMs) + 60_000,
     // One `sessions.revoked` per revocation, on the replica it was made on; the others say how they
     // learnt the cutoff, at debug unless it closed something (a read finds old cutoffs, often).
-    onRevoked: (id, cutoffMs, source) => {
-      const closed = wsPairs.closeIssuedBefore(id, cutoffMs);
+    onRevoked: (id, epoch, source) => {
+      const closed = wsPairs.closeRevoked(id, epoch);
       const [event, message] = REVOCATION_EVENTS[source];
-      log[source === 'made' || closed > 0 ? 'info' : 'debug']({ event, workspaceId: id, cutoff: cutoffMs, websocketsClosed: closed }, message);
+      log[source === 'made' || closed > 0 ? 'info' : 'debug']({ event, workspaceId: id, cutoff: epoch, websocketsClosed: closed }, message);
     },
   });
   closers.push(() => revocations.close());

@@ -29,10 +29,10 @@ export interface AuthOptions {
   clock: Clock;
 }
 
-/** A verified session: issuedAt (epoch ms, issuedAtMs) is what a revocation's cutoff compares. */
-export interface Session { workspaceId: string; issuedAt: number; expiresAt: number }
+/** A verified session: `epoch` is what a revocation compares (gateway/revocations.ts). */
+export interface Session { workspaceId: string; issuedAt: number; expiresAt: number; epoch: number }
 
-export type LoginCheck = { ok: true; workspaceId: string; jti: string; issuedAt: number; expiresAt: number } | { ok: false; code: ErrorCode; reason: string };
+export type LoginCheck = { ok: true; workspaceId: string; jti: string; issuedAt: number; expiresAt: number; epoch: number } | { ok: false; code: ErrorCode; reason: string };
 
 /**
  * When a token or session was issued, to the millisecond: JWT's `iat` holds whole seconds (RFC 7519
@@ -44,6 +44,18 @@ const ISSUED_MS = 'iat_ms';
 function issuedAtMs(payload: { iat?: number; [claim: string]: unknown }): number {
   const ms = payload[ISSUED_MS];
   return typeof ms === 'number' && Number.isSafeInteger(ms) ? ms : (payload.iat as number) * 1000;
+}
+
+/**
+ * The workspace's revocation value a token or session was signed under, read from the store
+ * (gateway/revocations.ts): the store's own time, or the epoch in force if later. Signed before the
+ * claim existed: its issue time stands in, on the signing replica's clock, as revocations compared
+ * it then (skew included), for at most SESSION_TTL after the upgrade.
+ */
+const EPOCH = 'rev';
+function epochOf(payload: { iat?: number; [claim: string]: unknown }): number {
+  const epoch = payload[EPOCH];
+  return typeof epoch === 'number' && Number.isSafeInteger(epoch) ? epoch : issuedAtMs(payload);
 }
 
 /**
@@ -85,7 +97,7 @@ export function createAuth(opts: AuthOptions) {
       const { payload } = await jwtVerify(value, await sessionKey, {
         algorithms: ['HS256'], currentDate: new Date(now()), typ: 'wsgw-session', requiredClaims: ['sub', 'iat', 'exp'],
       });
-      const session = { workspaceId: String(payload.sub), issuedAt: issuedAtMs(payload), expiresAt: (payload.exp as number) * 1000 };
+      const session = { workspaceId: String(payload.sub), issuedAt: issuedAtMs(payload), expiresAt: (payload.exp as number) * 1000, epoch: epochOf(payload) };
       if (verified.size >= 50_000) verified.delete(verified.keys().next().value!);
       verified.set(value, session);
       return session;
@@ -95,9 +107,13 @@ export function createAuth(opts: AuthOptions) {
   }
 
   return {
-    async createLoginToken(workspaceId: string, jti: string, ttlMs = opts.loginTokenMaxTtlMs): Promise<string> {
+    /**
+     * `epoch`: Revocations.forSigning's signAs, read from the store; a caller without a store (tests)
+     * may leave this replica's clock to stand in for it.
+     */
+    async createLoginToken(workspaceId: string, jti: string, ttlMs = opts.loginTokenMaxTtlMs, epoch = now()): Promise<string> {
       const t = now();
-      return new SignJWT({ [ISSUED_MS]: t })
+      return new SignJWT({ [ISSUED_MS]: t, [EPOCH]: epoch })
         .setProtectedHeader({ alg: 'HS256', typ: 'JWT' })
         .setSubject(workspaceId).setJti(jti).setIssuedAt(seconds(t)).setExpirationTime(seconds(t + Math.min(ttlMs, opts.loginTokenMaxTtlMs)))
         .sign(await loginKey);
@@ -112,7 +128,7 @@ export function createAuth(opts: AuthOptions) {
         const expiresAt = (payload.exp as number) * 1000;
         if (expiresAt - now() > opts.loginTokenMaxTtlMs + 1000) return { ok: false, code: 'LOGIN_TOKEN_INVALID', reason: 'lifetime' };
         if (payload.sub !== workspaceId) return { ok: false, code: 'LOGIN_TOKEN_INVALID', reason: 'wrong_workspace' };
-        return { ok: true, workspaceId, jti: String(payload.jti), issuedAt: issuedAtMs(payload), expiresAt };
+        return { ok: true, workspaceId, jti: String(payload.jti), issuedAt: issuedAtMs(payload), expiresAt, epoch: epochOf(payload) };
       } catch (err) {
         if (err instanceof joseErrors.JWTExpired) return { ok: false, code: 'LOGIN_TOKEN_EXPIRED', reason: 'expired' };
         if (err instanceof joseErrors.JOSEAlgNotAllowed || err instanceof joseErrors.JOSENotSupported) return { ok: false, code: 'LOGIN_TOKEN_INVALID', reason: 'algorithm' };
@@ -121,10 +137,11 @@ export function createAuth(opts: AuthOptions) {
       }
     },
 
-    async createSession(workspaceId: string): Promise<{ value: string; expiresAt: number }> {
+    /** `epoch` as for createLoginToken. */
+    async createSession(workspaceId: string, epoch = now()): Promise<{ value: string; expiresAt: number }> {
       const t = now();
       const expiresAt = t + opts.sessionTtlMs;
-      const value = await new SignJWT({ [ISSUED_MS]: t })
+      const value = await new SignJWT({ [ISSUED_MS]: t, [EPOCH]: epoch })
         .setProtectedHeader({ alg: 'HS256', typ: 'wsgw-session' })
         .setSubject(workspaceId).setIssuedAt(seconds(t)).setExpirationTime(seconds(expiresAt))
         .sign(await sessionKey);

@@ -29,7 +29,7 @@ async function main() {
 
   if (config.gatewaySecretGenerated || config.adminTokenGenerated) {
     // Development: print what a newcomer needs to open the demo workspace in a browser.
-    const token = await gateway.auth.createLoginToken('demo', randomUUID(), config.loginTokenMaxTtlMs);
+    const token = await gateway.auth.createLoginToken('demo', randomUUID(), config.loginTokenMaxTtlMs, (await gateway.revocations.forSigning('demo')).signAs);
     const lines = [
       '',
       `  Workspace gateway is up (${provisioner.kind} workspaces, ${store.kind} state).`,

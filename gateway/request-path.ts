@@ -26,7 +26,7 @@ import { forwardedFields, upstreamRequestHead, type ForwardedFor, type RequestBo
 import type { BodyMode, UpstreamFailure } from './upstream-pool.js';
 import { hasRequestBody, type Forwarder, type UpgradeResponse } from './proxy.js';
 import { createRequestIds } from './request-id.js';
-import type { Revocations } from './revocations.js';
+import { revokedBy, type Revocations } from './revocations.js';
 import { Departure } from './departure.js';
 import { isNavigation, siteAllowed, wantsHtml, type RequestSite } from './request-kind.js';
 import type { StateStore, WorkspaceRecord } from './store/contract.js';
@@ -60,7 +60,7 @@ export interface RequestPathDeps {
   metrics: Metrics;
   log: Logger;
   /** Called for each proxied WebSocket pair, so the app can track, tap and drain them. */
-  onWebSocket(ws: { workspaceId: string; sessionIssuedAt: number; client: Duplex; upstream: Duplex; req: IncomingMessage; response: UpgradeResponse }): void;
+  onWebSocket(ws: { workspaceId: string; sessionEpoch: number; client: Duplex; upstream: Duplex; req: IncomingMessage; response: UpgradeResponse }): void;
   isDraining(): boolean;
 }
 
@@ -146,13 +146,13 @@ export function createRequestPath(deps: RequestPathDeps) {
   const isOwnOrigin = (origin: string, host: string | undefined) => sameOrigin(origin, host, config.publicScheme);
 
   /**
-   * Step 2: only the workspace's owner, proven by a session cookie for exactly this host, issued
+   * Step 2: only the workspace's owner, proven by a session cookie for exactly this host, signed
    * after any revocation of the workspace's sessions (gateway/revocations.ts).
    */
   async function authorize(req: IncomingMessage, workspaceId: string): Promise<Session | undefined> {
     const session = await auth.sessionFor(sessionCookieParts(req.headers.cookie, cookieName).values, workspaceId);
     if (!session) { metrics.signInFailure('no_session'); return undefined; }
-    if (await revocations.voids(workspaceId, session.issuedAt)) { metrics.signInFailure('revoked'); return undefined; }
+    if (await revocations.voids(workspaceId, session.epoch)) { metrics.signInFailure('revoked'); return undefined; }
     return session;
   }
 
@@ -312,7 +312,7 @@ export function createRequestPath(deps: RequestPathDeps) {
    */
   function warmCaller(notes: WarmNotes, cookie: string | undefined, workspaceId: string): { authorized: boolean; cookieRest: string | undefined } {
     if (notes.session && notes.cookie === cookie && notes.cookieWorkspace === workspaceId && auth.isCurrent(notes.session)) {
-      return { authorized: revocations.voidsNow(workspaceId, notes.session.issuedAt) === false, cookieRest: notes.cookieRest };
+      return { authorized: revocations.voidsNow(workspaceId, notes.session.epoch) === false, cookieRest: notes.cookieRest };
     }
     const parts = sessionCookieParts(cookie, cookieName);
     const session = auth.verifiedSessionFor(parts.values, workspaceId);
@@ -321,7 +321,7 @@ export function createRequestPath(deps: RequestPathDeps) {
     notes.cookie = cookie;
     notes.cookieWorkspace = workspaceId;
     notes.cookieRest = parts.rest;
-    return { authorized: session !== undefined && revocations.voidsNow(workspaceId, session.issuedAt) === false, cookieRest: parts.rest };
+    return { authorized: session !== undefined && revocations.voidsNow(workspaceId, session.epoch) === false, cookieRest: parts.rest };
   }
 
   function warmForwardedFor(notes: WarmNotes, xff: string | undefined, host: string | undefined): ForwardedFor {
@@ -395,13 +395,15 @@ export function createRequestPath(deps: RequestPathDeps) {
     const token = url.searchParams.get('token') ?? '';
     const check = await auth.checkLoginToken(token, ctx.workspaceId);
     if (!check.ok) { metrics.signInFailure(check.reason); return fail(res, ctx, check.code); }
-    // A link handed out before a revocation would otherwise mint a fresh session after it.
-    if (await revocations.voids(ctx.workspaceId, check.issuedAt)) { metrics.signInFailure('revoked'); return fail(res, ctx, 'LOGIN_TOKEN_INVALID'); }
+    // A link handed out before a revocation would otherwise mint a fresh session after it: checked
+    // against the store's epoch now, since the session is signed under it.
+    const { inForce, signAs } = await revocations.forSigning(ctx.workspaceId);
+    if (revokedBy(check.epoch, inForce)) { metrics.signInFailure('revoked'); return fail(res, ctx, 'LOGIN_TOKEN_INVALID'); }
     if (!(await deps.store.consumeOnce(`jti:${check.jti}`, Math.max(1000, check.expiresAt - deps.clock.now() + 60_000)))) {
       metrics.signInFailure('replayed');
       return fail(res, ctx, 'LOGIN_TOKEN_USED');
     }
-    const session = await auth.createSession(ctx.workspaceId);
+    const session = await auth.createSession(ctx.workspaceId, signAs);
     // 303 to a same-host path: the token leaves the address bar and never reaches the workspace.
     res.writeHead(303, {
       location: safeNext(url.searchParams.get('next')), 'set-cookie': sessionCookie(cookieName, session.value, config.sessionTtlMs),
@@ -518,7 +520,7 @@ export function createRequestPath(deps: RequestPathDeps) {
         const state = route.record?.state;
         return failSocket(socket, requestId, state === 'starting' ? 'WORKSPACE_STARTING' : state === 'failed' ? 'WORKSPACE_START_FAILED' : 'WORKSPACE_STOPPED');
       }
-      forwardWs(req, socket, head, workspaceId, session.issuedAt, requestId, route.endpoint);
+      forwardWs(req, socket, head, workspaceId, session.epoch, requestId, route.endpoint);
     } catch (err) {
       if (err instanceof StoreUnavailable) return failSocket(socket, requestId, 'STORE_UNAVAILABLE');
       log.error({ event: 'upgrade.error', workspaceId, requestId, err }, 'upgrade failed');
@@ -527,13 +529,13 @@ export function createRequestPath(deps: RequestPathDeps) {
   }
 
   /** Step 5 (ws): forward the upgrade, then hand the socket pair to the app for tracking and taps. */
-  function forwardWs(req: IncomingMessage, socket: Duplex, head: Buffer, workspaceId: string, sessionIssuedAt: number, requestId: string, endpoint: Endpoint) {
+  function forwardWs(req: IncomingMessage, socket: Duplex, head: Buffer, workspaceId: string, sessionEpoch: number, requestId: string, endpoint: Endpoint) {
     let upgraded = false;
     forwarder.ws(req, socket, head, endpoint, workspaceId, forwardedForRequest(req), sessionCookieParts(req.headers.cookie, cookieName).rest, {
       onUpgrade: (upstream, response) => {
         // Revoked while the workspace was answering: the pair would not be tracked yet when the
         // revocation closed this session's WebSockets, so it is refused here instead.
-        if (revocations.voidsNow(workspaceId, sessionIssuedAt) === true) {
+        if (revocations.voidsNow(workspaceId, sessionEpoch) === true) {
           upstream.destroy();
           metrics.signInFailure('revoked');
           failSocket(socket, requestId, 'NOT_SIGNED_IN');
@@ -542,7 +544,7 @@ export function createRequestPath(deps: RequestPathDeps) {
         upgraded = true;
         metrics.proxied('ws', 101);
         // Opening (or re-opening) a socket is not evidence of a person; its messages may be (issue 5).
-        deps.onWebSocket({ workspaceId, sessionIssuedAt, client: socket, upstream, req, response });
+        deps.onWebSocket({ workspaceId, sessionEpoch, client: socket, upstream, req, response });
       },
       onFailure: ({ code, error }) => {
         // After the 101 an error is the end of an established pair, most often the browser going away

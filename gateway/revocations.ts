@@ -1,9 +1,14 @@
 // Revoked sessions (admin API `POST /api/workspaces/<id>/revoke-sessions`). A session cookie is a
 // signed, stateless claim that holds until it expires (SESSION_TTL, 12 h by default), so a
-// workspace handed to another student, or a cookie left on a shared machine, needs a cutoff:
-// sessions and sign-in links of that workspace issued before it are refused on every replica.
-// The cutoff lives in the store, kept as long as anything it voids could last. Each replica keeps
-// the cutoffs it has learnt: told at once by the store's events, and read again in the background
+// workspace handed to another student, or a cookie left on a shared machine, needs a way to void it.
+// Each workspace has a revocation epoch in the store: a session and a sign-in link carry a value read
+// from the store when they were signed (the store's own time, or the epoch in force if that is
+// later; never a replica's clock), and revoking moves the epoch past the store's time
+// (store/contract.ts revokeSessions). One signed below the epoch in force is refused on every replica. Comparing issue times instead took the revoking
+// replica's clock against the signing one's: a few seconds of skew voided the next owner's sign-in
+// or kept the old one's session alive.
+// The epoch lives in the store, kept as long as anything it voids could last. Each replica keeps
+// the epochs it has learnt: told at once by the store's events, and read again in the background
 // once older than the route cache's TTL, so a missed event (Redis reconnecting) costs at most that
 // long, as a stale route does. The warm lane only reads what is kept here; a workspace this replica
 // has not learnt yet takes node:http's path, which asks the store.
@@ -11,32 +16,32 @@ import type { Clock } from './clock.js';
 import type { Metrics } from './metrics.js';
 import type { StateStore, WorkspaceEvent } from './store/contract.js';
 
-/** Whether a session or sign-in link issued at `issuedAtMs` is void under `cutoffMs`. */
-export function revokedBy(issuedAtMs: number, cutoffMs: number | undefined): boolean {
-  return cutoffMs !== undefined && issuedAtMs < cutoffMs;
+/** Whether a session or sign-in link signed under `signedEpoch` is void under the epoch in force. */
+export function revokedBy(signedEpoch: number, epochInForce: number | undefined): boolean {
+  return epochInForce !== undefined && signedEpoch < epochInForce;
 }
 
 export interface RevocationsOptions {
   store: StateStore;
   clock: Clock;
   metrics: Metrics;
-  /** A cutoff learnt longer ago than this is read again (ROUTE_CACHE_TTL). */
+  /** An epoch learnt longer ago than this is read again (ROUTE_CACHE_TTL). */
   refreshMs: number;
-  /** How long the store keeps a cutoff: no session or sign-in link it voids outlives it. */
+  /** How long the store keeps an epoch: no session or sign-in link it voids outlives it. */
   keepMs: number;
   /**
-   * Every cutoff learnt, and how: the WebSockets opened under voided sessions are closed. A read
-   * finds cutoffs made earlier (a replica started later, a refresh), not a revocation made now.
+   * Every epoch learnt, and how: the WebSockets opened under voided sessions are closed. A read
+   * finds epochs set earlier (a replica started later, a refresh), not a revocation made now.
    */
-  onRevoked?(workspaceId: string, cutoffMs: number, source: RevocationSource): void;
+  onRevoked?(workspaceId: string, epoch: number, source: RevocationSource): void;
 }
 
 /** `made`: by revoke() on this replica; `announced`: another replica's event; `read`: found in the store. */
 export type RevocationSource = 'made' | 'announced' | 'read';
 
-interface Known { cutoffMs: number | undefined; checkedAt: number }
+interface Known { epoch: number | undefined; checkedAt: number }
 
-/** Workspaces whose cutoff a replica keeps; past this the oldest learnt is read again when next needed. */
+/** Workspaces whose epoch a replica keeps; past this the oldest learnt is read again when next needed. */
 const MAX_KNOWN = 100_000;
 
 export function createRevocations(opts: RevocationsOptions) {
@@ -44,13 +49,13 @@ export function createRevocations(opts: RevocationsOptions) {
   const known = new Map<string, Known>();
   const reading = new Map<string, Promise<void>>();
 
-  function learn(id: string, cutoffMs: number | undefined, source: RevocationSource) {
-    const before = known.get(id)?.cutoffMs;
-    const cutoff = before === undefined ? cutoffMs : cutoffMs === undefined ? before : Math.max(before, cutoffMs);
+  function learn(id: string, epoch: number | undefined, source: RevocationSource) {
+    const before = known.get(id)?.epoch;
+    const inForce = before === undefined ? epoch : epoch === undefined ? before : Math.max(before, epoch);
     if (known.size >= MAX_KNOWN && !known.has(id)) known.delete(known.keys().next().value!);
-    known.set(id, { cutoffMs: cutoff, checkedAt: clock.now() });
-    // A revocation made here is reported even when the store kept an equal or later cutoff.
-    if (cutoff !== undefined && (cutoff !== before || source === 'made')) opts.onRevoked?.(id, cutoff, source);
+    known.set(id, { epoch: inForce, checkedAt: clock.now() });
+    // A revocation made here is reported even when the store kept an equal or later epoch.
+    if (inForce !== undefined && (inForce !== before || source === 'made')) opts.onRevoked?.(id, inForce, source);
   }
 
   /**
@@ -61,8 +66,8 @@ export function createRevocations(opts: RevocationsOptions) {
   function read(id: string): Promise<void> {
     let p = reading.get(id);
     if (!p) {
-      p = store.sessionsRevokedBefore(id).then(
-        (cutoff) => learn(id, cutoff, 'read'),
+      p = store.revocationEpoch(id).then(
+        ({ epoch }) => learn(id, epoch, 'read'),
         () => { metrics.storeError(); learn(id, undefined, 'read'); },
       ).finally(() => reading.delete(id));
       reading.set(id, p);
@@ -71,37 +76,50 @@ export function createRevocations(opts: RevocationsOptions) {
   }
 
   const unsubscribe = store.subscribe((e: WorkspaceEvent) => {
-    if ('sessionsRevoked' in e) learn(e.sessionsRevoked.id, e.sessionsRevoked.beforeMs, 'announced');
+    // A replica of the release before epochs announces `beforeMs`: a read within refreshMs finds it.
+    if ('sessionsRevoked' in e && typeof e.sessionsRevoked.epoch === 'number') learn(e.sessionsRevoked.id, e.sessionsRevoked.epoch, 'announced');
   });
 
   /**
    * Without waiting (the warm lane): whether this session is void, or undefined when this replica has
-   * not learnt the workspace's cutoff yet. A cutoff past its refresh is still used while it is read again.
+   * not learnt the workspace's epoch yet. An epoch past its refresh is still used while it is read again.
    */
-  function voidsNow(workspaceId: string, issuedAt: number): boolean | undefined {
+  function voidsNow(workspaceId: string, signedEpoch: number): boolean | undefined {
     const k = known.get(workspaceId);
     if (!k) return undefined;
     if (clock.now() - k.checkedAt > opts.refreshMs) void read(workspaceId);
-    return revokedBy(issuedAt, k.cutoffMs);
+    return revokedBy(signedEpoch, k.epoch);
   }
 
   return {
     voidsNow,
 
     /** Whether this session (or sign-in link) is void; asks the store when this replica has not learnt the workspace yet. */
-    async voids(workspaceId: string, issuedAt: number): Promise<boolean> {
-      const now = voidsNow(workspaceId, issuedAt);
+    async voids(workspaceId: string, signedEpoch: number): Promise<boolean> {
+      const now = voidsNow(workspaceId, signedEpoch);
       if (now !== undefined) return now;
       await read(workspaceId);
-      return revokedBy(issuedAt, known.get(workspaceId)?.cutoffMs);
+      return revokedBy(signedEpoch, known.get(workspaceId)?.epoch);
     },
 
-    /** Voids every session and sign-in link of the workspace issued before now, on every replica. */
+    /**
+     * For a session or sign-in link about to be signed, read from the store now, not what this
+     * replica knows (one that missed an event would let a voided link sign a session in): the epoch
+     * in force, against which the link that brings it is checked, and the value to sign it under,
+     * the store's time or that epoch if later. Throws StoreUnavailable.
+     */
+    async forSigning(workspaceId: string): Promise<{ inForce: number | undefined; signAs: number }> {
+      const { epoch, storeNow } = await store.revocationEpoch(workspaceId);
+      learn(workspaceId, epoch, 'read');
+      return { inForce: epoch, signAs: Math.max(epoch ?? 0, storeNow) };
+    },
+
+    /** Voids every session and sign-in link of the workspace signed so far, on every replica. */
     async revoke(workspaceId: string): Promise<number> {
-      const cutoff = await store.revokeSessions(workspaceId, clock.now(), opts.keepMs);
-      learn(workspaceId, cutoff, 'made');
-      await store.publish({ sessionsRevoked: { id: workspaceId, beforeMs: cutoff } }).catch(() => metrics.storeError());
-      return cutoff;
+      const epoch = await store.revokeSessions(workspaceId, opts.keepMs);
+      learn(workspaceId, epoch, 'made');
+      await store.publish({ sessionsRevoked: { id: workspaceId, epoch } }).catch(() => metrics.storeError());
+      return epoch;
     },
 
     close() {

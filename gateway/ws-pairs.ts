@@ -9,6 +9,7 @@ import { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { READ_BUFFER_BYTES, copyOut, readIntoBuffer } from './socket-reads.js';
 import type { Clock } from './clock.js';
+import { revokedBy } from './revocations.js';
 import type { UpgradeResponse } from './proxy.js';
 import { CLOSE, FrameTracker, GOING_AWAY, PING, POLICY_VIOLATION, clientFrame, closePayload, serverFrame } from './ws-frames.js';
 
@@ -17,8 +18,8 @@ export interface ClientObserver { write(chunk: Buffer): void }
 
 export interface WsPair<O extends ClientObserver = ClientObserver> {
   workspaceId: string;
-  /** When the session that opened it was issued: a revocation closes the pairs it voids. */
-  sessionIssuedAt: number;
+  /** The revocation epoch the session that opened it was signed under: a revocation closes the pairs it voids. */
+  sessionEpoch: number;
   client: Duplex;
   upstream: Duplex;
   /** Last time any byte came from that side (pongs included: liveness, not activity). */
@@ -112,7 +113,7 @@ class Pair implements WsPair {
   lost = false;
   grace: NodeJS.Timeout | undefined;
 
-  constructor(readonly owner: Owner, readonly workspaceId: string, readonly sessionIssuedAt: number, readonly client: Duplex, readonly upstream: Duplex) {
+  constructor(readonly owner: Owner, readonly workspaceId: string, readonly sessionEpoch: number, readonly client: Duplex, readonly upstream: Duplex) {
     this.lastUpstream = this.lastClient = owner.clock.now();
     this.down = new Direction(upstream, client);
     this.up = new Direction(client, upstream);
@@ -243,12 +244,12 @@ export function createWsPairs<O extends ClientObserver = ClientObserver>(opts: W
     emptied() { const w = emptyWaiters; emptyWaiters = []; for (const f of w) f(); },
   };
 
-  function track(p: { workspaceId: string; sessionIssuedAt: number; client: Duplex; upstream: Duplex; req: IncomingMessage; response: UpgradeResponse }) {
+  function track(p: { workspaceId: string; sessionEpoch: number; client: Duplex; upstream: Duplex; req: IncomingMessage; response: UpgradeResponse }) {
     // Only the two sockets are kept: the upgrade's request and response objects are free once
     // opened() has read them (bench/: idle memory per WebSocket).
     const client = p.client as Relayed;
     const upstream = p.upstream as Relayed;
-    const pair = new Pair(owner, p.workspaceId, p.sessionIssuedAt, client, upstream);
+    const pair = new Pair(owner, p.workspaceId, p.sessionEpoch, client, upstream);
     pairs.add(pair);
     client[kPair] = pair;
     upstream[kPair] = pair;
@@ -315,12 +316,12 @@ export function createWsPairs<O extends ClientObserver = ClientObserver>(opts: W
       return whenEmpty();
     },
     /**
-     * Closes, with 1008, the workspace's pairs opened under sessions issued before the cutoff (a
-     * revocation): the browser's reconnect then meets the refusal. Pairs of newer sessions stay.
+     * Closes, with 1008, the workspace's pairs opened under sessions the revocation epoch voids
+     * (revokedBy): the browser's reconnect then meets the refusal. Pairs of newer sessions stay.
      */
-    closeIssuedBefore(workspaceId: string, cutoffMs: number): number {
+    closeRevoked(workspaceId: string, epoch: number): number {
       let n = 0;
-      for (const pair of pairs) if (pair.workspaceId === workspaceId && pair.sessionIssuedAt < cutoffMs && !pair.closing) { pair.finish(POLICY_VIOLATION); n++; }
+      for (const pair of pairs) if (pair.workspaceId === workspaceId && revokedBy(pair.sessionEpoch, epoch) && !pair.closing) { pair.finish(POLICY_VIOLATION); n++; }
       return n;
     },
     close() {

@@ -2,14 +2,17 @@
 // student, or a cookie left on a shared machine. Sessions and sign-in links issued before the
 // cutoff are refused on both lanes and on every replica, its open WebSockets are closed, and the
 // next owner's sign-in works at once.
+import { createHmac } from 'node:crypto';
 import http from 'node:http';
+import { SignJWT } from 'jose';
 import t from 'tap';
+import { createAuth } from '../gateway/auth.js';
 import { createManualClock } from '../gateway/clock.js';
 import { createMetrics } from '../gateway/metrics.js';
 import { createRevocations, revokedBy, type RevocationSource } from '../gateway/revocations.js';
 import { StoreUnavailable, type StateStore } from '../gateway/store/contract.js';
 import { createMemoryStore } from '../gateway/store/memory.js';
-import { NAVIGATE, TEST_ADMIN_TOKEN, XHR, loginUrl, request, startTestGateway, type TestGateway } from './helpers/gateway.js';
+import { NAVIGATE, TEST_ADMIN_TOKEN, TEST_SECRET, XHR, loginUrl, request, startTestGateway, type TestGateway } from './helpers/gateway.js';
 import { startRedis } from './helpers/redis.js';
 import { registerRunning, startRecordingUpstream, type RecordingUpstream } from './helpers/upstream.js';
 import { closed, connected, openWs } from './helpers/ws.js';
@@ -27,15 +30,31 @@ async function signIn(port: number, link: string): Promise<{ status: number; coo
   return { status: r.status, cookie: set?.split(';')[0], code: r.headers['x-gateway-error'] as string | undefined };
 }
 
-t.test('revokedBy table: a session issued before the cutoff is void, one issued at or after it holds', async (t) => {
+t.test('revokedBy table: a session signed below the epoch in force is void, one signed at or above it holds', async (t) => {
   const rows: Array<[string, number, number | undefined, boolean]> = [
-    ['no cutoff', 1_000, undefined, false],
-    ['issued a millisecond before', 1_999, 2_000, true],
-    ['issued at the cutoff (the next owner signing in at once)', 2_000, 2_000, false],
-    ['issued after', 2_001, 2_000, false],
-    ['issued long before', 0, 2_000, true],
+    ['no epoch in force', 1_000, undefined, false],
+    ['signed one below', 1_999, 2_000, true],
+    ['signed under the epoch (the next owner signing in at once)', 2_000, 2_000, false],
+    ['signed above (the store\'s time, later)', 2_001, 2_000, false],
+    ['signed long before', 0, 2_000, true],
   ];
-  for (const [name, issued, cutoff, want] of rows) t.equal(revokedBy(issued, cutoff), want, name);
+  for (const [name, signed, inForce, want] of rows) t.equal(revokedBy(signed, inForce), want, name);
+});
+
+t.test('a cookie signed before revocation epochs existed: its issue time stands in for the epoch', async (t) => {
+  const clock = createManualClock(1_764_316_800_000);
+  const auth = createAuth({ secret: TEST_SECRET, sessionTtlMs: 3_600_000, loginTokenMaxTtlMs: 300_000, clock });
+  // Signed as the release before epochs signed it: the same key, `iat_ms` and no `rev`.
+  const key = createHmac('sha256', TEST_SECRET).update('workspace-gateway/session').digest();
+  const issued = clock.now() - 5_000;
+  const legacy = await new SignJWT({ iat_ms: issued }).setProtectedHeader({ alg: 'HS256', typ: 'wsgw-session' })
+    .setSubject('w').setIssuedAt(Math.floor(issued / 1000)).setExpirationTime(Math.floor(issued / 1000) + 3600).sign(key);
+  const session = await auth.sessionFor([legacy], 'w');
+  t.equal(session?.epoch, issued, 'its epoch is when it was issued');
+  t.equal(revokedBy(session!.epoch, issued + 1), true, 'void under a revocation after it');
+  t.equal(revokedBy(session!.epoch, issued), false, 'not under one before it');
+  const current = await auth.sessionFor([(await auth.createSession('w', 42)).value], 'w');
+  t.equal(current?.epoch, 42, 'a session signed now carries the epoch it was given');
 });
 
 t.test('a replica learns cutoffs from events at once, and from the store after a missed one', async (t) => {
@@ -52,7 +71,7 @@ t.test('a replica learns cutoffs from events at once, and from the store after a
   t.equal(b.voidsNow('w', issued), false, 'now known without waiting');
 
   const cutoff = await a.revoke('w');
-  t.equal(cutoff, clock.now());
+  t.equal(cutoff, clock.now() + 1, 'one past the store\'s time: everything signed so far is below it');
   await new Promise((r) => setImmediate(r)); // the store's events are asynchronous, as Redis pub/sub is
   t.equal(b.voidsNow('w', issued), true, 'the other replica was told by the event');
   t.equal(b.voidsNow('w', cutoff), false, 'a session issued at the cutoff holds');
@@ -61,42 +80,43 @@ t.test('a replica learns cutoffs from events at once, and from the store after a
   // A revocation whose event b missed (Redis reconnecting): b still uses what it knows until the
   // refresh period has passed, then reads the store again in the background.
   clock.advance(5_000);
-  await store.revokeSessions('w', clock.now(), 60_000);
-  const later = clock.now() - 1;
+  const missed = await store.revokeSessions('w', 60_000);
+  const later = clock.now();
   t.equal(b.voidsNow('w', later), false, 'within the refresh period: the known cutoff');
   clock.advance(30_001);
   t.equal(b.voidsNow('w', later), false, 'stale: still the known cutoff while the store is read');
   await new Promise((r) => setImmediate(r));
   t.equal(b.voidsNow('w', later), true, 'the missed cutoff, learnt from the store');
-  t.same(seen.slice(2), [['b', 'w', clock.now() - 30_001, 'read']], 'learnt by a read, not a revocation made now');
+  t.same(seen.slice(2), [['b', 'w', missed, 'read']], 'learnt by a read, not a revocation made now');
   seen.length = 0;
   const c = make('c');
   t.teardown(() => c.close());
   t.equal(await c.voids('w', later), true, 'a replica started after it reads the cutoff');
-  t.same(seen, [['c', 'w', clock.now() - 30_001, 'read']], 'and says it read it');
+  t.same(seen, [['c', 'w', missed, 'read']], 'and says it read it');
   seen.length = 0;
   const again = await a.revoke('w');
   t.equal(again >= clock.now(), true);
   await new Promise((r) => setImmediate(r));
   t.same(seen.filter(([, , , how]) => how === 'made'), [['a', 'w', again, 'made']], 'a revocation made is reported where it was made');
   t.same(seen.filter(([, , , how]) => how !== 'made').map(([name, , , how]) => [name, how]), [['b', 'announced'], ['c', 'announced']], 'and announced to the others');
-  // Made again in the same millisecond: the store keeps the same cutoff, and the revocation is still reported.
+  // Made again in the same millisecond: the epoch still moves past everything signed since the last one.
   seen.length = 0;
-  t.equal(await a.revoke('w'), again);
+  const third = await a.revoke('w');
+  t.ok(third > again, 'a revocation in the same millisecond moves the epoch too');
   await new Promise((r) => setImmediate(r));
-  t.same(seen, [['a', 'w', again, 'made']], 'the second one is reported too; nobody else learns anything new');
+  t.same(seen, [['a', 'w', third, 'made'], ['b', 'w', third, 'announced'], ['c', 'w', third, 'announced']], 'reported where it was made, announced to the others');
 });
 
 t.test('a store that cannot answer: sessions are let in on what the replica knows (as cached routes are served), and it is asked again', async (t) => {
   const clock = createManualClock(1_764_316_800_000);
   const store = createMemoryStore(clock);
   let down = true;
-  const flaky: StateStore = { ...store, sessionsRevokedBefore: (id) => (down ? Promise.reject(new StoreUnavailable('redis: down')) : store.sessionsRevokedBefore(id)) };
+  const flaky: StateStore = { ...store, revocationEpoch: (id) => (down ? Promise.reject(new StoreUnavailable('redis: down')) : store.revocationEpoch(id)) };
   const metrics = createMetrics({ enabled: true, defaultMetrics: false });
   const r = createRevocations({ store: flaky, clock, metrics, refreshMs: 30_000, keepMs: 60_000 });
   t.teardown(() => r.close());
-  await store.revokeSessions('w', clock.now(), 60_000); // made elsewhere; its event never reached this replica
-  const issued = clock.now() - 1;
+  await store.revokeSessions('w', 60_000); // made elsewhere; its event never reached this replica
+  const issued = clock.now();
   t.equal(await r.voids('w', issued), false, 'the store cannot answer: let in');
   t.equal(r.voidsNow('w', issued), false, 'and the warm lane takes it until the refresh');
   t.match(await metrics.registry.metrics(), /wsgw_store_errors_total 1\b/, 'counted as a store error');
@@ -230,4 +250,44 @@ t.test('log lines say what happened: one `sessions.revoked` for the revocation m
   const learnt = events(c, 'sessions.cutoff_learned');
   t.equal(learnt.length, 1, 'it learnt an old cutoff from the store');
   t.equal(learnt[0]?.level, 20, 'at debug: nothing happened but a read');
+});
+
+t.test('replicas whose clocks disagree: a revocation voids exactly the sessions signed before it, whichever replica signed them', async (t) => {
+  const redis = await startRedis();
+  t.teardown(() => redis.stop());
+  const up: RecordingUpstream = await startRecordingUpstream();
+  t.teardown(() => up.close());
+  // Half a minute either side of the real time: NTP-less hosts drift that far, and any skew above the
+  // time between a revocation and the next sign-in is enough.
+  const SKEW = 30_000;
+  const ahead = await startTestGateway({ redisUrl: redis.url, clock: { now: () => Date.now() + SKEW } });
+  const behind = await startTestGateway({ redisUrl: redis.url, clock: { now: () => Date.now() - SKEW } });
+  t.teardown(async () => { await ahead.close(); await behind.close(); });
+  await registerRunning(ahead.store, 'rec', up.port);
+  const host = 'ws-rec.localhost';
+  const get = (gw: TestGateway, cookie: string) => request(gw.port, { host, path: '/page', headers: { ...XHR, cookie }, agent: false });
+  const both = async (cookie: string) => [(await get(ahead, cookie)).status, (await get(behind, cookie)).status];
+
+  t.test('signed in on the replica ahead just before a revocation made on the one behind: void', async (t) => {
+    const before = await signIn(ahead.port, await loginUrl(ahead.adminPort, 'rec'));
+    t.equal(before.status, 303);
+    t.same(await both(before.cookie!), [200, 200], 'let in everywhere before the revocation');
+    const ws = await connected(openWs(ahead.port, '/socket', { cookie: before.cookie, host }));
+    const wsClosed = closed(ws);
+    t.equal((await revoke(behind, 'rec')).status, 200);
+    t.same(await both(before.cookie!), [401, 401], 'refused on both replicas after it');
+    t.equal((await wsClosed).code, 1008, 'its WebSocket on the replica ahead is closed');
+  });
+
+  t.test('signed in on the replica behind just after a revocation made on the one ahead: holds', async (t) => {
+    const old = await signIn(behind.port, await loginUrl(behind.adminPort, 'rec'));
+    t.equal((await revoke(ahead, 'rec')).status, 200);
+    const after = await signIn(behind.port, await loginUrl(behind.adminPort, 'rec'));
+    t.equal(after.status, 303, 'the next owner signs in at once');
+    t.equal(after.code, undefined);
+    t.same(await both(after.cookie!), [200, 200], 'and is let in on both replicas');
+    const ws = await connected(openWs(behind.port, '/socket', { cookie: after.cookie, host }));
+    ws.close();
+    t.same(await both(old.cookie!), [401, 401], 'the session before the revocation is still void');
+  });
 });

@@ -62,20 +62,27 @@ async function contract(t: Test, make: () => Promise<StateStore>, advance: (ms: 
     await store.publish({ record: rec('e', 'running') });
     t.same(await got, { record: rec('e', 'running') });
     const revoked = new Promise<WorkspaceEvent>((resolve) => { const off = store.subscribe((e) => { off(); resolve(e); }); });
-    await store.publish({ sessionsRevoked: { id: 'e', beforeMs: 1_764_316_800_000 } });
-    t.same(await revoked, { sessionsRevoked: { id: 'e', beforeMs: 1_764_316_800_000 } });
+    await store.publish({ sessionsRevoked: { id: 'e', epoch: 1_764_316_800_000 } });
+    t.same(await revoked, { sessionsRevoked: { id: 'e', epoch: 1_764_316_800_000 } });
   });
 
-  t.test('revoked sessions: the cutoff only moves forward, per workspace, kept for its ttl', async (t) => {
-    const at = 1_764_316_800_000; // epoch ms: more than a 32-bit integer holds
-    t.equal(await store.sessionsRevokedBefore('r'), undefined);
-    t.equal(await store.revokeSessions('r', at, 200), at);
-    t.equal(await store.revokeSessions('r', at - 1000, 200), at, 'an older cutoff arriving late never moves it back');
-    t.equal(await store.sessionsRevokedBefore('r'), at);
-    t.equal(await store.sessionsRevokedBefore('other'), undefined);
-    t.equal(await store.revokeSessions('r', at + 1000, 200), at + 1000);
+  t.test('revocation epochs: past everything signed before, never past what is signed after, per workspace, kept for their ttl', async (t) => {
+    // What a session signed now carries (gateway/revocations.ts forSigning).
+    const signAs = async (id: string) => { const { epoch, storeNow } = await store.revocationEpoch(id); return Math.max(epoch ?? 0, storeNow); };
+    const none = await store.revocationEpoch('r');
+    t.equal(none.epoch, undefined, 'none in force');
+    t.ok(Number.isSafeInteger(none.storeNow) && none.storeNow > 1_700_000_000_000, 'the store tells its own time in epoch ms');
+    const before = await signAs('r');
+    const first = await store.revokeSessions('r', 200);
+    t.ok(before < first, 'signed before the revocation: below its epoch');
+    t.equal((await store.revocationEpoch('r')).epoch, first);
+    t.ok(await signAs('r') >= first, 'signed after it: not below');
+    const second = await store.revokeSessions('r', 200);
+    t.ok(second > first, 'a second revocation in the same millisecond still moves it forward');
+    t.equal((await store.revocationEpoch('other')).epoch, undefined, 'per workspace');
     await advance(250);
-    t.equal(await store.sessionsRevokedBefore('r'), undefined, 'forgotten once nothing it voids can be current');
+    t.equal((await store.revocationEpoch('r')).epoch, undefined, 'forgotten once nothing it voids can be current');
+    t.ok(await signAs('r') >= second, 'and what is signed then is not below the epoch a replica may still remember');
   });
 
   t.test('activity only moves forward; range query oldest first', async (t) => {

@@ -30,9 +30,9 @@ export interface WorkspaceRecord {
 
 /**
  * Published so other replicas learn of it at once: every record change, and every revocation of a
- * workspace's sessions (the cutoff in force, gateway/revocations.ts).
+ * workspace's sessions (the revocation epoch now in force, gateway/revocations.ts).
  */
-export type WorkspaceEvent = { record: WorkspaceRecord } | { sessionsRevoked: { id: string; beforeMs: number } };
+export type WorkspaceEvent = { record: WorkspaceRecord } | { sessionsRevoked: { id: string; epoch: number } };
 
 /** A lease that a write must still hold to be applied (fencing against a paused holder). */
 export interface Fence {
@@ -92,13 +92,16 @@ export interface StateStore {
   getConnections(id: string): Promise<number>;
 
   /**
-   * Sessions and sign-in links of this workspace issued before `beforeMs` are void (the admin API's
-   * revoke-sessions). The cutoff only moves forward and is kept `ttlMs`, past which nothing it voids
-   * could still be current. Returns the cutoff in force.
+   * Voids every session and sign-in link of this workspace signed so far (the admin API's
+   * revoke-sessions). Each carries a value read from the store when it was signed (revocationEpoch:
+   * the store's time, or the epoch in force if that is later); one below the epoch in force is void.
+   * The new epoch is one past the store's own time (epoch ms), or one past the epoch in force if that
+   * is later, so everything signed so far is below it, whatever the replicas' clocks say. Kept
+   * `ttlMs`, past which nothing it voids could still be current. Returns it.
    */
-  revokeSessions(id: string, beforeMs: number, ttlMs: number): Promise<number>;
-  /** The cutoff revokeSessions set for this workspace, while it is kept. */
-  sessionsRevokedBefore(id: string): Promise<number | undefined>;
+  revokeSessions(id: string, ttlMs: number): Promise<number>;
+  /** The workspace's revocation epoch while it is kept (undefined: none in force) and the store's own time (epoch ms), read together. */
+  revocationEpoch(id: string): Promise<{ epoch: number | undefined; storeNow: number }>;
 
   /** True the first time a key is seen within ttl (one-time token ids). */
   consumeOnce(key: string, ttlMs: number): Promise<boolean>;

@@ -122,13 +122,14 @@ export function createMemoryStore(clock: Clock): StateStore {
       for (const instance of [...connections.keys()]) total += live(connections, instance)?.get(id) ?? 0;
       return total;
     },
-    async revokeSessions(id, beforeMs, ttlMs) {
-      const inForce = Math.max(live(revoked, id) ?? 0, beforeMs);
-      revoked.set(id, { value: inForce, expiresAt: clock.now() + ttlMs });
-      return inForce;
+    // One replica: this store's clock is the only one that signs sessions.
+    async revokeSessions(id, ttlMs) {
+      const epoch = Math.max(live(revoked, id) ?? 0, clock.now()) + 1;
+      revoked.set(id, { value: epoch, expiresAt: clock.now() + ttlMs });
+      return epoch;
     },
-    async sessionsRevokedBefore(id) {
-      return live(revoked, id);
+    async revocationEpoch(id) {
+      return { epoch: live(revoked, id), storeNow: clock.now() };
     },
     async consumeOnce(key, ttlMs) {
       const now = clock.now();

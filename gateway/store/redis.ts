@@ -44,11 +44,15 @@ local n = redis.call('INCR', KEYS[1])
 if n == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
 return n`;
 
-// A revocation cutoff only moves forward (two admins, or a retry arriving late); %d keeps epoch ms
+// A workspace's revocation epoch: one past Redis's own clock (TIME), never a replica's, so which
+// replica revokes and which signs a session in does not matter; one past the epoch in force when
+// that is later (two revocations in one millisecond, Redis's clock stepped back). %d keeps epoch ms
 // an integer string, where tostring could print a float.
 const REVOKE_SCRIPT = `
-local v = math.max(tonumber(redis.call('GET', KEYS[1]) or '0'), tonumber(ARGV[1]))
-redis.call('SET', KEYS[1], string.format('%d', v), 'PX', ARGV[2])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local v = math.max(tonumber(redis.call('GET', KEYS[1]) or '0'), now) + 1
+redis.call('SET', KEYS[1], string.format('%d', v), 'PX', ARGV[1])
 return string.format('%d', v)`;
 
 // A token bucket on Redis's own clock (TIME), so replicas with skewed clocks share one rate; the
@@ -207,10 +211,12 @@ export async function createRedisStore(opts: RedisStoreOptions): Promise<StateSt
       const results = (await pipe.exec()) ?? [];
       return results.reduce((sum, [, v]) => sum + (v ? Number(v) : 0), 0);
     }),
-    revokeSessions: (id, beforeMs, ttlMs) => run(async () => Number(await client.eval(REVOKE_SCRIPT, 1, k.revoked(id), beforeMs, ttlMs))),
-    sessionsRevokedBefore: (id) => run(async () => {
-      const v = await client.get(k.revoked(id));
-      return v === null ? undefined : Number(v);
+    revokeSessions: (id, ttlMs) => run(async () => Number(await client.eval(REVOKE_SCRIPT, 1, k.revoked(id), ttlMs))),
+    // MULTI: the epoch and the time are read together, so a revocation is wholly before or after both.
+    revocationEpoch: (id) => run(async () => {
+      const [[getErr, v], [timeErr, time]] = (await client.multi().get(k.revoked(id)).time().exec()) as [[Error | null, string | null], [Error | null, [string, string]]];
+      if (getErr || timeErr) throw getErr ?? timeErr;
+      return { epoch: v === null ? undefined : Number(v), storeNow: Number(time[0]) * 1000 + Math.floor(Number(time[1]) / 1000) };
     }),
     consumeOnce: (key, ttlMs) => run(async () => (await client.set(k.once(key), '1', 'PX', ttlMs, 'NX')) === 'OK'),
     countHit: (key, windowMs) => run(async () => Number(await client.eval(HIT_SCRIPT, 1, k.hit(key), windowMs))),
