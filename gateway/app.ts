@@ -41,6 +41,14 @@ const REVOCATION_EVENTS: Record<RevocationSource, [event: string, message: strin
   read: ['sessions.cutoff_learned', 'revocation cutoff read from the store'],
 };
 
+/**
+ * A VS Code connection within one workspace. A workspace id is a DNS label (host.ts), never holding a
+ * space, so no two (workspace, token) pairs make the same key.
+ */
+function connectionKey(workspaceId: string, reconnectionToken: string): string {
+  return `${workspaceId} ${reconnectionToken}`;
+}
+
 /** Idle upstream connections close after this, below code-server's own keep-alive (5 s). */
 const UPSTREAM_IDLE_MS = 4000;
 
@@ -84,6 +92,10 @@ export async function createGateway(deps: GatewayDeps) {
   // The activity signal reads what the browser sends (issue 5). Runs before the 101 reaches the
   // browser, so the permessage-deflate answer can still ask for a small window (RFC 7692 7.1.2.2).
   // VS Code sends its window-focus flag only on change: a reconnected socket inherits the last one.
+  // Keyed by workspace and VS Code's reconnectionToken (connectionKey): the token is the client's to
+  // choose, so by the token alone a socket of one workspace took another's flag (the same token, or a
+  // forged one), and an inactive window elsewhere could hide a student's edits or a forged active one
+  // keep an idle workspace up.
   const focusByConnection = new Map<string, boolean | null>();
   // The newest open socket of each VS Code connection. A dropped network's browser reconnects while
   // the old socket is still open here (until the ping timeout or the load balancer cuts it), so its
@@ -103,13 +115,14 @@ export async function createGateway(deps: GatewayDeps) {
         if (negotiated.responseHeader === undefined) delete response.headers['sec-websocket-extensions'];
         else response.headers['sec-websocket-extensions'] = negotiated.responseHeader;
         const identity = connectionIdentity(req.url);
-        const live = identity ? liveByConnection.get(identity.token) : undefined;
+        const key = identity ? connectionKey(pair.workspaceId, identity.token) : undefined;
+        const live = key ? liveByConnection.get(key) : undefined;
         const tap = pair.observer = createWsActivityTap({
           inflate: negotiated.inflate, config: config.activity, now: clock.now,
-          initialFocus: identity?.reconnection ? (live ? live.status().focus : focusByConnection.get(identity.token) ?? null) : null,
+          initialFocus: key && identity?.reconnection ? (live ? live.status().focus : focusByConnection.get(key) ?? null) : null,
           workspaceId: pair.workspaceId, connection: identity?.token, onActivity: touchFromSocket,
         });
-        if (identity) liveByConnection.set(identity.token, tap);
+        if (key) liveByConnection.set(key, tap);
       },
       closed: (pair) => {
         metrics.wsClosed();
@@ -117,11 +130,12 @@ export async function createGateway(deps: GatewayDeps) {
         const tap = pair.observer;
         if (!tap) return;
         const { connection, focus } = tap.status();
+        const key = connection ? connectionKey(pair.workspaceId, connection) : undefined;
         // Only the connection's newest socket speaks for it: an older one cut late has a stale flag.
-        if (connection && liveByConnection.get(connection) === tap) {
-          liveByConnection.delete(connection);
+        if (key && liveByConnection.get(key) === tap) {
+          liveByConnection.delete(key);
           if (focusByConnection.size >= 10_000) focusByConnection.delete(focusByConnection.keys().next().value!);
-          focusByConnection.set(connection, focus);
+          focusByConnection.set(key, focus);
         }
         tap.close();
       },

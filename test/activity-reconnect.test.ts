@@ -59,3 +59,56 @@ t.test('a reconnection while the old socket is still open inherits its window-ac
   third.close();
   await closed(third);
 });
+
+t.test("a socket of another workspace with the same reconnection token inherits nothing (a shared or forged token)", async (t) => {
+  const clock = createManualClock(Date.now());
+  const gw = await startTestGateway({ clock, env: { ACTIVITY_FLUSH_INTERVAL: '1h' } });
+  t.teardown(() => gw.close());
+  const ids = ['focus-a', 'focus-b'];
+  const cookies: Record<string, string> = {};
+  for (const id of ids) {
+    cookies[id] = await gw.cookie(id);
+    await request(gw.port, { host: `ws-${id}.localhost`, headers: { ...NAVIGATE, cookie: cookies[id] } });
+    await waitRunning(gw.port, cookies[id], `ws-${id}.localhost`);
+  }
+  const open = (id: string, reconnection: boolean) => connected(openWs(gw.port, `/echo?reconnectionToken=shared&reconnection=${reconnection}`, { cookie: cookies[id], host: `ws-${id}.localhost` }));
+  const edit = vsMsg(1, callBody('$acceptModelChanged'));
+  /** Whether an edit on `ws` now counts as activity of `id`. */
+  const editCounts = async (ws: WebSocket, id: string) => {
+    clock.advance(60_000);
+    await send(ws, edit);
+    await gw.gateway.activity.flush();
+    return (await gw.store.getActivity(id)) === clock.now();
+  };
+
+  // Workspace a's window goes inactive, its socket still open.
+  const a = await open('focus-a', false);
+  await send(a, vsMsg(1, callBody(CALLS.focus, '[false]')));
+  t.equal(await editCounts(a, 'focus-a'), false, "a's inactive window: not activity");
+
+  // b's client comes with the same token, as a reconnection: its window was never reported inactive.
+  const b = await open('focus-b', true);
+  t.equal(await editCounts(b, 'focus-b'), true, "b does not take a's open socket's flag");
+
+  // a's socket closes with its flag; b's next socket with that token must not take it either.
+  a.terminate();
+  await closed(a);
+  b.terminate();
+  await closed(b);
+  await new Promise((r) => setTimeout(r, 50));
+  const b2 = await open('focus-b', true);
+  t.equal(await editCounts(b2, 'focus-b'), true, "nor a's closed socket's flag");
+  b2.close();
+  await closed(b2);
+
+  // And b's flag, set last under the shared token, does not reach a's reconnection.
+  const b3 = await open('focus-b', false);
+  await send(b3, vsMsg(1, callBody(CALLS.focus, '[true]')));
+  b3.terminate();
+  await closed(b3);
+  await new Promise((r) => setTimeout(r, 50));
+  const a2 = await open('focus-a', true);
+  t.equal(await editCounts(a2, 'focus-a'), false, "a's reconnection keeps its own inactive flag, not b's active one");
+  a2.close();
+  await closed(a2);
+});
