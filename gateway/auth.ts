@@ -126,7 +126,9 @@ export function createAuth(opts: AuthOptions) {
           algorithms: ['HS256'], currentDate: new Date(now()), requiredClaims: ['sub', 'iat', 'exp', 'jti'],
         });
         const expiresAt = (payload.exp as number) * 1000;
-        if (expiresAt - now() > opts.loginTokenMaxTtlMs + 1000) return { ok: false, code: 'LOGIN_TOKEN_INVALID', reason: 'lifetime' };
+        // The lifetime it was signed with (both claims on the signing replica's clock, whole seconds),
+        // not exp against this replica's clock, which refused links made on a replica running ahead.
+        if (expiresAt - (payload.iat as number) * 1000 > opts.loginTokenMaxTtlMs + 1000) return { ok: false, code: 'LOGIN_TOKEN_INVALID', reason: 'lifetime' };
         if (payload.sub !== workspaceId) return { ok: false, code: 'LOGIN_TOKEN_INVALID', reason: 'wrong_workspace' };
         return { ok: true, workspaceId, jti: String(payload.jti), issuedAt: issuedAtMs(payload), expiresAt, epoch: epochOf(payload) };
       } catch (err) {

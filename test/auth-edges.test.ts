@@ -7,7 +7,8 @@ import type { Duplex } from 'node:stream';
 import { Redis } from 'ioredis';
 import t from 'tap';
 import { createManualClock } from '../gateway/clock.js';
-import { NAVIGATE, TEST_ADMIN_TOKEN, XHR, request, startTestGateway, type RawResponse, type TestGateway } from './helpers/gateway.js';
+import { NAVIGATE, TEST_ADMIN_TOKEN, TEST_SECRET, XHR, request, startTestGateway, type RawResponse, type TestGateway } from './helpers/gateway.js';
+import { createAuth } from '../gateway/auth.js';
 import { startRedis } from './helpers/redis.js';
 import { acceptWebSocket, registerRunning, startRecordingUpstream } from './helpers/upstream.js';
 import { closed, connected, openWs } from './helpers/ws.js';
@@ -185,4 +186,19 @@ t.test('an upgrade in flight when its session is revoked: the WebSocket does not
     t.equal((await Promise.race([wsClosed, bound])).code, 1008, 'opened, then closed with 1008 at once');
   } else t.equal(how, 'refused 401 NOT_SIGNED_IN', 'or refused as a revoked session is');
   t.equal(gw.gateway.openWebSockets(), 0, 'no pair of the revoked session is left');
+});
+
+t.test('a sign-in link made on a replica whose clock runs ahead is taken by one behind it, within its own lifetime', async (t) => {
+  // The lifetime check compared the link's exp with the checking replica's clock, allowing 1 s: a link
+  // made on a replica 10 s ahead read as 10 s too long-lived on the other and was refused 'lifetime'.
+  const at = Date.UTC(2026, 10, 28, 9, 0, 0);
+  const opts = { secret: TEST_SECRET, sessionTtlMs: 3_600_000, loginTokenMaxTtlMs: 300_000 };
+  const ahead = createAuth({ ...opts, clock: createManualClock(at + 10_000) });
+  const behind = createAuth({ ...opts, clock: createManualClock(at - 10_000) });
+  const check = await behind.checkLoginToken(await ahead.createLoginToken('rec', 'jti-skew'), 'rec');
+  t.equal(check.ok, true, 'accepted');
+  // Still refused: a link signed for longer than LOGIN_TOKEN_MAX_TTL, whatever the clocks.
+  const longer = createAuth({ ...opts, loginTokenMaxTtlMs: 600_000, clock: createManualClock(at) });
+  const tooLong = await behind.checkLoginToken(await longer.createLoginToken('rec', 'jti-long', 600_000), 'rec');
+  t.same(tooLong.ok ? 'ok' : [tooLong.code, tooLong.reason], ['LOGIN_TOKEN_INVALID', 'lifetime'], 'an over-long lifetime is refused');
 });
