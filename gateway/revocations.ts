@@ -103,7 +103,7 @@ export function createRevocations(opts: RevocationsOptions) {
     },
 
     /**
-     * For a session or sign-in link about to be signed, read from the store now, not what this
+     * For a session or sign-in link about to be signed, read from the store now, not only what this
      * replica knows (one that missed an event would let a voided link sign a session in): the epoch
      * in force, against which the link that brings it is checked, and the value to sign it under,
      * the store's time or that epoch if later. Throws StoreUnavailable.
@@ -111,7 +111,11 @@ export function createRevocations(opts: RevocationsOptions) {
     async forSigning(workspaceId: string): Promise<{ inForce: number | undefined; signAs: number }> {
       const { epoch, storeNow } = await store.revocationEpoch(workspaceId);
       learn(workspaceId, epoch, 'read');
-      return { inForce: epoch, signAs: Math.max(epoch ?? 0, storeNow) };
+      // The later of the store's and what this replica knows: a store restarted empty (no
+      // persistence, a failover before replication) has lost an epoch this replica still refuses
+      // sessions under, and a voided link must not sign a fresh session in past it.
+      const inForce = known.get(workspaceId)?.epoch;
+      return { inForce, signAs: Math.max(inForce ?? 0, storeNow) };
     },
 
     /** Voids every session and sign-in link of the workspace signed so far, on every replica. */

@@ -12,7 +12,7 @@ import { createMetrics } from '../gateway/metrics.js';
 import { createRevocations, revokedBy, type RevocationSource } from '../gateway/revocations.js';
 import { StoreUnavailable, type StateStore } from '../gateway/store/contract.js';
 import { createMemoryStore } from '../gateway/store/memory.js';
-import { NAVIGATE, TEST_ADMIN_TOKEN, TEST_SECRET, XHR, loginUrl, request, startTestGateway, type TestGateway } from './helpers/gateway.js';
+import { NAVIGATE, TEST_ADMIN_TOKEN, TEST_SECRET, XHR, loginUrl, request, startTestGateway, until, type TestGateway } from './helpers/gateway.js';
 import { startRedis } from './helpers/redis.js';
 import { registerRunning, startRecordingUpstream, type RecordingUpstream } from './helpers/upstream.js';
 import { closed, connected, openWs } from './helpers/ws.js';
@@ -290,4 +290,29 @@ t.test('replicas whose clocks disagree: a revocation voids exactly the sessions 
     ws.close();
     t.same(await both(old.cookie!), [401, 401], 'the session before the revocation is still void');
   });
+});
+
+t.test('Redis restarted empty after a revocation: a replica that knows the epoch refuses a voided sign-in link as it refuses a voided session', async (t) => {
+  const redis = await startRedis();
+  t.teardown(() => redis.stop());
+  const up: RecordingUpstream = await startRecordingUpstream();
+  t.teardown(() => up.close());
+  const gw = await startTestGateway({ redisUrl: redis.url });
+  t.teardown(() => gw.close());
+  await registerRunning(gw.store, 'rec', up.port);
+  const host = 'ws-rec.localhost';
+  const cookie = await gw.cookie('rec');
+  const voidedLink = await loginUrl(gw.adminPort, 'rec');
+  const get = (c: string) => request(gw.port, { host, path: '/page', headers: { ...XHR, cookie: c }, agent: false });
+  t.equal((await revoke(gw, 'rec')).status, 200);
+  t.equal((await get(cookie)).headers['x-gateway-error'], 'NOT_SIGNED_IN', 'the old session: refused');
+
+  // No persistence: the epoch (and the route) is gone from the store; this replica still knows it.
+  await redis.restart();
+  await until(() => registerRunning(gw.store, 'rec', up.port).then(() => true, () => false));
+  t.equal((await get(cookie)).headers['x-gateway-error'], 'NOT_SIGNED_IN', 'the old session: still refused on the replica that learnt the epoch');
+  t.same(await signIn(gw.port, voidedLink), { status: 401, cookie: undefined, code: 'LOGIN_TOKEN_INVALID' }, 'the voided link: refused too, not a fresh session');
+  const fresh = await signIn(gw.port, await loginUrl(gw.adminPort, 'rec'));
+  t.equal(fresh.status, 303, 'a link handed out now signs in');
+  t.equal((await get(fresh.cookie!)).status, 200, 'and its session is let in');
 });
