@@ -46,7 +46,7 @@ export function workspaceEnv(parent: Readonly<Record<string, string | undefined>
   return env;
 }
 
-interface Running { child: ChildProcess; endpoint: Endpoint; generation: number; startedAt: number; exited: Promise<void> }
+interface Running { child: ChildProcess; endpoint: Endpoint; generation: number; startedAt: number; exited: Promise<void>; pidStart: string | undefined }
 
 /**
  * `bin` itself when it names a path, else the first executable file called `bin` in `searchPath`'s
@@ -64,6 +64,22 @@ export function findOnPath(bin: string, searchPath: string | undefined): string 
     } catch { /* not here */ }
   }
   return undefined;
+}
+
+/**
+ * Which process a pid names: the boot and the start time in clock ticks since it (proc(5),
+ * /proc/<pid>/stat field 22), so a pid the kernel handed to another process, after the first one
+ * died or the machine rebooted, does not match. Undefined where there is no /proc (not Linux) or no
+ * such process.
+ */
+export function processStart(pid: number): string | undefined {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    // Fields after the command name, which may hold spaces and parentheses: its closing one is the last.
+    const startTicks = stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19];
+    const boot = readFileSync('/proc/sys/kernel/random/boot_id', 'utf8').trim();
+    return startTicks ? `${boot}:${startTicks}` : undefined;
+  } catch { return undefined; }
 }
 
 async function anyFreePort(): Promise<number> {
@@ -198,7 +214,7 @@ export function createLocalProvisioner(opts: LocalProvisionerOptions): Provision
     let exitInfo: string | undefined;
     const exited = new Promise<void>((res) => child.once('exit', (code, sig) => { exitInfo = sig ? `signal ${sig}` : `code ${code}`; res(); }));
     child.once('error', (err) => { exitInfo = err.message; });
-    const entry: Running = { child, endpoint, generation: req.generation, startedAt: Date.now(), exited };
+    const entry: Running = { child, endpoint, generation: req.generation, startedAt: Date.now(), exited, pidStart: child.pid ? processStart(child.pid) : undefined };
     running.set(id, entry);
     exited.then(() => {
       if (running.get(id) === entry) running.delete(id);
@@ -266,14 +282,23 @@ export function createLocalProvisioner(opts: LocalProvisionerOptions): Provision
   // this machine (two replicas in development and tests) can find and stop a workspace through it.
   const runFile = (id: string) => join(resolve(opts.dataDir, id), 'run.json');
   const alive = (pid: number) => { try { process.kill(pid, 0); return true; } catch { return false; } };
-  /** `owner`: the gateway process that started (or adopted) it; `starting`: not ready yet, so no route. */
+  /**
+   * `owner`: the gateway process that started (or adopted) it; `starting`: not ready yet, so no route;
+   * `pidStart`: which process the pid named then (processStart), where the system says.
+   */
   const writeRun = (id: string, r: Running, starting: boolean) =>
-    writeFileSync(runFile(id), JSON.stringify({ ...view(id, r), owner: process.pid, starting }));
-  /** run.json as written, if its process is alive; undefined if none or unreadable. */
-  function readRecord(id: string): (RunningWorkspace & { owner?: number; starting?: boolean }) | undefined {
+    writeFileSync(runFile(id), JSON.stringify({ ...view(id, r), owner: process.pid, starting, pidStart: r.pidStart }));
+  /**
+   * run.json as written, if its process is still the one it names; undefined if none or unreadable.
+   * run.json outlives its process when the gateway dies too (a reboot, the OOM killer taking both),
+   * and the kernel hands the pid to another process: alive alone took that one for the workspace,
+   * so a sweep killed or adopted it and a stop signalled its process group.
+   */
+  function readRecord(id: string): (RunningWorkspace & { owner?: number; starting?: boolean; pidStart?: string }) | undefined {
     try {
-      const r = JSON.parse(readFileSync(runFile(id), 'utf8')) as RunningWorkspace & { owner?: number; starting?: boolean };
-      return alive(Number(r.handle)) ? r : undefined;
+      const r = JSON.parse(readFileSync(runFile(id), 'utf8')) as RunningWorkspace & { owner?: number; starting?: boolean; pidStart?: string };
+      const pid = Number(r.handle);
+      return (r.pidStart === undefined ? alive(pid) : processStart(pid) === r.pidStart) ? r : undefined;
     } catch { return undefined; }
   }
   /** A ready workspace recorded in run.json, as the contract reports it. */
@@ -316,7 +341,7 @@ export function createLocalProvisioner(opts: LocalProvisionerOptions): Provision
       }
       const ws = readRun(id)!;
       adopted.set(id, ws);
-      writeFileSync(runFile(id), JSON.stringify({ ...ws, owner: process.pid, starting: false }));
+      writeFileSync(runFile(id), JSON.stringify({ ...ws, owner: process.pid, starting: false, pidStart: r.pidStart }));
       log({ workspaceId: id, pid, owner: r.owner }, 'adopted a workspace left running by a gateway that died');
     }
   }

@@ -362,3 +362,31 @@ t.test('a run.json that names no owner (an older gateway, the bench\'s stand-in)
   await new Promise((r) => setTimeout(r, 200));
   t.ok(alive(child.pid!), 'closing the provisioner leaves it running');
 });
+
+t.test('a run.json whose pid now names another process (a reboot, a reused pid) is neither killed, adopted, described nor stopped', async (t) => {
+  // The gateway and its workspace both died (the machine rebooted, the OOM killer took both) and
+  // nothing removed run.json; the kernel has since handed the workspace's pid to an unrelated
+  // process. A detached process stands in for it: a process-group leader, as many are.
+  const gone = spawn(process.execPath, ['-e', ''], { stdio: 'ignore' });
+  await new Promise((r) => gone.once('exit', r));
+  for (const starting of [true, false]) {
+    const stranger = spawn(process.execPath, ['-e', 'setInterval(() => {}, 1000)'], { detached: true, stdio: 'ignore' });
+    t.teardown(() => { try { process.kill(-stranger.pid!, 'SIGKILL'); } catch { /* gone */ } });
+    const dataDir = mkdtempSync(join(tmpdir(), 'wsgw-local-reused-'));
+    t.teardown(() => rmSync(dataDir, { recursive: true, force: true }));
+    // Written by a provisioner of this build: owner, starting, and the workspace process's own start.
+    mkdirSync(join(dataDir, 'old'), { recursive: true });
+    writeFileSync(join(dataDir, 'old', 'run.json'), JSON.stringify({
+      workspaceId: 'old', generation: 1, endpoint: { host: '127.0.0.1', port: 1 }, handle: String(stranger.pid), startedAt: Date.now() - 60_000,
+      owner: gone.pid, starting, pidStart: 'an-earlier-boot:12345',
+    }));
+    const p = createLocalProvisioner({ workspace: 'demo', dataDir, codeServerBin: 'none', demoReadyDelayMs: 0, parentEnv: process.env });
+    const what = starting ? 'left starting' : 'left ready';
+    t.same(await p.list(), [], `${what}: not adopted`);
+    t.equal(await p.describe('old'), undefined, `${what}: not described as running`);
+    await p.stop('old', undefined, 'test');
+    await p.close();
+    await new Promise((r) => setTimeout(r, 200));
+    t.ok(alive(stranger.pid!), `${what}: the process now holding that pid is left running`);
+  }
+});
