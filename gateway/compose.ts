@@ -8,7 +8,7 @@ import { ecsOptionsFromEnv } from '../provisioner/ecs-config.js';
 import { localTokens, sharedTokens } from '../provisioner/admission.js';
 import type { Clock } from './clock.js';
 import { StartFailure } from '../provisioner/contract.js';
-import { ConfigError, type Config, type Env } from './config.js';
+import { ConfigError, redisUrlPassword, type Config, type Env } from './config.js';
 import { GatewayError } from './errors.js';
 import { createLogger, type Logger } from './log.js';
 import type { Metrics } from './metrics.js';
@@ -35,10 +35,13 @@ export function startupLogger(env: Env, destination?: NodeJS.WritableStream) {
 }
 
 function secretsOf(s: { gatewaySecret?: string; adminToken?: string; redisPassword?: string; redisUrl?: string }): string[] {
-  let urlPassword = '';
+  let urlPassword = { written: '', sent: '' };
   // A REDIS_URL config refuses (no host, a bad port) may still carry a password: read it by hand.
-  try { urlPassword = s.redisUrl ? new URL(s.redisUrl).password : ''; } catch { urlPassword = /^[^:/?#]+:\/\/[^:@/?#]*:([^@/?#]*)@/.exec(s.redisUrl!)?.[1] ?? ''; }
-  return [s.gatewaySecret, s.adminToken, s.redisPassword, urlPassword, decodeURIComponentSafe(urlPassword)].filter((v): v is string => !!v);
+  try { urlPassword = s.redisUrl ? redisUrlPassword(new URL(s.redisUrl)) : urlPassword; } catch {
+    const written = /^[^:/?#]+:\/\/[^:@/?#]*:([^@/?#]*)@/.exec(s.redisUrl!)?.[1] ?? '';
+    urlPassword = { written, sent: decodeURIComponentSafe(written) };
+  }
+  return [s.gatewaySecret, s.adminToken, s.redisPassword, urlPassword.written, urlPassword.sent].filter((v): v is string => !!v);
 }
 
 function decodeURIComponentSafe(s: string): string {

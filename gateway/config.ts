@@ -118,10 +118,23 @@ export function checkRedisUrl(value: string): void {
   try { url = new URL(value); } catch { throw new ConfigError('REDIS_URL', `not a URL; ${expected}`); }
   if (url.protocol !== 'redis:' && url.protocol !== 'rediss:') throw new ConfigError('REDIS_URL', expected);
   if (!url.hostname) throw new ConfigError('REDIS_URL', `names no host; ${expected}`);
-  // As ioredis sends it: percent-decoded.
-  let password = url.password;
-  try { password = decodeURIComponent(password); } catch { /* sent as written */ }
-  if (password !== '' && password.length < SCRUBBED_SECRET_MIN_LENGTH) throw new ConfigError('REDIS_URL', tooShort('its password'));
+  const { sent } = redisUrlPassword(url);
+  if (sent !== '' && sent.length < SCRUBBED_SECRET_MIN_LENGTH) throw new ConfigError('REDIS_URL', tooShort('its password'));
+}
+
+/**
+ * The password ioredis sends for REDIS_URL, as written and as sent (percent-decoded): the userinfo's,
+ * or, with no userinfo, a `password` query parameter, since ioredis takes the query's parameters as
+ * options (ioredis utils parseURL). Read from the userinfo alone, a `?password=` escaped both the
+ * length check and the logs' scrubbing.
+ */
+export function redisUrlPassword(url: URL): { written: string; sent: string } {
+  if (url.username !== '' || url.password !== '') {
+    let sent = url.password;
+    try { sent = decodeURIComponent(sent); } catch { /* sent as written */ }
+    return { written: url.password, sent };
+  }
+  return { written: /[?&]password=([^&#]*)/.exec(url.search)?.[1] ?? '', sent: url.searchParams.get('password') ?? '' };
 }
 
 export function loadConfig(env: Env): Config {

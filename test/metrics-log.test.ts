@@ -199,6 +199,10 @@ t.test('no secret a configuration accepts reaches a log line, however short; ord
     [{ REDIS_URL: 'redis://:%51%7A%37%23%78%79%21@redis.internal:6379' }, 'Qz7#xy!', false],
     [{ REDIS_URL: 'redis://:Qz7-xy.w@redis.internal:6379' }, 'Qz7-xy.w', true],
     [{ REDIS_URL: 'redis://default@redis.internal:6379' }, 'default', true],
+    // ioredis also reads a password from the query (`?password=`) when the URL has no userinfo.
+    [{ REDIS_URL: 'redis://redis.internal:6379?password=Qz' }, 'Qz', false],
+    [{ REDIS_URL: 'redis://redis.internal:6379/0?password=%51%7A%37%23%78%79%21' }, 'Qz7#xy!', false],
+    [{ REDIS_URL: 'redis://redis.internal:6379?password=Qz7-xy.w' }, 'Qz7-xy.w', true],
   ];
   for (const [env, secret, accepted] of rows) {
     let config;
