@@ -72,11 +72,16 @@ export async function storeFromConfig(config: Config, clock: Clock, metrics: Met
   });
 }
 
-export async function provisionerFromConfig(config: Config, clock: Clock, metrics: Metrics, log: Logger, store: StateStore): Promise<Provisioner> {
+/**
+ * `role`: the standalone reaper's local provisioner leaves what a dead gateway left alone (a gateway
+ * adopts it, provisioner/local.ts).
+ */
+export async function provisionerFromConfig(config: Config, clock: Clock, metrics: Metrics, log: Logger, store: StateStore, role: 'gateway' | 'reaper' = 'gateway'): Promise<Provisioner> {
   if (config.provisioner === 'local') {
     return createLocalProvisioner({
       workspace: config.local.workspace, dataDir: config.local.dataDir, codeServerBin: config.local.codeServerBin,
       demoReadyDelayMs: config.local.demoReadyDelayMs, log: (obj, msg) => log.info(obj, msg), parentEnv: config.env,
+      adoptLeftovers: role === 'gateway',
     });
   }
   const options = ecsOptionsFromEnv(config.env);

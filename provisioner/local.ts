@@ -29,6 +29,11 @@ export interface LocalProvisionerOptions {
   identityPreload?: string;
   /** Picks the port a workspace is started on; default: one the kernel has free now (tests inject a taken one). */
   choosePort?: () => Promise<number>;
+  /**
+   * Kill or adopt what a dead gateway left (sweepLeftovers); default true. The standalone reaper says
+   * false: it serves no one, and closing after one pass would stop what it adopted, in use or not.
+   */
+  adoptLeftovers?: boolean;
 }
 
 /**
@@ -345,7 +350,7 @@ export function createLocalProvisioner(opts: LocalProvisionerOptions): Provision
       log({ workspaceId: id, pid, owner: r.owner }, 'adopted a workspace left running by a gateway that died');
     }
   }
-  sweepLeftovers();
+  if (opts.adoptLeftovers !== false) sweepLeftovers();
 
   return {
     kind: 'local',

@@ -24,7 +24,7 @@ async function main() {
   logProcessWarnings(log);
   const metrics = createMetrics({ enabled: false, defaultMetrics: false });
   const store = await storeFromConfig(config, systemClock, metrics, log);
-  const provisioner = await provisionerFromConfig(config, systemClock, metrics, log, store);
+  const provisioner = await provisionerFromConfig(config, systemClock, metrics, log, store, 'reaper');
   const instanceId = `reaper-${randomUUID().slice(0, 8)}`;
   const workspaces = createWorkspaces({ store, provisioner, clock: systemClock, metrics, log, instanceId, startDeadlineMs: config.startDeadlineMs, routeCacheTtlMs: config.routeCacheTtlMs });
   const reaper = createReaper({

@@ -3,6 +3,12 @@
 // A stand-in for code-server (same command line) forks a helper that ignores SIGTERM.
 // And no process of that tree, where the student's terminal runs, inherits the gateway's secrets.
 import { spawn } from 'node:child_process';
+import { provisionerFromConfig } from '../gateway/compose.js';
+import { loadConfig } from '../gateway/config.js';
+import { createLogger } from '../gateway/log.js';
+import { createMetrics } from '../gateway/metrics.js';
+import { systemClock } from '../gateway/clock.js';
+import type { StateStore } from '../gateway/store/contract.js';
 import { chmodSync, copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -389,4 +395,32 @@ t.test('a run.json whose pid now names another process (a reboot, a reused pid) 
     await new Promise((r) => setTimeout(r, 200));
     t.ok(alive(stranger.pid!), `${what}: the process now holding that pid is left running`);
   }
+});
+
+t.test('the standalone reaper\'s local provisioner neither adopts nor kills what a dead gateway left; a gateway\'s adopts it', async (t) => {
+  // The reaper closes its provisioner after a --once pass: had it adopted a dead gateway's ready
+  // workspaces, closing would have stopped them, in use or not.
+  const dataDir = mkdtempSync(join(tmpdir(), 'wsgw-local-reaper-'));
+  t.teardown(() => rmSync(dataDir, { recursive: true, force: true }));
+  const dead = spawn(process.execPath, ['-e', '0']);
+  await new Promise((r) => dead.once('exit', r));
+  const child = spawn(process.execPath, ['-e', 'setInterval(() => {}, 1000)'], { detached: true, stdio: 'ignore' });
+  t.teardown(() => { try { process.kill(-child.pid!, 'SIGKILL'); } catch { /* gone */ } });
+  const record = (starting: boolean) => JSON.stringify({ workspaceId: 'left', generation: 1, endpoint: { host: '127.0.0.1', port: 1 }, handle: String(child.pid), startedAt: Date.now(), owner: dead.pid, starting });
+  mkdirSync(join(dataDir, 'left'), { recursive: true });
+  const config = loadConfig({ LOCAL_DATA_DIR: dataDir, LOCAL_WORKSPACE: 'demo' });
+  const silent = createLogger('silent');
+  const noStore = undefined as unknown as StateStore;
+  for (const starting of [false, true]) {
+    writeFileSync(join(dataDir, 'left', 'run.json'), record(starting));
+    const reaper = await provisionerFromConfig(config, systemClock, createMetrics({ enabled: false, defaultMetrics: false }), silent, noStore, 'reaper');
+    t.same(await reaper.list(), [], `${starting ? 'starting' : 'ready'}: not adopted by the reaper`);
+    await reaper.close();
+    await new Promise((r) => setTimeout(r, 100));
+    t.ok(alive(child.pid!), `${starting ? 'starting' : 'ready'}: still running after the reaper closed`);
+  }
+  writeFileSync(join(dataDir, 'left', 'run.json'), record(false));
+  const gateway = await provisionerFromConfig(config, systemClock, createMetrics({ enabled: false, defaultMetrics: false }), silent, noStore);
+  t.same((await gateway.list()).map((w) => w.handle), [String(child.pid)], 'a gateway\'s provisioner adopts it');
+  await gateway.close();
 });
