@@ -10,9 +10,21 @@
 //   (codeserver/entrypoint.sh, the local provisioner): it guards only the HTTP server that listens on
 //   WORKSPACE_PORT, so the processes code-server forks (extension host, pty host) are left as they are;
 // - as a module, by the demo workspace (provisioner/demo-workspace.ts), for `decide` and `refuse`.
+//
+// The 421 needs the workspace at the reused address to cooperate; a student's own server there would
+// not. So the gateway also asks every new connection to prove it reaches the workspace it means before
+// it sends a student's byte: `OPTIONS *` (RFC 9112 3.2.4, the server itself) with CHALLENGE_FIELD, a
+// fresh nonce, answered here, before code-server sees it, with 204 and PROOF_FIELD, an HMAC of the
+// workspace and the nonce under WORKSPACE_KEY: a key the gateway derived for this start alone
+// (gateway/workspace-proof.ts) and gave only to this task.
 
 const WORKSPACE_FIELD = 'x-gateway-workspace';
 const MISDIRECTED_FIELD = 'x-gateway-misdirected';
+/** The gateway's nonce on a connection's first request, `OPTIONS *`: base64url, 128 bits or more. */
+const CHALLENGE_FIELD = 'x-gateway-challenge';
+/** The answer: base64url(HMAC-SHA256(WORKSPACE_KEY, "proof\0" + id + "\0" + nonce)). */
+const PROOF_FIELD = 'x-gateway-proof';
+const NONCE = /^[A-Za-z0-9_-]{22,128}$/;
 /** The one path answered without the field: the image's own HEALTHCHECK curls it (codeserver/Dockerfile). */
 const HEALTH_PATH = '/healthz';
 
@@ -43,6 +55,37 @@ const REFUSAL_FIELDS = {
 };
 /** The same answer written on an upgrade's (or CONNECT's) socket, which is then closed. */
 const REFUSAL_ON_SOCKET = `HTTP/1.1 421 Misdirected Request\r\n${Object.entries(REFUSAL_FIELDS).map(([k, v]) => `${k}: ${v}\r\n`).join('')}\r\n${BODY}`;
+
+/**
+ * The proof that the holder of `key` (this start's WORKSPACE_KEY) is workspace `id`, bound to the
+ * gateway's `nonce`: a proof seen on one connection says nothing on the next.
+ * @param {string} key @param {string} id @param {string} nonce
+ */
+function proof(key, id, nonce) {
+  return require('node:crypto').createHmac('sha256', key).update(`proof\0${id}\0${nonce}`).digest('base64url');
+}
+
+/**
+ * Answers the gateway's challenge, if `req` is one (`OPTIONS *` with CHALLENGE_FIELD): 204 with the
+ * proof, the connection kept for the requests that follow; 421 with the marker when it names another
+ * workspace; 204 without a proof when this workspace has no key (the gateway takes it as unproven).
+ * Returns false for any other request, which goes on as it came.
+ * @param {import('node:http').IncomingMessage} req
+ * @param {import('node:http').ServerResponse} res
+ * @param {string} own @param {string | undefined} key
+ */
+function answerChallenge(req, res, own, key) {
+  if (req.method !== 'OPTIONS' || req.url !== '*' || req.headers[CHALLENGE_FIELD] === undefined) return false;
+  const claimed = req.headers[WORKSPACE_FIELD];
+  if (typeof claimed !== 'string' || own === '' || claimed !== own) { refuse(res); return true; }
+  const nonce = req.headers[CHALLENGE_FIELD];
+  /** @type {Record<string, string>} */
+  const fields = { 'cache-control': 'no-store' };
+  if (key && typeof nonce === 'string' && NONCE.test(nonce)) fields[PROOF_FIELD] = proof(key, own, nonce);
+  res.writeHead(204, fields);
+  res.end();
+  return true;
+}
 
 /** @param {import('node:http').ServerResponse} res */
 function refuse(res) {
@@ -76,6 +119,10 @@ function install(env) {
   const own = env.WORKSPACE_ID;
   const port = Number(env.WORKSPACE_PORT);
   if (!own || !Number.isInteger(port) || port <= 0) return false;
+  // Read now, left in the environment until the guarded server listens (then deleted with the
+  // preload, below): code-server's first process forks the one that listens with its own
+  // environment (its wrapper, and again on each SIGUSR1 restart), which needs the key too.
+  const key = env.WORKSPACE_KEY || undefined;
   // net.Server's, not http.Server's: with --cert code-server's server is httpolyglot's, an
   // https.Server (a tls.Server) that answers plain HTTP too, and it must be guarded all the same.
   const net = require('node:net');
@@ -83,6 +130,7 @@ function install(env) {
   net.Server.prototype.emit = function guardedEmit(event, a, b) {
     if (this[kOwn] !== undefined) {
       if (event === 'request' || event === 'checkContinue' || event === 'checkExpectation') {
+        if (event === 'request' && answerChallenge(a, b, this[kOwn], key)) return true;
         if (decide(a.headers[WORKSPACE_FIELD], this[kOwn], a.url) !== 'allow') { refuse(b); return true; }
         b.writeHead = writeHeadUnmarked;
       } else if (event === 'upgrade' || event === 'connect') {
@@ -95,8 +143,10 @@ function install(env) {
       if (address !== null && typeof address === 'object' && address.port === port) {
         guard(this, own);
         // What this process starts from now on (extension host, pty host, the student's shells and
-        // programs) does not need the preload: only this server is the workspace's front door.
+        // programs) does not need the preload, nor the key: only this server is the workspace's front
+        // door, and a key a terminal could print is one a program of the student's could leak.
         forgetPreload(env);
+        delete env.WORKSPACE_KEY;
       }
     }
     return emit.apply(this, arguments);
@@ -197,7 +247,7 @@ function nodeOptionTokens(options) {
   return tokens;
 }
 
-module.exports = { WORKSPACE_FIELD, MISDIRECTED_FIELD, decide, refuse, refuseSocket, guard, install, forgetPreload, nodeOption };
+module.exports = { WORKSPACE_FIELD, MISDIRECTED_FIELD, CHALLENGE_FIELD, PROOF_FIELD, decide, proof, answerChallenge, refuse, refuseSocket, guard, install, forgetPreload, nodeOption };
 
 // Preloaded by --require (not imported by a module): guard this process's WORKSPACE_PORT server.
 // module.parent is deprecated in documentation only (DEP0144); Node names a preload's parent so.

@@ -24,6 +24,7 @@ import { createRevocations, type RevocationSource } from './revocations.js';
 import type { StateStore } from './store/contract.js';
 import { createUpstreamPool } from './upstream-pool.js';
 import { createWorkspaces } from './workspaces.js';
+import { createIdentityKeys } from './workspace-proof.js';
 import { createWsPairs } from './ws-pairs.js';
 import { connectionIdentity, createWsActivityTap, negotiateExtensions, type WsActivityTap } from './activity/index.js';
 
@@ -77,7 +78,10 @@ export async function createGateway(deps: GatewayDeps) {
   const auth = createAuth({ secret: config.gatewaySecret, sessionTtlMs: config.sessionTtlMs, loginTokenMaxTtlMs: config.loginTokenMaxTtlMs, clock });
   const activity = createActivityRecorder({ store, clock, metrics, instanceId, flushIntervalMs: config.activityFlushIntervalMs, enabled: config.activityTracking });
   closers.push(() => activity.close());
-  const workspaces = createWorkspaces({ store, provisioner, clock, metrics, log, instanceId, startDeadlineMs: config.startDeadlineMs, routeCacheTtlMs: config.routeCacheTtlMs });
+  const workspaces = createWorkspaces({
+    store, provisioner, clock, metrics, log, instanceId, startDeadlineMs: config.startDeadlineMs, routeCacheTtlMs: config.routeCacheTtlMs,
+    identityKeys: createIdentityKeys(config.gatewaySecret),
+  });
   closers.push(() => workspaces.close());
   // Keep-alive connections to workspaces, for both the warm lane and node:http's side of the path.
   const upstreamPool = createUpstreamPool({

@@ -7,6 +7,7 @@ import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom
 import { START_STAGES, type StartFailureCode } from '../provisioner/contract.js';
 import { ERROR_CATALOGUE } from './errors.js';
 import { WORKSPACE_STATES, type StateStore } from './store/contract.js';
+import type { IdentityReason } from './workspace-proof.js';
 
 export const METRIC_PREFIX = 'wsgw_';
 /** Warm proxy latency: from 100 µs (loopback) to seconds (a slow upstream). */
@@ -79,6 +80,7 @@ const WORKSPACE_STATE_SET: ReadonlySet<string> = new Set(WORKSPACE_STATES);
 const REAPER_REASONS: ReadonlySet<string> = new Set(['idle', 'max_session', 'orphan']);
 const SIGNIN_REASONS: ReadonlySet<string> = new Set(['no_session', 'expired', 'signature', 'algorithm', 'malformed', 'wrong_workspace', 'lifetime', 'replayed', 'rate_limited', 'origin', 'revoked']);
 const UPSTREAM_CODES: ReadonlySet<string> = new Set(['UPSTREAM_UNREACHABLE', 'UPSTREAM_TIMEOUT', 'UPSTREAM_BAD_RESPONSE']);
+const IDENTITY_REASONS: ReadonlySet<string> = new Set<IdentityReason>(['misdirected', 'unproven']);
 const bounded = (v: string | undefined, allowed: ReadonlySet<string>) => (v !== undefined && allowed.has(v) ? v : 'other');
 
 /**
@@ -170,6 +172,11 @@ export function createMetrics(opts: MetricsOptions = { enabled: true, defaultMet
   const reaperStops = new Counter({ name: `${p}reaper_stops_total`, help: 'Workspaces stopped by the reaper, by reason (idle, max_session).', labelNames: ['reason'] as const, registers: r });
   const signInFailures = new Counter({ name: `${p}signin_failures_total`, help: 'Rejected sign-ins and requests without a valid session, by reason.', labelNames: ['reason'] as const, registers: r });
   const upstreamErrors = new Counter({ name: `${p}upstream_errors_total`, help: 'Workspaces that did not answer a proxied request, by error code.', labelNames: ['code'] as const, registers: r });
+  const identityFailures = new Counter({
+    name: `${p}workspace_identity_failures_total`,
+    help: 'Requests not sent to a route\'s address because the server there is not the workspace: misdirected (it refused the request as meant for another workspace), unproven (no valid proof on a new connection). A stale route to a reused address.',
+    labelNames: ['reason'] as const, registers: r,
+  });
   const rejected = new Counter({ name: `${p}rejected_requests_total`, help: 'Requests the gateway answered itself with an error, by error code (see gateway/errors.ts).', labelNames: ['code'] as const, registers: r });
   const activityBuffered = new Gauge({ name: `${p}activity_buffered`, help: 'Workspaces with activity not yet written to the store.', registers: r });
 
@@ -187,6 +194,7 @@ export function createMetrics(opts: MetricsOptions = { enabled: true, defaultMet
     for (const reason of REAPER_REASONS) reaperStops.inc({ reason }, 0);
     for (const reason of SIGNIN_REASONS) signInFailures.inc({ reason }, 0);
     for (const code of UPSTREAM_CODES) upstreamErrors.inc({ code }, 0);
+    for (const reason of IDENTITY_REASONS) identityFailures.inc({ reason }, 0);
     for (const code of ERROR_CODES) rejected.inc({ code }, 0);
   }
 
@@ -216,6 +224,7 @@ export function createMetrics(opts: MetricsOptions = { enabled: true, defaultMet
     reaperStop: (reason: string) => safe(() => reaperStops.inc({ reason: bounded(reason, REAPER_REASONS) })),
     signInFailure: (reason: string) => safe(() => signInFailures.inc({ reason: bounded(reason, SIGNIN_REASONS) })),
     upstreamError: (code: string) => safe(() => upstreamErrors.inc({ code: bounded(code, UPSTREAM_CODES) })),
+    identityFailure: (reason: IdentityReason) => safe(() => identityFailures.inc({ reason: bounded(reason, IDENTITY_REASONS) })),
     rejectedRequest: (code: string) => safe(() => rejected.inc({ code: bounded(code, ERROR_CODES) })),
     activityBuffered: (n: number) => safe(() => activityBuffered.set(n)),
     /**

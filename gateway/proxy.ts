@@ -8,12 +8,12 @@
 // their bytes. Everything here is per-request mechanics: header hygiene and mapping upstream
 // failures to the error catalogue; timeouts and the retry on a stale connection are the pool's.
 import http, { type IncomingMessage, type ServerResponse } from 'node:http';
-import type { Socket } from 'node:net';
+import net, { type Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
-import type { Endpoint } from '../provisioner/contract.js';
 import type { ErrorCode } from './errors.js';
-import { FORWARDING, HOP_BY_HOP, MISDIRECTED_ERROR, WORKSPACE_FIELD, connectionTokens, isMisdirected, namedInConnection, upstreamRequestHead, type ForwardedFor } from './http-fields.js';
+import { FORWARDING, HOP_BY_HOP, WORKSPACE_FIELD, connectionTokens, isMisdirected, namedInConnection, upstreamRequestHead, type ForwardedFor } from './http-fields.js';
 import type { ResponseSink, UpstreamFailure, UpstreamPool, Exchange } from './upstream-pool.js';
+import { identityFailure, proveSocket, type Upstream } from './workspace-proof.js';
 
 export type { ForwardedFor } from './http-fields.js';
 
@@ -136,7 +136,7 @@ export function createForwarder(opts: ProxyOptions) {
   const upgradeAgent = new http.Agent({ keepAlive: false });
 
   return {
-    web(req: IncomingMessage, res: ServerResponse, endpoint: Endpoint, workspaceId: string, fwd: ForwardedFor, cookie: string | undefined, hooks: WebHooks) {
+    web(req: IncomingMessage, res: ServerResponse, endpoint: Upstream, workspaceId: string, fwd: ForwardedFor, cookie: string | undefined, hooks: WebHooks) {
       // node:http has decoded the body's chunks: the pool frames it again.
       const body = !hasRequestBody(req.headers) ? 'none' : req.headers['transfer-encoding'] !== undefined ? 'chunked' : 'length';
       const writer = new ResponseWriter(req, res, hooks);
@@ -147,7 +147,7 @@ export function createForwarder(opts: ProxyOptions) {
       req.on('data', (chunk: Buffer) => { if (!exchange.body(chunk)) req.pause(); });
       req.on('end', () => exchange.end());
     },
-    ws(req: IncomingMessage, socket: Duplex, head: Buffer, endpoint: Endpoint, workspaceId: string, fwd: ForwardedFor, cookie: string | undefined, hooks: {
+    ws(req: IncomingMessage, socket: Duplex, head: Buffer, endpoint: Upstream, workspaceId: string, fwd: ForwardedFor, cookie: string | undefined, hooks: {
       onFailure(f: ForwardFailure): void;
       /** Takes over both sockets and relays their bytes; false: it refused the client and closed both, no 101 is sent. */
       onUpgrade(upstream: Duplex, response: UpgradeResponse): boolean | void;
@@ -156,47 +156,71 @@ export function createForwarder(opts: ProxyOptions) {
       tune(socket);
       // Bytes the client sent right behind its upgrade request travel once the relay starts.
       if (head.length) socket.unshift(head);
-      const out = http.request({ host: endpoint.host, port: endpoint.port, method: req.method, path: req.url, headers: req.headers, agent: upgradeAgent, setHost: false });
       let settled = false;
-      let timedOut = false;
-      const timer = setTimeout(() => { timedOut = true; out.destroy(new Error('upstream upgrade timeout')); }, opts.connectTimeoutMs);
-      const clientGone = () => { if (!settled) { settled = true; clearTimeout(timer); out.destroy(); } };
-      const settle = () => { settled = true; clearTimeout(timer); socket.off('close', clientGone); };
-      socket.once('close', clientGone);
-      // `on`, not `once`: a second error after the first (or after the answer) must not go unhandled.
-      out.on('error', (error) => {
-        if (settled) return;
-        settle();
-        hooks.onFailure({ code: timedOut ? 'UPSTREAM_TIMEOUT' : 'UPSTREAM_UNREACHABLE', error });
-      });
-      // Refused (403) or answered with plain HTTP: that answer is the client's, then both close.
-      out.once('response', (res) => {
-        settle();
-        // The workspace at this address is another one (a stale route): as if nothing answered, so
-        // the route is re-checked, and its refusal is not the client's to see.
-        if (isMisdirected(res.statusCode ?? 0, res.rawHeaders)) {
-          res.destroy();
-          hooks.onFailure({ code: 'UPSTREAM_UNREACHABLE', error: new Error(MISDIRECTED_ERROR) });
-          return;
-        }
-        const fields = responseFields(res.rawHeaders);
-        // Parsed field values hold one byte per character (obs-text, RFC 9110 5.5): latin1 gives the same bytes back.
-        socket.write(`HTTP/1.1 ${res.statusCode} ${res.statusMessage}\r\n${headerBlock(fields)}connection: close\r\n\r\n`, 'latin1');
-        res.once('error', () => socket.destroy());
-        socket.once('close', () => res.destroy());
-        res.pipe(socket);
-      });
-      out.once('upgrade', (res, upstream: Socket, upstreamHead: Buffer) => {
-        settle();
-        tune(upstream);
-        const response: UpgradeResponse = { statusCode: 101, headers: res.headers };
-        // Synchronous, and before the 101 is written: the app may still change the response's fields.
-        if (hooks.onUpgrade(upstream, response) === false) return;
-        socket.write(`HTTP/1.1 101 Switching Protocols\r\n${headerBlock(response.headers)}\r\n`, 'latin1');
-        // The hook's owner (ws-pairs) moves the bytes from the next tick on, after this 101.
-        if (upstreamHead.length) upstream.unshift(upstreamHead);
-      });
-      out.end();
+      const claim = endpoint.claim;
+      if (claim !== undefined) {
+        // The upgrade request goes only on a connection that has proven it reaches this workspace.
+        const upstream = net.connect({ host: endpoint.host, port: endpoint.port, noDelay: true });
+        const clientLeft = () => { settled = true; upstream.destroy(); };
+        socket.once('close', clientLeft);
+        proveSocket(upstream, endpoint.host, endpoint.port, claim, opts.connectTimeoutMs).then(() => {
+          socket.off('close', clientLeft);
+          if (!settled) upgrade(() => upstream);
+        }, (error: Error) => {
+          socket.off('close', clientLeft);
+          if (settled) return;
+          settled = true;
+          hooks.onFailure({ code: (error as NodeJS.ErrnoException).code === 'ETIMEDOUT' ? 'UPSTREAM_TIMEOUT' : 'UPSTREAM_UNREACHABLE', error });
+        });
+        return;
+      }
+      upgrade(undefined);
+
+      function upgrade(createConnection: (() => Socket) | undefined) {
+        const out = http.request({
+          host: endpoint.host, port: endpoint.port, method: req.method, path: req.url, headers: req.headers, setHost: false,
+          ...(createConnection ? { createConnection } : { agent: upgradeAgent }),
+        });
+        let timedOut = false;
+        const timer = setTimeout(() => { timedOut = true; out.destroy(new Error('upstream upgrade timeout')); }, opts.connectTimeoutMs);
+        const clientGone = () => { if (!settled) { settled = true; clearTimeout(timer); out.destroy(); } };
+        const settle = () => { settled = true; clearTimeout(timer); socket.off('close', clientGone); };
+        socket.once('close', clientGone);
+        // `on`, not `once`: a second error after the first (or after the answer) must not go unhandled.
+        out.on('error', (error) => {
+          if (settled) return;
+          settle();
+          hooks.onFailure({ code: timedOut ? 'UPSTREAM_TIMEOUT' : 'UPSTREAM_UNREACHABLE', error });
+        });
+        // Refused (403) or answered with plain HTTP: that answer is the client's, then both close.
+        out.once('response', (res) => {
+          settle();
+          // The workspace at this address is another one (a stale route): as if nothing answered, so
+          // the route is re-checked, and its refusal is not the client's to see.
+          if (isMisdirected(res.statusCode ?? 0, res.rawHeaders)) {
+            res.destroy();
+            hooks.onFailure({ code: 'UPSTREAM_UNREACHABLE', error: identityFailure('misdirected') });
+            return;
+          }
+          const fields = responseFields(res.rawHeaders);
+          // Parsed field values hold one byte per character (obs-text, RFC 9110 5.5): latin1 gives the same bytes back.
+          socket.write(`HTTP/1.1 ${res.statusCode} ${res.statusMessage}\r\n${headerBlock(fields)}connection: close\r\n\r\n`, 'latin1');
+          res.once('error', () => socket.destroy());
+          socket.once('close', () => res.destroy());
+          res.pipe(socket);
+        });
+        out.once('upgrade', (res, upstream: Socket, upstreamHead: Buffer) => {
+          settle();
+          tune(upstream);
+          const response: UpgradeResponse = { statusCode: 101, headers: res.headers };
+          // Synchronous, and before the 101 is written: the app may still change the response's fields.
+          if (hooks.onUpgrade(upstream, response) === false) return;
+          socket.write(`HTTP/1.1 101 Switching Protocols\r\n${headerBlock(response.headers)}\r\n`, 'latin1');
+          // The hook's owner (ws-pairs) moves the bytes from the next tick on, after this 101.
+          if (upstreamHead.length) upstream.unshift(upstreamHead);
+        });
+        out.end();
+      }
     },
     close() {
       upgradeAgent.destroy();

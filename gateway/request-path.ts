@@ -32,6 +32,7 @@ import { isNavigation, siteAllowed, wantsHtml, type RequestSite } from './reques
 import type { StateStore, WorkspaceRecord } from './store/contract.js';
 import { StoreUnavailable } from './store/contract.js';
 import type { Workspaces } from './workspaces.js';
+import { identityReason } from './workspace-proof.js';
 
 /** The named fields of a raw field list, as node:http's req.headers would give them (first wins). */
 function fieldsOf(fields: readonly string[], ...names: string[]): Record<string, string> {
@@ -190,7 +191,7 @@ export function createRequestPath(deps: RequestPathDeps) {
     if (!record || record.state === 'stopped' || record.state === 'stopping') {
       current = await workspaces.requestStart(ctx.workspaceId, { retryFailed: false, requestId: ctx.requestId, admit: () => admitStart(ctx.workspaceId) });
       // Rediscovered running (the store had lost it): serve it now, nothing was started.
-      if (current?.state === 'running' && current.endpoint) return forwardWeb(req, res, ctx, current.endpoint, false);
+      if (current?.state === 'running' && current.endpoint) return forwardWeb(req, res, ctx, workspaces.upstream(current)!, false);
       if (record?.state !== 'stopping') res.setHeader('x-gateway-cold-start', '1');
     }
     activity.touch(ctx.workspaceId);
@@ -230,11 +231,23 @@ export function createRequestPath(deps: RequestPathDeps) {
     if (warm) metrics.warmLatency(Number(process.hrtime.bigint() - started) / 1e9);
   }
 
+  /**
+   * The server at the route's address is not the workspace (a stale route to a reused address): its
+   * own counter and line, apart from workspaces that did not answer at all.
+   */
+  function identityFailed(workspaceId: string, requestId: string, error: Error, kind: 'web' | 'ws') {
+    const reason = identityReason(error);
+    if (reason === undefined) return;
+    metrics.identityFailure(reason);
+    log.warn({ event: 'workspace.identity_failed', workspaceId, requestId, reason, kind }, 'the server at the route\'s address is not this workspace');
+  }
+
   /** What a forwarded request's failure means for metrics, logs and the route, whichever lane took it. */
   function webFailed(workspaceId: string, requestId: string, code: ErrorCode, error: Error) {
     metrics.upstreamError(code);
     metrics.proxied('web', code === 'UPSTREAM_TIMEOUT' ? 504 : 502);
     log.warn({ event: 'upstream.error', workspaceId, requestId, code, err: error.message }, 'upstream failed');
+    identityFailed(workspaceId, requestId, error, 'web');
     if (code === 'UPSTREAM_UNREACHABLE') workspaces.recheck(workspaceId);
   }
 
@@ -555,6 +568,7 @@ export function createRequestPath(deps: RequestPathDeps) {
         metrics.upstreamError(code);
         metrics.proxied('ws', code === 'UPSTREAM_TIMEOUT' ? 504 : 502);
         log.warn({ event: 'upstream.error', workspaceId, requestId, code, err: error.message, kind: 'ws' }, 'upstream failed');
+        identityFailed(workspaceId, requestId, error, 'ws');
         if (code === 'UPSTREAM_UNREACHABLE') workspaces.recheck(workspaceId);
         if (socket.writable) failSocket(socket, requestId, code);
         else socket.destroy();

@@ -4,11 +4,11 @@
 // of a proxied request). Per workspace endpoint at most `maxSockets` connections, idle ones kept for
 // `idleMs` (below code-server's own 5 s keep-alive), LIFO so the warmest is reused.
 import net from 'node:net';
-import type { Endpoint } from '../provisioner/contract.js';
-import { MISDIRECTED_ERROR, isMisdirected, type RequestBody } from './http-fields.js';
+import { isMisdirected, type RequestBody } from './http-fields.js';
 import { PARSE_ON, SKIP_BODY, createParser, releaseParser, restartParser, stopForBody, type Parser, type ParserEvents } from './llhttp.js';
 import { scanSimpleHead, type SimpleHead } from './response-head.js';
 import { READ_BUFFER_BYTES } from './socket-reads.js';
+import { challengeHead, checkAnswer, identityFailure, newNonce, type Claim, type IdentityReason, type Upstream } from './workspace-proof.js';
 
 export type BodyMode = RequestBody;
 /** How the response's body is delimited on the upstream connection (RFC 9112 6.3). */
@@ -61,7 +61,8 @@ const CRLF = '\r\n';
 /** The zero-length chunk that ends a chunked body (RFC 9112 7.1), with no trailer fields. */
 export const LAST_CHUNK = '0\r\n\r\n';
 
-interface Pool { host: string; port: number; key: string; idle: Conn[]; open: number; queue: Exchange[] }
+/** `claim`: every new connection proves it reaches this workspace before it carries a request (workspace-proof.ts). */
+interface Pool { host: string; port: number; claim: Claim | undefined; key: string; idle: Conn[]; open: number; queue: Exchange[] }
 
 /** One request and its response. */
 export class Exchange {
@@ -158,11 +159,19 @@ class Conn implements ParserEvents {
   /** Closed for what the workspace sent (llhttp refused it, or a transfer coding we cannot undo). */
   unreadable = false;
   /**
-   * Closed because the workspace at this address refused the request as meant for another workspace
-   * (a marked 421: a stale route to a reused address): failed as UPSTREAM_UNREACHABLE, so the route is
-   * re-checked, and its answer never reaches the client.
+   * While the workspace has not yet proven who it is: the request that waits for it (not yet written,
+   * its body held by the Exchange) and the challenge's nonce and answer so far.
    */
-  misdirected = false;
+  awaiting: Exchange | undefined;
+  nonce: string | undefined;
+  answer: Buffer | undefined;
+  /**
+   * Closed because the server at this address is not the workspace meant: its answer to the
+   * challenge was no valid proof, or it refused a request as meant for another workspace (a marked
+   * 421: a stale route to a reused address). Failed as UPSTREAM_UNREACHABLE, so the route is
+   * re-checked, and nothing of its answer reaches the client.
+   */
+  unproven: IdentityReason | undefined;
   /** When the pool's sweep closes this connection (Date.now() ms; 0: never): connecting, awaiting a head, or idle. */
   deadline = 0;
   /** In read(): a response completed now waits for the read's end to free the connection (releasing). */
@@ -195,6 +204,7 @@ class Conn implements ParserEvents {
    * was lost with it, or read that stray answer as its own.
    */
   read(d: Buffer): void {
+    if (this.nonce !== undefined) { this.checkProof(d); return; }
     this.reading = true;
     this.take(d);
     this.reading = false;
@@ -217,6 +227,31 @@ class Conn implements ParserEvents {
     if (typeof r !== 'number') { this.unreadable = true; this.socket.destroy(r); }
     else if (this.bodyLeft !== undefined) { this.countBody(ex, r < d.length ? d.subarray(r) : undefined); return; }
     ex.sink.flush();
+  }
+
+  /**
+   * Sends the challenge, ahead of any request: `ex` is written only once the answer proves the
+   * workspace (proven), within the connect timeout the connection already has.
+   */
+  challenge(claim: Claim, ex: Exchange): void {
+    this.awaiting = ex;
+    this.nonce = newNonce();
+    this.socket.write(challengeHead(this.pool.host, this.pool.port, claim, this.nonce), 'latin1');
+  }
+
+  /** The challenge's answer, as it comes (copied: reads land in the pool's one buffer). */
+  checkProof(d: Buffer): void {
+    this.answer = this.answer === undefined ? Buffer.from(d) : Buffer.concat([this.answer, d]);
+    const verdict = checkAnswer(this.answer, this.pool.claim!, this.nonce!);
+    if (verdict === 'more') return;
+    this.answer = undefined;
+    if (verdict !== 'proven') { this.unproven = verdict; this.socket.destroy(); return; }
+    this.nonce = undefined;
+    const ex = this.awaiting!;
+    this.awaiting = undefined;
+    this.gotBytes = false;
+    // Its client may have left meanwhile: the proven connection serves the next request instead.
+    if (ex.done) this.owner.release(this); else this.owner.start(this, ex);
   }
 
   /** A simple head (response-head.ts) goes to the sink as its bytes; llhttp sees nothing of this response. */
@@ -270,7 +305,7 @@ class Conn implements ParserEvents {
       return PARSE_ON;
     }
     this.deadline = 0;
-    if (isMisdirected(status, fields)) { this.misdirected = true; this.socket.destroy(); return stopForBody(this.parser); }
+    if (isMisdirected(status, fields)) { this.unproven = 'misdirected'; this.socket.destroy(); return stopForBody(this.parser); }
     this.keepAlive = keepAlive;
     const head = ex.request.method === 'HEAD';
     const body = head || status === 204 || status === 304 ? { framing: 'none' as const } : framingOf(fields);
@@ -310,7 +345,7 @@ export function framingOf(fields: readonly string[]): { framing: Framing | 'unsu
 
 export class UpstreamPool {
   private readonly pools = new Map<string, Pool>();
-  private readonly keys = new WeakMap<Endpoint, string>();
+  private readonly keys = new WeakMap<Upstream, string>();
   private readonly conns = new Set<Conn>();
   private closing = false;
   /** Requests waiting in all pools' queues: the sweep looks at the queues only when there are some. */
@@ -339,7 +374,7 @@ export class UpstreamPool {
     for (const conn of this.conns) {
       if (conn.deadline === 0 || conn.deadline > now) continue;
       conn.deadline = 0;
-      conn.timedOut = conn.exchange !== undefined;
+      conn.timedOut = conn.exchange !== undefined || conn.awaiting !== undefined;
       conn.socket.destroy();
     }
     if (this.queued === 0) return;
@@ -372,10 +407,10 @@ export class UpstreamPool {
     return pool.queue.splice(i, 1)[0];
   }
 
-  send(endpoint: Endpoint, request: UpstreamRequest, sink: ResponseSink): Exchange {
+  send(endpoint: Upstream, request: UpstreamRequest, sink: ResponseSink): Exchange {
     const key = this.keyOf(endpoint);
     let pool = this.pools.get(key);
-    if (!pool) { pool = { host: endpoint.host, port: endpoint.port, key, idle: [], open: 0, queue: [] }; this.pools.set(key, pool); }
+    if (!pool) { pool = { host: endpoint.host, port: endpoint.port, claim: endpoint.claim, key, idle: [], open: 0, queue: [] }; this.pools.set(key, pool); }
     const ex = new Exchange(this, pool, request, sink);
     // Never synchronously: the caller may be inside its own parser's callback.
     if (this.closing) { process.nextTick(() => { ex.done = true; sink.fail('UPSTREAM_UNREACHABLE', new Error('gateway closing')); }); return ex; }
@@ -384,7 +419,7 @@ export class UpstreamPool {
     let idle = pool.idle.pop();
     while (idle !== undefined && !idle.socket.writable) idle = pool.idle.pop();
     if (idle) this.start(idle, ex);
-    else if (pool.open < this.opts.maxSockets) this.start(this.connect(pool), ex);
+    else if (pool.open < this.opts.maxSockets) this.startNew(pool, ex);
     else this.enqueue(pool, ex);
     return ex;
   }
@@ -393,9 +428,15 @@ export class UpstreamPool {
    * A route's endpoint is one object for as long as the route is cached: its key is built and hashed
    * once, not for every request (bench/instructions.ts).
    */
-  private keyOf(endpoint: Endpoint): string {
+  private keyOf(endpoint: Upstream): string {
     let key = this.keys.get(endpoint);
-    if (key === undefined) { key = `${endpoint.host}:${endpoint.port}`; this.keys.set(endpoint, key); }
+    if (key === undefined) {
+      // A connection proven for one start is never lent to another's request: a stale route and the
+      // live one may name the same address.
+      const claim = endpoint.claim;
+      key = claim === undefined ? `${endpoint.host}:${endpoint.port}` : `${endpoint.host}:${endpoint.port}#${claim.workspaceId}#${claim.key}`;
+      this.keys.set(endpoint, key);
+    }
     return key;
   }
 
@@ -419,7 +460,15 @@ export class UpstreamPool {
     return conn;
   }
 
-  private start(conn: Conn, ex: Exchange): void {
+  /** A new connection for `ex`: the request goes at once, or once the workspace has proven itself. */
+  private startNew(pool: Pool, ex: Exchange): void {
+    const conn = this.connect(pool);
+    if (pool.claim === undefined) { this.start(conn, ex); return; }
+    conn.deadline = Date.now() + this.opts.connectTimeoutMs;
+    conn.challenge(pool.claim, ex);
+  }
+
+  start(conn: Conn, ex: Exchange): void {
     conn.exchange = ex;
     conn.gotBytes = false;
     conn.framing = 'none';
@@ -479,8 +528,9 @@ export class UpstreamPool {
     this.conns.delete(conn);
     const i = pool.idle.indexOf(conn);
     if (i !== -1) pool.idle.splice(i, 1);
-    const ex = conn.exchange;
+    const ex = conn.exchange ?? conn.awaiting;
     conn.exchange = undefined;
+    conn.awaiting = undefined;
     if (ex && !ex.done) {
       ex.conn = undefined;
       // A kept-alive connection the upstream closed as we used it: one more try on a new one, for
@@ -488,17 +538,19 @@ export class UpstreamPool {
       // Not one we timed out ourselves: the workspace has it and may still be at it.
       if (conn.reused && !conn.gotBytes && !conn.timedOut && ex.attempt === 0 && ex.request.body === 'none' && IDEMPOTENT.has(ex.request.method) && !this.closing) {
         ex.attempt = 1;
-        this.start(this.connect(pool), ex);
+        this.startNew(pool, ex);
       } else {
         ex.done = true;
-        const code: UpstreamFailure = conn.unreadable ? 'UPSTREAM_BAD_RESPONSE' : conn.timedOut && !ex.headSeen ? 'UPSTREAM_TIMEOUT' : 'UPSTREAM_UNREACHABLE';
-        ex.sink.fail(code, new Error(conn.unreadable ? 'upstream response not passed on' : conn.misdirected ? MISDIRECTED_ERROR
+        // Connected but closed, timed out or answered otherwise before a proof: not the workspace.
+        const identity = conn.unproven ?? (conn.nonce !== undefined && conn.connected ? 'unproven' : undefined);
+        const code: UpstreamFailure = conn.unreadable ? 'UPSTREAM_BAD_RESPONSE' : identity === undefined && conn.timedOut && !ex.headSeen ? 'UPSTREAM_TIMEOUT' : 'UPSTREAM_UNREACHABLE';
+        ex.sink.fail(code, identity !== undefined ? identityFailure(identity) : new Error(conn.unreadable ? 'upstream response not passed on'
           : conn.timedOut ? 'upstream timed out' : conn.connected ? 'upstream connection closed' : 'upstream connection failed'));
       }
     }
     // The closed connection's place goes to the next queued request, unless the retry above took it:
     // open counts the retry's connection already, and maxSockets holds for both.
-    if (pool.queue.length > 0) { if (pool.open < this.opts.maxSockets) this.start(this.connect(pool), this.dequeue(pool)!); }
+    if (pool.queue.length > 0) { if (pool.open < this.opts.maxSockets) this.startNew(pool, this.dequeue(pool)!); }
     else if (pool.open === 0) this.pools.delete(pool.key);
   }
 }

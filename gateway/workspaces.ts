@@ -14,6 +14,7 @@ import type { Metrics } from './metrics.js';
 import type { Logger } from './log.js';
 import type { Fence, StateStore, WorkspaceEvent, WorkspaceRecord } from './store/contract.js';
 import type { Departure } from './departure.js';
+import type { IdentityKeys, Upstream } from './workspace-proof.js';
 
 export interface WorkspacesOptions {
   store: StateStore;
@@ -26,10 +27,12 @@ export interface WorkspacesOptions {
   routeCacheTtlMs: number;
   /** Workspace lock lease; renewed every third of it while a start or stop runs. */
   leaseTtlMs?: number;
+  /** Each start's key (gateway/workspace-proof.ts): given to the start, and asked of its connections. */
+  identityKeys: IdentityKeys;
 }
 
 export type Route =
-  | { kind: 'running'; endpoint: Endpoint; generation: number }
+  | { kind: 'running'; endpoint: Upstream; generation: number }
   | { kind: 'not-running'; record: WorkspaceRecord | undefined };
 
 export interface StopReason { reasonCode: string; reason: string }
@@ -41,7 +44,7 @@ export function interruptedStopReason(record: WorkspaceRecord): StopReason {
   return { reasonCode: record.reasonCode ?? 'stop_resumed', reason: record.reason ?? 'a stop interrupted by a gateway failure' };
 }
 
-interface CacheEntry { endpoint: Endpoint; generation: number; checkedAt: number }
+interface CacheEntry { endpoint: Upstream; generation: number; checkedAt: number }
 
 export const lockKey = (id: string) => `lock:${id}`;
 
@@ -76,9 +79,18 @@ export function createWorkspaces(opts: WorkspacesOptions) {
 
   const owner = () => `${opts.instanceId}:${randomUUID()}`;
 
+  /**
+   * Where a running record's requests go: with the claim its connections must prove when its
+   * provisioner's workspaces prove themselves. Built once per route, not per request.
+   */
+  function upstreamOf(id: string, generation: number, endpoint: Endpoint): Upstream {
+    if (endpoint.proves !== true) return endpoint;
+    return { host: endpoint.host, port: endpoint.port, proves: true, claim: { workspaceId: id, key: opts.identityKeys(id, generation) } };
+  }
+
   function applyEvent(record: WorkspaceRecord) {
     if (record.state === 'running' && record.endpoint) {
-      cache.set(record.id, { endpoint: record.endpoint, generation: record.generation, checkedAt: clock.now() });
+      cache.set(record.id, { endpoint: upstreamOf(record.id, record.generation, record.endpoint), generation: record.generation, checkedAt: clock.now() });
     } else {
       cache.delete(record.id);
     }
@@ -133,6 +145,13 @@ export function createWorkspaces(opts: WorkspacesOptions) {
     return { kind: 'running', endpoint: hit.endpoint, generation: hit.generation };
   }
 
+  /** A running record's upstream, as its cached route has it (the route was cached with the record). */
+  function upstream(record: WorkspaceRecord): Upstream | undefined {
+    if (record.state !== 'running' || !record.endpoint) return undefined;
+    const hit = cache.get(record.id);
+    return hit !== undefined && hit.generation === record.generation ? hit.endpoint : upstreamOf(record.id, record.generation, record.endpoint);
+  }
+
   /** Route cache first (no network on a warm request), then the store. */
   async function resolve(id: string): Promise<Route> {
     const cached = resolveCached(id);
@@ -141,7 +160,7 @@ export function createWorkspaces(opts: WorkspacesOptions) {
     const record = await read(id);
     if (record?.state === 'running' && record.endpoint) {
       applyEvent(record);
-      return { kind: 'running', endpoint: record.endpoint, generation: record.generation };
+      return { kind: 'running', endpoint: upstream(record)!, generation: record.generation };
     }
     return { kind: 'not-running', record };
   }
@@ -295,7 +314,9 @@ export function createWorkspaces(opts: WorkspacesOptions) {
     const done = (async () => {
       metrics.startsInFlight(inFlight.size);
       try {
-        const result = await provisioner.start({ workspaceId: id, generation: initial.generation, signal: controller.signal, onStage, onHandle, resumeHandle: initial.handle });
+        const result = await provisioner.start({
+          workspaceId: id, generation: initial.generation, identityKey: opts.identityKeys(id, initial.generation), signal: controller.signal, onStage, onHandle, resumeHandle: initial.handle,
+        });
         controller.signal.throwIfAborted();
         const now = clock.now();
         metrics.stage(current.stage ?? 'probing', (now - stageAt) / 1000);
@@ -494,6 +515,7 @@ export function createWorkspaces(opts: WorkspacesOptions) {
   return {
     resolve,
     resolveCached,
+    upstream,
     read,
     requestStart,
     stop,

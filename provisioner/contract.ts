@@ -10,6 +10,13 @@ export type StartStage = (typeof START_STAGES)[number];
 export interface Endpoint {
   readonly host: string;
   readonly port: number;
+  /**
+   * The workspace here proves who it is (its identityKey, StartRequest) to every new connection, and
+   * the gateway sends it nothing of a student's until it has. Set by a provisioner whose workspaces
+   * all do (ECS's image, the local code-server and demo); absent on records written before, which are
+   * not asked.
+   */
+  readonly proves?: true;
 }
 
 export interface StageReport {
@@ -22,6 +29,11 @@ export interface StartRequest {
   workspaceId: string;
   /** Increases on every start of a workspace; with the id it names one start exactly. */
   generation: number;
+  /**
+   * This start's key, opaque: handed to the workspace (WORKSPACE_KEY) and to nobody else, so that it
+   * can prove to the gateway that it is this workspace's start (gateway/workspace-proof.ts).
+   */
+  identityKey: string;
   /** Aborted when the start must be given up (deadline, shutdown, the lease lost). */
   signal: AbortSignal;
   /** Called on each stage change; must not throw. */

@@ -8,9 +8,13 @@ import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { WebSocketServer } from 'ws';
 // The workspace side of the gateway's x-gateway-workspace contract, shared with code-server's preload.
-import { WORKSPACE_FIELD, decide, refuse, refuseSocket } from '../codeserver/workspace-identity.cjs';
+import { WORKSPACE_FIELD, answerChallenge, decide, refuse, refuseSocket } from '../codeserver/workspace-identity.cjs';
 
-export interface DemoWorkspaceOptions { port: number; host: string; dataDir: string; id: string; readyDelayMs: number }
+export interface DemoWorkspaceOptions {
+  port: number; host: string; dataDir: string; id: string; readyDelayMs: number;
+  /** This start's WORKSPACE_KEY: the gateway's challenge on each new connection is answered with it. */
+  key?: string;
+}
 
 export function demoPage(id: string, visits: number): string {
   return `<!doctype html><html lang="en"><head><meta charset="utf-8"><title>ws-${id} · demo workspace</title>
@@ -34,6 +38,8 @@ export function startDemoWorkspace(opts: DemoWorkspaceOptions) {
   const visits = () => { try { return readFileSync(visitsFile, 'utf8').split('\n').filter(Boolean).length; } catch { return 0; } };
 
   const server = createServer((req: IncomingMessage, res: ServerResponse) => {
+    // The gateway's challenge on a new connection, before anything of the workspace is served.
+    if (answerChallenge(req, res, opts.id, opts.key)) return;
     // A request the gateway meant for another workspace (a stale route to a reused port): 421.
     if (decide(req.headers[WORKSPACE_FIELD], opts.id, req.url) !== 'allow') { refuse(res); return; }
     const url = new URL(req.url ?? '/', 'http://x');
@@ -128,8 +134,10 @@ if (process.argv[1] && import.meta.url.endsWith(process.argv[1].replace(/^.*\//,
   const { values } = parseArgs({ options: { port: { type: 'string' }, host: { type: 'string' }, data: { type: 'string' }, id: { type: 'string' }, 'ready-delay-ms': { type: 'string' } } });
   const demo = startDemoWorkspace({
     port: Number(values.port ?? 0), host: values.host ?? '127.0.0.1', dataDir: values.data ?? '.', id: values.id ?? 'demo',
-    readyDelayMs: Number(values['ready-delay-ms'] ?? 0),
+    readyDelayMs: Number(values['ready-delay-ms'] ?? 0), key: process.env.WORKSPACE_KEY,
   });
+  // Held by the server alone, as code-server's preload does.
+  delete process.env.WORKSPACE_KEY;
   demo.listen().then((port) => process.stdout.write(`listening ${port}\n`));
   const stop = () => { void demo.close().then(() => process.exit(0)); };
   process.on('SIGTERM', stop);

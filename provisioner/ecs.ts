@@ -6,6 +6,7 @@
 import { createHash, randomUUID } from 'node:crypto';
 import { setMaxListeners } from 'node:events';
 import { request as httpRequest } from 'node:http';
+import type { Socket } from 'node:net';
 import {
   DescribeTaskDefinitionCommand,
   DescribeTasksCommand,
@@ -29,6 +30,7 @@ import {
 import { CreateAccessPointCommand, DescribeAccessPointsCommand, EFSClient } from '@aws-sdk/client-efs';
 import type { Clock } from '../gateway/clock.js';
 import { WORKSPACE_FIELD } from '../gateway/http-fields.js';
+import { provenConnection } from '../gateway/workspace-proof.js';
 import {
   StartFailure,
   type Provisioner,
@@ -448,10 +450,13 @@ export function createEcsProvisioner(options: EcsProvisionerOptions, deps: EcsPr
   }
 
   // ---------- RunTask ----------
-  function runInput(id: string, generation: number, token: string, onDemand: boolean): RunTaskCommandInput {
+  function runInput(id: string, generation: number, identityKey: string, token: string, onDemand: boolean): RunTaskCommandInput {
     const env = [
       { name: 'WORKSPACE_ID', value: id },
       { name: 'WORKSPACE_GENERATION', value: String(generation) },
+      // This start's key (StartRequest.identityKey): the task proves with it that it is this start
+      // before the gateway sends it a student's byte. Deterministic per start, like the clientToken.
+      { name: 'WORKSPACE_KEY', value: identityKey },
       ...Object.entries(o.environment ?? {}).sort(([a], [b]) => a.localeCompare(b)).map(([name, value]) => ({ name, value })),
     ];
     return {
@@ -478,7 +483,7 @@ export function createEcsProvisioner(options: EcsProvisionerOptions, deps: EcsPr
     };
   }
 
-  async function runTask(id: string, generation: number, signal: AbortSignal, onPosition: (p: number) => void): Promise<Task> {
+  async function runTask(id: string, generation: number, identityKey: string, signal: AbortSignal, onPosition: (p: number) => void): Promise<Task> {
     const token = runTaskToken(id, generation);
     const attempt = async (input: RunTaskCommandInput) =>
       call('RunTask', (abortSignal) => ecs.send(new RunTaskCommand(input), { abortSignal }), {
@@ -494,12 +499,12 @@ export function createEcsProvisioner(options: EcsProvisionerOptions, deps: EcsPr
         throw err;
       });
     const spot = o.capacity === 'spot-first';
-    let out = await attempt(runInput(id, generation, token, false));
+    let out = await attempt(runInput(id, generation, identityKey, token, false));
     let task = out.tasks?.[0];
     if (!task && spot && out.failures?.some((f) => CAPACITY_FAILURE.test(f.reason ?? ''))) {
       log({ msg: 'no Fargate Spot capacity, falling back to on-demand', workspaceId: id, generation, reason: out.failures?.[0]?.reason });
       // A different token: the first one is bound to the Spot parameters (ConflictException otherwise).
-      out = await attempt(runInput(id, generation, `${token}-od`, true));
+      out = await attempt(runInput(id, generation, identityKey, `${token}-od`, true));
       task = out.tasks?.[0];
     }
     if (!task) {
@@ -532,8 +537,15 @@ export function createEcsProvisioner(options: EcsProvisionerOptions, deps: EcsPr
   /**
    * One GET /healthz naming the workspace it is for: a task that took over a dead one's IP answers
    * another workspace's probe with 421 (codeserver/workspace-identity.cjs), which is not healthy.
+   * With the start's key, on a connection that has first proven it reaches this start
+   * (gateway/workspace-proof.ts): a server that is not the workspace is never taken for it.
    */
-  function probeOnce(id: string, host: string, port: number, signal: AbortSignal): Promise<boolean> {
+  async function probeOnce(id: string, host: string, port: number, signal: AbortSignal, identityKey?: string): Promise<boolean> {
+    let socket: Socket | undefined;
+    if (identityKey !== undefined) {
+      socket = await provenConnection(host, port, { workspaceId: id, key: identityKey }, o.probeTimeoutMs).catch(() => undefined);
+      if (socket === undefined) return false;
+    }
     return new Promise((resolve) => {
       const t = timeoutSignal(timers, o.probeTimeoutMs, new Error('probe timeout'));
       const s = anySignal([signal, t.signal]);
@@ -542,8 +554,13 @@ export function createEcsProvisioner(options: EcsProvisionerOptions, deps: EcsPr
         s.dispose();
         resolve(ok);
       };
-      const req = httpRequest({ host, port, path: '/healthz', method: 'GET', agent: false, signal: s.signal, headers: { [WORKSPACE_FIELD]: id } }, (res) => {
+      const proven = socket;
+      const req = httpRequest({
+        host, port, path: '/healthz', method: 'GET', signal: s.signal, headers: { [WORKSPACE_FIELD]: id },
+        ...(proven ? { createConnection: () => proven } : { agent: false }),
+      }, (res) => {
         res.resume();
+        res.once('end', () => proven?.destroy());
         done(res.statusCode !== undefined && res.statusCode >= 200 && res.statusCode < 400);
       });
       req.on('error', () => done(false));
@@ -552,7 +569,7 @@ export function createEcsProvisioner(options: EcsProvisionerOptions, deps: EcsPr
   }
 
   /** Probes until /healthz answers; fails early if the task stops meanwhile. */
-  async function probeUntilHealthy(id: string, arn: string, host: string, signal: AbortSignal): Promise<void> {
+  async function probeUntilHealthy(id: string, arn: string, host: string, signal: AbortSignal, identityKey: string): Promise<void> {
     const stopWatch = new AbortController();
     const linked = anySignal([signal, stopWatch.signal]);
     const both = linked.signal;
@@ -562,7 +579,7 @@ export function createEcsProvisioner(options: EcsProvisionerOptions, deps: EcsPr
     });
     died.catch(() => {});
     const probing = (async () => {
-      while (!(await probeOnce(id, host, o.workspacePort, both))) {
+      while (!(await probeOnce(id, host, o.workspacePort, both, identityKey))) {
         if (both.aborted) throw both.reason;
         await sleep(timers, o.probeIntervalMs, both);
       }
@@ -730,7 +747,7 @@ export function createEcsProvisioner(options: EcsProvisionerOptions, deps: EcsPr
             else release = r;
           },
         });
-        task = await runTask(id, gen, signal, onPosition);
+        task = await runTask(id, gen, req.identityKey, signal, onPosition);
         try {
           req.onHandle?.(task.taskArn!);
         } catch {
@@ -759,11 +776,11 @@ export function createEcsProvisioner(options: EcsProvisionerOptions, deps: EcsPr
       const host = privateIp(task);
       if (!host) throw new StartFailure('BACKEND_UNAVAILABLE', `task ${arn} is RUNNING without a private IP`);
       stages.to('probing');
-      await probeUntilHealthy(id, arn, host, signal);
+      await probeUntilHealthy(id, arn, host, signal, req.identityKey);
       await registerInstance(id, gen, host, arn, signal);
       stages.to('ready');
       log({ msg: 'workspace ready', workspaceId: id, generation: gen, taskArn: arn, host });
-      return { endpoint: { host, port: o.workspacePort }, handle: arn };
+      return { endpoint: { host, port: o.workspacePort, proves: true }, handle: arn };
     } catch (err) {
       let failure: StartFailure;
       if (deadline.signal.aborted && !req.signal.aborted) {
@@ -823,7 +840,8 @@ export function createEcsProvisioner(options: EcsProvisionerOptions, deps: EcsPr
     return {
       workspaceId,
       generation: Number(tag(task.tags, TAG_GENERATION) ?? attrs?.[ATTR_GENERATION] ?? 0),
-      endpoint: { host, port: Number(attrs?.AWS_INSTANCE_PORT ?? o.workspacePort) },
+      // Our image's tasks all prove who they are (codeserver/workspace-identity.cjs): rediscovered too.
+      endpoint: { host, port: Number(attrs?.AWS_INSTANCE_PORT ?? o.workspacePort), proves: true },
       handle: task.taskArn!,
       startedAt: task.startedAt ? task.startedAt.getTime() : undefined,
     };

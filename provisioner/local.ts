@@ -9,6 +9,7 @@ import { createServer } from 'node:net';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { WORKSPACE_FIELD } from '../gateway/http-fields.js';
+import { provenConnection } from '../gateway/workspace-proof.js';
 import { nodeOption } from '../codeserver/workspace-identity.cjs';
 import {
   START_STAGES, StartFailure, type Endpoint, type Provisioner, type RunningWorkspace, type StartRequest, type StartResult,
@@ -97,12 +98,17 @@ async function anyFreePort(): Promise<number> {
 
 /**
  * One GET /healthz with a short timeout, naming the workspace it is for; true on 2xx. Another
- * workspace's process on a reused port answers 421 (codeserver/workspace-identity.cjs).
+ * workspace's process on a reused port answers 421 (codeserver/workspace-identity.cjs). Asked on a
+ * connection that has first proven it reaches this start (its key): whatever else took the port
+ * (a process of the student's own) is never taken for the workspace.
  */
-function probe(id: string, endpoint: Endpoint, timeoutMs = 1000): Promise<boolean> {
+async function probe(id: string, endpoint: Endpoint, key: string, timeoutMs = 1000): Promise<boolean> {
+  const socket = await provenConnection(endpoint.host, endpoint.port, { workspaceId: id, key }, timeoutMs).catch(() => undefined);
+  if (socket === undefined) return false;
   return new Promise((res) => {
-    const req = request({ host: endpoint.host, port: endpoint.port, path: '/healthz', timeout: timeoutMs, agent: false, headers: { [WORKSPACE_FIELD]: id } }, (r) => {
+    const req = request({ host: endpoint.host, port: endpoint.port, path: '/healthz', timeout: timeoutMs, createConnection: () => socket, headers: { [WORKSPACE_FIELD]: id } }, (r) => {
       r.resume();
+      r.once('end', () => socket.destroy());
       res((r.statusCode ?? 500) < 300);
     });
     req.on('timeout', () => req.destroy());
@@ -164,9 +170,10 @@ export function createLocalProvisioner(opts: LocalProvisionerOptions): Provision
   const inherited = workspaceEnv(opts.parentEnv);
   const freePort = opts.choosePort ?? anyFreePort;
 
-  function command(id: string, port: number, dir: string): { cmd: string; args: string[]; env: Record<string, string> } {
+  /** `key`: the start's identityKey, as WORKSPACE_KEY (its preload, or the demo, proves with it and keeps it from what it forks). */
+  function command(id: string, port: number, dir: string, key: string): { cmd: string; args: string[]; env: Record<string, string> } {
     if (mode === 'demo') {
-      return { cmd: process.execPath, args: [demoScript, '--port', String(port), '--data', join(dir, 'project'), '--id', id, '--ready-delay-ms', String(opts.demoReadyDelayMs)], env: inherited };
+      return { cmd: process.execPath, args: [demoScript, '--port', String(port), '--data', join(dir, 'project'), '--id', id, '--ready-delay-ms', String(opts.demoReadyDelayMs)], env: { ...inherited, WORKSPACE_KEY: key } };
     }
     const home = join(dir, 'home');
     const userData = join(dir, 'user-data');
@@ -178,7 +185,7 @@ export function createLocalProvisioner(opts: LocalProvisionerOptions): Provision
       args: ['--auth', 'none', '--bind-addr', `127.0.0.1:${port}`, '--user-data-dir', userData, '--extensions-dir', join(dir, 'extensions'),
         '--disable-telemetry', '--disable-update-check', '--disable-workspace-trust', join(dir, 'project')],
       // Its own HOME: code-server writes ~/.config/code-server/config.yaml at every start.
-      env: { ...inherited, HOME: home, WORKSPACE_ID: id, WORKSPACE_PORT: String(port), NODE_OPTIONS: preloadOption },
+      env: { ...inherited, HOME: home, WORKSPACE_ID: id, WORKSPACE_PORT: String(port), WORKSPACE_KEY: key, NODE_OPTIONS: preloadOption },
     };
   }
 
@@ -208,8 +215,9 @@ export function createLocalProvisioner(opts: LocalProvisionerOptions): Provision
     const dir = resolve(opts.dataDir, id);
     mkdirSync(join(dir, 'project'), { recursive: true });
     const port = await freePort();
-    const endpoint = { host: '127.0.0.1', port };
-    const { cmd, args, env } = command(id, port, dir);
+    // Both kinds of local workspace prove who they are: the route asks every new connection to.
+    const endpoint: Endpoint = { host: '127.0.0.1', port, proves: true };
+    const { cmd, args, env } = command(id, port, dir, req.identityKey);
     req.onStage({ stage: 'pending' });
     // Its own process group: code-server forks an extension host and a pty host, and a stop must take
     // them all, as stopping a Fargate task does (an orphaned extension host was seen outliving its server).
@@ -245,7 +253,7 @@ export function createLocalProvisioner(opts: LocalProvisionerOptions): Provision
           const last = stderr.trim().split('\n').slice(-3).join(' | ');
           throw new StartFailure('TASK_STOPPED', `the workspace process exited (${exitInfo})${last ? `: ${last}` : ''}`);
         }
-        if (await probe(id, endpoint)) break;
+        if (await probe(id, endpoint, req.identityKey)) break;
         await new Promise<void>((res) => {
           // Wake early on abort or exit; listeners are removed every round so long starts do not pile them up.
           const wake = () => { clearTimeout(t); signal.removeEventListener('abort', wake); child.off('exit', onExit); res(); };

@@ -323,10 +323,14 @@ t.test("a task answering for another workspace (a dead task's reused IP) is neve
   const dir = mkdtempSync(join(tmpdir(), 'wsgw-ecs-identity-'));
   t.teardown(() => rmSync(dir, { recursive: true, force: true }));
   const probes: Array<string | undefined> = [];
+  const healthz: string[] = [];
   const { p } = await setup(t, {
     workspace: async (info) => {
-      const demo = startDemoWorkspace({ host: info.host, port: info.port, dataDir: dir, id: 'olga', readyDelayMs: 0 });
-      demo.server.prependListener('request', (req) => { if (req.url === '/healthz') probes.push(req.headers[WORKSPACE_FIELD] as string | undefined); });
+      const demo = startDemoWorkspace({ host: info.host, port: info.port, dataDir: dir, id: 'olga', readyDelayMs: 0, key: 'olga-key' });
+      demo.server.prependListener('request', (req) => {
+        if (req.url === '*') probes.push(req.headers[WORKSPACE_FIELD] as string | undefined);
+        else healthz.push(req.url ?? '');
+      });
       await demo.listen();
       return { close: () => demo.close() };
     },
@@ -334,7 +338,37 @@ t.test("a task answering for another workspace (a dead task's reused IP) is neve
   const err = await p.start(startRequest('ida2', 1).req).catch((e) => e);
   t.equal(err.code, 'START_DEADLINE', 'probed until the deadline, never ready');
   t.match(err.message, 'last stage: probing');
-  t.ok(probes.length > 0 && probes.every((w) => w === 'ida2'), `every probe named the workspace it was for (${probes.length})`);
+  t.ok(probes.length > 0 && probes.every((w) => w === 'ida2'), `every probe's challenge named the workspace it was for (${probes.length})`);
+  t.same(healthz, [], 'and no probe went past it');
+});
+
+t.test("RunTask gives the task its start's key (WORKSPACE_KEY); it is probed only once it proves itself with it", async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'wsgw-ecs-key-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const seen: string[] = [];
+  const { fake, p } = await setup(t, {
+    workspace: async (info) => {
+      // A task that ignores its key (a student's own server on the port): never healthy.
+      const demo = startDemoWorkspace({ host: info.host, port: info.port, dataDir: dir, id: info.workspaceId!, readyDelayMs: 0, key: info.workspaceId === 'keyless' ? 'not-the-key' : info.environment.WORKSPACE_KEY });
+      demo.server.prependListener('request', (req) => { seen.push(`${info.workspaceId} ${req.method} ${req.url}`); });
+      await demo.listen();
+      return { close: () => demo.close() };
+    },
+  }, { startDeadlineMs: 1500 });
+  const s = startRequest('kate', 4);
+  s.req.identityKey = 'the-key-of-kate-4';
+  const r = await p.start(s.req);
+  const env = fake.callsOf('RunTask')[0].input.overrides.containerOverrides[0].environment as Array<{ name: string; value: string }>;
+  t.same(env.filter((e) => e.name.startsWith('WORKSPACE_')), [
+    { name: 'WORKSPACE_ID', value: 'kate' }, { name: 'WORKSPACE_GENERATION', value: '4' }, { name: 'WORKSPACE_KEY', value: 'the-key-of-kate-4' },
+  ], 'in containerOverrides, beside the id and generation');
+  t.equal(r.endpoint.proves, true, 'its route requires proof');
+  t.same(seen.slice(0, 2), ['kate OPTIONS *', 'kate GET /healthz'], 'challenged, then probed');
+  const listed = await p.list();
+  t.ok(listed.length > 0 && listed.every((w) => w.endpoint.proves === true), 'rediscovered routes require proof too');
+  const err = await p.start(startRequest('keyless', 1).req).catch((e) => e);
+  t.equal(err.code, 'START_DEADLINE', 'a task that cannot prove itself is never ready');
+  t.notOk(seen.includes('keyless GET /healthz'), 'and never probed past the challenge');
 });
 
 t.test('a start cancelled by its caller fails ABORTED and leaves the task for a takeover (resumeHandle)', async (t) => {

@@ -15,6 +15,7 @@ import { join } from 'node:path';
 import t, { type Test } from 'tap';
 import { createLocalProvisioner, findOnPath, workspaceEnv } from '../provisioner/local.js';
 import { MISDIRECTED_FIELD, WORKSPACE_FIELD } from '../gateway/http-fields.js';
+import { provenConnection } from '../gateway/workspace-proof.js';
 import { request as httpRequest } from 'node:http';
 import { fileURLToPath } from 'node:url';
 import { createServer as createNetServer } from 'node:net';
@@ -53,7 +54,7 @@ t.test('stopping a workspace ends every process it started, even one ignoring SI
   t.teardown(() => provisioner.close());
   for (const how of ['stop', 'close'] as const) {
     const id = `tree-${how}`;
-    const started = await provisioner.start({ workspaceId: id, generation: 1, signal: new AbortController().signal, onStage: () => undefined });
+    const started = await provisioner.start({ workspaceId: id, generation: 1, identityKey: 'key', signal: new AbortController().signal, onStage: () => undefined });
     const helper = Number(readFileSync(join(dir, 'data', id, 'home', 'helper.pid'), 'utf8'));
     t.ok(alive(helper), `${how}: the helper runs`);
     if (how === 'stop') await provisioner.stop(id, started.handle, 'test'); else await provisioner.close();
@@ -69,7 +70,7 @@ t.test('a workspace whose server exits by itself: reported stopped, nothing of i
   const { dir, bin } = standIn(t);
   const provisioner = createLocalProvisioner({ workspace: 'code-server', dataDir: join(dir, 'data'), codeServerBin: bin, demoReadyDelayMs: 0, parentEnv: process.env });
   t.teardown(() => provisioner.close());
-  const start = (generation: number) => provisioner.start({ workspaceId: 'crash', generation, signal: new AbortController().signal, onStage: () => undefined });
+  const start = (generation: number) => provisioner.start({ workspaceId: 'crash', generation, identityKey: 'key', signal: new AbortController().signal, onStage: () => undefined });
   const first = await start(1);
   const helper = Number(readFileSync(join(dir, 'data', 'crash', 'home', 'helper.pid'), 'utf8'));
   t.teardown(() => { try { process.kill(helper, 'SIGKILL'); } catch { /* gone */ } });
@@ -147,7 +148,7 @@ t.test('a port another workspace\'s code-server took over refuses this one\'s re
   const { dir, bin } = standIn(t);
   const provisioner = createLocalProvisioner({ workspace: 'code-server', dataDir: join(dir, 'data'), codeServerBin: bin, demoReadyDelayMs: 0, parentEnv: process.env });
   t.teardown(() => provisioner.close());
-  const started = await provisioner.start({ workspaceId: 'bravo', generation: 1, signal: new AbortController().signal, onStage: () => undefined });
+  const started = await provisioner.start({ workspaceId: 'bravo', generation: 1, identityKey: 'key', signal: new AbortController().signal, onStage: () => undefined });
   const ask = (path: string, workspace?: string) => new Promise<{ status: number; marked: boolean }>((resolve, reject) => {
     const req = httpRequest({ host: started.endpoint.host, port: started.endpoint.port, path, agent: false, headers: workspace === undefined ? {} : { [WORKSPACE_FIELD]: workspace } }, (res) => {
       res.resume();
@@ -171,7 +172,7 @@ t.test('a checkout whose path holds spaces, a quote and a backslash still starts
   copyFileSync(fileURLToPath(new URL('../codeserver/workspace-identity.cjs', import.meta.url)), identityPreload);
   const provisioner = createLocalProvisioner({ workspace: 'code-server', dataDir: join(dir, 'data'), codeServerBin: bin, demoReadyDelayMs: 0, parentEnv: process.env, identityPreload });
   t.teardown(() => provisioner.close());
-  const started = await provisioner.start({ workspaceId: 'bravo', generation: 1, signal: new AbortController().signal, onStage: () => undefined });
+  const started = await provisioner.start({ workspaceId: 'bravo', generation: 1, identityKey: 'key', signal: new AbortController().signal, onStage: () => undefined });
   const ask = (workspace: string) => new Promise<number>((resolve, reject) => {
     const req = httpRequest({ host: started.endpoint.host, port: started.endpoint.port, path: '/', agent: false, headers: { [WORKSPACE_FIELD]: workspace } }, (res) => {
       res.resume();
@@ -189,7 +190,7 @@ t.test('no process of a workspace, down to the shell it forks, sees the gateway\
   for (const workspace of ['code-server', 'demo'] as const) {
     const provisioner = createLocalProvisioner({ workspace, dataDir: join(dir, workspace), codeServerBin: bin, demoReadyDelayMs: 0, parentEnv });
     t.teardown(() => provisioner.close());
-    const started = await provisioner.start({ workspaceId: 'env', generation: 1, signal: new AbortController().signal, onStage: () => undefined });
+    const started = await provisioner.start({ workspaceId: 'env', generation: 1, identityKey: 'key', signal: new AbortController().signal, onStage: () => undefined });
     const pids = workspace === 'demo' ? [Number(started.handle)] : [Number(started.handle), Number(readFileSync(join(dir, workspace, 'env', 'home', 'helper.pid'), 'utf8'))];
     for (const pid of pids) {
       const env = environOf(pid);
@@ -198,6 +199,23 @@ t.test('no process of a workspace, down to the shell it forks, sees the gateway\
       t.equal(env!.PATH, process.env.PATH, `${workspace}: PATH inherited`);
       t.equal(env!.LANG, 'C.UTF-8', `${workspace}: LANG inherited`);
     }
+    await provisioner.close();
+  }
+});
+
+t.test('a start hands the workspace its key (WORKSPACE_KEY): it proves itself with it, and its route asks it to', async (t) => {
+  const { dir, bin } = standIn(t);
+  for (const workspace of ['code-server', 'demo'] as const) {
+    const provisioner = createLocalProvisioner({ workspace, dataDir: join(dir, workspace), codeServerBin: bin, demoReadyDelayMs: 0, parentEnv: process.env });
+    t.teardown(() => provisioner.close());
+    const started = await provisioner.start({ workspaceId: 'keyed', generation: 3, identityKey: 'start-key-3', signal: new AbortController().signal, onStage: () => undefined });
+    t.equal(started.endpoint.proves, true, `${workspace}: its route requires proof`);
+    const { host, port } = started.endpoint;
+    const socket = await provenConnection(host, port, { workspaceId: 'keyed', key: 'start-key-3' }, 2000);
+    socket.destroy();
+    t.pass(`${workspace}: proven with the start's key`);
+    await t.rejects(provenConnection(host, port, { workspaceId: 'keyed', key: 'start-key-2' }, 2000), { name: 'IdentityFailure', reason: 'unproven' }, `${workspace}: not with another start's`);
+    t.equal((await provisioner.describe('keyed'))?.endpoint.proves, true, `${workspace}: rediscovered, it still does`);
     await provisioner.close();
   }
 });
@@ -211,7 +229,7 @@ t.test('the real code-server: no process it starts sees the gateway\'s secrets',
   t.teardown(() => rmSync(dir, { recursive: true, force: true }));
   const provisioner = createLocalProvisioner({ workspace: 'code-server', dataDir: dir, codeServerBin: bin, demoReadyDelayMs: 0, parentEnv: { ...process.env, ...GATEWAY_SECRETS } });
   t.teardown(() => provisioner.close());
-  const started = await provisioner.start({ workspaceId: 'cs-env', generation: 1, signal: new AbortController().signal, onStage: () => undefined });
+  const started = await provisioner.start({ workspaceId: 'cs-env', generation: 1, identityKey: 'key', signal: new AbortController().signal, onStage: () => undefined });
   const members = groupMembers(Number(started.handle));
   t.ok(members.length >= 1, `the workspace's process group has ${members.length} processes`);
   for (const pid of members) {

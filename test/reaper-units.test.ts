@@ -7,6 +7,7 @@ import { createLogger } from '../gateway/log.js';
 import { createMetrics } from '../gateway/metrics.js';
 import { StoreUnavailable, type StateStore } from '../gateway/store/contract.js';
 import { createMemoryStore } from '../gateway/store/memory.js';
+import { createIdentityKeys } from '../gateway/workspace-proof.js';
 import { createWorkspaces } from '../gateway/workspaces.js';
 import type { Provisioner } from '../provisioner/contract.js';
 import { LEADER_KEY, createReaper } from '../reaper/reaper.js';
@@ -46,7 +47,7 @@ function setup(t: { teardown(fn: () => unknown): void }, reaperOpts: { batch?: n
   const metrics = createMetrics({ enabled: false, defaultMetrics: false });
   const log = createLogger('silent');
   const provisioner = fakeProvisioner();
-  const workspaces = createWorkspaces({ store, provisioner, clock, metrics, log, instanceId: 'gw', startDeadlineMs: 60_000, routeCacheTtlMs: 1000 });
+  const workspaces = createWorkspaces({ store, provisioner, clock, metrics, log, instanceId: 'gw', startDeadlineMs: 60_000, routeCacheTtlMs: 1000, identityKeys: createIdentityKeys('test') });
   const activity = createActivityRecorder({ store, clock, metrics, instanceId: 'gw', flushIntervalMs: FLUSH });
   const reaper = createReaper({
     store, workspaces, clock, metrics, log, instanceId: 'reaper', idleTimeoutMs: IDLE, maxSessionMs: 12 * 3_600_000,
@@ -142,7 +143,7 @@ async function slowPass(t: { teardown(fn: () => unknown): void }) {
   const metrics = createMetrics({ enabled: false, defaultMetrics: false });
   const log = createLogger('silent');
   const provisioner = heldProvisioner();
-  const workspaces = createWorkspaces({ store, provisioner, clock, metrics, log, instanceId: 'gw-a', startDeadlineMs: 60_000, routeCacheTtlMs: 1000 });
+  const workspaces = createWorkspaces({ store, provisioner, clock, metrics, log, instanceId: 'gw-a', startDeadlineMs: 60_000, routeCacheTtlMs: 1000, identityKeys: createIdentityKeys('test') });
   const reaper = createReaper({
     store, workspaces, clock, metrics, log, instanceId: 'reaper-a', idleTimeoutMs: IDLE, maxSessionMs: 12 * 3_600_000,
     intervalMs: 1000, autoStart: false, leaderLeaseTtlMs: LEASE, concurrency: 1,
@@ -164,7 +165,7 @@ t.test('a pass longer than the leader lease keeps renewing it: no second reaper 
   const { LEASE, clock, store, metrics, log, provisioner, reaper, stopsCalled } = await slowPass(t);
   // Another replica, with its own workspaces coordinator and provider, on the same store.
   const otherProvisioner = fakeProvisioner();
-  const otherWorkspaces = createWorkspaces({ store, provisioner: otherProvisioner, clock, metrics, log, instanceId: 'gw-b', startDeadlineMs: 60_000, routeCacheTtlMs: 1000 });
+  const otherWorkspaces = createWorkspaces({ store, provisioner: otherProvisioner, clock, metrics, log, instanceId: 'gw-b', startDeadlineMs: 60_000, routeCacheTtlMs: 1000, identityKeys: createIdentityKeys('test') });
   const other = createReaper({
     store, workspaces: otherWorkspaces, clock, metrics, log, instanceId: 'reaper-b', idleTimeoutMs: IDLE, maxSessionMs: 12 * 3_600_000,
     intervalMs: 1000, autoStart: false, leaderLeaseTtlMs: LEASE,

@@ -9,6 +9,7 @@ import type { StateStore, WorkspaceRecord } from '../gateway/store/contract.js';
 import { createMemoryStore } from '../gateway/store/memory.js';
 import { createRedisStore } from '../gateway/store/redis.js';
 import { GatewayError } from '../gateway/errors.js';
+import { createIdentityKeys } from '../gateway/workspace-proof.js';
 import { createWorkspaces, interruptedStopReason, lockKey, startClaimed } from '../gateway/workspaces.js';
 import { createReaper } from '../reaper/reaper.js';
 import { createEcsProvisioner } from '../provisioner/ecs.js';
@@ -31,7 +32,7 @@ async function setup(t: { teardown(fn: () => unknown): void }, fakeOpts: FakeAws
     );
     const workspaces = createWorkspaces({
       store, provisioner, clock, metrics: createMetrics({ enabled: false, defaultMetrics: false }), log,
-      instanceId: name, startDeadlineMs: 20_000, routeCacheTtlMs: 1000, leaseTtlMs: LEASE_MS,
+      instanceId: name, startDeadlineMs: 20_000, routeCacheTtlMs: 1000, leaseTtlMs: LEASE_MS, identityKeys: createIdentityKeys('test'),
     });
     return { provisioner, workspaces };
   };
@@ -202,7 +203,7 @@ t.test('the store came back empty and the provider cannot say what runs: no seco
   const provisioner = createEcsProvisioner(fakeEcsOptions(fake, { describePollMs: 30, awsCallTimeoutMs: 1000, retry: { baseMs: 10, capMs: 50, throttledBaseMs: 20 } }), { clock: systemClock });
   const c = createWorkspaces({
     store: emptied, provisioner, clock, metrics: createMetrics({ enabled: false, defaultMetrics: false }), log: createLogger('silent'),
-    instanceId: 'c', startDeadlineMs: 20_000, routeCacheTtlMs: 1000, leaseTtlMs: LEASE_MS,
+    instanceId: 'c', startDeadlineMs: 20_000, routeCacheTtlMs: 1000, leaseTtlMs: LEASE_MS, identityKeys: createIdentityKeys('test'),
   });
   t.teardown(async () => { await c.close(); await provisioner.close(); });
   fake.fault('GetInstance', 500);

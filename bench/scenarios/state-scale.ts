@@ -12,6 +12,7 @@ import { createLogger } from '../../gateway/log.js';
 import { createMetrics } from '../../gateway/metrics.js';
 import type { StateStore, WorkspaceRecord } from '../../gateway/store/contract.js';
 import { createRedisStore } from '../../gateway/store/redis.js';
+import { createIdentityKeys } from '../../gateway/workspace-proof.js';
 import { createWorkspaces } from '../../gateway/workspaces.js';
 import type { Provisioner } from '../../provisioner/contract.js';
 import { createReaper } from '../../reaper/reaper.js';
@@ -106,7 +107,7 @@ export async function run(opts: StateScaleOptions): Promise<ScenarioResult> {
     const log = createLogger('info', sink);
     const provisioner = noopProvisioner();
     const make = (instanceId: string) => {
-      const w = createWorkspaces({ store: s, provisioner, clock: systemClock, metrics, log, instanceId, startDeadlineMs: 300_000, routeCacheTtlMs: 30_000 });
+      const w = createWorkspaces({ store: s, provisioner, clock: systemClock, metrics, log, instanceId, startDeadlineMs: 300_000, routeCacheTtlMs: 30_000, identityKeys: createIdentityKeys('bench') });
       closers.push(() => w.close());
       return w;
     };

@@ -23,6 +23,7 @@ export function startRequest(workspaceId: string, generation: number, extra: Par
   const req: StartRequest = {
     workspaceId,
     generation,
+    identityKey: `key-${workspaceId}-${generation}`,
     signal: controller.signal,
     onStage(r) {
       stages.push(r);

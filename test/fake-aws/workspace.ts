@@ -4,6 +4,7 @@
 import { createServer, type Server } from 'node:http';
 import { join } from 'node:path';
 import { startDemoWorkspace } from '../../provisioner/demo-workspace.js';
+import { answerChallenge } from '../../codeserver/workspace-identity.cjs';
 
 export interface WorkspaceTaskInfo {
   taskArn: string;
@@ -41,9 +42,13 @@ export function closeServer(server: Server): Promise<void> {
   });
 }
 
-/** A tiny stand-in for code-server: `/healthz` like code-server's, `/` names the workspace. */
+/**
+ * A tiny stand-in for code-server: `/healthz` like code-server's, `/` names the workspace; the
+ * gateway's challenge answered with the task's WORKSPACE_KEY, as the image's preload does.
+ */
 export const tinyWorkspace: WorkspaceFactory = async (info) => {
   const server = createServer((req, res) => {
+    if (answerChallenge(req, res, info.workspaceId ?? '', info.environment.WORKSPACE_KEY)) return;
     if (req.url === '/healthz') {
       res.writeHead(200, { 'content-type': 'application/json' });
       res.end(JSON.stringify({ status: 'alive', lastHeartbeat: Date.now() }));
@@ -58,7 +63,7 @@ export const tinyWorkspace: WorkspaceFactory = async (info) => {
 
 /** Each task runs the real demo workspace on its private address, its files under `dir`. */
 export const demoTasks = (dir: string): WorkspaceFactory => async (info) => {
-  const demo = startDemoWorkspace({ host: info.host, port: info.port, dataDir: join(dir, info.workspaceId ?? 'x'), id: info.workspaceId ?? 'x', readyDelayMs: 0 });
+  const demo = startDemoWorkspace({ host: info.host, port: info.port, dataDir: join(dir, info.workspaceId ?? 'x'), id: info.workspaceId ?? 'x', readyDelayMs: 0, key: info.environment.WORKSPACE_KEY });
   await demo.listen();
   return { close: () => demo.close() };
 };

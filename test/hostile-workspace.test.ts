@@ -1,0 +1,146 @@
+// A stale route's address held by a server that is not the workspace and does not cooperate: student
+// A's own program on WORKSPACE_PORT in their container (raced in during code-server's restart) at the
+// private IP B's dead task had. It ignores x-gateway-workspace and answers everything 200. The gateway
+// must send it nothing of B's student (no path, no body, no upgrade): only the challenge, which it
+// cannot answer. Also: a proof replayed from an earlier connection, and a key of an earlier start.
+import { createHmac } from 'node:crypto';
+import net from 'node:net';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import t from 'tap';
+import type { Endpoint } from '../provisioner/contract.js';
+import { startDemoWorkspace } from '../provisioner/demo-workspace.js';
+import { NAVIGATE, TEST_SECRET, XHR, request, startTestGateway, until, type TestGateway } from './helpers/gateway.js';
+import { connected, openWs } from './helpers/ws.js';
+
+/** The key the gateway derives for a start (README, "Which workspace answers"), written out here. */
+function startKey(id: string, generation: number): string {
+  const base = createHmac('sha256', TEST_SECRET).update('workspace-gateway/workspace-identity').digest();
+  return createHmac('sha256', base).update(`workspace-identity\0${id}\0${generation}`).digest('base64url');
+}
+const proofFor = (key: string, id: string, nonce: string) => createHmac('sha256', key).update(`proof\0${id}\0${nonce}`).digest('base64url');
+
+/** The store says `id` runs at `endpoint` (a route whose workspace proves itself), and every replica has it. */
+async function routedTo(gw: TestGateway, id: string, endpoint: Endpoint, generation = 7): Promise<void> {
+  const now = Date.now();
+  const record = { id, state: 'running' as const, generation, since: now, endpoint, startedAt: now };
+  await gw.store.putWorkspace(record);
+  await gw.store.publish({ record });
+}
+
+interface Hostile { port: number; read(): string; close(): Promise<void> }
+
+/**
+ * Answers every request head it reads with 200 (an upgrade with 101), whatever it names; `challenge`
+ * may answer the gateway's challenge otherwise. Remembers every byte it was sent.
+ */
+async function hostileServer(challenge?: (head: string) => string | undefined): Promise<Hostile> {
+  let seen = '';
+  const sockets = new Set<net.Socket>();
+  const server = net.createServer((socket) => {
+    sockets.add(socket);
+    socket.on('close', () => sockets.delete(socket));
+    socket.on('error', () => undefined);
+    let buffered = '';
+    socket.on('data', (d) => {
+      seen += d.toString('latin1');
+      buffered += d.toString('latin1');
+      for (let end = buffered.indexOf('\r\n\r\n'); end !== -1; end = buffered.indexOf('\r\n\r\n')) {
+        const head = buffered.slice(0, end);
+        buffered = buffered.slice(end + 4);
+        const own = head.startsWith('OPTIONS * ') ? challenge?.(head) : undefined;
+        if (own !== undefined) { socket.write(own); continue; }
+        if (/\r\nupgrade: *websocket/i.test(head)) {
+          socket.write('HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: x\r\n\r\n');
+          continue;
+        }
+        socket.write('HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 15\r\n\r\nhostile answer\n');
+      }
+    });
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  return {
+    port: (server.address() as net.AddressInfo).port,
+    read: () => seen,
+    close: () => new Promise((resolve) => { for (const s of sockets) s.destroy(); server.close(() => resolve()); }),
+  };
+}
+
+const stateOf = async (gw: TestGateway, id: string) => (await gw.store.getWorkspace(id))?.state;
+const identityFailures = async (gw: TestGateway, reason: string) =>
+  Number(new RegExp(`workspace_identity_failures_total\\{reason="${reason}"\\} (\\d+)`).exec(await gw.metrics.registry.metrics())?.[1] ?? NaN);
+
+/** What the server read other than the gateway's challenges (each a head alone, `OPTIONS *`). */
+const besidesChallenges = (read: string) => read.split('\r\n\r\n').filter((head) => head !== '' && !/^OPTIONS \* HTTP\/1\.1\r\n/.test(head));
+
+t.test("a server at a stale route's address that answers everything 200 gets nothing of the student's", async (t) => {
+  const gw = await startTestGateway();
+  t.teardown(() => gw.close());
+
+  const cases: Array<[string, (host: string, cookie: string) => Promise<{ status: number; code: unknown }>]> = [
+    ['a page load', async (host, cookie) => {
+      const r = await request(gw.port, { host, path: '/secret-file.txt', headers: { ...NAVIGATE, cookie } });
+      t.notMatch(r.body, /hostile/, 'nothing of its answer');
+      return { status: r.status, code: r.headers['x-gateway-error'] };
+    }],
+    ['a POST with a body', async (host, cookie) => {
+      const r = await request(gw.port, { host, path: '/save', method: 'POST', body: 'STUDENT-KEYSTROKES', headers: { ...XHR, 'sec-fetch-site': 'same-origin', 'content-type': 'text/plain', cookie } });
+      return { status: r.status, code: r.headers['x-gateway-error'] };
+    }],
+    ['a WebSocket upgrade', async (host, cookie) => {
+      const e = await connected(openWs(gw.port, '/terminal-socket', { cookie, host })).then(() => undefined, (err: { status?: number; headers?: Record<string, string> }) => err);
+      return { status: e?.status ?? 101, code: e?.headers?.['x-gateway-error'] };
+    }],
+  ];
+  for (const [name, send] of cases) {
+    t.test(name, async (t) => {
+      const hostile = await hostileServer();
+      t.teardown(() => hostile.close());
+      const id = `stale${cases.findIndex(([n]) => n === name)}`;
+      await routedTo(gw, id, { host: '127.0.0.1', port: hostile.port, proves: true });
+      const before = await identityFailures(gw, 'unproven');
+      const answer = await send(`ws-${id}.localhost`, await gw.cookie(id));
+      t.same(answer, { status: 502, code: 'UPSTREAM_UNREACHABLE' }, 'as a workspace that did not answer');
+      t.match(hostile.read(), /^OPTIONS \* HTTP\/1\.1\r\n/, 'challenged');
+      t.same(besidesChallenges(hostile.read()), [], 'only the challenge reached it');
+      t.notMatch(hostile.read(), /secret-file|save|STUDENT-KEYSTROKES|terminal-socket|cookie/i, 'no path, body, upgrade or cookie of the student');
+      t.equal(await identityFailures(gw, 'unproven'), before + 1, 'counted as unproven');
+      await until(async () => (await stateOf(gw, id)) === 'stopped', 10_000);
+      t.pass('the route was re-checked and found gone');
+    });
+  }
+});
+
+t.test('a proof replayed from an earlier connection does not prove the next one (the nonce binds it)', async (t) => {
+  const gw = await startTestGateway();
+  t.teardown(() => gw.close());
+  const key = startKey('replay', 7);
+  // Captured from an earlier, real exchange with the workspace: its nonce, its valid proof.
+  const captured = proofFor(key, 'replay', 'AAAAAAAAAAAAAAAAAAAAAA');
+  const hostile = await hostileServer(() => `HTTP/1.1 204 No Content\r\nx-gateway-proof: ${captured}\r\n\r\n`);
+  t.teardown(() => hostile.close());
+  await routedTo(gw, 'replay', { host: '127.0.0.1', port: hostile.port, proves: true });
+  const r = await request(gw.port, { host: 'ws-replay.localhost', path: '/private', headers: { ...XHR, cookie: await gw.cookie('replay') } });
+  t.same([r.status, r.headers['x-gateway-error']], [502, 'UPSTREAM_UNREACHABLE']);
+  t.match(hostile.read(), /^OPTIONS \* HTTP\/1\.1\r\n/, 'challenged');
+  t.same(besidesChallenges(hostile.read()), [], 'only the challenge reached it');
+  t.notMatch(hostile.read(), /private/);
+});
+
+t.test("a workspace holding generation N-1's key does not prove generation N; N's key does", async (t) => {
+  const gw = await startTestGateway();
+  t.teardown(() => gw.close());
+  const dir = mkdtempSync(join(tmpdir(), 'proof-gen-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  for (const [generation, status] of [[6, 502], [7, 200]] as const) {
+    const demo = startDemoWorkspace({ port: 0, host: '127.0.0.1', dataDir: dir, id: 'gen', readyDelayMs: 0, key: startKey('gen', generation) } as Parameters<typeof startDemoWorkspace>[0]);
+    const port = await demo.listen();
+    await routedTo(gw, 'gen', { host: '127.0.0.1', port, proves: true }, 7);
+    const r = await request(gw.port, { host: 'ws-gen.localhost', path: '/headers', headers: { ...XHR, cookie: await gw.cookie('gen') } });
+    t.equal(r.status, status, `key of generation ${generation}, route of generation 7: ${status}`);
+    // The failure's re-check finds the route gone; the next route is written after it.
+    if (status === 502) await until(async () => (await stateOf(gw, 'gen')) === 'stopped', 10_000);
+    await demo.close();
+  }
+});
