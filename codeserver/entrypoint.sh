@@ -12,6 +12,10 @@
 #   CODE_SERVER_BIN     [code-server] the binary to exec
 #   WORKSPACE_ID        the workspace this task serves (ECS sets it). Set: code-server refuses
 #                       requests the gateway meant for another workspace (workspace-identity.cjs)
+#   WORKSPACE_KEY       this start's key (ECS sets it), passed on to code-server: the preload proves
+#                       to the gateway with it, on each new connection, that this is the workspace;
+#                       without it the gateway sends this task nothing. The preload keeps it from
+#                       what code-server starts (extension host, terminals).
 # Extra arguments are passed to code-server before the folder (none that moves its listener).
 set -eu
 

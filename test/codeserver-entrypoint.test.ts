@@ -14,6 +14,9 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { MISDIRECTED_FIELD, WORKSPACE_FIELD } from '../gateway/http-fields.js';
 import { launchChromium, watchWebSockets } from './helpers/browser.js';
+import { NAVIGATE, TEST_SECRET, XHR, request, startTestGateway } from './helpers/gateway.js';
+import { connected, openWs } from './helpers/ws.js';
+import { createIdentityKeys } from '../gateway/workspace-proof.js';
 
 const ENTRYPOINT = fileURLToPath(new URL('../../codeserver/entrypoint.sh', import.meta.url));
 const CODE_SERVER_BIN = process.env.CODE_SERVER_BIN ?? '/usr/local/bin/code-server';
@@ -148,7 +151,7 @@ t.test('the real code-server with WORKSPACE_ID: a request meant for another work
   mkdirSync(d.workspace, { recursive: true });
   const { child } = await started(t, {
     HOME: d.home, USER_DATA_DIR: d.userData, WORKSPACE_DIR: d.workspace, WORKSPACE_BIND_HOST: '127.0.0.1', WORKSPACE_PORT: String(port),
-    CODE_SERVER_BIN, WORKSPACE_ID: 'alice',
+    CODE_SERVER_BIN, WORKSPACE_ID: 'alice', WORKSPACE_KEY: 'alice-start-key',
   });
 
   const base = `http://127.0.0.1:${port}`;
@@ -227,6 +230,47 @@ t.test('the real code-server with WORKSPACE_ID: a request meant for another work
   const forked = groupProcesses(child.pid!).filter(([, cmd]) => /--type=(extensionHost|ptyHost)/.test(cmd));
   t.ok(forked.length >= 1);
   for (const [pid, cmd] of forked) t.notMatch(environOf(pid).NODE_OPTIONS ?? '', /workspace-identity/, `${/--type=\w+/.exec(cmd)![0]}: no preload`);
+  // Nor the start's key: a program of the student's could print it (their own /proc shows the
+  // server's, which proves only that they are themselves).
+  for (const [pid, cmd] of forked) t.equal(environOf(pid).WORKSPACE_KEY, undefined, `${/--type=\w+/.exec(cmd)![0]}: no WORKSPACE_KEY`);
+  // A terminal: the pty host's shell.
+  await page.keyboard.press('Control+Backquote');
+  await until(() => groupProcesses(child.pid!).some(([, cmd]) => /^(\/usr)?\/bin\/(ba|da)?sh( |$)/.test(cmd) && !/entrypoint/.test(cmd)), 30_000).catch(() => undefined);
+  const shells = groupProcesses(child.pid!).filter(([, cmd]) => /^(\/usr)?\/bin\/(ba|da)?sh( |$)/.test(cmd) && !/entrypoint/.test(cmd));
+  t.ok(shells.length >= 1, `a terminal's shell runs (${shells.length})`);
+  for (const [pid] of shells) t.equal(environOf(pid).WORKSPACE_KEY, undefined, `the terminal's shell ${pid}: no WORKSPACE_KEY`);
+});
+
+t.test('the real code-server with WORKSPACE_KEY behind the gateway: the workbench and a WebSocket, on proven connections only', async (t) => {
+  const d = dirs(t);
+  const port = await freePort();
+  mkdirSync(d.workspace, { recursive: true });
+  const generation = 5;
+  const key = createIdentityKeys(TEST_SECRET)('carol', generation);
+  await started(t, {
+    HOME: d.home, USER_DATA_DIR: d.userData, WORKSPACE_DIR: d.workspace, WORKSPACE_BIND_HOST: '127.0.0.1', WORKSPACE_PORT: String(port),
+    CODE_SERVER_BIN, WORKSPACE_ID: 'carol', WORKSPACE_KEY: key,
+  });
+  const gw = await startTestGateway();
+  t.teardown(() => gw.close());
+  const now = Date.now();
+  const record = { id: 'carol', state: 'running' as const, generation, since: now, endpoint: { host: '127.0.0.1', port, proves: true as const }, startedAt: now };
+  await gw.store.putWorkspace(record);
+  await gw.store.publish({ record });
+  const cookie = await gw.cookie('carol');
+  const host = 'ws-carol.localhost';
+  const page = await request(gw.port, { host, path: `/?folder=${encodeURIComponent(d.workspace)}`, headers: { ...NAVIGATE, cookie } });
+  t.equal(page.status, 200, 'the workbench page through the gateway');
+  t.match(page.body, /vscode-workbench-web-configuration/);
+  const ws = await connected(openWs(gw.port, '/?reconnectionToken=proof-test&reconnection=false&skipWebSocketFrames=false', { cookie, host }));
+  t.pass('a WebSocket upgrade through the gateway opened');
+  ws.terminate();
+  t.match(await gw.metrics.registry.metrics(), /workspace_identity_failures_total\{reason="unproven"\} 0\n/, 'no identity failure');
+  // The previous generation's route, at the same address: refused before any request is sent.
+  await gw.store.putWorkspace({ ...record, generation: generation + 1 });
+  await gw.store.publish({ record: { ...record, generation: generation + 1 } });
+  const stale = await request(gw.port, { host, path: '/', headers: { ...XHR, cookie } });
+  t.same([stale.status, stale.headers['x-gateway-error']], [502, 'UPSTREAM_UNREACHABLE'], 'a route of another start: not proven');
 });
 
 /** Started with `args` after the entrypoint's own; ended (its whole process group) at teardown once `ready` was printed. */
