@@ -12,6 +12,7 @@ import { spawnSync } from 'node:child_process';
 import { createAuth, sessionCookieName } from '../gateway/auth.js';
 import { systemClock } from '../gateway/clock.js';
 import { createRedisStore } from '../gateway/store/redis.js';
+import { createIdentityKeys } from '../gateway/workspace-proof.js';
 import type { TestRedis } from '../test/helpers/redis.js';
 import { PROXY_CPU, deployedNodeArgs, freePort, sleep, start, startBenchRedis, stop, stopAll, waitLine } from './lib.js';
 import http from 'node:http';
@@ -21,6 +22,7 @@ const here = dirname(fileURLToPath(import.meta.url));
 const dist = resolve(here, '..');
 const root = resolve(dist, '..');
 export const WORKSPACE = 'bench';
+const GENERATION = 1;
 export const HOST = `ws-${WORKSPACE}.localhost`;
 const SECRET = 'bench-secret-bench-secret-bench-secret-0123456789';
 
@@ -41,7 +43,11 @@ export function workDir(): string { return mkdtempSync(join(tmpdir(), 'wsgw-benc
 
 export async function startUpstream(): Promise<Upstream> {
   // Not pinned: it serves every system alike, and pinning it beside either side would skew one of them.
-  const child = start(process.execPath, [join(dist, 'bench', 'upstream.js')]);
+  // It answers the gateway's challenge as a workspace does (the route requires proof, as every local
+  // and ECS route does): with the key the gateway derives for the route's start.
+  const child = start(process.execPath, [join(dist, 'bench', 'upstream.js')], {
+    env: { ...process.env, WORKSPACE_ID: WORKSPACE, WORKSPACE_KEY: createIdentityKeys(SECRET)(WORKSPACE, GENERATION) },
+  });
   child.stderr!.pipe(process.stderr);
   const port = await waitLine(child, (l) => { try { return (JSON.parse(l) as { port?: number }).port; } catch { return undefined; } }, 10_000, 'upstream');
   return { port, pid: child.pid!, close: () => stop(child) };
@@ -151,13 +157,14 @@ export async function startGatewayState(up: Upstream, dir: string): Promise<Gate
   const redis = await startBenchRedis();
   const store = await createRedisStore({ url: redis.url, prefix: 'wsgw:', commandTimeoutMs: 1000 });
   const now = Date.now();
-  await store.putWorkspace({ id: WORKSPACE, state: 'running', generation: 1, since: now, endpoint: { host: '127.0.0.1', port: up.port }, startedAt: now });
+  const endpoint = { host: '127.0.0.1', port: up.port, proves: true as const };
+  await store.putWorkspace({ id: WORKSPACE, state: 'running', generation: GENERATION, since: now, endpoint, startedAt: now });
   await store.close();
   // The local provisioner's run.json (its stand-in for Cloud Map) names the upstream as this workspace's
   // process, so a recheck after an upstream error finds it alive, as DescribeTasks would in production.
   const dataDir = join(dir, 'workspaces');
   mkdirSync(join(dataDir, WORKSPACE), { recursive: true });
-  writeFileSync(join(dataDir, WORKSPACE, 'run.json'), JSON.stringify({ workspaceId: WORKSPACE, generation: 1, endpoint: { host: '127.0.0.1', port: up.port }, handle: String(up.pid), startedAt: now }));
+  writeFileSync(join(dataDir, WORKSPACE, 'run.json'), JSON.stringify({ workspaceId: WORKSPACE, generation: GENERATION, endpoint, handle: String(up.pid), startedAt: now }));
   const auth = createAuth({ secret: SECRET, sessionTtlMs: 12 * 3_600_000, loginTokenMaxTtlMs: 300_000, clock: systemClock });
   const session = await auth.createSession(WORKSPACE);
   return { redis, cookie: `${sessionCookieName('http')}=${session.value}`, dataDir, close: () => redis.kill() };

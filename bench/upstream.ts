@@ -2,9 +2,16 @@
 // 1 KB, and a WebSocket echo on /echo. Prints {"port":N} once listening.
 import http from 'node:http';
 import { WebSocketServer } from 'ws';
+import { answerChallenge } from '../codeserver/workspace-identity.cjs';
 
+// The gateway's challenge on each new connection, answered as a workspace's preload does (bench/field.ts
+// gives the key); other systems never send one.
+const id = process.env.WORKSPACE_ID ?? '';
+const key = process.env.WORKSPACE_KEY;
+delete process.env.WORKSPACE_KEY;
 const body = Buffer.from(`${'workspace-gateway benchmark body '.repeat(32)}`.slice(0, 1024));
 const server = http.createServer({ keepAliveTimeout: 120_000, headersTimeout: 121_000 }, (req, res) => {
+  if (answerChallenge(req, res, id, key)) return;
   req.resume();
   res.writeHead(200, { 'content-type': 'text/plain', 'content-length': body.length });
   res.end(body);
