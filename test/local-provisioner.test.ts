@@ -298,7 +298,7 @@ t.test('a port taken between choosing it and the workspace binding it: the start
   });
   t.teardown(() => once.close());
   const stages: string[] = [];
-  const r = await once.start({ workspaceId: 'porty', generation: 1, signal: new AbortController().signal, onStage: (s) => stages.push(s.stage) }).catch((e) => e);
+  const r = await once.start({ workspaceId: 'porty', generation: 1, identityKey: 'key', signal: new AbortController().signal, onStage: (s) => stages.push(s.stage) }).catch((e) => e);
   t.notOk(r.code, `started (${r.code ?? 'ok'}: ${r.message ?? ''})`);
   t.equal(chosen[0], takenPort, 'the first port chosen was the taken one');
   t.equal(chosen.length, 2, 'one more port chosen');
@@ -311,7 +311,7 @@ t.test('a port taken between choosing it and the workspace binding it: the start
     choosePort: async () => { tries++; return takenPort; },
   });
   t.teardown(() => always.close());
-  const err = await always.start({ workspaceId: 'porty', generation: 1, signal: new AbortController().signal, onStage: () => undefined }).catch((e) => e);
+  const err = await always.start({ workspaceId: 'porty', generation: 1, identityKey: 'key', signal: new AbortController().signal, onStage: () => undefined }).catch((e) => e);
   t.equal(err.code, 'TASK_STOPPED', 'a port that is always taken fails the start');
   t.match(err.message, 'EADDRINUSE');
   t.ok(tries > 1 && tries <= 5, `bounded: ${tries} ports tried`);
