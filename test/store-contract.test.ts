@@ -124,6 +124,13 @@ async function contract(t: Test, make: () => Promise<StateStore>, advance: (ms: 
     t.equal((await store.takeToken('b', 10, 3)).granted, true, 'refilled');
     t.equal((await store.takeToken('other', 10, 3)).granted, true, 'buckets are per key');
   });
+
+  t.test('a route that requires proof keeps the requirement (gateway/workspace-proof.ts)', async (t) => {
+    // Losing `proves` on the way through a store would forward to the address unasked.
+    await store.putWorkspace(rec('proving', 'running', { startedAt: 1, endpoint: { host: '10.0.0.7', port: 8080, proves: true } }));
+    t.same((await store.getWorkspace('proving'))?.endpoint, { host: '10.0.0.7', port: 8080, proves: true });
+    t.same((await store.listWorkspaces({ state: 'running', limit: 100 })).items.find((r) => r.id === 'proving')?.endpoint, { host: '10.0.0.7', port: 8080, proves: true });
+  });
 }
 
 t.test('memory store', async (t) => {
