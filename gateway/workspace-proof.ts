@@ -102,8 +102,9 @@ export function identityFailure(reason: IdentityReason): IdentityFailure { retur
 /**
  * The challenge on a socket of one's own (a WebSocket upgrade's, a readiness probe's), before anything
  * else is written to it: resolves once proven, with the socket kept for the request that follows;
- * rejects with an IdentityFailure (the socket destroyed) on any other answer, a close or `timeoutMs`.
- * A socket that never connects rejects with its own error instead (ETIMEDOUT past `timeoutMs`).
+ * rejects with an IdentityFailure (the socket destroyed) on any other answer, a close or `timeoutMs`
+ * once connected. A socket that never connects rejects with its own error instead (ECONNREFUSED,
+ * ETIMEDOUT past `timeoutMs`): nothing answered there, as a workspace gone.
  */
 export function proveSocket(socket: Socket, host: string, port: number, claim: Claim, timeoutMs: number): Promise<void> {
   const nonce = newNonce();
@@ -111,6 +112,7 @@ export function proveSocket(socket: Socket, host: string, port: number, claim: C
     let read: Buffer = Buffer.alloc(0);
     const done = (error?: Error) => {
       clearTimeout(timer);
+      socket.off('connect', onConnect);
       socket.off('data', onData);
       socket.off('error', onError);
       socket.off('close', onClose);
@@ -122,9 +124,15 @@ export function proveSocket(socket: Socket, host: string, port: number, claim: C
       if (verdict === 'more') return;
       done(verdict === 'proven' ? undefined : identityFailure(verdict));
     };
-    const onError = (error: Error) => done(socket.connecting ? error : identityFailure('unproven'));
-    const onClose = () => done(identityFailure('unproven'));
-    const timer = setTimeout(() => done(socket.connecting ? Object.assign(new Error('upstream connect timeout'), { code: 'ETIMEDOUT' }) : identityFailure('unproven')), timeoutMs);
+    // Whether anything accepted the connection: net clears `connecting` before it reports a refused
+    // connect, so that flag alone took a port nobody listens on (a workspace gone) for a server that
+    // is not the workspace (counted and logged as an identity failure). As the pool's Conn.connected.
+    let connected = !socket.connecting && !socket.destroyed;
+    const onConnect = () => { connected = true; };
+    const onError = (error: Error) => done(connected ? identityFailure('unproven') : error);
+    const onClose = () => done(connected ? identityFailure('unproven') : new Error('upstream connection closed before it connected'));
+    const timer = setTimeout(() => done(connected ? identityFailure('unproven') : Object.assign(new Error('upstream connect timeout'), { code: 'ETIMEDOUT' })), timeoutMs);
+    socket.once('connect', onConnect);
     socket.on('data', onData);
     socket.on('error', onError);
     socket.on('close', onClose);

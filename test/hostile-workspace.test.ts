@@ -144,3 +144,20 @@ t.test("a workspace holding generation N-1's key does not prove generation N; N'
     await demo.close();
   }
 });
+
+t.test('a route whose port refuses connections failed as unreachable, never counted as an identity failure', async (t) => {
+  // A workspace that is gone (its process exited, its task stopped): nothing answered, so nothing at
+  // the address claimed to be it. The identity counter and log line are for servers that did answer.
+  const gw = await startTestGateway();
+  t.teardown(() => gw.close());
+  const port = await new Promise<number>((resolve) => { const s = net.createServer().listen(0, '127.0.0.1', () => { const p = (s.address() as net.AddressInfo).port; s.close(() => resolve(p)); }); });
+  await routedTo(gw, 'gonews', { host: '127.0.0.1', port, proves: true });
+  await routedTo(gw, 'goneweb', { host: '127.0.0.1', port, proves: true });
+  const before = [await identityFailures(gw, 'unproven'), await identityFailures(gw, 'misdirected')];
+  const e = await connected(openWs(gw.port, '/terminal-socket', { cookie: await gw.cookie('gonews'), host: 'ws-gonews.localhost' }))
+    .then(() => undefined, (err: { status?: number; headers?: Record<string, string> }) => err);
+  t.same([e?.status, e?.headers?.['x-gateway-error']], [502, 'UPSTREAM_UNREACHABLE'], 'a WebSocket: as a workspace that did not answer');
+  const r = await request(gw.port, { host: 'ws-goneweb.localhost', path: '/', headers: { ...XHR, cookie: await gw.cookie('goneweb') } });
+  t.same([r.status, r.headers['x-gateway-error']], [502, 'UPSTREAM_UNREACHABLE'], 'a request: the same');
+  t.same([await identityFailures(gw, 'unproven'), await identityFailures(gw, 'misdirected')], before, 'no identity failure counted');
+});

@@ -144,3 +144,12 @@ t.test('the pool challenges each new connection once: kept-alive requests pay no
   t.same(requests, ['OPTIONS *', ...Array(5).fill('GET /headers')], 'one challenge, then five requests on the proven connection');
   t.equal(pool.size(), 1, 'one connection');
 });
+
+t.test('a port that refuses the connection is no identity failure: the socket\'s own error', async (t) => {
+  // Nothing listens there (a task gone, a process exited): the workspace did not answer, as on the pool's
+  // connections; only a server that answered (or accepted and said nothing) is "not the workspace".
+  const port = await new Promise<number>((resolve) => { const s = net.createServer().listen(0, '127.0.0.1', () => { const p = (s.address() as net.AddressInfo).port; s.close(() => resolve(p)); }); });
+  const error = await provenConnection('127.0.0.1', port, { workspaceId: 'alice', key: 'k' }, 2000).then(() => undefined, (e: unknown) => e as Error & { code?: string });
+  t.not(error?.name, 'IdentityFailure');
+  t.equal(error?.code, 'ECONNREFUSED');
+});
