@@ -3,6 +3,7 @@
 // is installed, otherwise the built-in demo workspace. Readiness is a probe of the workspace's
 // /healthz, never a sleep.
 import { spawn, type ChildProcess } from 'node:child_process';
+import { createHmac } from 'node:crypto';
 import { accessSync, constants, mkdirSync, writeFileSync, existsSync, readFileSync, readdirSync, rmSync, statSync } from 'node:fs';
 import { request } from 'node:http';
 import { createServer } from 'node:net';
@@ -35,6 +36,12 @@ export interface LocalProvisionerOptions {
    * false: it serves no one, and closing after one pass would stop what it adopted, in use or not.
    */
   adoptLeftovers?: boolean;
+  /**
+   * The gateway's start keys (gateway/workspace-proof.ts createIdentityKeys): a ready leftover started
+   * with another key (by a gateway with another GATEWAY_SECRET, a generated one in development) could
+   * never prove itself to this one, so it is killed instead of adopted. Without it: adopted, as before.
+   */
+  identityKeys?: (workspaceId: string, generation: number) => string;
 }
 
 /**
@@ -52,7 +59,15 @@ export function workspaceEnv(parent: Readonly<Record<string, string | undefined>
   return env;
 }
 
-interface Running { child: ChildProcess; endpoint: Endpoint; generation: number; startedAt: number; exited: Promise<void>; pidStart: string | undefined }
+interface Running { child: ChildProcess; endpoint: Endpoint; generation: number; startedAt: number; exited: Promise<void>; pidStart: string | undefined; keyCheck: string }
+
+/**
+ * What run.json keeps of a start's key: enough to tell whether a gateway derives the same key, not the
+ * key (which only its workspace holds). An HMAC, so the key cannot be read back from it.
+ */
+export function keyCheckOf(identityKey: string): string {
+  return createHmac('sha256', identityKey).update('workspace-gateway/run.json').digest('base64url').slice(0, 22);
+}
 
 /**
  * `bin` itself when it names a path, else the first executable file called `bin` in `searchPath`'s
@@ -227,7 +242,7 @@ export function createLocalProvisioner(opts: LocalProvisionerOptions): Provision
     let exitInfo: string | undefined;
     const exited = new Promise<void>((res) => child.once('exit', (code, sig) => { exitInfo = sig ? `signal ${sig}` : `code ${code}`; res(); }));
     child.once('error', (err) => { exitInfo = err.message; });
-    const entry: Running = { child, endpoint, generation: req.generation, startedAt: Date.now(), exited, pidStart: child.pid ? processStart(child.pid) : undefined };
+    const entry: Running = { child, endpoint, generation: req.generation, startedAt: Date.now(), exited, pidStart: child.pid ? processStart(child.pid) : undefined, keyCheck: keyCheckOf(req.identityKey) };
     running.set(id, entry);
     exited.then(() => {
       if (running.get(id) === entry) running.delete(id);
@@ -297,19 +312,20 @@ export function createLocalProvisioner(opts: LocalProvisionerOptions): Provision
   const alive = (pid: number) => { try { process.kill(pid, 0); return true; } catch { return false; } };
   /**
    * `owner`: the gateway process that started (or adopted) it; `starting`: not ready yet, so no route;
-   * `pidStart`: which process the pid named then (processStart), where the system says.
+   * `pidStart`: which process the pid named then (processStart), where the system says; `keyCheck`:
+   * which key the workspace was given (keyCheckOf).
    */
   const writeRun = (id: string, r: Running, starting: boolean) =>
-    writeFileSync(runFile(id), JSON.stringify({ ...view(id, r), owner: process.pid, starting, pidStart: r.pidStart }));
+    writeFileSync(runFile(id), JSON.stringify({ ...view(id, r), owner: process.pid, starting, pidStart: r.pidStart, keyCheck: r.keyCheck }));
   /**
    * run.json as written, if its process is still the one it names; undefined if none or unreadable.
    * run.json outlives its process when the gateway dies too (a reboot, the OOM killer taking both),
    * and the kernel hands the pid to another process: alive alone took that one for the workspace,
    * so a sweep killed or adopted it and a stop signalled its process group.
    */
-  function readRecord(id: string): (RunningWorkspace & { owner?: number; starting?: boolean; pidStart?: string }) | undefined {
+  function readRecord(id: string): (RunningWorkspace & { owner?: number; starting?: boolean; pidStart?: string; keyCheck?: string }) | undefined {
     try {
-      const r = JSON.parse(readFileSync(runFile(id), 'utf8')) as RunningWorkspace & { owner?: number; starting?: boolean; pidStart?: string };
+      const r = JSON.parse(readFileSync(runFile(id), 'utf8')) as RunningWorkspace & { owner?: number; starting?: boolean; pidStart?: string; keyCheck?: string };
       const pid = Number(r.handle);
       return (r.pidStart === undefined ? alive(pid) : processStart(pid) === r.pidStart) ? r : undefined;
     } catch { return undefined; }
@@ -346,15 +362,21 @@ export function createLocalProvisioner(opts: LocalProvisionerOptions): Provision
       // gateway, the bench's stand-in for a workspace): not ours to kill or stop, as before.
       if (!r || r.owner === undefined || alive(r.owner)) continue;
       const pid = Number(r.handle);
-      if (r.starting) {
+      // Given another key than this gateway derives for its start (that gateway had another
+      // GATEWAY_SECRET: a generated one, in development): it fails every connection's proof, so
+      // adopted it would be routed to, never reached, and kept from the reaper by the page loads
+      // that fail on it. Recorded before run.json kept the check: adopted, as before.
+      const foreign = !r.starting && r.keyCheck !== undefined && opts.identityKeys !== undefined && r.keyCheck !== keyCheckOf(opts.identityKeys(id, r.generation));
+      if (r.starting || foreign) {
         signalGroup(pid, 'SIGKILL');
         rmSync(runFile(id), { force: true });
-        log({ workspaceId: id, pid, owner: r.owner }, 'killed a workspace left starting by a gateway that died');
+        log({ workspaceId: id, pid, owner: r.owner }, foreign ? 'killed a workspace a gateway that died started with another key (GATEWAY_SECRET): it cannot prove itself here'
+          : 'killed a workspace left starting by a gateway that died');
         continue;
       }
       const ws = readRun(id)!;
       adopted.set(id, ws);
-      writeFileSync(runFile(id), JSON.stringify({ ...ws, owner: process.pid, starting: false, pidStart: r.pidStart }));
+      writeFileSync(runFile(id), JSON.stringify({ ...ws, owner: process.pid, starting: false, pidStart: r.pidStart, keyCheck: r.keyCheck }));
       log({ workspaceId: id, pid, owner: r.owner }, 'adopted a workspace left running by a gateway that died');
     }
   }

@@ -15,12 +15,12 @@ import { join } from 'node:path';
 import t, { type Test } from 'tap';
 import { createLocalProvisioner, findOnPath, workspaceEnv } from '../provisioner/local.js';
 import { MISDIRECTED_FIELD, WORKSPACE_FIELD } from '../gateway/http-fields.js';
-import { provenConnection } from '../gateway/workspace-proof.js';
+import { createIdentityKeys, provenConnection } from '../gateway/workspace-proof.js';
 import { request as httpRequest } from 'node:http';
 import { fileURLToPath } from 'node:url';
 import { createServer as createNetServer } from 'node:net';
 import { spawnGateway, type GatewayProcess } from './helpers/process.js';
-import { TEST_ADMIN_TOKEN } from './helpers/gateway.js';
+import { TEST_ADMIN_TOKEN, TEST_SECRET } from './helpers/gateway.js';
 
 const STAND_IN = `#!/usr/bin/env node
 const http = require('node:http');
@@ -441,4 +441,38 @@ t.test('the standalone reaper\'s local provisioner neither adopts nor kills what
   const gateway = await provisionerFromConfig(config, systemClock, createMetrics({ enabled: false, defaultMetrics: false }), silent, noStore);
   t.same((await gateway.list()).map((w) => w.handle), [String(child.pid)], 'a gateway\'s provisioner adopts it');
   await gateway.close();
+});
+
+t.test('a ready workspace a dead gateway started under another GATEWAY_SECRET is killed, not adopted: it could never prove itself', async (t) => {
+  // A development gateway generates its secret at each start (no GATEWAY_SECRET): killed and started
+  // again, its next self derives other start keys. Adopted, the leftover was routed to and failed every
+  // connection's proof (502), re-checks found it running, and page loads kept it from being reaped.
+  const dataDir = mkdtempSync(join(tmpdir(), 'wsgw-local-secret-'));
+  t.teardown(() => rmSync(dataDir, { recursive: true, force: true }));
+  const ours = createIdentityKeys(TEST_SECRET);
+  const theirs = createIdentityKeys('another-gateway-secret-of-32-characters');
+  const first = createLocalProvisioner({ workspace: 'demo', dataDir, codeServerBin: 'none', demoReadyDelayMs: 0, parentEnv: process.env, adoptLeftovers: false });
+  t.teardown(() => first.close());
+  const pids: Record<string, number> = {};
+  for (const [id, keys] of [['foreign', theirs], ['own', ours]] as const) {
+    const r = await first.start({ workspaceId: id, generation: 3, identityKey: keys(id, 3), signal: new AbortController().signal, onStage: () => undefined });
+    pids[id] = Number(r.handle);
+  }
+  // Their gateway died: run.json names an owner that is gone.
+  const dead = spawn(process.execPath, ['-e', '0']);
+  await new Promise((r) => dead.once('exit', r));
+  for (const id of ['foreign', 'own']) {
+    const file = join(dataDir, id, 'run.json');
+    writeFileSync(file, JSON.stringify({ ...JSON.parse(readFileSync(file, 'utf8')), owner: dead.pid }));
+  }
+  const endpoint = (await first.describe('foreign'))!.endpoint;
+  await t.rejects(provenConnection(endpoint.host, endpoint.port, { workspaceId: 'foreign', key: ours('foreign', 3) }, 2000), { name: 'IdentityFailure' }, 'the leftover cannot prove itself to this secret');
+
+  const next = createLocalProvisioner({ workspace: 'demo', dataDir, codeServerBin: 'none', demoReadyDelayMs: 0, parentEnv: process.env, identityKeys: ours });
+  t.teardown(() => next.close());
+  t.same((await next.list()).map((w) => w.workspaceId), ['own'], 'only the one started under this secret is adopted');
+  for (let i = 0; i < 80 && alive(pids.foreign); i++) await new Promise((r) => setTimeout(r, 25));
+  t.notOk(alive(pids.foreign), 'the other is killed');
+  t.equal(await next.describe('foreign'), undefined, 'and not described as running');
+  t.ok(alive(pids.own), 'the adopted one runs on');
 });
