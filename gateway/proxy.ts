@@ -199,7 +199,7 @@ export function createForwarder(opts: ProxyOptions) {
           // the route is re-checked, and its refusal is not the client's to see.
           if (isMisdirected(res.statusCode ?? 0, res.rawHeaders)) {
             res.destroy();
-            hooks.onFailure({ code: 'UPSTREAM_UNREACHABLE', error: identityFailure('misdirected') });
+            hooks.onFailure({ code: 'UPSTREAM_UNREACHABLE', error: identityFailure('misdirected', true) });
             return;
           }
           const fields = responseFields(res.rawHeaders);

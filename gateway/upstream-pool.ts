@@ -172,6 +172,11 @@ class Conn implements ParserEvents {
    * re-checked, and nothing of its answer reaches the client.
    */
   unproven: IdentityReason | undefined;
+  /**
+   * `unproven` was set by a complete answer (to the challenge, or a marked 421): definite about the
+   * server at this address. A close or timeout before an answer leaves it false (IdentityFailure).
+   */
+  answered = false;
   /** When the pool's sweep closes this connection (Date.now() ms; 0: never): connecting, awaiting a head, or idle. */
   deadline = 0;
   /** In read(): a response completed now waits for the read's end to free the connection (releasing). */
@@ -245,7 +250,7 @@ class Conn implements ParserEvents {
     const verdict = checkAnswer(this.answer, this.pool.claim!, this.nonce!);
     if (verdict === 'more') return;
     this.answer = undefined;
-    if (verdict !== 'proven') { this.unproven = verdict; this.socket.destroy(); return; }
+    if (verdict !== 'proven') { this.unproven = verdict; this.answered = true; this.socket.destroy(); return; }
     this.nonce = undefined;
     const ex = this.awaiting!;
     this.awaiting = undefined;
@@ -305,7 +310,7 @@ class Conn implements ParserEvents {
       return PARSE_ON;
     }
     this.deadline = 0;
-    if (isMisdirected(status, fields)) { this.unproven = 'misdirected'; this.socket.destroy(); return stopForBody(this.parser); }
+    if (isMisdirected(status, fields)) { this.unproven = 'misdirected'; this.answered = true; this.socket.destroy(); return stopForBody(this.parser); }
     this.keepAlive = keepAlive;
     const head = ex.request.method === 'HEAD';
     const body = head || status === 204 || status === 304 ? { framing: 'none' as const } : framingOf(fields);
@@ -544,7 +549,7 @@ export class UpstreamPool {
         // Connected but closed, timed out or answered otherwise before a proof: not the workspace.
         const identity = conn.unproven ?? (conn.nonce !== undefined && conn.connected ? 'unproven' : undefined);
         const code: UpstreamFailure = conn.unreadable ? 'UPSTREAM_BAD_RESPONSE' : identity === undefined && conn.timedOut && !ex.headSeen ? 'UPSTREAM_TIMEOUT' : 'UPSTREAM_UNREACHABLE';
-        ex.sink.fail(code, identity !== undefined ? identityFailure(identity) : new Error(conn.unreadable ? 'upstream response not passed on'
+        ex.sink.fail(code, identity !== undefined ? identityFailure(identity, conn.answered) : new Error(conn.unreadable ? 'upstream response not passed on'
           : conn.timedOut ? 'upstream timed out' : conn.connected ? 'upstream connection closed' : 'upstream connection failed'));
       }
     }

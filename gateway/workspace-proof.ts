@@ -24,9 +24,14 @@ export interface Upstream extends Endpoint { readonly claim?: Claim }
 /** Why a workspace's answer was not taken as the workspace's: a marked 421, or no valid proof. */
 export type IdentityReason = 'misdirected' | 'unproven';
 
-/** A request failed because another server answers at the route's address (UPSTREAM_UNREACHABLE). */
+/**
+ * A request failed because another server answers at the route's address (UPSTREAM_UNREACHABLE).
+ * `answered`: the server gave a complete answer to the challenge (or a request) that was not a proof,
+ * as opposed to a close, reset or timeout before one (code-server restarting, the task dying): only
+ * the former says something definite about the server there (gateway/workspaces.ts recheck).
+ */
 export class IdentityFailure extends Error {
-  constructor(readonly reason: IdentityReason, message: string) {
+  constructor(readonly reason: IdentityReason, message: string, readonly answered: boolean) {
     super(message);
     this.name = 'IdentityFailure';
   }
@@ -35,6 +40,14 @@ export class IdentityFailure extends Error {
 /** The reason a forwarding failure was an identity failure, if it was one. */
 export function identityReason(error: unknown): IdentityReason | undefined {
   return error instanceof IdentityFailure ? error.reason : undefined;
+}
+
+/**
+ * Whether a forwarding failure was a definitive non-proof: a server that answered the challenge in
+ * full, and not with a valid proof nor as another workspace (a marked 421 is someone else's).
+ */
+export function answeredUnproven(error: unknown): boolean {
+  return error instanceof IdentityFailure && error.reason === 'unproven' && error.answered;
 }
 
 /**
@@ -97,7 +110,10 @@ const FAILURE_TEXT: Record<IdentityReason, string> = {
   misdirected: MISDIRECTED_ERROR,
   unproven: 'the server at this address did not prove it is the workspace',
 };
-export function identityFailure(reason: IdentityReason): IdentityFailure { return new IdentityFailure(reason, FAILURE_TEXT[reason]); }
+/** `answered`: a complete answer that was not a proof; false for a close or timeout before one. */
+export function identityFailure(reason: IdentityReason, answered: boolean): IdentityFailure {
+  return new IdentityFailure(reason, answered ? FAILURE_TEXT[reason] : `${FAILURE_TEXT[reason]} (no complete answer)`, answered);
+}
 
 /**
  * The challenge on a socket of one's own (a WebSocket upgrade's, a readiness probe's), before anything
@@ -122,16 +138,17 @@ export function proveSocket(socket: Socket, host: string, port: number, claim: C
       read = read.length === 0 ? d : Buffer.concat([read, d]);
       const verdict = checkAnswer(read, claim, nonce);
       if (verdict === 'more') return;
-      done(verdict === 'proven' ? undefined : identityFailure(verdict));
+      done(verdict === 'proven' ? undefined : identityFailure(verdict, true));
     };
     // Whether anything accepted the connection: net clears `connecting` before it reports a refused
     // connect, so that flag alone took a port nobody listens on (a workspace gone) for a server that
     // is not the workspace (counted and logged as an identity failure). As the pool's Conn.connected.
     let connected = !socket.connecting && !socket.destroyed;
     const onConnect = () => { connected = true; };
-    const onError = (error: Error) => done(connected ? identityFailure('unproven') : error);
-    const onClose = () => done(connected ? identityFailure('unproven') : new Error('upstream connection closed before it connected'));
-    const timer = setTimeout(() => done(connected ? identityFailure('unproven') : Object.assign(new Error('upstream connect timeout'), { code: 'ETIMEDOUT' })), timeoutMs);
+    // Closed, reset or silent before a complete answer: nothing definite about who listens there.
+    const onError = (error: Error) => done(connected ? identityFailure('unproven', false) : error);
+    const onClose = () => done(connected ? identityFailure('unproven', false) : new Error('upstream connection closed before it connected'));
+    const timer = setTimeout(() => done(connected ? identityFailure('unproven', false) : Object.assign(new Error('upstream connect timeout'), { code: 'ETIMEDOUT' })), timeoutMs);
     socket.once('connect', onConnect);
     socket.on('data', onData);
     socket.on('error', onError);

@@ -12,7 +12,7 @@ import { fileURLToPath } from 'node:url';
 import t from 'tap';
 import { startDemoWorkspace } from '../provisioner/demo-workspace.js';
 import { createUpstreamPool, type ResponseSink } from '../gateway/upstream-pool.js';
-import { PROOF_FIELD, challengeHead, checkAnswer, createIdentityKeys, newNonce, proof, provenConnection, type Claim } from '../gateway/workspace-proof.js';
+import { PROOF_FIELD, answeredUnproven, challengeHead, checkAnswer, createIdentityKeys, newNonce, proof, provenConnection, type Claim } from '../gateway/workspace-proof.js';
 
 t.test('proof: bound to the key, the workspace and the nonce', async (t) => {
   const base = proof('key-1', 'alice', 'nonce-1');
@@ -152,4 +152,47 @@ t.test('a port that refuses the connection is no identity failure: the socket\'s
   const error = await provenConnection('127.0.0.1', port, { workspaceId: 'alice', key: 'k' }, 2000).then(() => undefined, (e: unknown) => e as Error & { code?: string });
   t.not(error?.name, 'IdentityFailure');
   t.equal(error?.code, 'ECONNREFUSED');
+});
+
+t.test('a failed proof says whether the server answered in full (definitive) or went away before an answer (transient)', async (t) => {
+  // gateway/workspaces.ts stops a workspace whose own start answers without a proof, never one that
+  // closed or stalled mid-challenge (code-server restarting on SIGUSR1, a task dying): the failure
+  // must tell them apart, on a probe's or upgrade's socket (proveSocket) and on the pool's connections.
+  const rows: Array<[string, (socket: net.Socket) => void, 'unproven' | 'misdirected', boolean]> = [
+    ['a 204 with a wrong proof (another secret\'s key)', (s) => s.write(`HTTP/1.1 204 No Content\r\n${PROOF_FIELD}: ${proof('old-key', 'alice', 'n'.repeat(22))}\r\n\r\n`), 'unproven', true],
+    ['a 204 without a proof', (s) => s.write('HTTP/1.1 204 No Content\r\n\r\n'), 'unproven', true],
+    ['a 404 from a server without the preload', (s) => s.write('HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n'), 'unproven', true],
+    ['a 405 with a body, then a close', (s) => s.end('HTTP/1.1 405 Method Not Allowed\r\ncontent-length: 3\r\nconnection: close\r\n\r\nno\n'), 'unproven', true],
+    ['a marked 421: another workspace', (s) => s.end('HTTP/1.1 421 Misdirected Request\r\nx-gateway-misdirected: 1\r\ncontent-length: 0\r\n\r\n'), 'misdirected', true],
+    ['a close on reading the challenge', (s) => s.end(), 'unproven', false],
+    ['half an answer, then a close', (s) => s.end('HTTP/1.1 204 No Content\r\n'), 'unproven', false],
+    ['a reset', (s) => s.resetAndDestroy(), 'unproven', false],
+    ['no answer within the timeout', () => undefined, 'unproven', false],
+  ];
+  for (const [name, answer, reason, answered] of rows) {
+    t.test(name, async (t) => {
+      const sockets = new Set<net.Socket>();
+      const server = net.createServer((s) => {
+        sockets.add(s);
+        s.on('error', () => undefined);
+        let read = '';
+        s.on('data', (d) => { read += d.toString('latin1'); if (read.includes('\r\n\r\n')) { read = ''; answer(s); } });
+      });
+      await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+      t.teardown(() => new Promise<void>((resolve) => { for (const s of sockets) s.destroy(); server.close(() => resolve()); }));
+      const port = (server.address() as net.AddressInfo).port;
+      const claim = { workspaceId: 'alice', key: 'current-key' };
+      await t.rejects(provenConnection('127.0.0.1', port, claim, 300), { name: 'IdentityFailure', reason, answered }, 'a probe\'s or upgrade\'s socket');
+      const pool = createUpstreamPool({ connectTimeoutMs: 300, responseTimeoutMs: 5000, maxSockets: 1, idleMs: 4000 });
+      t.teardown(() => pool.close());
+      const failure = await new Promise<Error>((resolve, reject) => {
+        const sink: ResponseSink = {
+          head: () => reject(new Error('answered as the workspace')), data: () => true, flush: () => undefined, end: () => reject(new Error('answered as the workspace')), fail: (_code, error) => resolve(error), drain: () => undefined,
+        };
+        pool.send({ host: '127.0.0.1', port, proves: true, claim }, { method: 'GET', head: 'GET / HTTP/1.1\r\nhost: x\r\nx-gateway-workspace: alice\r\n', body: 'none' }, sink);
+      });
+      t.match(failure, { name: 'IdentityFailure', reason, answered }, 'the pool\'s connection');
+      t.equal(answeredUnproven(failure), reason === 'unproven' && answered, 'what the recheck takes as a definitive non-proof');
+    });
+  }
 });
