@@ -56,7 +56,7 @@ function $(i){return document.getElementById(i)}
 function show(v){st=v;var f=v.state==='failed';$('t').textContent=f?'Your workspace could not start':v.state==='running'?'Opening your workspace':'Starting your workspace';
 var s=v.stage||(v.state==='stopped'?'queued':'');$('s').textContent=f?'':(S[s]||'Preparing')+(v.stage==='queued'&&v.queuePosition?' (position '+v.queuePosition+' in line)':'');
 $('b').style.width=f?'0':(Math.max(5,(order.indexOf(s)+1)/order.length*100))+'%';
-$('n').textContent=v.previousStop==='idle'?'It was stopped after being idle. Your files are kept.':v.previousStop==='max_session'?'It was stopped after its maximum session length. Your files are kept.':'';
+$('n').textContent=v.previousStop==='idle'?'It was stopped after being idle. Your files are kept.':v.previousStop==='max_session'?'It was stopped after its maximum session length. Your files are kept.':v.previousStop==='unproven'?'It was restarted because it could not prove itself to the gateway (its key was out of date). Your files are kept.':'';
 $('f').hidden=!f;$('f').textContent=f?(v.reason||'The start failed.')+(v.reasonCode?' ['+v.reasonCode+']':''):'';$('r').hidden=!f;
 if(typeof v.elapsedMs==='number')t0=Date.now()-v.elapsedMs}
 function tick(){if(st.state!=='failed')$('e').textContent=Math.round((Date.now()-t0)/1000)+' s'}

@@ -32,7 +32,7 @@ import { isNavigation, siteAllowed, wantsHtml, type RequestSite } from './reques
 import type { StateStore, WorkspaceRecord } from './store/contract.js';
 import { StoreUnavailable } from './store/contract.js';
 import type { Workspaces } from './workspaces.js';
-import { identityReason } from './workspace-proof.js';
+import { answeredUnproven, identityReason } from './workspace-proof.js';
 
 /** The named fields of a raw field list, as node:http's req.headers would give them (first wins). */
 function fieldsOf(fields: readonly string[], ...names: string[]): Record<string, string> {
@@ -220,7 +220,7 @@ export function createRequestPath(deps: RequestPathDeps) {
     res.setHeader('x-request-id', ctx.requestId);
     forwarder.web(req, res, endpoint, ctx.workspaceId, forwardedForRequest(req), sessionCookieParts(req.headers.cookie, cookieName).rest, {
       onResponse: (status) => webResponded(status, ctx.started, warm),
-      onFailure: ({ code, error }) => { webFailed(ctx.workspaceId, ctx.requestId, code, error); fail(res, ctx, code); },
+      onFailure: ({ code, error }) => { webFailed(ctx.workspaceId, ctx.requestId, code, error, endpoint); fail(res, ctx, code); },
     });
     recordActivity(ctx.workspaceId, req.url!);
   }
@@ -242,13 +242,21 @@ export function createRequestPath(deps: RequestPathDeps) {
     log.warn({ event: 'workspace.identity_failed', workspaceId, requestId, reason, kind }, 'the server at the route\'s address is not this workspace');
   }
 
+  /**
+   * The route's re-check after an upstream failure: told where a server answered in full without a
+   * proof, so that the workspace's own start, if it was that server, is stopped (workspaces.ts).
+   */
+  function recheckAfter(workspaceId: string, error: Error, endpoint: Endpoint) {
+    workspaces.recheck(workspaceId, answeredUnproven(error) ? endpoint : undefined);
+  }
+
   /** What a forwarded request's failure means for metrics, logs and the route, whichever lane took it. */
-  function webFailed(workspaceId: string, requestId: string, code: ErrorCode, error: Error) {
+  function webFailed(workspaceId: string, requestId: string, code: ErrorCode, error: Error, endpoint: Endpoint) {
     metrics.upstreamError(code);
     metrics.proxied('web', code === 'UPSTREAM_TIMEOUT' ? 504 : 502);
     log.warn({ event: 'upstream.error', workspaceId, requestId, code, err: error.message }, 'upstream failed');
     identityFailed(workspaceId, requestId, error, 'web');
-    if (code === 'UPSTREAM_UNREACHABLE') workspaces.recheck(workspaceId);
+    if (code === 'UPSTREAM_UNREACHABLE') recheckAfter(workspaceId, error, endpoint);
   }
 
   /**
@@ -264,7 +272,7 @@ export function createRequestPath(deps: RequestPathDeps) {
     ) {}
     responded(status: number) { webResponded(status, this.started, true); }
     failed(code: UpstreamFailure, error: Error): string {
-      webFailed(this.workspaceId, this.requestId, code, error);
+      webFailed(this.workspaceId, this.requestId, code, error, this.endpoint);
       metrics.rejectedRequest(code);
       return renderErrorOnSocket(code, this.requestId, laneWantsHtml(this.fields), this.head);
     }
@@ -569,7 +577,7 @@ export function createRequestPath(deps: RequestPathDeps) {
         metrics.proxied('ws', code === 'UPSTREAM_TIMEOUT' ? 504 : 502);
         log.warn({ event: 'upstream.error', workspaceId, requestId, code, err: error.message, kind: 'ws' }, 'upstream failed');
         identityFailed(workspaceId, requestId, error, 'ws');
-        if (code === 'UPSTREAM_UNREACHABLE') workspaces.recheck(workspaceId);
+        if (code === 'UPSTREAM_UNREACHABLE') recheckAfter(workspaceId, error, endpoint);
         if (socket.writable) failSocket(socket, requestId, code);
         else socket.destroy();
       },

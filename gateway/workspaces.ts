@@ -67,6 +67,15 @@ export function startClaimed(record: WorkspaceRecord | undefined, generation: nu
 const RECHECK_EVERY_MS = 2000;
 const RECHECK_FOLLOW_UPS = 3;
 
+/** Why a workspace whose own task answered without a valid proof is stopped (stable code; README). */
+export const UNPROVEN_STOP: StopReason = {
+  reasonCode: 'unproven',
+  reason: 'the workspace answered but could not prove it is this start: GATEWAY_SECRET changed since it started, '
+    + 'or its image lacks the workspace-identity preload; stopped so that the next page load starts it with a current key',
+};
+
+const sameAddress = (a: Endpoint, b: Endpoint) => a.host === b.host && a.port === b.port;
+
 export function createWorkspaces(opts: WorkspacesOptions) {
   const { store, provisioner, clock, metrics, log } = opts;
   const leaseTtlMs = opts.leaseTtlMs ?? 15_000;
@@ -456,22 +465,55 @@ export function createWorkspaces(opts: WorkspacesOptions) {
   /**
    * After an upstream refused or reset a connection: drop the cached route and ask the provisioner
    * whether the workspace still runs; if it is gone, mark it stopped so the next page load starts it.
+   * `unprovenAt`: the upstream (with its claim) whose server answered in full without a valid proof
+   * (workspace-proof.ts answeredUnproven), so that a recorded task that cannot prove itself is stopped.
    */
-  function recheck(id: string) {
+  function recheck(id: string, unprovenAt?: Upstream) {
     cache.delete(id);
     const last = rechecks.get(id) ?? 0;
     if (clock.now() - last < RECHECK_EVERY_MS) return;
     rechecks.set(id, clock.now());
     if (rechecks.size > 10_000) rechecks.clear();
-    void checkGone(id, 0);
+    void checkGone(id, 0, unprovenAt);
+  }
+
+  /**
+   * Whether the server that answered without a proof at `at` is the recorded start itself: the
+   * provisioner finds the record's generation running at the record's address, and `at` is that
+   * address, challenged for that generation. An ENI's IP or a bound port is one task's or process's
+   * at a time, so nobody else answered: that start holds no key of this gateway's.
+   */
+  function isRecordedStart(record: WorkspaceRecord, found: RunningWorkspace, at: Upstream): boolean {
+    return record.endpoint !== undefined && found.generation === record.generation
+      && sameAddress(found.endpoint, record.endpoint) && sameAddress(at, record.endpoint)
+      && at.claim !== undefined && at.claim.workspaceId === record.id && at.claim.key === opts.identityKeys(record.id, record.generation);
+  }
+
+  /**
+   * Stops a workspace whose own start answers but cannot prove itself (its key is not this gateway's:
+   * GATEWAY_SECRET rotated, a task rediscovered from before the proof, an image without the preload).
+   * Left running, every request got 502 and page loads kept it alive until MAX_SESSION; stopped, the
+   * next page load starts it afresh with a key this gateway derives. Under the lock, re-decided on the
+   * fresh record: a start or stop in between leaves it alone.
+   */
+  async function stopUnproven(id: string, generation: number, at: Upstream): Promise<void> {
+    const fields = { event: 'workspace.unproven', workspaceId: id, generation, host: at.host, port: at.port };
+    try {
+      const outcome = await stop(id, async (fresh) => (fresh.state === 'running' && fresh.generation === generation
+        && fresh.endpoint !== undefined && sameAddress(fresh.endpoint, at) ? UNPROVEN_STOP : null));
+      log.warn({ ...fields, outcome }, 'the workspace answered without a valid proof: stopped, so its next page load starts it with a current key');
+    } catch (err) {
+      log.warn({ ...fields, outcome: 'failed', err: (err as Error).message }, 'the workspace answered without a valid proof; stopping it failed');
+    }
   }
 
   /**
    * Whether an unreachable workspace is gone. A provisioner may not know it yet (a killed process not
    * reaped, a task ECS still lists as RUNNING), so one that still says "running" is asked again a few
    * times, a recheck interval apart: one failed reconnect is then enough to mark the workspace stopped.
+   * A recorded start that answered without a proof (`unprovenAt`) is stopped instead: it never will.
    */
-  async function checkGone(id: string, attempt: number): Promise<void> {
+  async function checkGone(id: string, attempt: number, unprovenAt?: Upstream): Promise<void> {
     try {
       if (closed) return;
       const found = await provisioner.describe(id);
@@ -479,6 +521,10 @@ export function createWorkspaces(opts: WorkspacesOptions) {
       if (!record || record.state !== 'running') return;
       if (!found || found.generation !== record.generation) {
         await markGone(id, record.generation, 'gone', 'the workspace stopped unexpectedly');
+        return;
+      }
+      if (unprovenAt !== undefined && isRecordedStart(record, found, unprovenAt)) {
+        await stopUnproven(id, record.generation, unprovenAt);
         return;
       }
       applyEvent(record);

@@ -22,7 +22,7 @@ export interface WorkspaceRecord {
   requestedAt?: number;
   /** Epoch ms when it became ready. */
   startedAt?: number;
-  /** Why it last stopped or failed (a stable code, e.g. idle, max_session, TASK_STOPPED). */
+  /** Why it last stopped or failed (a stable code, e.g. idle, max_session, unproven, TASK_STOPPED). */
   reasonCode?: string;
   /** Human-readable detail for the starting page and the admin API. */
   reason?: string;
