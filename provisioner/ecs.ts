@@ -30,7 +30,7 @@ import {
 import { CreateAccessPointCommand, DescribeAccessPointsCommand, EFSClient } from '@aws-sdk/client-efs';
 import type { Clock } from '../gateway/clock.js';
 import { WORKSPACE_FIELD } from '../gateway/http-fields.js';
-import { provenConnection } from '../gateway/workspace-proof.js';
+import { answeredUnproven, provenConnection } from '../gateway/workspace-proof.js';
 import {
   StartFailure,
   type Provisioner,
@@ -93,6 +93,13 @@ export const ATTR_GENERATION = 'WORKSPACE_GENERATION';
 const ATTR_STARTED_AT = 'STARTED_AT';
 
 const WORKSPACE_ID = /^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$/;
+/**
+ * A readiness probe's outcome: `unproven` when the task answered the challenge in full without a
+ * proof (gateway/workspace-proof.ts answeredUnproven), apart from one that did not answer yet.
+ */
+type ProbeVerdict = 'healthy' | 'down' | 'unproven';
+/** Definitive non-proofs in a row that fail a start: more than one, so a single odd answer is not enough. */
+const UNPROVEN_PROBES_TO_FAIL = 3;
 /** Names reported by RunTask `failures` when Fargate (Spot) has no capacity. */
 const CAPACITY_FAILURE = /capacity|RESOURCE:/i;
 
@@ -540,13 +547,14 @@ export function createEcsProvisioner(options: EcsProvisionerOptions, deps: EcsPr
    * With the start's key, on a connection that has first proven it reaches this start
    * (gateway/workspace-proof.ts): a server that is not the workspace is never taken for it.
    */
-  async function probeOnce(id: string, host: string, port: number, signal: AbortSignal, identityKey?: string): Promise<boolean> {
+  async function probeOnce(id: string, host: string, port: number, signal: AbortSignal, identityKey?: string): Promise<ProbeVerdict> {
     let socket: Socket | undefined;
     if (identityKey !== undefined) {
-      socket = await provenConnection(host, port, { workspaceId: id, key: identityKey }, o.probeTimeoutMs).catch(() => undefined);
-      if (socket === undefined) return false;
+      let unproven = false;
+      socket = await provenConnection(host, port, { workspaceId: id, key: identityKey }, o.probeTimeoutMs).catch((err: unknown) => { unproven = answeredUnproven(err); return undefined; });
+      if (socket === undefined) return unproven ? 'unproven' : 'down';
     }
-    return new Promise((resolve) => {
+    const healthy = await new Promise<boolean>((resolve) => {
       const t = timeoutSignal(timers, o.probeTimeoutMs, new Error('probe timeout'));
       const s = anySignal([signal, t.signal]);
       const done = (ok: boolean) => {
@@ -566,9 +574,15 @@ export function createEcsProvisioner(options: EcsProvisionerOptions, deps: EcsPr
       req.on('error', () => done(false));
       req.end();
     });
+    return healthy ? 'healthy' : 'down';
   }
 
-  /** Probes until /healthz answers; fails early if the task stops meanwhile. */
+  /**
+   * Probes until /healthz answers; fails early if the task stops meanwhile, or fast (BAD_CONFIG) when
+   * the task answers the challenge in full but never with a proof: the address is this task's own ENI,
+   * so it is the task, and its image or task definition cannot prove itself; waiting would only reach
+   * START_DEADLINE.
+   */
   async function probeUntilHealthy(id: string, arn: string, host: string, signal: AbortSignal, identityKey: string): Promise<void> {
     const stopWatch = new AbortController();
     const linked = anySignal([signal, stopWatch.signal]);
@@ -579,7 +593,15 @@ export function createEcsProvisioner(options: EcsProvisionerOptions, deps: EcsPr
     });
     died.catch(() => {});
     const probing = (async () => {
-      while (!(await probeOnce(id, host, o.workspacePort, both, identityKey))) {
+      let unprovenInARow = 0;
+      for (;;) {
+        const verdict = await probeOnce(id, host, o.workspacePort, both, identityKey);
+        if (verdict === 'healthy') return;
+        unprovenInARow = verdict === 'unproven' ? unprovenInARow + 1 : 0;
+        if (unprovenInARow >= UNPROVEN_PROBES_TO_FAIL) {
+          throw new StartFailure('BAD_CONFIG', `the task answers but cannot prove it is this start (${unprovenInARow} probes in a row): `
+            + 'its image lacks the workspace-identity preload (codeserver/entrypoint.sh, with WORKSPACE_ID set), or WORKSPACE_KEY does not reach code-server');
+        }
         if (both.aborted) throw both.reason;
         await sleep(timers, o.probeIntervalMs, both);
       }
@@ -920,7 +942,7 @@ export function createEcsProvisioner(options: EcsProvisionerOptions, deps: EcsPr
           // Started but never registered (its starter died after the probe or before it): adopt
           // it only if it answers, then make it discoverable. One that never answers is stopped
           // once it is older than any start could be.
-          if (!(await probeOnce(id, ws.endpoint.host, ws.endpoint.port, lifetime.signal))) {
+          if ((await probeOnce(id, ws.endpoint.host, ws.endpoint.port, lifetime.signal)) !== 'healthy') {
             if (clock.now() - (t.createdAt?.getTime() ?? clock.now()) > o.startDeadlineMs) {
               await stopTask(t.taskArn!, 'reconcile: unclaimed task never became healthy');
               summary.stopped.push({ workspaceId: id, handle: t.taskArn!, generation: gen });

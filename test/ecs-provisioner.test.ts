@@ -13,6 +13,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { WORKSPACE_FIELD } from '../gateway/http-fields.js';
 import { startDemoWorkspace } from '../provisioner/demo-workspace.js';
+import { createServer as createNetServer, type Socket } from 'node:net';
 
 async function setup(t: { teardown(fn: () => unknown): void }, fakeOpts: FakeAwsOptions = {}, over: Partial<EcsProvisionerOptions> = {}) {
   const fake = await startFakeAws({ durations: { provisioningMs: 40, pendingMs: 40, stoppingMs: 20 }, ...fakeOpts });
@@ -367,8 +368,27 @@ t.test("RunTask gives the task its start's key (WORKSPACE_KEY); it is probed onl
   const listed = await p.list();
   t.ok(listed.length > 0 && listed.every((w) => w.endpoint.proves === true), 'rediscovered routes require proof too');
   const err = await p.start(startRequest('keyless', 1).req).catch((e) => e);
-  t.equal(err.code, 'START_DEADLINE', 'a task that cannot prove itself is never ready');
+  // Its own ENI's address answers in full, never with a proof: a task that cannot prove itself fails
+  // fast as a configuration fault, not at START_DEADLINE.
+  t.equal(err.code, 'BAD_CONFIG', 'a task that cannot prove itself is never ready, and says why');
+  t.match(err.message, /preload|WORKSPACE_KEY/, 'naming the likely causes');
+  t.equal(seen.filter((r) => r === 'keyless OPTIONS *').length, 3, 'after three challenges answered without a proof');
   t.notOk(seen.includes('keyless GET /healthz'), 'and never probed past the challenge');
+});
+
+t.test('a task that closes the connection on each challenge (still starting, restarting) is probed on until the deadline, not failed as BAD_CONFIG', async (t) => {
+  let challenges = 0;
+  const { p } = await setup(t, {
+    workspace: async (info) => {
+      const sockets = new Set<Socket>();
+      const server = createNetServer((s) => { sockets.add(s); s.on('error', () => undefined); s.once('data', () => { challenges++; s.end(); }); });
+      await new Promise<void>((resolve) => server.listen(info.port, info.host, resolve));
+      return { close: () => new Promise<void>((resolve) => { for (const s of sockets) s.destroy(); server.close(() => resolve()); }) };
+    },
+  }, { startDeadlineMs: 1500 });
+  const err = await p.start(startRequest('closer', 1).req).catch((e) => e);
+  t.equal(err.code, 'START_DEADLINE', 'no definite answer: waited for, as before');
+  t.ok(challenges > 3, `more than three challenges went unanswered (${challenges})`);
 });
 
 t.test('a start cancelled by its caller fails ABORTED and leaves the task for a takeover (resumeHandle)', async (t) => {
