@@ -58,6 +58,9 @@ function epochOf(payload: { iat?: number; [claim: string]: unknown }): number {
   return typeof epoch === 'number' && Number.isSafeInteger(epoch) ? epoch : issuedAtMs(payload);
 }
 
+/** How far ahead of this replica a sign-in link's signer may run before its links are refused here. */
+export const LINK_CLOCK_SKEW_MS = 60_000;
+
 /**
  * Separate keys per purpose, so a session cookie can never be replayed as a sign-in token. Imported
  * once: jose imports raw key bytes into WebCrypto on every call (a third of a verification's CPU, and
@@ -129,6 +132,9 @@ export function createAuth(opts: AuthOptions) {
         // The lifetime it was signed with (both claims on the signing replica's clock, whole seconds),
         // not exp against this replica's clock, which refused links made on a replica running ahead.
         if (expiresAt - (payload.iat as number) * 1000 > opts.loginTokenMaxTtlMs + 1000) return { ok: false, code: 'LOGIN_TOKEN_INVALID', reason: 'lifetime' };
+        // And against this replica's clock, with room for skew: a signer whose clock runs far ahead
+        // would otherwise hand out links that stay good here for as long as it is ahead.
+        if (expiresAt - now() > opts.loginTokenMaxTtlMs + LINK_CLOCK_SKEW_MS) return { ok: false, code: 'LOGIN_TOKEN_INVALID', reason: 'lifetime' };
         if (payload.sub !== workspaceId) return { ok: false, code: 'LOGIN_TOKEN_INVALID', reason: 'wrong_workspace' };
         return { ok: true, workspaceId, jti: String(payload.jti), issuedAt: issuedAtMs(payload), expiresAt, epoch: epochOf(payload) };
       } catch (err) {

@@ -201,4 +201,8 @@ t.test('a sign-in link made on a replica whose clock runs ahead is taken by one 
   const longer = createAuth({ ...opts, loginTokenMaxTtlMs: 600_000, clock: createManualClock(at) });
   const tooLong = await behind.checkLoginToken(await longer.createLoginToken('rec', 'jti-long', 600_000), 'rec');
   t.same(tooLong.ok ? 'ok' : [tooLong.code, tooLong.reason], ['LOGIN_TOKEN_INVALID', 'lifetime'], 'an over-long lifetime is refused');
+  // A signer whose clock runs far ahead (two hours) made a link that would stay good here for two hours.
+  const farAhead = createAuth({ ...opts, clock: createManualClock(at + 2 * 3_600_000) });
+  const late = await behind.checkLoginToken(await farAhead.createLoginToken('rec', 'jti-far'), 'rec');
+  t.same(late.ok ? 'ok' : [late.code, late.reason], ['LOGIN_TOKEN_INVALID', 'lifetime'], 'a link from a signer far ahead is refused');
 });
