@@ -600,7 +600,8 @@ export function createEcsProvisioner(options: EcsProvisionerOptions, deps: EcsPr
         unprovenInARow = verdict === 'unproven' ? unprovenInARow + 1 : 0;
         if (unprovenInARow >= UNPROVEN_PROBES_TO_FAIL) {
           throw new StartFailure('BAD_CONFIG', `the task answers but cannot prove it is this start (${unprovenInARow} probes in a row): `
-            + 'its image lacks the workspace-identity preload (codeserver/entrypoint.sh, with WORKSPACE_ID set), or WORKSPACE_KEY does not reach code-server');
+            + 'its image lacks the workspace-identity preload (codeserver/entrypoint.sh, with WORKSPACE_ID set), WORKSPACE_KEY does not reach code-server, '
+            + 'or the task was started under another GATEWAY_SECRET (a start resumed across a rotation; trying again starts it afresh)');
         }
         if (both.aborted) throw both.reason;
         await sleep(timers, o.probeIntervalMs, both);
