@@ -31,18 +31,18 @@ export function loggerFromConfig(config: Config, destination?: NodeJS.WritableSt
  */
 export function startupLogger(env: Env, destination?: NodeJS.WritableStream) {
   return createLogger('info', destination, {
-    secrets: secretsOf({ gatewaySecret: env.GATEWAY_SECRET, adminToken: env.ADMIN_TOKEN, redisPassword: env.REDIS_PASSWORD, redisUrl: env.REDIS_URL }),
+    secrets: secretsOf({ gatewaySecret: env.GATEWAY_SECRET, gatewaySecretAccepted: env.GATEWAY_SECRET_ACCEPTED, adminToken: env.ADMIN_TOKEN, redisPassword: env.REDIS_PASSWORD, redisUrl: env.REDIS_URL }),
   });
 }
 
-function secretsOf(s: { gatewaySecret?: string; adminToken?: string; redisPassword?: string; redisUrl?: string }): string[] {
+function secretsOf(s: { gatewaySecret?: string; gatewaySecretAccepted?: string; adminToken?: string; redisPassword?: string; redisUrl?: string }): string[] {
   let urlPassword = { written: '', sent: '' };
   // A REDIS_URL config refuses (no host, a bad port) may still carry a password: read it by hand.
   try { urlPassword = s.redisUrl ? redisUrlPassword(new URL(s.redisUrl)) : urlPassword; } catch {
     const written = /^[^:/?#]+:\/\/[^:@/?#]*:([^@/?#]*)@/.exec(s.redisUrl!)?.[1] ?? '';
     urlPassword = { written, sent: decodeURIComponentSafe(written) };
   }
-  return [s.gatewaySecret, s.adminToken, s.redisPassword, urlPassword.written, urlPassword.sent].filter((v): v is string => !!v);
+  return [s.gatewaySecret, s.gatewaySecretAccepted, s.adminToken, s.redisPassword, urlPassword.written, urlPassword.sent].filter((v): v is string => !!v);
 }
 
 function decodeURIComponentSafe(s: string): string {

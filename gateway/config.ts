@@ -38,6 +38,8 @@ export interface Config {
   /** Key material for sign-in tokens and session cookies. */
   gatewaySecret: string;
   gatewaySecretGenerated: boolean;
+  /** Another secret whose sessions, sign-in links and starts are accepted, never used to sign or start (a rotation). */
+  gatewaySecretAccepted: string | undefined;
   adminToken: string;
   adminTokenGenerated: boolean;
   platformLoginUrl?: string;
@@ -194,6 +196,14 @@ export function loadConfig(env: Env): Config {
   } else if (gatewaySecret.length < 32) {
     throw new ConfigError('GATEWAY_SECRET', 'must be at least 32 characters');
   }
+  // A rotation's other secret (README "Rotating GATEWAY_SECRET"): what it signed and started is
+  // accepted, nothing is signed or started with it. Beside a generated secret nobody else signs with.
+  const gatewaySecretAccepted = str('GATEWAY_SECRET_ACCEPTED');
+  if (gatewaySecretAccepted !== undefined) {
+    if (gatewaySecretGenerated) throw new ConfigError('GATEWAY_SECRET_ACCEPTED', 'needs GATEWAY_SECRET set: it is accepted beside that one');
+    if (gatewaySecretAccepted.length < 32) throw new ConfigError('GATEWAY_SECRET_ACCEPTED', 'must be at least 32 characters');
+    if (gatewaySecretAccepted === gatewaySecret) throw new ConfigError('GATEWAY_SECRET_ACCEPTED', 'must differ from GATEWAY_SECRET');
+  }
   let adminToken = str('ADMIN_TOKEN');
   const adminTokenGenerated = adminToken === undefined;
   if (adminToken === undefined) {
@@ -231,6 +241,7 @@ export function loadConfig(env: Env): Config {
     logLevel: oneOf('LOG_LEVEL', ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const, 'info'),
     gatewaySecret,
     gatewaySecretGenerated,
+    gatewaySecretAccepted,
     adminToken,
     adminTokenGenerated,
     platformLoginUrl,

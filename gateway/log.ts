@@ -10,8 +10,8 @@ export type Logger = Pick<PinoLogger, 'info' | 'warn' | 'error' | 'debug' | 'chi
 export const REDACT = [
   'req.headers.cookie', 'req.headers.authorization', 'req.headers["set-cookie"]',
   'headers.cookie', 'headers.authorization', 'headers["set-cookie"]', 'res.headers["set-cookie"]',
-  'cookie', 'authorization', 'token', 'secret', 'password', 'gatewaySecret', 'adminToken', 'redisPassword',
-  '*.cookie', '*.authorization', '*.token', '*.secret', '*.password', '*.gatewaySecret', '*.adminToken', '*.redisPassword',
+  'cookie', 'authorization', 'token', 'secret', 'password', 'gatewaySecret', 'gatewaySecretAccepted', 'adminToken', 'redisPassword',
+  '*.cookie', '*.authorization', '*.token', '*.secret', '*.password', '*.gatewaySecret', '*.gatewaySecretAccepted', '*.adminToken', '*.redisPassword',
 ];
 
 export const CENSOR = '[redacted]';

@@ -43,12 +43,23 @@ t.test('bad values name the variable', async (t) => {
     [{ REDIS_URL: 'redis://127.0.0.1:1' }, 'GATEWAY_SECRET'],
     [{ BASE_DOMAIN: 'example.com' }, 'GATEWAY_SECRET'],
     [{ GATEWAY_SECRET: 'short' }, 'GATEWAY_SECRET'],
+    [{ GATEWAY_SECRET: 'x'.repeat(32), GATEWAY_SECRET_ACCEPTED: 'short' }, 'GATEWAY_SECRET_ACCEPTED'],
+    [{ GATEWAY_SECRET: 'x'.repeat(32), GATEWAY_SECRET_ACCEPTED: 'x'.repeat(32) }, 'GATEWAY_SECRET_ACCEPTED'],
+    // Accepted beside a generated secret would mean nothing: no other replica signs with the generated one.
+    [{ GATEWAY_SECRET_ACCEPTED: 'y'.repeat(32) }, 'GATEWAY_SECRET_ACCEPTED'],
     [{ IDLE_TIMEOUT: 'soon' }, 'IDLE_TIMEOUT'],
     [{ TRUSTED_PROXIES: '10.0.0.0/40' }, 'TRUSTED_PROXIES'],
     [{ REAPER: 'maybe' }, 'REAPER'],
     [{ PLATFORM_LOGIN_URL: 'not-a-url' }, 'PLATFORM_LOGIN_URL'],
   ];
   for (const [env, variable] of rows) refuses(t, env, variable);
+});
+
+t.test('GATEWAY_SECRET_ACCEPTED: optional, a second secret accepted beside GATEWAY_SECRET', async (t) => {
+  t.equal(loadConfig({ GATEWAY_SECRET: 'x'.repeat(32) }).gatewaySecretAccepted, undefined, 'none by default');
+  t.equal(loadConfig({ GATEWAY_SECRET: 'x'.repeat(32), GATEWAY_SECRET_ACCEPTED: 'y'.repeat(32) }).gatewaySecretAccepted, 'y'.repeat(32));
+  const err = refuses(t, { GATEWAY_SECRET: 'x'.repeat(32), GATEWAY_SECRET_ACCEPTED: 'y'.repeat(31) }, 'GATEWAY_SECRET_ACCEPTED');
+  t.notOk(err?.message.includes('y'.repeat(31)), 'not quoting it');
 });
 
 t.test('durations', async (t) => {

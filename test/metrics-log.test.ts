@@ -176,6 +176,12 @@ t.test("the entry points' logger scrubs the configured secrets (the reaper's did
   for (const secret of [secrets.GATEWAY_SECRET, secrets.ADMIN_TOKEN, 'redis-password-0123']) t.notOk(text.includes(secret), secret);
   t.ok(text.includes(CENSOR));
 
+  // The accepted secret of a rotation opens sessions as well as the current one.
+  text = '';
+  const accepted = 'accepted-secret-0123456789abcdef0123456789';
+  loggerFromConfig(loadConfig({ ...secrets, GATEWAY_SECRET_ACCEPTED: accepted }), sink).error({ err: new Error(`echoed back: ${accepted}`) }, 'an upstream quoted us');
+  t.notOk(text.includes(accepted), 'GATEWAY_SECRET_ACCEPTED');
+
   // A password written into REDIS_URL instead of REDIS_PASSWORD: the same.
   text = '';
   const inUrl = loggerFromConfig(loadConfig({ ...secrets, REDIS_PASSWORD: undefined, REDIS_URL: 'redis://:url-password%2F0123@redis.internal:6379' }), sink);
@@ -243,11 +249,11 @@ t.test('a failed start: its code in the line, and the environment\'s secrets scr
   let text = '';
   const sink = new Writable({ write(c, _e, cb) { text += c.toString(); cb(); } });
   // The values a bad config holds, too short or malformed for loadConfig, are still the operator's secrets.
-  const env = { GATEWAY_SECRET: 'gateway-secret-too-short', ADMIN_TOKEN: 'admin-token-x1', REDIS_URL: 'redis://:url-pass%2F99@:port' };
-  startupLogger(env, sink).error(startupFailureFields(new Error(`echoed gateway-secret-too-short admin-token-x1 url-pass/99 url-pass%2F99`)), 'start failed');
+  const env = { GATEWAY_SECRET: 'gateway-secret-too-short', GATEWAY_SECRET_ACCEPTED: 'accepted-too-short', ADMIN_TOKEN: 'admin-token-x1', REDIS_URL: 'redis://:url-pass%2F99@:port' };
+  startupLogger(env, sink).error(startupFailureFields(new Error(`echoed gateway-secret-too-short accepted-too-short admin-token-x1 url-pass/99 url-pass%2F99`)), 'start failed');
   const line = JSON.parse(text) as Record<string, any>;
   t.match(line, { level: 50, service: 'workspace-gateway', event: 'startup.failed' });
-  for (const secret of ['gateway-secret-too-short', 'admin-token-x1', 'url-pass']) t.notOk(text.includes(secret), secret);
+  for (const secret of ['gateway-secret-too-short', 'accepted-too-short', 'admin-token-x1', 'url-pass']) t.notOk(text.includes(secret), secret);
 });
 
 t.test("process warnings: one JSON line each instead of Node's lines on stderr, until undone", async (t) => {
