@@ -15,8 +15,12 @@ import { MISDIRECTED_ERROR } from './http-fields.js';
 
 export { CHALLENGE_FIELD, PROOF_FIELD, proof } from '../codeserver/workspace-identity.cjs';
 
-/** What a connection must prove: that it reaches this workspace's current start. */
-export interface Claim { readonly workspaceId: string; readonly key: string }
+/**
+ * What a connection must prove: that it reaches this workspace's current start. `acceptedKey`: the
+ * start's key under GATEWAY_SECRET_ACCEPTED, for a start given its key by a replica that signs with
+ * that secret (a rotation, README "Rotating GATEWAY_SECRET").
+ */
+export interface Claim { readonly workspaceId: string; readonly key: string; readonly acceptedKey?: string }
 
 /** An endpoint as the gateway forwards to it: with a claim when its route requires proof. */
 export interface Upstream extends Endpoint { readonly claim?: Claim }
@@ -62,6 +66,11 @@ export function createIdentityKeys(secret: string): (workspaceId: string, genera
 }
 export type IdentityKeys = ReturnType<typeof createIdentityKeys>;
 
+/** The start keys under GATEWAY_SECRET_ACCEPTED, if set: a proof under one is accepted, none is given out. */
+export function acceptedIdentityKeys(config: { gatewaySecretAccepted?: string }): IdentityKeys | undefined {
+  return config.gatewaySecretAccepted === undefined ? undefined : createIdentityKeys(config.gatewaySecretAccepted);
+}
+
 /** 128 bits, fresh per connection: a proof captured on one connection proves nothing on the next. */
 export function newNonce(): string { return randomBytes(16).toString('base64url'); }
 
@@ -101,9 +110,12 @@ export function checkAnswer(bytes: Buffer, claim: Claim, nonce: string): 'more' 
   }
   if (status === '421' && marked) return 'misdirected';
   if (status !== '204' || proofs !== 1 || closing || bodied || end + 4 !== bytes.length) return 'unproven';
-  const expected = Buffer.from(proof(claim.key, claim.workspaceId, nonce), 'latin1');
   const actual = Buffer.from(given, 'latin1');
-  return actual.length === expected.length && timingSafeEqual(actual, expected) ? 'proven' : 'unproven';
+  const provenBy = (key: string) => {
+    const expected = Buffer.from(proof(key, claim.workspaceId, nonce), 'latin1');
+    return actual.length === expected.length && timingSafeEqual(actual, expected);
+  };
+  return provenBy(claim.key) || (claim.acceptedKey !== undefined && provenBy(claim.acceptedKey)) ? 'proven' : 'unproven';
 }
 
 const FAILURE_TEXT: Record<IdentityReason, string> = {

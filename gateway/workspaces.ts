@@ -14,7 +14,7 @@ import type { Metrics } from './metrics.js';
 import type { Logger } from './log.js';
 import type { Fence, StateStore, WorkspaceEvent, WorkspaceRecord } from './store/contract.js';
 import type { Departure } from './departure.js';
-import type { IdentityKeys, Upstream } from './workspace-proof.js';
+import type { Claim, IdentityKeys, Upstream } from './workspace-proof.js';
 
 export interface WorkspacesOptions {
   store: StateStore;
@@ -29,6 +29,8 @@ export interface WorkspacesOptions {
   leaseTtlMs?: number;
   /** Each start's key (gateway/workspace-proof.ts): given to the start, and asked of its connections. */
   identityKeys: IdentityKeys;
+  /** The keys under GATEWAY_SECRET_ACCEPTED: never given to a start, but a proof under one is taken too (a rotation). */
+  acceptedIdentityKeys?: IdentityKeys;
 }
 
 export type Route =
@@ -75,6 +77,8 @@ export const UNPROVEN_STOP: StopReason = {
 };
 
 const sameAddress = (a: Endpoint, b: Endpoint) => a.host === b.host && a.port === b.port;
+/** Both keys: a claim that accepted a second key was refused under that one as well. */
+const sameClaim = (a: Claim, b: Claim) => a.workspaceId === b.workspaceId && a.key === b.key && a.acceptedKey === b.acceptedKey;
 
 export function createWorkspaces(opts: WorkspacesOptions) {
   const { store, provisioner, clock, metrics, log } = opts;
@@ -94,7 +98,12 @@ export function createWorkspaces(opts: WorkspacesOptions) {
    */
   function upstreamOf(id: string, generation: number, endpoint: Endpoint): Upstream {
     if (endpoint.proves !== true) return endpoint;
-    return { host: endpoint.host, port: endpoint.port, proves: true, claim: { workspaceId: id, key: opts.identityKeys(id, generation) } };
+    return { host: endpoint.host, port: endpoint.port, proves: true, claim: claimOf(id, generation) };
+  }
+
+  function claimOf(id: string, generation: number): Claim {
+    const key = opts.identityKeys(id, generation);
+    return opts.acceptedIdentityKeys ? { workspaceId: id, key, acceptedKey: opts.acceptedIdentityKeys(id, generation) } : { workspaceId: id, key };
   }
 
   function applyEvent(record: WorkspaceRecord) {
@@ -481,12 +490,12 @@ export function createWorkspaces(opts: WorkspacesOptions) {
    * Whether the server that answered without a proof at `at` is the recorded start itself: the
    * provisioner finds the record's generation running at the record's address, and `at` is that
    * address, challenged for that generation. An ENI's IP or a bound port is one task's or process's
-   * at a time, so nobody else answered: that start holds no key of this gateway's.
+   * at a time, so nobody else answered: that start holds no key this gateway accepts.
    */
   function isRecordedStart(record: WorkspaceRecord, found: RunningWorkspace, at: Upstream): boolean {
     return record.endpoint !== undefined && found.generation === record.generation
       && sameAddress(found.endpoint, record.endpoint) && sameAddress(at, record.endpoint)
-      && at.claim !== undefined && at.claim.workspaceId === record.id && at.claim.key === opts.identityKeys(record.id, record.generation);
+      && at.claim !== undefined && sameClaim(at.claim, claimOf(record.id, record.generation));
   }
 
   /**

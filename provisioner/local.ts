@@ -42,6 +42,8 @@ export interface LocalProvisionerOptions {
    * never prove itself to this one, so it is killed instead of adopted. Without it: adopted, as before.
    */
   identityKeys?: (workspaceId: string, generation: number) => string;
+  /** The keys under GATEWAY_SECRET_ACCEPTED (a rotation): a leftover started with one proves itself here too, so it is adopted. */
+  acceptedIdentityKeys?: (workspaceId: string, generation: number) => string;
 }
 
 /**
@@ -362,11 +364,12 @@ export function createLocalProvisioner(opts: LocalProvisionerOptions): Provision
       // gateway, the bench's stand-in for a workspace): not ours to kill or stop, as before.
       if (!r || r.owner === undefined || alive(r.owner)) continue;
       const pid = Number(r.handle);
-      // Given another key than this gateway derives for its start (that gateway had another
+      // Given another key than this gateway derives for its start, or accepts (that gateway had another
       // GATEWAY_SECRET: a generated one, in development): it fails every connection's proof, so
       // adopted it would be routed to, never reached, and kept from the reaper by the page loads
       // that fail on it. Recorded before run.json kept the check: adopted, as before.
-      const foreign = !r.starting && r.keyCheck !== undefined && opts.identityKeys !== undefined && r.keyCheck !== keyCheckOf(opts.identityKeys(id, r.generation));
+      const foreign = !r.starting && r.keyCheck !== undefined && opts.identityKeys !== undefined && r.keyCheck !== keyCheckOf(opts.identityKeys(id, r.generation))
+        && (opts.acceptedIdentityKeys === undefined || r.keyCheck !== keyCheckOf(opts.acceptedIdentityKeys(id, r.generation)));
       if (r.starting || foreign) {
         signalGroup(pid, 'SIGKILL');
         rmSync(runFile(id), { force: true });

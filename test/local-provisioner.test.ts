@@ -451,28 +451,30 @@ t.test('a ready workspace a dead gateway started under another GATEWAY_SECRET is
   t.teardown(() => rmSync(dataDir, { recursive: true, force: true }));
   const ours = createIdentityKeys(TEST_SECRET);
   const theirs = createIdentityKeys('another-gateway-secret-of-32-characters');
+  // GATEWAY_SECRET_ACCEPTED's (a rotation): its starts prove themselves here, so they are adopted.
+  const accepted = createIdentityKeys('an-accepted-gateway-secret-of-32-characters');
   const first = createLocalProvisioner({ workspace: 'demo', dataDir, codeServerBin: 'none', demoReadyDelayMs: 0, parentEnv: process.env, adoptLeftovers: false });
   t.teardown(() => first.close());
   const pids: Record<string, number> = {};
-  for (const [id, keys] of [['foreign', theirs], ['own', ours]] as const) {
+  for (const [id, keys] of [['foreign', theirs], ['own', ours], ['rotated', accepted]] as const) {
     const r = await first.start({ workspaceId: id, generation: 3, identityKey: keys(id, 3), signal: new AbortController().signal, onStage: () => undefined });
     pids[id] = Number(r.handle);
   }
   // Their gateway died: run.json names an owner that is gone.
   const dead = spawn(process.execPath, ['-e', '0']);
   await new Promise((r) => dead.once('exit', r));
-  for (const id of ['foreign', 'own']) {
+  for (const id of ['foreign', 'own', 'rotated']) {
     const file = join(dataDir, id, 'run.json');
     writeFileSync(file, JSON.stringify({ ...JSON.parse(readFileSync(file, 'utf8')), owner: dead.pid }));
   }
   const endpoint = (await first.describe('foreign'))!.endpoint;
   await t.rejects(provenConnection(endpoint.host, endpoint.port, { workspaceId: 'foreign', key: ours('foreign', 3) }, 2000), { name: 'IdentityFailure' }, 'the leftover cannot prove itself to this secret');
 
-  const next = createLocalProvisioner({ workspace: 'demo', dataDir, codeServerBin: 'none', demoReadyDelayMs: 0, parentEnv: process.env, identityKeys: ours });
+  const next = createLocalProvisioner({ workspace: 'demo', dataDir, codeServerBin: 'none', demoReadyDelayMs: 0, parentEnv: process.env, identityKeys: ours, acceptedIdentityKeys: accepted });
   t.teardown(() => next.close());
-  t.same((await next.list()).map((w) => w.workspaceId), ['own'], 'only the one started under this secret is adopted');
+  t.same((await next.list()).map((w) => w.workspaceId).sort(), ['own', 'rotated'], 'only those started under this secret or the accepted one are adopted');
   for (let i = 0; i < 80 && alive(pids.foreign); i++) await new Promise((r) => setTimeout(r, 25));
   t.notOk(alive(pids.foreign), 'the other is killed');
   t.equal(await next.describe('foreign'), undefined, 'and not described as running');
-  t.ok(alive(pids.own), 'the adopted one runs on');
+  t.ok(alive(pids.own) && alive(pids.rotated), 'the adopted ones run on');
 });

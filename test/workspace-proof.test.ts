@@ -69,6 +69,19 @@ t.test('checkAnswer: only a kept-alive 204 with the one right proof, and nothing
   for (const [name, answer, verdict] of rows) t.equal(checkAnswer(Buffer.from(answer, 'latin1'), claim, nonce), verdict, name);
 });
 
+t.test('checkAnswer during a GATEWAY_SECRET rotation: a proof under the current or the accepted key, none under another', async (t) => {
+  const claim: Claim = { workspaceId: 'alice', key: 'current', acceptedKey: 'accepted' };
+  const nonce = 'n'.repeat(22);
+  const answer = (key: string) => Buffer.from(`HTTP/1.1 204 No Content\r\n${PROOF_FIELD}: ${proof(key, 'alice', nonce)}\r\n\r\n`, 'latin1');
+  const rows: Array<[string, string, string]> = [
+    ['under the current key', 'current', 'proven'],
+    ['under the accepted key (started before the rotation)', 'accepted', 'proven'],
+    ['under neither', 'another', 'unproven'],
+  ];
+  for (const [name, key, verdict] of rows) t.equal(checkAnswer(answer(key), claim, nonce), verdict, name);
+  t.equal(checkAnswer(answer('accepted'), { workspaceId: 'alice', key: 'current' }, nonce), 'unproven', 'without an accepted key: only the current one');
+});
+
 /** The raw answer to one challenge on a new connection. */
 async function challenge(port: number, claim: Claim, nonce: string): Promise<string> {
   const socket = net.connect(port, '127.0.0.1');
