@@ -75,7 +75,7 @@ export async function createGateway(deps: GatewayDeps) {
   let draining = false;
   let ready = false;
 
-  const auth = createAuth({ secret: config.gatewaySecret, sessionTtlMs: config.sessionTtlMs, loginTokenMaxTtlMs: config.loginTokenMaxTtlMs, clock });
+  const auth = createAuth({ secret: config.gatewaySecret, acceptedSecret: config.gatewaySecretAccepted, sessionTtlMs: config.sessionTtlMs, loginTokenMaxTtlMs: config.loginTokenMaxTtlMs, clock });
   const activity = createActivityRecorder({ store, clock, metrics, instanceId, flushIntervalMs: config.activityFlushIntervalMs, enabled: config.activityTracking });
   closers.push(() => activity.close());
   const workspaces = createWorkspaces({

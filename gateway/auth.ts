@@ -2,7 +2,7 @@
 // session cookie, checked on every workspace request before anything else can happen.
 import { createHmac, webcrypto } from 'node:crypto';
 import { isIP } from 'node:net';
-import { SignJWT, errors as joseErrors, jwtVerify } from 'jose';
+import { SignJWT, errors as joseErrors, jwtVerify, type JWTVerifyOptions } from 'jose';
 import type { Clock } from './clock.js';
 import type { Cidr } from './config.js';
 import type { ErrorCode } from './errors.js';
@@ -24,6 +24,8 @@ export function sessionCookieName(publicScheme: 'http' | 'https'): string {
 
 export interface AuthOptions {
   secret: string;
+  /** GATEWAY_SECRET_ACCEPTED: what was signed under it is taken, nothing is signed with it (a rotation). */
+  acceptedSecret?: string;
   sessionTtlMs: number;
   loginTokenMaxTtlMs: number;
   clock: Clock;
@@ -79,9 +81,25 @@ function deriveKey(secret: string, purpose: string): Promise<CryptoKey> {
  */
 export const MAX_SESSION_VALUES = 4;
 
+/**
+ * A token verified under `key`, else, only where that signature failed, under `accepted` (the
+ * accepted secret's key for the same purpose): a token under the current key costs one check, as
+ * before. Any other failure (expiry, claims) is the current key's verdict, as the token's own would be.
+ */
+async function verifyUnder(token: string, key: Promise<CryptoKey>, accepted: Promise<CryptoKey> | undefined, options: JWTVerifyOptions) {
+  try {
+    return await jwtVerify(token, await key, options);
+  } catch (err) {
+    if (accepted === undefined || !(err instanceof joseErrors.JWSSignatureVerificationFailed)) throw err;
+    return jwtVerify(token, await accepted, options);
+  }
+}
+
 export function createAuth(opts: AuthOptions) {
   const loginKey = deriveKey(opts.secret, 'login-token');
   const sessionKey = deriveKey(opts.secret, 'session');
+  const acceptedLoginKey = opts.acceptedSecret === undefined ? undefined : deriveKey(opts.acceptedSecret, 'login-token');
+  const acceptedSessionKey = opts.acceptedSecret === undefined ? undefined : deriveKey(opts.acceptedSecret, 'session');
   // Verified cookies, so the warm path pays for HMAC once per cookie, not per request.
   const verified = new Map<string, Session>();
   const now = () => opts.clock.now();
@@ -97,7 +115,7 @@ export function createAuth(opts: AuthOptions) {
   async function verifySession(value: string): Promise<Session | undefined> {
     if (verified.has(value)) return cachedSession(value);
     try {
-      const { payload } = await jwtVerify(value, await sessionKey, {
+      const { payload } = await verifyUnder(value, sessionKey, acceptedSessionKey, {
         algorithms: ['HS256'], currentDate: new Date(now()), typ: 'wsgw-session', requiredClaims: ['sub', 'iat', 'exp'],
       });
       const session = { workspaceId: String(payload.sub), issuedAt: issuedAtMs(payload), expiresAt: (payload.exp as number) * 1000, epoch: epochOf(payload) };
@@ -125,7 +143,7 @@ export function createAuth(opts: AuthOptions) {
     /** Signature, algorithm, expiry, lifetime and host; one-time use is the caller's (the store). */
     async checkLoginToken(token: string, workspaceId: string): Promise<LoginCheck> {
       try {
-        const { payload } = await jwtVerify(token, await loginKey, {
+        const { payload } = await verifyUnder(token, loginKey, acceptedLoginKey, {
           algorithms: ['HS256'], currentDate: new Date(now()), requiredClaims: ['sub', 'iat', 'exp', 'jti'],
         });
         const expiresAt = (payload.exp as number) * 1000;

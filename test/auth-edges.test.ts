@@ -108,6 +108,36 @@ t.test('a changed GATEWAY_SECRET: sessions and links of the old key are refused 
   t.notOk(gw.logs.some((l) => l.event === 'request.error' || l.event === 'upgrade.error'), 'nothing logged as a fault of ours');
 });
 
+t.test('GATEWAY_SECRET_ACCEPTED: sessions and links signed under it are taken, nothing is signed with it', async (t) => {
+  const clock = createManualClock(1_764_316_800_000);
+  const OLD = 'the-old-secret-0123456789-0123456789-abcdef';
+  const NEW = 'the-new-secret-0123456789-0123456789-abcdef';
+  const auth = (secret: string, acceptedSecret?: string) => createAuth({ secret, acceptedSecret, sessionTtlMs: 3_600_000, loginTokenMaxTtlMs: 300_000, clock });
+  const rotated = auth(NEW, OLD);
+  const signers: Array<[string, ReturnType<typeof auth>, boolean]> = [
+    ['the current secret', auth(NEW), true],
+    ['the accepted secret', auth(OLD), true],
+    ['a secret neither', auth('a-third-secret-0123456789-0123456789-abcdef'), false],
+  ];
+  for (const [name, signer, taken] of signers) {
+    const cookie = (await signer.createSession('w')).value;
+    t.equal((await rotated.sessionFor([cookie], 'w'))?.workspaceId, taken ? 'w' : undefined, `a session under ${name}`);
+    t.equal(rotated.verifiedSessionFor([cookie], 'w')?.workspaceId, taken ? 'w' : undefined, `then on the warm lane, under ${name}`);
+    const link = await rotated.checkLoginToken(await signer.createLoginToken('w', `jti-${name}`), 'w');
+    t.same(link.ok ? 'ok' : link.reason, taken ? 'ok' : 'signature', `a sign-in link under ${name}`);
+  }
+  const oldLink = await auth(OLD).createLoginToken('w', 'jti-late');
+  const oldCookie = (await auth(OLD).createSession('w')).value;
+  t.equal(await auth(NEW).sessionFor([oldCookie], 'w'), undefined, 'without the accepted secret: the old session refused, as before');
+  t.match(await auth(NEW).checkLoginToken(oldLink, 'w'), { ok: false, reason: 'signature' }, 'and the old link');
+  t.match(await rotated.checkLoginToken(oldLink, 'x'), { ok: false, reason: 'wrong_workspace' }, 'an accepted link still names its workspace');
+  clock.advance(300_001);
+  t.match(await rotated.checkLoginToken(oldLink, 'w'), { ok: false, code: 'LOGIN_TOKEN_EXPIRED' }, 'and expires as its own would');
+  const mine = (await rotated.createSession('w')).value;
+  t.equal(await auth(OLD).sessionFor([mine], 'w'), undefined, 'what it signs is under the current secret only');
+  t.equal((await auth(NEW).sessionFor([mine], 'w'))?.workspaceId, 'w');
+});
+
 t.test('malformed, crowded and oversized cookies: 401 or 431 with a code, never a crash', async (t) => {
   const gw = await startTestGateway({ env: { MAX_HEADER_SIZE: '16384' } });
   const up = await startRecordingUpstream();
