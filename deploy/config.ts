@@ -37,6 +37,12 @@ export interface DeployConfig {
   maxSession: string;
   logRetentionDays: number;
   alarmEmail?: string;
+  /**
+   * Rotating GATEWAY_SECRET (README "Rotating GATEWAY_SECRET"): `current`, a Secrets Manager secret's
+   * complete ARN to take GATEWAY_SECRET from instead of the generated one; `accepted`, one to take
+   * GATEWAY_SECRET_ACCEPTED from. Either may name the generated secret's ARN (stack output).
+   */
+  gatewaySecretArns: { current?: string; accepted?: string };
 }
 
 /** Fargate's maximum stopTimeout (seconds between SIGTERM and SIGKILL), used for the gateway. */
@@ -175,5 +181,17 @@ export function parseDeployConfig(ctx: Context): DeployConfig {
     maxSession: str('maxSession', '12h'),
     logRetentionDays: retention(int('logRetentionDays', 30, 1, 3653)),
     alarmEmail: optStr('alarmEmail'),
+    gatewaySecretArns: gatewaySecretArns(optStr('gatewaySecretArn'), optStr('gatewaySecretAcceptedArn')),
   };
+}
+
+/** A complete ARN: ECS injects it as it stands, and a partial one (no random suffix) names no version. */
+const SECRET_ARN = /^arn:aws[a-z-]*:secretsmanager:[a-z0-9-]+:\d{12}:secret:[^:]+-[A-Za-z0-9]{6}$/;
+function gatewaySecretArns(current: string | undefined, accepted: string | undefined): DeployConfig['gatewaySecretArns'] {
+  for (const [key, arn] of [['gatewaySecretArn', current], ['gatewaySecretAcceptedArn', accepted]] as const) {
+    if (arn !== undefined && !SECRET_ARN.test(arn)) throw new Error(`context "${key}" must be a Secrets Manager secret's complete ARN, got "${arn}"`);
+  }
+  // The gateway refuses GATEWAY_SECRET_ACCEPTED equal to GATEWAY_SECRET: every task would exit at start.
+  if (accepted !== undefined && accepted === current) throw new Error('context "gatewaySecretAcceptedArn" must name another secret than "gatewaySecretArn"');
+  return { current, accepted };
 }

@@ -128,7 +128,12 @@ export class WorkspaceGatewayStack extends Stack {
         // ElastiCache AUTH tokens refuse some punctuation; letters and digits suit all three.
         generateSecretString: { passwordLength: 64, excludePunctuation: true },
       });
-    const gatewaySecret = secret('GatewaySecret', 'GATEWAY_SECRET: signs the gateway session cookies');
+    const generatedGatewaySecret = secret('GatewaySecret', 'GATEWAY_SECRET: signs the gateway session cookies');
+    // A rotation (README "Rotating GATEWAY_SECRET") names existing secrets by ARN; the generated one
+    // stays in the stack either way, so a step that still accepts it cannot lose it.
+    const byArn = (id: string, arn: string | undefined) => (arn === undefined ? undefined : secretsmanager.Secret.fromSecretCompleteArn(this, id, arn));
+    const gatewaySecret = byArn('GatewaySecretInUse', cfg.gatewaySecretArns.current) ?? generatedGatewaySecret;
+    const gatewaySecretAccepted = byArn('GatewaySecretAccepted', cfg.gatewaySecretArns.accepted);
     const adminToken = secret('AdminToken', 'ADMIN_TOKEN: bearer token of the gateway admin API');
     const redisAuth = secret('RedisAuth', 'REDIS_PASSWORD: the ElastiCache AUTH token');
 
@@ -347,6 +352,7 @@ export class WorkspaceGatewayStack extends Stack {
       },
       secrets: {
         GATEWAY_SECRET: ecs.Secret.fromSecretsManager(gatewaySecret),
+        ...(gatewaySecretAccepted ? { GATEWAY_SECRET_ACCEPTED: ecs.Secret.fromSecretsManager(gatewaySecretAccepted) } : {}),
         ADMIN_TOKEN: ecs.Secret.fromSecretsManager(adminToken),
         REDIS_PASSWORD: ecs.Secret.fromSecretsManager(redisAuth),
       },
@@ -490,6 +496,7 @@ export class WorkspaceGatewayStack extends Stack {
     new CfnOutput(this, 'FileSystemId', { value: fileSystem.fileSystemId });
     new CfnOutput(this, 'CloudMapServiceIds', { value: Fn.join(',', cloudMapServices.map((s) => s.serviceId)) });
     new CfnOutput(this, 'AdminTokenSecret', { value: adminToken.secretArn });
+    new CfnOutput(this, 'GeneratedGatewaySecret', { value: generatedGatewaySecret.secretArn, description: 'The generated GATEWAY_SECRET, for gatewaySecretArn or gatewaySecretAcceptedArn in a rotation' });
     new CfnOutput(this, 'AlarmTopic', { value: topic.topicArn });
   }
 }

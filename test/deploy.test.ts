@@ -32,6 +32,9 @@ function countByType(tpl: Template): Record<string, number> {
 
 const asList = <T>(v: T | T[] | undefined): T[] => (v === undefined ? [] : Array.isArray(v) ? v : [v]);
 
+const NEW_SECRET_ARN = 'arn:aws:secretsmanager:eu-west-1:111122223333:secret:gw-secret-new-AbC123';
+const OLD_SECRET_ARN = 'arn:aws:secretsmanager:eu-west-1:111122223333:secret:gw-secret-old-XyZ789';
+
 const EXISTING_VPC = {
   vpcId: 'vpc-0abc0abc0abc0abc0',
   vpcCidr: '10.9.0.0/16',
@@ -287,6 +290,21 @@ t.test('an existing VPC is imported without lookups', async (t) => {
   tpl.hasResourceProperties('AWS::ElastiCache::SubnetGroup', { SubnetIds: EXISTING_VPC.privateSubnetIds.split(',') });
 });
 
+t.test('rotating GATEWAY_SECRET: GATEWAY_SECRET_ACCEPTED from a named secret, as GATEWAY_SECRET, and the generated one kept', async (t) => {
+  const generated = (tpl: Template) => resources(tpl).filter(([, r]) => r.Type === 'AWS::SecretsManager::Secret' && /GATEWAY_SECRET/.test(r.Properties.Description)).map(([id]) => id);
+  const secrets = (tpl: Template) => Object.fromEntries((gatewayContainer(tpl).Secrets as Json[]).map((x) => [x.Name, x.ValueFrom]));
+  const [id] = generated(small);
+  t.same(secrets(small).GATEWAY_SECRET, { Ref: id }, 'by default: the generated secret');
+  t.notOk('GATEWAY_SECRET_ACCEPTED' in secrets(small), 'and none accepted');
+  const step1 = synth({ students: 1, gatewaySecretAcceptedArn: NEW_SECRET_ARN });
+  t.same([secrets(step1).GATEWAY_SECRET, secrets(step1).GATEWAY_SECRET_ACCEPTED], [{ Ref: id }, NEW_SECRET_ARN], 'step 1: the generated one signs, the new one is accepted');
+  const step2 = synth({ students: 1, gatewaySecretArn: NEW_SECRET_ARN, gatewaySecretAcceptedArn: OLD_SECRET_ARN });
+  t.same([secrets(step2).GATEWAY_SECRET, secrets(step2).GATEWAY_SECRET_ACCEPTED], [NEW_SECRET_ARN, OLD_SECRET_ARN], 'step 2: the new one signs, the old one is accepted');
+  t.same(generated(step2), [id], 'the generated secret stays in the stack');
+  const policies = JSON.stringify(resources(step2).filter(([, r]) => r.Type === 'AWS::IAM::Policy').map(([, r]) => r.Properties));
+  for (const arn of [NEW_SECRET_ARN, OLD_SECRET_ARN]) t.ok(policies.includes(arn), `the execution role may read ${arn.split(':').pop()}`);
+});
+
 t.test('configuration is validated before anything is synthesised', async (t) => {
   const cases: Array<[string, Record<string, unknown>, RegExp]> = [
     ['too many students for one file system', { students: 10_001 }, /students/],
@@ -302,6 +320,9 @@ t.test('configuration is validated before anything is synthesised', async (t) =>
     ['bad domain', { domain: 'not a domain' }, /domain/],
     ['bad capacity', { workspaceCapacity: 'spot' }, /workspaceCapacity/],
     ['bad log retention', { logRetentionDays: 2 }, /logRetentionDays/],
+    ['a secret named without its ARN suffix', { gatewaySecretAcceptedArn: 'arn:aws:secretsmanager:eu-west-1:111122223333:secret:gw' }, /gatewaySecretAcceptedArn/],
+    ['not a secret', { gatewaySecretArn: 'gw-secret' }, /gatewaySecretArn/],
+    ['the accepted secret the current one', { gatewaySecretArn: NEW_SECRET_ARN, gatewaySecretAcceptedArn: NEW_SECRET_ARN }, /gatewaySecretAcceptedArn/],
   ];
   for (const [name, ctx, err] of cases) t.throws(() => parseDeployConfig((k) => ctx[k]), err, name);
   const d = parseDeployConfig(() => undefined);
