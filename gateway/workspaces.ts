@@ -333,7 +333,7 @@ export function createWorkspaces(opts: WorkspacesOptions) {
       metrics.startsInFlight(inFlight.size);
       try {
         const result = await provisioner.start({
-          workspaceId: id, generation: initial.generation, identityKey: opts.identityKeys(id, initial.generation), signal: controller.signal, onStage, onHandle, resumeHandle: initial.handle,
+          workspaceId: id, generation: initial.generation, identityKey: opts.identityKeys(id, initial.generation), acceptedIdentityKey: opts.acceptedIdentityKeys?.(id, initial.generation), signal: controller.signal, onStage, onHandle, resumeHandle: initial.handle,
         });
         controller.signal.throwIfAborted();
         const now = clock.now();

@@ -34,6 +34,11 @@ export interface StartRequest {
    * can prove to the gateway that it is this workspace's start (gateway/workspace-proof.ts).
    */
   identityKey: string;
+  /**
+   * This start's key under GATEWAY_SECRET_ACCEPTED, if set: never handed to a workspace, but a resumed
+   * start's task (launched by a replica that signs with that secret, a rotation) proves itself with it.
+   */
+  acceptedIdentityKey?: string;
   /** Aborted when the start must be given up (deadline, shutdown, the lease lost). */
   signal: AbortSignal;
   /** Called on each stage change; must not throw. */

@@ -30,7 +30,7 @@ import {
 import { CreateAccessPointCommand, DescribeAccessPointsCommand, EFSClient } from '@aws-sdk/client-efs';
 import type { Clock } from '../gateway/clock.js';
 import { WORKSPACE_FIELD } from '../gateway/http-fields.js';
-import { answeredUnproven, provenConnection } from '../gateway/workspace-proof.js';
+import { answeredUnproven, provenConnection, type Claim } from '../gateway/workspace-proof.js';
 import {
   StartFailure,
   type Provisioner,
@@ -547,11 +547,11 @@ export function createEcsProvisioner(options: EcsProvisionerOptions, deps: EcsPr
    * With the start's key, on a connection that has first proven it reaches this start
    * (gateway/workspace-proof.ts): a server that is not the workspace is never taken for it.
    */
-  async function probeOnce(id: string, host: string, port: number, signal: AbortSignal, identityKey?: string): Promise<ProbeVerdict> {
+  async function probeOnce(id: string, host: string, port: number, signal: AbortSignal, claim?: Claim): Promise<ProbeVerdict> {
     let socket: Socket | undefined;
-    if (identityKey !== undefined) {
+    if (claim !== undefined) {
       let unproven = false;
-      socket = await provenConnection(host, port, { workspaceId: id, key: identityKey }, o.probeTimeoutMs).catch((err: unknown) => { unproven = answeredUnproven(err); return undefined; });
+      socket = await provenConnection(host, port, claim, o.probeTimeoutMs).catch((err: unknown) => { unproven = answeredUnproven(err); return undefined; });
       if (socket === undefined) return unproven ? 'unproven' : 'down';
     }
     const healthy = await new Promise<boolean>((resolve) => {
@@ -583,7 +583,7 @@ export function createEcsProvisioner(options: EcsProvisionerOptions, deps: EcsPr
    * so it is the task, and its image or task definition cannot prove itself; waiting would only reach
    * START_DEADLINE.
    */
-  async function probeUntilHealthy(id: string, arn: string, host: string, signal: AbortSignal, identityKey: string): Promise<void> {
+  async function probeUntilHealthy(id: string, arn: string, host: string, signal: AbortSignal, claim: Claim): Promise<void> {
     const stopWatch = new AbortController();
     const linked = anySignal([signal, stopWatch.signal]);
     const both = linked.signal;
@@ -595,13 +595,13 @@ export function createEcsProvisioner(options: EcsProvisionerOptions, deps: EcsPr
     const probing = (async () => {
       let unprovenInARow = 0;
       for (;;) {
-        const verdict = await probeOnce(id, host, o.workspacePort, both, identityKey);
+        const verdict = await probeOnce(id, host, o.workspacePort, both, claim);
         if (verdict === 'healthy') return;
         unprovenInARow = verdict === 'unproven' ? unprovenInARow + 1 : 0;
         if (unprovenInARow >= UNPROVEN_PROBES_TO_FAIL) {
           throw new StartFailure('BAD_CONFIG', `the task answers but cannot prove it is this start (${unprovenInARow} probes in a row): `
             + 'its image lacks the workspace-identity preload (codeserver/entrypoint.sh, with WORKSPACE_ID set), WORKSPACE_KEY does not reach code-server, '
-            + 'or the task was started under another GATEWAY_SECRET (a start resumed across a rotation; trying again starts it afresh)');
+            + 'or the task was started under a GATEWAY_SECRET this replica neither signs with nor accepts (a start resumed across a rotation; trying again starts it afresh)');
         }
         if (both.aborted) throw both.reason;
         await sleep(timers, o.probeIntervalMs, both);
@@ -799,7 +799,9 @@ export function createEcsProvisioner(options: EcsProvisionerOptions, deps: EcsPr
       const host = privateIp(task);
       if (!host) throw new StartFailure('BACKEND_UNAVAILABLE', `task ${arn} is RUNNING without a private IP`);
       stages.to('probing');
-      await probeUntilHealthy(id, arn, host, signal, req.identityKey);
+      // A resumed task may have been launched by a replica signing with the accepted secret (a rotation).
+      const claim: Claim = req.acceptedIdentityKey === undefined ? { workspaceId: id, key: req.identityKey } : { workspaceId: id, key: req.identityKey, acceptedKey: req.acceptedIdentityKey };
+      await probeUntilHealthy(id, arn, host, signal, claim);
       await registerInstance(id, gen, host, arn, signal);
       stages.to('ready');
       log({ msg: 'workspace ready', workspaceId: id, generation: gen, taskArn: arn, host });

@@ -408,6 +408,31 @@ t.test('a start cancelled by its caller fails ABORTED and leaves the task for a 
   t.equal(fake.count('RegisterInstance'), 1);
 });
 
+t.test('a start resumed across a GATEWAY_SECRET rotation: its task proves itself under the accepted key', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'wsgw-ecs-rotated-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const { fake, p, make } = await setup(t, {
+    workspace: async (info) => {
+      const demo = startDemoWorkspace({ host: info.host, port: info.port, dataDir: dir, id: info.workspaceId!, readyDelayMs: 0, key: info.environment.WORKSPACE_KEY });
+      await demo.listen();
+      return { close: () => demo.close() };
+    },
+  }, { startDeadlineMs: 3000 });
+  // Launched by a replica signing with the old secret, which then went away mid-start (a rolling deploy).
+  const launched: Record<string, string> = {};
+  for (const id of ['liv', 'max']) {
+    const s = startRequest(id, 1, { identityKey: `old-key-${id}` });
+    s.req.onHandle = (h) => { launched[id] = h; s.controller.abort(new Error('lease lost')); };
+    t.equal((await p.start(s.req).catch((e) => e)).code, 'ABORTED');
+  }
+  const takeover = make();
+  const r = await takeover.start(startRequest('liv', 1, { resumeHandle: launched.liv, identityKey: 'new-key-liv', acceptedIdentityKey: 'old-key-liv' }).req);
+  t.same([r.handle, r.endpoint.proves], [launched.liv, true], 'the replica with the new secret, accepting the old, resumes it');
+  const err = await takeover.start(startRequest('max', 1, { resumeHandle: launched.max, identityKey: 'new-key-max' }).req).catch((e) => e);
+  t.equal(err.code, 'BAD_CONFIG', 'without the accepted key: it cannot prove itself, as before');
+  t.equal(fake.count('RunTask'), 2, 'no task launched twice');
+});
+
 t.test('Spot interruption: describe and list stop reporting it, reconcile deregisters it, the next start runs a new task', async (t) => {
   const { fake, p } = await setup(t);
   const r = await p.start(startRequest('kim', 1).req);
