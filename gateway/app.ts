@@ -24,7 +24,7 @@ import { createRevocations, type RevocationSource } from './revocations.js';
 import type { StateStore } from './store/contract.js';
 import { createUpstreamPool } from './upstream-pool.js';
 import { createWorkspaces } from './workspaces.js';
-import { acceptedIdentityKeys, createIdentityKeys } from './workspace-proof.js';
+import { identityKeysOf } from './workspace-proof.js';
 import { createWsPairs } from './ws-pairs.js';
 import { connectionIdentity, createWsActivityTap, negotiateExtensions, type WsActivityTap } from './activity/index.js';
 
@@ -80,7 +80,7 @@ export async function createGateway(deps: GatewayDeps) {
   closers.push(() => activity.close());
   const workspaces = createWorkspaces({
     store, provisioner, clock, metrics, log, instanceId, startDeadlineMs: config.startDeadlineMs, routeCacheTtlMs: config.routeCacheTtlMs,
-    identityKeys: createIdentityKeys(config.gatewaySecret), acceptedIdentityKeys: acceptedIdentityKeys(config),
+    ...identityKeysOf(config),
   });
   closers.push(() => workspaces.close());
   // Keep-alive connections to workspaces, for both the warm lane and node:http's side of the path.

@@ -13,7 +13,7 @@ import { GatewayError } from './errors.js';
 import { createLogger, type Logger } from './log.js';
 import type { Metrics } from './metrics.js';
 import type { StateStore } from './store/contract.js';
-import { acceptedIdentityKeys, createIdentityKeys } from './workspace-proof.js';
+import { identityKeysOf } from './workspace-proof.js';
 import { createMemoryStore } from './store/memory.js';
 import { createRedisStore } from './store/redis.js';
 
@@ -82,7 +82,7 @@ export async function provisionerFromConfig(config: Config, clock: Clock, metric
     return createLocalProvisioner({
       workspace: config.local.workspace, dataDir: config.local.dataDir, codeServerBin: config.local.codeServerBin,
       demoReadyDelayMs: config.local.demoReadyDelayMs, log: (obj, msg) => log.info(obj, msg), parentEnv: config.env,
-      adoptLeftovers: role === 'gateway', identityKeys: createIdentityKeys(config.gatewaySecret), acceptedIdentityKeys: acceptedIdentityKeys(config),
+      adoptLeftovers: role === 'gateway', ...identityKeysOf(config),
     });
   }
   const options = ecsOptionsFromEnv(config.env);

@@ -66,9 +66,14 @@ export function createIdentityKeys(secret: string): (workspaceId: string, genera
 }
 export type IdentityKeys = ReturnType<typeof createIdentityKeys>;
 
-/** The start keys under GATEWAY_SECRET_ACCEPTED, if set: a proof under one is accepted, none is given out. */
-export function acceptedIdentityKeys(config: { gatewaySecretAccepted?: string }): IdentityKeys | undefined {
-  return config.gatewaySecretAccepted === undefined ? undefined : createIdentityKeys(config.gatewaySecretAccepted);
+/**
+ * The start keys a gateway or reaper derives from its configuration: GATEWAY_SECRET's, given to starts
+ * and asked of them, and GATEWAY_SECRET_ACCEPTED's, if set, whose proofs are accepted and which no
+ * start is given (a rotation).
+ */
+export function identityKeysOf(config: { gatewaySecret: string; gatewaySecretAccepted?: string }): { identityKeys: IdentityKeys; acceptedIdentityKeys?: IdentityKeys } {
+  const identityKeys = createIdentityKeys(config.gatewaySecret);
+  return config.gatewaySecretAccepted === undefined ? { identityKeys } : { identityKeys, acceptedIdentityKeys: createIdentityKeys(config.gatewaySecretAccepted) };
 }
 
 /** 128 bits, fresh per connection: a proof captured on one connection proves nothing on the next. */

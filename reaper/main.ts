@@ -8,7 +8,7 @@ import { ConfigError, loadConfig } from '../gateway/config.js';
 import { logProcessWarnings, type Logger } from '../gateway/log.js';
 import { createMetrics } from '../gateway/metrics.js';
 import { installShutdown } from '../gateway/shutdown.js';
-import { acceptedIdentityKeys, createIdentityKeys } from '../gateway/workspace-proof.js';
+import { identityKeysOf } from '../gateway/workspace-proof.js';
 import { createWorkspaces } from '../gateway/workspaces.js';
 import { createReaper } from './reaper.js';
 
@@ -28,7 +28,7 @@ async function main() {
   const provisioner = await provisionerFromConfig(config, systemClock, metrics, log, store, 'reaper');
   const instanceId = `reaper-${randomUUID().slice(0, 8)}`;
   const workspaces = createWorkspaces({ store, provisioner, clock: systemClock, metrics, log, instanceId, startDeadlineMs: config.startDeadlineMs, routeCacheTtlMs: config.routeCacheTtlMs,
-    identityKeys: createIdentityKeys(config.gatewaySecret), acceptedIdentityKeys: acceptedIdentityKeys(config),
+    ...identityKeysOf(config),
   });
   const reaper = createReaper({
     store, workspaces, clock: systemClock, metrics, log, instanceId,
