@@ -332,8 +332,10 @@ export function createWorkspaces(opts: WorkspacesOptions) {
     const done = (async () => {
       metrics.startsInFlight(inFlight.size);
       try {
+        // The keys its connections are asked for (claimOf): the start is given the first alone.
+        const { key: identityKey, acceptedKey: acceptedIdentityKey } = claimOf(id, initial.generation);
         const result = await provisioner.start({
-          workspaceId: id, generation: initial.generation, identityKey: opts.identityKeys(id, initial.generation), acceptedIdentityKey: opts.acceptedIdentityKeys?.(id, initial.generation), signal: controller.signal, onStage, onHandle, resumeHandle: initial.handle,
+          workspaceId: id, generation: initial.generation, identityKey, acceptedIdentityKey, signal: controller.signal, onStage, onHandle, resumeHandle: initial.handle,
         });
         controller.signal.throwIfAborted();
         const now = clock.now();
