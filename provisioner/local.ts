@@ -61,6 +61,9 @@ export function workspaceEnv(parent: Readonly<Record<string, string | undefined>
   return env;
 }
 
+/** run.json as writeRun wrote it (fields after RunningWorkspace's: absent in one an older gateway wrote). */
+type RunRecord = RunningWorkspace & { owner?: number; starting?: boolean; pidStart?: string; keyCheck?: string };
+
 interface Running { child: ChildProcess; endpoint: Endpoint; generation: number; startedAt: number; exited: Promise<void>; pidStart: string | undefined; keyCheck: string }
 
 /**
@@ -257,7 +260,7 @@ export function createLocalProvisioner(opts: LocalProvisionerOptions): Provision
     // a crash) left it running where nothing knew of it. The next provisioner finds it (sweepLeftovers).
     if (child.pid) {
       writeRun(id, entry, true);
-      exited.then(() => { const r = readRecord(id); if (!r || r.handle === String(child.pid)) rmSync(runFile(id), { force: true }); });
+      exited.then(() => forgetRun(id, child.pid!));
     }
     if (child.pid) req.onHandle?.(String(child.pid));
     log({ workspaceId: id, pid: child.pid, port, mode }, 'workspace process started');
@@ -325,9 +328,9 @@ export function createLocalProvisioner(opts: LocalProvisionerOptions): Provision
    * and the kernel hands the pid to another process: alive alone took that one for the workspace,
    * so a sweep killed or adopted it and a stop signalled its process group.
    */
-  function readRecord(id: string): (RunningWorkspace & { owner?: number; starting?: boolean; pidStart?: string; keyCheck?: string }) | undefined {
+  function readRecord(id: string): RunRecord | undefined {
     try {
-      const r = JSON.parse(readFileSync(runFile(id), 'utf8')) as RunningWorkspace & { owner?: number; starting?: boolean; pidStart?: string; keyCheck?: string };
+      const r = JSON.parse(readFileSync(runFile(id), 'utf8')) as RunRecord;
       const pid = Number(r.handle);
       return (r.pidStart === undefined ? alive(pid) : processStart(pid) === r.pidStart) ? r : undefined;
     } catch { return undefined; }
@@ -344,7 +347,13 @@ export function createLocalProvisioner(opts: LocalProvisionerOptions): Provision
     signalGroup(pid, 'SIGTERM');
     for (let i = 0; i < 100 && alive(pid); i++) await new Promise((r) => setTimeout(r, 50));
     signalGroup(pid, 'SIGKILL');
-    if (!readRecord(id) || readRecord(id)?.handle === String(pid)) rmSync(runFile(id), { force: true });
+    forgetRun(id, pid);
+  }
+
+  /** Removes run.json once `pid`'s workspace is gone, unless it names another live workspace by now (a new start). */
+  function forgetRun(id: string, pid: number): void {
+    const r = readRecord(id);
+    if (!r || r.handle === String(pid)) rmSync(runFile(id), { force: true });
   }
 
   /**
@@ -379,7 +388,7 @@ export function createLocalProvisioner(opts: LocalProvisionerOptions): Provision
       }
       const ws = readRun(id)!;
       adopted.set(id, ws);
-      writeFileSync(runFile(id), JSON.stringify({ ...ws, owner: process.pid, starting: false, pidStart: r.pidStart, keyCheck: r.keyCheck }));
+      writeFileSync(runFile(id), JSON.stringify({ ...r, owner: process.pid }));
       log({ workspaceId: id, pid, owner: r.owner }, 'adopted a workspace left running by a gateway that died');
     }
   }
