@@ -130,7 +130,10 @@ const optimized = (lines: string[]) => lines.map((l) => l.split(' ').slice(2).jo
  * counted until V8 optimizes nothing during one (MAX_WINDOWS at most); the last window's count.
  * `note` hears how many windows it took, and what was still being optimized if it never settled.
  */
-export async function measure(start: Launch, requests: number, warmup: number, top = false, note: (s: string) => void = () => {}): Promise<number> {
+export interface CountedClient { run(total: number): Promise<void>; close(): void }
+export type OpenClient = (port: number, headers: Record<string, string>) => Promise<CountedClient>;
+
+export async function measure(start: Launch, requests: number, warmup: number, top = false, note: (s: string) => void = () => {}, open: OpenClient = openClient): Promise<number> {
   const out = mkdtempSync(join(tmpdir(), 'wsgw-callgrind-'));
   const file = join(out, 'callgrind.out');
   // --perf-basic-prof: V8 names each code object it makes in /tmp/perf-<pid>.map, so the count can
@@ -138,10 +141,10 @@ export async function measure(start: Launch, requests: number, warmup: number, t
   const system = await start(['valgrind', '--tool=callgrind', '--instr-atstart=no', `--callgrind-out-file=${file}`], ['--perf-basic-prof']);
   try {
     // Connections come and go in production too: the first half of the warm-up on connections closed after it.
-    const first = await openClient(system.port, system.headers);
+    const first = await open(system.port, system.headers);
     await first.run(warmup / 2);
     first.close();
-    const client = await openClient(system.port, system.headers);
+    const client = await open(system.port, system.headers);
     await client.run(warmup / 2);
     await sleep(500);
     const mapLines = () => { try { return readFileSync(`/tmp/perf-${system.pid}.map`, 'utf8').split('\n').filter(Boolean); } catch { return []; } };

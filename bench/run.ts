@@ -22,7 +22,7 @@ const quick = !full;
 type Run = (opts: { quick: boolean; log: (s: string) => void }) => Promise<ScenarioResult>;
 const SCENARIOS: Array<{ id: string; title: string; file: string; limitS: { quick: number; full: number } }> = [
   { id: 'http', title: '1+6 HTTP and bookkeeping', file: './scenarios/http.js', limitS: { quick: 180, full: 1100 } },
-  { id: 'instructions', title: '1 instructions and heap allocated per request', file: './scenarios/instructions.js', limitS: { quick: 10, full: 240 } },
+  { id: 'instructions', title: '1+2 instructions and heap allocated per request and per WebSocket message', file: './scenarios/instructions.js', limitS: { quick: 10, full: 240 } },
   { id: 'websocket', title: '2 WebSocket', file: './scenarios/websocket.js', limitS: { quick: 200, full: 600 } },
   { id: 'cold-herd', title: '3 cold-start herd', file: './scenarios/cold-herd.js', limitS: { quick: 90, full: 300 } },
   { id: 'class-surge', title: '4 class-start surge', file: './scenarios/class-surge.js', limitS: { quick: 90, full: 420 } },

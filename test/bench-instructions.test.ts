@@ -5,6 +5,7 @@ import t from 'tap';
 import { startGatewayState, startUpstream, workDir } from '../bench/field.js';
 import { hasCallgrind, launchers, measure } from '../bench/instructions.js';
 import { processAlive, processTree, stopAll } from '../bench/lib.js';
+import { measureWs } from '../bench/ws-instructions.js';
 
 t.test('a count per request comes back, and the process counted is gone after', async (t) => {
   t.ok(hasCallgrind(), 'valgrind is installed (.ci/run installs it)');
@@ -22,5 +23,19 @@ t.test('a count per request comes back, and the process counted is gone after', 
   // nothing at all would be far off either way.
   t.ok(perRequest > 5_000 && perRequest < 1_000_000, `${Math.round(perRequest)} instructions per request`);
   t.same(processTree(pid!).filter((p) => p !== pid), [], 'no children left');
+  t.notOk(processAlive(pid), 'the counted process is stopped');
+});
+
+t.test('a count per echoed WebSocket message comes back through the same counter', async (t) => {
+  const up = await startUpstream();
+  const state = await startGatewayState(up, workDir());
+  t.teardown(async () => { await state.close(); await up.close(); await stopAll(); });
+  let pid: number | undefined;
+  const relay = launchers(up, state)['node-relay'];
+  const notes: string[] = [];
+  const perMessage = await measureWs(async (l, n) => { const s = await relay(l, n); pid = s.pid; return s; }, 300, 600, false, (s) => notes.push(s));
+  t.equal(notes.length, 1);
+  // Two reads and two writes through Node a message: thousands of instructions, not a count of nothing.
+  t.ok(perMessage > 5_000 && perMessage < 1_000_000, `${Math.round(perMessage)} instructions per message`);
   t.notOk(processAlive(pid), 'the counted process is stopped');
 });
