@@ -8,8 +8,8 @@
 import net from 'node:net';
 import { randomBytes } from 'node:crypto';
 import { pathToFileURL } from 'node:url';
-import { HOST, benchCommand } from './field.js';
-import { launchers, measure, type CountedClient, type Launch } from './instructions.js';
+import { HOST } from './field.js';
+import { measure, runPerRequestCommand, type CountedClient, type Launch } from './instructions.js';
 import { clientFrame } from '../gateway/ws-frames.js';
 
 const CONNECTIONS = 10;
@@ -75,18 +75,5 @@ export function measureWs(start: Launch, messages: number, warmup: number, top =
 }
 
 if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) {
-  const args = process.argv.slice(2);
-  const top = args.includes('--top');
-  const warmup = Number(args.find((a) => a.startsWith('--warmup='))?.slice(9) ?? WS_WARMUP);
-  const messages = Number(args.find((a) => /^\d+$/.test(a)) ?? WS_COUNTED);
-  const names = args.filter((a) => !a.startsWith('--') && !/^\d+$/.test(a));
-  void benchCommand(async (up, state) => {
-    const launch = launchers(up, state);
-    for (const name of names.length ? names : ['gateway', 'node-relay']) {
-      const start = launch[name as keyof typeof launch] as Launch | undefined;
-      if (!start) throw new Error(`unknown system ${name} (gateway, node-relay)`);
-      const per = await measureWs(start, messages, warmup, top, (s) => process.stdout.write(`${name}: ${s}\n`));
-      process.stdout.write(`${name}: ${Math.round(per).toLocaleString('en')} instructions per echoed message (${messages} messages)\n`);
-    }
-  });
+  void runPerRequestCommand(measureWs, { warmup: WS_WARMUP, requests: WS_COUNTED }, 'instructions per echoed message');
 }
