@@ -31,6 +31,7 @@ import { CreateAccessPointCommand, DescribeAccessPointsCommand, EFSClient } from
 import type { Clock } from '../gateway/clock.js';
 import { WORKSPACE_FIELD } from '../gateway/http-fields.js';
 import { answeredUnproven, provenConnection, type Claim } from '../gateway/workspace-proof.js';
+import { UNPROVEN_PROBES_TO_FAIL, unprovenInARow, type ProbeVerdict } from './readiness.js';
 import {
   StartFailure,
   type Provisioner,
@@ -93,13 +94,6 @@ export const ATTR_GENERATION = 'WORKSPACE_GENERATION';
 const ATTR_STARTED_AT = 'STARTED_AT';
 
 const WORKSPACE_ID = /^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$/;
-/**
- * A readiness probe's outcome: `unproven` when the task answered the challenge in full without a
- * proof (gateway/workspace-proof.ts answeredUnproven), apart from one that did not answer yet.
- */
-type ProbeVerdict = 'healthy' | 'down' | 'unproven';
-/** Definitive non-proofs in a row that fail a start: more than one, so a single odd answer is not enough. */
-const UNPROVEN_PROBES_TO_FAIL = 3;
 /** Names reported by RunTask `failures` when Fargate (Spot) has no capacity. */
 const CAPACITY_FAILURE = /capacity|RESOURCE:/i;
 
@@ -593,13 +587,13 @@ export function createEcsProvisioner(options: EcsProvisionerOptions, deps: EcsPr
     });
     died.catch(() => {});
     const probing = (async () => {
-      let unprovenInARow = 0;
+      let unproven = 0;
       for (;;) {
         const verdict = await probeOnce(id, host, o.workspacePort, both, claim);
         if (verdict === 'healthy') return;
-        unprovenInARow = verdict === 'unproven' ? unprovenInARow + 1 : 0;
-        if (unprovenInARow >= UNPROVEN_PROBES_TO_FAIL) {
-          throw new StartFailure('BAD_CONFIG', `the task answers but cannot prove it is this start (${unprovenInARow} probes in a row): `
+        unproven = unprovenInARow(unproven, verdict);
+        if (unproven >= UNPROVEN_PROBES_TO_FAIL) {
+          throw new StartFailure('BAD_CONFIG', `the task answers but cannot prove it is this start (${unproven} probes in a row): `
             + 'its image lacks the workspace-identity preload (codeserver/entrypoint.sh, with WORKSPACE_ID set), WORKSPACE_KEY does not reach code-server, '
             + 'or the task was started under a GATEWAY_SECRET this replica neither signs with nor accepts (a start resumed across a rotation; trying again starts it afresh)');
         }

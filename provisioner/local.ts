@@ -10,11 +10,12 @@ import { createServer } from 'node:net';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { WORKSPACE_FIELD } from '../gateway/http-fields.js';
-import { provenConnection } from '../gateway/workspace-proof.js';
+import { answeredUnproven, provenConnection } from '../gateway/workspace-proof.js';
 import { nodeOption } from '../codeserver/workspace-identity.cjs';
 import {
   START_STAGES, StartFailure, type Endpoint, type Provisioner, type RunningWorkspace, type StartRequest, type StartResult,
 } from './contract.js';
+import { UNPROVEN_PROBES_TO_FAIL, unprovenInARow, type ProbeVerdict } from './readiness.js';
 
 export interface LocalProvisionerOptions {
   /** `auto`: code-server when `codeServerBin` is found, else the demo workspace. */
@@ -117,22 +118,23 @@ async function anyFreePort(): Promise<number> {
 }
 
 /**
- * One GET /healthz with a short timeout, naming the workspace it is for; true on 2xx. Another
+ * One GET /healthz with a short timeout, naming the workspace it is for; healthy on 2xx. Another
  * workspace's process on a reused port answers 421 (codeserver/workspace-identity.cjs). Asked on a
  * connection that has first proven it reaches this start (its key): whatever else took the port
  * (a process of the student's own) is never taken for the workspace.
  */
-async function probe(id: string, endpoint: Endpoint, key: string, timeoutMs = 1000): Promise<boolean> {
-  const socket = await provenConnection(endpoint.host, endpoint.port, { workspaceId: id, key }, timeoutMs).catch(() => undefined);
-  if (socket === undefined) return false;
+async function probe(id: string, endpoint: Endpoint, key: string, timeoutMs = 1000): Promise<ProbeVerdict> {
+  let unproven = false;
+  const socket = await provenConnection(endpoint.host, endpoint.port, { workspaceId: id, key }, timeoutMs).catch((err: unknown) => { unproven = answeredUnproven(err); return undefined; });
+  if (socket === undefined) return unproven ? 'unproven' : 'down';
   return new Promise((res) => {
     const req = request({ host: endpoint.host, port: endpoint.port, path: '/healthz', timeout: timeoutMs, createConnection: () => socket, headers: { [WORKSPACE_FIELD]: id } }, (r) => {
       r.resume();
       r.once('end', () => socket.destroy());
-      res((r.statusCode ?? 500) < 300);
+      res((r.statusCode ?? 500) < 300 ? 'healthy' : 'down');
     });
     req.on('timeout', () => req.destroy());
-    req.on('error', () => res(false));
+    req.on('error', () => res('down'));
     req.end();
   });
 }
@@ -267,13 +269,21 @@ export function createLocalProvisioner(opts: LocalProvisionerOptions): Provision
     req.onStage({ stage: 'running' });
     req.onStage({ stage: 'probing' });
     try {
+      let unproven = 0;
       for (;;) {
         if (signal.aborted) throw signal.reason instanceof Error ? signal.reason : new StartFailure('ABORTED', 'start aborted');
         if (exitInfo) {
           const last = stderr.trim().split('\n').slice(-3).join(' | ');
           throw new StartFailure('TASK_STOPPED', `the workspace process exited (${exitInfo})${last ? `: ${last}` : ''}`);
         }
-        if (await probe(id, endpoint, req.identityKey)) break;
+        const verdict = await probe(id, endpoint, req.identityKey);
+        if (verdict === 'healthy') break;
+        // It answers, without the proof its preload gives: waiting would only reach START_DEADLINE.
+        unproven = unprovenInARow(unproven, verdict);
+        if (unproven >= UNPROVEN_PROBES_TO_FAIL) {
+          throw new StartFailure('BAD_CONFIG', `the workspace answers but cannot prove it is this start (${unproven} probes in a row): `
+            + (mode === 'demo' ? 'the demo workspace did not get WORKSPACE_KEY' : `${cmd} does not pass NODE_OPTIONS (the workspace-identity preload) or WORKSPACE_KEY on to code-server`));
+        }
         await new Promise<void>((res) => {
           // Wake early on abort or exit; listeners are removed every round so long starts do not pile them up.
           const wake = () => { clearTimeout(t); signal.removeEventListener('abort', wake); child.off('exit', onExit); res(); };

@@ -478,3 +478,25 @@ t.test('a ready workspace a dead gateway started under another GATEWAY_SECRET is
   t.equal(await next.describe('foreign'), undefined, 'and not described as running');
   t.ok(alive(pids.own) && alive(pids.rotated), 'the adopted ones run on');
 });
+
+t.test('a workspace command that answers but never proves itself fails the start with BAD_CONFIG, not at the deadline', async (t) => {
+  // A CODE_SERVER_BIN (a wrapper of the developer's) that drops NODE_OPTIONS loses the identity
+  // preload: every probe is answered in full without a proof, and only START_DEADLINE ended the start.
+  const dir = mkdtempSync(join(tmpdir(), 'wsgw-local-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const bin = join(dir, 'no-preload.sh');
+  writeFileSync(bin, `#!/bin/sh\nNODE_OPTIONS= exec ${JSON.stringify(process.execPath)} ${JSON.stringify(bin.replace(/\.sh$/, '.cjs'))} "$@"\n`);
+  writeFileSync(bin.replace(/\.sh$/, '.cjs'), STAND_IN);
+  chmodSync(bin, 0o755);
+  const provisioner = createLocalProvisioner({ workspace: 'code-server', dataDir: join(dir, 'data'), codeServerBin: bin, demoReadyDelayMs: 0, parentEnv: process.env, probeIntervalMs: 20 });
+  t.teardown(() => provisioner.close());
+  // The stand-in for the gateway's deadline: without the verdict, this is what ends the start.
+  const abort = new AbortController();
+  const deadline = setTimeout(() => abort.abort(new Error('test deadline')), 15_000);
+  t.teardown(() => clearTimeout(deadline));
+  const failure = await provisioner.start({ workspaceId: 'bare', generation: 1, identityKey: 'key', signal: abort.signal, onStage: () => undefined })
+    .then(() => undefined, (err: unknown) => err as { code?: string });
+  t.equal(failure?.code, 'BAD_CONFIG', 'failed as a configuration fault');
+  t.notOk(abort.signal.aborted, 'before the deadline');
+  t.same(await provisioner.list(), [], 'and nothing of it left running');
+});

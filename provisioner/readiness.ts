@@ -1,0 +1,13 @@
+// What both provisioners conclude from their readiness probes (issue 4: a workspace proves who it is).
+
+/**
+ * A readiness probe's outcome: `unproven` when the workspace answered the challenge in full without a
+ * proof (gateway/workspace-proof.ts answeredUnproven), apart from one that did not answer yet (`down`).
+ */
+export type ProbeVerdict = 'healthy' | 'down' | 'unproven';
+
+/** Definitive non-proofs in a row that fail a start: more than one, so a single odd answer is not enough. */
+export const UNPROVEN_PROBES_TO_FAIL = 3;
+
+/** Non-proofs in a row after `verdict`, counting on from `before`: any other answer starts the count over. */
+export const unprovenInARow = (before: number, verdict: ProbeVerdict): number => (verdict === 'unproven' ? before + 1 : 0);
