@@ -835,13 +835,17 @@ export async function startFakeAws(opts: FakeAwsOptions = {}) {
      * Launches a task directly, as another (dead) gateway replica would have: same tags and
      * startedBy as the provisioner uses. Returns its ARN.
      */
-    launchTask(p: { family: string; workspaceId: string; generation: number; startedBy: string; cluster: string; subnets?: string[] }) {
+    launchTask(p: { family: string; workspaceId: string; generation: number; startedBy: string; cluster: string; subnets?: string[]; environment?: Record<string, string> }) {
+      // `environment`: the container's overrides, as the replica's RunTask gave them (WORKSPACE_KEY).
+      const container = resolveTaskDef(p.family)?.containerDefinitions?.[0]?.name;
+      const environment = Object.entries(p.environment ?? {}).map(([name, value]) => ({ name, value }));
       const r = ecs.RunTask({
         cluster: p.cluster,
         taskDefinition: p.family,
         startedBy: p.startedBy,
         networkConfiguration: { awsvpcConfiguration: { subnets: p.subnets ?? ['subnet-0fake'] } },
         tags: [{ key: 'workspace-id', value: p.workspaceId }, { key: 'generation', value: String(p.generation) }],
+        ...(environment.length ? { overrides: { containerOverrides: [{ name: container, environment }] } } : {}),
       });
       return r.tasks[0].taskArn as string;
     },
