@@ -61,6 +61,8 @@ interface Watch {
   missingSince: number | undefined;
   /** Polls in a row that failed after their retries. */
   failed: number;
+  /** Polls sent before this watch began: their answers may predate it, so it takes none of them. */
+  sentBefore: number;
 }
 
 /**
@@ -91,6 +93,8 @@ export class TaskWatcher {
   private readonly watches = new Map<string, Set<Watch>>();
   private timer: unknown = undefined;
   private closed = false;
+  /** Polls sent so far. */
+  private sent = 0;
 
   constructor(
     private readonly call: AwsCaller,
@@ -101,7 +105,10 @@ export class TaskWatcher {
     private readonly clock: Clock,
   ) {}
 
-  /** Resolves with the task once `until(task)` holds (see stoppingOrStopped for what desiredStatus says). */
+  /**
+   * Resolves with the task once `until(task)` holds (see stoppingOrStopped for what desiredStatus says),
+   * as read by a poll sent after this call: `() => true` is the task's state as of now or later.
+   */
   watch(taskArn: string, until: (t: Task) => boolean, signal: AbortSignal, onUpdate: (t: Task) => void = () => {}): Promise<Task> {
     return new Promise((resolve, reject) => {
       if (signal.aborted) return reject(signal.reason);
@@ -116,6 +123,7 @@ export class TaskWatcher {
         onUpdate,
         missingSince: undefined,
         failed: 0,
+        sentBefore: this.sent,
         resolve: (t) => {
           signal.removeEventListener('abort', onAbort);
           resolve(t);
@@ -152,6 +160,8 @@ export class TaskWatcher {
 
   private async poll(): Promise<void> {
     const arns = [...this.watches.keys()];
+    const round = ++this.sent;
+    const answers = (w: Watch) => w.sentBefore < round;
     await Promise.all(
       chunks(arns, 100).map(async (page) => {
         let out;
@@ -165,7 +175,7 @@ export class TaskWatcher {
           for (const arn of page) {
             const set = this.watches.get(arn);
             if (!set) continue;
-            for (const w of [...set]) {
+            for (const w of [...set].filter(answers)) {
               if (lasting || ++w.failed >= FAILED_POLLS_TOLERATED) {
                 set.delete(w);
                 w.reject(err);
@@ -178,7 +188,7 @@ export class TaskWatcher {
         for (const t of out.tasks ?? []) {
           const set = this.watches.get(t.taskArn!);
           if (!set) continue;
-          for (const w of [...set]) {
+          for (const w of [...set].filter(answers)) {
             w.missingSince = undefined;
             w.failed = 0;
             w.onUpdate(t);
@@ -194,7 +204,7 @@ export class TaskWatcher {
           if (!set) continue;
           // DescribeTasks is eventually consistent right after RunTask: wait it out (MISSING_TOLERATED_MS).
           const now = this.clock.now();
-          for (const w of [...set]) {
+          for (const w of [...set].filter(answers)) {
             w.missingSince ??= now;
             if (missingForTooLong(w.missingSince, now)) {
               set.delete(w);

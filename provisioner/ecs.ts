@@ -735,6 +735,7 @@ export function createEcsProvisioner(options: EcsProvisionerOptions, deps: EcsPr
     let release: (() => void) | undefined;
     let finished = false;
     let task: Task | undefined;
+    let registered = false;
     try {
       if (req.resumeHandle) {
         // A replica that died recorded this task: follow it instead of launching another.
@@ -797,6 +798,12 @@ export function createEcsProvisioner(options: EcsProvisionerOptions, deps: EcsPr
       const claim: Claim = req.acceptedIdentityKey === undefined ? { workspaceId: id, key: req.identityKey } : { workspaceId: id, key: req.identityKey, acceptedKey: req.acceptedIdentityKey };
       await probeUntilHealthy(id, arn, host, signal, claim);
       await registerInstance(id, gen, host, arn, signal);
+      registered = true;
+      // Told to stop between the last poll and the registration (the reaper's StopTask finds no
+      // registration to remove yet; a Spot reclaim): the registration would be a route to a stopping
+      // task. One read after it landed, from the batched poll (no call of its own in a class surge).
+      const after = await watcher.watch(arn, () => true, signal);
+      if (stoppingOrStopped(after)) throw new StartFailure('TASK_STOPPED', `task stopped while starting: ${stopDescription(after)}`);
       stages.to('ready');
       log({ msg: 'workspace ready', workspaceId: id, generation: gen, taskArn: arn, host });
       return { endpoint: { host, port: o.workspacePort, proves: true }, handle: arn };
@@ -813,6 +820,12 @@ export function createEcsProvisioner(options: EcsProvisionerOptions, deps: EcsPr
       // (lease lost, shutdown): another replica resumes it from the recorded handle.
       if (task?.taskArn && failure.code !== 'ABORTED' && failure.code !== 'TASK_STOPPED') {
         stopInBackground(task.taskArn, `workspace start failed: ${failure.code}`);
+      }
+      // No route to a failed start's task. Not when cancelled: the replica resuming it keeps it.
+      if (registered && failure.code !== 'ABORTED') {
+        await deregisterStopped(id, task!.taskArn).catch((e) => {
+          log({ msg: 'could not deregister a failed start: the next reconcile removes it', workspaceId: id, error: String(e) });
+        });
       }
       log({ msg: 'start failed', workspaceId: id, generation: gen, code: failure.code, reason: failure.message });
       throw failure;

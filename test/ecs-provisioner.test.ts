@@ -645,3 +645,33 @@ t.test('describe, list and reconcile never report a task told to stop as running
   t.same(sum.deregistered.map((d) => [d.workspaceId, d.stopCode]), [['uli', 'SpotInterruption']], 'its registration removed, so the gateway marks it gone');
   t.same(fake.instances(), [], 'nothing left registered');
 });
+
+t.test('a task stopped by the reaper while its start registers it: the registration is removed and the start fails TASK_STOPPED', async (t) => {
+  // The reaper's stop() is StopTask, then the deregistration of what Cloud Map holds: with the start's
+  // RegisterInstance still on its way there is nothing yet, and the registration that lands after it
+  // was a route to a stopping task, reported ready.
+  const { fake, p, make } = await setup(t);
+  const s = startRequest('ria', 1);
+  const release = fake.hold('RegisterInstance');
+  const started = p.start(s.req).then((r) => r, (e) => e);
+  await until(() => fake.heldCount('RegisterInstance') === 1, 5000, 'RegisterInstance sent');
+  await make().stop('ria', s.handles[0], 'idle for 30 minutes');
+  release();
+  const r = await started;
+  t.equal(r.code, 'TASK_STOPPED', `the start failed (${r.code ?? 'it became ready'})`);
+  t.same(fake.instances(), [], 'no registration left: no route to the stopped task');
+  t.equal(fake.count('RegisterInstance'), 1, 'it had been registered');
+});
+
+t.test('a task ECS tells to stop while its start registers it: the same, though it still answers', async (t) => {
+  const { fake, p } = await setup(t);
+  const s = startRequest('rob', 1);
+  const release = fake.hold('RegisterInstance');
+  const started = p.start(s.req).then((r) => r, (e) => e);
+  await until(() => fake.heldCount('RegisterInstance') === 1, 5000, 'RegisterInstance sent');
+  fake.beginStop(s.handles[0]);
+  release();
+  const r = await started;
+  t.equal(r.code, 'TASK_STOPPED', `the start failed (${r.code ?? 'it became ready'})`);
+  t.same(fake.instances(), [], 'no registration left');
+});
