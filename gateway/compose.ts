@@ -103,6 +103,8 @@ export async function provisionerFromConfig(config: Config, clock: Clock, metric
   return createEcsProvisioner(options, {
     clock,
     tokens: bucket,
+    // Reconcile asks a task it would adopt for its start's proof.
+    ...identityKeysOf(config),
     log: (obj) => log.info(obj, 'ecs'),
     observer: {
       awsCall: (operation, outcome) => metrics.awsCall(operation, outcome),

@@ -63,6 +63,14 @@ export interface EcsProvisionerDeps {
    * store, so every replica together stays within AWS's quotas; by default this process keeps its own.
    */
   tokens?: (bucket: string, rate: number, burst: number) => TokenSource;
+  /**
+   * The start keys (gateway/workspace-proof.ts identityKeysOf), as the gateway gives starts
+   * theirs: reconcile adopts a task it finds running, unregistered and unclaimed only once it proves
+   * it holds its generation's key (from its tags). Without them such a task is never adopted.
+   */
+  identityKeys?: (workspaceId: string, generation: number) => string;
+  /** The keys under GATEWAY_SECRET_ACCEPTED (a rotation): a task launched under that secret proves with it. */
+  acceptedIdentityKeys?: (workspaceId: string, generation: number) => string;
 }
 
 export interface EcsProvisioner extends Provisioner {
@@ -924,6 +932,13 @@ export function createEcsProvisioner(options: EcsProvisionerOptions, deps: EcsPr
     return out;
   }
 
+  /** What a task of this generation must prove, or undefined without the keys (deps.identityKeys). */
+  function proofClaimOf(id: string, generation: number): Claim | undefined {
+    if (!deps.identityKeys) return undefined;
+    const key = deps.identityKeys(id, generation);
+    return deps.acceptedIdentityKeys ? { workspaceId: id, key, acceptedKey: deps.acceptedIdentityKeys(id, generation) } : { workspaceId: id, key };
+  }
+
   async function reconcile(claim: (workspaceId: string) => WorkspaceClaim | Promise<WorkspaceClaim>): Promise<ReconcileSummary> {
     const summary: ReconcileSummary = { adopted: [], stopped: [], deregistered: [], kept: 0, errors: [] };
     const [tasks, instances] = await Promise.all([listOurTasks(), listInstances()]);
@@ -950,9 +965,12 @@ export function createEcsProvisioner(options: EcsProvisionerOptions, deps: EcsPr
         if (!ws) return;
         if (!registered) {
           // Started but never registered (its starter died after the probe or before it): adopt
-          // it only if it answers, then make it discoverable. One that never answers is stopped
-          // once it is older than any start could be.
-          if ((await probeOnce(id, ws.endpoint.host, ws.endpoint.port, lifetime.signal)) !== 'healthy') {
+          // it only if it answers with the proof of its generation's key, as a start's probe asks,
+          // then make it discoverable. One that never does is stopped once it is older than any
+          // start could be: a bare /healthz adopted tasks the gateway stopped at their first request.
+          const proof = proofClaimOf(id, gen);
+          const verdict = proof === undefined ? 'unproven' : await probeOnce(id, ws.endpoint.host, ws.endpoint.port, lifetime.signal, proof);
+          if (verdict !== 'healthy') {
             if (clock.now() - (t.createdAt?.getTime() ?? clock.now()) > o.startDeadlineMs) {
               await stopTask(t.taskArn!, 'reconcile: unclaimed task never became healthy');
               summary.stopped.push({ workspaceId: id, handle: t.taskArn!, generation: gen });

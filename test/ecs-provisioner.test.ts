@@ -19,7 +19,9 @@ async function setup(t: { teardown(fn: () => unknown): void }, fakeOpts: FakeAws
   const fake = await startFakeAws({ durations: { provisioningMs: 40, pendingMs: 40, stoppingMs: 20 }, ...fakeOpts });
   const provisioners: EcsProvisioner[] = [];
   const make = (o: Partial<EcsProvisionerOptions> = {}) => {
-    const p = createEcsProvisioner(fakeEcsOptions(fake, { describePollMs: 30, ...over, ...o }), { clock: systemClock });
+    // The start keys as startRequest() gives them (a gateway's identityKeysOf), for reconcile's adoption probe.
+    const deps = { clock: systemClock, identityKeys: testKey };
+    const p = createEcsProvisioner(fakeEcsOptions(fake, { describePollMs: 30, ...over, ...o }), deps);
     provisioners.push(p);
     return p;
   };
@@ -29,6 +31,9 @@ async function setup(t: { teardown(fn: () => unknown): void }, fakeOpts: FakeAws
   });
   return { fake, make, p: make() };
 }
+
+/** The key startRequest() gives a start (harness.ts). */
+const testKey = (workspaceId: string, generation: number) => `key-${workspaceId}-${generation}`;
 
 function taskOf(fake: FakeAws, arn: string) {
   return fake.tasks().find((x) => x.taskArn === arn)!;
@@ -455,7 +460,7 @@ t.test('reconcile adopts an orphan, stops tasks no workspace claims, keeps the c
   const stale = await p.start(startRequest('mia', 1).req);
   const unclaimed = await p.start(startRequest('noah', 3).req);
   // A replica launched this one and died before registering it; the store lost its record.
-  const orphan = fake.launchTask({ family: fake.baseFamily, workspaceId: 'olga', generation: 7, startedBy: 'workspace-gateway', cluster: 'workspaces' });
+  const orphan = fake.launchTask({ family: fake.baseFamily, workspaceId: 'olga', generation: 7, startedBy: 'workspace-gateway', cluster: 'workspaces', environment: { WORKSPACE_KEY: testKey('olga', 7) } });
   await until(() => taskOf(fake, orphan).lastStatus === 'RUNNING', 5000, 'orphan RUNNING');
   const ip = fake.tasks().find((x) => x.taskArn === orphan)!.ip;
   await until(() => httpGet(ip, fake.workspacePort, '/healthz').then((r) => r.status === 200, () => false), 5000, 'orphan healthy');
@@ -617,7 +622,7 @@ t.test('a Spot reclaim while the workspace is being probed fails the start, thou
 t.test('describe, list and reconcile never report a task told to stop as running, nor adopt or keep its registration', async (t) => {
   const { fake, p } = await setup(t);
   const kept = await p.start(startRequest('uli', 1).req);
-  const orphan = fake.launchTask({ family: fake.baseFamily, workspaceId: 'vic', generation: 2, startedBy: 'workspace-gateway', cluster: 'workspaces' });
+  const orphan = fake.launchTask({ family: fake.baseFamily, workspaceId: 'vic', generation: 2, startedBy: 'workspace-gateway', cluster: 'workspaces', environment: { WORKSPACE_KEY: testKey('vic', 2) } });
   await until(() => taskOf(fake, orphan).lastStatus === 'RUNNING', 5000, 'orphan RUNNING');
   const ip = taskOf(fake, orphan).ip;
   await until(() => httpGet(ip, fake.workspacePort, '/healthz').then((r) => r.status === 200, () => false), 5000, 'orphan healthy');
@@ -674,4 +679,36 @@ t.test('a task ECS tells to stop while its start registers it: the same, though 
   const r = await started;
   t.equal(r.code, 'TASK_STOPPED', `the start failed (${r.code ?? 'it became ready'})`);
   t.same(fake.instances(), [], 'no registration left');
+});
+
+t.test('reconcile adopts an unregistered orphan only if it proves it is its generation\'s start', async (t) => {
+  // The orphan's generation is in its tags, so its key is known: adopting it on a bare /healthz took
+  // a task that cannot prove itself (started under another GATEWAY_SECRET, an image without the
+  // preload) for a workspace, and the gateway stopped it at the first request.
+  const { fake, p, make } = await setup(t);
+  const launch = (workspaceId: string, environment: Record<string, string>) => {
+    const arn = fake.launchTask({ family: fake.baseFamily, workspaceId, generation: 4, startedBy: 'workspace-gateway', cluster: 'workspaces', environment });
+    return arn;
+  };
+  const keyless = launch('wes', {});
+  const foreign = launch('xan', { WORKSPACE_KEY: 'a key of another secret' });
+  const proven = launch('yul', { WORKSPACE_KEY: testKey('yul', 4) });
+  for (const arn of [keyless, foreign, proven]) {
+    await until(() => taskOf(fake, arn).lastStatus === 'RUNNING', 5000, 'orphan RUNNING');
+    const ip = taskOf(fake, arn).ip;
+    await until(() => httpGet(ip, fake.workspacePort, '/healthz').then((r) => r.status === 200, () => false), 5000, 'orphan answers /healthz');
+  }
+  const sum = await p.reconcile(() => ({ state: 'unknown' }));
+  t.same(sum.adopted.map((a) => a.workspaceId), ['yul'], 'only the task that proves itself is adopted');
+  t.same(fake.instances().map((i) => i.id), ['yul'], 'and only it registered');
+  t.same(sum.stopped, [], 'the others are young enough to be a start in progress: left alone');
+
+  // Past any start deadline, a task that cannot prove itself is stopped, like one never healthy.
+  const late = make({ startDeadlineMs: 1 });
+  const later = await late.reconcile((id) => (id === 'yul' ? { state: 'running', generation: 4 } : { state: 'unknown' }));
+  t.same(later.adopted, []);
+  t.same(later.stopped.map((x) => x.workspaceId).sort(), ['wes', 'xan']);
+  t.equal(taskOf(fake, keyless).desiredStatus, 'STOPPED');
+  t.equal(taskOf(fake, foreign).desiredStatus, 'STOPPED');
+  t.equal(taskOf(fake, proven).desiredStatus, 'RUNNING');
 });
