@@ -524,15 +524,24 @@ export function createEcsProvisioner(options: EcsProvisionerOptions, deps: EcsPr
     return task;
   }
 
+  /**
+   * The task this generation's RunTask launched, running or not: one already stopped, or told to
+   * stop, fails the start TASK_STOPPED, where the ConflictException left alone was a
+   * BACKEND_UNAVAILABLE saying nothing of it. STOPPED is listed only when no running one is found.
+   */
   async function findGenerationTask(id: string, generation: number, signal: AbortSignal): Promise<Task | undefined> {
-    const list = await call('ListTasks', (abortSignal) =>
-      ecs.send(new ListTasksCommand({ cluster: o.cluster, family: familyOf(id), desiredStatus: 'RUNNING' }), { abortSignal }), { signal },
-    );
-    if (!list.taskArns?.length) return undefined;
-    const d = await call('DescribeTasks', (abortSignal) =>
-      ecs.send(new DescribeTasksCommand({ cluster: o.cluster, tasks: list.taskArns!.slice(0, 100), include: ['TAGS'] }), { abortSignal }), { signal },
-    );
-    return d.tasks?.find((t) => tag(t.tags, TAG_GENERATION) === String(generation));
+    for (const desiredStatus of ['RUNNING', 'STOPPED'] as const) {
+      const list = await call('ListTasks', (abortSignal) =>
+        ecs.send(new ListTasksCommand({ cluster: o.cluster, family: familyOf(id), desiredStatus }), { abortSignal }), { signal },
+      );
+      if (!list.taskArns?.length) continue;
+      const d = await call('DescribeTasks', (abortSignal) =>
+        ecs.send(new DescribeTasksCommand({ cluster: o.cluster, tasks: list.taskArns!.slice(0, 100), include: ['TAGS'] }), { abortSignal }), { signal },
+      );
+      const found = d.tasks?.find((t) => tag(t.tags, TAG_GENERATION) === String(generation));
+      if (found) return found;
+    }
+    return undefined;
   }
 
   async function describeTask(arn: string, signal?: AbortSignal): Promise<Task | undefined> {
@@ -774,6 +783,8 @@ export function createEcsProvisioner(options: EcsProvisionerOptions, deps: EcsPr
           },
         });
         task = await runTask(id, gen, req.identityKey, signal, onPosition);
+        // Another replica's task of this generation, found after a ConflictException, may be over.
+        if (stoppingOrStopped(task)) throw new StartFailure('TASK_STOPPED', `task stopped while starting: ${stopDescription(task)}`);
         try {
           req.onHandle?.(task.taskArn!);
         } catch {

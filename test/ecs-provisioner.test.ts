@@ -712,3 +712,24 @@ t.test('reconcile adopts an unregistered orphan only if it proves it is its gene
   t.equal(taskOf(fake, foreign).desiredStatus, 'STOPPED');
   t.equal(taskOf(fake, proven).desiredStatus, 'RUNNING');
 });
+
+t.test('after a ConflictException, a generation whose task already stopped fails TASK_STOPPED, launching nothing', async (t) => {
+  // Another replica with other settings launched this generation, and its task stopped (or was told
+  // to) before this replica's RunTask: findGenerationTask listed RUNNING tasks only, found none, and
+  // the start failed BACKEND_UNAVAILABLE with AWS's "client token already used" (an AWS alert).
+  const { fake, p, make } = await setup(t, {}, { environment: { A: '1' } });
+  const first = await p.start(startRequest('zed', 1).req);
+  fake.interrupt(first.handle);
+  const other = make({ environment: { A: '2' } });
+  const err = await other.start(startRequest('zed', 1).req).catch((e) => e);
+  t.equal(fake.calls.filter((c) => c.op === 'RunTask' && c.error === 'ConflictException').length, 1, 'AWS refused the differing parameters');
+  t.equal(err.code, 'TASK_STOPPED', `the start failed with its task's fate (${err.code})`);
+  t.equal(fake.tasks().length, 1, 'no second task launched');
+
+  // Told to stop but still RUNNING: the same.
+  const second = await p.start(startRequest('zed', 2).req);
+  fake.beginStop(second.handle);
+  const err2 = await other.start(startRequest('zed', 2).req).catch((e) => e);
+  t.equal(err2.code, 'TASK_STOPPED', `(${err2.code})`);
+  t.equal(fake.tasks().length, 2, 'no second task launched');
+});
