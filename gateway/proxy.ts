@@ -18,7 +18,7 @@ import { identityFailure, proveSocket, type Upstream } from './workspace-proof.j
 export type { ForwardedFor } from './http-fields.js';
 
 export interface ProxyOptions {
-  /** The WebSocket handshake must be answered within this long -> 504. */
+  /** The WebSocket handshake (connect, proof, 101) must be done within this long of its start -> 504. */
   connectTimeoutMs: number;
   /** Keep-alive connections to workspaces, shared with the warm lane. */
   pool: UpstreamPool;
@@ -157,6 +157,9 @@ export function createForwarder(opts: ProxyOptions) {
       // Bytes the client sent right behind its upgrade request travel once the relay starts.
       if (head.length) socket.unshift(head);
       let settled = false;
+      // One deadline from the moment the upstream connection is begun: connecting, the proof and the
+      // 101 share it. A limit per phase held a browser's upgrade for up to twice UPSTREAM_CONNECT_TIMEOUT.
+      const deadline = Date.now() + opts.connectTimeoutMs;
       const claim = endpoint.claim;
       if (claim !== undefined) {
         // The upgrade request goes only on a connection that has proven it reaches this workspace.
@@ -182,7 +185,8 @@ export function createForwarder(opts: ProxyOptions) {
           ...(createConnection ? { createConnection } : { agent: upgradeAgent }),
         });
         let timedOut = false;
-        const timer = setTimeout(() => { timedOut = true; out.destroy(new Error('upstream upgrade timeout')); }, opts.connectTimeoutMs);
+        // What the proof left of the deadline (the proof itself ends by it: none left fires at once).
+        const timer = setTimeout(() => { timedOut = true; out.destroy(new Error('upstream upgrade timeout')); }, Math.max(0, deadline - Date.now()));
         const clientGone = () => { if (!settled) { settled = true; clearTimeout(timer); out.destroy(); } };
         const settle = () => { settled = true; clearTimeout(timer); socket.off('close', clientGone); };
         socket.once('close', clientGone);
