@@ -74,7 +74,10 @@ export class Exchange {
   pending: Buffer[] | undefined;
   pendingBytes = 0;
   waitingDrain = false;
-  /** While queued: when it fails with UPSTREAM_TIMEOUT if no connection has come free (Date.now() ms). */
+  /**
+   * While queued: when it fails with UPSTREAM_TIMEOUT if no connection has come free (Date.now() ms).
+   * Once sent, the latest its response head is due (Conn.awaitResponse); 0: never queued.
+   */
   queuedUntil = 0;
   constructor(readonly owner: UpstreamPool, readonly pool: Pool, readonly request: UpstreamRequest, readonly sink: ResponseSink) {
     this.bodyDone = request.body === 'none';
@@ -84,9 +87,10 @@ export class Exchange {
   body(chunk: Buffer): boolean {
     if (this.done || chunk.length === 0) return true;
     if (this.conn) {
-      // A body on its way counts as activity: the response timeout runs from its last piece. Not once
-      // the response has begun: its body has no deadline, and a new one would cut it.
-      if (this.conn.connected && !this.headSeen) this.conn.awaitResponse();
+      // A body on its way counts as activity: the response timeout runs from its last piece (the
+      // request is still arriving), whether it waited in the queue or not. Not once the response has
+      // begun: its body has no deadline, and a new one would cut it.
+      if (this.conn.connected && !this.headSeen) { this.queuedUntil = 0; this.conn.awaitResponse(); }
       const ok = writeBody(this.conn.socket, this.request.body, chunk);
       if (!ok) this.waitingDrain = true;
       return ok;
@@ -102,7 +106,7 @@ export class Exchange {
     if (this.bodyDone) return;
     this.bodyDone = true;
     if (this.done) return;
-    if (this.conn?.connected && !this.headSeen) this.conn.awaitResponse();
+    if (this.conn?.connected && !this.headSeen) { this.queuedUntil = 0; this.conn.awaitResponse(); }
     if (this.conn && this.request.body === 'chunked') this.conn.socket.write(LAST_CHUNK);
   }
 
@@ -287,8 +291,16 @@ class Conn implements ParserEvents {
     if (extra) this.socket.destroy();
   }
 
-  /** The response's head is due within the response timeout from now. */
-  awaitResponse(): void { this.deadline = Date.now() + this.owner.opts.responseTimeoutMs; }
+  /**
+   * The response's head is due within the response timeout from now, or by the queue's deadline for a
+   * request that waited for this connection: UPSTREAM_TIMEOUT (README) is the wait for a free
+   * connection and for the head together, from the request's arrival. A fresh limit here allowed twice it.
+   */
+  awaitResponse(): void {
+    const due = Date.now() + this.owner.opts.responseTimeoutMs;
+    const queued = this.exchange === undefined ? 0 : this.exchange.queuedUntil;
+    this.deadline = queued !== 0 && queued < due ? queued : due;
+  }
 
   // ---------------------------------------------------------------- the response parser's events
   // Node's parser hands each body chunk over as a copy of its own: the sink need not copy it again.
@@ -385,12 +397,26 @@ export class UpstreamPool {
     if (this.queued === 0) return;
     for (const pool of this.pools.values()) {
       // Queued in order, so their deadlines are too.
-      while (pool.queue.length > 0 && pool.queue[0].queuedUntil <= now) {
-        const ex = this.dequeue(pool)!;
-        ex.done = true;
-        ex.sink.fail('UPSTREAM_TIMEOUT', new Error('no upstream connection came free in time'));
-      }
+      while (pool.queue.length > 0 && pool.queue[0].queuedUntil <= now) this.queueTimeout(this.dequeue(pool)!);
     }
+  }
+
+  private queueTimeout(ex: Exchange): void {
+    ex.done = true;
+    ex.sink.fail('UPSTREAM_TIMEOUT', new Error('no upstream connection came free in time'));
+  }
+
+  /**
+   * The next queued request for a connection that came free. One already past its deadline (the sweep
+   * not yet round) fails now, as the sweep would fail it: sent, its response would be due at once, and
+   * the sweep would then close a good connection under it.
+   */
+  private nextInTime(pool: Pool): Exchange | undefined {
+    let next = this.dequeue(pool);
+    if (next === undefined) return undefined;
+    const now = Date.now();
+    while (next !== undefined && next.queuedUntil <= now) { this.queueTimeout(next); next = this.dequeue(pool); }
+    return next;
   }
 
   private enqueue(pool: Pool, ex: Exchange): void {
@@ -520,7 +546,7 @@ export class UpstreamPool {
     conn.socket.resume();
     conn.reused = true;
     const pool = conn.pool;
-    const next = this.dequeue(pool);
+    const next = this.nextInTime(pool);
     if (next) { this.start(conn, next); return; }
     conn.deadline = Date.now() + this.opts.idleMs;
     pool.idle.push(conn);
@@ -555,8 +581,8 @@ export class UpstreamPool {
     }
     // The closed connection's place goes to the next queued request, unless the retry above took it:
     // open counts the retry's connection already, and maxSockets holds for both.
-    if (pool.queue.length > 0) { if (pool.open < this.opts.maxSockets) this.startNew(pool, this.dequeue(pool)!); }
-    else if (pool.open === 0) this.pools.delete(pool.key);
+    if (pool.queue.length > 0 && pool.open < this.opts.maxSockets) { const next = this.nextInTime(pool); if (next) this.startNew(pool, next); }
+    if (pool.queue.length === 0 && pool.open === 0) this.pools.delete(pool.key);
   }
 }
 

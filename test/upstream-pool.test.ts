@@ -308,6 +308,68 @@ t.test('a queued request times out like a sent one: the connections it waits for
   t.equal(outcome, 'UPSTREAM_TIMEOUT');
 });
 
+t.test('a queued request: UPSTREAM_TIMEOUT bounds its wait for a connection and for the response together, from its arrival', async (t) => {
+  // README: UPSTREAM_TIMEOUT is the wait for a free connection or for the response head. A queued request
+  // used to get a fresh limit for its response once a connection came free: up to twice the limit.
+  // The only connection is held for half the limit; each row says when the queued request is answered.
+  const LIMIT = 1000;
+  const rows: Array<[name: string, answerAfterMs: number | undefined, witnessMs: number, expect: string]> = [
+    ['answered within the limit of its arrival', LIMIT * 0.2, LIMIT * 3, 'answered'],
+    ['answered 1.2 limits after arrival, within a limit of getting the connection', LIMIT * 0.7, LIMIT * 3, 'UPSTREAM_TIMEOUT'],
+    ['never answered: fails before 1.25 limits (a fresh limit failed it at 1.5)', undefined, LIMIT * 1.25, 'UPSTREAM_TIMEOUT'],
+  ];
+  for (const [name, answerAfterMs, witnessMs, expect] of rows) {
+    t.test(name, async (t) => {
+      const timers = new Set<NodeJS.Timeout>();
+      const later = (ms: number | undefined, s: net.Socket, path: string) => {
+        if (ms !== undefined) timers.add(setTimeout(() => { if (!s.destroyed) s.write(`HTTP/1.1 200 OK\r\ncontent-length: ${path.length}\r\n\r\n${path}`); }, ms));
+      };
+      const up = await scripted({ '/holding': (s) => later(LIMIT * 0.5, s, '/holding'), '/queued': (s) => later(answerAfterMs, s, '/queued') });
+      // A short connect timeout only makes the sweep look often (an eighth of the shortest timeout).
+      const pool = createUpstreamPool({ connectTimeoutMs: 200, responseTimeoutMs: LIMIT, maxSockets: 1, idleMs: 4000 });
+      t.teardown(async () => { for (const tm of timers) clearTimeout(tm); pool.close(); await up.close(); });
+      const holding = exchange(pool, up.port, 'GET', '/holding').done;
+      const queued = exchange(pool, up.port, 'GET', '/queued').done;
+      let witnessed = false;
+      const witness = setTimeout(() => { witnessed = true; }, witnessMs);
+      t.teardown(() => clearTimeout(witness));
+      t.equal((await holding).body, '/holding', 'the first request, within its limit');
+      const outcome = await Promise.race([queued.then(() => 'answered', (e: Error) => e.message), new Promise((r) => setTimeout(() => r('still waiting'), LIMIT * 3))]);
+      t.equal(outcome, expect);
+      t.ok(!witnessed, 'settled before the witness');
+      t.same(up.seen, ['GET /holding', 'GET /queued'], 'the queued request was sent once its turn came');
+    });
+  }
+});
+
+t.test('a queued request past its deadline when a connection comes free, the sweep not yet round: failed, not sent, the connection kept', async (t) => {
+  // Sent, its response would be due at once and the sweep would close the connection under it. The
+  // clock is moved past the deadline as the connection comes free (the pool reads Date.now()), once
+  // the first response's head is in: its body has no deadline, so no sweep can cut it meanwhile.
+  let release!: () => void;
+  const up = await scripted({ '/holding': (s) => { s.write('HTTP/1.1 200 OK\r\ncontent-length: 8\r\n\r\n/hol'); release = () => s.write('ding'); } });
+  const pool = createUpstreamPool({ connectTimeoutMs: 1000, responseTimeoutMs: 60_000, maxSockets: 1, idleMs: 120_000 });
+  const realNow = Date.now;
+  t.teardown(async () => { Date.now = realNow; pool.close(); await up.close(); });
+  let headIn!: () => void;
+  const head = new Promise<void>((r) => { headIn = r; });
+  const holding = new Promise<void>((resolve, reject) => {
+    pool.send({ host: '127.0.0.1', port: up.port }, { method: 'GET', head: 'GET /holding HTTP/1.1\r\nhost: x\r\n', body: 'none' }, {
+      head() { headIn(); }, passHead() { headIn(); }, data() { return true; }, end() { resolve(); }, fail(code) { reject(new Error(code)); }, drain() { /* none */ }, flush() { /* none */ },
+    });
+  });
+  const queued = exchange(pool, up.port, 'GET', '/queued').done.then(() => 'answered', (e: Error) => e.message);
+  await head;
+  Date.now = () => realNow() + 61_000;
+  release();
+  await holding;
+  t.equal(await queued, 'UPSTREAM_TIMEOUT');
+  Date.now = realNow;
+  t.equal((await exchange(pool, up.port, 'GET', '/next').done).body, '/next');
+  t.same(up.seen, ['GET /holding', 'GET /next'], 'the late request never reached the workspace');
+  t.equal(up.connections(), 1, 'the connection it would have been sent on serves the next request');
+});
+
 t.test('bytes behind a response, with a request queued: the queued one goes on a new connection, answered', async (t) => {
   // The connection that sent them is spent; the request queued for it must not be written to it and lost with it.
   const up = await scripted({
