@@ -10,7 +10,7 @@ import { createMetrics } from '../gateway/metrics.js';
 import { installShutdown } from '../gateway/shutdown.js';
 import { identityKeysOf } from '../gateway/workspace-proof.js';
 import { createWorkspaces } from '../gateway/workspaces.js';
-import { createReaper } from './reaper.js';
+import { createReaper, type PassSummary } from './reaper.js';
 
 // What a failed start is logged with: the configured logger once there is one.
 let startLog: Logger = startupLogger(process.env);
@@ -48,7 +48,16 @@ async function main() {
     },
   });
   if (once) {
-    const summary = await reaper.pass();
+    let summary: PassSummary;
+    try {
+      summary = await reaper.pass();
+    } catch (err) {
+      // Not a failed start (it was logged as startup.failed, and exited with the store still open):
+      // its own line, the same close as any other end, and exit 1 so the scheduler sees the run failed.
+      log.error({ event: 'reaper.pass_failed', err: err instanceof Error ? err : new Error(String(err)) }, 'reaper pass failed; exiting');
+      shutdown.begin({ reason: 'once' }, 1);
+      return;
+    }
     log.info({ event: 'reaper.pass', ...summary }, 'reaper pass done');
     shutdown.begin({ reason: 'once' }, 0);
     return;
