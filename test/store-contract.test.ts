@@ -85,6 +85,16 @@ async function contract(t: Test, make: () => Promise<StateStore>, advance: (ms: 
     t.ok(await signAs('r') >= second, 'and what is signed then is not below the epoch a replica may still remember');
   });
 
+  t.test('data since: when the store\'s data began, on its own clock, once for all workspaces, never after what it signs', async (t) => {
+    const a = await store.revocationEpoch('d1');
+    t.ok(Number.isSafeInteger(a.dataSince) && a.dataSince > 1_700_000_000_000, 'epoch ms');
+    t.ok(a.dataSince <= a.storeNow, 'not after the store\'s time: a link signed now is not before it');
+    await advance(20);
+    const b = await store.revocationEpoch('d2');
+    t.equal(b.dataSince, a.dataSince, 'set once, the same for every workspace');
+    t.ok(b.storeNow > a.dataSince, 'while the store\'s time goes on');
+  });
+
   t.test('activity only moves forward; range query oldest first', async (t) => {
     await store.recordActivity([['a', 100], ['b', 50]]);
     await store.recordActivity([['a', 90], ['c', 70]]);
@@ -136,6 +146,13 @@ async function contract(t: Test, make: () => Promise<StateStore>, advance: (ms: 
 t.test('memory store', async (t) => {
   const clock = createManualClock();
   await contract(t, async () => createMemoryStore(clock), async (ms) => clock.advance(ms));
+
+  t.test('its data begins when it is made (one replica: at process start)', async (t) => {
+    const made = clock.now();
+    const store = createMemoryStore(clock);
+    clock.advance(1000);
+    t.equal((await store.revocationEpoch('x')).dataSince, made);
+  });
 });
 
 t.test('redis store', async (t) => {
@@ -150,6 +167,17 @@ t.test('redis store', async (t) => {
     const got = [];
     for (const s of [a, b, a, b, a, b]) got.push((await s.takeToken('runtask', 1, 4)).granted);
     t.same(got, [true, true, true, true, false, false], 'four tokens in all, not four each');
+  });
+
+  t.test('restarted empty: its data begins again, after everything signed before', async (t) => {
+    const store = await createRedisStore({ url: redis.url, prefix: 'since:', commandTimeoutMs: 500 });
+    t.teardown(() => store.close());
+    const before = await store.revocationEpoch('x');
+    await redis.restart();
+    for (let i = 0; i < 100 && !(await store.ping()); i++) await new Promise((r) => setTimeout(r, 50));
+    const after = await store.revocationEpoch('x');
+    t.ok(after.dataSince > before.storeNow, 'a link signed before the restart is before the new data');
+    t.ok(after.dataSince <= after.storeNow, 'and not after its time');
   });
 
   t.test('a dead Redis fails fast with StoreUnavailable, and it recovers', async (t) => {

@@ -100,8 +100,16 @@ export interface StateStore {
    * `ttlMs`, past which nothing it voids could still be current. Returns it.
    */
   revokeSessions(id: string, ttlMs: number): Promise<number>;
-  /** The workspace's revocation epoch while it is kept (undefined: none in force) and the store's own time (epoch ms), read together. */
-  revocationEpoch(id: string): Promise<{ epoch: number | undefined; storeNow: number }>;
+  /**
+   * The workspace's revocation epoch while it is kept (undefined: none in force), the store's own
+   * time (epoch ms) and `dataSince`, read together. `dataSince` is when the data the store holds
+   * began, on its own clock, never after `storeNow`: a store that lost its data (Redis restarted
+   * empty, flushed; the memory store of a restarted process) no longer knows which one-time links
+   * were used before (consumeOnce), so a link signed before it cannot be taken as unused. Redis
+   * keeps it as a key without expiry set from TIME by whichever read first finds it missing; the
+   * memory store's is its creation.
+   */
+  revocationEpoch(id: string): Promise<{ epoch: number | undefined; storeNow: number; dataSince: number }>;
 
   /** True the first time a key is seen within ttl (one-time token ids). */
   consumeOnce(key: string, ttlMs: number): Promise<boolean>;

@@ -19,6 +19,8 @@ export function createMemoryStore(clock: Clock): StateStore {
   const buckets = new Map<string, BucketState>();
   const revoked = new Map<string, Expiring<number>>();
   const handlers = new Set<(e: WorkspaceEvent) => void>();
+  // One replica: its data, the one-time links it has seen among them, begins with the process.
+  const dataSince = clock.now();
 
   const live = <T>(m: Map<string, Expiring<T>>, key: string): T | undefined => {
     const e = m.get(key);
@@ -129,7 +131,7 @@ export function createMemoryStore(clock: Clock): StateStore {
       return epoch;
     },
     async revocationEpoch(id) {
-      return { epoch: live(revoked, id), storeNow: clock.now() };
+      return { epoch: live(revoked, id), storeNow: clock.now(), dataSince };
     },
     async consumeOnce(key, ttlMs) {
       const now = clock.now();

@@ -55,6 +55,20 @@ local v = math.max(tonumber(redis.call('GET', KEYS[1]) or '0'), now) + 1
 redis.call('SET', KEYS[1], string.format('%d', v), 'PX', ARGV[1])
 return string.format('%d', v)`;
 
+// When this Redis's data began (contract.ts revocationEpoch's dataSince): set from its own clock
+// (TIME) by the first script that finds it missing, so after a restart with no persistence, or a
+// flush, it is later than anything signed before. No expiry: a volatile-* eviction policy never
+// drops it (an allkeys-* one may, and links signed before the new value are then refused, never
+// let in twice).
+const SINCE_SCRIPT = `
+local t = redis.call('TIME')
+local now = string.format('%d', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
+redis.call('SET', KEYS[1], now, 'NX')`;
+// One script, so a revocation or a restart is wholly before or after all three values. The epoch
+// (maybe none, so false) comes last.
+const EPOCH_SCRIPT = `${SINCE_SCRIPT}
+return {now, redis.call('GET', KEYS[1]), redis.call('GET', KEYS[2]) or false}`;
+
 // A token bucket on Redis's own clock (TIME), so replicas with skewed clocks share one rate; the
 // same arithmetic as provisioner/admission.ts takeToken.
 const TOKEN_SCRIPT = `
@@ -84,6 +98,7 @@ export async function createRedisStore(opts: RedisStoreOptions): Promise<StateSt
     hit: (key: string) => `${p}rl:${key}`,
     bucket: (key: string) => `${p}bucket:${key}`,
     revoked: (id: string) => `${p}revoked:${id}`,
+    since: `${p}since`,
     channel: `${p}events`,
   };
   const base: RedisOptions = {
@@ -108,6 +123,10 @@ export async function createRedisStore(opts: RedisStoreOptions): Promise<StateSt
     for (const h of handlers) h(event);
   });
   await sub.subscribe(k.channel);
+  // Its data began no later than this connection, so a link signed from here on is not before it
+  // even when signed on the caller's own clock (auth.ts createLoginToken's default, which tests
+  // use). If this fails, the first read sets it.
+  await client.eval(SINCE_SCRIPT, 1, k.since).catch(report);
 
   const run = async <T>(op: () => Promise<T>): Promise<T> => {
     try {
@@ -212,11 +231,9 @@ export async function createRedisStore(opts: RedisStoreOptions): Promise<StateSt
       return results.reduce((sum, [, v]) => sum + (v ? Number(v) : 0), 0);
     }),
     revokeSessions: (id, ttlMs) => run(async () => Number(await client.eval(REVOKE_SCRIPT, 1, k.revoked(id), ttlMs))),
-    // MULTI: the epoch and the time are read together, so a revocation is wholly before or after both.
     revocationEpoch: (id) => run(async () => {
-      const [[getErr, v], [timeErr, time]] = (await client.multi().get(k.revoked(id)).time().exec()) as [[Error | null, string | null], [Error | null, [string, string]]];
-      if (getErr || timeErr) throw getErr ?? timeErr;
-      return { epoch: v === null ? undefined : Number(v), storeNow: Number(time[0]) * 1000 + Math.floor(Number(time[1]) / 1000) };
+      const [now, since, epoch] = (await client.eval(EPOCH_SCRIPT, 2, k.since, k.revoked(id))) as [string, string, string | null];
+      return { epoch: epoch === null ? undefined : Number(epoch), storeNow: Number(now), dataSince: Number(since) };
     }),
     consumeOnce: (key, ttlMs) => run(async () => (await client.set(k.once(key), '1', 'PX', ttlMs, 'NX')) === 'OK'),
     countHit: (key, windowMs) => run(async () => Number(await client.eval(HIT_SCRIPT, 1, k.hit(key), windowMs))),
