@@ -34,7 +34,12 @@ export interface AuthOptions {
 /** A verified session: `epoch` is what a revocation compares (gateway/revocations.ts). */
 export interface Session { workspaceId: string; issuedAt: number; expiresAt: number; epoch: number }
 
-export type LoginCheck = { ok: true; workspaceId: string; jti: string; issuedAt: number; expiresAt: number; epoch: number } | { ok: false; code: ErrorCode; reason: string };
+/**
+ * `latestEpoch`: the latest value `epoch` can stand for, what a store's data start is compared with
+ * (revocations.ts predatesStore): `epoch` itself, or for a link that carries only whole-second `iat`
+ * (neither `rev` nor `iat_ms`), the end of that second.
+ */
+export type LoginCheck = { ok: true; workspaceId: string; jti: string; issuedAt: number; expiresAt: number; epoch: number; latestEpoch: number } | { ok: false; code: ErrorCode; reason: string };
 
 /**
  * When a token or session was issued, to the millisecond: JWT's `iat` holds whole seconds (RFC 7519
@@ -58,6 +63,16 @@ const EPOCH = 'rev';
 function epochOf(payload: { iat?: number; [claim: string]: unknown }): number {
   const epoch = payload[EPOCH];
   return typeof epoch === 'number' && Number.isSafeInteger(epoch) ? epoch : issuedAtMs(payload);
+}
+
+/**
+ * epochOf's value at its latest: a link with only `iat` was signed somewhere in that second, and one
+ * signed in the second a store's data began is not known to be before it (test/access.test.ts signs
+ * such links by hand).
+ */
+function latestEpochOf(payload: { iat?: number; [claim: string]: unknown }): number {
+  const exact = (v: unknown) => typeof v === 'number' && Number.isSafeInteger(v);
+  return exact(payload[EPOCH]) || exact(payload[ISSUED_MS]) ? epochOf(payload) : (payload.iat as number) * 1000 + 999;
 }
 
 /** How far ahead of this replica a sign-in link's signer may run before its links are refused here. */
@@ -154,7 +169,7 @@ export function createAuth(opts: AuthOptions) {
         // would otherwise hand out links that stay good here for as long as it is ahead.
         if (expiresAt - now() > opts.loginTokenMaxTtlMs + LINK_CLOCK_SKEW_MS) return { ok: false, code: 'LOGIN_TOKEN_INVALID', reason: 'lifetime' };
         if (payload.sub !== workspaceId) return { ok: false, code: 'LOGIN_TOKEN_INVALID', reason: 'wrong_workspace' };
-        return { ok: true, workspaceId, jti: String(payload.jti), issuedAt: issuedAtMs(payload), expiresAt, epoch: epochOf(payload) };
+        return { ok: true, workspaceId, jti: String(payload.jti), issuedAt: issuedAtMs(payload), expiresAt, epoch: epochOf(payload), latestEpoch: latestEpochOf(payload) };
       } catch (err) {
         if (err instanceof joseErrors.JWTExpired) return { ok: false, code: 'LOGIN_TOKEN_EXPIRED', reason: 'expired' };
         if (err instanceof joseErrors.JOSEAlgNotAllowed || err instanceof joseErrors.JOSENotSupported) return { ok: false, code: 'LOGIN_TOKEN_INVALID', reason: 'algorithm' };

@@ -78,7 +78,7 @@ const STAGES: ReadonlySet<string> = new Set(START_STAGES);
 const ERROR_CODES: ReadonlySet<string> = new Set(Object.keys(ERROR_CATALOGUE));
 const WORKSPACE_STATE_SET: ReadonlySet<string> = new Set(WORKSPACE_STATES);
 const REAPER_REASONS: ReadonlySet<string> = new Set(['idle', 'max_session', 'orphan']);
-const SIGNIN_REASONS: ReadonlySet<string> = new Set(['no_session', 'expired', 'signature', 'algorithm', 'malformed', 'wrong_workspace', 'lifetime', 'replayed', 'rate_limited', 'origin', 'revoked']);
+const SIGNIN_REASONS: ReadonlySet<string> = new Set(['no_session', 'expired', 'signature', 'algorithm', 'malformed', 'wrong_workspace', 'lifetime', 'replayed', 'rate_limited', 'origin', 'revoked', 'store_reset']);
 const UPSTREAM_CODES: ReadonlySet<string> = new Set(['UPSTREAM_UNREACHABLE', 'UPSTREAM_TIMEOUT', 'UPSTREAM_BAD_RESPONSE']);
 const IDENTITY_REASONS: ReadonlySet<string> = new Set<IdentityReason>(['misdirected', 'unproven']);
 const bounded = (v: string | undefined, allowed: ReadonlySet<string>) => (v !== undefined && allowed.has(v) ? v : 'other');

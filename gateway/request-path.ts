@@ -26,7 +26,7 @@ import { forwardedFields, upstreamRequestHead, type ForwardedFor, type RequestBo
 import type { BodyMode, UpstreamFailure } from './upstream-pool.js';
 import { hasRequestBody, type Forwarder, type UpgradeResponse } from './proxy.js';
 import { createRequestIds } from './request-id.js';
-import { revokedBy, type Revocations } from './revocations.js';
+import { predatesStore, revokedBy, type Revocations } from './revocations.js';
 import { Departure } from './departure.js';
 import { isNavigation, siteAllowed, wantsHtml, type RequestSite } from './request-kind.js';
 import type { StateStore, WorkspaceRecord } from './store/contract.js';
@@ -418,8 +418,12 @@ export function createRequestPath(deps: RequestPathDeps) {
     if (!check.ok) { metrics.signInFailure(check.reason); return fail(res, ctx, check.code); }
     // A link handed out before a revocation would otherwise mint a fresh session after it: checked
     // against the store's epoch now, since the session is signed under it.
-    const { inForce, signAs } = await revocations.forSigning(ctx.workspaceId);
+    const { inForce, signAs, dataSince } = await revocations.forSigning(ctx.workspaceId);
     if (revokedBy(check.epoch, inForce)) { metrics.signInFailure('revoked'); return fail(res, ctx, 'LOGIN_TOKEN_INVALID'); }
+    // Signed before the store's data began (Redis restarted empty): its jti's record, if it was
+    // used, is gone, so consumeOnce would take it as new. Used or not cannot be told: expired, and
+    // the student asks for a new link.
+    if (predatesStore(check.latestEpoch, dataSince)) { metrics.signInFailure('store_reset'); return fail(res, ctx, 'LOGIN_TOKEN_EXPIRED'); }
     if (!(await deps.store.consumeOnce(`jti:${check.jti}`, Math.max(1000, check.expiresAt - deps.clock.now() + 60_000)))) {
       metrics.signInFailure('replayed');
       return fail(res, ctx, 'LOGIN_TOKEN_USED');

@@ -21,6 +21,16 @@ export function revokedBy(signedEpoch: number, epochInForce: number | undefined)
   return epochInForce !== undefined && signedEpoch < epochInForce;
 }
 
+/**
+ * Whether a sign-in link signed under `signedEpoch` was signed before the store's data began
+ * (store/contract.ts revocationEpoch's dataSince): the record of its one use, if it had one, went
+ * with the rest. Both values are the store's clock (a link's `rev`), so no replica's skew takes
+ * part; a link signed before `rev` existed brings its signer's issue time, as for revocations.
+ */
+export function predatesStore(signedEpoch: number, dataSince: number): boolean {
+  return signedEpoch < dataSince;
+}
+
 export interface RevocationsOptions {
   store: StateStore;
   clock: Clock;
@@ -106,16 +116,17 @@ export function createRevocations(opts: RevocationsOptions) {
      * For a session or sign-in link about to be signed, read from the store now, not only what this
      * replica knows (one that missed an event would let a voided link sign a session in): the epoch
      * in force, against which the link that brings it is checked, and the value to sign it under,
-     * the store's time or that epoch if later. Throws StoreUnavailable.
+     * the store's time or that epoch if later; and when the store's data began, before which a
+     * link that brings it may have been used already (predatesStore). Throws StoreUnavailable.
      */
-    async forSigning(workspaceId: string): Promise<{ inForce: number | undefined; signAs: number }> {
-      const { epoch, storeNow } = await store.revocationEpoch(workspaceId);
+    async forSigning(workspaceId: string): Promise<{ inForce: number | undefined; signAs: number; dataSince: number }> {
+      const { epoch, storeNow, dataSince } = await store.revocationEpoch(workspaceId);
       learn(workspaceId, epoch, 'read');
       // The later of the store's and what this replica knows: a store restarted empty (no
       // persistence, a failover before replication) has lost an epoch this replica still refuses
       // sessions under, and a voided link must not sign a fresh session in past it.
       const inForce = known.get(workspaceId)?.epoch;
-      return { inForce, signAs: Math.max(inForce ?? 0, storeNow) };
+      return { inForce, signAs: Math.max(inForce ?? 0, storeNow), dataSince };
     },
 
     /** Voids every session and sign-in link of the workspace signed so far, on every replica. */
