@@ -167,7 +167,11 @@ export function createReaper(opts: ReaperOptions) {
   const pass = () => (running ??= passOnce().finally(() => { running = undefined; }));
 
   if (opts.autoStart !== false) {
-    timer = setInterval(() => { void pass(); }, opts.intervalMs);
+    // A pass catches what the store and the provisioner throw; anything else is a fault in the code,
+    // logged as --once logs it (reaper/main.ts), and the next interval tries again.
+    timer = setInterval(() => {
+      pass().catch((err: unknown) => log.error({ event: 'reaper.pass_failed', err: err instanceof Error ? err : new Error(String(err)) }, 'reaper pass failed'));
+    }, opts.intervalMs);
     timer.unref();
   }
 

@@ -1,5 +1,6 @@
 // The reaper's loop against an in-memory store on a manual clock, with a store that can be made
 // unreachable: what a pass does right after an outage, and candidates it can never stop.
+import { Writable } from 'node:stream';
 import t from 'tap';
 import { createManualClock } from '../gateway/clock.js';
 import { createActivityRecorder } from '../gateway/activity-recorder.js';
@@ -201,4 +202,33 @@ t.test('a pass that lost the leader lease hands out no more candidates', async (
   t.same(provisioner.stops, ['w1'], 'no further candidate is stopped by the former leader');
   t.equal(reaper.isLeader(), false);
   t.equal(await store.leaseOwner(LEADER_KEY), 'reaper-b', 'the new leader keeps its lease');
+});
+
+t.test('a timed pass that throws is logged as reaper.pass_failed and the next one still runs, never an unhandled rejection', async (t) => {
+  // A pass catches what the store and the provisioner throw; what is left is a fault in the code,
+  // here a store answer of the wrong shape. On the interval it went nowhere: an unhandled rejection.
+  const clock = createManualClock(Date.UTC(2026, 0, 1));
+  const inner = createMemoryStore(clock);
+  let calls = 0;
+  const store = new Proxy(inner, {
+    get(target, key, receiver) {
+      if (key === 'activityBefore') return async () => { calls++; return undefined; };
+      return Reflect.get(target, key, receiver);
+    },
+  });
+  const lines: Array<{ event?: string }> = [];
+  const sink = new Writable({ write(chunk, _enc, done) { lines.push(JSON.parse(String(chunk))); done(); } });
+  const log = createLogger('info', sink);
+  const metrics = createMetrics({ enabled: false, defaultMetrics: false });
+  const workspaces = createWorkspaces({ store, provisioner: fakeProvisioner(), clock, metrics, log, instanceId: 'gw', startDeadlineMs: 60_000, routeCacheTtlMs: 1000, identityKeys: createIdentityKeys('test') });
+  const unhandled: unknown[] = [];
+  const onUnhandled = (reason: unknown) => { unhandled.push(reason); };
+  process.on('unhandledRejection', onUnhandled);
+  const reaper = createReaper({ store, workspaces, clock, metrics, log, instanceId: 'reaper', idleTimeoutMs: IDLE, maxSessionMs: 12 * 3_600_000, intervalMs: 20, leaderLeaseTtlMs: 3_600_000 });
+  t.teardown(async () => { process.off('unhandledRejection', onUnhandled); await reaper.close(); await workspaces.close(); });
+  for (let i = 0; i < 200 && calls < 3; i++) await new Promise((r) => setTimeout(r, 10));
+  await new Promise((r) => setImmediate(r));
+  t.ok(calls >= 3, `passes went on after the first failed (${calls})`);
+  t.ok(lines.filter((l) => l.event === 'reaper.pass_failed').length >= 2, 'each failed pass logged as reaper.pass_failed');
+  t.same(unhandled, [], 'no unhandled rejection');
 });
