@@ -109,6 +109,15 @@ export function processStart(pid: number): string | undefined {
   } catch { return undefined; }
 }
 
+/**
+ * Whether a process with this pid exists: signal 0 checks without sending anything. EPERM is a
+ * process that exists and is not ours to signal (a gateway replica of another user sharing
+ * LOCAL_DATA_DIR): taken for dead, its workspaces were killed or adopted from under it.
+ */
+export function processExists(pid: number): boolean {
+  try { process.kill(pid, 0); return true; } catch (err) { return (err as NodeJS.ErrnoException).code === 'EPERM'; }
+}
+
 async function anyFreePort(): Promise<number> {
   return new Promise((res, rej) => {
     const s = createServer();
@@ -324,7 +333,7 @@ export function createLocalProvisioner(opts: LocalProvisionerOptions): Provision
   // run.json in the workspace folder is the local stand-in for Cloud Map: another gateway process on
   // this machine (two replicas in development and tests) can find and stop a workspace through it.
   const runFile = (id: string) => join(resolve(opts.dataDir, id), 'run.json');
-  const alive = (pid: number) => { try { process.kill(pid, 0); return true; } catch { return false; } };
+  const alive = processExists;
   /**
    * `owner`: the gateway process that started (or adopted) it; `starting`: not ready yet, so no route;
    * `pidStart`: which process the pid named then (processStart), where the system says; `keyCheck`:

@@ -500,3 +500,19 @@ t.test('a workspace command that answers but never proves itself fails the start
   t.notOk(abort.signal.aborted, 'before the deadline');
   t.same(await provisioner.list(), [], 'and nothing of it left running');
 });
+
+t.test('processExists table: a process of another user (EPERM) exists; a pid nobody has does not', async (t) => {
+  // Asked by an unprivileged user, as a gateway of another user sharing LOCAL_DATA_DIR would be: pid 1 is root's.
+  const module = fileURLToPath(new URL('../provisioner/local.js', import.meta.url));
+  const gone = spawn(process.execPath, ['-e', '']);
+  await new Promise((r) => gone.once('exit', r));
+  const script = `import(${JSON.stringify(module)}).then((m) => process.stdout.write(JSON.stringify([m.processExists(1), m.processExists(${gone.pid}), m.processExists(process.pid)])))`;
+  const child = spawn(process.execPath, ['--input-type=module', '-e', script], { uid: 65534, gid: 65534, cwd: '/' });
+  let out = '';
+  child.stdout.on('data', (d: Buffer) => { out += d.toString(); });
+  // stderr holds tap's exit hook failing to write its process record as that user (tap's spawn wrapper
+  // puts it back into the child's environment): not the check's business.
+  child.stderr.resume();
+  await new Promise((r) => child.once('exit', r));
+  t.equal(out, JSON.stringify([true, false, true]), 'another user\'s process, an exited one, its own');
+});
