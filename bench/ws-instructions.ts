@@ -71,7 +71,8 @@ export const WS_COUNTED = 5_000;
 
 /** User-space instructions per echoed message of one system (callgrind, as measure() counts requests). */
 export function measureWs(start: Launch, messages: number, warmup: number, top = false, note?: (s: string) => void): Promise<number> {
-  return measure(start, messages, warmup, top, note, openWsClient);
+  // measure() counts requests; here each one is an echoed message.
+  return measure(start, messages, warmup, top, note && ((s) => note(s.replace(/\brequests\b/g, 'messages'))), openWsClient);
 }
 
 if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) {
