@@ -317,6 +317,47 @@ t.test('a port taken between choosing it and the workspace binding it: the start
   t.ok(tries > 1 && tries <= 5, `bounded: ${tries} ports tried`);
 });
 
+t.test('a port taken by a server that is no workspace before a slow workspace binds it: tried on another port, not failed BAD_CONFIG', async (t) => {
+  // freePort() lets the port go before code-server binds it, seconds later: a server of anything else
+  // on the machine (one on port 0, as every test's) may take it meanwhile and answer the probes in full,
+  // without a proof. Three such answers in a row are not a workspace without its preload.
+  const dir = mkdtempSync(join(tmpdir(), 'wsgw-local-stolen-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const bin = join(dir, 'slow-code-server.cjs');
+  // The stand-in binds its port late, as code-server does, and exits on EADDRINUSE, as code-server does.
+  writeFileSync(bin, `#!/usr/bin/env node
+const http = require('node:http');
+const bind = process.argv[process.argv.indexOf('--bind-addr') + 1];
+setTimeout(() => {
+  const s = http.createServer((req, res) => res.end('ok'));
+  s.on('error', (err) => { process.stderr.write(String(err.code) + '\\n'); process.exit(1); });
+  s.listen(Number(bind.split(':')[1]), '127.0.0.1');
+}, 1500);
+process.on('SIGTERM', () => process.exit(0));
+`);
+  chmodSync(bin, 0o755);
+  const foreign = createNetServer((socket) => socket.on('data', () => socket.end('HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n')));
+  await new Promise<void>((resolve) => foreign.listen(0, '127.0.0.1', resolve));
+  t.teardown(() => new Promise<void>((resolve) => foreign.close(() => resolve())));
+  const takenPort = (foreign.address() as { port: number }).port;
+  const anyFree = () => new Promise<number>((resolve) => {
+    const s = createNetServer();
+    s.listen(0, '127.0.0.1', () => { const { port } = s.address() as { port: number }; s.close(() => resolve(port)); });
+  });
+  const chosen: number[] = [];
+  const provisioner = createLocalProvisioner({
+    workspace: 'code-server', dataDir: join(dir, 'data'), codeServerBin: bin, demoReadyDelayMs: 0, parentEnv: process.env, probeIntervalMs: 20,
+    choosePort: async () => { const p = chosen.length === 0 ? takenPort : await anyFree(); chosen.push(p); return p; },
+  });
+  t.teardown(() => provisioner.close());
+  const r = await provisioner.start({ workspaceId: 'stolen', generation: 1, identityKey: 'key', signal: new AbortController().signal, onStage: () => undefined })
+    .then((ok) => ({ ok, code: undefined }), (err: { code?: string }) => ({ ok: undefined, code: err.code }));
+  t.equal(r.code, undefined, 'started, not failed');
+  t.equal(chosen[0], takenPort, 'the first port chosen was the taken one');
+  t.equal(chosen.length, 2, 'one more port chosen');
+  t.ok(r.ok !== undefined && r.ok.endpoint.port === chosen[1], 'running on the second');
+});
+
 /** POST to a gateway's admin API with the test token; the status code. */
 function adminPost(port: number, path: string): Promise<number> {
   return new Promise((resolve, reject) => {
