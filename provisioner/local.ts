@@ -6,7 +6,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { createHmac } from 'node:crypto';
 import { accessSync, constants, mkdirSync, writeFileSync, existsSync, readFileSync, readdirSync, rmSync, statSync } from 'node:fs';
 import { request } from 'node:http';
-import { createServer } from 'node:net';
+import { connect, createServer } from 'node:net';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { WORKSPACE_FIELD } from '../gateway/http-fields.js';
@@ -116,6 +116,17 @@ export function processStart(pid: number): string | undefined {
  */
 export function processExists(pid: number): boolean {
   try { process.kill(pid, 0); return true; } catch (err) { return (err as NodeJS.ErrnoException).code === 'EPERM'; }
+}
+
+/** Whether anything accepts a connection at `endpoint` now. */
+function accepts(endpoint: Endpoint, timeoutMs = 1000): Promise<boolean> {
+  return new Promise((res) => {
+    const socket = connect({ host: endpoint.host, port: endpoint.port });
+    const done = (yes: boolean) => { clearTimeout(t); socket.destroy(); res(yes); };
+    const t = setTimeout(() => done(false), timeoutMs);
+    socket.once('connect', () => done(true));
+    socket.once('error', () => done(false));
+  });
 }
 
 async function anyFreePort(): Promise<number> {
@@ -277,8 +288,8 @@ export function createLocalProvisioner(opts: LocalProvisionerOptions): Provision
     log({ workspaceId: id, pid: child.pid, port, mode }, 'workspace process started');
     req.onStage({ stage: 'running' });
     req.onStage({ stage: 'probing' });
+    let unproven = 0;
     try {
-      let unproven = 0;
       for (;;) {
         if (signal.aborted) throw signal.reason instanceof Error ? signal.reason : new StartFailure('ABORTED', 'start aborted');
         if (exitInfo) {
@@ -305,6 +316,13 @@ export function createLocalProvisioner(opts: LocalProvisionerOptions): Provision
     } catch (err) {
       await stopProcess(entry);
       if (exitInfo && /EADDRINUSE/.test(stderr) && !signal.aborted) throw new PortTaken(port, err);
+      // The unproven answers may have come from a server of anything else that took the port before the
+      // workspace bound it (code-server takes seconds to): then it still listens once this start's
+      // processes are gone, and the start goes on on another port, where a workspace without its
+      // preload would have fallen silent.
+      if (unproven >= UNPROVEN_PROBES_TO_FAIL && !signal.aborted && child.pid !== undefined && await heldByAnother(child.pid, endpoint)) {
+        throw new PortTaken(port, err);
+      }
       throw err;
     }
     req.onStage({ stage: 'ready' });
@@ -313,7 +331,16 @@ export function createLocalProvisioner(opts: LocalProvisionerOptions): Provision
   }
 
   /** Signals a workspace's whole process group; false once nothing is left in it. */
-  const signalGroup = (pid: number, sig: NodeJS.Signals) => { try { process.kill(-pid, sig); return true; } catch { return false; } };
+  const signalGroup = (pid: number, sig: NodeJS.Signals | 0) => { try { process.kill(-pid, sig); return true; } catch { return false; } };
+
+  /**
+   * Whether a server outside process group `pid` listens at `endpoint`: asked once the group is gone
+   * (bounded); false when it cannot be told (a member left as a zombie nobody reaps).
+   */
+  async function heldByAnother(pid: number, endpoint: Endpoint): Promise<boolean> {
+    for (let i = 0; i < 100 && signalGroup(pid, 0); i++) await new Promise((r) => setTimeout(r, 20));
+    return !signalGroup(pid, 0) && accepts(endpoint);
+  }
 
   async function stopProcess(entry: Running) {
     const pid = entry.child.pid;
