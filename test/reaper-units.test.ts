@@ -232,3 +232,30 @@ t.test('a timed pass that throws is logged as reaper.pass_failed and the next on
   t.ok(lines.filter((l) => l.event === 'reaper.pass_failed').length >= 2, 'each failed pass logged as reaper.pass_failed');
   t.same(unhandled, [], 'no unhandled rejection');
 });
+
+t.test('closing while a timed pass is in flight that then throws: the close completes and gives the leader lease back', async (t) => {
+  // A pass that throws is logged as reaper.pass_failed where it was started; close() awaited the same
+  // promise and threw too: the standalone reaper's close stopped there (its store and provisioner left
+  // open, exit 1 with shutdown.error) and the leader lease was held until it expired.
+  const clock = createManualClock(Date.UTC(2026, 0, 1));
+  const inner = createMemoryStore(clock);
+  let answer: ((v: undefined) => void) | undefined;
+  const store = new Proxy(inner, {
+    get(target, key, receiver) {
+      if (key === 'activityBefore') return () => new Promise<undefined>((resolve) => { answer = resolve; });
+      return Reflect.get(target, key, receiver);
+    },
+  });
+  const log = createLogger('silent');
+  const metrics = createMetrics({ enabled: false, defaultMetrics: false });
+  const workspaces = createWorkspaces({ store, provisioner: fakeProvisioner(), clock, metrics, log, instanceId: 'gw', startDeadlineMs: 60_000, routeCacheTtlMs: 1000, identityKeys: createIdentityKeys('test') });
+  t.teardown(() => workspaces.close());
+  const reaper = createReaper({ store, workspaces, clock, metrics, log, instanceId: 'reaper', idleTimeoutMs: IDLE, maxSessionMs: 12 * 3_600_000, intervalMs: 20, leaderLeaseTtlMs: 3_600_000 });
+  for (let i = 0; i < 200 && answer === undefined; i++) await new Promise((r) => setTimeout(r, 10));
+  t.ok(answer !== undefined, 'a timed pass is in flight');
+  t.equal(await inner.leaseOwner(LEADER_KEY), 'reaper', 'it leads');
+  const closed = reaper.close().then(() => 'closed', (err: unknown) => `threw: ${String(err)}`);
+  answer!(undefined); // an answer of the wrong shape: the pass throws
+  t.equal(await closed, 'closed', 'the close completed');
+  t.equal(await inner.leaseOwner(LEADER_KEY), undefined, 'the leader lease given back');
+});
