@@ -342,6 +342,49 @@ t.test('a queued request: UPSTREAM_TIMEOUT bounds its wait for a connection and 
   }
 });
 
+t.test('a queued request whose body arrives while it waits: UPSTREAM_TIMEOUT runs from the body\'s last piece, not from its arrival', async (t) => {
+  // README: UPSTREAM_TIMEOUT runs "from the request's arrival (or its body's last piece)", and a piece
+  // sent after the connection came free already restarts it. A piece that came while the request was
+  // queued did not: a slow upload to a busy workspace got 504 before the limit had run from its last
+  // piece (the connection came free at 0.6 limits, the head was due at 1 limit from arrival).
+  const LIMIT = 1000;
+  for (const mode of ['length', 'chunked'] as const) {
+    t.test(mode, async (t) => {
+      const timers = new Set<NodeJS.Timeout>();
+      const later = (ms: number, fn: () => void) => { timers.add(setTimeout(fn, ms)); };
+      const answer = (s: net.Socket, path: string) => { if (!s.destroyed) s.write(`HTTP/1.1 200 OK\r\ncontent-length: ${path.length}\r\n\r\n${path}`); };
+      // The workspace answers the upload 0.7 limits after it has it all: 1.3 limits after its arrival,
+      // 0.8 after its last piece.
+      const server = net.createServer((s) => {
+        s.on('error', () => undefined);
+        let buffered = '';
+        s.on('data', (d) => {
+          buffered += d.toString('latin1');
+          if (buffered.startsWith('GET /holding') && buffered.includes('\r\n\r\n')) { buffered = buffered.slice(buffered.indexOf('\r\n\r\n') + 4); later(LIMIT * 0.6, () => answer(s, '/holding')); }
+          if (buffered.startsWith('POST /upload') && (buffered.endsWith('\r\n\r\nabcd') || buffered.endsWith('0\r\n\r\n'))) { buffered = ''; later(LIMIT * 0.7, () => answer(s, '/upload')); }
+        });
+      });
+      await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+      const port = (server.address() as AddressInfo).port;
+      const pool = createUpstreamPool({ connectTimeoutMs: 200, responseTimeoutMs: LIMIT, maxSockets: 1, idleMs: 4000 });
+      t.teardown(async () => { for (const tm of timers) clearTimeout(tm); pool.close(); server.close(); });
+      const holding = exchange(pool, port, 'GET', '/holding').done;
+      let resolve!: (o: string) => void;
+      const outcome = new Promise<string>((r) => { resolve = r; });
+      const head = `POST /upload HTTP/1.1\r\nhost: x\r\n${mode === 'length' ? 'content-length: 4\r\n' : ''}`;
+      const ex = pool.send({ host: '127.0.0.1', port }, { method: 'POST', head, body: mode }, {
+        head() { /* the status is not the point */ }, data() { return true; }, end() { resolve('answered'); }, fail(code) { resolve(code); },
+        drain() { /* small body */ }, flush() { /* nothing held */ },
+      });
+      ex.body(Buffer.from('ab'));
+      // The last piece half a limit after the request's arrival, while it still waits for the connection.
+      later(LIMIT * 0.5, () => { ex.body(Buffer.from('cd')); ex.end(); });
+      t.equal((await holding).body, '/holding');
+      t.equal(await Promise.race([outcome, new Promise<string>((r) => { later(LIMIT * 3, () => r('still waiting')); })]), 'answered');
+    });
+  }
+});
+
 t.test('a queued request past its deadline when a connection comes free, the sweep not yet round: failed, not sent, the connection kept', async (t) => {
   // Sent, its response would be due at once and the sweep would close the connection under it. The
   // clock is moved past the deadline as the connection comes free (the pool reads Date.now()), once
