@@ -75,8 +75,9 @@ export class Exchange {
   pendingBytes = 0;
   waitingDrain = false;
   /**
-   * While queued: when it fails with UPSTREAM_TIMEOUT if no connection has come free (Date.now() ms).
-   * Once sent, the latest its response head is due (Conn.awaitResponse); 0: never queued.
+   * While queued: when it fails with UPSTREAM_TIMEOUT if no connection has come free (Date.now() ms),
+   * one limit from its arrival or its body's last piece. Once sent, the latest its response head is
+   * due (Conn.awaitResponse); 0: never queued.
    */
   queuedUntil = 0;
   constructor(readonly owner: UpstreamPool, readonly pool: Pool, readonly request: UpstreamRequest, readonly sink: ResponseSink) {
@@ -86,11 +87,8 @@ export class Exchange {
   /** A piece of the request body, as the client's parser decoded it. */
   body(chunk: Buffer): boolean {
     if (this.done || chunk.length === 0) return true;
+    this.pieceArrived();
     if (this.conn) {
-      // A body on its way counts as activity: the response timeout runs from its last piece (the
-      // request is still arriving), whether it waited in the queue or not. Not once the response has
-      // begun: its body has no deadline, and a new one would cut it.
-      if (this.conn.connected && !this.headSeen) { this.queuedUntil = 0; this.conn.awaitResponse(); }
       const ok = writeBody(this.conn.socket, this.request.body, chunk);
       if (!ok) this.waitingDrain = true;
       return ok;
@@ -106,8 +104,21 @@ export class Exchange {
     if (this.bodyDone) return;
     this.bodyDone = true;
     if (this.done) return;
-    if (this.conn?.connected && !this.headSeen) { this.queuedUntil = 0; this.conn.awaitResponse(); }
+    this.pieceArrived();
     if (this.conn && this.request.body === 'chunked') this.conn.socket.write(LAST_CHUNK);
+  }
+
+  /**
+   * A body on its way counts as activity: UPSTREAM_TIMEOUT runs from its last piece (the request is
+   * still arriving), whether it is waiting in the queue, for its connection or for the response. A
+   * piece that came while queued used to count for nothing, so a slow upload to a busy workspace got
+   * 504 one limit from its arrival. Not once the response has begun: its body has no deadline, and a
+   * new one would cut it.
+   */
+  private pieceArrived(): void {
+    if (this.headSeen) return;
+    if (this.conn?.connected) { this.queuedUntil = 0; this.conn.awaitResponse(); }
+    else if (this.queuedUntil !== 0) this.queuedUntil = Date.now() + this.owner.opts.responseTimeoutMs;
   }
 
   /** The sink can take more of the response. */
@@ -396,8 +407,12 @@ export class UpstreamPool {
     }
     if (this.queued === 0) return;
     for (const pool of this.pools.values()) {
-      // Queued in order, so their deadlines are too.
-      while (pool.queue.length > 0 && pool.queue[0].queuedUntil <= now) this.queueTimeout(this.dequeue(pool)!);
+      // Not in the queue's order: a body piece moves a queued request's deadline on (Exchange.pieceArrived).
+      for (let i = 0; i < pool.queue.length;) {
+        const ex = pool.queue[i];
+        if (ex.queuedUntil > now) i++;
+        else this.queueTimeout(this.dequeue(pool, ex)!);
+      }
     }
   }
 
