@@ -3,6 +3,7 @@
 import net, { type AddressInfo } from 'node:net';
 import t from 'tap';
 import { createUpstreamPool, type Framing, type ResponseSink, type UpstreamPool } from '../gateway/upstream-pool.js';
+import { CHALLENGE_FIELD, PROOF_FIELD, proof } from '../gateway/workspace-proof.js';
 import { onRequests } from './helpers/upstream.js';
 
 /** Answers every request with its path as the body; counts connections. */
@@ -411,6 +412,51 @@ t.test('a queued request past its deadline when a connection comes free, the swe
   t.equal((await exchange(pool, up.port, 'GET', '/next').done).body, '/next');
   t.same(up.seen, ['GET /holding', 'GET /next'], 'the late request never reached the workspace');
   t.equal(up.connections(), 1, 'the connection it would have been sent on serves the next request');
+});
+
+t.test('a queued request whose deadline passes while its new connection proves itself: failed at it, never sent, the proven connection kept', async (t) => {
+  // As for a kept connection coming free late (nextInTime): sent once proven, its response would be due
+  // at once, and the sweep closed the fresh proven connection under it, with the workspace at work on it.
+  const LIMIT = 1000;
+  const timers = new Set<NodeJS.Timeout>();
+  const later = (ms: number, fn: () => void) => { timers.add(setTimeout(fn, ms)); };
+  const seen: string[] = [];
+  let connections = 0;
+  const server = net.createServer((s) => {
+    // The first connection proves itself at once; the second, 0.8 limits late (a busy workspace).
+    const proofDelay = connections++ === 0 ? 0 : LIMIT * 0.8;
+    s.on('error', () => undefined);
+    onRequests(s, (method, path, head) => {
+      if (method === 'OPTIONS') {
+        const nonce = new RegExp(`\\r\\n${CHALLENGE_FIELD}: *([^\\r]*)`, 'i').exec(head)![1];
+        later(proofDelay, () => { if (!s.destroyed) s.write(`HTTP/1.1 204 No Content\r\n${PROOF_FIELD}: ${proof('k', 'alice', nonce)}\r\n\r\n`); });
+        return;
+      }
+      seen.push(`${method} ${path}`);
+      // The first request's answer closes its connection half a limit in: the queued one gets a new one.
+      if (path === '/closing') later(LIMIT * 0.5, () => { s.end('HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 8\r\n\r\n/closing'); });
+      else s.write(`HTTP/1.1 200 OK\r\ncontent-length: ${path.length}\r\n\r\n${path}`);
+    });
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  const endpoint = { host: '127.0.0.1', port: (server.address() as AddressInfo).port, proves: true as const, claim: { workspaceId: 'alice', key: 'k' } };
+  const pool = createUpstreamPool({ connectTimeoutMs: 2 * LIMIT, responseTimeoutMs: LIMIT, maxSockets: 1, idleMs: 4 * LIMIT });
+  t.teardown(async () => { for (const tm of timers) clearTimeout(tm); pool.close(); await new Promise<void>((r) => { server.close(() => r()); }); });
+  const send = (path: string) => new Promise<string>((resolve) => {
+    let body = '';
+    pool.send(endpoint, { method: 'GET', head: `GET ${path} HTTP/1.1\r\nhost: x\r\n`, body: 'none' }, {
+      head() { /* status */ }, data(c) { body += c.toString(); return true; }, end() { resolve(body); }, fail(code) { resolve(code); }, drain() { /* none */ }, flush() { /* none */ },
+    });
+  });
+  const closing = send('/closing');
+  const queued = send('/queued');
+  t.equal(await closing, '/closing');
+  t.equal(await queued, 'UPSTREAM_TIMEOUT', 'due one limit from its arrival');
+  // Once the second connection has proven itself, it serves the next request.
+  await new Promise((r) => { later(LIMIT * 0.5, () => r(undefined)); });
+  t.equal(await send('/next'), '/next');
+  t.same(seen, ['GET /closing', 'GET /next'], 'the late request never reached the workspace');
+  t.equal(connections, 2, 'the connection proven for it serves the next request');
 });
 
 t.test('bytes behind a response, with a request queued: the queued one goes on a new connection, answered', async (t) => {
