@@ -270,7 +270,10 @@ class Conn implements ParserEvents {
     const ex = this.awaiting!;
     this.awaiting = undefined;
     this.gotBytes = false;
-    // Its client may have left meanwhile: the proven connection serves the next request instead.
+    // Its client may have left meanwhile, or its UPSTREAM_TIMEOUT run out (the sweep not yet round):
+    // the proven connection serves the next request instead. Sent late, its response was due at once
+    // and the sweep closed this connection under it, the workspace at work on it.
+    if (!ex.done && ex.queuedUntil !== 0 && ex.queuedUntil <= Date.now()) this.owner.queueTimeout(ex);
     if (ex.done) this.owner.release(this); else this.owner.start(this, ex);
   }
 
@@ -400,6 +403,10 @@ export class UpstreamPool {
    */
   expire(now: number): void {
     for (const conn of this.conns) {
+      // A queued request whose new connection is still proving itself fails at its own deadline, not
+      // the connect timeout's; the connection goes on, for the next request (Conn.checkProof).
+      const waiting = conn.awaiting;
+      if (waiting !== undefined && !waiting.done && waiting.queuedUntil !== 0 && waiting.queuedUntil <= now) this.queueTimeout(waiting);
       if (conn.deadline === 0 || conn.deadline > now) continue;
       conn.deadline = 0;
       conn.timedOut = conn.exchange !== undefined || conn.awaiting !== undefined;
@@ -416,7 +423,8 @@ export class UpstreamPool {
     }
   }
 
-  private queueTimeout(ex: Exchange): void {
+  /** A request that waited its UPSTREAM_TIMEOUT for a connection (queued, or its new one proving itself). */
+  queueTimeout(ex: Exchange): void {
     ex.done = true;
     ex.sink.fail('UPSTREAM_TIMEOUT', new Error('no upstream connection came free in time'));
   }
