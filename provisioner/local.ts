@@ -4,7 +4,7 @@
 // /healthz, never a sleep.
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createHmac } from 'node:crypto';
-import { accessSync, constants, mkdirSync, writeFileSync, existsSync, readFileSync, readdirSync, rmSync, statSync } from 'node:fs';
+import { accessSync, constants, linkSync, mkdirSync, renameSync, writeFileSync, existsSync, readFileSync, readdirSync, rmSync, statSync } from 'node:fs';
 import { request } from 'node:http';
 import { connect, createServer } from 'node:net';
 import { join, resolve } from 'node:path';
@@ -128,6 +128,13 @@ function accepts(endpoint: Endpoint, timeoutMs = 1000): Promise<boolean> {
     socket.once('error', () => done(false));
   });
 }
+
+/**
+ * The `n`-th claim to adopt (or kill) the leftover in workspace folder `dir` that gateway process `owner`
+ * left when it died (sweepLeftovers): it names the claiming process as `{ pid, pidStart }`.
+ */
+export const adoptionClaimFile = (dir: string, owner: number, n: number): string => join(dir, `adopt.${owner}.${n}.claim`);
+const CLAIM_NAME = /^adopt\.\d+\.\d+\.claim$/;
 
 async function anyFreePort(): Promise<number> {
   return new Promise((res, rej) => {
@@ -402,41 +409,121 @@ export function createLocalProvisioner(opts: LocalProvisionerOptions): Provision
     if (!r || r.handle === String(pid)) rmSync(runFile(id), { force: true });
   }
 
+  const adopted = new Map<string, RunningWorkspace>();
+
+  /** This process as a claim names it; with its start, so a pid the kernel hands on later is not taken for it. */
+  const claimant = JSON.stringify({ pid: process.pid, pidStart: processStart(process.pid) });
+  /** Whether a claim's process still runs: one that cannot be read (hand-edited, a torn disk) is taken for dead. */
+  function claimHeld(file: string): boolean | 'gone' {
+    let c: { pid?: unknown; pidStart?: unknown };
+    try { c = JSON.parse(readFileSync(file, 'utf8')) as typeof c; } catch (err) { return (err as NodeJS.ErrnoException).code === 'ENOENT' ? 'gone' : false; }
+    if (typeof c.pid !== 'number') return false;
+    return typeof c.pidStart === 'string' ? processStart(c.pid) === c.pidStart : alive(c.pid);
+  }
+  /**
+   * Claims the leftover dead gateway `owner` left in workspace folder `dir` for this process, so that
+   * of replicas sharing LOCAL_DATA_DIR and starting together exactly one adopts (or kills) it: each
+   * read run.json naming the dead owner, and each adopted it. The claims are numbered; this process
+   * holds the lowest one whose holder lives. Each is whole before it appears (a link, which fails
+   * when the name is taken), so none is seen half written and taken for a dead one's. One whose holder
+   * died mid-adoption is passed over, never removed while run.json names that owner (two replicas
+   * removing it at once could each then take the name): it blocks nothing. Undefined: a live process
+   * holds one, so the leftover is that one's to adopt. Else our claim, to remove when done.
+   */
+  function claimLeftover(dir: string, owner: number): string | undefined {
+    const draft = join(dir, `adopt.${process.pid}.draft`);
+    writeFileSync(draft, claimant);
+    try {
+      // Bounded: each claim passed over is a gateway that died while adopting this very leftover.
+      for (let n = 0, tries = 0; n < 64 && tries < 256; tries++) {
+        const file = adoptionClaimFile(dir, owner, n);
+        try {
+          linkSync(draft, file);
+          return file;
+        } catch (err) {
+          if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+        }
+        const held = claimHeld(file);
+        if (held === true) return undefined;
+        // Gone: its holder is done with it (and run.json says what it did, which the re-read sees): try it again.
+        if (held === false) n++;
+      }
+      log({ dir, owner }, 'left a dead gateway\'s workspace alone: too many claims to adopt it');
+      return undefined;
+    } finally {
+      rmSync(draft, { force: true });
+    }
+  }
+  /**
+   * Once run.json no longer names the dead owner (adopted: it names us; killed: removed), no claim of
+   * that owner's, or an earlier one's, can be acted on any more (its holder's re-read sees that), and
+   * none of a later owner's exists yet: what dead replicas left is removed.
+   */
+  function removeSpentClaims(dir: string): void {
+    let names: string[];
+    try { names = readdirSync(dir); } catch { return; }
+    for (const name of names) if (CLAIM_NAME.test(name)) rmSync(join(dir, name), { force: true });
+  }
+
   /**
    * Workspaces whose gateway process died without closing (SIGKILL, a crash, the machine's OOM
    * killer): each runs detached, in its own process group, so it outlived that gateway. One still
    * starting is killed: nobody finishes its start, and the next page load starts it anew. A ready
    * one is adopted: list() reports it, so the gateway records it (reconcile) and reaps it when idle,
-   * and close() stops it. Those of a live gateway (replicas sharing LOCAL_DATA_DIR) are left alone.
+   * and close() stops it. Those of a live gateway (replicas sharing LOCAL_DATA_DIR) are left alone,
+   * and of replicas sweeping at once only the one holding the claim acts (claimLeftover).
    */
-  const adopted = new Map<string, RunningWorkspace>();
   function sweepLeftovers(): void {
     let names: string[];
     try { names = readdirSync(resolve(opts.dataDir)); } catch { return; }
     for (const id of names) {
-      const r = readRecord(id);
+      const seen = readRecord(id);
       // No owner recorded: written by something other than a provisioner of this build (an older
       // gateway, the bench's stand-in for a workspace): not ours to kill or stop, as before.
-      if (!r || r.owner === undefined || alive(r.owner)) continue;
-      const pid = Number(r.handle);
-      // Given another key than this gateway derives for its start, or accepts (that gateway had another
-      // GATEWAY_SECRET: a generated one, in development): it fails every connection's proof, so
-      // adopted it would be routed to, never reached, and kept from the reaper by the page loads
-      // that fail on it. Recorded before run.json kept the check: adopted, as before.
-      const foreign = !r.starting && r.keyCheck !== undefined && opts.identityKeys !== undefined && r.keyCheck !== keyCheckOf(opts.identityKeys(id, r.generation))
-        && (opts.acceptedIdentityKeys === undefined || r.keyCheck !== keyCheckOf(opts.acceptedIdentityKeys(id, r.generation)));
-      if (r.starting || foreign) {
-        signalGroup(pid, 'SIGKILL');
-        rmSync(runFile(id), { force: true });
-        log({ workspaceId: id, pid, owner: r.owner }, foreign ? 'killed a workspace a gateway that died started with another key (GATEWAY_SECRET): it cannot prove itself here'
-          : 'killed a workspace left starting by a gateway that died');
+      if (!seen || seen.owner === undefined || alive(seen.owner)) continue;
+      const owner = seen.owner;
+      const dir = resolve(opts.dataDir, id);
+      const claim = claimLeftover(dir, owner);
+      if (!claim) {
+        log({ workspaceId: id, owner }, 'left a dead gateway\'s workspace to the live gateway claiming it');
         continue;
       }
-      const ws = readRun(id)!;
-      adopted.set(id, ws);
-      writeFileSync(runFile(id), JSON.stringify({ ...r, owner: process.pid }));
-      log({ workspaceId: id, pid, owner: r.owner }, 'adopted a workspace left running by a gateway that died');
+      try {
+        // Read again under the claim: another replica may have adopted or killed it meanwhile.
+        const r = readRecord(id);
+        if (r?.owner !== owner) continue;
+        sweepOne(id, r, owner);
+        removeSpentClaims(dir);
+      } finally {
+        // Only after run.json is written or removed: a claim taken after this sees what it says.
+        rmSync(claim, { force: true });
+      }
     }
+  }
+
+  /** Kills or adopts one leftover whose owner (dead) is `owner`; the caller holds its claim. */
+  function sweepOne(id: string, r: RunRecord, owner: number): void {
+    const pid = Number(r.handle);
+    // Given another key than this gateway derives for its start, or accepts (that gateway had another
+    // GATEWAY_SECRET: a generated one, in development): it fails every connection's proof, so
+    // adopted it would be routed to, never reached, and kept from the reaper by the page loads
+    // that fail on it. Recorded before run.json kept the check: adopted, as before.
+    const foreign = !r.starting && r.keyCheck !== undefined && opts.identityKeys !== undefined && r.keyCheck !== keyCheckOf(opts.identityKeys(id, r.generation))
+      && (opts.acceptedIdentityKeys === undefined || r.keyCheck !== keyCheckOf(opts.acceptedIdentityKeys(id, r.generation)));
+    if (r.starting || foreign) {
+      signalGroup(pid, 'SIGKILL');
+      rmSync(runFile(id), { force: true });
+      log({ workspaceId: id, pid, owner }, foreign ? 'killed a workspace a gateway that died started with another key (GATEWAY_SECRET): it cannot prove itself here'
+        : 'killed a workspace left starting by a gateway that died');
+      return;
+    }
+    adopted.set(id, { workspaceId: r.workspaceId, generation: r.generation, endpoint: r.endpoint, handle: r.handle, startedAt: r.startedAt });
+    // Whole or not at all (written aside, then renamed over it): another replica reading it meanwhile
+    // must not find it unreadable, taken for no workspace.
+    const next = `${runFile(id)}.${process.pid}.next`;
+    writeFileSync(next, JSON.stringify({ ...r, owner: process.pid }));
+    renameSync(next, runFile(id));
+    log({ workspaceId: id, pid, owner }, 'adopted a workspace left running by a gateway that died');
   }
   if (opts.adoptLeftovers !== false) sweepLeftovers();
 

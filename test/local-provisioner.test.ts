@@ -2,7 +2,7 @@
 // code-server forks an extension host and a pty host, and one of those was seen outliving its server.
 // A stand-in for code-server (same command line) forks a helper that ignores SIGTERM.
 // And no process of that tree, where the student's terminal runs, inherits the gateway's secrets.
-import { spawn } from 'node:child_process';
+import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
 import { provisionerFromConfig } from '../gateway/compose.js';
 import { loadConfig } from '../gateway/config.js';
 import { createLogger } from '../gateway/log.js';
@@ -13,7 +13,7 @@ import { chmodSync, copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSyn
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import t, { type Test } from 'tap';
-import { createLocalProvisioner, findOnPath, workspaceEnv } from '../provisioner/local.js';
+import { adoptionClaimFile, createLocalProvisioner, findOnPath, processStart, workspaceEnv } from '../provisioner/local.js';
 import { MISDIRECTED_FIELD, WORKSPACE_FIELD } from '../gateway/http-fields.js';
 import { createIdentityKeys, provenConnection } from '../gateway/workspace-proof.js';
 import { request as httpRequest } from 'node:http';
@@ -409,6 +409,120 @@ t.test('workspaces a SIGKILLed gateway left behind: one still starting is killed
   await next.close();
   for (let i = 0; i < 80 && alive(ready); i++) await new Promise((r) => setTimeout(r, 25));
   t.notOk(alive(ready), 'and, adopted, it is stopped with the provisioner that adopted it');
+});
+
+/**
+ * A gateway replica of its own: a process that, once told to go (a line on stdin), creates a local
+ * provisioner over `dataDir` (which sweeps leftovers) and prints what it lists; it lives on until killed.
+ */
+async function replica(t: Test, dataDir: string): Promise<{ child: ChildProcessWithoutNullStreams; listed: Promise<string[]> }> {
+  const module = fileURLToPath(new URL('../provisioner/local.js', import.meta.url));
+  const script = `import(${JSON.stringify(module)}).then((m) => {
+    process.stdin.once('data', async () => {
+      const p = m.createLocalProvisioner({ workspace: 'demo', dataDir: ${JSON.stringify(dataDir)}, codeServerBin: 'none', demoReadyDelayMs: 0, parentEnv: process.env });
+      process.stdout.write(JSON.stringify((await p.list()).map((w) => w.workspaceId)) + '\\n');
+    });
+    setInterval(() => {}, 1000);
+    process.stdout.write('ready\\n');
+  })`;
+  const child = spawn(process.execPath, ['--input-type=module', '-e', script], { stdio: ['pipe', 'pipe', 'pipe'] });
+  t.teardown(() => { child.kill('SIGKILL'); });
+  let stderr = '';
+  child.stderr.on('data', (d: Buffer) => { stderr += d.toString(); });
+  const lines: string[] = [];
+  const waiters: Array<() => void> = [];
+  let buffered = '';
+  let exited = false;
+  child.stdout.on('data', (d: Buffer) => {
+    buffered += d.toString();
+    for (let nl = buffered.indexOf('\n'); nl >= 0; nl = buffered.indexOf('\n')) { lines.push(buffered.slice(0, nl)); buffered = buffered.slice(nl + 1); }
+    for (const w of waiters.splice(0)) w();
+  });
+  child.once('close', () => { exited = true; for (const w of waiters.splice(0)) w(); });
+  // A replica whose provisioner threw (it read run.json while the other wrote it) exits without its line.
+  const line = async (n: number) => {
+    while (lines.length <= n) {
+      if (exited) throw new Error(`replica ${child.pid} exited before line ${n}: ${stderr.trim().split('\n').slice(-3).join(' | ')}`);
+      await new Promise<void>((r) => waiters.push(r));
+    }
+    return lines[n]!;
+  };
+  t.equal(await line(0), 'ready', `replica ${child.pid} is ready`);
+  return { child, listed: line(1).then((l) => JSON.parse(l) as string[]) };
+}
+
+t.test('two replicas starting at once over one data dir: each leftover of a dead gateway is adopted by exactly one of them', async (t) => {
+  // Both read run.json naming the dead owner, and both adopted: both listed it, so both recorded,
+  // reaped or stopped it, and each closing replica stopped it under the other.
+  const dataDir = mkdtempSync(join(tmpdir(), 'wsgw-local-race-'));
+  t.teardown(() => rmSync(dataDir, { recursive: true, force: true }));
+  // Several leftovers, so the two sweeps overlap on some of them; stand-ins for workspaces, recorded
+  // as this build's provisioner records them (owner, not starting, the process's own start).
+  const ids = Array.from({ length: 8 }, (_, i) => `left-${i}`);
+  const workspacePids: number[] = [];
+  t.teardown(() => { for (const pid of workspacePids) { try { process.kill(-pid, 'SIGKILL'); } catch { /* gone */ } } });
+  const dead = spawn(process.execPath, ['-e', '0']);
+  await new Promise((r) => dead.once('exit', r));
+  for (const id of ids) {
+    const ws = spawn('sleep', ['600'], { detached: true, stdio: 'ignore' });
+    workspacePids.push(ws.pid!);
+    mkdirSync(join(dataDir, id), { recursive: true });
+    writeFileSync(join(dataDir, id, 'run.json'), JSON.stringify({
+      workspaceId: id, generation: 1, endpoint: { host: '127.0.0.1', port: 1, proves: true }, handle: String(ws.pid), startedAt: Date.now(),
+      owner: dead.pid, starting: false, pidStart: processStart(ws.pid!),
+    }));
+  }
+  // Each round's replicas are SIGKILLed after it, as their dead owner was: the next round's adopt anew.
+  for (let round = 1; round <= 5; round++) {
+    const pair = [await replica(t, dataDir), await replica(t, dataDir)];
+    for (const r of pair) r.child.stdin.write('go\n');
+    const listed = await Promise.all(pair.map((r) => r.listed.catch((err: Error) => { t.fail(err.message); return [] as string[]; })));
+    for (const id of ids) {
+      const adopters = pair.filter((_, i) => listed[i]!.includes(id)).map((r) => r.child.pid);
+      t.equal(adopters.length, 1, `round ${round}, ${id}: adopted by exactly one replica (${adopters.join(', ') || 'none'})`);
+      const owner = (JSON.parse(readFileSync(join(dataDir, id, 'run.json'), 'utf8')) as { owner: number }).owner;
+      t.same([owner], adopters, `round ${round}, ${id}: run.json names the one that adopted it`);
+    }
+    for (const r of pair) { if (r.child.exitCode === null && r.child.signalCode === null) { r.child.kill('SIGKILL'); await new Promise((res) => r.child.once('exit', res)); } }
+  }
+  t.ok(workspacePids.every(alive), 'no replica stopped a workspace: each left a live gateway\'s alone');
+});
+
+t.test('a leftover another live gateway is claiming is left alone; claims of gateways that died mid-adoption do not block it', async (t) => {
+  const dataDir = mkdtempSync(join(tmpdir(), 'wsgw-local-claim-'));
+  t.teardown(() => rmSync(dataDir, { recursive: true, force: true }));
+  const ws = spawn('sleep', ['600'], { detached: true, stdio: 'ignore' });
+  t.teardown(() => { try { process.kill(-ws.pid!, 'SIGKILL'); } catch { /* gone */ } });
+  const dead = spawn(process.execPath, ['-e', '0']);
+  await new Promise((r) => dead.once('exit', r));
+  const dir = join(dataDir, 'left');
+  mkdirSync(dir, { recursive: true });
+  const runFile = join(dir, 'run.json');
+  writeFileSync(runFile, JSON.stringify({
+    workspaceId: 'left', generation: 1, endpoint: { host: '127.0.0.1', port: 1, proves: true }, handle: String(ws.pid), startedAt: Date.now(),
+    owner: dead.pid, starting: false, pidStart: processStart(ws.pid!),
+  }));
+  const owner = () => (JSON.parse(readFileSync(runFile, 'utf8')) as { owner: number }).owner;
+  // Another replica, alive, holds the claim (it is adopting it now): not ours.
+  const claimer = spawn('sleep', ['600'], { stdio: 'ignore' });
+  t.teardown(() => { claimer.kill('SIGKILL'); });
+  writeFileSync(adoptionClaimFile(dir, dead.pid!, 0), JSON.stringify({ pid: claimer.pid, pidStart: processStart(claimer.pid!) }));
+  const first = createLocalProvisioner({ workspace: 'demo', dataDir, codeServerBin: 'none', demoReadyDelayMs: 0, parentEnv: process.env });
+  t.same(await first.list(), [], 'claimed by a live replica: not adopted');
+  t.equal(owner(), dead.pid, 'run.json left as it was');
+  await first.close();
+  t.ok(alive(ws.pid!), 'nor stopped');
+
+  // That replica died mid-adoption, and so did two after it, one under a pid the kernel has since handed on (to this process).
+  claimer.kill('SIGKILL');
+  await new Promise((r) => claimer.once('exit', r));
+  writeFileSync(adoptionClaimFile(dir, dead.pid!, 1), JSON.stringify({ pid: dead.pid, pidStart: 'an-earlier-boot:12345' }));
+  writeFileSync(adoptionClaimFile(dir, dead.pid!, 2), JSON.stringify({ pid: process.pid, pidStart: 'an-earlier-boot:67890' }));
+  const next = createLocalProvisioner({ workspace: 'demo', dataDir, codeServerBin: 'none', demoReadyDelayMs: 0, parentEnv: process.env });
+  t.teardown(() => next.close());
+  t.same((await next.list()).map((w) => w.handle), [String(ws.pid)], 'claims of dead replicas do not block it: adopted');
+  t.equal(owner(), process.pid, 'run.json names the adopter');
+  t.same(readdirSync(dir).filter((name) => name.endsWith('.claim')), [], 'and the dead replicas\' claims are cleared away');
 });
 
 t.test('a run.json that names no owner (an older gateway, the bench\'s stand-in) is neither adopted nor stopped', async (t) => {
