@@ -233,10 +233,16 @@ t.test('the real code-server with WORKSPACE_ID: a request meant for another work
   // Nor the start's key: a program of the student's could print it (their own /proc shows the
   // server's, which proves only that they are themselves).
   for (const [pid, cmd] of forked) t.equal(environOf(pid).WORKSPACE_KEY, undefined, `${/--type=\w+/.exec(cmd)![0]}: no WORKSPACE_KEY`);
-  // A terminal: the pty host's shell.
-  await page.keyboard.press('Control+Backquote');
-  await until(() => groupProcesses(child.pid!).some(([, cmd]) => /^(\/usr)?\/bin\/(ba|da)?sh( |$)/.test(cmd) && !/entrypoint/.test(cmd)), 30_000).catch(() => undefined);
-  const shells = groupProcesses(child.pid!).filter(([, cmd]) => /^(\/usr)?\/bin\/(ba|da)?sh( |$)/.test(cmd) && !/entrypoint/.test(cmd));
+  // A terminal: the pty host's shell. The key is pressed again every few seconds until one runs: on a
+  // loaded machine (CI) the first press could come before the workbench took its keybindings, and
+  // no shell ever started (a CI run found none in 30 s). Pressed again once the terminal is open, it
+  // only hides the panel; the shell stays.
+  const isShell = ([, cmd]: [number, string]) => /^(\/usr)?\/bin\/(ba|da)?sh( |$)/.test(cmd) && !/entrypoint/.test(cmd);
+  for (let press = 0; press < 10 && !groupProcesses(child.pid!).some(isShell); press++) {
+    await page.keyboard.press('Control+Backquote');
+    await until(() => groupProcesses(child.pid!).some(isShell), 4_000).catch(() => undefined);
+  }
+  const shells = groupProcesses(child.pid!).filter(isShell);
   t.ok(shells.length >= 1, `a terminal's shell runs (${shells.length})`);
   for (const [pid] of shells) t.equal(environOf(pid).WORKSPACE_KEY, undefined, `the terminal's shell ${pid}: no WORKSPACE_KEY`);
 });
