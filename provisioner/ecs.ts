@@ -30,8 +30,8 @@ import {
 import { CreateAccessPointCommand, DescribeAccessPointsCommand, EFSClient } from '@aws-sdk/client-efs';
 import type { Clock } from '../gateway/clock.js';
 import { WORKSPACE_FIELD } from '../gateway/http-fields.js';
-import { answeredUnproven, provenConnection, type Claim } from '../gateway/workspace-proof.js';
-import { UNPROVEN_PROBES_TO_FAIL, unprovenInARow, type ProbeVerdict } from './readiness.js';
+import type { Claim } from '../gateway/workspace-proof.js';
+import { UNPROVEN_PROBES_TO_FAIL, provenForProbe, unprovenInARow, type ProbeVerdict } from './readiness.js';
 import {
   StartFailure,
   type Provisioner,
@@ -561,9 +561,9 @@ export function createEcsProvisioner(options: EcsProvisionerOptions, deps: EcsPr
   async function probeOnce(id: string, host: string, port: number, signal: AbortSignal, claim?: Claim): Promise<ProbeVerdict> {
     let socket: Socket | undefined;
     if (claim !== undefined) {
-      let unproven = false;
-      socket = await provenConnection(host, port, claim, o.probeTimeoutMs).catch((err: unknown) => { unproven = answeredUnproven(err); return undefined; });
-      if (socket === undefined) return unproven ? 'unproven' : 'down';
+      const proven = await provenForProbe(host, port, claim, o.probeTimeoutMs);
+      if (typeof proven === 'string') return proven;
+      socket = proven;
     }
     const healthy = await new Promise<boolean>((resolve) => {
       const t = timeoutSignal(timers, o.probeTimeoutMs, new Error('probe timeout'));

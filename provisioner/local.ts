@@ -10,12 +10,11 @@ import { connect, createServer } from 'node:net';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { WORKSPACE_FIELD } from '../gateway/http-fields.js';
-import { answeredUnproven, provenConnection } from '../gateway/workspace-proof.js';
 import { nodeOption } from '../codeserver/workspace-identity.cjs';
 import {
   START_STAGES, StartFailure, type Endpoint, type Provisioner, type RunningWorkspace, type StartRequest, type StartResult,
 } from './contract.js';
-import { UNPROVEN_PROBES_TO_FAIL, unprovenInARow, type ProbeVerdict } from './readiness.js';
+import { UNPROVEN_PROBES_TO_FAIL, provenForProbe, unprovenInARow, type ProbeVerdict } from './readiness.js';
 
 export interface LocalProvisionerOptions {
   /** `auto`: code-server when `codeServerBin` is found, else the demo workspace. */
@@ -151,9 +150,8 @@ async function anyFreePort(): Promise<number> {
  * (a process of the student's own) is never taken for the workspace.
  */
 async function probe(id: string, endpoint: Endpoint, key: string, timeoutMs = 1000): Promise<ProbeVerdict> {
-  let unproven = false;
-  const socket = await provenConnection(endpoint.host, endpoint.port, { workspaceId: id, key }, timeoutMs).catch((err: unknown) => { unproven = answeredUnproven(err); return undefined; });
-  if (socket === undefined) return unproven ? 'unproven' : 'down';
+  const socket = await provenForProbe(endpoint.host, endpoint.port, { workspaceId: id, key }, timeoutMs);
+  if (typeof socket === 'string') return socket;
   return new Promise((res) => {
     const req = request({ host: endpoint.host, port: endpoint.port, path: '/healthz', timeout: timeoutMs, createConnection: () => socket, headers: { [WORKSPACE_FIELD]: id } }, (r) => {
       r.resume();
