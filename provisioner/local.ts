@@ -372,7 +372,16 @@ export function createLocalProvisioner(opts: LocalProvisionerOptions): Provision
    * which key the workspace was given (keyCheckOf).
    */
   const writeRun = (id: string, r: Running, starting: boolean) =>
-    writeFileSync(runFile(id), JSON.stringify({ ...view(id, r), owner: process.pid, starting, pidStart: r.pidStart, keyCheck: r.keyCheck }));
+    replaceRun(id, { ...view(id, r), owner: process.pid, starting, pidStart: r.pidStart, keyCheck: r.keyCheck });
+  /**
+   * Writes run.json whole or not at all (aside, then renamed over it): another replica reading it
+   * meanwhile (a describe, a stop, a sweep) must not find it unreadable, taken for no workspace.
+   */
+  function replaceRun(id: string, record: object): void {
+    const next = `${runFile(id)}.${process.pid}.next`;
+    writeFileSync(next, JSON.stringify(record));
+    renameSync(next, runFile(id));
+  }
   /**
    * run.json as written, if its process is still the one it names; undefined if none or unreadable.
    * run.json outlives its process when the gateway dies too (a reboot, the OOM killer taking both),
@@ -516,11 +525,7 @@ export function createLocalProvisioner(opts: LocalProvisionerOptions): Provision
       return;
     }
     adopted.set(id, { workspaceId: r.workspaceId, generation: r.generation, endpoint: r.endpoint, handle: r.handle, startedAt: r.startedAt });
-    // Whole or not at all (written aside, then renamed over it): another replica reading it meanwhile
-    // must not find it unreadable, taken for no workspace.
-    const next = `${runFile(id)}.${process.pid}.next`;
-    writeFileSync(next, JSON.stringify({ ...r, owner: process.pid }));
-    renameSync(next, runFile(id));
+    replaceRun(id, { ...r, owner: process.pid });
     log({ workspaceId: id, pid, owner }, 'adopted a workspace left running by a gateway that died');
   }
   if (opts.adoptLeftovers !== false) sweepLeftovers();
