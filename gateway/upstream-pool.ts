@@ -115,6 +115,9 @@ export class Exchange {
    * 504 one limit from its arrival. Not once the response has begun: its body has no deadline, and a
    * new one would cut it.
    */
+  /** Waited (queued, or for its new connection's proof) past its UPSTREAM_TIMEOUT, and not yet failed. */
+  overdue(now: number): boolean { return !this.done && this.queuedUntil !== 0 && this.queuedUntil <= now; }
+
   private pieceArrived(): void {
     if (this.headSeen) return;
     if (this.conn?.connected) { this.queuedUntil = 0; this.conn.awaitResponse(); }
@@ -273,7 +276,7 @@ class Conn implements ParserEvents {
     // Its client may have left meanwhile, or its UPSTREAM_TIMEOUT run out (the sweep not yet round):
     // the proven connection serves the next request instead. Sent late, its response was due at once
     // and the sweep closed this connection under it, the workspace at work on it.
-    if (!ex.done && ex.queuedUntil !== 0 && ex.queuedUntil <= Date.now()) this.owner.queueTimeout(ex);
+    if (ex.overdue(Date.now())) this.owner.queueTimeout(ex);
     if (ex.done) this.owner.release(this); else this.owner.start(this, ex);
   }
 
@@ -406,7 +409,7 @@ export class UpstreamPool {
       // A queued request whose new connection is still proving itself fails at its own deadline, not
       // the connect timeout's; the connection goes on, for the next request (Conn.checkProof).
       const waiting = conn.awaiting;
-      if (waiting !== undefined && !waiting.done && waiting.queuedUntil !== 0 && waiting.queuedUntil <= now) this.queueTimeout(waiting);
+      if (waiting?.overdue(now)) this.queueTimeout(waiting);
       if (conn.deadline === 0 || conn.deadline > now) continue;
       conn.deadline = 0;
       conn.timedOut = conn.exchange !== undefined || conn.awaiting !== undefined;
