@@ -76,6 +76,15 @@ export function identityKeysOf(config: { gatewaySecret: string; gatewaySecretAcc
   return config.gatewaySecretAccepted === undefined ? { identityKeys } : { identityKeys, acceptedIdentityKeys: createIdentityKeys(config.gatewaySecretAccepted) };
 }
 
+/**
+ * What a start's connections are asked, from the keys identityKeysOf gives: its own key, and the
+ * accepted secret's too during a rotation (a start launched under that secret proves with it).
+ */
+export function claimFor(keys: { identityKeys: IdentityKeys; acceptedIdentityKeys?: IdentityKeys }, workspaceId: string, generation: number): Claim {
+  const key = keys.identityKeys(workspaceId, generation);
+  return keys.acceptedIdentityKeys ? { workspaceId, key, acceptedKey: keys.acceptedIdentityKeys(workspaceId, generation) } : { workspaceId, key };
+}
+
 /** 128 bits, fresh per connection: a proof captured on one connection proves nothing on the next. */
 export function newNonce(): string { return randomBytes(16).toString('base64url'); }
 

@@ -14,7 +14,7 @@ import type { Metrics } from './metrics.js';
 import type { Logger } from './log.js';
 import type { Fence, StateStore, WorkspaceEvent, WorkspaceRecord } from './store/contract.js';
 import type { Departure } from './departure.js';
-import type { Claim, IdentityKeys, Upstream } from './workspace-proof.js';
+import { claimFor, type Claim, type IdentityKeys, type Upstream } from './workspace-proof.js';
 
 export interface WorkspacesOptions {
   store: StateStore;
@@ -101,10 +101,7 @@ export function createWorkspaces(opts: WorkspacesOptions) {
     return { host: endpoint.host, port: endpoint.port, proves: true, claim: claimOf(id, generation) };
   }
 
-  function claimOf(id: string, generation: number): Claim {
-    const key = opts.identityKeys(id, generation);
-    return opts.acceptedIdentityKeys ? { workspaceId: id, key, acceptedKey: opts.acceptedIdentityKeys(id, generation) } : { workspaceId: id, key };
-  }
+  const claimOf = (id: string, generation: number): Claim => claimFor(opts, id, generation);
 
   function applyEvent(record: WorkspaceRecord) {
     if (record.state === 'running' && record.endpoint) {

@@ -30,7 +30,7 @@ import {
 import { CreateAccessPointCommand, DescribeAccessPointsCommand, EFSClient } from '@aws-sdk/client-efs';
 import type { Clock } from '../gateway/clock.js';
 import { WORKSPACE_FIELD } from '../gateway/http-fields.js';
-import type { Claim } from '../gateway/workspace-proof.js';
+import { claimFor, type Claim } from '../gateway/workspace-proof.js';
 import { UNPROVEN_PROBES_TO_FAIL, provenForProbe, unprovenInARow, type ProbeVerdict } from './readiness.js';
 import {
   StartFailure,
@@ -945,9 +945,8 @@ export function createEcsProvisioner(options: EcsProvisionerOptions, deps: EcsPr
 
   /** What a task of this generation must prove, or undefined without the keys (deps.identityKeys). */
   function proofClaimOf(id: string, generation: number): Claim | undefined {
-    if (!deps.identityKeys) return undefined;
-    const key = deps.identityKeys(id, generation);
-    return deps.acceptedIdentityKeys ? { workspaceId: id, key, acceptedKey: deps.acceptedIdentityKeys(id, generation) } : { workspaceId: id, key };
+    const { identityKeys, acceptedIdentityKeys } = deps;
+    return identityKeys === undefined ? undefined : claimFor({ identityKeys, acceptedIdentityKeys }, id, generation);
   }
 
   async function reconcile(claim: (workspaceId: string) => WorkspaceClaim | Promise<WorkspaceClaim>): Promise<ReconcileSummary> {
