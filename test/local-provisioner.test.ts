@@ -38,6 +38,20 @@ const alive = (pid: number) => {
   try { return !/^\d+ \(.*\) Z/.test(readFileSync(`/proc/${pid}/stat`, 'utf8')); } catch { return false; }
 };
 
+/** A loopback port held until the test ends by a server of the test's (`onConnection`). */
+async function heldPort(t: Test, onConnection: (socket: import('node:net').Socket) => void): Promise<number> {
+  const server = createNetServer(onConnection);
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  t.teardown(() => new Promise<void>((resolve) => server.close(() => resolve())));
+  return (server.address() as { port: number }).port;
+}
+
+/** A port free a moment ago, as the provisioner's own chooser finds one. */
+const anyFree = () => new Promise<number>((resolve) => {
+  const s = createNetServer();
+  s.listen(0, '127.0.0.1', () => { const { port } = s.address() as { port: number }; s.close(() => resolve(port)); });
+});
+
 /** A folder, removed after the test, holding the stand-in as an executable file. */
 function standIn(t: Test): { dir: string; bin: string } {
   const dir = mkdtempSync(join(tmpdir(), 'wsgw-local-'));
@@ -282,14 +296,7 @@ t.test('a port taken between choosing it and the workspace binding it: the start
   const dir = mkdtempSync(join(tmpdir(), 'wsgw-local-port-'));
   t.teardown(() => rmSync(dir, { recursive: true, force: true }));
   // Holds the port; a probe that reaches it is cut off.
-  const taken = createNetServer((socket) => socket.destroy());
-  await new Promise<void>((resolve) => taken.listen(0, '127.0.0.1', resolve));
-  t.teardown(() => new Promise<void>((resolve) => taken.close(() => resolve())));
-  const takenPort = (taken.address() as { port: number }).port;
-  const anyFree = () => new Promise<number>((resolve) => {
-    const s = createNetServer();
-    s.listen(0, '127.0.0.1', () => { const { port } = s.address() as { port: number }; s.close(() => resolve(port)); });
-  });
+  const takenPort = await heldPort(t, (socket) => socket.destroy());
 
   const chosen: number[] = [];
   const once = createLocalProvisioner({
@@ -336,14 +343,7 @@ setTimeout(() => {
 process.on('SIGTERM', () => process.exit(0));
 `);
   chmodSync(bin, 0o755);
-  const foreign = createNetServer((socket) => socket.on('data', () => socket.end('HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n')));
-  await new Promise<void>((resolve) => foreign.listen(0, '127.0.0.1', resolve));
-  t.teardown(() => new Promise<void>((resolve) => foreign.close(() => resolve())));
-  const takenPort = (foreign.address() as { port: number }).port;
-  const anyFree = () => new Promise<number>((resolve) => {
-    const s = createNetServer();
-    s.listen(0, '127.0.0.1', () => { const { port } = s.address() as { port: number }; s.close(() => resolve(port)); });
-  });
+  const takenPort = await heldPort(t, (socket) => socket.on('data', () => socket.end('HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n')));
   const chosen: number[] = [];
   const provisioner = createLocalProvisioner({
     workspace: 'code-server', dataDir: join(dir, 'data'), codeServerBin: bin, demoReadyDelayMs: 0, parentEnv: process.env, probeIntervalMs: 20,
