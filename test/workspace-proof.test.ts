@@ -9,7 +9,7 @@ import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import t from 'tap';
+import t, { type Test } from 'tap';
 import { startDemoWorkspace } from '../provisioner/demo-workspace.js';
 import { createUpstreamPool, type ResponseSink } from '../gateway/upstream-pool.js';
 import { PROOF_FIELD, answeredUnproven, challengeHead, checkAnswer, createIdentityKeys, newNonce, proof, provenConnection, type Claim } from '../gateway/workspace-proof.js';
@@ -92,12 +92,18 @@ async function challenge(port: number, claim: Claim, nonce: string): Promise<str
   return text;
 }
 
-t.test('the demo workspace answers the challenge with its key, and refuses one for another workspace', async (t) => {
+/** The demo workspace "alice" on a free port, started with `key`, in a folder removed after the test. */
+async function aliceDemo(t: Test, key: string) {
   const dir = mkdtempSync(join(tmpdir(), 'proof-demo-'));
   t.teardown(() => rmSync(dir, { recursive: true, force: true }));
-  const demo = startDemoWorkspace({ port: 0, host: '127.0.0.1', dataDir: dir, id: 'alice', readyDelayMs: 0, key: 'the-key' });
+  const demo = startDemoWorkspace({ port: 0, host: '127.0.0.1', dataDir: dir, id: 'alice', readyDelayMs: 0, key });
   const port = await demo.listen();
   t.teardown(() => demo.close());
+  return { demo, port };
+}
+
+t.test('the demo workspace answers the challenge with its key, and refuses one for another workspace', async (t) => {
+  const { demo, port } = await aliceDemo(t, 'the-key');
   const nonce = newNonce();
   t.equal(checkAnswer(Buffer.from(await challenge(port, { workspaceId: 'alice', key: 'the-key' }, nonce), 'latin1'), { workspaceId: 'alice', key: 'the-key' }, nonce), 'proven', 'its own: proven');
   t.match(await challenge(port, { workspaceId: 'bob', key: 'the-key' }, nonce), /^HTTP\/1\.1 421 [^]*x-gateway-misdirected: 1/i, "another's: the marked 421");
@@ -136,11 +142,7 @@ t.test('the preload answers the challenge before the server sees it, and keeps W
 });
 
 t.test('the pool challenges each new connection once: kept-alive requests pay nothing more', async (t) => {
-  const dir = mkdtempSync(join(tmpdir(), 'proof-pool-'));
-  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
-  const demo = startDemoWorkspace({ port: 0, host: '127.0.0.1', dataDir: dir, id: 'alice', readyDelayMs: 0, key: 'pool-key' });
-  const port = await demo.listen();
-  t.teardown(() => demo.close());
+  const { demo, port } = await aliceDemo(t, 'pool-key');
   const requests: string[] = [];
   demo.server.prependListener('request', (req: http.IncomingMessage) => { requests.push(`${req.method} ${req.url}`); });
   const pool = createUpstreamPool({ connectTimeoutMs: 2000, responseTimeoutMs: 5000, maxSockets: 4, idleMs: 4000 });
